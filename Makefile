@@ -1,0 +1,33 @@
+# make demo: set up .venv (if needed) and run the main job on the bundled example slide.
+# make test: same set-up, then the test suite (needs the shared data, see README).
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.wsipipe-installed
+DEMO_OUT ?= demo-output
+
+.PHONY: setup demo test bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -c constraints.txt -e '.[test]' 2>&1 | { grep -v 'is ignored: it is neither a file nor a directory' || true; }
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/wsipipe info examples/data/CMU-1-Small-Region.svs
+	$(VENV)/bin/wsipipe tile examples/data/CMU-1-Small-Region.svs -o $(DEMO_OUT)/CMU-1-Small-Region.tiles.zarr
+	@echo "Tile store: $(DEMO_OUT)/CMU-1-Small-Region.tiles.zarr"
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	for script in benchmarks/bench_*.py; do $(PY) $$script; done
+
+clean:
+	rm -rf $(DEMO_OUT) .pytest_cache

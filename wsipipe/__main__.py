@@ -1,0 +1,3 @@
+from wsipipe.cli.main import run
+
+run()

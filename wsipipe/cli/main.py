@@ -1,0 +1,76 @@
+"""The ``wsipipe`` command: global options, command registration and error-to-exit-code mapping."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+import typer
+from typer.core import TyperGroup
+
+from wsipipe import __version__
+from wsipipe.cli import info as info_cmd
+from wsipipe.errors import WsipipeError
+
+_state = {"debug": False}
+
+
+class _WsipipeGroup(TyperGroup):
+    """Turns every failure into one line and an exit code; ``--debug`` keeps the traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except WsipipeError as exc:
+            if _state["debug"]:
+                raise
+            click.echo(f"Error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("Interrupted; run the same command again to resume.", err=True)
+            ctx.exit(130)
+        except Exception as exc:  # a bug: one line unless --debug
+            if _state["debug"]:
+                raise
+            click.echo(
+                f"Internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)",
+                err=True,
+            )
+            ctx.exit(1)
+
+
+app = typer.Typer(
+    cls=_WsipipeGroup,
+    name="wsipipe",
+    help="Whole-slide pathology pipeline: read slides, tile, normalise stains, segment tumour, "
+    "count nuclei, report. Each stage reads and writes zarr stores, so runs can resume.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"wsipipe {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _global_options(
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    _state["debug"] = debug
+
+
+app.command("info")(info_cmd.info)
+
+
+def run() -> None:
+    """Console-script entry point."""
+    sys.exit(app())

@@ -1,0 +1,221 @@
+"""The reader interface every slide backend implements.
+
+Backends only provide raw RGBA/RGB reads of a level; this class adds what the pipeline relies
+on everywhere: compositing on white, white beyond the slide edge, choosing levels by µm/px and
+resizing exactly to a target µm/px.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from wsipipe.errors import InvalidInputError, MppUnknownError
+
+# How much coarser than the pyramid's smallest level a read may go by resizing alone.
+MAX_EXTRA_DOWNSAMPLE = 32.0
+# Relative tolerance when matching a requested µm/px to a level's (scanner metadata is rounded).
+MPP_TOLERANCE = 0.01
+
+
+@dataclass(frozen=True)
+class Level:
+    width: int
+    height: int
+    downsample: float
+
+
+class SlideReader(ABC):
+    """One open slide. Coordinates passed in are level-0 pixels unless stated otherwise."""
+
+    backend: str = ""
+
+    def __init__(self, path: Path, mpp_override: float | None = None):
+        self.path = Path(path)
+        self._mpp_override = mpp_override
+
+    # --- what a backend provides -------------------------------------------------------------
+    @property
+    @abstractmethod
+    def vendor(self) -> str | None: ...
+
+    @property
+    @abstractmethod
+    def levels(self) -> list[Level]: ...
+
+    @property
+    @abstractmethod
+    def _metadata_mpp(self) -> tuple[float | None, float | None]: ...
+
+    @property
+    @abstractmethod
+    def objective_power(self) -> float | None: ...
+
+    @property
+    @abstractmethod
+    def associated_images(self) -> list[str]: ...
+
+    @abstractmethod
+    def _read_raw(self, x: int, y: int, level: int, width: int, height: int) -> np.ndarray:
+        """Pixels of a region as (h, w, 3) RGB or (h, w, 4) RGBA with straight alpha.
+
+        Out-of-slide pixels must come back transparent (RGBA) or be left to the caller (RGB,
+        in-bounds requests only; see ``_in_bounds_only``).
+        """
+
+    #: True when ``_read_raw`` can only serve requests inside the level (the base pads).
+    _in_bounds_only = False
+
+    def close(self) -> None:  # noqa: B027 - optional for backends
+        """Release file handles."""
+
+    # --- derived ---------------------------------------------------------------------------
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    @property
+    def dimensions(self) -> tuple[int, int]:
+        return self.levels[0].width, self.levels[0].height
+
+    @property
+    def mpp_x(self) -> float | None:
+        return self._mpp_override or self._metadata_mpp[0]
+
+    @property
+    def mpp_y(self) -> float | None:
+        return self._mpp_override or self._metadata_mpp[1] or self._metadata_mpp[0]
+
+    @property
+    def mpp(self) -> float:
+        """Level-0 µm/px (x), or a clear error naming --mpp-override."""
+        if self.mpp_x is None:
+            raise MppUnknownError(str(self.path))
+        return self.mpp_x
+
+    def level_mpp(self, level: int) -> float:
+        return self.mpp * self.levels[level].downsample
+
+    def check_mpp(self, mpp: float) -> None:
+        """Refuse µm/px values the slide cannot provide."""
+        if not math.isfinite(mpp) or mpp <= 0:
+            raise InvalidInputError(f"µm/px must be a positive number, got {mpp}")
+        base = self.mpp
+        if mpp < base * (1 - MPP_TOLERANCE):
+            raise InvalidInputError(
+                f"{mpp} µm/px is finer than the slide's level 0 ({base:.4g} µm/px)"
+            )
+        coarsest = self.level_mpp(len(self.levels) - 1)
+        if mpp > coarsest * MAX_EXTRA_DOWNSAMPLE:
+            raise InvalidInputError(
+                f"{mpp} µm/px is too coarse for this slide: its smallest level is "
+                f"{coarsest:.4g} µm/px (at most {coarsest * MAX_EXTRA_DOWNSAMPLE:.4g} can be read)"
+            )
+
+    def level_for_mpp(self, mpp: float) -> int:
+        """The coarsest level that is at least as fine as ``mpp`` (the nearest finer level)."""
+        self.check_mpp(mpp)
+        best = 0
+        for index in range(len(self.levels)):
+            if self.level_mpp(index) <= mpp * (1 + MPP_TOLERANCE):
+                best = index
+        return best
+
+    def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
+        """RGB uint8 (h, w, 3) of ``size`` at ``level``, from level-0 ``location``.
+
+        Transparent pixels are composited on white; pixels beyond the slide edge are white.
+        """
+        x, y = int(location[0]), int(location[1])
+        width, height = int(size[0]), int(size[1])
+        if width <= 0 or height <= 0:
+            raise InvalidInputError(f"region size must be positive, got {width}x{height}")
+        if self._in_bounds_only:
+            return self._read_padded(x, y, level, width, height)
+        return _composite_on_white(self._read_raw(x, y, level, width, height))
+
+    def _read_padded(self, x: int, y: int, level: int, width: int, height: int) -> np.ndarray:
+        lvl = self.levels[level]
+        # Requested rectangle in level coordinates, clipped to the level.
+        lx0, ly0 = math.floor(x / lvl.downsample), math.floor(y / lvl.downsample)
+        cx0, cy0 = max(lx0, 0), max(ly0, 0)
+        cx1, cy1 = min(lx0 + width, lvl.width), min(ly0 + height, lvl.height)
+        out = np.full((height, width, 3), 255, np.uint8)
+        if cx1 > cx0 and cy1 > cy0:
+            inner = self._read_raw(
+                round(cx0 * lvl.downsample), round(cy0 * lvl.downsample), level, cx1 - cx0, cy1 - cy0
+            )
+            out[cy0 - ly0 : cy1 - ly0, cx0 - lx0 : cx1 - lx0] = _composite_on_white(inner)
+        return out
+
+    def read_at_mpp(self, location: tuple[float, float], size: tuple[int, int], mpp: float) -> np.ndarray:
+        """RGB (h, w, 3) covering ``size`` output pixels at ``mpp`` µm/px from level-0 ``location``.
+
+        Reads the nearest finer level and resizes (area interpolation) to exactly ``size``.
+        """
+        level = self.level_for_mpp(mpp)
+        scale = mpp / self.level_mpp(level)
+        width, height = size
+        if abs(scale - 1) <= MPP_TOLERANCE / 10:
+            return self.read_region((round(location[0]), round(location[1])), level, size)
+        src_w, src_h = max(1, round(width * scale)), max(1, round(height * scale))
+        region = self.read_region((round(location[0]), round(location[1])), level, (src_w, src_h))
+        return cv2.resize(region, (width, height), interpolation=cv2.INTER_AREA)
+
+    def thumbnail_at_mpp(self, mpp: float) -> np.ndarray:
+        """The whole slide at ``mpp`` (which may be coarser than any level), RGB."""
+        width, height = self.dimensions
+        out_w = max(1, round(width * self.mpp / mpp))
+        out_h = max(1, round(height * self.mpp / mpp))
+        level = len(self.levels) - 1
+        while level > 0 and self.level_mpp(level) > mpp * (1 + MPP_TOLERANCE):
+            level -= 1
+        lvl = self.levels[level]
+        region = self.read_region((0, 0), level, (lvl.width, lvl.height))
+        return cv2.resize(region, (out_w, out_h), interpolation=cv2.INTER_AREA)
+
+    def info(self) -> dict:
+        """Metadata as ``wsipipe info --json`` prints it."""
+        return {
+            "path": str(self.path),
+            "vendor": self.vendor,
+            "backend": self.backend,
+            "width": self.dimensions[0],
+            "height": self.dimensions[1],
+            "levels": [
+                {"width": lvl.width, "height": lvl.height, "downsample": lvl.downsample}
+                for lvl in self.levels
+            ],
+            "mpp_x": self.mpp_x,
+            "mpp_y": self.mpp_y,
+            "objective_power": self.objective_power,
+            "associated_images": self.associated_images,
+        }
+
+
+def _composite_on_white(pixels: np.ndarray) -> np.ndarray:
+    """RGB from RGB or straight-alpha RGBA, transparent areas becoming white."""
+    if pixels.shape[2] == 3:
+        return np.ascontiguousarray(pixels, dtype=np.uint8)
+    rgb = pixels[..., :3].astype(np.uint16)
+    alpha = pixels[..., 3:4].astype(np.uint16)
+    if bool((alpha == 255).all()):
+        return np.ascontiguousarray(pixels[..., :3])
+    out = (rgb * alpha + 255 * (255 - alpha) + 127) // 255
+    return out.astype(np.uint8)
+
+
+def parse_float(value) -> float | None:
+    """A metadata number, or None when absent or unparsable."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) and number > 0 else None
