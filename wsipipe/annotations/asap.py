@@ -1,0 +1,153 @@
+"""ASAP XML (``<ASAP_Annotations>``), read by streaming and written incrementally.
+
+Polygon, Rectangle and Spline become polygons (a spline keeps its control points), Dot becomes a
+point and PointSet a multipoint. ASAP has no holes: a written polygon's holes become separate
+polygons in the ``Exclusion`` group, which the default label map burns as 0 (holes).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from lxml import etree
+from shapely.geometry import MultiPoint, MultiPolygon, Point, Polygon
+
+from wsipipe.annotations.model import (
+    Annotation,
+    AnnotationSet,
+    Group,
+    Problems,
+    hex_color,
+    make_points,
+    make_polygon,
+)
+from wsipipe.annotations.xmlsafe import iter_xml, number, release
+
+log = logging.getLogger("wsipipe.annotations")
+
+AREA_TYPES = {"polygon": "Polygon", "rectangle": "Rectangle", "spline": "Spline"}
+POINT_TYPES = {"dot": "Dot", "pointset": "PointSet"}
+EXCLUSION_GROUP = "Exclusion"
+
+
+def _group_name(value: str | None) -> str | None:
+    return None if value in (None, "", "None") else value
+
+
+def read_asap(path: Path, strict: bool = False) -> AnnotationSet:
+    problems = Problems(str(path), strict)
+    result = AnnotationSet(source=str(path), format="asap")
+    for _, elem in iter_xml(path, ("Annotation", "Group")):
+        if elem.tag == "Group":
+            name = elem.get("Name")
+            if name:
+                result.groups[name] = Group(name, hex_color(elem.get("Color")), _group_name(elem.get("PartOfGroup")))
+        else:
+            annotation = _read_annotation(elem, problems, len(result))
+            if annotation is not None:
+                result.append(annotation)
+        release(elem)
+    for ann in result:
+        parents = result.ancestors(ann.label)
+        ann.group = parents[0] if parents else None
+    problems.finish()
+    if not result.annotations and not problems.skipped:
+        log.warning("%s: the file holds no annotations", path)
+    return result
+
+
+def _read_annotation(elem, problems: Problems, index: int) -> Annotation | None:
+    line = elem.sourceline
+    name = elem.get("Name") or f"Annotation {index}"
+    raw_type = elem.get("Type") or ""
+    what = f"annotation {name!r} ({raw_type or 'no Type'})"
+    shape = AREA_TYPES.get(raw_type.lower()) or POINT_TYPES.get(raw_type.lower())
+    if shape is None:
+        problems.bad(line, f"{what} has an unknown Type; expected Polygon, Rectangle, Spline, Dot or PointSet")
+        return None
+    coords = []
+    for coord in elem.iter("Coordinate"):
+        try:
+            order = int(coord.get("Order", len(coords)))
+            coords.append((order, number(coord.get("X")), number(coord.get("Y"))))
+        except ValueError:
+            problems.bad(
+                coord.sourceline,
+                f"{what} has a coordinate that is not a number (X={coord.get('X')!r} Y={coord.get('Y')!r})",
+            )
+            return None
+    coords.sort(key=lambda c: c[0])
+    points = [(x, y) for _, x, y in coords]
+    if shape in AREA_TYPES.values():
+        geometry = make_polygon([points], problems, line, what)
+    else:
+        geometry = make_points(points, problems, line, what)
+    if geometry is None:
+        return None
+    return Annotation(
+        geometry=geometry,
+        label=_group_name(elem.get("PartOfGroup")) or "",
+        color=hex_color(elem.get("Color")),
+        name=elem.get("Name"),
+        shape=shape,
+    )
+
+
+def write_asap(annotations: AnnotationSet, path: Path) -> None:
+    """Write ASAP XML to ``path`` (the caller handles the temporary name)."""
+    groups = dict(annotations.groups)
+    with etree.xmlfile(str(path), encoding="utf-8") as xf:
+        xf.write_declaration()
+        with xf.element("ASAP_Annotations"):
+            with xf.element("Annotations"):
+                for index, ann in enumerate(annotations):
+                    for part_name, label, shape, coords in _asap_parts(ann, index):
+                        if label and label not in groups:
+                            color = ann.color if label == ann.label else "#000000"
+                            groups[label] = Group(label, color, ann.group if label == ann.label else None)
+                        attrs = {
+                            "Name": part_name,
+                            "Type": shape,
+                            "PartOfGroup": label or "None",
+                            "Color": ann.color or "#F4FA58",
+                        }
+                        el = etree.Element("Annotation", attrs)
+                        coords_el = etree.SubElement(el, "Coordinates")
+                        for order, (x, y) in enumerate(coords):
+                            etree.SubElement(coords_el, "Coordinate", Order=str(order), X=repr(float(x)), Y=repr(float(y)))
+                        xf.write(el, pretty_print=True)
+            with xf.element("AnnotationGroups"):
+                for group in groups.values():
+                    el = etree.Element(
+                        "Group",
+                        Name=group.name,
+                        PartOfGroup=group.parent or "None",
+                        Color=group.color or "#000000",
+                    )
+                    etree.SubElement(el, "Attributes")
+                    xf.write(el, pretty_print=True)
+
+
+def _asap_parts(ann: Annotation, index: int):
+    """(name, group, ASAP type, coordinates) for each ASAP annotation one object becomes."""
+    name = ann.name or f"Annotation {index}"
+    geom = ann.geometry
+    if isinstance(geom, Point):
+        yield name, ann.label, "Dot", [geom.coords[0]]
+    elif isinstance(geom, MultiPoint):
+        yield name, ann.label, "PointSet", [p.coords[0] for p in geom.geoms]
+    elif isinstance(geom, (Polygon, MultiPolygon)):
+        polygons = list(getattr(geom, "geoms", [geom]))
+        shape = ann.shape if ann.shape in AREA_TYPES.values() else "Polygon"
+        for k, polygon in enumerate(polygons):
+            part = name if len(polygons) == 1 else f"{name} (part {k + 1})"
+            yield part, ann.label, shape, list(polygon.exterior.coords)[:-1]
+            for h, hole in enumerate(polygon.interiors):
+                log.warning(
+                    "annotation %r has a hole; ASAP has none, so it is written as a polygon in group %r",
+                    name, EXCLUSION_GROUP,
+                )
+                yield f"{part} (hole {h + 1})", EXCLUSION_GROUP, "Polygon", list(hole.coords)[:-1]
+    else:
+        log.warning("annotation %r is a %s, which ASAP cannot hold; not written", name, geom.geom_type)
