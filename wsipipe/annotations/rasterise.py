@@ -1,11 +1,13 @@
 """Burning annotations into label masks, one tile (or strip) at a time, through an STRtree.
 
-Only the polygons whose boxes meet the requested region are drawn (``cv2.fillPoly`` in region
-pixel coordinates, 8 fractional bits, holes by the even-odd rule), so the cost of a tile depends
+Only the polygons whose boxes meet the requested region are drawn, so the cost of a tile depends
 on what lies in it, not on the size of the slide; no level-0 full-slide mask is ever made.
 
-A mask pixel takes a polygon's value when the pixel's centre lies inside it (edges included).
-Polygons are burned in label-map order (later entries win; value 0 erases, i.e. makes holes).
+A mask pixel takes a polygon's value when the pixel's centre lies inside the polygon (holes by
+the even-odd rule; a centre exactly on a left or top edge is inside, on a right or bottom edge
+outside, so polygons sharing an edge neither overlap nor leave a gap). Filling is a vectorised
+scanline over the polygons' edges (numpy), one pass per label. Polygons are burned in label-map
+order (later entries win; value 0 erases, i.e. makes holes).
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-import cv2
 import numpy as np
 import shapely
 from shapely.geometry import MultiPolygon, Polygon
@@ -23,7 +24,6 @@ from wsipipe.annotations.model import AnnotationSet
 
 log = logging.getLogger("wsipipe.annotations")
 
-SHIFT = 8  # fractional bits of cv2.fillPoly coordinates
 STRIP_ROWS = 1024
 
 
@@ -53,18 +53,30 @@ class TileRasteriser:
             listed = ", ".join(f"{label or '(unclassified)'!r} x{n}" for label, n in unmapped.items())
             log.warning("labels not in the label map %s are left out of masks: %s", self.label_map, listed)
         parts.sort(key=lambda part: part[:2])
-        values = np.array([self.label_map.values[p] for p, _, _ in parts], np.uint8)
-        self._build(np.array([g for _, _, g in parts], dtype=object), values)
+        polygons = np.empty(len(parts), dtype=object)
+        polygons[:] = [g for _, _, g in parts]
+        self._build(polygons, np.array([p for p, _, _ in parts], np.int64))
 
-    def _build(self, polygons: np.ndarray, values: np.ndarray) -> None:
-        self._polygons = polygons  # in burn order
-        self._values = values
-        self._bounds = shapely.bounds(polygons) if len(polygons) else np.zeros((0, 4))
-        self._rings = [_rings(p) for p in polygons]
+    def _build(self, polygons: np.ndarray, priorities: np.ndarray) -> None:
+        """Index the polygons (in burn order) and flatten their rings into one edge table."""
+        self._polygons = polygons
+        self._priorities = priorities
+        rings = [ring for p in polygons for ring in _rings(p)]
+        rings_per_polygon = np.array([1 + len(p.interiors) for p in polygons], np.int64)
+        ring_sizes = np.array([len(r) for r in rings], np.int64)
+        self._xy = np.concatenate(rings) if rings else np.zeros((0, 2))
+        # An edge goes from vertex i to i+1 within a closed ring; it is named by i.
+        ring_starts = np.concatenate([[0], np.cumsum(ring_sizes)[:-1]]) if rings else np.zeros(0, np.int64)
+        edge_counts_per_ring = np.maximum(ring_sizes - 1, 0)
+        self._edge_from = _ranges(ring_starts, edge_counts_per_ring)
+        ring_owner = np.repeat(np.arange(len(polygons)), rings_per_polygon)
+        edges_per_polygon = np.bincount(ring_owner, weights=edge_counts_per_ring, minlength=len(polygons)).astype(np.int64)
+        self._edge_start = np.concatenate([[0], np.cumsum(edges_per_polygon)[:-1]]).astype(np.int64)
+        self._edge_count = edges_per_polygon
         self._tree = shapely.STRtree(polygons)
 
     def __reduce__(self):
-        return (_rebuild, (self.label_map, self._polygons, self._values))
+        return (_rebuild, (self.label_map, self._polygons, self._priorities))
 
     def __len__(self) -> int:
         return len(self._polygons)
@@ -78,22 +90,41 @@ class TileRasteriser:
         if not len(hits):
             return mask
         hits.sort()
-        origin = np.array([x0, y0])
-        scale = np.array([out_width / width, out_height / height]) * (1 << SHIFT)
-        half = 0.5 * (1 << SHIFT)
-        # Polygons reaching far beyond the region are cut to a margin first (int32 coordinates).
-        near = (x0 - width, y0 - height, x0 + 2 * width, y0 + 2 * height)
-        bounds = self._bounds[hits]
-        far = (bounds[:, 0] < near[0]) | (bounds[:, 1] < near[1]) | (bounds[:, 2] > near[2]) | (bounds[:, 3] > near[3])
-        for index, is_far in zip(hits, far):
-            rings_list = [self._rings[index]]
-            if is_far:
-                cut = shapely.clip_by_rect(self._polygons[index], *near)
-                rings_list = [_rings(p) for p in _polygons_of(cut)]
-            for rings in rings_list:
-                points = [np.round((ring - origin) * scale - half).astype(np.int32) for ring in rings]
-                cv2.fillPoly(mask, points, int(self._values[index]), lineType=cv2.LINE_8, shift=SHIFT)
+        priorities = self._priorities[hits]
+        breaks = np.flatnonzero(np.diff(priorities)) + 1
+        scale = (out_width / width, out_height / height)
+        for group in np.split(hits, breaks):
+            inside = self._fill(group, x0, y0, scale, out_width, out_height)
+            mask[inside] = self.label_map.values[self._priorities[group[0]]]
         return mask
+
+    def _fill(self, polygons: np.ndarray, x0: float, y0: float, scale, out_width: int, out_height: int) -> np.ndarray:
+        """Boolean (h, w): pixel centres inside any of ``polygons`` (even-odd within each)."""
+        edges = self._edge_from[_ranges(self._edge_start[polygons], self._edge_count[polygons])]
+        owner = np.repeat(np.arange(len(polygons)), self._edge_count[polygons])
+        # Pixel-centre coordinates: pixel (r, c) has its centre at (c, r).
+        ax = (self._xy[edges, 0] - x0) * scale[0] - 0.5
+        ay = (self._xy[edges, 1] - y0) * scale[1] - 0.5
+        bx = (self._xy[edges + 1, 0] - x0) * scale[0] - 0.5
+        by = (self._xy[edges + 1, 1] - y0) * scale[1] - 0.5
+        # Rows r with min(ay, by) <= r < max(ay, by) cross the edge (half-open: vertices count once).
+        first = np.clip(np.ceil(np.minimum(ay, by)), 0, out_height).astype(np.int64)
+        stop = np.clip(np.ceil(np.maximum(ay, by)), 0, out_height).astype(np.int64)
+        counts = np.maximum(stop - first, 0)
+        which = np.repeat(np.arange(len(edges)), counts)
+        rows = _ranges(first, counts)
+        t = (rows - ay[which]) / (by[which] - ay[which])
+        xs = ax[which] + t * (bx[which] - ax[which])
+        order = np.lexsort((xs, rows, owner[which]))
+        rows, xs = rows[order], xs[order]
+        # Crossings pair up per polygon and row: [left, right) spans, left edge included.
+        left = np.clip(np.ceil(xs[0::2]), 0, out_width).astype(np.int64)
+        right = np.clip(np.ceil(xs[1::2]), 0, out_width).astype(np.int64)
+        row = rows[0::2]
+        width1 = out_width + 1
+        size = out_height * width1
+        delta = np.bincount(row * width1 + left, minlength=size) - np.bincount(row * width1 + right, minlength=size)
+        return np.cumsum(delta.reshape(out_height, width1), axis=1)[:, :out_width] > 0
 
     def tile_mask(self, x0: float, y0: float, extent: float, out_size: int) -> np.ndarray:
         """uint8 (out_size, out_size) mask of the level-0 square ``[x0, x0+extent) x [y0, y0+extent)``."""
@@ -123,18 +154,22 @@ class TileRasteriser:
         return mask
 
 
-def _rebuild(label_map: LabelMap, polygons: np.ndarray, values: np.ndarray) -> TileRasteriser:
+def _rebuild(label_map: LabelMap, polygons: np.ndarray, priorities: np.ndarray) -> TileRasteriser:
     rasteriser = TileRasteriser.__new__(TileRasteriser)
     rasteriser.label_map = label_map
-    rasteriser._build(polygons, values)
+    rasteriser._build(polygons, priorities)
     return rasteriser
+
+
+def _ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Concatenated ``arange(s, s + n)`` for each start s and count n."""
+    counts = np.asarray(counts, np.int64)
+    total = int(counts.sum())
+    if total == 0:
+        return np.zeros(0, np.int64)
+    offsets = np.cumsum(counts) - counts
+    return np.repeat(np.asarray(starts, np.int64) - offsets, counts) + np.arange(total)
 
 
 def _rings(polygon: Polygon) -> list[np.ndarray]:
     return [np.asarray(polygon.exterior.coords)[:, :2]] + [np.asarray(r.coords)[:, :2] for r in polygon.interiors]
-
-
-def _polygons_of(geometry) -> list[Polygon]:
-    if isinstance(geometry, Polygon):
-        return [] if geometry.is_empty else [geometry]
-    return [p for g in getattr(geometry, "geoms", []) for p in _polygons_of(g)]
