@@ -100,7 +100,9 @@ def write_asap(annotations: AnnotationSet, path: Path) -> None:
     with etree.xmlfile(str(path), encoding="utf-8") as xf:
         xf.write_declaration()
         with xf.element("ASAP_Annotations"):
+            xf.write("\n")
             with xf.element("Annotations"):
+                xf.write("\n")
                 for index, ann in enumerate(annotations):
                     for part_name, label, shape, coords in _asap_parts(ann, index):
                         if label and label not in groups:
@@ -117,7 +119,9 @@ def write_asap(annotations: AnnotationSet, path: Path) -> None:
                         for order, (x, y) in enumerate(coords):
                             etree.SubElement(coords_el, "Coordinate", Order=str(order), X=repr(float(x)), Y=repr(float(y)))
                         xf.write(el, pretty_print=True)
+            xf.write("\n")
             with xf.element("AnnotationGroups"):
+                xf.write("\n")
                 for group in groups.values():
                     el = etree.Element(
                         "Group",
