@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 import shapely
@@ -33,47 +34,11 @@ def test_camelyon_asap_three_tumour_polygons(data_dir):
         assert ann.geometry.area == pytest.approx(Polygon(expected).area)
 
 
-ASAP_RICH = """<?xml version="1.0"?>
-<ASAP_Annotations>
-  <Annotations>
-    <Annotation Name="poly" Type="Polygon" PartOfGroup="metastasis" Color="#112233">
-      <Coordinates>
-        <Coordinate Order="2" X="10,5" Y="20,25"/>
-        <Coordinate Order="0" X="0" Y="0"/>
-        <Coordinate Order="1" X="10.5" Y="0"/>
-      </Coordinates>
-    </Annotation>
-    <Annotation Name="rect" Type="Rectangle" PartOfGroup="_2" Color="#445566">
-      <Coordinates>
-        <Coordinate Order="0" X="1" Y="1"/><Coordinate Order="1" X="3" Y="1"/>
-        <Coordinate Order="2" X="3" Y="3"/><Coordinate Order="3" X="1" Y="3"/>
-      </Coordinates>
-    </Annotation>
-    <Annotation Name="spl" Type="Spline" PartOfGroup="Tumor" Color="#000000">
-      <Coordinates>
-        <Coordinate Order="0" X="100" Y="100"/><Coordinate Order="1" X="110" Y="100"/>
-        <Coordinate Order="2" X="105" Y="108"/>
-      </Coordinates>
-    </Annotation>
-    <Annotation Name="dot" Type="Dot" PartOfGroup="None" Color="#FFFFFF">
-      <Coordinates><Coordinate Order="0" X="7.25" Y="8.5"/></Coordinates>
-    </Annotation>
-    <Annotation Name="cells" Type="PointSet" PartOfGroup="Tumor" Color="#FFFFFF">
-      <Coordinates><Coordinate Order="0" X="1" Y="2"/><Coordinate Order="1" X="3" Y="4"/></Coordinates>
-    </Annotation>
-  </Annotations>
-  <AnnotationGroups>
-    <Group Name="Tumor" PartOfGroup="None" Color="#FF0000"><Attributes/></Group>
-    <Group Name="metastasis" PartOfGroup="Tumor" Color="#00FF00"><Attributes/></Group>
-    <Group Name="_2" PartOfGroup="None" Color="#0000FF"><Attributes/></Group>
-  </AnnotationGroups>
-</ASAP_Annotations>
-"""
+RICH_ASAP = Path(__file__).parent / "data" / "asap_rich.xml"  # every ASAP type, groups, decimal commas
 
 
-def test_asap_types_groups_decimal_commas_and_order(tmp_path):
-    path = tmp_path / "rich.xml"
-    path.write_text(ASAP_RICH)
+def test_asap_types_groups_decimal_commas_and_order():
+    path = RICH_ASAP
     poly, rect, spline, dot, cells = read_annotations(path)
     # Coordinates sorted by Order; decimal commas read as points.
     assert list(poly.geometry.exterior.coords)[:-1] == [(0, 0), (10.5, 0), (10.5, 20.25)]
