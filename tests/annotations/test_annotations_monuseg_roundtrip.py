@@ -78,7 +78,7 @@ def test_masks_match_image_size_and_mark_every_nucleus(monuseg):
         for annotation in annotations:
             # Every pixel whose centre is inside this nucleus (off its outline) is marked ...
             x0, y0, x1, y1 = (int(v) for v in annotation.geometry.bounds)
-            cols, rows = np.meshgrid(np.arange(x0, min(x1 + 1, width)), np.arange(y0, min(y1 + 1, height)))
+            cols, rows = np.meshgrid(np.arange(max(x0, 0), min(x1 + 1, width)), np.arange(max(y0, 0), min(y1 + 1, height)))
             centres = shapely.points(cols + 0.5, rows + 0.5)
             interior = shapely.contains(annotation.geometry, centres)
             interior &= shapely.distance(annotation.geometry.boundary, centres) > 1e-9  # not a float tie
