@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
 from lxml import etree
 from shapely.geometry import MultiPoint, MultiPolygon, Point, Polygon
 
@@ -66,19 +67,12 @@ def _read_annotation(elem, problems: Problems, index: int) -> Annotation | None:
     if shape is None:
         problems.bad(line, f"{what} has an unknown Type; expected Polygon, Rectangle, Spline, Dot or PointSet")
         return None
-    coords = []
-    for coord in elem.iter("Coordinate"):
-        try:
-            order = int(coord.get("Order", len(coords)))
-            coords.append((order, number(coord.get("X")), number(coord.get("Y"))))
-        except ValueError:
-            problems.bad(
-                coord.sourceline,
-                f"{what} has a coordinate that is not a number (X={coord.get('X')!r} Y={coord.get('Y')!r})",
-            )
-            return None
-    coords.sort(key=lambda c: c[0])
-    points = [(x, y) for _, x, y in coords]
+    raw = [(c.get("Order"), c.get("X"), c.get("Y")) for c in elem.iter("Coordinate")]
+    try:
+        points = _points(raw)
+    except ValueError as exc:
+        problems.bad(line, f"{what} has a coordinate that is not a number ({exc})")
+        return None
     if shape in AREA_TYPES.values():
         geometry = make_polygon([points], problems, line, what)
     else:
@@ -92,6 +86,27 @@ def _read_annotation(elem, problems: Problems, index: int) -> Annotation | None:
         name=elem.get("Name"),
         shape=shape,
     )
+
+
+def _points(raw: list[tuple[str | None, str | None, str | None]]) -> np.ndarray:
+    """(n, 2) coordinates from (Order, X, Y) attribute strings, sorted by Order when given."""
+    try:
+        xy = np.array([(x, y) for _, x, y in raw], dtype=float).reshape(-1, 2)
+    except (TypeError, ValueError):
+        xy = np.array([(_number(x), _number(y)) for _, x, y in raw], dtype=float).reshape(-1, 2)
+    orders = [order for order, _, _ in raw]
+    if None not in orders:
+        keys = np.array([_number(order) for order in orders])
+        if np.any(np.diff(keys) < 0):
+            xy = xy[np.argsort(keys, kind="stable")]
+    return xy
+
+
+def _number(text: str | None) -> float:
+    try:
+        return number(text)
+    except ValueError:
+        raise ValueError(f"{text!r}") from None
 
 
 def write_asap(annotations: AnnotationSet, path: Path) -> None:

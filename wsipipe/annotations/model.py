@@ -8,9 +8,9 @@ otherwise the shape is repaired or skipped and a warning names the file, line an
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass, field
 
+import numpy as np
 import shapely
 from shapely.geometry import MultiPoint, MultiPolygon, Point, Polygon
 from shapely.geometry.base import BaseGeometry
@@ -174,34 +174,36 @@ class Problems:
             log.warning("%s: %d more annotations repaired (%d in all)", self.source, self.repairs - self.SHOWN, self.repairs)
 
 
-def _finite(coords) -> bool:
-    return all(math.isfinite(c) for xy in coords for c in xy)
+def _distinct(ring: np.ndarray) -> int:
+    return len(np.unique(ring, axis=0))
 
 
-def make_polygon(
-    rings: list[list[tuple[float, float]]], problems: Problems, line: int | None, what: str
-) -> Polygon | MultiPolygon | None:
+def make_polygon(rings: list, problems: Problems, line: int | None, what: str) -> Polygon | MultiPolygon | None:
     """A valid polygon from an exterior ring and holes, or None (after a warning) when hopeless.
 
-    Self-intersections are repaired with ``make_valid`` (the result may be a MultiPolygon).
+    Rings are (n, 2) arrays or lists of (x, y). Self-intersections are repaired with
+    ``make_valid`` (the result may be a MultiPolygon), and the repair is reported.
     """
-    if not rings or not rings[0]:
+    rings = [np.asarray(ring, dtype=float).reshape(-1, 2) for ring in rings]
+    if not rings or not len(rings[0]):
         problems.bad(line, f"{what} has no coordinates")
         return None
-    for ring in rings:
-        if not _finite(ring):
-            problems.bad(line, f"{what} has a NaN or infinite coordinate")
-            return None
-    exterior = rings[0]
-    if len(set(exterior)) < 3:
-        problems.bad(line, f"{what} has {len(set(exterior))} distinct points; a polygon needs at least 3")
+    if not all(np.isfinite(ring).all() for ring in rings):
+        problems.bad(line, f"{what} has a NaN or infinite coordinate")
         return None
-    holes = [h for h in rings[1:] if len(set(h)) >= 3]
+    exterior = rings[0]
+    if len(exterior) < 3 or (len(exterior) < 5 and _distinct(exterior) < 3):
+        problems.bad(line, f"{what} has {_distinct(exterior)} distinct points; a polygon needs at least 3")
+        return None
+    holes = [h for h in rings[1:] if len(h) >= 3 and _distinct(h) >= 3]
     if len(holes) < len(rings) - 1:
         problems.repaired(line, f"{what} has a hole with fewer than 3 points; the hole was dropped")
-    polygon = Polygon(exterior, holes)
-    if polygon.is_valid:
+    polygon = Polygon(exterior, holes) if holes else shapely.polygons(exterior)
+    if shapely.is_valid(polygon):
         return polygon
+    if _distinct(exterior) < 3:
+        problems.bad(line, f"{what} has {_distinct(exterior)} distinct points; a polygon needs at least 3")
+        return None
     reason = shapely.is_valid_reason(polygon)
     repaired = _same_dimension(shapely.make_valid(polygon), polygon)
     if repaired is None or repaired.area == 0:
@@ -211,14 +213,13 @@ def make_polygon(
     return repaired
 
 
-def make_points(
-    coords: list[tuple[float, float]], problems: Problems, line: int | None, what: str
-) -> Point | MultiPoint | None:
+def make_points(coords, problems: Problems, line: int | None, what: str) -> Point | MultiPoint | None:
     """A point (one coordinate) or a multipoint, or None (after a warning) when unusable."""
-    if not coords:
+    coords = np.asarray(coords, dtype=float).reshape(-1, 2)
+    if not len(coords):
         problems.bad(line, f"{what} has no coordinates")
         return None
-    if not _finite(coords):
+    if not np.isfinite(coords).all():
         problems.bad(line, f"{what} has a NaN or infinite coordinate")
         return None
     return Point(coords[0]) if len(coords) == 1 else MultiPoint(coords)
