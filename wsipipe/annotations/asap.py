@@ -21,7 +21,7 @@ from wsipipe.annotations.model import (
     Problems,
     hex_color,
     make_points,
-    make_polygon,
+    make_polygons,
 )
 from wsipipe.annotations.xmlsafe import iter_xml, number, release
 
@@ -36,19 +36,30 @@ def _group_name(value: str | None) -> str | None:
     return None if value in (None, "", "None") else value
 
 
+BATCH = 4096  # polygons built and validated together
+
+
 def read_asap(path: Path, strict: bool = False) -> AnnotationSet:
     problems = Problems(str(path), strict)
     result = AnnotationSet(source=str(path), format="asap")
+    pending: list[tuple[Annotation, np.ndarray, int, str]] = []  # areas waiting for their polygon
     for _, elem in iter_xml(path, ("Annotation", "Group")):
         if elem.tag == "Group":
             name = elem.get("Name")
             if name:
                 result.groups[name] = Group(name, hex_color(elem.get("Color")), _group_name(elem.get("PartOfGroup")))
         else:
-            annotation = _read_annotation(elem, problems, len(result))
-            if annotation is not None:
-                result.append(annotation)
+            item = _read_annotation(elem, problems, len(result) + len(pending))
+            if item is not None:
+                if item[0].shape in AREA_TYPES.values():
+                    pending.append(item)
+                else:
+                    _flush(pending, result, problems)
+                    result.append(item[0])
+            if len(pending) >= BATCH:
+                _flush(pending, result, problems)
         release(elem)
+    _flush(pending, result, problems)
     for ann in result:
         parents = result.ancestors(ann.label)
         ann.group = parents[0] if parents else None
@@ -58,7 +69,20 @@ def read_asap(path: Path, strict: bool = False) -> AnnotationSet:
     return result
 
 
-def _read_annotation(elem, problems: Problems, index: int) -> Annotation | None:
+def _flush(pending: list, result: AnnotationSet, problems: Problems) -> None:
+    """Build the pending polygons (in file order) and append those that are usable."""
+    if not pending:
+        return
+    geometries = make_polygons([p[1] for p in pending], problems, [p[2] for p in pending], [p[3] for p in pending])
+    for (annotation, *_), geometry in zip(pending, geometries):
+        if geometry is not None:
+            annotation.geometry = geometry
+            result.append(annotation)
+    pending.clear()
+
+
+def _read_annotation(elem, problems: Problems, index: int):
+    """(annotation, coordinates, line, description); an area's geometry is set later in a batch."""
     line = elem.sourceline
     name = elem.get("Name") or f"Annotation {index}"
     raw_type = elem.get("Type") or ""
@@ -73,19 +97,18 @@ def _read_annotation(elem, problems: Problems, index: int) -> Annotation | None:
     except ValueError as exc:
         problems.bad(line, f"{what} has a coordinate that is not a number ({exc})")
         return None
-    if shape in AREA_TYPES.values():
-        geometry = make_polygon([points], problems, line, what)
-    else:
-        geometry = make_points(points, problems, line, what)
-    if geometry is None:
-        return None
-    return Annotation(
-        geometry=geometry,
+    annotation = Annotation(
+        geometry=None,
         label=_group_name(elem.get("PartOfGroup")) or "",
         color=hex_color(elem.get("Color")),
         name=elem.get("Name"),
         shape=shape,
     )
+    if shape in POINT_TYPES.values():
+        annotation.geometry = make_points(points, problems, line, what)
+        if annotation.geometry is None:
+            return None
+    return annotation, points, line, what
 
 
 def _points(raw: list[tuple[str | None, str | None, str | None]]) -> np.ndarray:
@@ -95,11 +118,13 @@ def _points(raw: list[tuple[str | None, str | None, str | None]]) -> np.ndarray:
     except (TypeError, ValueError):
         xy = np.array([(_number(x), _number(y)) for _, x, y in raw], dtype=float).reshape(-1, 2)
     orders = [order for order, _, _ in raw]
-    if None not in orders:
+    if None not in orders and orders != _IN_ORDER[: len(orders)]:
         keys = np.array([_number(order) for order in orders])
-        if np.any(np.diff(keys) < 0):
-            xy = xy[np.argsort(keys, kind="stable")]
+        xy = xy[np.argsort(keys, kind="stable")]
     return xy
+
+
+_IN_ORDER = [str(i) for i in range(1024)]
 
 
 def _number(text: str | None) -> float:

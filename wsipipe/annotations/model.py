@@ -8,6 +8,7 @@ otherwise the shape is repaired or skipped and a warning names the file, line an
 from __future__ import annotations
 
 import logging
+from functools import lru_cache
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -213,6 +214,26 @@ def make_polygon(rings: list, problems: Problems, line: int | None, what: str) -
     return repaired
 
 
+def make_polygons(exteriors: list[np.ndarray], problems: Problems, lines: list, whats: list) -> list:
+    """``make_polygon`` for many hole-free rings at once: valid ones are built in one vectorised
+    call, the rest go through ``make_polygon`` one by one (which reports them)."""
+    result: list = [None] * len(exteriors)
+    sizes = np.array([len(ring) for ring in exteriors], np.int64)
+    simple = np.flatnonzero(sizes >= 3)
+    simple = simple[[bool(np.isfinite(exteriors[i]).all()) for i in simple]] if len(simple) else simple
+    if len(simple):
+        coords = np.concatenate([exteriors[i] for i in simple])
+        rings = shapely.linearrings(coords, indices=np.repeat(np.arange(len(simple)), sizes[simple]))
+        polygons = shapely.polygons(rings)
+        valid = shapely.is_valid(polygons)
+        for index, polygon in zip(simple[valid], polygons[valid]):
+            result[index] = polygon
+    for index, ring in enumerate(exteriors):
+        if result[index] is None:
+            result[index] = make_polygon([ring], problems, lines[index], whats[index])
+    return result
+
+
 def make_points(coords, problems: Problems, line: int | None, what: str) -> Point | MultiPoint | None:
     """A point (one coordinate) or a multipoint, or None (after a warning) when unusable."""
     coords = np.asarray(coords, dtype=float).reshape(-1, 2)
@@ -227,16 +248,22 @@ def make_points(coords, problems: Problems, line: int | None, what: str) -> Poin
 
 def hex_color(value) -> str | None:
     """'#RRGGBB' from '#rrggbb', 'rrggbb', [r, g, b] or None; anything else is None."""
+    if isinstance(value, str):
+        return _hex_text(value)
     if isinstance(value, (list, tuple)) and len(value) >= 3:
         try:
             r, g, b = (max(0, min(255, int(v))) for v in value[:3])
         except (TypeError, ValueError):
             return None
         return f"#{r:02X}{g:02X}{b:02X}"
-    if isinstance(value, str):
-        text = value.strip().lstrip("#")
-        if len(text) == 6 and all(c in "0123456789abcdefABCDEF" for c in text):
-            return f"#{text.upper()}"
+    return None
+
+
+@lru_cache(maxsize=1024)
+def _hex_text(value: str) -> str | None:
+    text = value.strip().lstrip("#")
+    if len(text) == 6 and all(c in "0123456789abcdefABCDEF" for c in text):
+        return f"#{text.upper()}"
     return None
 
 
