@@ -205,3 +205,11 @@ def test_many_repairs_are_summarised_not_flooded(tmp_path, caplog):
     assert len(annotations) == 25 and all(math.isclose(a.geometry.area, 50) for a in annotations)
     assert len(caplog.records) == 11 and "15 more annotations repaired (25 in all)" in caplog.records[-1].getMessage()
     assert shapely.is_valid(shapely.GeometryCollection([a.geometry for a in annotations]))
+
+
+def test_asap_content_under_an_aperio_root_is_not_silently_empty(tmp_path, caplog):
+    path = tmp_path / "mixed.xml"
+    path.write_text(_asap(_polygon("a", [(0, 0), (4, 0), (4, 4)])).replace("ASAP_Annotations", "Annotations"))
+    with caplog.at_level(logging.WARNING, logger="wsipipe.annotations"):
+        assert len(read_annotations(path)) == 0
+    assert f"{path}: the file holds no Aperio <Region> elements" in caplog.text

@@ -50,7 +50,7 @@ def read_aperio(path: Path, strict: bool = False) -> AnnotationSet:
         release(elem)
     problems.finish()
     if not result.annotations and not problems.skipped:
-        log.warning("%s: the file holds no annotations", path)
+        log.warning("%s: the file holds no Aperio <Region> elements, so no annotations", path)
     return result
 
 

@@ -65,7 +65,7 @@ def read_asap(path: Path, strict: bool = False) -> AnnotationSet:
         ann.group = parents[0] if parents else None
     problems.finish()
     if not result.annotations and not problems.skipped:
-        log.warning("%s: the file holds no annotations", path)
+        log.warning("%s: the file holds no ASAP <Annotation> elements, so no annotations", path)
     return result
 
 

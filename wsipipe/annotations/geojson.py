@@ -68,7 +68,7 @@ def read_geojson(path: Path, text: str, strict: bool = False) -> AnnotationSet:
             result.append(annotation)
     problems.finish()
     if not result.annotations and not problems.skipped:
-        log.warning("%s: the file holds no annotations", path)
+        log.warning("%s: the file holds no Features, so no annotations", path)
     return result
 
 

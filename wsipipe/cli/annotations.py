@@ -52,6 +52,18 @@ def _warnings_on_stderr():
         logger.removeHandler(handler)
 
 
+@contextmanager
+def _status(message: str, quiet: bool):
+    """A spinner on stderr while a file is read or written (large files take seconds)."""
+    if quiet:
+        yield
+        return
+    from rich.console import Console
+
+    with Console(stderr=True).status(message):
+        yield
+
+
 def _check_output(source: Path, output: Path, overwrite: bool) -> None:
     if output.exists() and source.exists() and output.resolve() == source.resolve():
         raise InvalidInputError(f"{output}: the output would replace the input; choose another name")
@@ -72,14 +84,16 @@ def convert(
     ] = None,
     strict: StrictOpt = False,
     overwrite: OverwriteOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Convert an annotation file to GeoJSON (opens in QuPath) or ASAP XML (opens in ASAP)."""
     from wsipipe.annotations.io import output_format, read_annotations, write_annotations
 
     fmt = output_format(output, to)
     _check_output(source, output, overwrite)
-    with _warnings_on_stderr():
+    with _warnings_on_stderr(), _status(f"reading {source.name}", quiet):
         annotations = read_annotations(source, strict=strict)
+    with _status(f"writing {output.name}", quiet):
         write_annotations(annotations, output, fmt)
     typer.echo(f"{output}: {len(annotations)} annotations from {annotations.format} written as {fmt}")
 
@@ -114,7 +128,8 @@ def mask(
     _check_output(source, output, overwrite)
     labels = parse_label_map(label_map) if label_map is not None else None
     with _warnings_on_stderr():
-        annotations = read_annotations(source, strict=strict)
+        with _status(f"reading {source.name}", quiet):
+            annotations = read_annotations(source, strict=strict)
         with open_slide(slide, backend=backend, mpp_override=mpp_override) as reader:
             width, height = reader.dimensions
             if reader.mpp_x is None and annotations.mpp:
