@@ -109,7 +109,7 @@ def main() -> None:
     kept_mb = (kept_rss - rss_before) / 1e6
     print(f"parse: median {parse_s:.2f} s of {args.repeats} ({args.polygons / parse_s:,.0f} polygons/s)")
     print(f"memory: peak RSS +{peak_mb:.0f} MB during the first parse, +{kept_mb:.0f} MB kept by the "
-          f"parsed annotations, parser overhead {peak_mb - kept_mb:.0f} MB, file {size_mb:.0f} MB")
+          f"parsed annotations, parser overhead {max(peak_mb - kept_mb, 0):.0f} MB, file {size_mb:.0f} MB")
 
     start = time.perf_counter()
     rasteriser = TileRasteriser(annotations, "Tumor=1,Stroma=2")
