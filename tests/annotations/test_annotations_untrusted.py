@@ -143,13 +143,16 @@ def test_geojson_bad_features_are_skipped_with_their_index(tmp_path, caplog):
         {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [[[0, 0], [1, "x"], [1, 1]]]}},
         {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [[[0, 0], [1, 0]]]}},
         {"type": "NotAFeature"},
+        {"type": "Feature", "geometry": {"type": "MultiPolygon", "coordinates": [
+            [[[0, 0], [1, 0], [1, 1], [0, 0]]], [[[5, 5], [6, 6], [5, 5]]]]}},
     ]
     path = tmp_path / "bad.geojson"
     path.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
     with caplog.at_level(logging.WARNING, logger="wsipipe.annotations"):
         annotations = read_annotations(path)
-    assert len(annotations) == 1
-    for index, message in [(1, "LineString"), (2, "malformed coordinates"), (3, "distinct points"), (4, "not a GeoJSON Feature")]:
+    assert len(annotations) == 2 and annotations[1].geometry.area == 0.5  # the good part of #5 is kept
+    for index, message in [(1, "LineString"), (2, "malformed coordinates"), (3, "distinct points"),
+                           (4, "not a GeoJSON Feature"), (5, "part 1 has 2 distinct points")]:
         assert any(f"feature #{index}" in r.getMessage() and message in r.getMessage() for r in caplog.records)
 
 

@@ -93,7 +93,7 @@ def _read_feature(feature, index: int, problems: Problems) -> Annotation | None:
         elif geom_type == "MultiPolygon":
             parts = [make_polygon(_rings(p), problems, None, f"{what} part {k}") for k, p in enumerate(coordinates)]
             polygons = [q for p in parts if p is not None for q in getattr(p, "geoms", [p])]
-            if len(polygons) < len(parts):
+            if not polygons:  # each bad part was reported (and skipped) on its own
                 return None
             shape = polygons[0] if len(polygons) == 1 else MultiPolygon(polygons)
             if not shape.is_valid:
