@@ -30,7 +30,7 @@ STRIP_ROWS = 1024
 class TileRasteriser:
     """Label masks of level-0 regions from one AnnotationSet and LabelMap.
 
-    Picklable: it pickles as its polygons and values, and rebuilds the index in the receiving
+    Picklable: it pickles as its polygons, their priorities and the label map, and rebuilds the index in the receiving
     process, so tiler worker processes can each hold one.
     """
 
@@ -61,18 +61,15 @@ class TileRasteriser:
         """Index the polygons (in burn order) and flatten their rings into one edge table."""
         self._polygons = polygons
         self._priorities = priorities
-        rings = [ring for p in polygons for ring in _rings(p)]
-        rings_per_polygon = np.array([1 + len(p.interiors) for p in polygons], np.int64)
-        ring_sizes = np.array([len(r) for r in rings], np.int64)
-        self._xy = np.concatenate(rings) if rings else np.zeros((0, 2))
+        rings, ring_owner = shapely.get_rings(polygons, return_index=True)  # exterior, then holes
+        self._xy, vertex_ring = shapely.get_coordinates(rings, return_index=True)
+        ring_sizes = np.bincount(vertex_ring, minlength=len(rings))
+        ring_starts = np.cumsum(ring_sizes) - ring_sizes
         # An edge goes from vertex i to i+1 within a closed ring; it is named by i.
-        ring_starts = np.concatenate([[0], np.cumsum(ring_sizes)[:-1]]) if rings else np.zeros(0, np.int64)
-        edge_counts_per_ring = np.maximum(ring_sizes - 1, 0)
-        self._edge_from = _ranges(ring_starts, edge_counts_per_ring)
-        ring_owner = np.repeat(np.arange(len(polygons)), rings_per_polygon)
-        edges_per_polygon = np.bincount(ring_owner, weights=edge_counts_per_ring, minlength=len(polygons)).astype(np.int64)
-        self._edge_start = np.concatenate([[0], np.cumsum(edges_per_polygon)[:-1]]).astype(np.int64)
-        self._edge_count = edges_per_polygon
+        edges_per_ring = np.maximum(ring_sizes - 1, 0)
+        self._edge_from = _ranges(ring_starts, edges_per_ring)
+        self._edge_count = np.bincount(ring_owner, weights=edges_per_ring, minlength=len(polygons)).astype(np.int64)
+        self._edge_start = np.cumsum(self._edge_count) - self._edge_count
         self._tree = shapely.STRtree(polygons)
 
     def __reduce__(self):
@@ -170,6 +167,3 @@ def _ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
     offsets = np.cumsum(counts) - counts
     return np.repeat(np.asarray(starts, np.int64) - offsets, counts) + np.arange(total)
 
-
-def _rings(polygon: Polygon) -> list[np.ndarray]:
-    return [np.asarray(polygon.exterior.coords)[:, :2]] + [np.asarray(r.coords)[:, :2] for r in polygon.interiors]
