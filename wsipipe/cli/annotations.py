@@ -155,7 +155,8 @@ def mask(
         "slide_size": [width, height],
     })
     fractions = rasteriser.label_fractions(result)
-    summary = ", ".join(f"{n}={v}: {f:.2%}" for n, v, f in zip(rasteriser.label_map.names, rasteriser.label_map.values, fractions))
+    labels_burned = zip(rasteriser.label_map.names, rasteriser.label_map.values, fractions)
+    summary = ", ".join(f"{n}={v}: {f:.2%}" for n, v, f in labels_burned if v) or "no labels"
     typer.echo(f"{output}: {out_width} x {out_height} mask at {mpp:g} µm/px; {summary}")
 
 
