@@ -216,3 +216,21 @@ def test_asap_content_under_an_aperio_root_is_not_silently_empty(tmp_path, caplo
     with caplog.at_level(logging.WARNING, logger="wsipipe.annotations"):
         assert len(read_annotations(path)) == 0
     assert f"{path}: the file holds no Aperio <Region> elements" in caplog.text
+
+
+def test_streaming_releases_elements_as_it_reads(tmp_path):
+    """Read elements are freed as the reader goes: the tree holds the current element, at most one
+    emptied predecessor and what the parser has read ahead, never the whole file (30 000 elements)."""
+    from wsipipe.annotations.xmlsafe import release
+
+    square = [(0, 0), (4, 0), (4, 4), (0, 4)]
+    path = tmp_path / "many.xml"
+    path.write_text(_asap(*[_polygon(f"p{i}", square) for i in range(5000)]))
+    largest = 0
+    for _, elem in iter_xml(path, ("Annotation",)):
+        assert sum(1 for _ in elem.itersiblings(preceding=True)) <= 1
+        root = elem.getroottree().getroot()
+        largest = max(largest, sum(1 for _ in root.iter()))
+        release(elem)
+    assert largest < 2000
+    assert len(read_annotations(path)) == 5000
