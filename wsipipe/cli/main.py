@@ -9,6 +9,7 @@ import typer
 from typer.core import TyperGroup
 
 from wsipipe import __version__
+from wsipipe.cli import annotations as annotations_cmd
 from wsipipe.cli import info as info_cmd
 from wsipipe.errors import WsipipeError
 
@@ -21,7 +22,7 @@ class _WsipipeGroup(TyperGroup):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
-        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, typer.Exit, typer.Abort, typer.TyperException):  # typer 0.29 vendors click
             raise
         except WsipipeError as exc:
             if _state["debug"]:
@@ -69,6 +70,7 @@ def _global_options(
 
 
 app.command("info")(info_cmd.info)
+app.add_typer(annotations_cmd.app, name="annotations")
 
 
 def run() -> None:

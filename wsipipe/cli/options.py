@@ -36,3 +36,12 @@ DeviceOpt = Annotated[
     str,
     typer.Option("--device", help="auto (CUDA if available, else CPU), cpu or cuda."),
 ]
+LabelMapOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--label-map",
+        help="Mask value per annotation label, in priority order (later entries win where labels "
+        "overlap; value 0 cuts holes): 'Tumor=1,Exclusion=0', or a file (JSON object or name=value "
+        "lines). Default: each label 1, 2, ... in file order; Exclusion and CAMELYON '_2' are 0.",
+    ),
+]
