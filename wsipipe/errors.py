@@ -45,3 +45,11 @@ class ModelError(WsipipeError):
 
 class OutputError(WsipipeError):
     """An output location that cannot be written."""
+
+
+class StainError(InvalidInputError):
+    """An image or tile set from which stains cannot be estimated (no tissue, not RGB colour)."""
+
+
+class SlidesFailedError(WsipipeError):
+    """A batch finished with some slides failed (the others are done)."""

@@ -10,7 +10,16 @@ from typer.core import TyperGroup
 
 from wsipipe import __version__
 from wsipipe.cli import annotations as annotations_cmd
+from wsipipe.cli import batch as batch_cmd
+from wsipipe.cli import evaluate as evaluate_cmd
 from wsipipe.cli import info as info_cmd
+from wsipipe.cli import models as models_cmd
+from wsipipe.cli import normalize as normalize_cmd
+from wsipipe.cli import nuclei as nuclei_cmd
+from wsipipe.cli import segment as segment_cmd
+from wsipipe.cli import synth as synth_cmd
+from wsipipe.cli import tile as tile_cmd
+from wsipipe.cli import train as train_cmd
 from wsipipe.errors import WsipipeError
 
 _state = {"debug": False}
@@ -70,7 +79,17 @@ def _global_options(
 
 
 app.command("info")(info_cmd.info)
+app.command("synth")(synth_cmd.synth)
 app.add_typer(annotations_cmd.app, name="annotations")
+app.command("tile")(tile_cmd.tile)
+app.command("normalize")(normalize_cmd.normalize)
+app.command("segment")(segment_cmd.segment)
+app.command("nuclei")(nuclei_cmd.nuclei)
+app.command("batch")(batch_cmd.batch)
+app.add_typer(models_cmd.app, name="models")
+app.command("train")(train_cmd.train)
+app.command("evaluate")(evaluate_cmd.evaluate)
+app.command("predict")(evaluate_cmd.predict)
 
 
 def run() -> None:

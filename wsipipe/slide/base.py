@@ -70,6 +70,9 @@ class SlideReader(ABC):
 
     #: True when ``_read_raw`` can only serve requests inside the level (the base pads).
     _in_bounds_only = False
+    #: Direct tile decoder for levels stored as plain tiled TIFF pages (``tiff_tiles.TiledPages``),
+    #: set by backends where it gives the backend's own pixels; None reads through the backend.
+    _direct_tiles = None
 
     def close(self) -> None:  # noqa: B027 - optional for backends
         """Release file handles."""
@@ -137,6 +140,12 @@ class SlideReader(ABC):
         width, height = int(size[0]), int(size[1])
         if width <= 0 or height <= 0:
             raise InvalidInputError(f"region size must be positive, got {width}x{height}")
+        if self._direct_tiles is not None and self._direct_tiles.covers(level):
+            # Only at whole level pixels: elsewhere openslide resamples by a sub-pixel shift.
+            downsample = self.levels[level].downsample
+            lx, ly = x / downsample, y / downsample
+            if lx.is_integer() and ly.is_integer():
+                return self._direct_tiles.read(level, int(lx), int(ly), width, height)
         if self._in_bounds_only:
             return self._read_padded(x, y, level, width, height)
         return _composite_on_white(self._read_raw(x, y, level, width, height))
@@ -204,10 +213,10 @@ def _composite_on_white(pixels: np.ndarray) -> np.ndarray:
     """RGB from RGB or straight-alpha RGBA, transparent areas becoming white."""
     if pixels.shape[2] == 3:
         return np.ascontiguousarray(pixels, dtype=np.uint8)
+    if bool((pixels[..., 3] == 255).all()):  # opaque (the usual case): no arithmetic
+        return np.ascontiguousarray(pixels[..., :3])
     rgb = pixels[..., :3].astype(np.uint16)
     alpha = pixels[..., 3:4].astype(np.uint16)
-    if bool((alpha == 255).all()):
-        return np.ascontiguousarray(pixels[..., :3])
     out = (rgb * alpha + 255 * (255 - alpha) + 127) // 255
     return out.astype(np.uint8)
 

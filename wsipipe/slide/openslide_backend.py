@@ -9,6 +9,12 @@ import openslide
 
 from wsipipe.errors import SlideOpenError
 from wsipipe.slide.base import Level, SlideReader, parse_float
+from wsipipe.slide.tiff_tiles import TiledPages
+
+
+# Formats whose levels openslide reads as whole TIFF pages, tile by tile, without overlaps,
+# so decoding the page's tiles directly yields openslide's pixels.
+DIRECT_TILE_VENDORS = {"aperio", "generic-tiff"}
 
 
 class OpenSlideReader(SlideReader):
@@ -26,6 +32,8 @@ class OpenSlideReader(SlideReader):
             Level(int(w), int(h), float(d))
             for (w, h), d in zip(self._slide.level_dimensions, self._slide.level_downsamples)
         ]
+        if self.vendor in DIRECT_TILE_VENDORS:
+            self._direct_tiles = TiledPages.open(path, self._levels)
 
     @property
     def vendor(self) -> str | None:
@@ -58,4 +66,6 @@ class OpenSlideReader(SlideReader):
         return np.asarray(image)
 
     def close(self) -> None:
+        if self._direct_tiles is not None:
+            self._direct_tiles.close()
         self._slide.close()

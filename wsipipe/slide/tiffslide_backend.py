@@ -9,6 +9,7 @@ import tiffslide
 
 from wsipipe.errors import SlideOpenError
 from wsipipe.slide.base import Level, SlideReader, parse_float
+from wsipipe.slide.tiff_tiles import TiledPages
 
 
 class TiffSlideReader(SlideReader):
@@ -25,6 +26,7 @@ class TiffSlideReader(SlideReader):
             raise SlideOpenError(f"{path}: not a slide tiffslide can read ({exc})") from exc
         self._props = self._slide.properties
         self._levels = [Level(int(w), int(h), float(d)) for (w, h), d in zip(dims, downsamples)]
+        self._direct_tiles = TiledPages.open(path, self._levels)
 
     @property
     def vendor(self) -> str | None:
@@ -64,4 +66,6 @@ class TiffSlideReader(SlideReader):
         return pixels[..., :4] if pixels.shape[2] >= 4 else pixels[..., :3]
 
     def close(self) -> None:
+        if self._direct_tiles is not None:
+            self._direct_tiles.close()
         self._slide.close()

@@ -1,0 +1,179 @@
+"""Benchmark ``wsipipe segment``: end-to-end tiles/s against the model-only ceiling, and peak memory.
+
+In one run, with one model file and one batch size:
+
+- end-to-end: ``wsipipe segment`` as a user runs it (a subprocess), on a synthetic slide and on
+  one 4x bigger (``wsipipe synth`` slides in a temporary folder); tiles/s = tiles / wall time
+  of the whole command (tissue detection, reading, inference, stitching, pyramid, report);
+- ceiling: the same model, the same batch size, batches already in device memory, forward pass
+  only (3 passes over ``--ceiling-batches`` batches before and 3 after the end-to-end runs; median);
+- peak RSS of the command's whole process tree (sampled every 50 ms).
+
+Prints the figures (medians over ``--repeats`` end-to-end runs) and ends with one JSON line.
+GPU: ``--arch unet --tile 512 --batch-size 64 --device cuda`` (U-Net ResNet-34).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from wsipipe.models import build_model  # noqa: E402
+from wsipipe.models.io import load_model, model_metadata, save_model  # noqa: E402
+from wsipipe.slide.synthetic import SyntheticSpec, write_synthetic_slide  # noqa: E402
+
+ARCH_ARGS = {"unet": {"encoder": "resnet34"}, "plain-unet": {"base": 8}}
+
+
+def peak_tree_rss(command: list[str], env: dict) -> tuple[float, int, str]:
+    """(wall seconds, peak summed RSS bytes of the process and its children, stderr)."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    root = psutil.Process(proc.pid)
+    peak = 0
+    while proc.poll() is None:
+        try:
+            tree = [root, *root.children(recursive=True)]
+            peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
+        except psutil.Error:
+            pass
+        time.sleep(0.05)
+    elapsed = time.perf_counter() - started
+    stderr = proc.stderr.read()
+    if proc.returncode != 0:
+        raise SystemExit(f"segment failed ({proc.returncode}): {stderr}")
+    return elapsed, peak, stderr
+
+
+def ceiling_tiles_per_s(model_path: Path, batch_size: int, device: str, batches: int, repeats: int) -> float:
+    """Model-only throughput: batches already on the device, forward only (same settings as segment)."""
+    import torch
+
+    bundle = load_model(model_path, device=device)
+    model = bundle.model
+    cuda = device.startswith("cuda")
+    if cuda:
+        model = model.to(memory_format=torch.channels_last)
+    tile = bundle.tile_size
+    generator = torch.Generator().manual_seed(0)
+    data = [
+        torch.rand((batch_size, 3, tile, tile), generator=generator).to(device)
+        for _ in range(batches)
+    ]
+    if cuda:
+        data = [x.contiguous(memory_format=torch.channels_last) for x in data]
+    rates = []
+    with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=cuda):
+        model(data[0])  # warm-up
+        for _ in range(repeats):
+            if cuda:
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            for x in data:
+                model(x)
+            if cuda:
+                torch.cuda.synchronize()
+            rates.append(batches * batch_size / (time.perf_counter() - t0))
+    return statistics.median(rates)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=6144, help="small slide side (level-0 px); the big one is 2x")
+    parser.add_argument("--slide-mpp", type=float, default=0.5)
+    parser.add_argument("--model-mpp", type=float, default=1.0)
+    parser.add_argument("--arch", default="plain-unet", choices=sorted(ARCH_ARGS))
+    parser.add_argument("--tile", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--normalize", default="none")
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--ceiling-batches", type=int, default=8)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="bench-segment-") as tmp:
+        tmp = Path(tmp)
+        model_path = tmp / "model.safetensors"
+        net = build_model(args.arch, 2, ARCH_ARGS[args.arch])
+        save_model(model_path, net, model_metadata(args.arch, ARCH_ARGS[args.arch], ["background", "tumour"],
+                                                   mpp=args.model_mpp, tile_size=args.tile))
+        slides = {}
+        for name, side in (("small", args.size), ("big", 2 * args.size)):
+            t0 = time.perf_counter()
+            slides[name] = write_synthetic_slide(
+                tmp / f"{name}.tif", SyntheticSpec(width=side, height=side, mpp=args.slide_mpp, seed=1)
+            )
+            print(f"synth {name}: {side} x {side} px in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        # The ceiling is measured before and after the end-to-end runs (median of both), so a
+        # change in machine load during the run moves both figures alike.
+        ceilings = [ceiling_tiles_per_s(model_path, args.batch_size, args.device, args.ceiling_batches, 3)]
+        results = {}
+        for name, slide in slides.items():
+            runs = []
+            for repeat in range(args.repeats):
+                out = tmp / f"out-{name}-{repeat}"
+                command = [
+                    sys.executable, "-m", "wsipipe", "segment", str(slide), "-o", str(out), "--model", str(model_path),
+                    "--normalize", args.normalize, "--batch-size", str(args.batch_size), "--device", args.device,
+                    "--workers", str(args.workers), "--quiet",
+                ]
+                wall, peak, _ = peak_tree_rss(command, env)
+                report = json.loads((out / "report.json").read_text())
+                runs.append((wall, peak, report))
+            n_tiles = runs[0][2]["n_tiles"]
+            results[name] = {
+                "n_tiles": n_tiles,
+                "wall_s": statistics.median(r[0] for r in runs),
+                "tiles_per_s": statistics.median(n_tiles / r[0] for r in runs),
+                "inference_tiles_per_s": statistics.median(r[2]["tiles_per_s"]["inference"] for r in runs),
+                "peak_rss_mib": statistics.median(r[1] for r in runs) / 2**20,
+                "timings_s": runs[0][2]["timings_s"],
+            }
+            print(f"{name}: {n_tiles} tiles, {results[name]['wall_s']:.1f} s, "
+                  f"{results[name]['tiles_per_s']:.2f} tiles/s end-to-end "
+                  f"({results[name]['inference_tiles_per_s']:.2f} in the inference stage), "
+                  f"peak RSS {results[name]['peak_rss_mib']:.0f} MiB", file=sys.stderr)
+
+        ceilings.append(ceiling_tiles_per_s(model_path, args.batch_size, args.device, args.ceiling_batches, 3))
+        ceiling = statistics.median(ceilings)
+        ratio = results["big"]["tiles_per_s"] / ceiling
+        ratio_inference = results["big"]["inference_tiles_per_s"] / ceiling
+        print(f"model-only ceiling: {ceiling:.2f} tiles/s; end-to-end / ceiling = {ratio:.2f} "
+              f"(inference stage / ceiling = {ratio_inference:.2f}; target >= 0.8)", file=sys.stderr)
+        print(f"peak RSS small {results['small']['peak_rss_mib']:.0f} MiB, big (4x) "
+              f"{results['big']['peak_rss_mib']:.0f} MiB (target < 2048, big not larger)", file=sys.stderr)
+        print(json.dumps({
+            "benchmark": "segment",
+            "device": args.device,
+            "arch": args.arch,
+            "tile": args.tile,
+            "batch_size": args.batch_size,
+            "workers": args.workers,
+            "normalize": args.normalize,
+            "ceiling_tiles_per_s": round(ceiling, 3),
+            "ceiling_before_after": [round(c, 3) for c in ceilings],
+            "end_to_end_tiles_per_s": round(results["big"]["tiles_per_s"], 3),
+            "ratio": round(ratio, 3),
+            "inference_stage_ratio": round(ratio_inference, 3),
+            "small": results["small"],
+            "big": results["big"],
+        }))
+
+
+if __name__ == "__main__":
+    main()

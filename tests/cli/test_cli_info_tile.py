@@ -1,0 +1,168 @@
+"""``wsipipe info`` / ``wsipipe tile`` on bad input: one line, the right exit code, input untouched."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from wsipipe.cli.main import app
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _tile(slide, out, *extra):
+    return CliRunner().invoke(app, ["tile", str(slide), "-o", str(out), "--quiet", "--workers", "1", *extra])
+
+
+def _assert_one_line_error(result, code: int, *needles: str) -> None:
+    assert result.exit_code == code, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
+    assert "Traceback" not in result.output
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+@pytest.fixture
+def truncated(slides_dir, tmp_path):
+    path = tmp_path / "truncated.svs"
+    data = (slides_dir / "CMU-1-Small-Region.svs").read_bytes()
+    path.write_bytes(data[: int(len(data) * 0.6)])
+    return path
+
+
+@pytest.fixture
+def png(tmp_path):
+    import cv2
+    import numpy as np
+
+    path = tmp_path / "picture.png"
+    cv2.imwrite(str(path), np.full((64, 64, 3), 200, np.uint8))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("make_input", "needle"),
+    [
+        (lambda d, t: t / "missing.svs", "no such file"),
+        (lambda d, t: t, "is a directory"),
+        (lambda d, t: d / "broken.svs", "not a readable slide"),
+        ("truncated", "not a readable slide"),
+        ("png", "not a readable slide"),
+    ],
+    ids=["missing", "directory", "broken", "truncated", "png"],
+)
+def test_bad_slides_fail_with_one_line(slides_dir, tmp_path, request, make_input, needle):
+    slide = request.getfixturevalue(make_input) if isinstance(make_input, str) else make_input(slides_dir, tmp_path)
+    digest = _sha(slide) if slide.is_file() else None
+    for result in (_tile(slide, tmp_path / "out.zarr"), CliRunner().invoke(app, ["info", str(slide)])):
+        _assert_one_line_error(result, 1, str(slide), needle)
+    assert not (tmp_path / "out.zarr").exists() and not (tmp_path / "out.zarr.partial").exists()
+    if digest:
+        assert _sha(slide) == digest
+
+
+def test_text_file_is_refused(tmp_path):
+    slide = tmp_path / "notes.txt"
+    slide.write_text("not a slide\n")
+    _assert_one_line_error(_tile(slide, tmp_path / "out.zarr"), 1, "not a readable slide")
+    assert slide.read_text() == "not a slide\n"
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        (["--mpp", "0.1"], "finer than the slide's level 0"),
+        (["--mpp", "1000"], "too coarse"),
+        (["--tile-size", "0"], "--tile-size"),
+        (["--tile-size", "256", "--overlap", "256"], "--overlap"),
+        (["--tissue-threshold", "1.5"], "--tissue-threshold"),
+        (["--level", "4"], "--level 4 does not exist"),
+        (["--backend", "nope"], "unknown backend"),
+    ],
+)
+def test_usage_errors_exit_2(slides_dir, tmp_path, extra, needle):
+    slide = slides_dir / "CMU-1-Small-Region.svs"
+    _assert_one_line_error(_tile(slide, tmp_path / "out.zarr", *extra), 2, needle)
+    assert not list(tmp_path.iterdir())
+
+
+def test_output_under_a_file_or_missing_directory(slides_dir, tmp_path):
+    slide = slides_dir / "CMU-1-Small-Region.svs"
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    _assert_one_line_error(_tile(slide, blocker / "out.zarr"), 1, "is not a directory")
+    _assert_one_line_error(_tile(slide, tmp_path / "nodir" / "out.zarr"), 1, "does not exist")
+    _assert_one_line_error(_tile(slide, blocker), 1, "is a file")
+    assert blocker.read_text() == "x"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories")
+def test_unwritable_output_directory(slides_dir, tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        _assert_one_line_error(_tile(slides_dir / "CMU-1-Small-Region.svs", locked / "out.zarr"), 1, "not writable")
+    finally:
+        locked.chmod(0o755)
+
+
+def test_unwritable_output_location(slides_dir):
+    # /proc refuses new directories even to root.
+    _assert_one_line_error(_tile(slides_dir / "CMU-1-Small-Region.svs", Path("/proc/wsipipe-test.zarr")), 1, "cannot write")
+
+
+def test_non_store_directory_is_not_replaced(slides_dir, tmp_path):
+    out = tmp_path / "out.zarr"
+    out.mkdir()
+    (out / "precious.txt").write_text("keep")
+    _assert_one_line_error(_tile(slides_dir / "CMU-1-Small-Region.svs", out, "--overwrite"), 1, "not a wsipipe tile store")
+    assert (out / "precious.txt").read_text() == "keep"
+
+
+def test_slide_without_mpp_names_the_override_and_works_with_it(slides_dir, tmp_path):
+    slide = slides_dir / "TCGA-CR-7395-01A-01-TS1.svs"
+    digest = _sha(slide)
+    _assert_one_line_error(_tile(slide, tmp_path / "out.zarr"), 1, "--mpp-override")
+    result = _tile(slide, tmp_path / "out.zarr", "--mpp-override", "0.25", "--tile-size", "256")
+    assert result.exit_code == 0, result.output
+    assert "wrote" in result.output and str(tmp_path / "out.zarr") in result.output
+    assert _sha(slide) == digest
+
+
+def test_subprocess_errors_have_no_traceback(slides_dir, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    for args, code in (
+        (["tile", str(slides_dir / "broken.svs"), "-o", str(tmp_path / "a.zarr"), "-q"], 1),
+        (["tile", str(slides_dir / "CMU-1-Small-Region.svs"), "-o", str(tmp_path / "a.zarr"), "--tile-size", "0"], 2),
+    ):
+        proc = subprocess.run([sys.executable, "-m", "wsipipe", *args], capture_output=True, text=True, env=env, timeout=120)
+        assert proc.returncode == code, proc.stderr
+        assert proc.stderr.startswith("Error: ") and "Traceback" not in proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_tile_subprocess_with_two_workers_writes_a_store(slides_dir, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    out = tmp_path / "cmu.zarr"
+    proc = subprocess.run(
+        [sys.executable, "-m", "wsipipe", "tile", str(slides_dir / "OS-1-detail.ome.tif"), "-o", str(out), "--tile-size", "256", "--workers", "2"],
+        capture_output=True, text=True, env=env, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert f"to {out}" in proc.stdout and "tiles/s" in proc.stderr  # the progress bar
+    import zarr
+
+    group = zarr.open_group(str(out), mode="r")
+    assert group.attrs["wsipipe"]["complete"] and group["tiles"].shape[0] > 0

@@ -1,0 +1,84 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from wsipipe.inference import Blender, predict_image, tile_positions, weight_window
+from wsipipe.inference.sliding import predict_tiled
+from wsipipe.models.io import ModelBundle
+
+
+def _tiny_net() -> nn.Module:
+    """Three 3x3 convs: receptive field 7 px, so a pixel 3+ px inside a tile sees no padding."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 2, 3, padding=1)
+    ).eval()
+
+
+@pytest.fixture(scope="module")
+def lung_crop(data_dir) -> np.ndarray:
+    image = np.array(Image.open(data_dir / "lung" / "images" / "lung_01.png").convert("RGB"))
+    return image[200:501, 300:563]  # 301 x 263: not a multiple of anything
+
+
+def _whole_image_probs(net, image):
+    x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255
+    with torch.no_grad():
+        return torch.softmax(net(x), 1)[0].numpy()
+
+
+@pytest.mark.parametrize("height,width,tile,overlap", [(301, 263, 64, 16), (64, 64, 64, 0), (10, 500, 64, 32)])
+def test_positions_cover_every_pixel_with_required_overlap(height, width, tile, overlap):
+    covered = np.zeros((max(height, tile), max(width, tile)), int)
+    positions = tile_positions(height, width, tile, overlap)
+    for y, x in positions:
+        covered[y : y + tile, x : x + tile] += 1
+    assert covered[:height, :width].min() >= 1
+    ys = sorted({y for y, _ in positions})
+    assert all(b - a <= tile - overlap for a, b in zip(ys, ys[1:]))
+    assert max(y for y, _ in positions) + tile == max(height, tile)
+
+
+def test_blender_normalises_to_the_tile_values():
+    blender = Blender(1, 100, 100, 64)
+    for y, x in tile_positions(100, 100, 64, 16):
+        blender.add(np.full((1, 64, 64), 3.0, np.float32), y, x)
+    np.testing.assert_allclose(blender.result(), 3.0, rtol=1e-6)
+    assert weight_window(64).min() > 0 and weight_window(64)[32, 32] == pytest.approx(1, abs=2e-3)
+
+
+def test_blended_equals_whole_image_forward_and_has_no_seams(lung_crop):
+    net = _tiny_net()
+    whole = _whole_image_probs(net, lung_crop)
+    blended = predict_tiled(net, lung_crop, 2, tile=64, overlap=32, batch_size=4)
+    assert blended.shape == whole.shape
+    inner = (slice(None), slice(8, -8), slice(8, -8))
+    assert np.abs(blended[inner] - whole[inner]).max() < 0.01
+
+    # seams: differences between neighbouring columns at tile borders vs everywhere
+    def seam_ratio(probs, borders):
+        diffs = np.abs(np.diff(probs[1], axis=1)).mean(axis=0)
+        return diffs[borders].mean() / diffs.mean()
+
+    blended_borders = [x - 16 + 63 for _, x in tile_positions(263 + 32, 263 + 32, 64, 32) if 0 < x - 16 + 63 < 262]
+    assert seam_ratio(blended, sorted(set(blended_borders))) < 1.2
+    # control: a mosaic of non-overlapping tiles does show its seams to the same measure
+    mosaic = predict_tiled(net, lung_crop, 2, tile=64, overlap=0, batch_size=4, window="constant")
+    mosaic_borders = [x + 63 for _, x in tile_positions(263, 263, 64, 0) if x + 63 < 262]
+    assert seam_ratio(mosaic, sorted(set(mosaic_borders))) > 1.5
+
+
+def test_predict_image_resizes_to_model_scale_and_back(lung_crop):
+    bundle = ModelBundle(
+        _tiny_net(),
+        {"classes": ["a", "b"], "mpp": 2.0, "tile_size": 64, "input_normalisation": {"mean": [0] * 3, "std": [1] * 3}},
+    )
+    probs = predict_image(bundle, lung_crop, mpp_of_image=1.0, overlap=16, batch_size=4, device="cpu")
+    assert probs.shape == (2,) + lung_crop.shape[:2]
+    np.testing.assert_allclose(probs.sum(0), 1, atol=1e-4)
+    half = np.array(Image.fromarray(lung_crop).resize((132, 151), Image.BILINEAR))
+    direct = _whole_image_probs(bundle.model, half)
+    # the same picture at the model's scale: compare the centre after upscaling
+    assert np.abs(probs[1, 150, 130] - direct[1, 75, 65]) < 0.1

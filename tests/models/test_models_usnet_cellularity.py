@@ -1,0 +1,152 @@
+"""US-Net and the cellularity regressor: shapes, anchors, matching, losses, instances (tiny inputs)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from wsipipe.models import build_model, parameter_count
+from wsipipe.models.cellularity import cellularity_loss, load_segmentation_encoder
+from wsipipe.models.usnet import (
+    USNetLoss,
+    decode,
+    encode,
+    instance_boxes,
+    match_anchors,
+    usnet_instances,
+)
+
+TINY = {"base": 4, "depth": 3, "anchor_sizes": [[16, 24], [8, 12], [4, 6]]}
+
+
+def _discs():
+    labels = np.zeros((2, 32, 32), dtype=np.int64)
+    yy, xx = np.mgrid[:32, :32]
+    labels[0][(yy - 8) ** 2 + (xx - 8) ** 2 < 16] = 1
+    labels[0][(yy - 20) ** 2 + (xx - 22) ** 2 < 25] = 2
+    labels[1][(yy - 16) ** 2 + (xx - 10) ** 2 < 9] = 7
+    return torch.as_tensor(labels)
+
+
+def test_usnet_shapes_and_anchors():
+    model = build_model("usnet", 1, TINY)
+    out = model(torch.rand(2, 3, 32, 32))
+    # anchors: 8x8 x 2 + 16x16 x 2 + 32x32 x 2
+    n = 2 * (8 * 8 + 16 * 16 + 32 * 32)
+    assert out["segmentation"].shape == (2, 1, 32, 32)
+    assert out["scores"].shape == (2, n) and out["offsets"].shape == (2, n, 4)
+    anchors = model.anchors(32, 32)
+    assert anchors.shape == (n, 4)
+    assert anchors[0].tolist() == [1.5, 1.5, 16.0, 16.0]  # first cell of the stride-4 map
+    assert anchors[-1].tolist() == [31.0, 31.0, 6.0, 6.0]  # last pixel of the stride-1 map
+    assert parameter_count("usnet") > 1e6
+
+
+def test_offsets_round_trip_and_matching():
+    anchors = torch.tensor([[10.0, 10.0, 8.0, 8.0], [30.0, 30.0, 8.0, 8.0], [12.0, 10.0, 8.0, 8.0]])
+    boxes = torch.tensor([[10.0, 10.0, 8.0, 8.0]])
+    assert torch.allclose(decode(encode(boxes.expand(3, 4), anchors), anchors), boxes.expand(3, 4))
+    targets = match_anchors(anchors, boxes)
+    # anchor 0 is the box (IoU 1), anchor 1 is far (IoU 0), anchor 2 overlaps 6x8 of 8x8: IoU 48/80 = 0.6
+    assert targets.labels.tolist() == [1.0, 0.0, 1.0]
+    assert torch.allclose(targets.offsets[0], torch.zeros(4))
+
+
+def test_instance_boxes():
+    boxes = instance_boxes(_discs()[0].numpy())
+    # disc radius < 2 around (8, 8): pixels 5..11 -> centre 8, 7 wide
+    assert boxes[0].tolist() == [8.0, 8.0, 7.0, 7.0]
+    assert len(boxes) == 2
+
+
+def test_usnet_loss_terms_and_gradients():
+    torch.manual_seed(0)
+    model = build_model("usnet", 1, TINY)
+    labels = _discs()
+    out = model(torch.rand(2, 3, 32, 32))
+    losses = USNetLoss(alpha=1.0, beta=2.0)(out, labels, model.anchors(32, 32))
+    assert torch.isclose(
+        losses["loss"], losses["segmentation"] + losses["confidence"] + 2.0 * losses["localisation"]
+    )
+    assert all(float(v.detach()) > 0 for v in losses.values())
+    losses["loss"].backward()
+    assert model.segmentation.weight.grad.abs().sum() > 0
+    assert model.offsets[2].weight.grad.abs().sum() > 0
+
+
+def test_segmentation_term_is_l1_and_weights_confidence():
+    model = build_model("usnet", 1, TINY)
+    labels = _discs()
+    anchors = model.anchors(32, 32)
+    n = anchors.shape[0]
+    perfect = {
+        "segmentation": (labels > 0).float()[:, None],
+        "scores": torch.zeros(2, n),
+        "offsets": torch.zeros(2, n, 4),
+    }
+    losses = USNetLoss()(perfect, labels, anchors)
+    assert float(losses["segmentation"]) == 0.0
+    # an all-background segmentation weights every anchor's focal term by 0
+    empty = dict(perfect, segmentation=torch.zeros(2, 1, 32, 32))
+    losses = USNetLoss()(empty, labels, anchors)
+    assert float(losses["confidence"]) == 0.0
+    assert float(losses["segmentation"]) == pytest.approx(float((labels > 0).float().mean()))
+
+
+def test_instances_from_segmentation_seeded_by_detections():
+    seg = np.zeros((20, 30))
+    seg[5:15, 3:27] = 0.9  # two touching nuclei as one blob
+    seg[10, 15] = 0.6  # a saddle between them
+    boxes = np.array([[8, 10, 10, 10], [21, 10, 10, 10], [8.5, 10, 10, 10], [50, 50, 4, 4]], dtype=np.float32)
+    scores = np.array([0.9, 0.8, 0.7, 0.95])  # the third is suppressed by NMS, the fourth is outside
+    labels = usnet_instances(seg, boxes, scores)
+    assert labels.max() == 2
+    assert labels[10, 5] != labels[10, 25]
+    assert (labels > 0).sum() == 10 * 24
+    # no detection: the blob is still one nucleus
+    assert usnet_instances(seg, boxes[:0], scores[:0]).max() == 1
+
+
+def test_cellularity_net_shapes_loss_and_encoder_initialisation():
+    torch.manual_seed(0)
+    model = build_model("cellularity", 1, {"seg_encoder": "resnet18", "resnet": "resnet18", "hidden": 16})
+    scores = model(torch.rand(2, 3, 64, 64))
+    assert scores.shape == (2,) and bool(((scores > 0) & (scores < 1)).all())
+    loss = cellularity_loss(scores, torch.tensor([0.2, 0.9]))
+    assert float(loss.detach()) == pytest.approx(float((scores.detach() - torch.tensor([0.2, 0.9])).abs().mean()))
+    loss.backward()
+    assert model.head[-1].weight.grad is not None
+
+    segmentation = build_model("deeplabv3plus", 3, {"encoder": "resnet18"})
+    copied = load_segmentation_encoder(model, segmentation.state_dict())
+    assert copied > 0
+    key = next(iter(model.seg_encoder.state_dict()))
+    assert torch.equal(model.seg_encoder.state_dict()[key], segmentation.state_dict()["encoder." + key])
+    with pytest.raises(ValueError, match="encoder"):
+        load_segmentation_encoder(model, {"decoder.x": torch.zeros(1)})
+    wrong = build_model("deeplabv3plus", 3, {"encoder": "resnet34"})
+    with pytest.raises(ValueError, match="does not fit"):
+        load_segmentation_encoder(model, wrong.state_dict())
+
+
+def test_usnet_learns_a_real_crop(data_dir):
+    """Smoke training: 15 Adam steps on one real CPM-15 crop lower the loss (seconds on CPU)."""
+    from wsipipe.nuclei.data import load_cpm15
+
+    sample = load_cpm15(data_dir / "nuclei" / "cpm15")[0]
+    rgb = torch.as_tensor(sample.rgb[:64, :64]).permute(2, 0, 1)[None].float() / 255
+    labels = torch.as_tensor(sample.instances[:64, :64].astype(np.int64))[None]
+    torch.manual_seed(0)
+    model = build_model("usnet", 1, TINY)
+    anchors = model.anchors(64, 64)
+    loss_fn = USNetLoss()
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-2)
+    history = []
+    for _ in range(15):
+        optimiser.zero_grad()
+        loss = loss_fn(model(rgb), labels, anchors)["loss"]
+        loss.backward()
+        optimiser.step()
+        history.append(float(loss.detach()))
+    assert history[-1] < 0.7 * history[0], history

@@ -1,0 +1,107 @@
+"""Report: areas in mm² on masks of known area, JSON/PNG/HTML outputs, atomic writes."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+
+import cv2
+import numpy as np
+import pytest
+
+from wsipipe.errors import InvalidInputError, OutputError
+from wsipipe.report import (
+    class_pixel_counts,
+    mask_area_mm2,
+    pixel_area_mm2,
+    render_overlay,
+    write_bytes_atomic,
+    write_overlay_png,
+    write_report_html,
+    write_report_json,
+)
+
+
+def test_rectangle_area_in_mm2():
+    mask = np.zeros((2000, 3000), bool)
+    mask[100:1100, 200:700] = True  # 1000 x 500 px at 4 x 0.5 µm = 2 µm/px -> 2000 x 1000 µm
+    assert mask_area_mm2(mask, 0.5, downsample=4) == pytest.approx(2.0)
+    assert mask_area_mm2(mask, 0.5, 0.25, downsample=4) == pytest.approx(1.0)  # anisotropic pixels
+
+
+def test_disc_area_matches_pi_r_squared():
+    yy, xx = np.mgrid[:1000, :1000]
+    radius_px = 400
+    disc = (yy - 500) ** 2 + (xx - 500) ** 2 < radius_px**2
+    mpp = 0.25  # radius 100 µm = 0.1 mm
+    assert mask_area_mm2(disc, mpp) == pytest.approx(np.pi * 0.1**2, rel=1e-3)
+
+
+def test_pixel_area_refuses_nonsense():
+    with pytest.raises(InvalidInputError):
+        pixel_area_mm2(0.0)
+    assert pixel_area_mm2(1000.0) == 1.0  # a 1 mm pixel
+
+
+def test_class_counts_read_band_by_band_match_bincount():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, (5000, 370), dtype=np.uint8)
+    counts = class_pixel_counts(labels, 3, block=128)
+    assert counts.tolist() == np.bincount(labels.ravel(), minlength=3).tolist()
+
+
+def _report(slide="slide <1>.svs"):
+    return {
+        "slide": slide,
+        "mpp": 0.499,
+        "model": {"name": "toy", "sha256": "ab" * 32},
+        "tissue_area_mm2": 2.0,
+        "tumour_area_mm2": 0.5,
+        "tumour_fraction": 0.25,
+        "n_tiles": 12,
+        "timings_s": {"tissue": 0.5, "inference": 2.0},
+        "tiles_per_s": {"inference": 6.0},
+    }
+
+
+def test_overlay_tints_and_outlines_the_mask_on_a_real_slide_thumbnail(slides_dir):
+    from wsipipe.slide import open_slide
+
+    with open_slide(slides_dir / "CMU-1-Small-Region.svs") as reader:
+        thumbnail = reader.thumbnail_at_mpp(8.0)
+    labels = np.zeros((thumbnail.shape[0] // 2, thumbnail.shape[1] // 2), np.uint8)
+    labels[20:60, 20:60] = 1  # coarser than the thumbnail: resized (nearest) onto it
+    overlay = render_overlay(thumbnail, labels)
+    assert overlay.shape == thumbnail.shape
+    inside = (slice(50, 110), slice(50, 110))
+    outside = (slice(0, 30), slice(0, 30))
+    assert np.array_equal(overlay[outside], thumbnail[outside])
+    tint = overlay[inside].astype(int) - thumbnail[inside].astype(int)
+    assert tint[..., 0].mean() > 0 > tint[..., 1].mean()  # toward the tumour red (230, 25, 75)
+
+
+def test_report_files(tmp_path):
+    thumbnail = np.full((60, 80, 3), 230, np.uint8)
+    labels = np.zeros((60, 80), np.uint8)
+    labels[10:30, 10:40] = 1
+    overlay = render_overlay(thumbnail, labels)
+    write_report_json(tmp_path / "report.json", _report())
+    write_overlay_png(tmp_path / "overlay.png", overlay)
+    write_report_html(tmp_path / "report.html", _report(), thumbnail, overlay)
+    assert json.loads((tmp_path / "report.json").read_text())["tumour_fraction"] == 0.25
+    assert np.array_equal(cv2.imread(str(tmp_path / "overlay.png"))[..., ::-1], overlay)
+    page = (tmp_path / "report.html").read_text()
+    assert "slide &lt;1&gt;.svs" in page and "<1>" not in page  # names are escaped
+    assert "25.0 %" in page and "<svg" in page
+    images = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
+    assert len(images) == 2
+    decoded = cv2.imdecode(np.frombuffer(base64.b64decode(images[1]), np.uint8), cv2.IMREAD_COLOR)
+    assert np.array_equal(decoded[..., ::-1], overlay)
+    assert not re.search(r'(src|href)="(?!data:)', page)  # nothing outside the page
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["overlay.png", "report.html", "report.json"]
+
+
+def test_unwritable_output_is_one_clear_error(tmp_path):
+    with pytest.raises(OutputError, match="cannot write"):
+        write_bytes_atomic(tmp_path / "missing-dir" / "report.json", b"{}")

@@ -1,0 +1,145 @@
+"""The direct tile decoder returns exactly the backend's own pixels, wherever it is used."""
+
+from __future__ import annotations
+
+import numpy as np
+import openslide
+import pytest
+
+from wsipipe.slide import open_slide
+from wsipipe.slide.synthetic import SyntheticSpec, write_synthetic_slide
+from wsipipe.slide.tiff_tiles import ENV_SWITCH, TiledPages
+
+
+@pytest.fixture(scope="module")
+def synthetic_slide(tmp_path_factory):
+    path = tmp_path_factory.mktemp("synthetic") / "small.tif"
+    # 2600 x 1900 is not a multiple of the tile size: every level has partial edge tiles.
+    write_synthetic_slide(path, SyntheticSpec(2600, 1900, tile_size=256, levels=3, seed=5))
+    return path
+
+
+def _slide_path(name, slides_dir, synthetic_slide):
+    return synthetic_slide if name == "synthetic" else slides_dir / name
+
+
+def _openslide_reference(path, x, y, level, width, height):
+    """openslide's own read_region, composited on white by hand (alpha is all-or-nothing here)."""
+    with openslide.OpenSlide(str(path)) as slide:
+        rgba = np.asarray(slide.read_region((x, y), level, (width, height)))
+    assert set(np.unique(rgba[..., 3])) <= {0, 255}
+    rgb = rgba[..., :3].copy()
+    rgb[rgba[..., 3] == 0] = 255
+    return rgb
+
+
+def _regions(reader, level):
+    """Tile-aligned, unaligned, multi-tile, across the right/bottom edge, before the origin, outside."""
+    lvl = reader.levels[level]
+    tile = reader._direct_tiles._pages[level].tilewidth
+    at = [
+        (0, 0, tile, tile),
+        (tile, tile, tile, tile),
+        (37, 91, 2 * tile + 45, tile + 77),
+        (lvl.width - 100, lvl.height - 50, 300, 200),
+        (-20, -30, 100, 90),
+        (lvl.width + 10, 0, 50, 50),
+    ]
+    # Level coordinates -> level-0 coordinates that map back to whole level pixels.
+    return [(round(lx * lvl.downsample), round(ly * lvl.downsample), w, h) for lx, ly, w, h in at]
+
+
+# (slide, levels the fast path must serve): CMU is JPEG, TCGA is Aperio JPEG 2000 (RGB).
+OPENSLIDE_CASES = [("CMU-1-Small-Region.svs", [0]), ("TCGA-CR-7395-01A-01-TS1.svs", [0, 1]), ("synthetic", [0, 1, 2])]
+
+
+@pytest.mark.parametrize(("name", "levels"), OPENSLIDE_CASES)
+def test_openslide_backend_equals_openslide(name, levels, slides_dir, synthetic_slide):
+    path = _slide_path(name, slides_dir, synthetic_slide)
+    with open_slide(path, backend="openslide") as reader:
+        assert [i for i in range(len(reader.levels)) if reader._direct_tiles.covers(i)] == levels
+        for level in levels:
+            for x, y, w, h in _regions(reader, level):
+                if not (x / reader.levels[level].downsample).is_integer():
+                    continue  # TCGA level 1 has a non-integer downsample; covered below
+                expected = _openslide_reference(path, x, y, level, w, h)
+                np.testing.assert_array_equal(reader.read_region((x, y), level, (w, h)), expected)
+
+
+@pytest.mark.parametrize(("name", "levels"), [*OPENSLIDE_CASES, ("OS-1-detail.ome.tif", [0])])
+def test_tiffslide_backend_equals_tiffslide_and_openslide(name, levels, slides_dir, synthetic_slide, monkeypatch):
+    path = _slide_path(name, slides_dir, synthetic_slide)
+    monkeypatch.setenv(ENV_SWITCH, "0")
+    plain = open_slide(path, backend="tiffslide")
+    assert plain._direct_tiles is None
+    monkeypatch.delenv(ENV_SWITCH)
+    with open_slide(path, backend="tiffslide") as reader, plain:
+        assert [i for i in range(len(reader.levels)) if reader._direct_tiles.covers(i)] == levels
+        for level in levels:
+            for x, y, w, h in _regions(reader, level):
+                fast = reader.read_region((x, y), level, (w, h))
+                np.testing.assert_array_equal(fast, plain.read_region((x, y), level, (w, h)))
+                if name != "OS-1-detail.ome.tif" and (x / reader.levels[level].downsample).is_integer():
+                    np.testing.assert_array_equal(fast, _openslide_reference(path, x, y, level, w, h))
+
+
+def test_fractional_level_position_is_left_to_openslide(slides_dir):
+    """At a level-0 position that is not a whole level pixel openslide resamples; so do we."""
+    path = slides_dir / "TCGA-CR-7395-01A-01-TS1.svs"
+    with open_slide(path, backend="openslide") as reader:
+        assert reader._direct_tiles.covers(1)
+        x, y = 1001, 777
+        assert not (x / reader.levels[1].downsample).is_integer()
+        with openslide.OpenSlide(str(path)) as slide:
+            rgba = np.asarray(slide.read_region((x, y), 1, (300, 200)))
+        assert (rgba[..., 3] == 255).all()
+        np.testing.assert_array_equal(reader.read_region((x, y), 1, (300, 200)), rgba[..., :3])
+
+
+def test_levels_map_to_pages_only_by_exact_size(synthetic_slide):
+    with open_slide(synthetic_slide, backend="openslide") as reader:
+        levels = list(reader.levels)
+    pages = TiledPages.open(synthetic_slide, [levels[0], type(levels[0])(1299, 950, 2.0)])
+    try:
+        assert pages.covers(0) and not pages.covers(1)
+    finally:
+        pages.close()
+
+
+def test_ndpi_is_read_by_the_backend(slides_dir):
+    """NDPI levels are JPEG strips, not tiles: no fast path, with either backend."""
+    path = next(slides_dir.glob("*.ndpi"))
+    with open_slide(path, backend="openslide") as reader:
+        assert reader._direct_tiles is None
+    with open_slide(path, backend="tiffslide") as reader:
+        assert reader._direct_tiles is None or not any(
+            reader._direct_tiles.covers(i) for i in range(len(reader.levels))
+        )
+
+
+def test_switch_turns_the_fast_path_off(synthetic_slide, monkeypatch):
+    monkeypatch.setenv(ENV_SWITCH, "0")
+    with open_slide(synthetic_slide, backend="openslide") as reader:
+        assert reader._direct_tiles is None
+
+
+def test_corrupt_tile_is_a_clear_error(tmp_path, slides_dir):
+    """Garbage in one tile's bytes: a one-line SlideOpenError naming the file, not a codec trace."""
+    import tifffile
+
+    from wsipipe.errors import SlideOpenError
+
+    source = slides_dir / "CMU-1-Small-Region.svs"
+    broken = tmp_path / "corrupt.svs"
+    data = bytearray(source.read_bytes())
+    with tifffile.TiffFile(source) as tif:
+        page = tif.pages[0]
+        offset, count = page.dataoffsets[20], page.databytecounts[20]
+        tile_w, across = page.tilewidth, -(-page.imagewidth // page.tilewidth)
+    data[offset : offset + count] = bytes(count)  # no JPEG markers left
+    broken.write_bytes(data)
+    with open_slide(broken, backend="tiffslide") as reader:
+        assert reader._direct_tiles.covers(0)
+        x, y = (20 % across) * tile_w, (20 // across) * tile_w
+        with pytest.raises(SlideOpenError, match="corrupt.svs: cannot read pixels"):
+            reader.read_region((x, y), 0, (10, 10))

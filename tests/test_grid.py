@@ -1,0 +1,91 @@
+"""Tile grid geometry: tile counts and level-0 coordinates worked out by hand."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from wsipipe.errors import InvalidInputError, MppUnknownError
+from wsipipe.grid import build_grid, tissue_fractions
+from wsipipe.slide import open_slide
+
+# CMU-1-Small-Region.svs: 2220 x 2967 px at 0.499 µm/px, one level.
+
+
+@pytest.fixture(scope="module")
+def cmu(slides_dir):
+    return open_slide(slides_dir / "CMU-1-Small-Region.svs")
+
+
+@pytest.mark.parametrize(
+    ("mpp", "columns", "rows", "second_x"),
+    [
+        # tile extent 512 * mpp / 0.499 level-0 px; columns = ceil((2220 - extent) / extent) + 1
+        (0.5, 5, 6, 513),  # extent 513.03
+        (1.0, 3, 3, 1026),  # extent 1026.05
+        (2.0, 2, 2, 2052),  # extent 2052.10
+    ],
+)
+def test_grid_at_several_mpp(cmu, mpp, columns, rows, second_x):
+    grid = build_grid(cmu, tile_size=512, mpp=mpp)
+    assert len(grid.coords) == columns * rows
+    assert grid.coords.dtype == np.int64
+    assert tuple(grid.coords[0]) == (0, 0)
+    assert tuple(grid.coords[1]) == (second_x, 0)  # row-major: x varies first
+    assert tuple(grid.coords[columns]) == (0, second_x)
+    assert grid.level == 0 and not grid.native and grid.mpp == mpp
+    # The last tile reaches the slide's far corner.
+    extent = 512 * mpp / 0.499
+    assert grid.coords[:, 0].max() + extent >= 2220 and grid.coords[:, 1].max() + extent >= 2967
+
+
+def test_overlap_sets_the_stride(cmu):
+    grid = build_grid(cmu, tile_size=512, overlap=256, mpp=0.5)
+    # step 256 * 0.5 / 0.499 = 256.51; columns ceil(1706.97 / 256.51) + 1 = 8, rows ceil(2453.97 / 256.51) + 1 = 11
+    assert len(grid.coords) == 8 * 11
+    assert tuple(grid.coords[3]) == (770, 0)  # round(3 * 256.513)
+
+
+def test_grid_by_level_without_mpp(slides_dir):
+    reader = open_slide(slides_dir / "TCGA-CR-7395-01A-01-TS1.svs")
+    grid = build_grid(reader, tile_size=512, level=1)
+    # level 1 downsample 2.0005: extent 1024.26; columns ceil(3418.74 / 1024.26) + 1 = 5, rows ceil(2542.74 / 1024.26) + 1 = 4
+    assert len(grid.coords) == 20 and grid.native and grid.mpp is None
+    assert tuple(grid.coords[1]) == (1024, 0) and tuple(grid.coords[5]) == (0, 1024)
+    with pytest.raises(MppUnknownError, match="--mpp-override"):
+        build_grid(reader, tile_size=512, mpp=0.5)
+
+
+def test_native_mpp_on_a_level(slides_dir):
+    reader = open_slide(slides_dir / "TCGA-CR-7395-01A-01-TS1.svs", mpp_override=0.25)
+    grid = build_grid(reader, tile_size=256, mpp=0.25 * 2.0005055500659967)
+    assert grid.level == 1 and grid.native
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"tile_size": 0, "mpp": 0.5}, "--tile-size"),
+        ({"tile_size": 256, "overlap": 256, "mpp": 0.5}, "--overlap"),
+        ({"tile_size": 256, "overlap": -1, "mpp": 0.5}, "--overlap"),
+        ({"tile_size": 256, "mpp": 0.1}, "finer than the slide's level 0"),
+        ({"tile_size": 256, "mpp": 1000.0}, "too coarse"),
+        ({"tile_size": 256, "level": 3}, "--level 3 does not exist"),
+    ],
+)
+def test_invalid_grids_are_usage_errors(cmu, kwargs, message):
+    with pytest.raises(InvalidInputError, match=message) as caught:
+        build_grid(cmu, **kwargs)
+    assert caught.value.exit_code == 2
+
+
+def test_tissue_fraction_per_tile():
+    mask = np.zeros((10, 20), np.uint8)
+    mask[:, :10] = 1  # left half tissue
+    coords = np.array([[0, 0], [40, 0], [80, 0], [160, 0], [-20, 0]], np.int64)
+    # mask pixel = 4 level-0 px, tile extent 40 level-0 px = 10 mask px
+    fractions = tissue_fractions(mask, 4.0, coords, 40.0)
+    # tile 1 covers mask columns 10-19 (all glass); tile 3 is half past the right edge; tile 4 half before the left
+    np.testing.assert_allclose(fractions, [1.0, 0.0, 0.0, 0.0, 0.5])
+    fractions = tissue_fractions(mask, 4.0, np.array([[20, 0]]), 40.0)
+    np.testing.assert_allclose(fractions, [0.5])

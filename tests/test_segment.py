@@ -1,0 +1,257 @@
+"""wsipipe segment: known areas on a synthetic slide, resume after a kill, no tissue, real slide, errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+import zarr
+from lxml import etree
+from typer.testing import CliRunner
+
+from wsipipe import segment as segment_module
+from wsipipe.cli.main import app
+from wsipipe.models import build_model
+from wsipipe.models.io import ModelBundle, model_metadata, save_model
+from wsipipe.segment import segment_slide
+
+MPP = 0.5  # level 0 of the synthetic slides
+TISSUE = (200, 200, 2200, 1800)  # x0, y0, x1, y1 in level-0 px: 2000 x 1600 px = 0.8 mm²
+TUMOUR = (600, 600, 1400, 1200)  # 800 x 600 px = 0.12 mm²
+PINK, PURPLE = (230, 150, 200), (100, 50, 150)
+
+
+def _write_slide(path, tissue: bool = True):
+    image = np.full((2000, 2400, 3), 255, np.uint8)
+    if tissue:
+        x0, y0, x1, y1 = TISSUE
+        image[y0:y1, x0:x1] = PINK
+        x0, y0, x1, y1 = TUMOUR
+        image[y0:y1, x0:x1] = PURPLE
+    tifffile.imwrite(
+        path, image, tile=(256, 256), photometric="rgb", compression="zlib",
+        resolution=(1e4 / MPP, 1e4 / MPP), resolutionunit="CENTIMETER",
+    )
+    return path
+
+
+def _toy_bundle(tile: int = 128, mpp: float = 1.0) -> ModelBundle:
+    """Per-pixel rule: tumour where the RGB mean is below 0.55 (purple), else background."""
+    net = torch.nn.Conv2d(3, 2, 1)
+    with torch.no_grad():
+        net.weight.zero_()
+        net.bias.zero_()
+        net.weight[1] = -40.0 / 3
+        net.bias[1] = 40.0 * 0.55
+    meta = {
+        "architecture": "toy-threshold", "name": "toy", "classes": ["background", "tumour"], "mpp": mpp,
+        "tile_size": tile, "input_normalisation": {"mean": [0.0] * 3, "std": [1.0] * 3},
+    }
+    return ModelBundle(net.eval(), meta)
+
+
+@pytest.fixture(scope="module")
+def slide(tmp_path_factory):
+    return _write_slide(tmp_path_factory.mktemp("slide") / "synthetic.tif")
+
+
+@pytest.fixture(scope="module")
+def tiny_model_file(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
+    net = build_model("plain-unet", 2, {"base": 2})
+    save_model(path, net, model_metadata("plain-unet", {"base": 2}, ["background", "tumour"], mpp=2.0, tile_size=64))
+    return path
+
+
+def _run(slide, outdir, **kwargs):
+    options = {"model": _toy_bundle(), "normalize": "none", "workers": 0, "progress": False, "batch_size": 8}
+    options.update(kwargs)
+    return segment_slide(slide, outdir, **options)
+
+
+def test_known_tumour_and_tissue_areas_and_all_outputs(slide, tmp_path):
+    report = _run(slide, tmp_path)
+    assert report["tumour_area_mm2"] == pytest.approx(0.12, rel=1e-9)  # 400 x 300 px of 1 µm²
+    assert report["tissue_area_mm2"] == pytest.approx(0.8, rel=0.03)
+    assert report["tumour_fraction"] == pytest.approx(0.15, rel=0.03)
+    assert report["n_tiles"] > 0 and report["model"]["name"] == "toy" and len(report["model"]["sha256"]) == 64
+    assert {"load", "tissue", "inference", "pyramid", "regions", "report"} <= set(report["timings_s"])
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["overlay.png", "prediction.zarr", "regions.geojson", "regions.xml", "report.html", "report.json"]
+    assert json.loads((tmp_path / "report.json").read_text())["n_tiles"] == report["n_tiles"]
+
+    # The stitched label map equals the per-pixel rule applied to the slide at 1 µm/px.
+    labels = zarr.open_array(str(tmp_path / "prediction.zarr" / "labels" / "classes" / "0"), mode="r")[:]
+    expected = np.zeros((1000, 1200), np.uint8)
+    expected[300:600, 300:700] = 1
+    assert np.array_equal(labels, expected)
+    attrs = json.loads((tmp_path / "prediction.zarr" / ".zattrs").read_text())
+    assert attrs["multiscales"][0]["datasets"][0]["coordinateTransformations"][0]["scale"] == [1.0, 1.0, 1.0]
+
+    features = json.loads((tmp_path / "regions.geojson").read_text())["features"]
+    assert len(features) == 1 and features[0]["properties"]["classification"]["name"] == "tumour"
+    xs = [p[0] for p in features[0]["geometry"]["coordinates"][0]]
+    ys = [p[1] for p in features[0]["geometry"]["coordinates"][0]]
+    # Level-0 pixel edges, within the stated simplification tolerance (µm -> level-0 px).
+    tolerance_px = report["regions"]["simplify_um"] / MPP
+    assert tolerance_px == 2.0
+    assert (min(xs), min(ys), max(xs), max(ys)) == pytest.approx(TUMOUR, abs=tolerance_px)
+    parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False)
+    xml = etree.parse(str(tmp_path / "regions.xml"), parser)
+    assert len(xml.findall(".//Annotation")) == 1
+
+
+def test_reader_processes_give_the_same_prediction(slide, tmp_path):
+    _run(slide, tmp_path / "inline")
+    _run(slide, tmp_path / "procs", workers=2)
+    for path in ("0", "labels/classes/0"):
+        a = zarr.open_array(str(tmp_path / "inline" / "prediction.zarr" / path), mode="r")[:]
+        b = zarr.open_array(str(tmp_path / "procs" / "prediction.zarr" / path), mode="r")[:]
+        assert np.array_equal(a, b)
+
+
+def test_killed_run_resumes_and_gives_the_same_outputs(slide, tmp_path, monkeypatch):
+    monkeypatch.setattr(segment_module, "CHUNK", 128)  # several bands on this small slide
+    reference = _run(slide, tmp_path / "reference")
+    calls = {"n": 0}
+    original = segment_module.DeviceRunner.__call__
+
+    def dying(self, tiles):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return original(self, tiles)
+
+    monkeypatch.setattr(segment_module.DeviceRunner, "__call__", dying)
+    with pytest.raises(KeyboardInterrupt):
+        _run(slide, tmp_path / "resumed")
+    partial = tmp_path / "resumed" / "prediction.zarr.partial"
+    journal = json.loads((partial / "stitch_journal.json").read_text())
+    assert 0 < journal["done_rows"] < 1000 and not (tmp_path / "resumed" / "prediction.zarr").exists()
+
+    seen = {"tiles": 0}
+
+    def counting(self, tiles):
+        seen["tiles"] += len(tiles)
+        return original(self, tiles)
+
+    monkeypatch.setattr(segment_module.DeviceRunner, "__call__", counting)
+    resumed = _run(slide, tmp_path / "resumed")
+    assert 0 < seen["tiles"] < reference["n_tiles"]  # finished bands were not run again
+    assert not partial.exists()
+    for path in ("0", "1", "labels/classes/0", "labels/classes/1"):
+        a = zarr.open_array(str(tmp_path / "reference" / "prediction.zarr" / path), mode="r")[:]
+        b = zarr.open_array(str(tmp_path / "resumed" / "prediction.zarr" / path), mode="r")[:]
+        assert np.array_equal(a, b)
+    assert resumed["tumour_area_mm2"] == reference["tumour_area_mm2"]
+    a = json.loads((tmp_path / "reference" / "regions.geojson").read_text())
+    b = json.loads((tmp_path / "resumed" / "regions.geojson").read_text())
+    assert a == b
+
+
+def test_slide_without_tissue_gives_a_report_saying_so(tmp_path):
+    blank = _write_slide(tmp_path / "blank.tif", tissue=False)
+    report = _run(blank, tmp_path / "out")
+    assert report["n_tiles"] == 0 and report["tissue_area_mm2"] == 0 and report["tumour_fraction"] is None
+    assert "No tissue" in report["message"]
+    assert json.loads((tmp_path / "out" / "regions.geojson").read_text())["features"] == []
+    assert "No tissue" in (tmp_path / "out" / "report.html").read_text()
+
+
+def test_real_slide_with_slide_level_macenko_and_a_model_file(data_dir, tiny_model_file, tmp_path):
+    report = segment_slide(
+        data_dir / "slides" / "CMU-1-Small-Region.svs", tmp_path, model=tiny_model_file, normalize="macenko",
+        target=data_dir / "stain" / "tiatoolbox_target.png", workers=0, progress=False, batch_size=16,
+    )
+    assert report["n_tiles"] > 10 and 0.5 < report["tissue_area_mm2"] < 1.7  # the slide is 1.1 x 1.5 mm
+    assert report["model"]["name"] == "tiny.safetensors" and report["normalize"] == "macenko"
+    assert report["prediction_shape"] == [2, 741, 554]  # 2967 x 2220 px at 0.499 -> 2.0 µm/px, rounded up
+    assert "stain" in report["timings_s"]
+
+
+runner = CliRunner()
+
+
+def test_cli_errors_are_one_line(slide, tiny_model_file, tmp_path):
+    corrupt = tmp_path / "corrupt.safetensors"
+    corrupt.write_bytes(b"not a model at all")
+    cases = [
+        (["--model", str(corrupt)], 1, "not a safetensors model file"),
+        (["--model", str(tmp_path / "missing.safetensors")], 1, "no such model file"),
+        (["--model", str(tiny_model_file), "--device", "cuda"], 2, "no CUDA GPU"),
+        (["--model", str(tiny_model_file), "--normalize", "sepia"], 2, "--normalize 'sepia'"),
+    ]
+    if torch.cuda.is_available():
+        cases.pop(2)
+    for extra, code, message in cases:
+        result = runner.invoke(app, ["segment", str(slide), "-o", str(tmp_path / "out"), "--quiet", *extra])
+        assert result.exit_code == code, (extra, result.output)
+        assert message in result.output and "Traceback" not in result.output
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    result = runner.invoke(app, ["segment", str(slide), "-o", str(blocker / "out"), "--model", str(tiny_model_file)])
+    assert result.exit_code == 1 and "cannot create the output folder" in result.output
+
+    fine = tmp_path / "fine.safetensors"
+    save_model(fine, build_model("plain-unet", 2, {"base": 2}),
+               model_metadata("plain-unet", {"base": 2}, ["background", "tumour"], mpp=0.1, tile_size=64))
+    result = runner.invoke(app, ["segment", str(slide), "-o", str(tmp_path / "o2"), "--model", str(fine)])
+    assert result.exit_code == 2 and "finer than the slide's level 0" in result.output
+
+
+def test_cli_runs_end_to_end_in_a_subprocess(slide, tiny_model_file, tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "wsipipe", "segment", str(slide), "-o", str(tmp_path / "out"), "--model",
+         str(tiny_model_file), "--normalize", "none", "--workers", "1", "--device", "auto"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    if not torch.cuda.is_available():
+        assert "No CUDA GPU found; running on the CPU." in proc.stderr
+    assert "tiles; tissue" in proc.stderr
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["device"] in ("cpu", "cuda") and report["n_tiles"] > 0
+
+
+def test_tile_store_at_the_models_scale_is_reused(slide, tmp_path):
+    from wsipipe.tiling import tile_slide
+
+    store = tmp_path / "tiles.zarr"
+    tile_slide(slide, store, mpp=1.0, tile_size=128, overlap=16, tissue_threshold=0.0, workers=1, progress=False)
+    fresh = _run(slide, tmp_path / "fresh")
+    reused = _run(slide, tmp_path / "reused", tiles_store=store, workers=2)  # readers are not started
+    assert reused["n_tiles"] == fresh["n_tiles"]
+    for path in ("0", "labels/classes/0"):
+        a = zarr.open_array(str(tmp_path / "fresh" / "prediction.zarr" / path), mode="r")[:]
+        b = zarr.open_array(str(tmp_path / "reused" / "prediction.zarr" / path), mode="r")[:]
+        assert np.array_equal(a, b)
+    wrong = tmp_path / "wrong.zarr"
+    tile_slide(slide, wrong, mpp=2.0, tile_size=128, overlap=0, workers=1, progress=False)
+    with pytest.raises(segment_module.InvalidInputError, match="the model needs 128 px at 1 µm/px"):
+        _run(slide, tmp_path / "bad", tiles_store=wrong)
+
+
+def test_out_of_memory_halves_the_batch_and_goes_on():
+    """The OOM path, exercised on the CPU with a model that fails on batches over 2 tiles."""
+
+    class Picky(torch.nn.Module):
+        def forward(self, x):
+            if x.shape[0] > 2:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+            return torch.cat([x[:, :1] * 0, x[:, :1]], dim=1)
+
+    messages = []
+    runner = segment_module.DeviceRunner(Picky(), "cpu", [0.0] * 3, [1.0] * 3, batch_size=8, say=messages.append)
+    tiles = np.random.default_rng(0).integers(0, 256, (8, 16, 16, 3), dtype=np.uint8)
+    probs = runner(tiles)
+    assert probs.shape == (8, 2, 16, 16) and runner.batch_size == 2
+    expected = torch.softmax(torch.cat([torch.zeros(8, 1, 16, 16), torch.from_numpy(tiles[..., :1]).permute(0, 3, 1, 2) / 255.0], 1), 1)
+    assert np.allclose(probs, expected.numpy(), atol=1e-6)
+    assert messages == ["CUDA out of memory: batch size halved to 4", "CUDA out of memory: batch size halved to 2"]

@@ -1,0 +1,223 @@
+"""Tiling into the zarr store: layout, pixels, resume after an interruption, refusals."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from typer.testing import CliRunner
+
+import wsipipe.tiling as tiling
+from wsipipe.cli.main import app
+from wsipipe.errors import StoreError
+from wsipipe.grid import build_grid
+from wsipipe.slide import open_slide
+from wsipipe.store import JOURNAL_NAME, create_derived_store, open_tile_store
+from wsipipe.tiling import tile_slide
+from wsipipe.tissue import detect_tissue, read_thumbnail, thumbnail_downsample
+
+REPO = Path(__file__).resolve().parents[1]
+OPTIONS = {"tile_size": 128, "mpp": 0.5, "tissue_threshold": 0.1, "progress": False}
+ARRAYS = ("tiles", "coords", "tissue_fraction", "thumbnail", "tissue_mask")
+
+
+@pytest.fixture(scope="module")
+def cmu(slides_dir):
+    return slides_dir / "CMU-1-Small-Region.svs"
+
+
+@pytest.fixture(scope="module")
+def reference_store(cmu, tmp_path_factory):
+    """An uninterrupted run with two worker processes."""
+    path = tmp_path_factory.mktemp("ref") / "cmu.zarr"
+    tile_slide(cmu, path, workers=2, **OPTIONS)
+    return path
+
+
+def _assert_same_store(a: Path, b: Path) -> None:
+    ga, gb = zarr.open_group(str(a), mode="r"), zarr.open_group(str(b), mode="r")
+    for name in ARRAYS:
+        np.testing.assert_array_equal(ga[name][...], gb[name][...], err_msg=name)
+    assert dict(ga.attrs) == dict(gb.attrs)
+    assert sorted(os.listdir(a)) == sorted(os.listdir(b))
+
+
+def test_store_layout_opens_with_plain_zarr(reference_store, cmu):
+    group = zarr.open_group(str(reference_store), mode="r")
+    tiles = group["tiles"]
+    n = tiles.shape[0]
+    assert tiles.shape[1:] == (128, 128, 3) and tiles.dtype == np.uint8
+    assert tiles.chunks == (1, 128, 128, 3)
+    assert tiles.shards[0] > 1  # several tiles per shard file
+    shard_files = list((reference_store / "tiles" / "c").iterdir())
+    assert len(shard_files) == -(-n // tiles.shards[0])
+    assert group["coords"].shape == (n, 2) and group["coords"].dtype == np.int64
+    assert group["tissue_fraction"].shape == (n,) and group["tissue_fraction"].dtype == np.float32
+    assert group["thumbnail"].ndim == 3 and group["tissue_mask"].shape == group["thumbnail"].shape[:2]
+    meta = group.attrs["wsipipe"]
+    assert meta["complete"] is True
+    assert meta["slide"]["path"] == str(cmu.resolve())
+    assert meta["slide"]["size_bytes"] == cmu.stat().st_size
+    assert meta["mpp"] == 0.5 and meta["tile_size"] == 128 and meta["overlap"] == 0 and meta["level"] == 0
+    assert meta["downsample"] == pytest.approx(0.5 / 0.499)
+    assert meta["params"]["tissue_threshold"] == 0.1 and meta["wsipipe_version"]
+    assert not (reference_store.parent / "cmu.zarr.partial").exists()
+
+
+def test_tiles_coords_and_fractions_match_an_independent_read(reference_store, cmu):
+    store = open_tile_store(reference_store)
+    reader = open_slide(cmu)
+    downsample = thumbnail_downsample(reader)
+    mask = detect_tissue(read_thumbnail(reader, downsample), reader.mpp * downsample)
+    grid = build_grid(reader, tile_size=128, mpp=0.5, tissue_mask=mask, mask_downsample=downsample)
+    keep = grid.tissue_fraction >= 0.1
+    assert 0 < keep.sum() < len(keep)  # glass tiles were dropped
+    np.testing.assert_array_equal(store.coords[...], grid.coords[keep])
+    np.testing.assert_array_equal(store.tissue_fraction[...], grid.tissue_fraction[keep])
+    for index in (0, store.n_tiles // 2, store.n_tiles - 1):
+        x, y = store.coords[index]
+        np.testing.assert_array_equal(store.tiles[index], reader.read_at_mpp((x, y), (128, 128), 0.5))
+
+
+def test_interrupted_run_resumes_to_an_identical_store(cmu, reference_store, tmp_path, monkeypatch):
+    path = tmp_path / "cmu.zarr"
+    real_shard = tiling._tile_shard
+    calls = []
+
+    def interrupt_after_three(index, *args):
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        calls.append(index)
+        return real_shard(index, *args)
+
+    monkeypatch.setattr(tiling, "_tile_shard", interrupt_after_three)
+    with pytest.raises(KeyboardInterrupt):
+        tile_slide(cmu, path, workers=1, **OPTIONS)
+    partial = tmp_path / "cmu.zarr.partial"
+    assert not path.exists()
+    assert (partial / JOURNAL_NAME).read_text().split() == ["0", "1", "2"]
+    with pytest.raises(StoreError, match="incomplete|unfinished"):
+        open_tile_store(path)
+
+    monkeypatch.setattr(tiling, "_tile_shard", lambda index, *args: (calls.append(index), real_shard(index, *args))[1])
+    result = tile_slide(cmu, path, workers=1, **OPTIONS)
+    n_shards = open_tile_store(path).n_shards
+    assert calls[3:] == list(range(3, n_shards))  # only the unfinished shards were redone
+    assert result.n_written == result.n_tiles - 3 * open_tile_store(path).tiles_per_shard
+    _assert_same_store(path, reference_store)
+
+
+def test_killed_run_resumes_to_an_identical_store(cmu, reference_store, tmp_path):
+    """SIGKILL (no clean-up at all) a CLI run once a few shards are journalled, then rerun."""
+    path = tmp_path / "cmu.zarr"
+    slow = (
+        "import time, wsipipe.tiling as t; real = t._tile_shard\n"
+        "t._tile_shard = lambda *a: (time.sleep(0.3), real(*a))[1]\n"
+        "from wsipipe.cli.main import app; app()\n"
+    )
+    argv = ["tile", str(cmu), "-o", str(path), "--tile-size", "128", "--workers", "1", "--quiet"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    process = subprocess.Popen([sys.executable, "-c", slow, *argv], env=env, cwd=tmp_path)
+    journal = tmp_path / "cmu.zarr.partial" / JOURNAL_NAME
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (journal.exists() and len(journal.read_text().split()) >= 2):
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    assert process.returncode == -signal.SIGKILL
+    assert not path.exists() and 2 <= len(journal.read_text().split()) < 16
+
+    result = CliRunner().invoke(app, argv)
+    assert result.exit_code == 0, result.output
+    assert "wrote" in result.output
+    _assert_same_store(path, reference_store)
+
+
+def test_complete_store_is_not_redone(reference_store, cmu):
+    shard = next((reference_store / "tiles" / "c").iterdir())
+    before = shard.stat().st_mtime_ns
+    argv = ["tile", str(cmu), "-o", str(reference_store), "--tile-size", "128", "--quiet"]
+    result = CliRunner().invoke(app, argv)
+    assert result.exit_code == 0 and "already complete" in result.output
+    assert shard.stat().st_mtime_ns == before
+
+
+def test_other_parameters_are_refused_and_overwrite_replaces(cmu, tmp_path):
+    path = tmp_path / "cmu.zarr"
+    runner = CliRunner()
+    base = ["tile", str(cmu), "-o", str(path), "--quiet", "--workers", "1"]
+    assert runner.invoke(app, [*base, "--tile-size", "256"]).exit_code == 0
+    refused = runner.invoke(app, [*base, "--tile-size", "512", "--tissue-threshold", "0.5"])
+    assert refused.exit_code == 1
+    assert "other parameters" in refused.output and "tile_size was 256, now 512" in refused.output
+    assert "tissue_threshold was 0.1, now 0.5" in refused.output and "--overwrite" in refused.output
+    assert open_tile_store(path).tile_size == 256
+    replaced = runner.invoke(app, [*base, "--tile-size", "512", "--overwrite"])
+    assert replaced.exit_code == 0, replaced.output
+    store = open_tile_store(path)
+    assert store.tile_size == 512 and store.tiles.shape[1] == 512
+    assert not (tmp_path / "cmu.zarr.partial").exists()
+
+
+def test_changed_slide_is_refused(cmu, tmp_path):
+    slide = tmp_path / "copy.svs"
+    slide.write_bytes(cmu.read_bytes())
+    path = tmp_path / "cmu.zarr"
+    tile_slide(slide, path, workers=1, **OPTIONS)
+    os.utime(slide, (time.time() + 100, time.time() + 100))
+    with pytest.raises(StoreError, match="slide_mtime"):
+        tile_slide(slide, path, workers=1, **OPTIONS)
+
+
+def test_derived_store_copies_geometry_and_resumes(reference_store, tmp_path):
+    source = open_tile_store(reference_store)
+    path = tmp_path / "norm.zarr"
+    writer = create_derived_store(source, path, stage="normalize", params={"method": "invert"})
+    assert writer.pending_shards() == list(range(source.n_shards))
+    first = source.shard_slice(0)
+    writer.write_shard(0, 255 - source.tiles[first])
+    resumed = create_derived_store(source, path, stage="normalize", params={"method": "invert"})
+    assert resumed.pending_shards() == list(range(1, source.n_shards))
+    with pytest.raises(StoreError, match="method was 'invert', now 'other'"):
+        create_derived_store(source, path, stage="normalize", params={"method": "other"})
+    for index in resumed.pending_shards():
+        resumed.write_shard(index, 255 - source.tiles[source.shard_slice(index)])
+    store = resumed.finish()
+    np.testing.assert_array_equal(store.tiles[...], 255 - source.tiles[...])
+    for name in ("coords", "tissue_fraction", "thumbnail", "tissue_mask"):
+        np.testing.assert_array_equal(store.group[name][...], source.group[name][...])
+    assert store.meta["stage"] == "normalize" and store.meta["complete"]
+    assert store.meta["params"]["source"]["params"] == source.meta["params"]
+    assert store.mpp == source.mpp and store.tile_size == source.tile_size
+
+
+def test_ctrl_c_with_worker_processes_exits_130_and_resumes(cmu, tmp_path):
+    """SIGINT to the whole process group, as a terminal's Ctrl-C sends it."""
+    path = tmp_path / "cmu.zarr"
+    argv = [sys.executable, "-m", "wsipipe", "tile", str(cmu), "-o", str(path), "--tile-size", "32",
+            "--tissue-threshold", "0", "--workers", "2", "--quiet"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    process = subprocess.Popen(argv, env=env, start_new_session=True, stderr=subprocess.PIPE, text=True)
+    journal = tmp_path / "cmu.zarr.partial" / JOURNAL_NAME
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (journal.exists() and len(journal.read_text().split()) >= 2):
+        time.sleep(0.01)
+    os.killpg(process.pid, signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert stderr.strip() == "Interrupted; run the same command again to resume."
+    done = len(journal.read_text().split())
+    assert not path.exists() and done >= 2
+
+    rerun = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 0, rerun.stderr
+    store = open_tile_store(path)
+    assert f"wrote {store.n_tiles} tiles" in rerun.stdout
+    assert f"({store.n_tiles - done * store.tiles_per_shard} this run" in rerun.stdout

@@ -1,0 +1,102 @@
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from wsipipe.cli.main import app
+from wsipipe.models.io import load_model
+from wsipipe.training.data import find_pairs, load_labelled, read_mask, split_folds
+from wsipipe.training.trainer import TrainConfig, train
+
+
+@pytest.fixture(scope="module")
+def small_data(data_dir, tmp_path_factory):
+    """Two 192 x 192 crops of real lung images with their masks."""
+    root = tmp_path_factory.mktemp("lungsmall")
+    for sub in ("images", "masks"):
+        (root / sub).mkdir()
+    for name in ("lung_01", "lung_02"):
+        for sub in ("images", "masks"):
+            img = Image.open(data_dir / "lung" / sub / f"{name}.png")
+            img.crop((400, 400, 592, 592)).save(root / sub / f"{name}.png")
+    return root
+
+
+def _config(**kw):
+    base = dict(architecture="plain-unet", args={"base": 4}, classes=["background", "tumour"], tile_size=64,
+                epochs=2, patches_per_epoch=4, batch_size=2, seed=5)
+    return TrainConfig(**{**base, **kw})
+
+
+def test_binary_masks_and_folds(small_data):
+    mask = read_mask(small_data / "masks" / "lung_01.png")
+    assert set(np.unique(mask)) <= {0, 1} and mask.max() == 1
+    folds = split_folds(7, 3, seed=0)
+    assert sorted(sum(folds, [])) == list(range(7)) and sorted(map(len, folds)) == [2, 2, 3]
+
+
+@pytest.fixture()
+def one_thread():
+    """One intra-op thread: faster on a shared machine and the same order of float sums in each run."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def test_interrupted_training_resumes_to_the_same_weights(small_data, tmp_path, one_thread):
+    items = load_labelled(find_pairs(small_data))
+    reference = train(_config(), items[:1], items[1:])
+
+    class Stop(Exception):
+        pass
+
+    def stop_in_epoch_two(info):
+        if info["epoch"] == 2:
+            raise Stop
+
+    ckpt = tmp_path / "run.ckpt"
+    with pytest.raises(Stop):
+        train(_config(), items[:1], items[1:], ckpt, on_step=stop_in_epoch_two)
+    assert ckpt.is_file()
+    resumed = train(_config(), items[:1], items[1:], ckpt, resume=True)
+    assert [h["epoch"] for h in resumed["history"]] == [1, 2]
+    assert resumed["history"] == reference["history"]
+    for key, value in reference["state_dict"].items():
+        assert torch.allclose(value.float(), resumed["state_dict"][key].float(), atol=1e-6), key
+
+
+def test_train_cli_writes_a_loadable_model(small_data, tmp_path):
+    out = tmp_path / "m.safetensors"
+    args = ["train", str(small_data), "-o", str(out), "--model", "plain-unet", "--model-args", '{"base": 4}',
+            "--classes", "background,tumour", "--tile-size", "64", "--epochs", "1", "--patches-per-epoch", "4",
+            "--batch-size", "2", "--val-fraction", "0.5", "--seed", "7", "--device", "cpu", "--quiet"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    bundle = load_model(out)
+    meta = bundle.metadata
+    assert meta["training"]["seed"] == 7 and meta["architecture"] == "plain-unet"
+    assert len(meta["training"]["data"]["images"]) == 1 and len(meta["validation"]["images"]) == 1
+    assert 0 <= meta["validation"]["miou"] <= 1
+    assert not list(tmp_path.glob("*.ckpt"))  # checkpoint removed once the model is written
+
+
+def test_bad_data_dirs_are_usage_errors(small_data, tmp_path):
+    runner = CliRunner()
+    empty = tmp_path / "empty"
+    (empty / "images").mkdir(parents=True)
+    (empty / "masks").mkdir()
+    result = runner.invoke(app, ["train", str(empty), "-o", str(tmp_path / "x.safetensors"), "--quiet"])
+    assert result.exit_code == 2 and "no images" in result.output
+    result = runner.invoke(app, ["train", str(tmp_path / "nowhere"), "-o", str(tmp_path / "x.safetensors")])
+    assert result.exit_code == 2 and "images/ and masks/" in result.output
+    mismatched = tmp_path / "mismatched"
+    shutil.copytree(small_data, mismatched)
+    (mismatched / "masks" / "lung_02.png").rename(mismatched / "masks" / "lung_03.png")
+    result = runner.invoke(app, ["train", str(mismatched), "-o", str(tmp_path / "x.safetensors")])
+    assert result.exit_code == 2 and "do not match by name: lung_02, lung_03" in result.output
+    result = runner.invoke(app, ["train", str(small_data), "-o", str(tmp_path / "x.safetensors"), "--folds", "5"])
+    assert result.exit_code == 2 and "--folds 5" in result.output

@@ -1,0 +1,208 @@
+"""The per-slide job interface, the registry of named jobs, and the ``info`` job.
+
+A job is a plain importable function ``job(slide_path: Path, workdir: Path, options: dict) ->
+dict`` that writes its outputs into ``workdir`` (a fresh temporary folder the engine renames into
+place when the job returns) and returns the slide's figures (JSON scalars: numbers, text, None).
+It raises on failure; ``SkipSlide`` says the slide was deliberately not processed. Jobs are named
+by an import reference (``module:function``), so workers import them by name and nothing but the
+reference, the slide's path and its options travels to a worker.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from wsipipe.errors import InvalidInputError, ModelError
+
+# Longest side of the thumbnail info_job writes, in pixels.
+THUMBNAIL_MAX_SIDE = 512
+# Level-0 regions info_job decodes (a grid over the slide) to catch corrupt or truncated tiles.
+SAMPLE_GRID = 3
+SAMPLE_SIZE = 256
+
+_REF = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+class SkipSlide(Exception):
+    """Raised by a job for a slide it deliberately leaves out; the message says why."""
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """A job and the per-slide options it accepts (name -> converter from manifest text).
+
+    ``options`` None: any option is passed through as text (a user's own ``module:function``).
+    """
+
+    name: str
+    ref: str
+    options: dict[str, Callable[[str], Any]] | None
+    #: Option whose value says where the job runs ('cpu', 'cuda', 'auto'); None: CPU only.
+    device_option: str | None = None
+    #: Checks and completes the batch-wide options once, before any slide runs (e.g. the model).
+    prepare: Callable[[dict], dict] | None = None
+
+    def convert_options(self, raw: dict[str, Any], where: str) -> dict[str, Any]:
+        """Options with manifest text converted; unknown names are a usage error naming ``where``."""
+        if self.options is None:
+            return dict(raw)
+        converted = {}
+        for key, value in raw.items():
+            if key not in self.options:
+                accepted = ", ".join(sorted(self.options)) or "none"
+                raise InvalidInputError(f"{where}: job {self.name!r} takes no option {key!r} (accepted: {accepted})")
+            try:
+                converted[key] = self.options[key](value)
+            except (TypeError, ValueError) as exc:
+                raise InvalidInputError(f"{where}: option {key}={value!r}: {exc}") from exc
+        return converted
+
+
+def _positive_float(text) -> float:
+    value = float(text)
+    if not value > 0:
+        raise ValueError("must be a positive number")
+    return value
+
+
+def _absolute_path(path) -> str:
+    return str(Path(path).expanduser().resolve())
+
+
+def _prepare_segment(options: dict) -> dict:
+    """Fail once, up front, on a model or normalisation that would fail every slide."""
+    from wsipipe.segment import BUNDLED_MODEL, NORMALIZE_METHODS
+
+    options = dict(options)
+    if options.get("model") is None:
+        options["model"] = str(BUNDLED_MODEL)
+    options["model"] = _absolute_path(str(options["model"]))
+    if not Path(options["model"]).is_file():
+        raise ModelError(f"--model {options['model']}: no such model file")
+    if options.get("normalize", "vahadane") not in NORMALIZE_METHODS:
+        raise InvalidInputError(f"--normalize {options['normalize']!r}: choose one of {', '.join(NORMALIZE_METHODS)}")
+    return options
+
+
+SEGMENT_OPTIONS: dict[str, Callable[[str], Any]] = {
+    "model": _absolute_path,
+    "normalize": str,
+    "target": _absolute_path,
+    "overlap": int,
+    "batch_size": int,
+    "device": str,
+    "mpp_override": _positive_float,
+}
+#: Figures of a segment report that go into the batch summary.
+SEGMENT_FIGURES = ("tumour_fraction", "tissue_area_mm2", "tumour_area_mm2", "n_tiles", "mpp")
+
+JOBS: dict[str, JobSpec] = {
+    "segment": JobSpec(
+        "segment", "wsipipe.batch.jobs:segment_job", SEGMENT_OPTIONS, device_option="device", prepare=_prepare_segment
+    ),
+    "info": JobSpec("info", "wsipipe.batch.jobs:info_job", {"backend": str, "mpp_override": _positive_float}),
+}
+
+
+def job_spec(name_or_ref: str) -> JobSpec:
+    """A registered job by name, or a user's job given as ``package.module:function``."""
+    if name_or_ref in JOBS:
+        return JOBS[name_or_ref]
+    if _REF.match(name_or_ref):
+        load_job(name_or_ref)  # fail now, in the caller, rather than once per slide on the workers
+        return JobSpec(name_or_ref, name_or_ref, None)
+    raise InvalidInputError(
+        f"--job {name_or_ref!r}: choose one of {', '.join(JOBS)} or give a function as module:function"
+    )
+
+
+def load_job(ref: str) -> Callable[[Path, Path, dict], dict]:
+    """Import the job function named by ``module:function``."""
+    module_name, func_name = ref.split(":")
+    try:
+        func = getattr(importlib.import_module(module_name), func_name)
+    except (ImportError, AttributeError) as exc:
+        raise InvalidInputError(f"--job {ref}: cannot import it ({exc})") from exc
+    if not callable(func):
+        raise InvalidInputError(f"--job {ref}: not a function")
+    return func
+
+
+def segment_job(slide_path: Path, workdir: Path, options: dict) -> dict:
+    """``wsipipe segment`` on one slide (outputs: prediction.zarr, regions, overlay, report.*).
+
+    Tiles are read in the worker process itself (``workers=0``): the batch is parallel by slide.
+    """
+    from wsipipe.segment import segment_slide
+
+    stage = {k: v for k, v in options.items() if k in SEGMENT_OPTIONS}
+    report = segment_slide(slide_path, workdir, workers=0, progress=False, **stage)
+    return {name: report.get(name) for name in SEGMENT_FIGURES}
+
+
+def info_job(slide_path: Path, workdir: Path, options: dict) -> dict:
+    """Open the slide, decode a thumbnail and a grid of level-0 regions; write info.json + thumbnail.png.
+
+    The cheapest job that still catches corrupt and truncated slides, since it touches every
+    pyramid level it reads from and spots spread over level 0.
+    """
+    import cv2
+    import numpy as np
+
+    from wsipipe.slide import open_slide
+
+    with open_slide(slide_path, backend=options.get("backend"), mpp_override=options.get("mpp_override")) as reader:
+        meta = reader.info()
+        thumbnail = _thumbnail(reader)
+        width, height = reader.dimensions
+        for gy in range(SAMPLE_GRID):
+            for gx in range(SAMPLE_GRID):
+                x = round((gx + 0.5) * width / SAMPLE_GRID - SAMPLE_SIZE / 2)
+                y = round((gy + 0.5) * height / SAMPLE_GRID - SAMPLE_SIZE / 2)
+                reader.read_region((max(x, 0), max(y, 0)), 0, (SAMPLE_SIZE, SAMPLE_SIZE))
+    fraction = tissue_fraction(thumbnail)
+    meta["tissue_fraction"] = fraction
+    meta["annotation"] = options.get("annotation")
+    (workdir / "info.json").write_text(json.dumps(meta, indent=2))
+    if not cv2.imwrite(str(workdir / "thumbnail.png"), np.ascontiguousarray(thumbnail[..., ::-1])):
+        raise OSError(f"{workdir / 'thumbnail.png'}: could not be written")
+    return {
+        "width": width,
+        "height": height,
+        "levels": len(meta["levels"]),
+        "mpp": meta["mpp_x"],
+        "tissue_fraction": round(fraction, 4),
+    }
+
+
+def _thumbnail(reader) -> "np.ndarray":
+    """The whole slide with its longest side at most THUMBNAIL_MAX_SIDE pixels."""
+    import cv2
+
+    width, height = reader.dimensions
+    shrink = max(1.0, max(width, height) / THUMBNAIL_MAX_SIDE)
+    if reader.mpp_x is not None:
+        return reader.thumbnail_at_mpp(reader.mpp * shrink)
+    # No µm/px: the same picture from the smallest level, scaled by pixel counts alone.
+    last = len(reader.levels) - 1
+    lvl = reader.levels[last]
+    region = reader.read_region((0, 0), last, (lvl.width, lvl.height))
+    size = (max(1, round(width / shrink)), max(1, round(height / shrink)))
+    return cv2.resize(region, size, interpolation=cv2.INTER_AREA)
+
+
+def tissue_fraction(rgb: "np.ndarray") -> float:
+    """Share of pixels whose HSV saturation is above its Otsu threshold (0 for a flat image)."""
+    import cv2
+    import numpy as np
+
+    saturation = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)[..., 1]
+    if int(saturation.max()) == int(saturation.min()):
+        return 0.0
+    threshold, _ = cv2.threshold(saturation, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    return float(np.count_nonzero(saturation > threshold)) / saturation.size

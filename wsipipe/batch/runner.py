@@ -1,0 +1,402 @@
+"""The batch engine: one Dask task per slide, resumable state, atomic per-slide outputs.
+
+Parallel by slide, never by tile: a task receives a slide's path and options, the worker reads
+the slide itself and writes its outputs into a temporary folder under OUTDIR, renamed into place
+when complete. Only the figures (a small dict) come back to this process, which alone writes the
+status files.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import socket
+import time
+import traceback
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Protocol
+
+from wsipipe.batch.discovery import SlideEntry
+from wsipipe.batch.jobs import JobSpec, SkipSlide, load_job
+from wsipipe.batch.state import SlideRecord, atomic_write_text, fingerprint, load_status, save_status
+from wsipipe.batch.summary import write_summary
+from wsipipe.errors import InvalidInputError, OutputError, WsipipeError
+
+PARTIAL_DIR = ".partial"  # in-progress slide folders; emptied when a batch starts
+ERRORS_DIR = "errors"  # one traceback file per failed slide
+LOCK_FILE = ".batch.lock"
+RESULT_FILE = "result.json"  # in each finished slide folder: figures + the input it was made from
+# A slide whose worker process dies this many times more is failed (it likely crashes its worker).
+ALLOWED_FAILURES = 2
+# Tasks handed to the cluster per worker thread: enough to keep workers busy, few enough that
+# "running" in status.csv means "handed to the cluster", and new workers pick up work.
+TASKS_PER_THREAD = 2
+FINGERPRINT_THREADS = 8
+# Status files are rewritten at most this often while slides finish (and always at the end): a
+# killed batch loses at most this much of its status, and finished folders are re-adopted anyway.
+STATUS_INTERVAL_S = 2.0
+MAX_ERROR_CHARS = 500
+
+
+class Reporter(Protocol):
+    """What the engine tells its caller (the CLI draws a progress bar from it)."""
+
+    def start(self, records: list[SlideRecord], todo: int) -> None: ...
+
+    def slide_finished(self, record: SlideRecord) -> None: ...
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A slide to process with its converted options and the stamp its result must carry."""
+
+    entry: SlideEntry
+    options: dict
+    stamp: dict
+
+
+def run_batch(
+    entries: list[SlideEntry],
+    outdir: Path,
+    job: JobSpec,
+    options: dict | None = None,
+    *,
+    workers: int = 1,
+    scheduler: str | None = None,
+    retry_failed: bool = False,
+    limit: int | None = None,
+    reporter: Reporter | None = None,
+) -> list[SlideRecord]:
+    """Process every slide not yet done; return all slides' records (also in OUTDIR/status.*).
+
+    ``options`` are batch-wide job options (None values ignored), overridden per slide by the
+    manifest's. Without ``scheduler`` a LocalCluster of ``workers`` processes is started.
+    """
+    if scheduler is not None and "://" not in scheduler:
+        raise InvalidInputError(f"--scheduler {scheduler!r}: give an address such as tcp://HOST:8786")
+    batch_options = {k: v for k, v in (options or {}).items() if v is not None}
+    for key in batch_options:
+        if job.options is not None and key not in job.options:
+            raise InvalidInputError(f"--{key.replace('_', '-')} does not apply to the {job.name!r} job")
+    if job.prepare is not None:
+        batch_options = job.prepare(batch_options)
+    outdir = Path(outdir).resolve()
+    _prepare_outdir(outdir)
+    with _exclusive_lock(outdir):
+        shutil.rmtree(outdir / PARTIAL_DIR, ignore_errors=True)
+        (outdir / PARTIAL_DIR).mkdir()
+        records, plans = _plan(entries, outdir, job, batch_options, retry_failed, limit)
+        save_status(outdir, records, job.ref)
+        if reporter:
+            reporter.start(records, len(plans))
+        try:
+            if plans:
+                _run_on_cluster(plans, records, outdir, job, workers, scheduler, reporter)
+        finally:
+            save_status(outdir, records, job.ref)
+            write_summary(outdir, records)
+            shutil.rmtree(outdir / PARTIAL_DIR, ignore_errors=True)
+    return records
+
+
+def _prepare_outdir(outdir: Path) -> None:
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"{outdir}: cannot create the output folder ({exc.strerror})") from exc
+    if not os.access(outdir, os.W_OK):
+        raise OutputError(f"{outdir}: the output folder is not writable")
+
+
+class _exclusive_lock:
+    """One batch at a time per OUTDIR; the kernel drops the lock if the process dies."""
+
+    def __init__(self, outdir: Path):
+        self.path = outdir / LOCK_FILE
+
+    def __enter__(self):
+        self.handle = open(self.path, "a")
+        try:
+            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            self.handle.close()
+            raise OutputError(f"{self.path.parent}: another wsipipe batch is running on this folder") from exc
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.close()
+
+
+def _plan(
+    entries: list[SlideEntry], outdir: Path, job: JobSpec, options: dict, retry_failed: bool, limit: int | None
+) -> tuple[list[SlideRecord], list[Plan]]:
+    """Every slide's record, and the slides to (re)process (at most ``limit``), in INPUT order.
+
+    Kept as they are: done/skipped slides whose input and settings are unchanged, and failed ones
+    (unless ``retry_failed``). A slide left ``running`` by a killed batch is processed again,
+    unless its finished folder already carries a result for this very input (it finished, but
+    the batch died before recording it).
+    """
+    previous = load_status(outdir)
+    with ThreadPoolExecutor(FINGERPRINT_THREADS) as pool:
+        prints = list(pool.map(lambda e: fingerprint(e.path), entries))
+    records, plans = [], []
+    for entry, print_ in zip(entries, prints):
+        slide_options = job.convert_options({**options, **entry.options}, where=entry.key)
+        slide_options["annotation"] = str(entry.annotation) if entry.annotation else None
+        config = hashlib.sha256(
+            json.dumps({"job": job.ref, "options": slide_options}, sort_keys=True, default=str).encode()
+        ).hexdigest()[:16]
+        stamp = {**print_, "config": config}
+        prev = previous.get(entry.key)
+        if prev is not None and {**prev.fingerprint(), "config": prev.config} == stamp:
+            if prev.state == "skipped" or (prev.state == "done" and (outdir / prev.name).is_dir()):
+                records.append(prev)
+                continue
+            if prev.state == "failed" and not retry_failed:
+                records.append(prev)
+                continue
+        record = SlideRecord(key=entry.key, path=str(entry.path), name=entry.name, config=config, **print_)
+        if (prev is None or prev.state in ("pending", "running")) and _adopt_finished(record, outdir, stamp):
+            records.append(record)
+            continue
+        if limit is not None and len(plans) >= limit:
+            records.append(prev if prev is not None and prev.state != "running" else record)
+            continue
+        records.append(record)
+        plans.append(Plan(entry, slide_options, stamp))
+    return records, plans
+
+
+def _adopt_finished(record: SlideRecord, outdir: Path, stamp: dict) -> bool:
+    """Fill ``record`` from a finished slide folder made from this input with these settings."""
+    try:
+        result = json.loads((outdir / record.name / RESULT_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    if result.get("stamp") != stamp:
+        return False
+    _apply_result(record, result, outdir)
+    return True
+
+
+def _run_on_cluster(plans, records, outdir, job, workers, scheduler, reporter) -> None:
+    import dask
+    from distributed import LocalCluster, as_completed
+
+    by_key = {r.key: r for r in records}
+    with dask.config.set({"distributed.scheduler.allowed-failures": ALLOWED_FAILURES}):
+        if scheduler is None:
+            cluster = LocalCluster(
+                n_workers=min(workers, len(plans)),
+                threads_per_worker=1,
+                processes=True,
+                host="127.0.0.1",
+                dashboard_address=":0",
+                silence_logs=logging.ERROR,
+                resources={"GPU": 1} if _wants_gpu(job, plans, None) else None,
+            )
+        else:
+            cluster = None
+        try:
+            client = _connect(cluster or scheduler)
+            with client:
+                gpu = _wants_gpu(job, plans, client)
+                resources = {"GPU": 1} if gpu else None
+                queue = iter(plans)
+                in_flight = {}
+                finished = as_completed()
+
+                def submit_more() -> None:
+                    capacity = max(2, TASKS_PER_THREAD * sum(client.nthreads().values()))
+                    for plan in queue:
+                        record = by_key[plan.entry.key]
+                        record.state = "running"
+                        record.started = _now()
+                        future = client.submit(
+                            process_slide, job.ref, str(plan.entry.path), plan.entry.name, str(outdir),
+                            plan.options, plan.stamp,
+                            key=f"wsipipe-slide-{plan.entry.name}-{uuid.uuid4().hex[:8]}",
+                            pure=False, resources=resources,
+                        )  # fmt: skip
+                        in_flight[future.key] = plan
+                        finished.add(future)
+                        if len(in_flight) >= capacity:
+                            return
+
+                submit_more()
+                save_status(outdir, records, job.ref)
+                saved = time.monotonic()
+                for future in finished:
+                    plan = in_flight.pop(future.key)
+                    record = by_key[plan.entry.key]
+                    _apply_result(record, _result_of(future, scheduler), outdir)
+                    future.release()
+                    if time.monotonic() - saved >= STATUS_INTERVAL_S:
+                        save_status(outdir, records, job.ref)
+                        saved = time.monotonic()
+                    if reporter:
+                        reporter.slide_finished(record)
+                    submit_more()
+        finally:
+            if cluster is not None:
+                cluster.close()
+
+
+def _connect(target):
+    from distributed import Client
+
+    if isinstance(target, str):
+        try:
+            return Client(target, timeout="15s")
+        except (OSError, TimeoutError) as exc:
+            raise WsipipeError(f"cannot reach the Dask scheduler at {target} ({exc})") from exc
+    return Client(target)
+
+
+def _wants_gpu(job: JobSpec, plans: list[Plan], client) -> bool:
+    """True when the job runs on CUDA; 'auto' means: when a GPU is there (on a worker, or here)."""
+    if job.device_option is None:
+        return False
+    devices = {p.options.get(job.device_option, "auto") for p in plans}
+    if devices == {"cpu"}:
+        return False
+    if client is None:
+        if "cuda" in devices:
+            return True
+        import torch
+
+        return torch.cuda.is_available()
+    has_gpu = any(w.get("resources", {}).get("GPU", 0) >= 1 for w in client.scheduler_info()["workers"].values())
+    if "cuda" in devices and not has_gpu:
+        raise WsipipeError(
+            "the job runs on CUDA but no worker of the scheduler declares a GPU: start workers with "
+            "'dask worker ... --resources GPU=1' or pass --device cpu"
+        )
+    return has_gpu
+
+
+def _result_of(future, scheduler: str | None) -> dict:
+    """The task's result; a dead worker or a lost scheduler becomes a failure or a clear error."""
+    from distributed import KilledWorker
+    from distributed.client import FutureCancelledError
+
+    try:
+        return future.result()
+    except KilledWorker:
+        return _failure(
+            f"the worker processing this slide died {ALLOWED_FAILURES + 1} times "
+            "(the slide may crash the reader or exhaust memory)",
+            traceback.format_exc(),
+        )
+    except FutureCancelledError as exc:
+        where = scheduler or "the local cluster"
+        raise WsipipeError(f"lost the Dask scheduler ({where}); run the same command again to resume") from exc
+    except Exception as exc:  # the task could not run at all (e.g. the job cannot be imported there)
+        return _failure(_one_line(exc), traceback.format_exc())
+
+
+def _apply_result(record: SlideRecord, result: dict, outdir: Path) -> None:
+    """Copy a task's (or a found result file's) outcome into ``record``; keep the traceback file."""
+    for name in ("state", "started", "finished", "seconds", "worker", "error", "figures"):
+        setattr(record, name, result.get(name, getattr(record, name)))
+    record.outputs = [f"{record.name}/{p}" for p in result.get("outputs", [])]
+    error_file = outdir / ERRORS_DIR / f"{record.name}.txt"
+    if result.get("traceback"):
+        error_file.parent.mkdir(exist_ok=True)
+        atomic_write_text(error_file, f"{record.path}\n{record.error}\n\n{result['traceback']}")
+        record.traceback = error_file.relative_to(outdir).as_posix()
+    else:
+        error_file.unlink(missing_ok=True)
+        record.traceback = ""
+
+
+def process_slide(job_ref: str, slide: str, name: str, outdir: str, options: dict, stamp: dict) -> dict:
+    """One slide on a worker: run the job in a fresh folder, rename it into place when it is complete.
+
+    Never raises for the slide's own failures: they come back as ``state: failed`` with the
+    message and traceback, so one bad slide costs one task and nothing else.
+    """
+    started = time.time()
+    _one_thread_per_worker()
+    partial = Path(outdir) / PARTIAL_DIR
+    workdir = partial / f"{name}.{uuid.uuid4().hex[:8]}"
+    base = {"started": _now(started), "worker": f"{socket.gethostname()}:{os.getpid()}"}
+    try:
+        if not partial.is_dir():
+            raise OutputError(
+                f"{outdir} is not visible on worker {base['worker']}: workers need the same shared filesystem"
+            )
+        workdir.mkdir()
+        figures = _json_figures(load_job(job_ref)(Path(slide), workdir, dict(options)))
+        outputs = sorted(p.relative_to(workdir).as_posix() for p in workdir.rglob("*") if p.is_file())
+        result = {**base, "state": "done", "figures": figures, "outputs": [*outputs, RESULT_FILE]}
+        result.update(finished=_now(), seconds=round(time.time() - started, 3), error="")
+        (workdir / RESULT_FILE).write_text(json.dumps({**result, "stamp": stamp}, indent=1))
+        _install(workdir, Path(outdir) / name, partial)
+        return result
+    except SkipSlide as exc:
+        return {**base, **_failure(str(exc), ""), "state": "skipped", "seconds": round(time.time() - started, 3)}
+    except Exception as exc:
+        return {**base, **_failure(_one_line(exc), traceback.format_exc()), "seconds": round(time.time() - started, 3)}
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _one_thread_per_worker() -> None:
+    """OpenCV to one thread, as Dask sets OMP/MKL (torch) for its workers: the batch is parallel by
+    slide, one slide per worker process, and threads inside a slide would only oversubscribe cores."""
+    import cv2
+
+    cv2.setNumThreads(1)
+
+
+def _install(workdir: Path, final: Path, partial: Path) -> None:
+    """Rename the finished folder into place; an older result is moved aside first, then removed."""
+    old = None
+    if final.exists():
+        old = partial / f"{final.name}.old.{uuid.uuid4().hex[:8]}"
+        os.rename(final, old)
+    os.rename(workdir, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _json_figures(figures) -> dict:
+    """The job's figures as JSON scalars (numpy numbers unwrapped, NaN/inf -> None)."""
+    if figures is None:
+        return {}
+    if not isinstance(figures, dict):
+        raise TypeError(f"the job returned {type(figures).__name__}, not a dict of figures")
+    clean = {}
+    for key, value in figures.items():
+        if hasattr(value, "item"):
+            value = value.item()
+        if isinstance(value, float) and not math.isfinite(value):
+            value = None
+        if value is not None and not isinstance(value, (bool, int, float, str)):
+            raise TypeError(f"figure {key!r} is a {type(value).__name__}, not a number or text")
+        clean[str(key)] = value
+    return clean
+
+
+def _failure(message: str, trace: str) -> dict:
+    return {"state": "failed", "error": message, "traceback": trace, "finished": _now(), "figures": {}, "outputs": []}
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc) if isinstance(exc, WsipipeError) else f"{type(exc).__name__}: {exc}"
+    return " ".join(text.split())[:MAX_ERROR_CHARS]
+
+
+def _now(stamp: float | None = None) -> str:
+    return datetime.fromtimestamp(stamp if stamp is not None else time.time(), timezone.utc).isoformat(timespec="milliseconds")

@@ -1,0 +1,82 @@
+"""``wsipipe nuclei``: segment and measure nuclei in a slide or image."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from wsipipe.cli.options import BackendOpt, DeviceOpt, MppOverrideOpt, QuietOpt
+
+
+def nuclei(
+    input_path: Annotated[
+        Path,
+        typer.Argument(
+            help="Slide (SVS, NDPI, OME-TIFF, pyramidal TIFF) or image (PNG, JPEG, plain TIFF).",
+            show_default=False,
+        ),
+    ],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output directory.", show_default=False)],
+    classical: Annotated[
+        bool,
+        typer.Option("--classical", help="Haematoxylin threshold + watershed, no model (the default)."),
+    ] = False,
+    model: Annotated[
+        Optional[Path],
+        typer.Option("--model", help="A US-Net nuclei model file (.safetensors) instead of --classical."),
+    ] = None,
+    tumour_mask: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--tumour-mask",
+            help="Image covering the whole input at any resolution, non-zero = tumour; nuclei inside "
+            "count as malignant for cellularity.",
+        ),
+    ] = None,
+    mpp_override: MppOverrideOpt = None,
+    backend: BackendOpt = None,
+    device: DeviceOpt = "auto",
+    quiet: QuietOpt = False,
+) -> None:
+    """Segment every nucleus; write nuclei.geojson (QuPath detections), nuclei.csv, labels.zarr
+    and nuclei.json (nuclei_count, nuclei_per_mm2 of tissue and tumour, cellularity, per tile).
+
+    Images without µm/px are assumed to be 40x (0.25 µm/px) with a warning; pass --mpp-override.
+    """
+    import logging
+
+    from rich.console import Console
+    from rich.logging import RichHandler
+    from rich.progress import Progress
+
+    from wsipipe.errors import InvalidInputError
+    from wsipipe.nuclei.stage import run_nuclei
+
+    if model is not None and classical:
+        raise InvalidInputError("--model and --classical: choose one")
+    console = Console(stderr=True)
+    logger = logging.getLogger("wsipipe.nuclei")
+    if not logger.handlers:
+        logger.addHandler(RichHandler(console=console, show_time=False, show_path=False))
+    with Progress(console=console, disable=quiet, transient=True) as bar:
+        task = bar.add_task("nuclei", total=None)
+        summary = run_nuclei(
+            input_path,
+            output,
+            mpp_override=mpp_override,
+            tumour_mask=tumour_mask,
+            model=model,
+            device=device,
+            backend=backend,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )
+    cellularity = summary["cellularity"]
+    density = summary["nuclei_per_mm2"]
+    typer.echo(
+        f"{summary['nuclei_count']} nuclei"
+        + (f", {density:.0f} per mm² of tissue" if density is not None else "")
+        + (f", cellularity {cellularity:.3f}" if cellularity is not None else "")
+        + f" -> {output}"
+    )

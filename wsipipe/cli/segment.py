@@ -1,0 +1,63 @@
+"""``wsipipe segment``: whole-slide tumour segmentation into prediction.zarr, regions and a report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from wsipipe.cli.options import DeviceOpt, MppOverrideOpt, QuietOpt, SlideArg
+
+NORMALIZE_HELP = "Stain normalisation with the slide's own stain matrix: vahadane, macenko, reinhard or none."
+
+
+def segment(
+    slide: SlideArg,
+    outdir: Annotated[Path, typer.Option("--out", "-o", help="Output folder (created if missing).", show_default=False)],
+    model: Annotated[
+        Optional[Path], typer.Option("--model", help="Model file (.safetensors). Default: the bundled tumour model.")
+    ] = None,
+    tiles: Annotated[
+        Optional[Path],
+        typer.Option("--tiles", help="Reuse the tissue mask and thumbnail of a 'wsipipe tile' store at the model's µm/px."),
+    ] = None,
+    normalize: Annotated[str, typer.Option("--normalize", help=NORMALIZE_HELP)] = "vahadane",
+    target: Annotated[
+        Optional[Path], typer.Option("--target", help="Stain target image (default: the method's reference).")
+    ] = None,
+    overlap: Annotated[
+        Optional[int], typer.Option("--overlap", help="Tile overlap in px at the model's µm/px (default: tile/8).", min=0)
+    ] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Tiles per forward pass.", min=1)] = 16,
+    device: DeviceOpt = "auto",
+    workers: Annotated[
+        int, typer.Option("--workers", "-w", help="Tile reader processes (0: read in the main process).", min=0)
+    ] = 2,
+    mpp_override: MppOverrideOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Segment tumour on a whole slide.
+
+    Tiles the detected tissue at the model's µm/px with overlap, normalises stains on the device, runs the model in batches and blends the tiles seam-free.
+
+    Writes to OUTDIR: prediction.zarr (OME-Zarr: class probabilities and label map, several levels), regions.geojson (QuPath), regions.xml (ASAP), overlay.png, report.json and report.html. A killed run resumes when the same command is run again.
+    """
+    from wsipipe.segment import segment_slide
+
+    def say(message: str) -> None:
+        if not quiet:
+            typer.echo(message, err=True)
+
+    report = segment_slide(
+        slide, outdir, model=model, tiles_store=tiles, normalize=normalize, target=target, overlap=overlap,
+        batch_size=batch_size, device=device, workers=workers, mpp_override=mpp_override, progress=not quiet, say=say,
+    )
+    if report.get("message"):
+        say(report["message"])
+    fraction = report["tumour_fraction"]
+    say(
+        f"{report['n_tiles']} tiles; tissue {report['tissue_area_mm2']:.3f} mm², tumour {report['tumour_area_mm2']:.3f} mm²"
+        + (f" ({100 * fraction:.1f} % of tissue)" if fraction is not None else "")
+        + f"; outputs in {outdir}"
+    )

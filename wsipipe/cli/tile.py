@@ -1,0 +1,42 @@
+"""``wsipipe tile``: a slide into a zarr tile store of its tissue tiles."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from wsipipe.cli.options import BackendOpt, MppOverrideOpt, OverwriteOpt, QuietOpt, SlideArg, WorkersOpt
+
+
+def tile(
+    slide: SlideArg,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Tile store to write (a .zarr directory).", show_default=False)],
+    mpp: Annotated[float, typer.Option("--mpp", help="Tile scale in µm per pixel (ignored with --level).")] = 0.5,
+    level: Annotated[Optional[int], typer.Option("--level", help="Tile at this pyramid level's own scale instead of --mpp.", min=0)] = None,
+    tile_size: Annotated[int, typer.Option("--tile-size", help="Tile width and height in pixels at the tile scale.")] = 512,
+    overlap: Annotated[int, typer.Option("--overlap", help="Pixels (at the tile scale) shared by neighbouring tiles.")] = 0,
+    tissue_threshold: Annotated[float, typer.Option("--tissue-threshold", help="Minimum tissue fraction for a tile to be kept (0 keeps all).")] = 0.1,
+    backend: BackendOpt = None,
+    mpp_override: MppOverrideOpt = None,
+    workers: WorkersOpt = 2,
+    overwrite: OverwriteOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Detect tissue and write every tissue tile of SLIDE into a zarr v3 tile store.
+
+    Run the same command again after an interruption (Ctrl-C, kill) to resume; a complete store is left as it is unless --overwrite.
+    """
+    from wsipipe.tiling import tile_slide
+
+    result = tile_slide(
+        slide, output, mpp=mpp, level=level, tile_size=tile_size, overlap=overlap,
+        tissue_threshold=tissue_threshold, backend=backend, mpp_override=mpp_override,
+        workers=workers, overwrite=overwrite, progress=not quiet,
+    )
+    if result.already_complete:
+        typer.echo(f"{output} is already complete ({result.n_tiles} tiles, same parameters); nothing to do (use --overwrite to redo it)")
+        return
+    rate = result.n_written / result.seconds if result.seconds > 0 else 0.0
+    typer.echo(f"wrote {result.n_tiles} tiles to {output} ({result.n_written} this run, {result.seconds:.1f} s, {rate:.1f} tiles/s)")

@@ -1,0 +1,96 @@
+"""``wsipipe train``: train a segmentation model on a folder of images and masks."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from wsipipe.cli.options import DeviceOpt, QuietOpt
+
+
+def train(
+    data: Annotated[Path, typer.Argument(help="Folder with images/ and masks/ (matching names; 0/255 masks are binary, "
+                                             "other values are class indices).", show_default=False)],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Model file to write (.safetensors).", show_default=False)],
+    model: Annotated[str, typer.Option("--model", help="Architecture (wsipipe models list).")] = "unet",
+    encoder: Annotated[Optional[str], typer.Option("--encoder", help="Encoder for unet/deeplabv3plus, e.g. resnet34, mobilenet_v2.")] = None,
+    model_args: Annotated[Optional[str], typer.Option("--model-args", help='More architecture arguments as JSON, e.g. \'{"blocks": 4}\'.')] = None,
+    classes: Annotated[str, typer.Option("--classes", help="Class names, comma-separated, index order.")] = "background,foreground",
+    mpp: Annotated[float, typer.Option("--mpp", help="µm/px the model works at.", min=1e-6)] = 1.0,
+    data_mpp: Annotated[Optional[float], typer.Option("--data-mpp", help="µm/px of the training images (default: --mpp).", min=1e-6)] = None,
+    data_mpp_assumed: Annotated[bool, typer.Option("--data-mpp-assumed", help="Record --data-mpp as an assumption (unknown scale).")] = False,
+    tile_size: Annotated[int, typer.Option("--tile-size", help="Model input side in pixels.", min=32)] = 256,
+    epochs: Annotated[int, typer.Option("--epochs", min=1)] = 10,
+    patches_per_epoch: Annotated[int, typer.Option("--patches-per-epoch", help="Random patches per epoch.", min=1)] = 64,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 8,
+    lr: Annotated[float, typer.Option("--lr", help="Base learning rate (poly decay).", min=0)] = 1e-3,
+    optimizer: Annotated[str, typer.Option("--optimizer", help="adamw or sgd (momentum 0.9).")] = "adamw",
+    loss: Annotated[str, typer.Option("--loss", help="dice-ce, weighted-ce or focal.")] = "dice-ce",
+    focal_gamma: Annotated[float, typer.Option("--focal-gamma", min=0)] = 2.0,
+    folds: Annotated[int, typer.Option("--folds", help="K-fold cross-validation by image, then a fit on all images (0: off).", min=0)] = 0,
+    val_fraction: Annotated[float, typer.Option("--val-fraction", help="Images held out for validation without --folds.", min=0, max=0.9)] = 0.2,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    fp16: Annotated[bool, typer.Option("--fp16", help="Store the weights as float16 (half the size).")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the checkpoints an interrupted run left.")] = False,
+    device: DeviceOpt = "auto",
+    quiet: QuietOpt = False,
+) -> None:
+    """Train a model; the best epoch by validation mIoU is kept. Without a validation set the last
+    epoch is kept. Interrupted runs continue with --resume."""
+    import torch
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from wsipipe.errors import InvalidInputError
+    from wsipipe.device import resolve_device
+    from wsipipe.models import get_architecture, resolve_args
+    from wsipipe.training.run import run_training
+    from wsipipe.training.trainer import TrainConfig
+
+    arch = get_architecture(model)
+    try:
+        args = json.loads(model_args) if model_args else {}
+    except json.JSONDecodeError as exc:
+        raise InvalidInputError(f"--model-args: not valid JSON ({exc})") from None
+    if not isinstance(args, dict):
+        raise InvalidInputError("--model-args: must be a JSON object")
+    if encoder:
+        args["encoder"] = encoder
+    args = resolve_args(model, args)
+    if tile_size % arch.input_multiple:
+        raise InvalidInputError(f"--tile-size {tile_size}: {model} needs a multiple of {arch.input_multiple}")
+    device = str(resolve_device(device))
+    config = TrainConfig(
+        architecture=model, args=args, classes=[c.strip() for c in classes.split(",") if c.strip()], mpp=mpp,
+        tile_size=tile_size, epochs=epochs, patches_per_epoch=patches_per_epoch, batch_size=batch_size, lr=lr,
+        optimizer=optimizer, loss=loss, focal_gamma=focal_gamma, seed=seed, device=device,
+        channels_last=device.startswith("cuda"),
+    )
+    # the command line as typed (when run from a shell); empty when called in-process, e.g. by tests
+    command = shlex.join(["wsipipe", *sys.argv[1:]]) if "train" in sys.argv[1:3] else ""
+    console = Console(stderr=True)
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
+                  TimeElapsedColumn(), console=console, disable=quiet) as progress:
+        tasks: dict[str, int] = {}
+
+        def on_step(run: str, info: dict) -> None:
+            if run not in tasks:
+                tasks[run] = progress.add_task(run, total=epochs, info="")
+            text = f"epoch {info['epoch']}/{epochs} step {info['step']}/{info['steps']} loss {info['loss']:.3f}"
+            if info.get("val_miou") is not None:
+                text += f" val mIoU {info['val_miou']:.3f}"
+            progress.update(tasks[run], completed=info["epoch"] - 1 + info["step"] / info["steps"], info=text)
+
+        torch.manual_seed(seed)
+        meta = run_training(data, config, output, data_mpp or mpp, folds, val_fraction, resume, fp16, command,
+                            on_step, mpp_assumed=data_mpp_assumed)
+    val = meta.get("validation") or {}
+    summary = f"wrote {output}"
+    if val.get("miou") is not None:
+        summary += f"; validation ({val['method']}): mIoU {val['miou']:.4f}, accuracy {val['accuracy']:.4f}, kappa {val['kappa']:.4f}"
+    typer.echo(summary)

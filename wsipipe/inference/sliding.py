@@ -1,0 +1,184 @@
+"""Splitter, batched runner and blender for sliding-window segmentation."""
+
+from __future__ import annotations
+
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from wsipipe.device import resolve_device
+
+
+def _starts(length: int, tile: int, stride: int) -> list[int]:
+    """Tile starts covering ``length``; the last tile sits flush with the end (no gap, no spill)."""
+    if length <= tile:
+        return [0]
+    starts = list(range(0, length - tile, stride))
+    return starts + [length - tile]
+
+
+def tile_positions(height: int, width: int, tile: int, overlap: int) -> list[tuple[int, int]]:
+    """(y, x) of the top-left corners of ``tile``-sided tiles overlapping by at least ``overlap``
+    that cover a ``height`` x ``width`` image (an image smaller than a tile is padded by the caller)."""
+    if not 0 <= overlap < tile:
+        raise ValueError(f"overlap must be in [0, tile), got {overlap} for tile {tile}")
+    stride = tile - overlap
+    return [(y, x) for y in _starts(height, tile, stride) for x in _starts(width, tile, stride)]
+
+
+def weight_window(tile: int, kind: str = "cosine") -> np.ndarray:
+    """A tile-sized weight that falls towards the tile edges, so tiles blend without seams.
+
+    ``cosine``: separable sin^2 evaluated at pixel centres (never exactly 0); ``gaussian``: sigma
+    = tile / 8, clipped below at 1e-3 of the peak; ``constant``: plain averaging.
+    """
+    centres = np.arange(tile) + 0.5
+    if kind == "cosine":
+        line = np.sin(np.pi * centres / tile) ** 2
+    elif kind == "gaussian":
+        line = np.exp(-0.5 * ((centres - tile / 2) / (tile / 8)) ** 2)
+        line = np.maximum(line, 1e-3)
+    elif kind == "constant":
+        line = np.ones(tile)
+    else:
+        raise ValueError(f"unknown window {kind!r}: cosine, gaussian or constant")
+    return np.outer(line, line).astype(np.float32)
+
+
+class Blender:
+    """Weighted accumulation of per-tile outputs into a (channels, height, width) canvas."""
+
+    def __init__(self, channels: int, height: int, width: int, tile: int, window: str = "cosine"):
+        self.sums = np.zeros((channels, height, width), dtype=np.float32)
+        self.weights = np.zeros((height, width), dtype=np.float32)
+        self.window = weight_window(tile, window)
+
+    def add(self, values: np.ndarray, y: int, x: int) -> None:
+        """``values``: (channels, tile, tile) for the tile whose top-left corner is (y, x)."""
+        h, w = values.shape[-2:]
+        window = self.window[:h, :w]
+        self.sums[:, y : y + h, x : x + w] += values * window
+        self.weights[y : y + h, x : x + w] += window
+
+    def result(self) -> np.ndarray:
+        return self.sums / np.maximum(self.weights, np.finfo(np.float32).tiny)
+
+
+def run_batches(
+    model,
+    tiles: Iterable[np.ndarray],
+    batch_size: int,
+    device: str = "cpu",
+    mean: Iterable[float] = (0.0, 0.0, 0.0),
+    std: Iterable[float] = (1.0, 1.0, 1.0),
+    channels_last: bool = False,
+) -> Iterator[np.ndarray]:
+    """Yield softmax probabilities (classes, h, w) per uint8 RGB (h, w, 3) tile, in order.
+
+    Tiles are stacked into batches of ``batch_size``; on CUDA the forward pass runs under float16
+    autocast (and channels-last memory layout when asked).
+    """
+    import torch
+
+    use_cuda = str(device).startswith("cuda")
+    mean_t = torch.tensor(list(mean), device=device).view(1, 3, 1, 1)
+    std_t = torch.tensor(list(std), device=device).view(1, 3, 1, 1)
+
+    def forward(batch: list[np.ndarray]) -> np.ndarray:
+        x = torch.from_numpy(np.stack(batch)).to(device).permute(0, 3, 1, 2).float().div_(255)
+        x = (x - mean_t) / std_t
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=use_cuda):
+            probs = torch.softmax(model(x).float(), dim=1)
+        return probs.cpu().numpy()
+
+    batch: list[np.ndarray] = []
+    for tile in tiles:
+        batch.append(tile)
+        if len(batch) == batch_size:
+            yield from forward(batch)
+            batch = []
+    if batch:
+        yield from forward(batch)
+
+
+def _resize(array: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Area-average when shrinking, bilinear when enlarging; (h, w, c) arrays."""
+    import cv2
+
+    if array.shape[:2] == (height, width):
+        return array
+    shrinking = height * width < array.shape[0] * array.shape[1]
+    out = cv2.resize(array, (width, height), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+    return out.reshape(height, width, -1)
+
+
+def predict_tiled(
+    model,
+    image: np.ndarray,
+    num_classes: int,
+    tile: int,
+    overlap: int,
+    batch_size: int = 8,
+    device: str = "cpu",
+    mean=(0.0, 0.0, 0.0),
+    std=(1.0, 1.0, 1.0),
+    window: str = "cosine",
+) -> np.ndarray:
+    """Class probabilities (classes, h, w) for an RGB image at the model's own scale.
+
+    The image is reflect-padded by half the overlap (so its border pixels get context and tile
+    centres) and up to at least one tile; tiles cover the padded image and are blended.
+    """
+    height, width = image.shape[:2]
+    margin = overlap // 2
+    pad_y = max(0, tile - height - 2 * margin)
+    pad_x = max(0, tile - width - 2 * margin)
+    padded = np.pad(
+        image, ((margin, margin + pad_y), (margin, margin + pad_x), (0, 0)), mode="reflect" if min(height, width) > 1 else "edge"
+    ) if margin or pad_y or pad_x else image
+    positions = tile_positions(padded.shape[0], padded.shape[1], tile, overlap)
+    blender = Blender(num_classes, padded.shape[0], padded.shape[1], tile, window)
+    tiles = (padded[y : y + tile, x : x + tile] for y, x in positions)
+    for (y, x), probs in zip(positions, run_batches(model, tiles, batch_size, device, mean, std)):
+        blender.add(probs, y, x)
+    return blender.result()[:, margin : margin + height, margin : margin + width]
+
+
+def predict_image(
+    model_bundle,
+    image_rgb: np.ndarray,
+    mpp_of_image: float,
+    overlap: int | None = None,
+    batch_size: int = 8,
+    device: str = "auto",
+    window: str = "cosine",
+) -> np.ndarray:
+    """Per-class probabilities (classes, H, W) for an RGB image of any size at ``mpp_of_image``.
+
+    The image is resized to the model's µm/px, segmented tile by tile (``overlap`` defaults to a
+    quarter tile) and the probabilities are resized back to the image's own pixels.
+    """
+    device = str(resolve_device(device))
+    tile = model_bundle.tile_size
+    overlap = tile // 4 if overlap is None else overlap
+    height, width = image_rgb.shape[:2]
+    scale = mpp_of_image / model_bundle.mpp
+    scaled_h, scaled_w = max(1, round(height * scale)), max(1, round(width * scale))
+    scaled = _resize(np.ascontiguousarray(image_rgb[..., :3]), scaled_h, scaled_w)
+    model_bundle.model.to(device).eval()
+    probs = predict_tiled(
+        model_bundle.model,
+        scaled,
+        len(model_bundle.classes),
+        tile,
+        overlap,
+        batch_size,
+        device,
+        model_bundle.input_normalisation["mean"],
+        model_bundle.input_normalisation["std"],
+        window,
+    )
+    back = _resize(np.ascontiguousarray(probs.transpose(1, 2, 0)), height, width)
+    return np.ascontiguousarray(back.transpose(2, 0, 1))

@@ -1,0 +1,233 @@
+"""Whole-slide stitching of overlapping tile predictions into zarr, one band of chunk rows at a time.
+
+Tiles arrive in row order (non-decreasing ``y``). Each tile's per-class probabilities are
+multiplied by a smooth weight window and added to an accumulator that covers only the rows a
+future tile can still touch (at most one tile height plus one chunk row), and only the chunk
+columns that received tiles. When a tile starting at row ``y`` arrives, every chunk row that
+ends at or before ``y`` is final: it is normalised by the accumulated weights, written as uint8
+probabilities and a label map (argmax), and recorded in a journal. A killed run resumes from the
+journal: tiles that lie entirely in finished rows are skipped, the others are predicted again, so
+the result is the same as an uninterrupted run.
+
+Pixels no tile covered get probability 0 for every class and label 0.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from wsipipe.errors import StoreError
+
+JOURNAL_NAME = "stitch_journal.json"
+
+
+def cosine_window(size: int, overlap: int, margin: int = 0, floor: float = 1e-3) -> np.ndarray:
+    """1-D weights: ``margin`` pixels of (almost) zero, a raised-cosine rise, 1 in the middle.
+
+    The rise spans ``overlap - 2 * margin`` pixels, so the windows of neighbouring tiles placed
+    ``size - overlap`` apart sum to 1 across their overlap, and each tile's outer ``margin``
+    pixels (where a convolutional model sees the tile's zero padding) barely count. The
+    ``floor`` keeps every pixel weighted where no neighbour exists (the slide border), so
+    normalisation never divides by zero.
+    """
+    if not 0 <= 2 * margin <= overlap <= size:
+        raise ValueError(f"need 0 <= 2*margin ({margin}) <= overlap ({overlap}) <= tile size ({size})")
+    weights = np.ones(size, np.float64)
+    rise_len = overlap - 2 * margin
+    up = np.zeros(overlap)
+    if rise_len > 0:
+        up[margin : margin + rise_len] = 0.5 - 0.5 * np.cos(np.pi * (np.arange(rise_len) + 0.5) / rise_len)
+    up[margin + rise_len :] = 1.0
+    if overlap:
+        weights[:overlap] = np.minimum(weights[:overlap], up)
+        weights[size - overlap :] = np.minimum(weights[size - overlap :], up[::-1])
+    return np.maximum(weights, floor).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class StitchLayout:
+    """What a stitch run was started with; a resume must match it exactly."""
+
+    height: int
+    width: int
+    n_classes: int
+    tile_size: int
+    overlap: int
+    margin: int
+    chunk: int
+    fingerprint: str = ""
+
+    def to_json(self) -> dict:
+        return dict(self.__dict__)
+
+
+class Stitcher:
+    """Blends overlapping tile predictions into ``probabilities`` (C, H, W) and ``labels`` (H, W).
+
+    ``probabilities`` and ``labels`` are uint8 zarr arrays (or anything with numpy-style slice
+    assignment) chunked ``chunk`` x ``chunk`` in y/x; ``journal_dir`` holds the resume journal.
+    """
+
+    def __init__(
+        self,
+        probabilities,
+        labels,
+        journal_dir: str | os.PathLike,
+        *,
+        tile_size: int,
+        overlap: int,
+        chunk: int,
+        margin: int | None = None,
+        fingerprint: str = "",
+    ):
+        """``margin`` (default ``overlap // 4``): tile-edge pixels that barely count (see
+        ``cosine_window``); set it to at least the model's receptive-field radius."""
+        n_classes, height, width = probabilities.shape
+        if labels.shape != (height, width):
+            raise ValueError(f"labels shape {labels.shape} does not match probabilities {probabilities.shape}")
+        if not 0 <= overlap < tile_size:
+            raise ValueError(f"overlap {overlap} must be in [0, tile size {tile_size})")
+        margin = overlap // 4 if margin is None else margin
+        self.layout = StitchLayout(height, width, n_classes, tile_size, overlap, margin, chunk, fingerprint)
+        self._probabilities = probabilities
+        self._labels = labels
+        self._journal_path = Path(journal_dir) / JOURNAL_NAME
+        window = cosine_window(tile_size, overlap, margin)
+        self._window = np.outer(window, window)
+        # Accumulator rows [self._top, self._top + self._rows); one block per chunk column.
+        self._rows = tile_size + chunk
+        self._blocks: dict[int, np.ndarray] = {}
+        self._last_y = -math.inf
+        self.max_accumulator_bytes = 0
+        self._top = self._read_journal()
+
+    # --- journal -----------------------------------------------------------------------------
+    def _read_journal(self) -> int:
+        if not self._journal_path.exists():
+            self._write_journal(0, complete=False)
+            return 0
+        try:
+            journal = json.loads(self._journal_path.read_text())
+            done_rows = int(journal["done_rows"])
+            layout = journal["layout"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise StoreError(f"{self._journal_path}: unreadable stitch journal ({exc})") from exc
+        if layout != self.layout.to_json():
+            raise StoreError(
+                f"{self._journal_path.parent}: an unfinished prediction made with other parameters "
+                f"({layout}); remove it or write elsewhere"
+            )
+        return done_rows
+
+    def _write_journal(self, done_rows: int, complete: bool) -> None:
+        tmp = self._journal_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"done_rows": done_rows, "complete": complete, "layout": self.layout.to_json()}))
+        os.replace(tmp, self._journal_path)
+
+    @property
+    def done_rows(self) -> int:
+        """Rows [0, done_rows) are final and written."""
+        return self._top
+
+    @property
+    def complete(self) -> bool:
+        return self._top >= self.layout.height
+
+    def is_done(self, y: int, tile_height: int | None = None) -> bool:
+        """True when a tile at row ``y`` only touches finished rows (a resumed run skips it)."""
+        return y + (tile_height or self.layout.tile_size) <= self._top
+
+    # --- accumulation --------------------------------------------------------------------------
+    def add(self, probabilities: np.ndarray, x: int, y: int) -> None:
+        """Add one tile's (C, h, w) probabilities whose top-left pixel is (x, y).
+
+        Tiles must come in non-decreasing ``y``; ``h`` and ``w`` are at most the tile size (a
+        smaller tile is weighted by the top-left part of the window).
+        """
+        layout = self.layout
+        n_classes, tile_h, tile_w = probabilities.shape
+        if n_classes != layout.n_classes or tile_h > layout.tile_size or tile_w > layout.tile_size:
+            raise ValueError(f"tile of shape {probabilities.shape} does not fit layout {layout}")
+        if y < self._last_y:
+            raise ValueError(f"tiles must arrive in row order: y={y} after y={self._last_y}")
+        self._last_y = y
+        self._finalise_before(y)
+        # Rows of the tile still open, columns inside the slide.
+        row0 = max(y, self._top) - y
+        row1 = min(tile_h, layout.height - y)
+        col0, col1 = max(0, -x), min(tile_w, layout.width - x)
+        if row0 >= row1 or col0 >= col1:
+            return
+        weight = self._window[row0:row1, col0:col1]
+        weighted = probabilities[:, row0:row1, col0:col1].astype(np.float32, copy=False) * weight
+        acc_row0 = y + row0 - self._top
+        acc_row1 = acc_row0 + (row1 - row0)
+        chunk = layout.chunk
+        gx0, gx1 = x + col0, x + col1
+        for block_index in range(gx0 // chunk, (gx1 - 1) // chunk + 1):
+            bx0 = block_index * chunk
+            s0, s1 = max(gx0, bx0), min(gx1, bx0 + chunk)
+            block = self._block(block_index)
+            block[:n_classes, acc_row0:acc_row1, s0 - bx0 : s1 - bx0] += weighted[:, :, s0 - gx0 : s1 - gx0]
+            block[n_classes, acc_row0:acc_row1, s0 - bx0 : s1 - bx0] += weight[:, s0 - gx0 : s1 - gx0]
+
+    def _block(self, index: int) -> np.ndarray:
+        block = self._blocks.get(index)
+        if block is None:
+            # Planes 0..C-1: weighted probabilities; plane C: summed weights.
+            block = np.zeros((self.layout.n_classes + 1, self._rows, self.layout.chunk), np.float32)
+            self._blocks[index] = block
+            self.max_accumulator_bytes = max(
+                self.max_accumulator_bytes, sum(b.nbytes for b in self._blocks.values())
+            )
+        return block
+
+    def finish(self) -> None:
+        """Write every remaining row; after this the arrays are complete."""
+        self._finalise_before(self.layout.height)
+        self._write_journal(self._top, complete=True)
+
+    # --- writing final rows ----------------------------------------------------------------------
+    def _finalise_before(self, y: int) -> None:
+        """Write all chunk rows that end at or before row ``y`` (or the last, partial one at the end)."""
+        layout = self.layout
+        chunk = layout.chunk
+        limit = layout.height if y >= layout.height else (y // chunk) * chunk
+        while self._top < limit:
+            rows = min(chunk, layout.height - self._top)
+            self._write_rows(rows)
+            self._shift(rows)
+            self._top += rows
+            self._write_journal(self._top, complete=False)
+
+    def _write_rows(self, rows: int) -> None:
+        layout = self.layout
+        n_classes = layout.n_classes
+        for index in sorted(self._blocks):
+            block = self._blocks[index]
+            x0 = index * layout.chunk
+            x1 = min(x0 + layout.chunk, layout.width)
+            weights = block[n_classes, :rows, : x1 - x0]
+            covered = weights > 0
+            if not covered.any():
+                continue
+            probs = block[:n_classes, :rows, : x1 - x0] / np.where(covered, weights, 1.0)
+            labels = np.where(covered, probs.argmax(axis=0), 0).astype(np.uint8)
+            probs_u8 = np.rint(np.clip(probs, 0.0, 1.0) * 255.0).astype(np.uint8)
+            probs_u8[:, ~covered] = 0
+            self._probabilities[:, self._top : self._top + rows, x0:x1] = probs_u8
+            self._labels[self._top : self._top + rows, x0:x1] = labels
+
+    def _shift(self, rows: int) -> None:
+        for index in list(self._blocks):
+            block = self._blocks[index]
+            block[:, :-rows] = block[:, rows:]
+            block[:, -rows:] = 0
+            if not block.any():
+                del self._blocks[index]

@@ -1,0 +1,1 @@
+"""Evaluation metrics (semantic segmentation in ``semantic``)."""

@@ -1,0 +1,135 @@
+"""Model files: one ``.safetensors`` file whose header metadata holds the wsipipe JSON.
+
+Loading reads only the safetensors format (a JSON header and raw tensors), so a model file can
+never run code; anything else (a pickle, a truncated file, a safetensors file written by another
+tool) is refused with a ``ModelError`` naming the file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from wsipipe.errors import ModelError
+
+FORMAT = "wsipipe-model/1"
+METADATA_KEY = "wsipipe"
+REQUIRED_KEYS = ("architecture", "args", "classes", "mpp", "tile_size", "input_normalisation")
+IMAGENET_NORMALISATION = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+
+
+@dataclass
+class ModelBundle:
+    """A ready network and what it needs to be run correctly."""
+
+    model: Any  # torch.nn.Module, in eval mode
+    metadata: dict[str, Any]
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.metadata["classes"])
+
+    @property
+    def mpp(self) -> float:
+        return float(self.metadata["mpp"])
+
+    @property
+    def tile_size(self) -> int:
+        return int(self.metadata["tile_size"])
+
+    @property
+    def input_normalisation(self) -> dict[str, list[float]]:
+        return self.metadata["input_normalisation"]
+
+
+def model_metadata(
+    architecture: str, args: dict, classes: list[str], mpp: float, tile_size: int, **extra: Any
+) -> dict[str, Any]:
+    """The metadata every model file carries; ``extra`` adds training/validation records."""
+    from wsipipe import __version__
+
+    meta = {
+        "format": FORMAT,
+        "architecture": architecture,
+        "args": args,
+        "classes": list(classes),
+        "mpp": float(mpp),
+        "tile_size": int(tile_size),
+        "input_normalisation": IMAGENET_NORMALISATION,
+        "stain_normalisation": {"method": "none", "target": None},
+        "wsipipe_version": __version__,
+    }
+    meta.update(extra)
+    return meta
+
+
+def save_model(path: str | Path, model, metadata: dict[str, Any], half: bool = False) -> Path:
+    """Write weights (fp16 when ``half``) and metadata; the file appears complete or not at all."""
+    from safetensors.torch import save_file
+
+    missing = [k for k in REQUIRED_KEYS if k not in metadata]
+    if missing:
+        raise ValueError(f"model metadata lacks {missing}")
+    path = Path(path)
+    state = {}
+    for name, tensor in model.state_dict().items():
+        tensor = tensor.detach().to("cpu").contiguous()
+        state[name] = tensor.half() if half and tensor.is_floating_point() else tensor
+    meta = {**metadata, "format": FORMAT, "weights_dtype": "float16" if half else "float32"}
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        save_file(state, str(tmp), metadata={METADATA_KEY: json.dumps(meta)})
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The wsipipe metadata of a model file, checked, without reading the weights."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"{path}: no such model file")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            header = handle.metadata() or {}
+    except Exception as exc:  # safetensors raises its own error types for every malformed file
+        raise ModelError(f"{path}: not a safetensors model file ({type(exc).__name__})") from None
+    if METADATA_KEY not in header:
+        raise ModelError(f"{path}: a safetensors file but not a wsipipe model (no '{METADATA_KEY}' metadata)")
+    try:
+        meta = json.loads(header[METADATA_KEY])
+    except json.JSONDecodeError:
+        raise ModelError(f"{path}: wsipipe metadata is not valid JSON") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ModelError(f"{path}: unsupported model format {meta.get('format') if isinstance(meta, dict) else meta!r}")
+    missing = [k for k in REQUIRED_KEYS if k not in meta]
+    if missing:
+        raise ModelError(f"{path}: model metadata lacks {', '.join(missing)}")
+    return meta
+
+
+def load_model(path: str | Path, device: str = "cpu") -> ModelBundle:
+    """Rebuild the network from the metadata and load its weights (as float32) in eval mode."""
+    from safetensors.torch import load_file
+
+    from wsipipe.errors import InvalidInputError
+    from wsipipe.models import build_model
+
+    meta = read_metadata(path)
+    try:
+        model = build_model(meta["architecture"], len(meta["classes"]), meta["args"])
+    except InvalidInputError as exc:
+        raise ModelError(f"{path}: {exc}") from None
+    try:
+        state = load_file(str(path), device="cpu")
+        model.load_state_dict(state, strict=True)
+    except Exception as exc:
+        raise ModelError(f"{path}: weights do not match {meta['architecture']} ({type(exc).__name__})") from None
+    model.float().to(device).eval()
+    return ModelBundle(model=model, metadata=meta)

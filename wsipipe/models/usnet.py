@@ -1,0 +1,243 @@
+"""US-Net (Xu et al. 2019): one U-Net with a nuclei segmentation branch and an anchor detection branch.
+
+* Backbone: a U-Net (widths ``base * 2**i``); the segmentation branch is a 1x1 convolution and a
+  sigmoid on the last decoder map.
+* Detection branch (SSD/RetinaNet style): on each of the last three decoder maps (strides 4, 2
+  and 1) a 3x3 convolution gives, per anchor, a confidence logit and four box offsets. Anchors
+  are squares of ``anchor_sizes`` (one pair of sizes per map, coarse to fine).
+* Loss (``USNetLoss``): ``L = L_seg + alpha * L_conf + beta * L_loc``. ``L_seg`` is the L1 distance
+  between the segmentation output and the nuclei mask (eq. 2). ``L_conf`` is the focal loss of
+  every anchor's confidence, each anchor's term weighted by the segmentation output at its
+  centre (eqs. 3-4, as we read them: the segmentation steers detection towards nuclear regions;
+  the weight is not back-propagated), summed and divided by the positive anchors. ``L_loc`` is the
+  smooth L1 loss of the positive anchors' SSD-encoded offsets (eqs. 5-6).
+* Instances (``usnet_instances``): a watershed of the segmentation, seeded by the centres of the
+  detections that survive non-maximum suppression.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+#: Anchor matching: positive at IoU >= this (and each object's best anchor), negative below NEGATIVE_IOU.
+POSITIVE_IOU = 0.5
+NEGATIVE_IOU = 0.4
+
+
+def _block(in_channels: int, out_channels: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    )
+
+
+class USNet(nn.Module):
+    """Input sides must be multiples of ``2**depth``."""
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        base: int = 32,
+        depth: int = 4,
+        anchor_sizes: tuple = ((24, 34), (12, 17), (6, 8.5)),
+    ):
+        super().__init__()
+        if depth < 3:
+            raise ValueError("US-Net needs depth >= 3 (three decoder maps carry anchors)")
+        if len(anchor_sizes) != 3:
+            raise ValueError("anchor_sizes: one tuple of sizes for each of the last three decoder maps")
+        widths = [base * 2**i for i in range(depth + 1)]
+        self.encoder = nn.ModuleList([_block(in_channels, widths[0])])
+        self.encoder.extend(_block(widths[i - 1], widths[i]) for i in range(1, depth + 1))
+        self.up = nn.ModuleList(nn.ConvTranspose2d(widths[i], widths[i - 1], 2, stride=2) for i in range(depth, 0, -1))
+        self.decoder = nn.ModuleList(_block(2 * widths[i - 1], widths[i - 1]) for i in range(depth, 0, -1))
+        self.segmentation = nn.Conv2d(widths[0], 1, 1)
+        self.anchor_sizes = tuple(tuple(float(s) for s in sizes) for sizes in anchor_sizes)
+        self.strides = (4, 2, 1)
+        detection_widths = widths[2::-1]  # decoder maps at strides 4, 2, 1
+        self.confidence = nn.ModuleList(
+            nn.Conv2d(w, len(s), 3, padding=1) for w, s in zip(detection_widths, self.anchor_sizes)
+        )
+        self.offsets = nn.ModuleList(
+            nn.Conv2d(w, 4 * len(s), 3, padding=1) for w, s in zip(detection_widths, self.anchor_sizes)
+        )
+        prior = 0.01  # RetinaNet's initial foreground probability keeps early focal loss stable
+        for conv in self.confidence:
+            nn.init.constant_(conv.bias, -float(np.log((1 - prior) / prior)))
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        skips = []
+        for index, block in enumerate(self.encoder):
+            x = block(x if index == 0 else F.max_pool2d(x, 2))
+            skips.append(x)
+        x = skips.pop()
+        decoded = []
+        for up, block in zip(self.up, self.decoder):
+            x = block(torch.cat([up(x), skips.pop()], dim=1))
+            decoded.append(x)
+        maps = decoded[-3:]
+        scores, offsets = [], []
+        for feature, conf, off in zip(maps, self.confidence, self.offsets):
+            b, _, h, w = feature.shape
+            scores.append(conf(feature).permute(0, 2, 3, 1).reshape(b, -1))
+            offsets.append(off(feature).permute(0, 2, 3, 1).reshape(b, h * w * conf.out_channels, 4))
+        return {
+            "segmentation": torch.sigmoid(self.segmentation(decoded[-1])),
+            "scores": torch.cat(scores, dim=1),
+            "offsets": torch.cat(offsets, dim=1),
+        }
+
+    def anchors(self, height: int, width: int, device=None) -> torch.Tensor:
+        """(N, 4) anchors as (cx, cy, w, h) in input pixels, in the order of ``scores``."""
+        result = []
+        for stride, sizes in zip(self.strides, self.anchor_sizes):
+            ys, xs = torch.meshgrid(
+                torch.arange(height // stride, device=device), torch.arange(width // stride, device=device), indexing="ij"
+            )
+            centres = torch.stack([xs, ys], dim=-1).reshape(-1, 1, 2).float() * stride + (stride - 1) / 2
+            side = torch.tensor(sizes, device=device).reshape(1, -1, 1).expand(centres.shape[0], -1, 2)
+            result.append(torch.cat([centres.expand(-1, len(sizes), 2), side], dim=-1).reshape(-1, 4))
+        return torch.cat(result)
+
+
+def to_corners(boxes: torch.Tensor) -> torch.Tensor:
+    cxcy, wh = boxes[..., :2], boxes[..., 2:]
+    return torch.cat([cxcy - wh / 2, cxcy + wh / 2], dim=-1)
+
+
+def encode(boxes: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
+    """SSD offsets of (cx, cy, w, h) boxes relative to their anchors."""
+    return torch.cat(
+        [(boxes[..., :2] - anchors[..., :2]) / anchors[..., 2:], torch.log(boxes[..., 2:] / anchors[..., 2:])], dim=-1
+    )
+
+
+def decode(offsets: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
+    return torch.cat(
+        [anchors[..., :2] + offsets[..., :2] * anchors[..., 2:], anchors[..., 2:] * torch.exp(offsets[..., 2:])], dim=-1
+    )
+
+
+def instance_boxes(labels: np.ndarray) -> np.ndarray:
+    """(n, 4) (cx, cy, w, h) boxes of the objects of a label map (pixel extents)."""
+    from scipy import ndimage
+
+    boxes = []
+    for found in ndimage.find_objects(labels):
+        if found is not None:
+            ys, xs = found
+            boxes.append([(xs.start + xs.stop - 1) / 2, (ys.start + ys.stop - 1) / 2, xs.stop - xs.start, ys.stop - ys.start])
+    return np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+
+
+@dataclass(frozen=True)
+class AnchorTargets:
+    labels: torch.Tensor  # (N,) 1 positive, 0 negative, -1 ignored
+    offsets: torch.Tensor  # (N, 4) encoded target of each anchor's matched box
+
+
+def match_anchors(anchors: torch.Tensor, boxes: torch.Tensor) -> AnchorTargets:
+    """RetinaNet matching: IoU >= 0.5 positive (plus each box's best anchor), < 0.4 negative."""
+    from torchvision.ops import box_iou
+
+    n = anchors.shape[0]
+    if boxes.shape[0] == 0:
+        return AnchorTargets(torch.zeros(n, device=anchors.device), torch.zeros(n, 4, device=anchors.device))
+    iou = box_iou(to_corners(anchors), to_corners(boxes))
+    best_iou, best_box = iou.max(dim=1)
+    labels = torch.full((n,), -1.0, device=anchors.device)
+    labels[best_iou < NEGATIVE_IOU] = 0
+    labels[best_iou >= POSITIVE_IOU] = 1
+    best_anchor = iou.argmax(dim=0)
+    labels[best_anchor] = 1
+    best_box[best_anchor] = torch.arange(boxes.shape[0], device=anchors.device)
+    return AnchorTargets(labels, encode(boxes[best_box], anchors))
+
+
+class USNetLoss(nn.Module):
+    """``L_seg + alpha * L_conf + beta * L_loc`` (see the module docstring)."""
+
+    def __init__(self, alpha: float = 1.0, beta: float = 1.0, gamma: float = 2.0, focal_alpha: float = 0.25):
+        super().__init__()
+        self.alpha, self.beta, self.gamma, self.focal_alpha = alpha, beta, gamma, focal_alpha
+
+    def forward(self, output: dict, instances: torch.Tensor, anchors: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``instances``: (B, H, W) integer label maps; returns the total and its three terms."""
+        segmentation = output["segmentation"][:, 0]
+        seg_loss = (segmentation - (instances > 0).float()).abs().mean()
+        conf_terms, loc_terms, positives = [], [], 0
+        centres = anchors[:, :2].round().long()
+        height, width = segmentation.shape[-2:]
+        centres[:, 0].clamp_(0, width - 1)
+        centres[:, 1].clamp_(0, height - 1)
+        for b in range(instances.shape[0]):
+            boxes = torch.as_tensor(instance_boxes(instances[b].cpu().numpy()), device=anchors.device)
+            targets = match_anchors(anchors, boxes)
+            valid = targets.labels >= 0
+            weight = segmentation[b].detach()[centres[:, 1], centres[:, 0]]
+            focal = torchvision_focal(output["scores"][b], targets.labels.clamp(min=0), self.focal_alpha, self.gamma)
+            conf_terms.append((focal * weight)[valid].sum())
+            positive = targets.labels == 1
+            positives += int(positive.sum())
+            loc_terms.append(
+                F.smooth_l1_loss(output["offsets"][b][positive], targets.offsets[positive], beta=1 / 9, reduction="sum")
+            )
+        normaliser = max(1, positives)
+        conf_loss = torch.stack(conf_terms).sum() / normaliser
+        loc_loss = torch.stack(loc_terms).sum() / normaliser
+        total = seg_loss + self.alpha * conf_loss + self.beta * loc_loss
+        return {"loss": total, "segmentation": seg_loss, "confidence": conf_loss, "localisation": loc_loss}
+
+
+def torchvision_focal(logits: torch.Tensor, targets: torch.Tensor, alpha: float, gamma: float) -> torch.Tensor:
+    from torchvision.ops import sigmoid_focal_loss
+
+    return sigmoid_focal_loss(logits, targets, alpha=alpha, gamma=gamma, reduction="none")
+
+
+def usnet_instances(
+    segmentation: np.ndarray,
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    score_threshold: float = 0.5,
+    nms_iou: float = 0.3,
+    foreground: float = 0.5,
+) -> np.ndarray:
+    """Instance labels from one image's segmentation (H, W) and (cx, cy, w, h) detections.
+
+    Detections above ``score_threshold`` that survive non-maximum suppression seed a watershed
+    of the inverted segmentation within ``segmentation > foreground``; a nuclear region no
+    detection reached becomes one instance of its own.
+    """
+    from scipy import ndimage
+    from skimage.segmentation import watershed
+    from torchvision.ops import nms
+
+    mask = segmentation > foreground
+    keep = scores > score_threshold
+    boxes_t = torch.as_tensor(boxes[keep], dtype=torch.float32)
+    order = nms(to_corners(boxes_t), torch.as_tensor(scores[keep], dtype=torch.float32), nms_iou).numpy()
+    markers = np.zeros(mask.shape, dtype=np.int32)
+    next_id = 1
+    for cx, cy, _, _ in boxes_t.numpy()[order]:
+        x, y = int(round(cx)), int(round(cy))
+        if 0 <= y < mask.shape[0] and 0 <= x < mask.shape[1] and mask[y, x] and markers[y, x] == 0:
+            markers[y, x] = next_id
+            next_id += 1
+    components, count = ndimage.label(mask)
+    seeded = np.unique(components[markers > 0])
+    for component in range(1, count + 1):
+        if component not in seeded:
+            ys, xs = np.nonzero(components == component)
+            markers[ys[len(ys) // 2], xs[len(xs) // 2]] = next_id
+            next_id += 1
+    return watershed(-segmentation, markers, mask=mask).astype(np.int32)

@@ -1,0 +1,285 @@
+"""The nuclei stage: a slide or image in, nuclei outputs and figures out (``wsipipe nuclei``).
+
+Work happens at ``WORKING_MPP`` µm/px (the classical method) or at the model's µm/px (a US-Net
+model file) on core tiles with overlap (``wsipipe.nuclei.tiled``).
+Tissue comes from ``wsipipe.tissue.detect_tissue`` on a thumbnail; the tumour region from an
+optional mask image covering the input (any resolution, non-zero = tumour), such as the mask the
+``segment`` stage writes. Nuclei whose centroid lies in the tumour region count as malignant.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from wsipipe.errors import InvalidInputError, OutputError
+from wsipipe.nuclei import outputs
+from wsipipe.nuclei.classical import ClassicalParams, calibrate, haematoxylin_od, segment_nuclei
+from wsipipe.nuclei.data import WORKING_MPP, read_rgb, resample
+from wsipipe.nuclei.tiled import DEFAULT_MARGIN_UM, TileDone, core_tiles, segment_tiled
+
+log = logging.getLogger(__name__)
+
+#: Plain images, read whole (anything else is opened as a slide).
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
+#: µm/px assumed for an image without --mpp-override (a 40x scan), with a warning.
+DEFAULT_IMAGE_MPP = 0.25
+#: Core tile side at the working µm/px (512 µm).
+CORE_PX = 1024
+#: Thumbnail µm/px for tissue detection.
+THUMBNAIL_MPP = 4.0
+#: Cores used to calibrate a slide's stain matrix and threshold (the most tissue-rich ones).
+CALIBRATION_CORES = 8
+
+
+@dataclass
+class Source:
+    """The input at the working µm/px: its size and a reader of (y0, x0, y1, x1) windows."""
+
+    name: str
+    shape: tuple[int, int]  # working pixels (H, W)
+    scale: float  # level-0 pixels per working pixel
+    read: Callable[[int, int, int, int], np.ndarray]
+    thumbnail: np.ndarray  # RGB at about THUMBNAIL_MPP
+
+
+def open_source(path: Path, mpp_override: float | None, backend: str | None = None, mpp: float = WORKING_MPP) -> Source:
+    """The input as seen at ``mpp`` µm/px."""
+    if path.suffix.lower() in IMAGE_SUFFIXES or (
+        path.suffix.lower() in {".tif", ".tiff"} and mpp_override is None and _is_plain_tiff(path)
+    ):
+        return _image_source(path, mpp_override, mpp)
+    from wsipipe.slide import open_slide
+
+    reader = open_slide(path, backend=backend, mpp_override=mpp_override)
+    scale = mpp / reader.mpp
+    width, height = reader.dimensions
+    shape = (max(1, math.floor(height / scale)), max(1, math.floor(width / scale)))
+
+    def read(y0, x0, y1, x1):
+        return reader.read_at_mpp((x0 * scale, y0 * scale), (x1 - x0, y1 - y0), mpp)
+
+    return Source(path.name, shape, scale, read, reader.thumbnail_at_mpp(THUMBNAIL_MPP))
+
+
+def _is_plain_tiff(path: Path) -> bool:
+    """A single-page TIFF without resolution metadata (like MoNuSeg's), read as an image."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages[0]
+            return len(tif.pages) == 1 and not page.is_tiled and "ImageDescription" not in page.tags
+    except Exception:  # not a TIFF tifffile understands: let the slide readers say why
+        return False
+
+
+def _image_source(path: Path, mpp_override: float | None, working_mpp: float) -> Source:
+    if not path.is_file():
+        raise InvalidInputError(f"{path}: no such file")
+    try:
+        rgb = read_rgb(path)
+    except Exception as exc:
+        raise InvalidInputError(f"{path}: not a readable image ({exc})") from None
+    mpp = mpp_override
+    if mpp is None:
+        mpp = DEFAULT_IMAGE_MPP
+        log.warning("%s: an image records no µm/px; assuming %s (40x); pass --mpp-override X", path, mpp)
+    working, _ = resample(rgb, None, mpp, working_mpp)
+    thumbnail, _ = resample(rgb, None, mpp, THUMBNAIL_MPP)
+    return Source(path.name, working.shape[:2], working_mpp / mpp, lambda y0, x0, y1, x1: working[y0:y1, x0:x1], thumbnail)
+
+
+def read_tumour_mask(path: Path | None) -> np.ndarray | None:
+    if path is None:
+        return None
+    if not path.is_file():
+        raise InvalidInputError(f"--tumour-mask {path}: no such file")
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("L")) > 0
+    except Exception as exc:
+        raise InvalidInputError(f"--tumour-mask {path}: not a readable image ({exc})") from None
+
+
+def _scaled(mask: np.ndarray, shape: tuple[int, int], box: tuple[int, int, int, int]) -> np.ndarray:
+    """The part of a whole-input mask under working-pixel ``box`` (y0, x0, y1, x1), nearest sampled."""
+    y0, x0, y1, x1 = box
+    sy, sx = mask.shape[0] / shape[0], mask.shape[1] / shape[1]
+    rows = np.minimum(((np.arange(y0, y1) + 0.5) * sy).astype(int), mask.shape[0] - 1)
+    cols = np.minimum(((np.arange(x0, x1) + 0.5) * sx).astype(int), mask.shape[1] - 1)
+    return mask[np.ix_(rows, cols)]
+
+
+def run_nuclei(
+    input_path: Path,
+    outdir: Path,
+    *,
+    mpp_override: float | None = None,
+    tumour_mask: Path | None = None,
+    params: ClassicalParams = ClassicalParams(),
+    model: Path | None = None,
+    device: str = "cpu",
+    backend: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict:
+    """Segment the nuclei of ``input_path`` into ``outdir``; returns the summary written to nuclei.json.
+
+    Without ``model`` the classical method runs with ``params``; with a US-Net model file the
+    network does (at the model's µm/px) and ``params`` is not used.
+    """
+    from wsipipe.tissue import detect_tissue
+
+    network = _load_nuclei_model(model, device) if model is not None else None
+    mpp = network.mpp if network is not None else WORKING_MPP
+    source = open_source(Path(input_path), mpp_override, backend, mpp)
+    tumour = read_tumour_mask(tumour_mask)
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"{outdir}: cannot create the output directory ({exc.strerror})") from None
+
+    height, width = source.shape
+    tissue = detect_tissue(source.thumbnail, THUMBNAIL_MPP).astype(bool)
+    cores = list(core_tiles(height, width, CORE_PX))
+    tissue_fraction = {c: float(_scaled(tissue, source.shape, c).mean()) for c in cores}
+    with_tissue = [c for c in cores if tissue_fraction[c] > 0]
+    if not with_tissue:
+        log.warning("%s: no tissue found; every core is segmented", source.name)
+        with_tissue = cores
+        tissue = np.ones_like(tissue)
+        tissue_fraction = dict.fromkeys(cores, 1.0)
+    richest = sorted(with_tissue, key=lambda c: -tissue_fraction[c])[:CALIBRATION_CORES]
+    calibration = calibrate(np.concatenate([source.read(*c).reshape(-1, 3) for c in richest])[None])
+
+    if network is not None:
+        method = f"usnet:{Path(model).name}"
+        segment = usnet_segmenter(network)
+        settings = {"model": str(model)}
+    else:
+        method = "classical"
+        segment = lambda rgb: segment_nuclei(rgb, mpp, calibration, params)  # noqa: E731
+        settings = vars(params)
+    pixel_mm2 = (mpp / 1000.0) ** 2
+    labels = outputs.create_label_store(
+        outdir / "labels.zarr",
+        source.shape,
+        512,
+        {"mpp": mpp, "level0_px_per_px": source.scale, "method": method, "params": settings},
+    )
+    tiles: list[outputs.TileSummary] = []
+    in_tumour: list[bool] = []
+    done = 0
+
+    def on_tile(tile: TileDone) -> None:
+        nonlocal done
+        cy0, cx0, cy1, cx1 = tile.core
+        core_tissue = _scaled(tissue, source.shape, tile.core)
+        core_tumour = _scaled(tumour, source.shape, tile.core) & core_tissue if tumour is not None else None
+        flags = [
+            tumour is not None and bool(_scaled(tumour, source.shape, _point_box(n))[0, 0]) for n in tile.nuclei
+        ]
+        in_tumour.extend(flags)
+        malignant_px = sum(n.area_px for n, f in zip(tile.nuclei, flags) if f)
+        tiles.append(
+            outputs.TileSummary(
+                round(cx0 * source.scale),
+                round(cy0 * source.scale),
+                round(cx1 * source.scale),
+                round(cy1 * source.scale),
+                len(tile.nuclei),
+                int(sum(flags)),
+                float(core_tissue.sum()) * pixel_mm2,
+                float(core_tumour.sum()) * pixel_mm2 if core_tumour is not None else 0.0,
+                malignant_px * pixel_mm2,
+            )
+        )
+        done += 1
+        if progress:
+            progress(done, len(cores))
+
+    nuclei = segment_tiled(
+        source.read,
+        source.shape,
+        segment,
+        lambda rgb: haematoxylin_od(rgb, calibration.stain_matrix),
+        labels,
+        core=CORE_PX,
+        margin=round(DEFAULT_MARGIN_UM / mpp),
+        on_tile=on_tile,
+        skip=lambda *core: tissue_fraction[core] == 0,
+    )
+    flags = np.asarray(in_tumour, dtype=bool)
+    outputs.write_csv(outdir / "nuclei.csv", nuclei, flags, source.scale, mpp)
+    outputs.write_geojson(outdir / "nuclei.geojson", nuclei, flags, source.scale, mpp)
+    outputs.finish_label_store(outdir / "labels.zarr")
+    slide = outputs.summary_figures(
+        len(nuclei),
+        int(flags.sum()),
+        sum(t.tissue_mm2 for t in tiles),
+        sum(t.tumour_mm2 for t in tiles),
+        sum(t.malignant_nuclei_mm2 for t in tiles),
+    )
+    summary = {
+        "input": str(input_path),
+        "method": method,
+        "mpp": mpp,
+        "tumour_mask": str(tumour_mask) if tumour_mask else None,
+        "calibration": calibration.to_dict(),
+        **slide,
+        "tiles": [t.figures() for t in tiles if t.tissue_mm2 > 0 or t.nuclei],
+    }
+    outputs.write_json(outdir / "nuclei.json", summary)
+    return summary
+
+
+def _load_nuclei_model(path: Path, device: str):
+    from wsipipe.device import resolve_device
+    from wsipipe.errors import ModelError
+    from wsipipe.models.io import load_model
+
+    bundle = load_model(path, resolve_device(device, log.warning))
+    if bundle.metadata["architecture"] != "usnet":
+        raise ModelError(f"{path}: a {bundle.metadata['architecture']} model, not a nuclei (usnet) model")
+    return bundle
+
+
+def usnet_segmenter(bundle) -> Callable[[np.ndarray], np.ndarray]:
+    """rgb window -> instance labels with a US-Net model bundle (padded to the network's multiple)."""
+    import torch
+
+    from wsipipe.models.usnet import decode, usnet_instances
+
+    network = bundle.model
+    multiple = 2 ** (len(network.encoder) - 1)
+    device = next(network.parameters()).device
+    mean = torch.tensor(bundle.input_normalisation["mean"], device=device).view(1, 3, 1, 1)
+    std = torch.tensor(bundle.input_normalisation["std"], device=device).view(1, 3, 1, 1)
+
+    def segment(rgb: np.ndarray) -> np.ndarray:
+        height, width = rgb.shape[:2]
+        padded = np.pad(
+            rgb, ((0, -height % multiple), (0, -width % multiple), (0, 0)), mode="constant", constant_values=255
+        )
+        x = torch.as_tensor(padded, device=device).permute(2, 0, 1)[None].float() / 255
+        with torch.no_grad():
+            out = network((x - mean) / std)
+        anchors = network.anchors(padded.shape[0], padded.shape[1], device=device)
+        boxes = decode(out["offsets"][0], anchors).cpu().numpy()
+        scores = torch.sigmoid(out["scores"][0]).cpu().numpy()
+        labels = usnet_instances(out["segmentation"][0, 0].cpu().numpy(), boxes, scores)
+        return labels[:height, :width]
+
+    return segment
+
+
+def _point_box(nucleus) -> tuple[int, int, int, int]:
+    y, x = int(round(nucleus.centroid_y)), int(round(nucleus.centroid_x))
+    return y, x, y + 1, x + 1

@@ -1,0 +1,1 @@
+"""Post-processing of predictions: label maps to regions."""

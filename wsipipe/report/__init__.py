@@ -1,0 +1,23 @@
+"""Segmentation reports: areas in mm², report.json, overlay.png and a self-contained report.html."""
+
+from wsipipe.report.areas import class_pixel_counts, mask_area_mm2, pixel_area_mm2
+from wsipipe.report.render import (
+    png_bytes,
+    render_overlay,
+    write_bytes_atomic,
+    write_overlay_png,
+    write_report_html,
+    write_report_json,
+)
+
+__all__ = [
+    "class_pixel_counts",
+    "mask_area_mm2",
+    "pixel_area_mm2",
+    "png_bytes",
+    "render_overlay",
+    "write_bytes_atomic",
+    "write_overlay_png",
+    "write_report_html",
+    "write_report_json",
+]

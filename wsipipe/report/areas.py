@@ -1,0 +1,33 @@
+"""Areas in mm² from pixel counts and µm/px."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from wsipipe.errors import InvalidInputError
+
+UM2_PER_MM2 = 1e6
+
+
+def pixel_area_mm2(mpp_x: float, mpp_y: float | None = None, downsample: float = 1.0) -> float:
+    """Area of one pixel of an image ``downsample`` times coarser than level 0 (µm/px ``mpp_x``, ``mpp_y``)."""
+    mpp_y = mpp_x if mpp_y is None else mpp_y
+    if not (mpp_x > 0 and mpp_y > 0 and downsample > 0):
+        raise InvalidInputError(f"µm/px ({mpp_x}, {mpp_y}) and downsample ({downsample}) must be positive")
+    return mpp_x * downsample * mpp_y * downsample / UM2_PER_MM2
+
+
+def mask_area_mm2(mask: np.ndarray, mpp_x: float, mpp_y: float | None = None, downsample: float = 1.0) -> float:
+    """Area covered by the non-zero pixels of ``mask``."""
+    return int(np.count_nonzero(mask)) * pixel_area_mm2(mpp_x, mpp_y, downsample)
+
+
+def class_pixel_counts(labels, n_classes: int, block: int = 2048) -> np.ndarray:
+    """Pixels per class of a 2-D label array (numpy or zarr), read one ``block`` x ``block`` piece at a time."""
+    counts = np.zeros(n_classes, np.int64)
+    height, width = labels.shape
+    for y0 in range(0, height, block):
+        for x0 in range(0, width, block):
+            piece = np.asarray(labels[y0 : y0 + block, x0 : x0 + block])
+            counts += np.bincount(piece.ravel(), minlength=n_classes)[:n_classes]
+    return counts

@@ -1,0 +1,639 @@
+"""Whole-slide tumour segmentation: slide in; prediction, regions and a report out.
+
+The slide streams through the pipeline and is never held at full resolution:
+
+1. tissue detection on a thumbnail; a regular grid of model-sized tiles at the model's µm/px,
+   overlapping by ``overlap`` pixels, keeps the tiles that touch tissue;
+2. reader processes decode batches of tiles ahead of the model (bounded prefetch);
+3. on the device: stain normalisation with the slide's own stain matrix, the model's input
+   normalisation, the forward pass (CUDA: pinned memory, float16 autocast, channels-last;
+   out-of-memory halves the batch and goes on), softmax;
+4. the stitcher blends the overlapping tile probabilities band by band into the prediction
+   store (resumable: a killed run continues where its journal says);
+5. an OME-Zarr pyramid, polygons per class, areas, overlay and report.
+
+Every output is written under a temporary name and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from wsipipe import __version__
+from wsipipe.device import resolve_device
+from wsipipe.errors import InvalidInputError, ModelError, OutputError, StoreError, WsipipeError
+
+NORMALIZE_METHODS = ("vahadane", "macenko", "reinhard", "none")
+PREDICTION_NAME = "prediction.zarr"
+PARTIAL_SUFFIX = ".partial"
+#: Polygons are traced on the finest pyramid level of at most this many pixels, so tracing
+#: memory (about 13 bytes per pixel) is the same for every slide size.
+REGIONS_MAX_PIXELS = 4096 * 4096
+#: Thumbnail (and overlay) size: longest side in pixels.
+THUMBNAIL_MAX_SIDE = 2048
+#: Prediction chunks (pixels at the model's µm/px).
+CHUNK = 512
+#: The tumour model shipped with wsipipe (``--model`` left out).
+BUNDLED_MODEL = Path(__file__).resolve().parent / "resources" / "models" / "tumour-unet.safetensors"
+#: Names a model may give its tumour class.
+TUMOUR_NAMES = ("tumour", "tumor", "cancer", "carcinoma")
+
+
+class DeviceError(WsipipeError):
+    """The requested compute device is not available."""
+
+
+@dataclass
+class ModelInfo:
+    """A loaded model and what the report says about it."""
+
+    bundle: object  # wsipipe.models.io.ModelBundle
+    name: str
+    sha256: str
+
+
+@dataclass
+class TilePlan:
+    """Where the tiles go, in pixels of the prediction grid (the model's µm/px)."""
+
+    height: int
+    width: int
+    tile: int
+    overlap: int
+    scale: float  # level-0 pixels per prediction pixel
+    positions: list[tuple[int, int]]  # (x, y) top-left corners in prediction pixels, row-major
+    coords: np.ndarray  # (n, 2) the same corners in level-0 pixels (where the reader reads)
+    store_index: np.ndarray | None  # each tile's index in the reused tile store, if any
+    tissue_mask: np.ndarray
+    mask_downsample: float  # level-0 pixels per mask pixel
+    thumbnail: np.ndarray
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+# --- devices and models ------------------------------------------------------------------------
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_model_info(model, device: str) -> ModelInfo:
+    """``model``: a model file path, None (the bundled model) or an already loaded ModelBundle."""
+    from wsipipe.models.io import ModelBundle, load_model
+
+    if isinstance(model, ModelBundle):
+        digest = hashlib.sha256()
+        for name, tensor in sorted(model.model.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        name = str(model.metadata.get("name") or model.metadata.get("architecture"))
+        model.model.to(device).eval()
+        return ModelInfo(model, name, digest.hexdigest())
+    path = Path(model) if model is not None else BUNDLED_MODEL
+    if not path.is_file():
+        raise ModelError(f"{path}: no such model file")
+    bundle = load_model(path, device=device)
+    if int(bundle.tile_size) <= 0 or not float(bundle.mpp) > 0 or len(bundle.classes) < 2:
+        raise ModelError(f"{path}: model metadata has an unusable tile size, µm/px or class list")
+    return ModelInfo(bundle, path.name, file_sha256(path))
+
+
+class DeviceRunner:
+    """uint8 RGB tile batches in, per-class probabilities (N, C, T, T) float32 out.
+
+    Everything after decoding happens on the device: the stain normaliser (a callable on uint8
+    RGB batches, NHWC, on the device), the model's mean/std, the forward pass and the softmax. On CUDA
+    the batch is staged through pinned memory, runs under float16 autocast in channels-last
+    layout, and an out-of-memory error halves the batch size and retries.
+    """
+
+    def __init__(self, model, device: str, mean, std, batch_size: int, stain: Callable | None = None, say=print):
+        import torch
+
+        self.model = model.to(device).eval()
+        self.device = torch.device(device)
+        self.cuda = self.device.type == "cuda"
+        self.batch_size = batch_size
+        self.stain = stain
+        self.say = say
+        self.mean = torch.tensor(list(mean), device=self.device, dtype=torch.float32).view(1, 3, 1, 1)
+        self.std = torch.tensor(list(std), device=self.device, dtype=torch.float32).view(1, 3, 1, 1)
+        if self.cuda:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self._pinned = None
+
+    def _to_device(self, tiles: np.ndarray):
+        import torch
+
+        host = torch.from_numpy(tiles)
+        if self.cuda:
+            if self._pinned is None or self._pinned.shape[0] < len(tiles) or self._pinned.shape[1:] != host.shape[1:]:
+                self._pinned = torch.empty(host.shape, dtype=torch.uint8).pin_memory()
+            staged = self._pinned[: len(tiles)]
+            staged.copy_(host)
+            return staged.to(self.device, non_blocking=True)
+        return host
+
+    def forward(self, tiles: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            pixels = self._to_device(tiles)
+            if self.stain is not None:
+                pixels = self.stain(pixels)
+            x = pixels.permute(0, 3, 1, 2).float().div_(255.0)
+            x = (x - self.mean) / self.std
+            if self.cuda:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast("cuda", dtype=torch.float16, enabled=self.cuda):
+                logits = self.model(x)
+            probs = torch.softmax(logits.float(), dim=1)
+            return probs.cpu().numpy()
+
+    def __call__(self, tiles: np.ndarray) -> np.ndarray:
+        import torch
+
+        out = []
+        start = 0
+        while start < len(tiles):
+            count = min(self.batch_size, len(tiles) - start)
+            try:
+                out.append(self.forward(tiles[start : start + count]))
+                start += count
+            except torch.cuda.OutOfMemoryError:
+                if count == 1:
+                    raise DeviceError("CUDA out of memory with a batch of one tile; use --device cpu") from None
+                torch.cuda.empty_cache()
+                self.batch_size = max(1, count // 2)
+                self.say(f"CUDA out of memory: batch size halved to {self.batch_size}")
+        return out[0] if len(out) == 1 else np.concatenate(out)
+
+
+# --- reading tiles -------------------------------------------------------------------------------
+
+_worker_reader = None
+
+
+def _open_worker(path: str, mpp_override: float | None) -> None:
+    import cv2
+
+    from wsipipe.slide import open_slide
+
+    global _worker_reader
+    cv2.setNumThreads(1)
+    _worker_reader = open_slide(path, mpp_override=mpp_override)
+
+
+def _read_tiles(reader, coords: np.ndarray, tile: int, mpp: float) -> np.ndarray:
+    batch = np.empty((len(coords), tile, tile, 3), np.uint8)
+    for index, (x, y) in enumerate(coords):
+        batch[index] = reader.read_at_mpp((int(x), int(y)), (tile, tile), mpp)
+    return batch
+
+
+def _read_in_worker(coords: np.ndarray, tile: int, mpp: float) -> np.ndarray:
+    return _read_tiles(_worker_reader, coords, tile, mpp)
+
+
+def start_readers(slide_path: Path, mpp_override: float | None, workers: int):
+    """Reader processes, started early so their start-up overlaps model loading (None for 0 workers).
+
+    Spawned, not forked: the parent runs zarr's I/O thread and torch's thread pools.
+    """
+    if workers == 0:
+        return None
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    pool = ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_open_worker,
+        initargs=(str(slide_path), mpp_override),
+    )
+    for _ in range(workers):
+        pool.submit(int)  # start every process now
+    return pool
+
+
+def read_batches(
+    coords: np.ndarray, *, tile: int, mpp: float, batch_size: int, reader=None, pool=None, ahead: int = 4
+) -> Iterator[tuple[int, np.ndarray]]:
+    """(start index, tiles) per batch of ``coords``, in order.
+
+    With ``pool`` the reader processes keep up to ``ahead`` batches decoded ahead of the
+    consumer (bounded memory); without, ``reader`` reads in this process.
+    """
+    starts = range(0, len(coords), batch_size)
+    if pool is None:
+        for start in starts:
+            yield start, _read_tiles(reader, coords[start : start + batch_size], tile, mpp)
+        return
+    pending: deque = deque()
+    queue = iter(starts)
+    for start in queue:
+        pending.append((start, pool.submit(_read_in_worker, coords[start : start + batch_size], tile, mpp)))
+        if len(pending) >= ahead:
+            break
+    try:
+        while pending:
+            start, future = pending.popleft()
+            tiles = future.result()
+            following = next(queue, None)
+            if following is not None:
+                pending.append(
+                    (following, pool.submit(_read_in_worker, coords[following : following + batch_size], tile, mpp))
+                )
+            yield start, tiles
+    finally:
+        for _, future in pending:
+            future.cancel()
+
+
+def store_batches(store, indices: np.ndarray, batch_size: int) -> Iterator[tuple[int, np.ndarray]]:
+    """(start index, tiles) per batch, read from a tile store's ``tiles`` array."""
+    for start in range(0, len(indices), batch_size):
+        chosen = indices[start : start + batch_size]
+        yield start, np.asarray(store.tiles.get_orthogonal_selection((chosen,)))
+
+
+class SampledTiles:
+    """Tiles read on demand (``len`` and ``[i]``), for the slide-level stain estimate."""
+
+    def __init__(self, reader, coords: np.ndarray, tile: int, mpp: float):
+        self.reader, self.coords, self.tile, self.mpp = reader, coords, tile, mpp
+
+    def __len__(self) -> int:
+        return len(self.coords)
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        x, y = self.coords[index]
+        return self.reader.read_at_mpp((int(x), int(y)), (self.tile, self.tile), self.mpp)
+
+
+# --- planning ------------------------------------------------------------------------------------
+
+
+def plan_tiles(reader, model_mpp: float, tile: int, overlap: int, tiles_store=None) -> TilePlan:
+    """The tiles touching tissue on a grid at the model's µm/px, with the mask and thumbnail.
+
+    With ``tiles_store`` (a ``wsipipe tile`` store at the model's µm/px and tile size) its
+    tissue mask, thumbnail and tiles are used instead of detecting and reading again.
+    """
+    from wsipipe.grid import build_grid
+    from wsipipe.tissue import detect_tissue, read_thumbnail, thumbnail_downsample
+
+    started = time.perf_counter()
+    width0, height0 = reader.dimensions
+    scale = model_mpp / reader.mpp
+    height, width = math.ceil(height0 / scale), math.ceil(width0 / scale)
+    if tiles_store is not None:
+        thumbnail, mask = tiles_store.thumbnail, tiles_store.tissue_mask
+        mask_downsample = float(tiles_store.meta["thumbnail_downsample"])
+        store_index = np.flatnonzero(np.asarray(tiles_store.tissue_fraction[:]) > 0)
+        coords = np.asarray(tiles_store.coords[:], np.int64)[store_index]
+    else:
+        mask_downsample = thumbnail_downsample(reader)
+        thumbnail = read_thumbnail(reader, mask_downsample)
+        mask = detect_tissue(thumbnail, reader.mpp * mask_downsample)
+        grid = build_grid(
+            reader, tile_size=tile, overlap=overlap, mpp=model_mpp, tissue_mask=mask, mask_downsample=mask_downsample
+        )
+        coords = grid.coords[grid.tissue_fraction > 0]
+        store_index = None
+    positions = [(int(x), int(y)) for x, y in np.rint(coords / scale).astype(np.int64)]
+    plan = TilePlan(
+        height, width, tile, overlap, scale, positions, coords, store_index, mask, mask_downsample, thumbnail
+    )
+    plan.timings["tissue"] = time.perf_counter() - started
+    return plan
+
+
+# --- the command ----------------------------------------------------------------------------------
+
+
+def prepare_outdir(outdir: Path) -> Path:
+    outdir = Path(outdir)
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"{outdir}: cannot create the output folder ({exc.strerror or exc})") from None
+    if not outdir.is_dir() or not os.access(outdir, os.W_OK | os.X_OK):
+        raise OutputError(f"{outdir}: the output folder is not writable")
+    return outdir
+
+
+def _tumour_classes(classes: list[str]) -> list[int]:
+    named = [i for i, name in enumerate(classes) if name.lower() in TUMOUR_NAMES]
+    return named or list(range(1, len(classes)))
+
+
+def _stain_normaliser(method: str, target, reader, plan: TilePlan, mpp: float, device: str):
+    """Device-side normalisation of uint8 NHWC batches to the target, with this slide's stain estimate."""
+    if method == "none":
+        return None
+    import cv2
+
+    from wsipipe.stain import default_target, estimate_slide_stain, get_normalizer
+
+    if target is None:
+        reference = default_target(method)
+    else:
+        image = cv2.imread(str(target), cv2.IMREAD_COLOR)
+        if image is None:
+            raise InvalidInputError(f"--target {target}: not a readable image")
+        reference = np.ascontiguousarray(image[..., ::-1])
+    normaliser = get_normalizer(method, device=device).fit(reference)
+    slide_stain = estimate_slide_stain(SampledTiles(reader, plan.coords, plan.tile, mpp), normaliser)
+    return lambda pixels: normaliser.transform(pixels, source=slide_stain)
+
+
+def segment_slide(
+    slide_path: str | os.PathLike,
+    outdir: str | os.PathLike,
+    *,
+    model=None,
+    tiles_store: str | os.PathLike | None = None,
+    normalize: str = "vahadane",
+    target: str | os.PathLike | None = None,
+    overlap: int | None = None,
+    batch_size: int = 16,
+    device: str = "auto",
+    workers: int = 2,
+    mpp_override: float | None = None,
+    progress: bool = True,
+    say: Callable[[str], None] | None = None,
+) -> dict:
+    """Segment one slide into ``outdir``; returns the report (also written as report.json).
+
+    ``model``: a model file, None for the bundled model, or a loaded ``ModelBundle``.
+    ``workers``: reader processes (0 reads in this process).
+    """
+    from wsipipe.slide import open_slide
+
+    say = say or (lambda message: None)
+    if normalize not in NORMALIZE_METHODS:
+        raise InvalidInputError(f"--normalize {normalize!r}: choose one of {', '.join(NORMALIZE_METHODS)}")
+    if batch_size < 1 or workers < 0:
+        raise InvalidInputError("--batch-size must be at least 1 and --workers at least 0")
+    slide_path = Path(slide_path)
+    outdir = prepare_outdir(Path(outdir))
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    with open_slide(slide_path, mpp_override=mpp_override) as reader:
+        reader.mpp  # noqa: B018 - a slide without µm/px fails here, naming --mpp-override
+        pool = None if tiles_store else start_readers(slide_path, mpp_override, workers)
+        try:
+            device = str(resolve_device(device, say))
+            info = load_model_info(model, device)
+            timings["load"] = time.perf_counter() - started
+            reader.check_mpp(info.bundle.mpp)  # one clear error when the slide cannot give the model's µm/px
+            report = _segment(slide_path, outdir, reader, pool, info, tiles_store, normalize, target, overlap,
+                              batch_size, device, progress, say, timings)
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+    return report
+
+
+def _segment(slide_path, outdir, reader, pool, info, tiles_store, normalize, target, overlap, batch_size, device,
+             progress, say, timings) -> dict:
+    from wsipipe.inference.omezarr import build_pyramid, create_prediction_store, open_prediction_store
+    from wsipipe.inference.stitch import Stitcher
+
+    bundle = info.bundle
+    tile, classes = int(bundle.tile_size), list(bundle.classes)
+    store = _open_tiles_store(tiles_store, bundle, overlap) if tiles_store else None
+    if store is not None:
+        overlap = int(store.meta["overlap"])
+    overlap = tile // 8 if overlap is None else int(overlap)
+    if not 0 <= overlap < tile // 2:
+        raise InvalidInputError(f"--overlap {overlap}: must be at least 0 and less than half the tile ({tile} px)")
+    plan = plan_tiles(reader, bundle.mpp, tile, overlap, store)
+    timings["tissue"] = plan.timings["tissue"]
+    identity = repr((info.sha256, normalize, str(target), reader.mpp, reader.dimensions, overlap)).encode()
+    fingerprint = hashlib.sha256(identity + np.asarray(plan.positions, np.int64).tobytes()).hexdigest()
+
+    final = outdir / PREDICTION_NAME
+    partial = outdir / (PREDICTION_NAME + PARTIAL_SUFFIX)
+    if final.exists():
+        prediction = open_prediction_store(final)
+        if prediction.fingerprint != fingerprint:
+            raise StoreError(f"{final}: made from another slide, model or settings; remove it or use another -o")
+        say(f"{final} is complete; writing the regions and report again from it")
+        tiles_run = 0
+    else:
+        stain = None
+        if plan.positions:
+            t0 = time.perf_counter()
+            stain = _stain_normaliser(normalize, target, reader, plan, bundle.mpp, device)
+            timings["stain"] = time.perf_counter() - t0
+        prediction = create_prediction_store(
+            partial, height=plan.height, width=plan.width, class_names=classes, mpp=bundle.mpp, chunk=CHUNK,
+            fingerprint=fingerprint,
+        )
+        stitcher = Stitcher(
+            prediction.probabilities, prediction.labels, partial, tile_size=tile, overlap=overlap, chunk=CHUNK,
+            fingerprint=fingerprint,
+        )
+        todo = np.array([i for i, (_, y) in enumerate(plan.positions) if not stitcher.is_done(y)], np.int64)
+        tiles_run = len(todo)
+        runner = DeviceRunner(
+            bundle.model, device, bundle.input_normalisation["mean"], bundle.input_normalisation["std"],
+            batch_size, stain=stain, say=say,
+        )
+        if store is not None:
+            batches = store_batches(store, plan.store_index[todo], batch_size)
+        else:
+            batches = read_batches(plan.coords[todo], tile=tile, mpp=bundle.mpp, batch_size=batch_size,
+                                   reader=reader, pool=pool)
+        t0 = time.perf_counter()
+        _run_tiles(batches, [plan.positions[i] for i in todo], len(plan.positions), runner, stitcher, progress, timings)
+        stitcher.finish()
+        timings["inference"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        build_pyramid(prediction)
+        timings["pyramid"] = time.perf_counter() - t0
+        os.replace(partial, final)
+        prediction = open_prediction_store(final)
+    return _write_outputs(slide_path, outdir, reader, plan, prediction, info, classes, timings,
+                          normalize=normalize, device=device, overlap=overlap, tiles_run=tiles_run)
+
+
+def _run_tiles(batches, positions, total, runner, stitcher, progress, timings) -> None:
+    """Feed batches through the runner; a stitching thread blends each result while the next
+    batch runs (one thread keeps the tiles in order). Adds where the time went to ``timings``."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    spent = {"read_wait": 0.0, "model": 0.0, "stitch": 0.0}
+
+    def stitch(batch_positions, probabilities) -> None:
+        t0 = time.perf_counter()
+        for (x, y), probs in zip(batch_positions, probabilities):
+            stitcher.add(probs, x, y)
+        spent["stitch"] += time.perf_counter() - t0
+
+    pending: deque = deque()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="stitch") as blender, Progress(
+        TextColumn("segment"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        console=Console(stderr=True), disable=not progress, transient=True,
+    ) as bar:
+        task = bar.add_task("tiles", total=total, completed=total - len(positions))
+        t0 = time.perf_counter()
+        try:
+            for start, tiles in batches:
+                t1 = time.perf_counter()
+                probabilities = runner(tiles)
+                spent["read_wait"] += t1 - t0
+                spent["model"] += time.perf_counter() - t1
+                pending.append(blender.submit(stitch, positions[start : start + len(tiles)], probabilities))
+                while len(pending) > 2 or (pending and pending[0].done()):
+                    pending.popleft().result()  # re-raises a stitching error here
+                bar.advance(task, len(tiles))
+                t0 = time.perf_counter()
+            while pending:
+                pending.popleft().result()
+        finally:
+            for future in pending:
+                future.cancel()
+    timings.update({f"inference_{name}": seconds for name, seconds in spent.items()})
+
+
+def _open_tiles_store(path, bundle, overlap):
+    """A ``wsipipe tile`` store made at the model's µm/px and tile size, whose tiles are reused."""
+    from wsipipe.store import open_tile_store
+
+    store = open_tile_store(path)
+    if store.mpp is None or abs(store.mpp - bundle.mpp) > 0.01 * bundle.mpp or store.tile_size != bundle.tile_size:
+        raise InvalidInputError(
+            f"--tiles {path}: tiles of {store.tile_size} px at {store.mpp} µm/px; the model needs "
+            f"{bundle.tile_size} px at {bundle.mpp:g} µm/px (run 'wsipipe tile' with those, or leave out --tiles)"
+        )
+    if overlap is not None and overlap != int(store.meta["overlap"]):
+        raise InvalidInputError(f"--overlap {overlap}: the store at --tiles was made with overlap {store.meta['overlap']}")
+    return store
+
+
+def _regions_level(shapes: list[tuple[int, int]]) -> int:
+    for level, (height, width) in enumerate(shapes):
+        if height * width <= REGIONS_MAX_PIXELS:
+            return level
+    return len(shapes) - 1
+
+
+def _write_outputs(slide_path, outdir, reader, plan, prediction, info, classes, timings, *, normalize, device,
+                   overlap, tiles_run) -> dict:
+    import zarr
+
+    from wsipipe.annotations import Annotation, AnnotationSet, Group, write_annotations
+    from wsipipe.postprocess.regions import RegionOptions, label_map_to_polygons
+    from wsipipe.report import (
+        class_pixel_counts, mask_area_mm2, pixel_area_mm2, render_overlay, write_overlay_png, write_report_html,
+        write_report_json,
+    )
+    from wsipipe.report.render import CLASS_COLOURS
+
+    t0 = time.perf_counter()
+    labels_group = zarr.open_group(str(prediction.path / "labels" / "classes"), mode="r", zarr_format=2)
+    shapes = [tuple(labels_group[str(i)].shape) for i in range(len(labels_group.attrs["multiscales"][0]["datasets"]))]
+    level = _regions_level(shapes)
+    label_map = labels_group[str(level)][:]
+    downsample = plan.scale * 2**level
+    options = RegionOptions()
+    polygons = label_map_to_polygons(
+        label_map, downsample=downsample, mpp=reader.mpp, class_ids=list(range(1, len(classes))), options=options
+    )
+    regions = AnnotationSet(mpp=reader.mpp, source=str(slide_path))
+    for class_id, polys in polygons.items():
+        colour = "#%02X%02X%02X" % CLASS_COLOURS[class_id % len(CLASS_COLOURS)]
+        regions.groups[classes[class_id]] = Group(classes[class_id], colour)
+        for number, polygon in enumerate(polys):
+            regions.append(Annotation(polygon, classes[class_id], color=colour, name=f"{classes[class_id]} {number + 1}"))
+    write_annotations(regions, outdir / "regions.geojson", to="geojson")
+    write_annotations(regions, outdir / "regions.xml", to="asap")
+    timings["regions"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    counts = class_pixel_counts(prediction.labels, len(classes))
+    pixel_mm2 = pixel_area_mm2(info.bundle.mpp)
+    tumour_ids = _tumour_classes(classes)
+    tissue_mm2 = mask_area_mm2(plan.tissue_mask, reader.mpp, reader.mpp_y, plan.mask_downsample)
+    tumour_mm2 = float(sum(counts[i] for i in tumour_ids) * pixel_mm2)
+    n_tiles = len(plan.positions)
+    inference_s = timings.get("inference", 0.0)
+    report = {
+        "slide": str(slide_path),
+        "mpp": reader.mpp,
+        "model": {
+            "name": info.name,
+            "sha256": info.sha256,
+            "architecture": info.bundle.metadata.get("architecture"),
+            "mpp": info.bundle.mpp,
+            "tile_size": plan.tile,
+            "classes": classes,
+        },
+        "tissue_area_mm2": tissue_mm2,
+        "tumour_area_mm2": tumour_mm2,
+        "tumour_fraction": min(1.0, tumour_mm2 / tissue_mm2) if tissue_mm2 > 0 else None,
+        "class_areas_mm2": {name: float(counts[i] * pixel_mm2) for i, name in enumerate(classes) if i},
+        "n_tiles": n_tiles,
+        "n_regions": {classes[c]: len(p) for c, p in polygons.items()},
+        "regions": {"min_area_um2": options.min_area_um2,
+                    "simplify_um": options.simplify_um if options.simplify_um is not None else reader.mpp * downsample},
+        "normalize": normalize,
+        "device": device,
+        "overlap_px": overlap,
+        "prediction_shape": [len(classes), plan.height, plan.width],
+        "timings_s": timings,
+        "n_tiles_run": tiles_run,  # fewer than n_tiles when a killed run was resumed
+        "tiles_per_s": {"inference": tiles_run / inference_s if inference_s > 0 else None},
+        "outputs": [PREDICTION_NAME, "regions.geojson", "regions.xml", "overlay.png", "report.json", "report.html"],
+        "wsipipe_version": __version__,
+    }
+    if n_tiles == 0:
+        report["message"] = "No tissue was detected on this slide: nothing was segmented."
+    thumbnail = _shrink(plan.thumbnail, THUMBNAIL_MAX_SIDE)
+    overlay_level = min(len(shapes) - 1, _overlay_level(shapes, thumbnail.shape[:2]))
+    overlay = render_overlay(thumbnail, labels_group[str(overlay_level)][:])
+    write_overlay_png(outdir / "overlay.png", overlay)
+    timings["report"] = time.perf_counter() - t0
+    timings["total"] = sum(v for k, v in timings.items() if k != "total" and not k.startswith("inference_"))
+    write_report_json(outdir / "report.json", report)
+    write_report_html(outdir / "report.html", report, thumbnail, overlay)
+    return report
+
+
+def _shrink(image: np.ndarray, max_side: int) -> np.ndarray:
+    import cv2
+
+    factor = max_side / max(image.shape[:2])
+    if factor >= 1:
+        return image
+    size = (max(1, round(image.shape[1] * factor)), max(1, round(image.shape[0] * factor)))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+
+
+def _overlay_level(shapes: list[tuple[int, int]], thumb_shape: tuple[int, int]) -> int:
+    """The coarsest level still at least as detailed as the thumbnail."""
+    best = 0
+    for level, shape in enumerate(shapes):
+        if shape[0] >= thumb_shape[0] and shape[1] >= thumb_shape[1]:
+            best = level
+    return best
+

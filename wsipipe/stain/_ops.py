@@ -1,0 +1,165 @@
+"""Per-pixel stain arithmetic in torch, run on whatever device the pixels live on.
+
+Everything here works on flat pixel arrays ``(P, 3)`` so that one tile, a batch of tiles and a
+pooled sample of a whole slide go through the same code.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from wsipipe.errors import StainError
+
+#: A pixel is tissue when its CIE L* lightness is below this fraction of white (as StainTools).
+LUMINOSITY_THRESHOLD = 0.8
+#: Fewer tissue pixels than this and stains are not estimated (the image counts as background).
+MIN_TISSUE_PIXELS = 100
+#: Smallest optical density, so that white pixels keep a direction (as StainTools).
+OD_FLOOR = 1e-6
+#: Pixels per step of the per-pixel passes, to bound memory on large batches.
+CHUNK_PIXELS = 1 << 22
+
+_SRGB_TO_Y = (0.212671, 0.715160, 0.072169)  # the Y row of sRGB -> XYZ (D65), as OpenCV
+
+
+def _srgb_to_linear(values: np.ndarray) -> np.ndarray:
+    c = values / 255.0
+    return np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+
+
+SRGB_LINEAR = _srgb_to_linear(np.arange(256, dtype=np.float64))
+_OD_LUT = np.maximum(-np.log(np.maximum(np.arange(256), 1) / 255.0), OD_FLOOR)
+
+
+def luminance_threshold(threshold: float) -> float:
+    """Relative luminance Y below which CIE L* (0-100 scale) is below ``100 * threshold``."""
+    lightness = 100.0 * threshold
+    if lightness > 8.0:
+        return ((lightness + 16.0) / 116.0) ** 3
+    return lightness / 903.3
+
+
+def lookup(pixels: torch.Tensor, table: np.ndarray) -> torch.Tensor:
+    """float32 ``table[pixels]`` for uint8 pixels (OpenCV's LUT on the CPU, a gather elsewhere)."""
+    if pixels.device.type == "cpu":
+        import cv2
+
+        flat = pixels.reshape(-1, 1).numpy()
+        looked_up = cv2.LUT(flat, table.astype(np.float32).reshape(1, 256))
+        return torch.from_numpy(looked_up).reshape(pixels.shape)
+    table_t = torch.as_tensor(table, dtype=torch.float32, device=pixels.device)
+    return torch.take(table_t, pixels.long())
+
+
+def to_tile_batch(images: Any) -> tuple[torch.Tensor, Callable[[torch.Tensor], Any]]:
+    """``images`` as an ``(N, H, W, 3)`` uint8 tensor, and a function giving results back.
+
+    Accepts numpy arrays or torch tensors, one image ``(H, W, C)`` or a batch ``(N, H, W, C)``,
+    channels last, uint8, C = 3 (RGB) or 4 (RGBA, composited on white as slide readers do). The
+    returned function turns an ``(N, H, W, 3)`` result into the caller's type, device and rank.
+    """
+    is_numpy = isinstance(images, np.ndarray)
+    if not is_numpy and not isinstance(images, torch.Tensor):
+        raise StainError(f"expected a numpy array or torch tensor of pixels, got {type(images).__name__}")
+    if str(images.dtype) not in ("uint8", "torch.uint8"):
+        raise StainError(f"pixels have dtype {images.dtype}; expected uint8 RGB (0-255)")
+    shape = tuple(images.shape)
+    if len(shape) == 2 or (len(shape) in (3, 4) and shape[-1] == 1):
+        raise StainError(f"greyscale image {shape}: stain normalisation needs RGB colour (H, W, 3)")
+    if len(shape) not in (3, 4) or shape[-1] not in (3, 4):
+        raise StainError(f"image shape {shape}: expected (H, W, 3), (H, W, 4) or (N, H, W, 3)")
+    if 0 in shape:
+        raise StainError(f"empty image {shape}")
+    single = len(shape) == 3
+    if is_numpy:
+        with warnings.catch_warnings():  # read-only arrays are fine: inputs are never written
+            warnings.simplefilter("ignore", UserWarning)
+            batch = torch.from_numpy(np.ascontiguousarray(images))
+    else:
+        batch = images
+    if single:
+        batch = batch.unsqueeze(0)
+    if batch.shape[-1] == 4:
+        batch = composite_on_white(batch)
+    source_device = None if is_numpy else images.device
+
+    def give_back(result: torch.Tensor) -> Any:
+        if single:
+            result = result[0]
+        if is_numpy:
+            return result.cpu().numpy()
+        return result.to(source_device)
+
+    return batch, give_back
+
+
+def composite_on_white(rgba: torch.Tensor) -> torch.Tensor:
+    """RGBA uint8 -> RGB uint8 over a white background (alpha 255 keeps the pixel)."""
+    rgb = rgba[..., :3].to(torch.int32)
+    alpha = rgba[..., 3:].to(torch.int32)
+    return ((rgb * alpha + 255 * (255 - alpha) + 127) // 255).to(torch.uint8)
+
+
+def tissue_mask(pixels: torch.Tensor, threshold: float = LUMINOSITY_THRESHOLD) -> torch.Tensor:
+    """True where a uint8 RGB pixel (any leading shape, 3 channels last) is darker than the threshold."""
+    linear = lookup(pixels, SRGB_LINEAR)
+    weights = torch.tensor(_SRGB_TO_Y, dtype=torch.float32, device=pixels.device)
+    return (linear @ weights) < luminance_threshold(threshold)
+
+
+def optical_density(pixels: torch.Tensor) -> torch.Tensor:
+    """OD = -log(I / 255) per channel, float32, with 0 read as 1 and a floor of ``OD_FLOOR``."""
+    return lookup(pixels, _OD_LUT)
+
+
+def od_to_rgb(od: torch.Tensor) -> torch.Tensor:
+    """Optical density back to uint8 RGB, rounded and clipped."""
+    return torch.exp(-od).mul_(255.0).add_(0.5).clamp_(max=255.0).to(torch.uint8)  # exp > 0
+
+
+def nonneg_lasso_2(od: torch.Tensor, stain_matrix: torch.Tensor, penalty: float) -> torch.Tensor:
+    """Per-pixel ``argmin_{c >= 0} 0.5 |od - c S|^2 + penalty * sum(c)`` for a 2x3 ``S``, exactly.
+
+    With two stains this is a 2-variable convex QP on the non-negative quadrant. When the stain
+    vectors are at most 90 degrees apart (always so for optical densities: ``S1 . S2 >= 0``) its
+    solution is the unconstrained one if that is non-negative; otherwise the stain whose
+    unconstrained concentration is negative drops out (the first one if both are) and the other
+    is solved alone. Vectorised over pixels; callers check the angle.
+    """
+    stains = stain_matrix.detach().cpu().double().numpy()
+    gram = stains @ stains.T
+    if np.linalg.det(gram) < 1e-9:
+        raise StainError("the two stain vectors are parallel: the tissue has a single colour")
+    inverse = torch.as_tensor(np.linalg.inv(gram), dtype=od.dtype, device=od.device)
+    diagonal = torch.as_tensor(np.diag(gram).copy(), dtype=od.dtype, device=od.device)
+    # Rows (2, P) keep every elementwise pass contiguous; the result is returned as (P, 2).
+    shifted = (stain_matrix @ od.T).sub_(penalty)  # S od - penalty
+    both = inverse @ shifted  # unconstrained solution (gram is symmetric)
+    alone = shifted.clamp_(min=0).div_(diagonal[:, None])  # each stain solved on its own
+    zero = torch.zeros((), dtype=od.dtype, device=od.device)
+    drop_first, drop_second = both[0] < 0, both[1] < 0
+    first = torch.where(drop_first, zero, torch.where(drop_second, alone[0], both[0]))
+    second = torch.where(drop_first, alone[1], torch.where(drop_second, zero, both[1]))
+    return torch.stack([first, second]).T
+
+
+def sample_rows(rows: torch.Tensor, limit: int, rng: np.random.Generator) -> torch.Tensor:
+    """``rows``, or ``limit`` of them drawn at random (seeded, with replacement) when more."""
+    if rows.shape[0] <= limit:
+        return rows
+    picked = rng.integers(0, rows.shape[0], size=limit)
+    return rows[torch.as_tensor(picked, device=rows.device)]
+
+
+def for_each_chunk(pixels: torch.Tensor, step: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """Apply ``step`` ((P, 3) uint8 -> (P, 3) uint8) to ``pixels`` in bounded chunks."""
+    if pixels.shape[0] <= CHUNK_PIXELS:
+        return step(pixels)
+    out = torch.empty_like(pixels)
+    for start in range(0, pixels.shape[0], CHUNK_PIXELS):
+        out[start : start + CHUNK_PIXELS] = step(pixels[start : start + CHUNK_PIXELS])
+    return out

@@ -1,0 +1,55 @@
+"""One stain estimate per slide, from tissue tiles sampled across all of it."""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Sequence, Union
+
+import numpy as np
+
+from wsipipe.errors import StainError
+from wsipipe.stain.base import StainNormalizer, StainParams
+
+#: Tiles pooled for a slide estimate: enough to cover the slide, few enough to read quickly.
+SLIDE_SAMPLE_TILES = 64
+
+
+def sample_tile_indices(count: int, max_tiles: int, seed: int) -> list[int]:
+    """At most ``max_tiles`` of ``count`` indices, one seeded pick per equal stratum.
+
+    Tile stores list tiles in slide order, so strata spread the sample over the whole slide.
+    """
+    if count <= max_tiles:
+        return list(range(count))
+    rng = np.random.default_rng(seed)
+    edges = np.linspace(0, count, max_tiles + 1).astype(np.int64)
+    return [int(rng.integers(low, high)) for low, high in zip(edges[:-1], edges[1:])]
+
+
+def estimate_slide_stain(
+    tiles_or_sampler: Union[Sequence[Any], Iterable[Any]],
+    normalizer: StainNormalizer,
+    *,
+    max_tiles: int = SLIDE_SAMPLE_TILES,
+    sample_pixels: int = 1_000_000,
+) -> StainParams:
+    """The slide's stain parameters, estimated once from tiles pooled across the slide.
+
+    ``tiles_or_sampler`` is either a sequence of tiles (``len()`` and ``[i]``: an (N, H, W, 3)
+    numpy or zarr array, a list), of which ``max_tiles`` are sampled in strata (seeded by
+    ``normalizer.seed``), or any other iterable of tiles, all of which are used (the caller
+    sampled them, e.g. regions read across a slide). The statistics use ``sample_pixels`` of the
+    pooled pixels (seeded). Reuse the result with
+    ``normalizer.transform(tiles, source=params)`` for every tile of the slide.
+    """
+    if hasattr(tiles_or_sampler, "__len__") and hasattr(tiles_or_sampler, "__getitem__"):
+        picked = sample_tile_indices(len(tiles_or_sampler), max_tiles, normalizer.seed)
+        tiles = [np.asarray(tiles_or_sampler[i]) for i in picked]
+    else:
+        tiles = [np.asarray(tile) for tile in tiles_or_sampler]
+    if not tiles:
+        raise StainError("no tiles to estimate the slide's stains from")
+    channels = {tile.shape[-1] for tile in tiles}
+    if len(channels) != 1 or any(tile.ndim != 3 for tile in tiles):
+        raise StainError("slide tiles must all be (H, W, 3) or all (H, W, 4) images")
+    pooled = np.concatenate([tile.reshape(-1, tile.shape[-1]) for tile in tiles])
+    return normalizer.estimate(pooled[:, None, :], sample_pixels=sample_pixels)

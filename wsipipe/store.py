@@ -1,0 +1,366 @@
+"""The zarr v3 tile store every stage reads and writes, and its resume mechanism.
+
+Layout of a store (a zarr v3 group, readable with plain ``zarr``):
+
+- ``tiles``           (N, T, T, 3) uint8, one tile per chunk, ``tiles_per_shard`` tiles per shard file
+- ``coords``          (N, 2) int64, level-0 x, y of each tile's top-left corner
+- ``tissue_fraction`` (N,) float32
+- ``thumbnail``       (h, w, 3) uint8, the low-resolution image tissue was detected on
+- ``tissue_mask``     (h, w) uint8 (1 = tissue), same grid as ``thumbnail``
+- attributes under ``wsipipe``: provenance, the run's ``params`` and the ``complete`` flag.
+
+A store is built under ``<name>.partial`` next to its final path. Work is written shard by
+shard, each shard whole by one writer; once a shard is on disk its index is appended (and
+fsynced) to a journal file in the partial store. A restarted run redoes only the shards the
+journal lacks. When every shard is done the ``complete`` flag is set, the journal removed and
+the directory renamed to its final name, so the final store is the same as that of an
+uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from wsipipe import __version__
+from wsipipe.errors import OutputError, StoreError
+
+ATTRS_KEY = "wsipipe"
+JOURNAL_NAME = "wsipipe-done-shards.txt"
+PARTIAL_SUFFIX = ".partial"
+# Aim for shards of about 50 MB of raw pixels (64 tiles of 512 px).
+_SHARD_PIXELS = 64 * 512 * 512
+_MAX_TILES_PER_SHARD = 256
+
+
+# A store is cut into at least this many shards when it has enough tiles, so that a small
+# slide's work still spreads over the workers.
+_MIN_SHARDS = 16
+
+
+def tiles_per_shard_for(tile_size: int, n_tiles: int) -> int:
+    """Tiles per shard: bounded shard memory for big tiles, few files for small ones."""
+    by_memory = min(_MAX_TILES_PER_SHARD, max(1, _SHARD_PIXELS // (tile_size * tile_size)))
+    return int(max(1, min(by_memory, -(-n_tiles // _MIN_SHARDS))))
+
+
+def _compressor():
+    from zarr.codecs import BloscCodec
+
+    # lz4 decodes and encodes several times faster than zstd at a modest size cost.
+    return BloscCodec(cname="lz4", clevel=5, shuffle="noshuffle")
+
+
+class TileStore:
+    """An open tile store (read-only use; writing goes through ``StoreWriter``)."""
+
+    def __init__(self, path: Path, group):
+        self.path = Path(path)
+        self.group = group
+        self.meta: dict = dict(group.attrs[ATTRS_KEY])
+        self.tiles = group["tiles"]
+        self.coords = group["coords"]
+        self.tissue_fraction = group["tissue_fraction"]
+
+    @property
+    def tile_size(self) -> int:
+        return int(self.meta["tile_size"])
+
+    @property
+    def mpp(self) -> float | None:
+        """µm/px of the tiles (None when the slide's µm/px is unknown and tiling was by level)."""
+        return self.meta.get("mpp")
+
+    @property
+    def n_tiles(self) -> int:
+        return int(self.tiles.shape[0])
+
+    @property
+    def tiles_per_shard(self) -> int:
+        return int(self.meta["tiles_per_shard"])
+
+    @property
+    def n_shards(self) -> int:
+        return -(-self.n_tiles // self.tiles_per_shard)
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.meta.get("complete"))
+
+    def shard_slice(self, index: int) -> slice:
+        start = index * self.tiles_per_shard
+        return slice(start, min(start + self.tiles_per_shard, self.n_tiles))
+
+    @property
+    def thumbnail(self) -> np.ndarray:
+        return self.group["thumbnail"][...]
+
+    @property
+    def tissue_mask(self) -> np.ndarray:
+        return self.group["tissue_mask"][...]
+
+
+def open_tile_store(path: str | os.PathLike, require_complete: bool = True) -> TileStore:
+    """Open a wsipipe store; ``StoreError`` if missing, not a wsipipe store or (when required) incomplete."""
+    import zarr
+
+    path = Path(path)
+    if not path.exists():
+        partial = _partial_path(path)
+        hint = f" (an unfinished run is at {partial}; run the same command again to finish it)" if partial.exists() else ""
+        raise StoreError(f"{path}: no such store{hint}")
+    try:
+        group = zarr.open_group(store=str(path), mode="r")
+        if ATTRS_KEY not in group.attrs or "tiles" not in group:
+            raise KeyError(ATTRS_KEY)
+        store = TileStore(path, group)
+    except Exception as exc:  # zarr raises many types for non-zarr input
+        raise StoreError(f"{path}: not a wsipipe tile store") from exc
+    if require_complete and not store.complete:
+        raise StoreError(f"{path}: the store is incomplete; run the command that makes it again to finish it")
+    return store
+
+
+@dataclass(frozen=True)
+class ShardWriter:
+    """Writes whole shards of ``tiles`` into a partial store; picklable, so worker processes can write."""
+
+    store_dir: str
+    tiles_per_shard: int
+
+    def write(self, index: int, tiles: np.ndarray) -> int:
+        """Write shard ``index`` (its tiles, in order); returns the number of tiles written."""
+        array = _open_tiles_cached(self.store_dir)
+        start = index * self.tiles_per_shard
+        array[start : start + len(tiles)] = tiles
+        return len(tiles)
+
+
+_tiles_cache: dict[str, object] = {}
+
+
+def _open_tiles_cached(store_dir: str):
+    import zarr
+
+    if store_dir not in _tiles_cache:
+        _tiles_cache.clear()
+        _tiles_cache[store_dir] = zarr.open_array(store=str(Path(store_dir) / "tiles"), mode="r+")
+    return _tiles_cache[store_dir]
+
+
+class StoreWriter:
+    """A store being built (or resumed) under its partial path, and how to finish it."""
+
+    def __init__(self, final_path: Path, store: TileStore | None):
+        self.final_path = final_path
+        self.partial_path = _partial_path(final_path)
+        #: None when the final store already exists, complete, with the same parameters.
+        self.store = store
+
+    @property
+    def already_complete(self) -> bool:
+        return self.store is None
+
+    def pending_shards(self) -> list[int]:
+        done = _read_journal(self.partial_path)
+        return [i for i in range(self.store.n_shards) if i not in done]
+
+    def shard_writer(self) -> ShardWriter:
+        return ShardWriter(str(self.partial_path), self.store.tiles_per_shard)
+
+    def record_done(self, index: int) -> None:
+        """Journal shard ``index`` as written (call only once its data is on disk)."""
+        with open(self.partial_path / JOURNAL_NAME, "a", encoding="ascii") as journal:
+            journal.write(f"{index}\n")
+            journal.flush()
+            os.fsync(journal.fileno())
+
+    def write_shard(self, index: int, tiles: np.ndarray) -> None:
+        """Write and journal one shard from this process."""
+        self.shard_writer().write(index, tiles)
+        self.record_done(index)
+
+    def finish(self) -> TileStore:
+        """Mark complete, drop the journal, move into place (replacing an old store on --overwrite)."""
+        missing = self.pending_shards()
+        if missing:
+            raise StoreError(f"{self.partial_path}: {len(missing)} shards not written yet")
+        import zarr
+
+        group = zarr.open_group(store=str(self.partial_path), mode="r+")
+        meta = dict(group.attrs[ATTRS_KEY])
+        meta["complete"] = True
+        group.attrs[ATTRS_KEY] = meta
+        (self.partial_path / JOURNAL_NAME).unlink(missing_ok=True)
+        _tiles_cache.clear()
+        if self.final_path.exists():
+            shutil.rmtree(self.final_path)
+        os.replace(self.partial_path, self.final_path)
+        return open_tile_store(self.final_path)
+
+
+def create_tile_store(
+    path: str | os.PathLike,
+    *,
+    coords: np.ndarray,
+    tissue_fraction: np.ndarray,
+    thumbnail: np.ndarray,
+    tissue_mask: np.ndarray,
+    tile_size: int,
+    meta: dict,
+    overwrite: bool = False,
+) -> StoreWriter:
+    """Start, resume or recognise as done the store at ``path``.
+
+    ``meta`` is the provenance to record; its ``params`` entry (a JSON dict) identifies the run:
+    an existing or partial store with other ``params`` is refused (naming the difference) unless
+    ``overwrite``. Returns a writer whose ``already_complete`` says whether there is nothing to do.
+    """
+    path = Path(path)
+    params = meta["params"]
+    n_tiles = int(len(coords))
+    layout = {"tile_size": int(tile_size), "tiles_per_shard": tiles_per_shard_for(tile_size, n_tiles), "n_tiles": n_tiles}
+    full_meta = {**meta, **layout, "wsipipe_version": __version__, "complete": False}
+
+    _check_output_location(path)
+    if path.exists():
+        existing = _open_existing(path)  # never replace a directory that is not a wsipipe store
+        if not overwrite:
+            _refuse_other_params(path, existing.meta.get("params"), params)
+            if existing.complete:
+                return StoreWriter(path, None)
+    partial = _partial_path(path)
+    if partial.exists():
+        if overwrite:
+            shutil.rmtree(partial)
+        else:
+            resumed = _open_existing(partial)
+            _refuse_other_params(partial, resumed.meta.get("params"), params)
+            return StoreWriter(path, resumed)
+    return StoreWriter(path, _create(partial, full_meta, coords, tissue_fraction, thumbnail, tissue_mask))
+
+
+def create_derived_store(
+    source: TileStore,
+    path: str | os.PathLike,
+    *,
+    stage: str,
+    params: dict,
+    extra_meta: dict | None = None,
+    overwrite: bool = False,
+) -> StoreWriter:
+    """A store with ``source``'s coords, tissue fraction, thumbnail and mask and an empty ``tiles``.
+
+    ``stage`` names what made it (e.g. ``"normalize"``); ``params`` are that stage's parameters,
+    recorded with the source store's path and params so a resume from another source is refused.
+    """
+    meta = {
+        **{k: v for k, v in source.meta.items() if k not in ("params", "complete")},
+        **(extra_meta or {}),
+        "stage": stage,
+        "source_store": str(Path(source.path).resolve()),
+        "params": {**params, "source": {"path": str(Path(source.path).resolve()), "params": source.meta["params"]}},
+    }
+    return create_tile_store(
+        path,
+        coords=source.coords[...],
+        tissue_fraction=source.tissue_fraction[...],
+        thumbnail=source.thumbnail,
+        tissue_mask=source.tissue_mask,
+        tile_size=source.tile_size,
+        meta=meta,
+        overwrite=overwrite,
+    )
+
+
+# --- internals ---------------------------------------------------------------------------------
+def _partial_path(path: Path) -> Path:
+    return path.with_name(path.name + PARTIAL_SUFFIX)
+
+
+def _check_output_location(path: Path) -> None:
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.exists():
+        raise OutputError(f"{path}: the output directory {parent} does not exist")
+    if not parent.is_dir():
+        raise OutputError(f"{path}: {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"{path}: the output directory {parent} is not writable")
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"{path}: exists and is a file, not a store; remove it or choose another path")
+
+
+def _open_existing(path: Path) -> TileStore:
+    try:
+        return open_tile_store(path, require_complete=False)
+    except StoreError as exc:
+        raise StoreError(f"{path}: exists and is not a wsipipe tile store; remove it or choose another path") from exc
+
+
+def _refuse_other_params(path: Path, old: dict | None, new: dict) -> None:
+    if old == new:
+        return
+    differences = _differences(old or {}, new)
+    raise StoreError(
+        f"{path}: made with other parameters ({'; '.join(differences[:4])}); "
+        "use --overwrite to replace it or choose another output"
+    )
+
+
+def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key} was {a!r}, now {b!r}")
+    return out
+
+
+def _read_journal(partial: Path) -> set[int]:
+    journal = partial / JOURNAL_NAME
+    if not journal.exists():
+        return set()
+    done = set()
+    for line in journal.read_text(encoding="ascii", errors="replace").splitlines():
+        if line.strip().isdigit():  # a line cut short by a kill is simply redone
+            done.add(int(line))
+    return done
+
+
+def _create(partial: Path, meta: dict, coords, tissue_fraction, thumbnail, tissue_mask) -> TileStore:
+    import zarr
+
+    tile_size, per_shard, n_tiles = meta["tile_size"], meta["tiles_per_shard"], meta["n_tiles"]
+    try:
+        group = zarr.open_group(store=str(partial), mode="w", zarr_format=3)
+        group.create_array(
+            "tiles",
+            shape=(n_tiles, tile_size, tile_size, 3),
+            chunks=(1, tile_size, tile_size, 3),
+            shards=(per_shard, tile_size, tile_size, 3),
+            dtype="uint8",
+            compressors=_compressor(),
+            fill_value=0,
+            dimension_names=("tile", "y", "x", "channel"),
+        )
+        _small_array(group, "coords", np.asarray(coords, dtype=np.int64).reshape(n_tiles, 2))
+        _small_array(group, "tissue_fraction", np.asarray(tissue_fraction, dtype=np.float32).reshape(n_tiles))
+        _small_array(group, "thumbnail", np.asarray(thumbnail, dtype=np.uint8))
+        _small_array(group, "tissue_mask", np.asarray(tissue_mask, dtype=np.uint8))
+        group.attrs[ATTRS_KEY] = meta
+    except OSError as exc:
+        raise OutputError(f"{partial}: cannot write the store ({exc.strerror or exc})") from exc
+    return TileStore(partial, group)
+
+
+def _small_array(group, name: str, data: np.ndarray) -> None:
+    chunks = tuple(max(1, n) for n in data.shape)
+    array = group.create_array(name, shape=data.shape, chunks=chunks, dtype=data.dtype, compressors=_compressor(), fill_value=0)
+    if data.size:
+        array[...] = data

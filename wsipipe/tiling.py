@@ -1,0 +1,257 @@
+"""``tile_slide``: a slide into a resumable zarr tile store of its tissue tiles.
+
+The parent process detects tissue, lays out the grid and creates (or resumes) the store; worker
+processes, each with the slide open, read one shard of tiles at a time and write that shard
+into the store themselves (shipping 50 MB of pixels back to the parent would cost more than
+the compression). The parent journals finished shards and keeps at most two shards per worker
+in flight, so memory is bounded whatever the slide's size.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from wsipipe.errors import InvalidInputError, WsipipeError
+from wsipipe.grid import TileGrid, build_grid, validate_tiling
+from wsipipe.slide import open_slide
+from wsipipe.slide.base import SlideReader
+from wsipipe.store import ShardWriter, StoreWriter, create_tile_store
+from wsipipe.tissue import detect_tissue, read_thumbnail, thumbnail_downsample
+
+
+@dataclass(frozen=True)
+class TilingResult:
+    store_path: Path
+    n_tiles: int
+    #: Tiles written by this run (0 when the store was already complete).
+    n_written: int
+    already_complete: bool
+    seconds: float
+
+
+@dataclass(frozen=True)
+class _ReadSpec:
+    """How a worker reads one tile: at a level's own scale, or at a µm/px with resizing."""
+
+    tile_size: int
+    level: int
+    native: bool
+    mpp: float | None
+
+
+def tile_slide(
+    slide_path: str | os.PathLike,
+    store_path: str | os.PathLike,
+    *,
+    mpp: float | None = 0.5,
+    level: int | None = None,
+    tile_size: int = 512,
+    overlap: int = 0,
+    tissue_threshold: float = 0.1,
+    backend: str | None = None,
+    mpp_override: float | None = None,
+    workers: int = 2,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> TilingResult:
+    """Tile ``slide_path`` at ``mpp`` µm/px (or pyramid ``level``, which takes precedence) into ``store_path``.
+
+    Resumes an interrupted run with the same parameters; returns at once when the store is
+    already complete (unless ``overwrite``).
+    """
+    started = time.perf_counter()
+    validate_tiling(tile_size, overlap, tissue_threshold)
+    if workers < 1:
+        raise InvalidInputError(f"--workers must be at least 1, got {workers}")
+    if level is not None:
+        mpp = None
+    slide_path, store_path = Path(slide_path), Path(store_path)
+    reader = open_slide(slide_path, backend=backend, mpp_override=mpp_override)
+    pool = None
+    try:
+        with reader:
+            if mpp is not None:
+                reader.check_mpp(mpp)
+            # Workers start now so their start-up overlaps tissue detection in this process.
+            pool = _start_pool(workers, (str(slide_path), reader.backend, mpp_override))
+            thumb_downsample = thumbnail_downsample(reader)
+            thumbnail = read_thumbnail(reader, thumb_downsample)
+            thumb_mpp = reader.mpp_x * thumb_downsample if reader.mpp_x is not None else None
+            mask = detect_tissue(thumbnail, thumb_mpp)
+            grid = build_grid(
+                reader, tile_size=tile_size, overlap=overlap, mpp=mpp, level=level,
+                tissue_mask=mask, mask_downsample=thumb_downsample,
+            )
+            coords, fractions = grid.select(tissue_threshold)
+            meta = _provenance(reader, slide_path, grid, tissue_threshold, mpp_override, thumb_downsample, thumb_mpp)
+        writer = create_tile_store(
+            store_path, coords=coords, tissue_fraction=fractions, thumbnail=thumbnail,
+            tissue_mask=mask, tile_size=tile_size, meta=meta, overwrite=overwrite,
+        )
+        if writer.already_complete:
+            return TilingResult(store_path, len(coords), 0, True, time.perf_counter() - started)
+        spec = _ReadSpec(tile_size, grid.level, grid.native, grid.mpp)
+        if pool is None:
+            _open_worker_slide(str(slide_path), backend, mpp_override)
+        written = _run_shards(writer, coords, spec, pool, workers, progress)
+    finally:
+        if pool is not None:
+            # After Ctrl-C or a failure: running shards finish, queued ones are dropped.
+            pool.shutdown(wait=True, cancel_futures=True)
+    writer.finish()
+    return TilingResult(store_path, len(coords), written, False, time.perf_counter() - started)
+
+
+def _start_pool(workers: int, opener: tuple) -> ProcessPoolExecutor | None:
+    if workers == 1:
+        return None  # one worker: read in this process, no start-up or transfer cost
+    pool = ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=multiprocessing.get_context("spawn"),  # zarr's I/O thread must not be forked
+        initializer=_init_worker,
+        initargs=opener,
+    )
+    for _ in range(workers):
+        pool.submit(int)  # each submit to a not-yet-full pool starts a process
+    return pool
+
+
+def _provenance(reader: SlideReader, slide_path: Path, grid: TileGrid, threshold: float,
+                mpp_override: float | None, thumb_downsample: float, thumb_mpp: float | None) -> dict:
+    stat = slide_path.stat()
+    resolved = str(slide_path.resolve())
+    params = {
+        "slide_path": resolved,
+        "slide_size_bytes": stat.st_size,
+        "slide_mtime": stat.st_mtime,
+        "backend": reader.backend,
+        "mpp_override": mpp_override,
+        "mpp": grid.mpp,
+        "level": grid.level,
+        "tile_size": grid.tile_size,
+        "overlap": grid.overlap,
+        "tissue_threshold": threshold,
+    }
+    return {
+        "stage": "tile",
+        "slide": {
+            "path": resolved,
+            "size_bytes": stat.st_size,
+            "mtime": stat.st_mtime,
+            "width": reader.dimensions[0],
+            "height": reader.dimensions[1],
+            "vendor": reader.vendor,
+            "backend": reader.backend,
+            "mpp": reader.mpp_x,
+        },
+        "mpp": grid.mpp,
+        "level": grid.level,
+        "downsample": grid.downsample,
+        "level_downsample": reader.levels[grid.level].downsample,
+        "overlap": grid.overlap,
+        "tissue_threshold": threshold,
+        "grid_tiles": int(len(grid.coords)),
+        "thumbnail_downsample": thumb_downsample,
+        "thumbnail_mpp": thumb_mpp,
+        "params": params,
+    }
+
+
+def _run_shards(writer: StoreWriter, coords: np.ndarray, spec: _ReadSpec,
+                pool: ProcessPoolExecutor | None, workers: int, progress: bool) -> int:
+    """Read and write every pending shard, journalling each once it is on disk."""
+    store = writer.store
+    pending = writer.pending_shards()
+    todo = sum(store.shard_slice(i).stop - store.shard_slice(i).start for i in pending)
+    shard_writer = writer.shard_writer()
+    with _progress_bar(progress) as bar:
+        task = bar.add_task("tiling", total=store.n_tiles, completed=store.n_tiles - todo)
+        if pool is None:
+            for index in pending:
+                bar.advance(task, _tile_shard(index, coords[store.shard_slice(index)], spec, shard_writer))
+                writer.record_done(index)
+            return todo
+        in_flight = {}
+
+        def collect(keep_at_most: int) -> None:
+            while len(in_flight) > keep_at_most:
+                done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+                for future in done:
+                    index = in_flight.pop(future)
+                    bar.advance(task, future.result())
+                    writer.record_done(index)
+
+        try:
+            for index in pending:
+                collect(2 * workers - 1)
+                shard_coords = coords[store.shard_slice(index)]
+                in_flight[pool.submit(_tile_shard, index, shard_coords, spec, shard_writer)] = index
+            collect(0)
+        except BaseException:
+            # Journal the shards that were running and finish, so a rerun skips them too.
+            pool.shutdown(wait=True, cancel_futures=True)
+            for future, index in in_flight.items():
+                if future.done() and not future.cancelled() and future.exception() is None:
+                    writer.record_done(index)
+            raise
+    return todo
+
+
+def _progress_bar(enabled: bool):
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
+    from rich.text import Text
+
+    class TilesPerSecond(ProgressColumn):
+        def render(self, task) -> Text:
+            speed = task.finished_speed or task.speed
+            return Text(f"{speed:.1f} tiles/s" if speed else "- tiles/s", style="progress.data.speed")
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TilesPerSecond(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        disable=not enabled,
+    )
+
+
+_worker: dict = {}
+
+
+def _init_worker(slide_path: str, backend: str | None, mpp_override: float | None) -> None:
+    """Worker start-up: Ctrl-C is the parent's to handle; open the slide once."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        _open_worker_slide(slide_path, backend, mpp_override)
+    except WsipipeError as exc:  # reported by the first shard, as one line in the parent
+        _worker["error"] = exc
+
+
+def _open_worker_slide(slide_path: str, backend: str | None, mpp_override: float | None) -> None:
+    _worker["reader"] = open_slide(slide_path, backend=backend, mpp_override=mpp_override)
+
+
+def _tile_shard(index: int, coords: np.ndarray, spec: _ReadSpec, shard_writer: ShardWriter) -> int:
+    """Read the tiles at ``coords`` and write them as shard ``index``; returns the tile count."""
+    if "error" in _worker:
+        raise _worker["error"]
+    reader: SlideReader = _worker["reader"]
+    size = (spec.tile_size, spec.tile_size)
+    tiles = np.empty((len(coords), spec.tile_size, spec.tile_size, 3), np.uint8)
+    for i, (x, y) in enumerate(coords.tolist()):
+        if spec.native:
+            tiles[i] = reader.read_region((x, y), spec.level, size)
+        else:
+            tiles[i] = reader.read_at_mpp((x, y), size, spec.mpp)
+    return shard_writer.write(index, tiles)

@@ -1,0 +1,1 @@
+"""Training segmentation models: datasets and augmentation, losses, checkpoints, the training loop."""

@@ -1,0 +1,62 @@
+"""Resumable training state without pickle: tensors (weights, best weights, optimiser moments,
+RNG) in one safetensors file, everything else as JSON in its metadata header."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from wsipipe.errors import ModelError
+
+
+def save_checkpoint(path: Path, model, best_state: dict | None, optimizer, state: dict[str, Any]) -> None:
+    from safetensors.torch import save_file
+
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if best_state is not None:
+        tensors.update({f"best.{k}": v.cpu().contiguous() for k, v in best_state.items()})
+    opt = optimizer.state_dict()
+    scalars: dict[str, dict[str, Any]] = {}
+    for pid, entries in opt["state"].items():
+        for key, value in entries.items():
+            if torch.is_tensor(value):
+                tensors[f"optimizer.{pid}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(pid), {})[key] = value
+    tensors["rng.torch"] = torch.get_rng_state()
+    meta = {"state": state, "param_groups": opt["param_groups"], "optimizer_scalars": scalars}
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        save_file(tensors, str(tmp), metadata={"wsipipe-checkpoint": json.dumps(meta)})
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_checkpoint(path: Path, model, optimizer) -> tuple[dict | None, dict[str, Any]]:
+    """Restore model, optimiser and torch RNG in place; returns (best weights or None, state)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            meta = json.loads((handle.metadata() or {})["wsipipe-checkpoint"])
+        tensors = load_file(str(path))
+    except Exception as exc:
+        raise ModelError(f"{path}: not a usable wsipipe checkpoint ({type(exc).__name__}); delete it to start over") from None
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")} or None
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optimizer."):
+            _, pid, name = key.split(".", 2)
+            state.setdefault(int(pid), {})[name] = value
+    for pid, entries in meta["optimizer_scalars"].items():
+        state.setdefault(int(pid), {}).update(entries)
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    torch.set_rng_state(tensors["rng.torch"])
+    return best, meta["state"]

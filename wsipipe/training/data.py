@@ -1,0 +1,162 @@
+"""Labelled image folders (``images/`` + ``masks/`` with matching names), splits by image, and
+augmented patch sampling at the model's input size."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from wsipipe.errors import InvalidInputError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
+
+
+@dataclass
+class LabelledImage:
+    name: str
+    image: np.ndarray  # uint8 (h, w, 3)
+    mask: np.ndarray  # uint8 class indices (h, w)
+
+
+def find_pairs(data_dir: str | Path) -> list[tuple[Path, Path]]:
+    """(image, mask) paths matched by file stem; anything unmatched is a usage error."""
+    data_dir = Path(data_dir)
+    images_dir, masks_dir = data_dir / "images", data_dir / "masks"
+    for folder in (images_dir, masks_dir):
+        if not folder.is_dir():
+            raise InvalidInputError(f"{data_dir}: expected folders images/ and masks/ ({folder.name}/ is missing)")
+
+    def by_stem(folder: Path) -> dict[str, Path]:
+        return {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
+
+    images, masks = by_stem(images_dir), by_stem(masks_dir)
+    if not images:
+        raise InvalidInputError(f"{images_dir}: no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    unmatched = sorted(set(images) ^ set(masks))
+    if unmatched:
+        raise InvalidInputError(f"{data_dir}: images and masks do not match by name: {', '.join(unmatched[:5])}")
+    return [(images[s], masks[s]) for s in sorted(images)]
+
+
+def read_image(path: Path) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            return np.array(img.convert("RGB"))
+    except (OSError, UnidentifiedImageError) as exc:
+        raise InvalidInputError(f"{path}: cannot read image ({exc})") from None
+
+
+def read_mask(path: Path) -> np.ndarray:
+    """Class indices; a mask holding only 0 and 255 is binary (255 -> 1)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            mask = np.array(img.convert("L") if img.mode in ("RGB", "RGBA", "LA") else img)
+    except (OSError, UnidentifiedImageError) as exc:
+        raise InvalidInputError(f"{path}: cannot read mask ({exc})") from None
+    if mask.ndim != 2:
+        raise InvalidInputError(f"{path}: a mask must have one channel")
+    values = np.unique(mask)
+    if values.max(initial=0) == 255 and set(values.tolist()) <= {0, 255}:
+        mask = mask // 255
+    return mask.astype(np.uint8)
+
+
+def resize_pair(image: np.ndarray, mask: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """Image by area averaging (or bilinear when enlarging), mask by nearest neighbour."""
+    import cv2
+
+    if scale == 1:
+        return image, mask
+    h, w = max(1, round(image.shape[0] * scale)), max(1, round(image.shape[1] * scale))
+    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    return cv2.resize(image, (w, h), interpolation=interp), cv2.resize(mask, (w, h), interpolation=cv2.INTER_NEAREST)
+
+
+def load_labelled(pairs: list[tuple[Path, Path]], scale: float = 1.0) -> list[LabelledImage]:
+    """Read pairs, check sizes agree, and resize by ``scale`` (data µm/px / model µm/px)."""
+    out = []
+    for image_path, mask_path in pairs:
+        image, mask = read_image(image_path), read_mask(mask_path)
+        if image.shape[:2] != mask.shape:
+            raise InvalidInputError(f"{mask_path}: size {mask.shape[::-1]} differs from its image {image.shape[1::-1]}")
+        image, mask = resize_pair(image, mask, scale)
+        out.append(LabelledImage(image_path.stem, image, mask))
+    return out
+
+
+def split_folds(count: int, folds: int, seed: int) -> list[list[int]]:
+    """Image indices of each validation fold (a seeded shuffle, sizes differing by at most one)."""
+    if not 2 <= folds <= count:
+        raise InvalidInputError(f"--folds {folds}: needs 2 <= K <= the number of images ({count})")
+    order = np.random.default_rng(seed).permutation(count)
+    return [sorted(order[k::folds].tolist()) for k in range(folds)]
+
+
+def hed_jitter(image: np.ndarray, rng: np.random.Generator, sigma: float = 0.05, bias: float = 0.02) -> np.ndarray:
+    """Stain jitter in HED space (Tellez et al.): scale and shift each stain's optical density.
+
+    A hook for ``wsipipe.stain.augment`` when it is available; this is the simple skimage form.
+    """
+    from skimage.color import hed2rgb, rgb2hed
+
+    hed = rgb2hed(image)
+    hed = hed * rng.uniform(1 - sigma, 1 + sigma, 3) + rng.uniform(-bias, bias, 3)
+    return (np.clip(hed2rgb(hed), 0, 1) * 255).astype(np.uint8)
+
+
+def colour_jitter(image: np.ndarray, rng: np.random.Generator, strength: float = 0.1) -> np.ndarray:
+    """Brightness, contrast and saturation, each by up to +-``strength``."""
+    x = image.astype(np.float32)
+    grey = x.mean(axis=2, keepdims=True)
+    x = grey + (x - grey) * rng.uniform(1 - strength, 1 + strength)  # saturation
+    x = (x - x.mean()) * rng.uniform(1 - strength, 1 + strength) + x.mean()  # contrast
+    x = x * rng.uniform(1 - strength, 1 + strength)  # brightness
+    return np.clip(x, 0, 255).astype(np.uint8)
+
+
+@dataclass
+class Augmentation:
+    scale_range: tuple[float, float] = (0.75, 1.33)
+    max_rotation: float = 15.0  # degrees, on top of 90-degree turns
+    colour: float = 0.1
+    stain: bool = True
+
+
+def sample_patch(
+    item: LabelledImage, tile: int, rng: np.random.Generator, aug: Augmentation | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """One (tile, tile) patch centred anywhere in the image (random offset), augmented by one
+    affine warp (zoom, 90-degree turns plus a small rotation), flips and colour/stain jitter.
+    Outside the image is mirrored."""
+    import cv2
+
+    h, w = item.mask.shape
+    cy, cx = rng.uniform(0, h), rng.uniform(0, w)
+    angle, zoom = 0.0, 1.0
+    if aug is not None:
+        angle = 90.0 * rng.integers(4) + rng.uniform(-aug.max_rotation, aug.max_rotation)
+        zoom = float(np.exp(rng.uniform(*np.log(aug.scale_range))))
+    matrix = cv2.getRotationMatrix2D((cx, cy), angle, zoom)
+    matrix[:, 2] += (tile / 2 - cx, tile / 2 - cy)
+    border = cv2.BORDER_REFLECT_101
+    image = cv2.warpAffine(item.image, matrix, (tile, tile), flags=cv2.INTER_LINEAR, borderMode=border)
+    mask = cv2.warpAffine(item.mask, matrix, (tile, tile), flags=cv2.INTER_NEAREST, borderMode=border)
+    if aug is not None:
+        if rng.random() < 0.5:
+            image, mask = image[:, ::-1], mask[:, ::-1]
+        if aug.colour:
+            image = colour_jitter(image, rng, aug.colour)
+        if aug.stain:
+            image = hed_jitter(image, rng)
+    return np.ascontiguousarray(image), np.ascontiguousarray(mask)
+
+
+def class_frequencies(items: list[LabelledImage], num_classes: int) -> np.ndarray:
+    counts = sum(np.bincount(i.mask.ravel(), minlength=num_classes)[:num_classes] for i in items)
+    return counts / max(counts.sum(), 1)

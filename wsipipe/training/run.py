@@ -1,0 +1,122 @@
+"""``wsipipe train`` end to end: read a labelled folder, optional k-fold cross-validation, the
+final fit, and the model file with its metadata (command, seed, data summary, metrics)."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from wsipipe.errors import InvalidInputError
+from wsipipe.training.data import find_pairs, load_labelled, split_folds
+from wsipipe.training.trainer import TrainConfig, train
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
+
+
+def _bundle(config: TrainConfig, state_dict: dict):
+    from wsipipe.models import build_model
+    from wsipipe.models.io import ModelBundle, model_metadata
+
+    model = build_model(config.architecture, len(config.classes), config.args)
+    model.load_state_dict(state_dict)
+    meta = model_metadata(config.architecture, config.args, config.classes, config.mpp, config.tile_size)
+    return ModelBundle(model.eval(), meta)
+
+
+def run_training(
+    data_dir: Path,
+    config: TrainConfig,
+    output: Path,
+    data_mpp: float,
+    folds: int = 0,
+    val_fraction: float = 0.2,
+    resume: bool = False,
+    half: bool = False,
+    command: str = "",
+    on_step: Callable[[str, dict], None] | None = None,
+    mpp_assumed: bool = False,
+) -> dict:
+    """Train, cross-validate when ``folds`` >= 2 (then fit on all images), save ``output``.
+
+    Returns the model metadata written. Checkpoints sit beside ``output`` until it is written.
+    """
+    from wsipipe.inference.evaluate import evaluate_pairs
+    from wsipipe.metrics.semantic import summarise
+    from wsipipe.models.io import model_metadata, save_model
+
+    output = Path(output)
+    if not output.parent.is_dir():
+        raise InvalidInputError(f"-o {output}: folder {output.parent} does not exist")
+    pairs = find_pairs(data_dir)
+    items = load_labelled(pairs, data_mpp / config.mpp)
+    top = max(int(i.mask.max()) for i in items)
+    if top >= len(config.classes):
+        raise InvalidInputError(f"{data_dir}: masks hold class {top} but --classes names only {len(config.classes)}")
+    step = (lambda run: (lambda info: on_step(run, info))) if on_step else (lambda run: None)
+    cv_path = output.with_name(output.name + ".cv.json")
+    validation: dict = {}
+    if folds >= 2:
+        done = json.loads(cv_path.read_text()) if resume and cv_path.is_file() else {"folds": []}
+        for k, val_idx in enumerate(split_folds(len(items), folds, config.seed)):
+            if k < len(done["folds"]):
+                continue
+            train_items = [it for i, it in enumerate(items) if i not in val_idx]
+            val_items = [items[i] for i in val_idx]
+            ckpt = output.with_name(f"{output.name}.fold{k + 1}.ckpt")
+            result = train(config, train_items, val_items, ckpt, resume, step(f"fold {k + 1}/{folds}"))
+            metrics = evaluate_pairs(_bundle(config, result["state_dict"]), [pairs[i] for i in val_idx], data_mpp, device=config.device)
+            done["folds"].append({"images": [items[i].name for i in val_idx], "best_epoch": result["best"]["epoch"], **metrics})
+            _write_json(cv_path, done)
+            ckpt.unlink(missing_ok=True)
+        confusion = np.sum([np.array(f["confusion"]) for f in done["folds"]], axis=0)
+        validation = {
+            "method": f"{folds}-fold cross-validation by image, metrics of the held-out images",
+            **summarise(confusion, config.classes),
+            "fold_miou": [f["miou"] for f in done["folds"]],
+            "per_image": {k: v for f in done["folds"] for k, v in f["per_image"].items()},
+        }
+        train_idx, val_idx = list(range(len(items))), []
+    elif val_fraction > 0 and len(items) >= 2:
+        order = np.random.default_rng(config.seed).permutation(len(items))
+        n_val = min(len(items) - 1, max(1, round(len(items) * val_fraction)))
+        val_idx, train_idx = sorted(order[:n_val].tolist()), sorted(order[n_val:].tolist())
+    else:
+        train_idx, val_idx = list(range(len(items))), []
+    ckpt = output.with_name(f"{output.name}.ckpt")
+    result = train(config, [items[i] for i in train_idx], [items[i] for i in val_idx], ckpt, resume, step("final fit"))
+    if val_idx:
+        metrics = evaluate_pairs(_bundle(config, result["state_dict"]), [pairs[i] for i in val_idx], data_mpp, device=config.device)
+        validation = {"method": "held-out images", "images": [items[i].name for i in val_idx], **metrics}
+    meta = model_metadata(
+        config.architecture, config.args, config.classes, config.mpp, config.tile_size,
+        training={
+            "command": command,
+            "seed": config.seed,
+            "data": {
+                "dir": str(data_dir),
+                "images": [items[i].name for i in train_idx],
+                "data_mpp": data_mpp,
+                "data_mpp_assumed": mpp_assumed,
+                "class_pixels": np.bincount(np.concatenate([items[i].mask.ravel() for i in train_idx]), minlength=len(config.classes)).tolist(),
+            },
+            "config": asdict(config),
+            "best_epoch": result["best"]["epoch"] if result["best"] else None,
+            "history": result["history"],
+            "images_per_s": result["images_per_s"],
+        },
+        validation=validation,
+    )
+    model = _bundle(config, result["state_dict"]).model
+    save_model(output, model, meta, half=half)
+    ckpt.unlink(missing_ok=True)
+    cv_path.unlink(missing_ok=True)
+    return meta
