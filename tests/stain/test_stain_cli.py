@@ -139,7 +139,7 @@ def test_bad_targets_and_options_are_usage_errors(source_store, tmp_path):
 def test_cuda_without_gpu_is_a_clear_error_and_auto_falls_back(source_store, tmp_path):
     path, _ = source_store
     result = _run(path, "-o", tmp_path / "c.zarr", "--device", "cuda")
-    assert result.exit_code == 2 and "CUDA is not available" in result.output
+    assert result.exit_code == 2 and "no CUDA GPU is available" in result.output
     result = _run(path, "-o", tmp_path / "a.zarr", "--device", "auto")
     assert result.exit_code == 0 and "running on the CPU" in result.output
 
