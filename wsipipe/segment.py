@@ -570,7 +570,7 @@ def _write_outputs(slide_path, outdir, reader, plan, prediction, info, classes, 
     timings["regions"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    counts = class_pixel_counts(prediction.labels, len(classes))
+    counts = class_pixel_counts(prediction.labels, len(classes), within=plan.tissue_mask)
     pixel_mm2 = pixel_area_mm2(info.bundle.mpp)
     tumour_ids = _tumour_classes(classes)
     tissue_mm2 = mask_area_mm2(plan.tissue_mask, reader.mpp, reader.mpp_y, plan.mask_downsample)

@@ -51,6 +51,18 @@ def test_class_counts_read_band_by_band_match_bincount():
     assert counts.tolist() == np.bincount(labels.ravel(), minlength=3).tolist()
 
 
+def test_class_counts_within_a_coarser_mask_drop_what_lies_outside():
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 3, (600, 400), dtype=np.uint8)
+    tissue = np.zeros((60, 40), np.uint8)
+    tissue[10:30, 5:25] = 1  # rows 100-299, cols 50-249 at full resolution
+    counts = class_pixel_counts(labels, 3, within=tissue, block=128)
+    inside = labels[100:300, 50:250]
+    expected = np.bincount(inside.ravel(), minlength=3)
+    expected[0] += labels.size - inside.size
+    assert counts.tolist() == expected.tolist()
+
+
 def _report(slide="slide <1>.svs"):
     return {
         "slide": slide,

@@ -22,12 +22,20 @@ def mask_area_mm2(mask: np.ndarray, mpp_x: float, mpp_y: float | None = None, do
     return int(np.count_nonzero(mask)) * pixel_area_mm2(mpp_x, mpp_y, downsample)
 
 
-def class_pixel_counts(labels, n_classes: int, block: int = 2048) -> np.ndarray:
-    """Pixels per class of a 2-D label array (numpy or zarr), read one ``block`` x ``block`` piece at a time."""
+def class_pixel_counts(labels, n_classes: int, within: np.ndarray | None = None, block: int = 2048) -> np.ndarray:
+    """Pixels per class of a 2-D label array (numpy or zarr), read one ``block`` x ``block`` piece at a time.
+
+    ``within``: a mask of the same field at any resolution (e.g. the tissue mask); pixels where it
+    is zero count as class 0, so a model's blur past the tissue edge is not reported as tumour.
+    """
     counts = np.zeros(n_classes, np.int64)
     height, width = labels.shape
     for y0 in range(0, height, block):
         for x0 in range(0, width, block):
             piece = np.asarray(labels[y0 : y0 + block, x0 : x0 + block])
+            if within is not None:
+                rows = (np.arange(y0, y0 + piece.shape[0]) + 0.5) * within.shape[0] // height
+                cols = (np.arange(x0, x0 + piece.shape[1]) + 0.5) * within.shape[1] // width
+                piece = np.where(within[rows.astype(int)[:, None], cols.astype(int)[None, :]] > 0, piece, 0)
             counts += np.bincount(piece.ravel(), minlength=n_classes)[:n_classes]
     return counts
