@@ -98,8 +98,10 @@ def write_synthetic_slide(
     """
     spec.validate()
     out = Path(out)
-    if not out.parent.is_dir():
-        raise OutputError(f"{out.parent}: output directory does not exist")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"{out.parent}: cannot create the output directory ({exc.strerror})") from exc
     if ndpi:
         from wsipipe.slide.synthetic_ndpi import check_ndpi_spec, write_ndpi
 
