@@ -91,7 +91,7 @@ def ceiling_tiles_per_s(model_path: Path, batch_size: int, device: str, batches:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=6144, help="small slide side (level-0 px); the big one is 2x")
+    parser.add_argument("--size", type=int, default=12288, help="small slide side (level-0 px); the big one is 2x")
     parser.add_argument("--slide-mpp", type=float, default=0.5)
     parser.add_argument("--model-mpp", type=float, default=1.0)
     parser.add_argument("--arch", default="plain-unet", choices=sorted(ARCH_ARGS))
