@@ -21,13 +21,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from wsipipe.inference.evaluate import evaluate_pairs
+from wsipipe.inference.evaluate import evaluate_items
 from wsipipe.device import resolve_device
 from wsipipe.inference.sliding import run_batches
 from wsipipe.metrics.semantic import ConfusionMatrix, summarise
 from wsipipe.models import build_model, parameter_count
 from wsipipe.models.io import ModelBundle, model_metadata
-from wsipipe.training.data import find_pairs, load_labelled, read_image, read_mask, split_folds
+from wsipipe.training.data import read_dataset, rescaled, split_folds
 from wsipipe.training.trainer import TrainConfig, train
 
 MODELS = [
@@ -38,15 +38,15 @@ MODELS = [
 ]
 
 
-def tissue_baseline(pairs) -> dict:
+def tissue_baseline(originals) -> dict:
     """Tumour = all tissue: HSV saturation above its Otsu threshold."""
     import cv2
     from skimage.filters import threshold_otsu
 
     cm = ConfusionMatrix(2)
-    for image_path, mask_path in pairs:
-        saturation = cv2.cvtColor(read_image(image_path), cv2.COLOR_RGB2HSV)[..., 1]
-        cm.update((saturation > threshold_otsu(saturation)).astype(int), read_mask(mask_path))
+    for item in originals:
+        saturation = cv2.cvtColor(item.image, cv2.COLOR_RGB2HSV)[..., 1]
+        cm.update((saturation > threshold_otsu(saturation)).astype(int), item.mask)
     return summarise(cm.counts, ["background", "tumour"])
 
 
@@ -80,9 +80,9 @@ def main() -> None:
     device = str(resolve_device(opts.device))
     if device == "cpu":
         torch.set_num_threads(opts.threads)
-    pairs = find_pairs(opts.data)
-    items = load_labelled(pairs, opts.data_mpp / opts.mpp)
-    folds = split_folds(len(items), opts.folds, opts.seed)
+    originals = read_dataset(opts.data).items
+    items = rescaled(originals, opts.data_mpp / opts.mpp)
+    folds = split_folds([it.group for it in items], opts.folds, opts.seed)
     classes = ["background", "tumour"]
     wanted = set(opts.models.split(","))
     rows = []
@@ -100,7 +100,7 @@ def main() -> None:
             model = build_model(arch, 2, args)
             model.load_state_dict(result["state_dict"])
             bundle = ModelBundle(model.to(device).eval(), model_metadata(arch, args, classes, opts.mpp, opts.tile_size))
-            cm += np.array(evaluate_pairs(bundle, [pairs[i] for i in val_idx], opts.data_mpp, batch_size=opts.batch_size, device=device)["confusion"])
+            cm += np.array(evaluate_items(bundle, [originals[i] for i in val_idx], opts.data_mpp, batch_size=opts.batch_size, device=device)["confusion"])
         metrics = summarise(cm, classes)
         row = {
             "model": label, "architecture": arch, "args": args,
@@ -111,7 +111,7 @@ def main() -> None:
         }
         rows.append(row)
         print(f"{label}: {row}", flush=True)
-    baseline = tissue_baseline(pairs)
+    baseline = tissue_baseline(originals)
     print("\n| model | params (M) | mIoU | accuracy | kappa | train images/s | inference tiles/s |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:

@@ -7,8 +7,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from wsipipe.cli.main import app
+from wsipipe.errors import InvalidInputError
 from wsipipe.models.io import load_model
-from wsipipe.training.data import find_pairs, load_labelled, read_mask, split_folds
+from wsipipe.training.data import find_pairs, read_mask, read_pairs, split_folds, split_holdout
 from wsipipe.training.trainer import TrainConfig, train
 
 
@@ -34,8 +35,21 @@ def _config(**kw):
 def test_binary_masks_and_folds(small_data):
     mask = read_mask(small_data / "masks" / "lung_01.png")
     assert set(np.unique(mask)) <= {0, 1} and mask.max() == 1
-    folds = split_folds(7, 3, seed=0)
+    folds = split_folds([f"img{i}" for i in range(7)], 3, seed=0)
     assert sorted(sum(folds, [])) == list(range(7)) and sorted(map(len, folds)) == [2, 2, 3]
+
+
+def test_splits_never_separate_a_slide():
+    groups = ["a"] * 5 + ["b"] * 2 + ["c"] * 7 + ["d"] + ["e"] * 3
+    folds = split_folds(groups, 2, seed=1)
+    assert sorted(sum(folds, [])) == list(range(len(groups)))
+    fold_groups = [{groups[i] for i in fold} for fold in folds]
+    assert not fold_groups[0] & fold_groups[1] and sorted(map(len, fold_groups)) == [2, 3]
+    train_idx, val_idx = split_holdout(groups, 0.4, seed=1)
+    assert sorted(train_idx + val_idx) == list(range(len(groups)))
+    assert len({groups[i] for i in val_idx}) == 2 and not {groups[i] for i in val_idx} & {groups[i] for i in train_idx}
+    with pytest.raises(InvalidInputError, match="number of images or slides"):
+        split_folds(groups, 6, seed=0)
 
 
 @pytest.fixture()
@@ -48,7 +62,7 @@ def one_thread():
 
 
 def test_interrupted_training_resumes_to_the_same_weights(small_data, tmp_path, one_thread):
-    items = load_labelled(find_pairs(small_data))
+    items = read_pairs(find_pairs(small_data))
     reference = train(_config(), items[:1], items[1:])
 
     class Stop(Exception):

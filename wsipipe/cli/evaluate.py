@@ -20,13 +20,19 @@ OverlapOpt = Annotated[Optional[int], typer.Option("--overlap", help="Tile overl
 BatchOpt = Annotated[int, typer.Option("--batch-size", min=1)]
 
 
-def _images_mpp(meta: dict, mpp: float | None) -> float:
-    return mpp if mpp is not None else float(meta.get("training", {}).get("data", {}).get("data_mpp", meta["mpp"]))
+def _images_mpp(meta: dict, mpp: float | None, recorded: float | None = None) -> float:
+    """--mpp, else what the data records (tile stores), else the model's training data µm/px."""
+    if mpp is not None:
+        return mpp
+    if recorded is not None:
+        return recorded
+    return float(meta.get("training", {}).get("data", {}).get("data_mpp", meta["mpp"]))
 
 
 def evaluate(
     model: ModelArg,
-    data: Annotated[Path, typer.Option("--data", help="Folder with images/ and masks/.", show_default=False)],
+    data: Annotated[Path, typer.Option("--data", help="Folder with images/ and masks/, or tile store(s) with masks "
+                                                          "(a .zarr or a folder of them).", show_default=False)],
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write all figures as JSON here.")] = None,
     mpp: ImagesMppOpt = None,
     overlap: OverlapOpt = None,
@@ -40,17 +46,17 @@ def evaluate(
     from rich.progress import Progress
     from rich.table import Table
 
-    from wsipipe.inference.evaluate import evaluate_pairs
+    from wsipipe.inference.evaluate import evaluate_items
     from wsipipe.models.io import load_model
-    from wsipipe.training.data import find_pairs
+    from wsipipe.training.data import read_dataset
 
     bundle = load_model(model)
-    pairs = find_pairs(data)
+    dataset = read_dataset(data)
     with Progress(console=Console(stderr=True), disable=quiet) as progress:
-        task = progress.add_task("evaluating", total=len(pairs))
-        result = evaluate_pairs(bundle, pairs, _images_mpp(bundle.metadata, mpp), overlap, batch_size, device,
-                                on_image=lambda name: progress.advance(task))
-    table = Table("image", "mIoU", "accuracy", "kappa", *[f"IoU {c}" for c in bundle.classes])
+        task = progress.add_task("evaluating", total=len(dataset.items))
+        result = evaluate_items(bundle, dataset.items, _images_mpp(bundle.metadata, mpp, dataset.mpp), overlap,
+                                batch_size, device, on_image=lambda name: progress.advance(task))
+    table = Table("image" if dataset.kind == "images" else "slide", "mIoU", "accuracy", "kappa", *[f"IoU {c}" for c in bundle.classes])
     fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
     for name, row in [*result["per_image"].items(), ("ALL (pooled)", result)]:
         table.add_row(name, fmt(row["miou"]), fmt(row["accuracy"]), fmt(row["kappa"]), *[fmt(row["iou"][c]) for c in bundle.classes])

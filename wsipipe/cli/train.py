@@ -1,4 +1,4 @@
-"""``wsipipe train``: train a segmentation model on a folder of images and masks."""
+"""``wsipipe train``: train a segmentation model on images and masks or on annotated tile stores."""
 
 from __future__ import annotations
 
@@ -15,14 +15,16 @@ from wsipipe.cli.options import DeviceOpt, QuietOpt
 
 def train(
     data: Annotated[Path, typer.Argument(help="Folder with images/ and masks/ (matching names; 0/255 masks are binary, "
-                                             "other values are class indices).", show_default=False)],
+                                             "other values are class indices), or tile store(s) made with "
+                                             "'wsipipe tile --annotations' (a .zarr or a folder of them; split by slide).",
+                                        show_default=False)],
     output: Annotated[Path, typer.Option("--output", "-o", help="Model file to write (.safetensors).", show_default=False)],
     model: Annotated[str, typer.Option("--model", help="Architecture (wsipipe models list).")] = "unet",
     encoder: Annotated[Optional[str], typer.Option("--encoder", help="Encoder for unet/deeplabv3plus, e.g. resnet34, mobilenet_v2.")] = None,
     model_args: Annotated[Optional[str], typer.Option("--model-args", help='More architecture arguments as JSON, e.g. \'{"blocks": 4}\'.')] = None,
     classes: Annotated[str, typer.Option("--classes", help="Class names, comma-separated, index order.")] = "background,foreground",
     mpp: Annotated[float, typer.Option("--mpp", help="µm/px the model works at.", min=1e-6)] = 1.0,
-    data_mpp: Annotated[Optional[float], typer.Option("--data-mpp", help="µm/px of the training images (default: --mpp).", min=1e-6)] = None,
+    data_mpp: Annotated[Optional[float], typer.Option("--data-mpp", help="µm/px of the training images (default: --mpp; tile stores record their own).", min=1e-6)] = None,
     data_mpp_assumed: Annotated[bool, typer.Option("--data-mpp-assumed", help="Record --data-mpp as an assumption (unknown scale).")] = False,
     tile_size: Annotated[int, typer.Option("--tile-size", help="Model input side in pixels.", min=32)] = 256,
     epochs: Annotated[int, typer.Option("--epochs", min=1)] = 10,
@@ -87,7 +89,7 @@ def train(
             progress.update(tasks[run], completed=info["epoch"] - 1 + info["step"] / info["steps"], info=text)
 
         torch.manual_seed(seed)
-        meta = run_training(data, config, output, data_mpp or mpp, folds, val_fraction, resume, fp16, command,
+        meta = run_training(data, config, output, data_mpp, folds, val_fraction, resume, fp16, command,
                             on_step, mpp_assumed=data_mpp_assumed)
     val = meta.get("validation") or {}
     summary = f"wrote {output}"

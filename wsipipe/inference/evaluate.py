@@ -2,44 +2,50 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 from wsipipe.inference.sliding import predict_image
 
 
-def evaluate_pairs(
+def evaluate_items(
     bundle,
-    pairs: list[tuple[Path, Path]],
+    items: Iterable,
     mpp_of_images: float,
     overlap: int | None = None,
     batch_size: int = 8,
     device: str = "auto",
     on_image: Callable[[str], None] | None = None,
 ) -> dict:
-    """Metrics over a dataset (one confusion matrix accumulated over all images) plus per image;
-    predictions are compared with each mask at the mask's own resolution."""
+    """Metrics over a dataset (one confusion matrix accumulated over all items) plus per image or
+    slide (``item.group``); predictions are compared with each mask at the mask's own resolution.
+
+    ``items``: ``training.data.LabelledImage`` at their own µm/px, ``mpp_of_images``.
+    """
     from wsipipe.errors import InvalidInputError
     from wsipipe.metrics.semantic import ConfusionMatrix
-    from wsipipe.training.data import read_image, read_mask
 
     classes = bundle.classes
     total = ConfusionMatrix(len(classes))
-    per_image = {}
-    for image_path, mask_path in pairs:
-        image, mask = read_image(image_path), read_mask(mask_path)
-        if mask.max() >= len(classes):
-            raise InvalidInputError(f"{mask_path}: class {mask.max()} but the model knows {len(classes)} classes")
-        probs = predict_image(bundle, image, mpp_of_images, overlap, batch_size, device)
+    by_group: dict[str, ConfusionMatrix] = {}
+    for item in items:
+        if item.mask.max() >= len(classes):
+            raise InvalidInputError(f"{item.name}: class {item.mask.max()} but the model knows {len(classes)} classes")
+        probs = predict_image(bundle, item.image, mpp_of_images, overlap, batch_size, device)
         prediction = probs.argmax(0).astype("uint8")
-        if prediction.shape != mask.shape:  # a mask drawn at another resolution than its image
+        if prediction.shape != item.mask.shape:  # a mask drawn at another resolution than its image
             import cv2
 
-            prediction = cv2.resize(prediction, mask.shape[::-1], interpolation=cv2.INTER_NEAREST)
-        cm = ConfusionMatrix(len(classes)).update(prediction, mask)
+            prediction = cv2.resize(prediction, item.mask.shape[::-1], interpolation=cv2.INTER_NEAREST)
+        cm = ConfusionMatrix(len(classes)).update(prediction, item.mask)
         total += cm
-        summary = cm.summary(classes)
-        per_image[image_path.stem] = {k: summary[k] for k in ("miou", "accuracy", "kappa", "iou", "dice")}
+        if item.group in by_group:
+            by_group[item.group] += cm
+        else:
+            by_group[item.group] = cm
         if on_image:
-            on_image(image_path.stem)
+            on_image(item.name)
+    per_image = {}
+    for group, cm in by_group.items():
+        summary = cm.summary(classes)
+        per_image[group] = {k: summary[k] for k in ("miou", "accuracy", "kappa", "iou", "dice")}
     return {**total.summary(classes), "per_image": per_image}

@@ -1,5 +1,6 @@
-"""Labelled image folders (``images/`` + ``masks/`` with matching names), splits by image, and
-augmented patch sampling at the model's input size."""
+"""Training data: labelled image folders (``images/`` + ``masks/`` with matching names) or
+tile stores with annotation masks (``wsipipe tile --annotations``); splits that never separate an
+image or a slide; augmented patch sampling at the model's input size."""
 
 from __future__ import annotations
 
@@ -18,6 +19,54 @@ class LabelledImage:
     name: str
     image: np.ndarray  # uint8 (h, w, 3)
     mask: np.ndarray  # uint8 class indices (h, w)
+    group: str = ""  # the image or slide it comes from: a split never separates a group
+
+    def __post_init__(self):
+        self.group = self.group or self.name
+
+
+@dataclass
+class Dataset:
+    """Labelled items at the data's own resolution, and that resolution when the data records it."""
+
+    items: list[LabelledImage]
+    mpp: float | None
+    kind: str  # "images" or "tile stores"
+
+    @property
+    def groups(self) -> list[str]:
+        return [item.group for item in self.items]
+
+
+def read_dataset(data: str | Path) -> Dataset:
+    """A folder of ``images/`` + ``masks/``, or a tile store with masks, or a folder of such stores."""
+    data = Path(data)
+    stores = [data] if data.suffix == ".zarr" else sorted(p for p in data.glob("*.zarr") if p.is_dir())
+    if not stores:
+        pairs = find_pairs(data)
+        return Dataset(read_pairs(pairs), None, "images")
+    return read_tile_stores(stores)
+
+
+def read_tile_stores(paths: list[Path]) -> Dataset:
+    """Every tile of each store with its annotation mask; one group per store (slide)."""
+    from wsipipe.store import open_tile_store
+
+    items, mpps = [], set()
+    for path in paths:
+        store = open_tile_store(path)
+        if "masks" not in store.group:
+            raise InvalidInputError(f"{path}: the store has no masks (make it with wsipipe tile --annotations)")
+        if store.mpp is None:
+            raise InvalidInputError(f"{path}: the store records no µm/px")
+        mpps.add(round(store.mpp, 6))
+        tiles, masks = store.tiles[:], store.group["masks"][:]
+        items += [LabelledImage(f"{path.stem}#{i}", tiles[i], masks[i], group=path.stem) for i in range(len(tiles))]
+    if len(mpps) > 1:
+        raise InvalidInputError(f"tile stores at different µm/px ({', '.join(map(str, sorted(mpps)))}): tile them alike")
+    if not items:
+        raise InvalidInputError(f"{', '.join(map(str, paths))}: no tiles")
+    return Dataset(items, mpps.pop(), "tile stores")
 
 
 def find_pairs(data_dir: str | Path) -> list[tuple[Path, Path]]:
@@ -78,24 +127,42 @@ def resize_pair(image: np.ndarray, mask: np.ndarray, scale: float) -> tuple[np.n
     return cv2.resize(image, (w, h), interpolation=interp), cv2.resize(mask, (w, h), interpolation=cv2.INTER_NEAREST)
 
 
-def load_labelled(pairs: list[tuple[Path, Path]], scale: float = 1.0) -> list[LabelledImage]:
-    """Read pairs, check sizes agree, and resize by ``scale`` (data µm/px / model µm/px)."""
+def read_pairs(pairs: list[tuple[Path, Path]]) -> list[LabelledImage]:
+    """Read (image, mask) files and check their sizes agree."""
     out = []
     for image_path, mask_path in pairs:
         image, mask = read_image(image_path), read_mask(mask_path)
         if image.shape[:2] != mask.shape:
             raise InvalidInputError(f"{mask_path}: size {mask.shape[::-1]} differs from its image {image.shape[1::-1]}")
-        image, mask = resize_pair(image, mask, scale)
         out.append(LabelledImage(image_path.stem, image, mask))
     return out
 
 
-def split_folds(count: int, folds: int, seed: int) -> list[list[int]]:
-    """Image indices of each validation fold (a seeded shuffle, sizes differing by at most one)."""
-    if not 2 <= folds <= count:
-        raise InvalidInputError(f"--folds {folds}: needs 2 <= K <= the number of images ({count})")
-    order = np.random.default_rng(seed).permutation(count)
-    return [sorted(order[k::folds].tolist()) for k in range(folds)]
+def rescaled(items: list[LabelledImage], scale: float) -> list[LabelledImage]:
+    """Items resized by ``scale`` (data µm/px / model µm/px)."""
+    return [LabelledImage(it.name, *resize_pair(it.image, it.mask, scale), group=it.group) for it in items]
+
+
+def split_folds(groups: list[str], folds: int, seed: int) -> list[list[int]]:
+    """Item indices of each validation fold: a seeded shuffle of the groups (images or slides), so
+    a group's items are never on both sides; fold sizes in groups differ by at most one."""
+    names = list(dict.fromkeys(groups))
+    if not 2 <= folds <= len(names):
+        raise InvalidInputError(f"--folds {folds}: needs 2 <= K <= the number of images or slides ({len(names)})")
+    order = np.random.default_rng(seed).permutation(len(names))
+    fold_of = {names[g]: k % folds for k, g in enumerate(order)}
+    return [[i for i, g in enumerate(groups) if fold_of[g] == k] for k in range(folds)]
+
+
+def split_holdout(groups: list[str], fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(train, validation) item indices holding out about ``fraction`` of the groups (none if < 2)."""
+    names = list(dict.fromkeys(groups))
+    if fraction <= 0 or len(names) < 2:
+        return list(range(len(groups))), []
+    order = np.random.default_rng(seed).permutation(len(names))
+    n_val = min(len(names) - 1, max(1, round(len(names) * fraction)))
+    held = {names[g] for g in order[:n_val]}
+    return [i for i, g in enumerate(groups) if g not in held], [i for i, g in enumerate(groups) if g in held]
 
 
 def hed_jitter(image: np.ndarray, rng: np.random.Generator, sigma: float = 0.05, bias: float = 0.02) -> np.ndarray:

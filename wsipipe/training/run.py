@@ -1,5 +1,6 @@
-"""``wsipipe train`` end to end: read a labelled folder, optional k-fold cross-validation, the
-final fit, and the model file with its metadata (command, seed, data summary, metrics)."""
+"""``wsipipe train`` end to end: read labelled images or tile stores, optional k-fold
+cross-validation by image or slide, the final fit, and the model file with its metadata
+(command, seed, data summary, metrics)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Callable
 import numpy as np
 
 from wsipipe.errors import InvalidInputError
-from wsipipe.training.data import find_pairs, load_labelled, split_folds
+from wsipipe.training.data import read_dataset, rescaled, split_folds, split_holdout
 from wsipipe.training.trainer import TrainConfig, train
 
 
@@ -32,11 +33,20 @@ def _bundle(config: TrainConfig, state_dict: dict):
     return ModelBundle(model.eval(), meta)
 
 
+def _unit(dataset) -> str:
+    return "image" if dataset.kind == "images" else "slide"
+
+
+def _names(items, indices) -> list[str]:
+    """The images (or slides, for tile stores) behind ``indices``, each once."""
+    return list(dict.fromkeys(items[i].group for i in indices))
+
+
 def run_training(
     data_dir: Path,
     config: TrainConfig,
     output: Path,
-    data_mpp: float,
+    data_mpp: float | None,
     folds: int = 0,
     val_fraction: float = 0.2,
     resume: bool = False,
@@ -47,17 +57,25 @@ def run_training(
 ) -> dict:
     """Train, cross-validate when ``folds`` >= 2 (then fit on all images), save ``output``.
 
+    ``data_mpp``: µm/px of image folders (None: the model's); tile stores record their own.
     Returns the model metadata written. Checkpoints sit beside ``output`` until it is written.
     """
-    from wsipipe.inference.evaluate import evaluate_pairs
+    from wsipipe.inference.evaluate import evaluate_items
     from wsipipe.metrics.semantic import summarise
     from wsipipe.models.io import model_metadata, save_model
 
     output = Path(output)
     if not output.parent.is_dir():
         raise InvalidInputError(f"-o {output}: folder {output.parent} does not exist")
-    pairs = find_pairs(data_dir)
-    items = load_labelled(pairs, data_mpp / config.mpp)
+    dataset = read_dataset(data_dir)
+    if dataset.mpp is not None:
+        if data_mpp is not None and abs(data_mpp - dataset.mpp) > 1e-6 * dataset.mpp:
+            raise InvalidInputError(f"--data-mpp {data_mpp}: the tile stores record {dataset.mpp} µm/px")
+        data_mpp, mpp_assumed = dataset.mpp, False
+    elif data_mpp is None:
+        data_mpp = config.mpp
+    items = rescaled(dataset.items, data_mpp / config.mpp)
+    groups = dataset.groups
     top = max(int(i.mask.max()) for i in items)
     if top >= len(config.classes):
         raise InvalidInputError(f"{data_dir}: masks hold class {top} but --classes names only {len(config.classes)}")
@@ -66,36 +84,32 @@ def run_training(
     validation: dict = {}
     if folds >= 2:
         done = json.loads(cv_path.read_text()) if resume and cv_path.is_file() else {"folds": []}
-        for k, val_idx in enumerate(split_folds(len(items), folds, config.seed)):
+        for k, val_idx in enumerate(split_folds(groups, folds, config.seed)):
             if k < len(done["folds"]):
                 continue
             train_items = [it for i, it in enumerate(items) if i not in val_idx]
             val_items = [items[i] for i in val_idx]
             ckpt = output.with_name(f"{output.name}.fold{k + 1}.ckpt")
             result = train(config, train_items, val_items, ckpt, resume, step(f"fold {k + 1}/{folds}"))
-            metrics = evaluate_pairs(_bundle(config, result["state_dict"]), [pairs[i] for i in val_idx], data_mpp, device=config.device)
-            done["folds"].append({"images": [items[i].name for i in val_idx], "best_epoch": result["best"]["epoch"], **metrics})
+            metrics = evaluate_items(_bundle(config, result["state_dict"]), [dataset.items[i] for i in val_idx], data_mpp, device=config.device)
+            done["folds"].append({"images": _names(items, val_idx), "best_epoch": result["best"]["epoch"], **metrics})
             _write_json(cv_path, done)
             ckpt.unlink(missing_ok=True)
         confusion = np.sum([np.array(f["confusion"]) for f in done["folds"]], axis=0)
         validation = {
-            "method": f"{folds}-fold cross-validation by image, metrics of the held-out images",
+            "method": f"{folds}-fold cross-validation by {_unit(dataset)}, metrics of the held-out {_unit(dataset)}s",
             **summarise(confusion, config.classes),
             "fold_miou": [f["miou"] for f in done["folds"]],
             "per_image": {k: v for f in done["folds"] for k, v in f["per_image"].items()},
         }
         train_idx, val_idx = list(range(len(items))), []
-    elif val_fraction > 0 and len(items) >= 2:
-        order = np.random.default_rng(config.seed).permutation(len(items))
-        n_val = min(len(items) - 1, max(1, round(len(items) * val_fraction)))
-        val_idx, train_idx = sorted(order[:n_val].tolist()), sorted(order[n_val:].tolist())
     else:
-        train_idx, val_idx = list(range(len(items))), []
+        train_idx, val_idx = split_holdout(groups, val_fraction, config.seed)
     ckpt = output.with_name(f"{output.name}.ckpt")
     result = train(config, [items[i] for i in train_idx], [items[i] for i in val_idx], ckpt, resume, step("final fit"))
     if val_idx:
-        metrics = evaluate_pairs(_bundle(config, result["state_dict"]), [pairs[i] for i in val_idx], data_mpp, device=config.device)
-        validation = {"method": "held-out images", "images": [items[i].name for i in val_idx], **metrics}
+        metrics = evaluate_items(_bundle(config, result["state_dict"]), [dataset.items[i] for i in val_idx], data_mpp, device=config.device)
+        validation = {"method": f"held-out {_unit(dataset)}s", "images": _names(items, val_idx), **metrics}
     meta = model_metadata(
         config.architecture, config.args, config.classes, config.mpp, config.tile_size,
         training={
@@ -103,7 +117,8 @@ def run_training(
             "seed": config.seed,
             "data": {
                 "dir": str(data_dir),
-                "images": [items[i].name for i in train_idx],
+                "kind": dataset.kind,
+                "images": _names(items, train_idx),
                 "data_mpp": data_mpp,
                 "data_mpp_assumed": mpp_assumed,
                 "class_pixels": np.bincount(np.concatenate([items[i].mask.ravel() for i in train_idx]), minlength=len(config.classes)).tolist(),
