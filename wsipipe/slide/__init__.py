@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -11,6 +12,10 @@ from wsipipe.slide.base import Level, SlideReader
 BACKENDS = ("openslide", "tiffslide")
 
 __all__ = ["BACKENDS", "Level", "SlideReader", "open_slide"]
+
+# tifffile logs every damaged page offset it meets (as an error); a slide that cannot be read
+# fails with one error of ours instead, and one that can be read needs no such noise.
+logging.getLogger("tifffile").setLevel(logging.CRITICAL)
 
 
 def _backend_class(name: str) -> type[SlideReader]:
