@@ -47,10 +47,15 @@ class HEDJitter:
         self.matrix = matrix / np.linalg.norm(matrix, axis=1, keepdims=True)
 
     def __call__(self, images: Any) -> Any:
+        return self.apply(images, self.rng)
+
+    def apply(self, images: Any, rng: np.random.Generator) -> Any:
+        """As calling it, but drawing from ``rng``: a caller with its own seeded (and checkpointed)
+        stream, like the training loop, stays reproducible and resumable."""
         batch, give_back = to_tile_batch(images)
         count = batch.shape[0]
-        scale = self.rng.uniform(1 - self.sigma_scale, 1 + self.sigma_scale, size=(count, 2))
-        shift = self.rng.uniform(-self.sigma_shift, self.sigma_shift, size=(count, 2))
+        scale = rng.uniform(1 - self.sigma_scale, 1 + self.sigma_scale, size=(count, 2))
+        shift = rng.uniform(-self.sigma_shift, self.sigma_shift, size=(count, 2))
         device = batch.device
         matrix = torch.as_tensor(self.matrix, dtype=torch.float32, device=device)
         unmix = torch.linalg.inv(matrix)

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from wsipipe.errors import InvalidInputError
+from wsipipe.stain.augment import HEDJitter
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
 
@@ -165,18 +166,6 @@ def split_holdout(groups: list[str], fraction: float, seed: int) -> tuple[list[i
     return [i for i, g in enumerate(groups) if g not in held], [i for i, g in enumerate(groups) if g in held]
 
 
-def hed_jitter(image: np.ndarray, rng: np.random.Generator, sigma: float = 0.05, bias: float = 0.02) -> np.ndarray:
-    """Stain jitter in HED space (Tellez et al.): scale and shift each stain's optical density.
-
-    A hook for ``wsipipe.stain.augment`` when it is available; this is the simple skimage form.
-    """
-    from skimage.color import hed2rgb, rgb2hed
-
-    hed = rgb2hed(image)
-    hed = hed * rng.uniform(1 - sigma, 1 + sigma, 3) + rng.uniform(-bias, bias, 3)
-    return (np.clip(hed2rgb(hed), 0, 1) * 255).astype(np.uint8)
-
-
 def colour_jitter(image: np.ndarray, rng: np.random.Generator, strength: float = 0.1) -> np.ndarray:
     """Brightness, contrast and saturation, each by up to +-``strength``."""
     x = image.astype(np.float32)
@@ -185,6 +174,10 @@ def colour_jitter(image: np.ndarray, rng: np.random.Generator, strength: float =
     x = (x - x.mean()) * rng.uniform(1 - strength, 1 + strength) + x.mean()  # contrast
     x = x * rng.uniform(1 - strength, 1 + strength)  # brightness
     return np.clip(x, 0, 255).astype(np.uint8)
+
+
+#: Stain jitter in HED space (Tellez et al. 2018); the training loop's seeded stream drives it.
+_STAIN_JITTER = HEDJitter(sigma_scale=0.05, sigma_shift=0.02)
 
 
 @dataclass
@@ -220,7 +213,7 @@ def sample_patch(
         if aug.colour:
             image = colour_jitter(image, rng, aug.colour)
         if aug.stain:
-            image = hed_jitter(image, rng)
+            image = _STAIN_JITTER.apply(image, rng)
     return np.ascontiguousarray(image), np.ascontiguousarray(mask)
 
 
