@@ -1,4 +1,5 @@
 import json
+import os
 import pickle
 import subprocess
 import sys
@@ -33,6 +34,9 @@ def test_round_trip_gives_identical_outputs(model_file):
         assert torch.equal(model(x), bundle.model(x))
     assert bundle.classes == ["background", "tumour"] and bundle.mpp == 8.0 and bundle.tile_size == 64
     assert bundle.metadata["training"]["seed"] == 3
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # readable like any other output
 
 
 def test_fp16_file_is_half_the_size_and_close(tmp_path, model_file):

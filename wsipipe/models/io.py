@@ -82,6 +82,9 @@ def save_model(path: str | Path, model, metadata: dict[str, Any], half: bool = F
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         save_file(state, str(tmp), metadata={METADATA_KEY: json.dumps(meta)})
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # safetensors writes 0600; a model is shared like any output
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
