@@ -7,6 +7,10 @@ Layout of a store (a zarr v3 group, readable with plain ``zarr``):
 - ``tissue_fraction`` (N,) float32
 - ``thumbnail``       (h, w, 3) uint8, the low-resolution image tissue was detected on
 - ``tissue_mask``     (h, w) uint8 (1 = tissue), same grid as ``thumbnail``
+- with annotations (``wsipipe tile --annotations``):
+  ``masks`` (N, T, T) uint8 label values aligned with ``tiles`` (chunked and sharded alike) and
+  ``label_fractions`` (N, L) float32, the share of each tile's pixels per label-map entry, in the
+  order of the attribute ``labels`` (``names`` and ``values``)
 - attributes under ``wsipipe``: provenance, the run's ``params`` and the ``complete`` flag.
 
 A store is built under ``<name>.partial`` next to its final path. Work is written shard by
@@ -65,6 +69,9 @@ class TileStore:
         self.tiles = group["tiles"]
         self.coords = group["coords"]
         self.tissue_fraction = group["tissue_fraction"]
+        #: Annotation masks and per-tile label fractions (None without annotations).
+        self.masks = group["masks"] if "masks" in group else None
+        self.label_fractions = group["label_fractions"] if "label_fractions" in group else None
 
     @property
     def tile_size(self) -> int:
@@ -127,29 +134,36 @@ def open_tile_store(path: str | os.PathLike, require_complete: bool = True) -> T
 
 @dataclass(frozen=True)
 class ShardWriter:
-    """Writes whole shards of ``tiles`` into a partial store; picklable, so worker processes can write."""
+    """Writes whole shards into a partial store; picklable, so worker processes can write."""
 
     store_dir: str
     tiles_per_shard: int
 
-    def write(self, index: int, tiles: np.ndarray) -> int:
-        """Write shard ``index`` (its tiles, in order); returns the number of tiles written."""
-        array = _open_tiles_cached(self.store_dir)
+    def write(self, index: int, tiles: np.ndarray, masks: np.ndarray | None = None,
+              label_fractions: np.ndarray | None = None) -> int:
+        """Write shard ``index`` (its tiles, in order, and their masks and label fractions when the
+        store has annotations); returns the number of tiles written."""
         start = index * self.tiles_per_shard
-        array[start : start + len(tiles)] = tiles
+        rows = slice(start, start + len(tiles))
+        _open_array_cached(self.store_dir, "tiles")[rows] = tiles
+        if masks is not None:
+            _open_array_cached(self.store_dir, "masks")[rows] = masks
+            _open_array_cached(self.store_dir, "label_fractions")[rows] = label_fractions
         return len(tiles)
 
 
-_tiles_cache: dict[str, object] = {}
+_array_cache: dict[tuple[str, str], object] = {}
 
 
-def _open_tiles_cached(store_dir: str):
+def _open_array_cached(store_dir: str, name: str):
     import zarr
 
-    if store_dir not in _tiles_cache:
-        _tiles_cache.clear()
-        _tiles_cache[store_dir] = zarr.open_array(store=str(Path(store_dir) / "tiles"), mode="r+")
-    return _tiles_cache[store_dir]
+    key = (store_dir, name)
+    if key not in _array_cache:
+        if any(cached_dir != store_dir for cached_dir, _ in _array_cache):
+            _array_cache.clear()
+        _array_cache[key] = zarr.open_array(store=str(Path(store_dir) / name), mode="r+")
+    return _array_cache[key]
 
 
 class StoreWriter:
@@ -179,9 +193,10 @@ class StoreWriter:
             journal.flush()
             os.fsync(journal.fileno())
 
-    def write_shard(self, index: int, tiles: np.ndarray) -> None:
+    def write_shard(self, index: int, tiles: np.ndarray, masks: np.ndarray | None = None,
+                    label_fractions: np.ndarray | None = None) -> None:
         """Write and journal one shard from this process."""
-        self.shard_writer().write(index, tiles)
+        self.shard_writer().write(index, tiles, masks, label_fractions)
         self.record_done(index)
 
     def finish(self) -> TileStore:
@@ -196,7 +211,7 @@ class StoreWriter:
         meta["complete"] = True
         group.attrs[ATTRS_KEY] = meta
         (self.partial_path / JOURNAL_NAME).unlink(missing_ok=True)
-        _tiles_cache.clear()
+        _array_cache.clear()
         if self.final_path.exists():
             shutil.rmtree(self.final_path)
         os.replace(self.partial_path, self.final_path)
@@ -216,7 +231,8 @@ def create_tile_store(
 ) -> StoreWriter:
     """Start, resume or recognise as done the store at ``path``.
 
-    ``meta`` is the provenance to record; its ``params`` entry (a JSON dict) identifies the run:
+    ``meta`` is the provenance to record; with a ``labels`` entry (``names``, ``values``) the store
+    gets ``masks`` and ``label_fractions``. Its ``params`` entry (a JSON dict) identifies the run:
     an existing or partial store with other ``params`` is refused (naming the difference) unless
     ``overwrite``. Returns a writer whose ``already_complete`` says whether there is nothing to do.
     """
@@ -353,6 +369,22 @@ def _create(partial: Path, meta: dict, coords, tissue_fraction, thumbnail, tissu
         _small_array(group, "tissue_fraction", np.asarray(tissue_fraction, dtype=np.float32).reshape(n_tiles))
         _small_array(group, "thumbnail", np.asarray(thumbnail, dtype=np.uint8))
         _small_array(group, "tissue_mask", np.asarray(tissue_mask, dtype=np.uint8))
+        if "labels" in meta:
+            group.create_array(
+                "masks",
+                shape=(n_tiles, tile_size, tile_size),
+                chunks=(1, tile_size, tile_size),
+                shards=(per_shard, tile_size, tile_size),
+                dtype="uint8",
+                compressors=_compressor(),
+                fill_value=0,
+                dimension_names=("tile", "y", "x"),
+            )
+            n_labels = len(meta["labels"]["values"])
+            group.create_array(
+                "label_fractions", shape=(n_tiles, n_labels), chunks=(per_shard, max(1, n_labels)),
+                dtype="float32", compressors=_compressor(), fill_value=0, dimension_names=("tile", "label"),
+            )
         group.attrs[ATTRS_KEY] = meta
     except OSError as exc:
         raise OutputError(f"{partial}: cannot write the store ({exc.strerror or exc})") from exc

@@ -4,11 +4,14 @@ The parent process detects tissue, lays out the grid and creates (or resumes) th
 processes, each with the slide open, read one shard of tiles at a time and write that shard
 into the store themselves (shipping 50 MB of pixels back to the parent would cost more than
 the compression). The parent journals finished shards and keeps at most two shards per worker
-in flight, so memory is bounded whatever the slide's size.
+in flight, so memory is bounded whatever the slide's size. With annotations, each worker also
+holds the annotations' spatial index (``TileRasteriser``) and burns every tile's label mask at
+the tile's own resolution: no slide-sized mask is ever made.
 """
 
 from __future__ import annotations
 
+import hashlib
 import multiprocessing
 import os
 import signal
@@ -45,6 +48,8 @@ class _ReadSpec:
     level: int
     native: bool
     mpp: float | None
+    #: Level-0 pixels a tile spans (for its annotation mask).
+    extent: float
 
 
 def tile_slide(
@@ -61,11 +66,15 @@ def tile_slide(
     workers: int = 2,
     overwrite: bool = False,
     progress: bool = True,
+    annotations: str | os.PathLike | None = None,
+    label_map: str | None = None,
+    strict: bool = False,
 ) -> TilingResult:
     """Tile ``slide_path`` at ``mpp`` µm/px (or pyramid ``level``, which takes precedence) into ``store_path``.
 
-    Resumes an interrupted run with the same parameters; returns at once when the store is
-    already complete (unless ``overwrite``).
+    With ``annotations`` (and optionally a ``label_map``) the store also gets each tile's label
+    mask and label fractions. Resumes an interrupted run with the same parameters; returns at
+    once when the store is already complete (unless ``overwrite``).
     """
     started = time.perf_counter()
     validate_tiling(tile_size, overlap, tissue_threshold)
@@ -80,8 +89,11 @@ def tile_slide(
         with reader:
             if mpp is not None:
                 reader.check_mpp(mpp)
+            rasteriser, labels_meta = (None, None)
+            if annotations is not None:
+                rasteriser, labels_meta = _annotation_index(Path(annotations), label_map, strict, reader)
             # Workers start now so their start-up overlaps tissue detection in this process.
-            pool = _start_pool(workers, (str(slide_path), reader.backend, mpp_override))
+            pool = _start_pool(workers, (str(slide_path), reader.backend, mpp_override, rasteriser))
             thumb_downsample = thumbnail_downsample(reader)
             thumbnail = read_thumbnail(reader, thumb_downsample)
             thumb_mpp = reader.mpp_x * thumb_downsample if reader.mpp_x is not None else None
@@ -92,15 +104,20 @@ def tile_slide(
             )
             coords, fractions = grid.select(tissue_threshold)
             meta = _provenance(reader, slide_path, grid, tissue_threshold, mpp_override, thumb_downsample, thumb_mpp)
+            if labels_meta is not None:
+                meta["params"]["annotations"] = labels_meta["source"]
+                meta["params"]["label_map"] = labels_meta["label_map"]
+                meta["labels"] = {"names": labels_meta["names"], "values": labels_meta["values"]}
+                meta["annotations"] = labels_meta["source"]
         writer = create_tile_store(
             store_path, coords=coords, tissue_fraction=fractions, thumbnail=thumbnail,
             tissue_mask=mask, tile_size=tile_size, meta=meta, overwrite=overwrite,
         )
         if writer.already_complete:
             return TilingResult(store_path, len(coords), 0, True, time.perf_counter() - started)
-        spec = _ReadSpec(tile_size, grid.level, grid.native, grid.mpp)
+        spec = _ReadSpec(tile_size, grid.level, grid.native, grid.mpp, tile_size * grid.downsample)
         if pool is None:
-            _open_worker_slide(str(slide_path), backend, mpp_override)
+            _open_worker_slide(str(slide_path), backend, mpp_override, rasteriser)
         written = _run_shards(writer, coords, spec, pool, workers, progress)
     finally:
         if pool is not None:
@@ -108,6 +125,24 @@ def tile_slide(
             pool.shutdown(wait=True, cancel_futures=True)
     writer.finish()
     return TilingResult(store_path, len(coords), written, False, time.perf_counter() - started)
+
+
+def _annotation_index(path: Path, label_map: str | None, strict: bool, reader: SlideReader):
+    """The annotations' spatial index (clipped to the slide) and what the store records of them."""
+    from wsipipe.annotations import TileRasteriser, parse_label_map, read_annotations
+
+    annotation_set = read_annotations(path, strict=strict)
+    annotation_set.clip_to(*reader.dimensions, strict=strict)
+    rasteriser = TileRasteriser(annotation_set, parse_label_map(label_map) if label_map is not None else None)
+    stat = path.stat()
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    source = {"path": str(path.resolve()), "size_bytes": stat.st_size, "mtime": stat.st_mtime,
+              "sha256": digest.hexdigest(), "format": annotation_set.format}
+    names, values = list(rasteriser.label_map.names), list(rasteriser.label_map.values)
+    return rasteriser, {"source": source, "label_map": str(rasteriser.label_map), "names": names, "values": values}
 
 
 def _start_pool(workers: int, opener: tuple) -> ProcessPoolExecutor | None:
@@ -229,17 +264,18 @@ def _progress_bar(enabled: bool):
 _worker: dict = {}
 
 
-def _init_worker(slide_path: str, backend: str | None, mpp_override: float | None) -> None:
+def _init_worker(slide_path: str, backend: str | None, mpp_override: float | None, rasteriser) -> None:
     """Worker start-up: Ctrl-C is the parent's to handle; open the slide once."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        _open_worker_slide(slide_path, backend, mpp_override)
+        _open_worker_slide(slide_path, backend, mpp_override, rasteriser)
     except WsipipeError as exc:  # reported by the first shard, as one line in the parent
         _worker["error"] = exc
 
 
-def _open_worker_slide(slide_path: str, backend: str | None, mpp_override: float | None) -> None:
+def _open_worker_slide(slide_path: str, backend: str | None, mpp_override: float | None, rasteriser) -> None:
     _worker["reader"] = open_slide(slide_path, backend=backend, mpp_override=mpp_override)
+    _worker["rasteriser"] = rasteriser
 
 
 def _tile_shard(index: int, coords: np.ndarray, spec: _ReadSpec, shard_writer: ShardWriter) -> int:
@@ -254,4 +290,9 @@ def _tile_shard(index: int, coords: np.ndarray, spec: _ReadSpec, shard_writer: S
             tiles[i] = reader.read_region((x, y), spec.level, size)
         else:
             tiles[i] = reader.read_at_mpp((x, y), size, spec.mpp)
-    return shard_writer.write(index, tiles)
+    rasteriser = _worker["rasteriser"]
+    if rasteriser is None:
+        return shard_writer.write(index, tiles)
+    masks = np.stack([rasteriser.tile_mask(x, y, spec.extent, spec.tile_size) for x, y in coords.tolist()])
+    fractions = np.stack([rasteriser.label_fractions(mask) for mask in masks])
+    return shard_writer.write(index, tiles, masks, fractions)

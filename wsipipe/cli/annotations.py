@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 import click
 import typer
 
-from wsipipe.cli.options import BackendOpt, LabelMapOpt, MppOverrideOpt, OverwriteOpt, QuietOpt
+from wsipipe.cli.options import BackendOpt, LabelMapOpt, MppOverrideOpt, OverwriteOpt, QuietOpt, StrictOpt
 from wsipipe.errors import InvalidInputError, OutputError
 
 app = typer.Typer(
@@ -24,12 +24,6 @@ app = typer.Typer(
 InputArg = Annotated[
     Path, typer.Argument(help="Annotation file: ASAP XML, Aperio ImageScope XML or GeoJSON.", show_default=False)
 ]
-StrictOpt = Annotated[
-    bool,
-    typer.Option(
-        "--strict", help="Stop at the first bad annotation instead of skipping or repairing it with a warning."
-    ),
-]
 MASK_SUFFIXES = (".png", ".zarr")
 MAX_MASK_PIXELS = 1 << 30  # a coarser --mpp is needed beyond this
 
@@ -40,7 +34,7 @@ class _EchoWarnings(logging.Handler):
 
 
 @contextmanager
-def _warnings_on_stderr():
+def warnings_on_stderr():
     """Print the annotation readers' warnings on stderr while a command runs."""
     logger = logging.getLogger("wsipipe.annotations")
     handler = _EchoWarnings(logging.WARNING)
@@ -91,7 +85,7 @@ def convert(
 
     fmt = output_format(output, to)
     _check_output(source, output, overwrite)
-    with _warnings_on_stderr(), _status(f"reading {source.name}", quiet):
+    with warnings_on_stderr(), _status(f"reading {source.name}", quiet):
         annotations = read_annotations(source, strict=strict)
     with _status(f"writing {output.name}", quiet):
         write_annotations(annotations, output, fmt)
@@ -127,7 +121,7 @@ def mask(
         raise InvalidInputError(f"-o {output}: the mask must be a .png or .zarr file")
     _check_output(source, output, overwrite)
     labels = parse_label_map(label_map) if label_map is not None else None
-    with _warnings_on_stderr():
+    with warnings_on_stderr():
         with _status(f"reading {source.name}", quiet):
             annotations = read_annotations(source, strict=strict)
         with open_slide(slide, backend=backend, mpp_override=mpp_override) as reader:

@@ -36,6 +36,12 @@ DeviceOpt = Annotated[
     str,
     typer.Option("--device", help="auto (CUDA if available, else CPU), cpu or cuda."),
 ]
+StrictOpt = Annotated[
+    bool,
+    typer.Option(
+        "--strict", help="Stop at the first bad annotation instead of skipping or repairing it with a warning."
+    ),
+]
 LabelMapOpt = Annotated[
     Optional[str],
     typer.Option(

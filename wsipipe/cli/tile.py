@@ -7,7 +7,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from wsipipe.cli.options import BackendOpt, MppOverrideOpt, OverwriteOpt, QuietOpt, SlideArg, WorkersOpt
+from wsipipe.cli.options import (
+    BackendOpt, LabelMapOpt, MppOverrideOpt, OverwriteOpt, QuietOpt, SlideArg, StrictOpt, WorkersOpt,
+)
 
 
 def tile(
@@ -18,6 +20,13 @@ def tile(
     tile_size: Annotated[int, typer.Option("--tile-size", help="Tile width and height in pixels at the tile scale.")] = 512,
     overlap: Annotated[int, typer.Option("--overlap", help="Pixels (at the tile scale) shared by neighbouring tiles.")] = 0,
     tissue_threshold: Annotated[float, typer.Option("--tissue-threshold", help="Minimum tissue fraction for a tile to be kept (0 keeps all).")] = 0.1,
+    annotations: Annotated[
+        Optional[Path],
+        typer.Option("--annotations", help="ASAP XML, Aperio XML or GeoJSON drawn on SLIDE: adds a label mask per "
+                     "tile (masks) and per-tile label fractions to the store, for training.", show_default=False),
+    ] = None,
+    label_map: LabelMapOpt = None,
+    strict: StrictOpt = False,
     backend: BackendOpt = None,
     mpp_override: MppOverrideOpt = None,
     workers: WorkersOpt = 2,
@@ -28,13 +37,19 @@ def tile(
 
     Run the same command again after an interruption (Ctrl-C, kill) to resume; a complete store is left as it is unless --overwrite.
     """
+    from wsipipe.cli.annotations import warnings_on_stderr
+    from wsipipe.errors import InvalidInputError
     from wsipipe.tiling import tile_slide
 
-    result = tile_slide(
-        slide, output, mpp=mpp, level=level, tile_size=tile_size, overlap=overlap,
-        tissue_threshold=tissue_threshold, backend=backend, mpp_override=mpp_override,
-        workers=workers, overwrite=overwrite, progress=not quiet,
-    )
+    if annotations is None and (label_map is not None or strict):
+        raise InvalidInputError("--label-map and --strict need --annotations")
+    with warnings_on_stderr():
+        result = tile_slide(
+            slide, output, mpp=mpp, level=level, tile_size=tile_size, overlap=overlap,
+            tissue_threshold=tissue_threshold, backend=backend, mpp_override=mpp_override,
+            workers=workers, overwrite=overwrite, progress=not quiet,
+            annotations=annotations, label_map=label_map, strict=strict,
+        )
     if result.already_complete:
         typer.echo(f"{output} is already complete ({result.n_tiles} tiles, same parameters); nothing to do (use --overwrite to redo it)")
         return

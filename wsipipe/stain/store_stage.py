@@ -85,10 +85,15 @@ def normalize_store(
     total = source.n_tiles
     done = total - sum(source.shard_slice(i).stop - source.shard_slice(i).start for i in pending)
     for index in pending:
-        tiles = source.tiles[source.shard_slice(index)]
+        rows = source.shard_slice(index)
+        tiles = source.tiles[rows]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tiles left unchanged are background: expected
-            writer.write_shard(index, normalizer.transform(tiles, source=slide))
+            normalised = normalizer.transform(tiles, source=slide)
+        if source.masks is None:
+            writer.write_shard(index, normalised)
+        else:  # annotation masks travel with their tiles
+            writer.write_shard(index, normalised, source.masks[rows], source.label_fractions[rows])
         done += len(tiles)
         if on_progress is not None:
             on_progress(done, total)
