@@ -59,6 +59,7 @@ class TileRasteriser:
 
     def _build(self, polygons: np.ndarray, priorities: np.ndarray) -> None:
         """Index the polygons (in burn order) and flatten their rings into one edge table."""
+        polygons = shapely.orient_polygons(polygons)  # exteriors one way, holes the other: winding fill
         self._polygons = polygons
         self._priorities = priorities
         rings, ring_owner = shapely.get_rings(polygons, return_index=True)  # exterior, then holes
@@ -96,9 +97,14 @@ class TileRasteriser:
         return mask
 
     def _fill(self, polygons: np.ndarray, x0: float, y0: float, scale, out_width: int, out_height: int) -> np.ndarray:
-        """Boolean (h, w): pixel centres inside any of ``polygons`` (even-odd within each)."""
+        """Boolean (h, w): pixel centres inside any of ``polygons``.
+
+        Non-zero winding: rings are oriented alike (exteriors one way, holes the other), each edge
+        adds its direction (+-1) where it crosses a pixel row, and a running sum along the row is
+        the winding number. No sorting of crossings is needed, and overlapping polygons of one
+        label simply add up.
+        """
         edges = self._edge_from[_ranges(self._edge_start[polygons], self._edge_count[polygons])]
-        owner = np.repeat(np.arange(len(polygons)), self._edge_count[polygons])
         # Pixel-centre coordinates: pixel (r, c) has its centre at (c, r).
         ax = (self._xy[edges, 0] - x0) * scale[0] - 0.5
         ay = (self._xy[edges, 1] - y0) * scale[1] - 0.5
@@ -112,16 +118,12 @@ class TileRasteriser:
         rows = _ranges(first, counts)
         t = (rows - ay[which]) / (by[which] - ay[which])
         xs = ax[which] + t * (bx[which] - ax[which])
-        order = np.lexsort((xs, rows, owner[which]))
-        rows, xs = rows[order], xs[order]
-        # Crossings pair up per polygon and row: [left, right) spans, left edge included.
-        left = np.clip(np.ceil(xs[0::2]), 0, out_width).astype(np.int64)
-        right = np.clip(np.ceil(xs[1::2]), 0, out_width).astype(np.int64)
-        row = rows[0::2]
+        # A pixel is right of a crossing when its centre is at or beyond it: [ceil(x), ...).
+        cols = np.clip(np.ceil(xs), 0, out_width).astype(np.int64)
+        direction = np.where(by > ay, 1.0, -1.0)[which]
         width1 = out_width + 1
-        size = out_height * width1
-        delta = np.bincount(row * width1 + left, minlength=size) - np.bincount(row * width1 + right, minlength=size)
-        return np.cumsum(delta.reshape(out_height, width1), axis=1)[:, :out_width] > 0
+        winding = np.bincount(rows * width1 + cols, weights=direction, minlength=out_height * width1)
+        return np.cumsum(winding.reshape(out_height, width1), axis=1)[:, :out_width] != 0
 
     def tile_mask(self, x0: float, y0: float, extent: float, out_size: int) -> np.ndarray:
         """uint8 (out_size, out_size) mask of the level-0 square ``[x0, x0+extent) x [y0, y0+extent)``."""
