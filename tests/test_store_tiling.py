@@ -88,16 +88,16 @@ def test_tiles_coords_and_fractions_match_an_independent_read(reference_store, c
 
 def test_interrupted_run_resumes_to_an_identical_store(cmu, reference_store, tmp_path, monkeypatch):
     path = tmp_path / "cmu.zarr"
-    real_shard = tiling._tile_shard
+    real_shard = tiling._ShardWork.__call__
     calls = []
 
-    def interrupt_after_three(index, *args):
+    def interrupt_after_three(work, index, *args):
         if len(calls) == 3:
             raise KeyboardInterrupt
         calls.append(index)
-        return real_shard(index, *args)
+        return real_shard(work, index, *args)
 
-    monkeypatch.setattr(tiling, "_tile_shard", interrupt_after_three)
+    monkeypatch.setattr(tiling._ShardWork, "__call__", interrupt_after_three)
     with pytest.raises(KeyboardInterrupt):
         tile_slide(cmu, path, workers=1, **OPTIONS)
     partial = tmp_path / "cmu.zarr.partial"
@@ -106,7 +106,7 @@ def test_interrupted_run_resumes_to_an_identical_store(cmu, reference_store, tmp
     with pytest.raises(StoreError, match="incomplete|unfinished"):
         open_tile_store(path)
 
-    monkeypatch.setattr(tiling, "_tile_shard", lambda index, *args: (calls.append(index), real_shard(index, *args))[1])
+    monkeypatch.setattr(tiling._ShardWork, "__call__", lambda work, index, *args: (calls.append(index), real_shard(work, index, *args))[1])
     result = tile_slide(cmu, path, workers=1, **OPTIONS)
     n_shards = open_tile_store(path).n_shards
     assert calls[3:] == list(range(3, n_shards))  # only the unfinished shards were redone
@@ -118,8 +118,8 @@ def test_killed_run_resumes_to_an_identical_store(cmu, reference_store, tmp_path
     """SIGKILL (no clean-up at all) a CLI run once a few shards are journalled, then rerun."""
     path = tmp_path / "cmu.zarr"
     slow = (
-        "import time, wsipipe.tiling as t; real = t._tile_shard\n"
-        "t._tile_shard = lambda *a: (time.sleep(0.3), real(*a))[1]\n"
+        "import time, wsipipe.tiling as t; real = t._ShardWork.__call__\n"
+        "t._ShardWork.__call__ = lambda *a: (time.sleep(0.3), real(*a))[1]\n"
         "from wsipipe.cli.main import app; app()\n"
     )
     argv = ["tile", str(cmu), "-o", str(path), "--tile-size", "128", "--workers", "1", "--quiet"]
@@ -221,3 +221,33 @@ def test_ctrl_c_with_worker_processes_exits_130_and_resumes(cmu, tmp_path):
     store = open_tile_store(path)
     assert f"wrote {store.n_tiles} tiles" in rerun.stdout
     assert f"({store.n_tiles - done * store.tiles_per_shard} this run" in rerun.stdout
+
+
+def test_shards_written_directly_are_byte_identical_to_zarrs_own(tmp_path):
+    """ShardWriter encodes shard files itself (for speed); zarr must find exactly its own format."""
+    from wsipipe.store import ShardWriter, _compressor
+
+    rng = np.random.default_rng(0)
+    size, per_shard, count = 32, 8, 20
+    tiles = rng.integers(0, 255, (count, size, size, 3), dtype=np.uint8)
+    tiles[3] = 0  # a chunk equal to the fill value is left out by both
+    masks = (rng.random((count, size, size)) < 0.3).astype(np.uint8)
+    fractions = rng.random((count, 2)).astype(np.float32)
+    for name in ("zarr", "direct"):
+        group = zarr.open_group(str(tmp_path / name), mode="w", zarr_format=3)
+        group.create_array("tiles", shape=tiles.shape, chunks=(1, size, size, 3), shards=(per_shard, size, size, 3),
+                           dtype="uint8", compressors=_compressor(), fill_value=0)
+        group.create_array("masks", shape=masks.shape, chunks=(1, size, size), shards=(per_shard, size, size),
+                           dtype="uint8", compressors=_compressor(), fill_value=0)
+        group.create_array("label_fractions", shape=fractions.shape, chunks=(per_shard, 2), dtype="float32",
+                           compressors=_compressor(), fill_value=0)
+    by_zarr = zarr.open_group(str(tmp_path / "zarr"), mode="r+")
+    by_zarr["tiles"][:], by_zarr["masks"][:], by_zarr["label_fractions"][:] = tiles, masks, fractions
+    writer = ShardWriter(str(tmp_path / "direct"), per_shard)
+    for index in range(3):
+        rows = slice(index * per_shard, (index + 1) * per_shard)
+        writer.write(index, tiles[rows], masks[rows], fractions[rows])
+    written = sorted(p.relative_to(tmp_path / "zarr") for p in (tmp_path / "zarr").rglob("*") if p.is_file())
+    assert written == sorted(p.relative_to(tmp_path / "direct") for p in (tmp_path / "direct").rglob("*") if p.is_file())
+    for relative in written:
+        assert (tmp_path / "zarr" / relative).read_bytes() == (tmp_path / "direct" / relative).read_bytes(), relative

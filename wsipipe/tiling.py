@@ -1,28 +1,28 @@
 """``tile_slide``: a slide into a resumable zarr tile store of its tissue tiles.
 
-The parent process detects tissue, lays out the grid and creates (or resumes) the store; worker
-processes, each with the slide open, read one shard of tiles at a time and write that shard
-into the store themselves (shipping 50 MB of pixels back to the parent would cost more than
-the compression). The parent journals finished shards and keeps at most two shards per worker
-in flight, so memory is bounded whatever the slide's size. With annotations, each worker also
-holds the annotations' spatial index (``TileRasteriser``) and burns every tile's label mask at
-the tile's own resolution: no slide-sized mask is ever made.
+The main thread detects tissue, lays out the grid and creates (or resumes) the store; worker
+threads, each with its own handle on the slide, read one shard of tiles at a time and write
+that shard into the store themselves. Threads, not processes: the heavy steps (JPEG decoding,
+resizing, Blosc compression) release the GIL, and threads cost nothing to start or to hand
+pixels to. The main thread journals finished shards and keeps at most two shards per worker in
+flight, so memory is bounded whatever the slide's size. With annotations, the workers share the
+annotations' spatial index (``TileRasteriser``) and burn every tile's label mask at the tile's
+own resolution: no slide-sized mask is ever made.
 """
 
 from __future__ import annotations
 
 import hashlib
-import multiprocessing
 import os
-import signal
+import threading
 import time
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from wsipipe.errors import InvalidInputError, WsipipeError
+from wsipipe.errors import InvalidInputError
 from wsipipe.grid import TileGrid, build_grid, validate_tiling
 from wsipipe.slide import open_slide
 from wsipipe.slide.base import SlideReader
@@ -84,7 +84,8 @@ def tile_slide(
         mpp = None
     slide_path, store_path = Path(slide_path), Path(store_path)
     reader = open_slide(slide_path, backend=backend, mpp_override=mpp_override)
-    pool = None
+    readers = _ThreadReaders(str(slide_path), reader.backend, mpp_override)
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="wsipipe-tile") if workers > 1 else None
     try:
         with reader:
             if mpp is not None:
@@ -92,8 +93,6 @@ def tile_slide(
             rasteriser, labels_meta = (None, None)
             if annotations is not None:
                 rasteriser, labels_meta = _annotation_index(Path(annotations), label_map, strict, reader)
-            # Workers start now so their start-up overlaps tissue detection in this process.
-            pool = _start_pool(workers, (str(slide_path), reader.backend, mpp_override, rasteriser))
             thumb_downsample = thumbnail_downsample(reader)
             thumbnail = read_thumbnail(reader, thumb_downsample)
             thumb_mpp = reader.mpp_x * thumb_downsample if reader.mpp_x is not None else None
@@ -116,13 +115,13 @@ def tile_slide(
         if writer.already_complete:
             return TilingResult(store_path, len(coords), 0, True, time.perf_counter() - started)
         spec = _ReadSpec(tile_size, grid.level, grid.native, grid.mpp, tile_size * grid.downsample)
-        if pool is None:
-            _open_worker_slide(str(slide_path), backend, mpp_override, rasteriser)
-        written = _run_shards(writer, coords, spec, pool, workers, progress)
+        work = _ShardWork(spec, writer.shard_writer(), readers, rasteriser)
+        written = _run_shards(writer, coords, work, pool, workers, progress)
     finally:
         if pool is not None:
             # After Ctrl-C or a failure: running shards finish, queued ones are dropped.
             pool.shutdown(wait=True, cancel_futures=True)
+        readers.close()
     writer.finish()
     return TilingResult(store_path, len(coords), written, False, time.perf_counter() - started)
 
@@ -143,20 +142,6 @@ def _annotation_index(path: Path, label_map: str | None, strict: bool, reader: S
               "sha256": digest.hexdigest(), "format": annotation_set.format}
     names, values = list(rasteriser.label_map.names), list(rasteriser.label_map.values)
     return rasteriser, {"source": source, "label_map": str(rasteriser.label_map), "names": names, "values": values}
-
-
-def _start_pool(workers: int, opener: tuple) -> ProcessPoolExecutor | None:
-    if workers == 1:
-        return None  # one worker: read in this process, no start-up or transfer cost
-    pool = ProcessPoolExecutor(
-        max_workers=workers,
-        mp_context=multiprocessing.get_context("spawn"),  # zarr's I/O thread must not be forked
-        initializer=_init_worker,
-        initargs=opener,
-    )
-    for _ in range(workers):
-        pool.submit(int)  # each submit to a not-yet-full pool starts a process
-    return pool
 
 
 def _provenance(reader: SlideReader, slide_path: Path, grid: TileGrid, threshold: float,
@@ -200,18 +185,17 @@ def _provenance(reader: SlideReader, slide_path: Path, grid: TileGrid, threshold
     }
 
 
-def _run_shards(writer: StoreWriter, coords: np.ndarray, spec: _ReadSpec,
-                pool: ProcessPoolExecutor | None, workers: int, progress: bool) -> int:
+def _run_shards(writer: StoreWriter, coords: np.ndarray, work: "_ShardWork",
+                pool: ThreadPoolExecutor | None, workers: int, progress: bool) -> int:
     """Read and write every pending shard, journalling each once it is on disk."""
     store = writer.store
     pending = writer.pending_shards()
     todo = sum(store.shard_slice(i).stop - store.shard_slice(i).start for i in pending)
-    shard_writer = writer.shard_writer()
     with _progress_bar(progress) as bar:
         task = bar.add_task("tiling", total=store.n_tiles, completed=store.n_tiles - todo)
         if pool is None:
             for index in pending:
-                bar.advance(task, _tile_shard(index, coords[store.shard_slice(index)], spec, shard_writer))
+                bar.advance(task, work(index, coords[store.shard_slice(index)]))
                 writer.record_done(index)
             return todo
         in_flight = {}
@@ -228,7 +212,7 @@ def _run_shards(writer: StoreWriter, coords: np.ndarray, spec: _ReadSpec,
             for index in pending:
                 collect(2 * workers - 1)
                 shard_coords = coords[store.shard_slice(index)]
-                in_flight[pool.submit(_tile_shard, index, shard_coords, spec, shard_writer)] = index
+                in_flight[pool.submit(work, index, shard_coords)] = index
             collect(0)
         except BaseException:
             # Journal the shards that were running and finish, so a rerun skips them too.
@@ -261,38 +245,51 @@ def _progress_bar(enabled: bool):
     )
 
 
-_worker: dict = {}
+class _ThreadReaders:
+    """One reader of the slide per worker thread, opened on first use (readers keep per-handle state)."""
+
+    def __init__(self, slide_path: str, backend: str | None, mpp_override: float | None):
+        self._args = (slide_path, backend, mpp_override)
+        self._local = threading.local()
+        self._opened: list[SlideReader] = []
+        self._lock = threading.Lock()
+
+    def get(self) -> SlideReader:
+        reader = getattr(self._local, "reader", None)
+        if reader is None:
+            path, backend, mpp_override = self._args
+            reader = self._local.reader = open_slide(path, backend=backend, mpp_override=mpp_override)
+            with self._lock:
+                self._opened.append(reader)
+        return reader
+
+    def close(self) -> None:
+        with self._lock:
+            for reader in self._opened:
+                reader.close()
+            self._opened.clear()
 
 
-def _init_worker(slide_path: str, backend: str | None, mpp_override: float | None, rasteriser) -> None:
-    """Worker start-up: Ctrl-C is the parent's to handle; open the slide once."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        _open_worker_slide(slide_path, backend, mpp_override, rasteriser)
-    except WsipipeError as exc:  # reported by the first shard, as one line in the parent
-        _worker["error"] = exc
+@dataclass(frozen=True)
+class _ShardWork:
+    """Reads one shard's tiles (and burns their masks) and writes the shard; returns its tile count."""
 
+    spec: _ReadSpec
+    shard_writer: ShardWriter
+    readers: _ThreadReaders
+    rasteriser: object | None  # wsipipe.annotations.TileRasteriser
 
-def _open_worker_slide(slide_path: str, backend: str | None, mpp_override: float | None, rasteriser) -> None:
-    _worker["reader"] = open_slide(slide_path, backend=backend, mpp_override=mpp_override)
-    _worker["rasteriser"] = rasteriser
-
-
-def _tile_shard(index: int, coords: np.ndarray, spec: _ReadSpec, shard_writer: ShardWriter) -> int:
-    """Read the tiles at ``coords`` and write them as shard ``index``; returns the tile count."""
-    if "error" in _worker:
-        raise _worker["error"]
-    reader: SlideReader = _worker["reader"]
-    size = (spec.tile_size, spec.tile_size)
-    tiles = np.empty((len(coords), spec.tile_size, spec.tile_size, 3), np.uint8)
-    for i, (x, y) in enumerate(coords.tolist()):
-        if spec.native:
-            tiles[i] = reader.read_region((x, y), spec.level, size)
-        else:
-            tiles[i] = reader.read_at_mpp((x, y), size, spec.mpp)
-    rasteriser = _worker["rasteriser"]
-    if rasteriser is None:
-        return shard_writer.write(index, tiles)
-    masks = np.stack([rasteriser.tile_mask(x, y, spec.extent, spec.tile_size) for x, y in coords.tolist()])
-    fractions = np.stack([rasteriser.label_fractions(mask) for mask in masks])
-    return shard_writer.write(index, tiles, masks, fractions)
+    def __call__(self, index: int, coords: np.ndarray) -> int:
+        spec, reader = self.spec, self.readers.get()
+        size = (spec.tile_size, spec.tile_size)
+        tiles = np.empty((len(coords), spec.tile_size, spec.tile_size, 3), np.uint8)
+        for i, (x, y) in enumerate(coords.tolist()):
+            if spec.native:
+                tiles[i] = reader.read_region((x, y), spec.level, size)
+            else:
+                tiles[i] = reader.read_at_mpp((x, y), size, spec.mpp)
+        if self.rasteriser is None:
+            return self.shard_writer.write(index, tiles)
+        masks = np.stack([self.rasteriser.tile_mask(x, y, spec.extent, spec.tile_size) for x, y in coords.tolist()])
+        fractions = np.stack([self.rasteriser.label_fractions(mask) for mask in masks])
+        return self.shard_writer.write(index, tiles, masks, fractions)
