@@ -47,6 +47,7 @@ class Source:
     scale: float  # level-0 pixels per working pixel
     read: Callable[[int, int, int, int], np.ndarray]
     thumbnail: np.ndarray  # RGB at about THUMBNAIL_MPP
+    level0_shape: tuple[int, int]  # (H, W) of the input itself
 
 
 def open_source(path: Path, mpp_override: float | None, backend: str | None = None, mpp: float = WORKING_MPP) -> Source:
@@ -65,7 +66,7 @@ def open_source(path: Path, mpp_override: float | None, backend: str | None = No
     def read(y0, x0, y1, x1):
         return reader.read_at_mpp((x0 * scale, y0 * scale), (x1 - x0, y1 - y0), mpp)
 
-    return Source(path.name, shape, scale, read, reader.thumbnail_at_mpp(THUMBNAIL_MPP))
+    return Source(path.name, shape, scale, read, reader.thumbnail_at_mpp(THUMBNAIL_MPP), (height, width))
 
 
 def _is_plain_tiff(path: Path) -> bool:
@@ -93,7 +94,10 @@ def _image_source(path: Path, mpp_override: float | None, working_mpp: float) ->
         log.warning("%s: an image records no µm/px; assuming %s (40x); pass --mpp-override X", path, mpp)
     working, _ = resample(rgb, None, mpp, working_mpp)
     thumbnail, _ = resample(rgb, None, mpp, THUMBNAIL_MPP)
-    return Source(path.name, working.shape[:2], working_mpp / mpp, lambda y0, x0, y1, x1: working[y0:y1, x0:x1], thumbnail)
+    return Source(
+        path.name, working.shape[:2], working_mpp / mpp, lambda y0, x0, y1, x1: working[y0:y1, x0:x1], thumbnail,
+        rgb.shape[:2],
+    )
 
 
 def read_tumour_mask(path: Path | None) -> np.ndarray | None:
@@ -176,7 +180,8 @@ def run_nuclei(
         outdir / "labels.zarr",
         source.shape,
         512,
-        {"mpp": mpp, "level0_px_per_px": source.scale, "method": method, "params": settings},
+        {"mpp": mpp, "level0_px_per_px": source.scale, "level0_shape": list(source.level0_shape), "method": method,
+         "params": settings},
     )
     tiles: list[outputs.TileSummary] = []
     in_tumour: list[bool] = []
