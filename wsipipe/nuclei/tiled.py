@@ -99,7 +99,8 @@ def _keep_centred(labels: np.ndarray, core: tuple[int, int, int, int]) -> np.nda
     ids = np.flatnonzero(area[1:]) + 1
     if ids.size == 0:
         return ids
-    rows, cols = np.divmod(np.arange(flat.size), labels.shape[1])
+    height, width = labels.shape
+    rows, cols = np.repeat(np.arange(height, dtype=np.float64), width), np.tile(np.arange(width, dtype=np.float64), height)
     centre_y = np.bincount(flat, weights=rows)[ids] / area[ids]  # integer sums: exact, as center_of_mass
     centre_x = np.bincount(flat, weights=cols)[ids] / area[ids]
     y0, x0, y1, x1 = core
