@@ -55,10 +55,17 @@ def full_stain_matrix(stain_matrix) -> np.ndarray:
     return m / norms
 
 
+#: -ln(I / 255) of every 8-bit intensity (0 read as 1).
+OD_TABLE = -np.log(np.maximum(np.arange(256), 1) / 255.0).astype(np.float32)
+
+
 def optical_density(rgb: np.ndarray) -> np.ndarray:
-    """-ln(I / 255) per channel (0 read as 1), float32."""
-    table = -np.log(np.maximum(np.arange(256), 1) / 255.0).astype(np.float32)
-    return table[np.asarray(rgb)[..., :3]]
+    """-ln(I / 255) per channel of uint8 RGB (0 read as 1), float32; OpenCV's table lookup is
+    several times faster than numpy's indexing and gives the same values."""
+    import cv2
+
+    pixels = np.ascontiguousarray(np.asarray(rgb)[..., :3], dtype=np.uint8)
+    return cv2.LUT(pixels.reshape(-1, 3), OD_TABLE).reshape(pixels.shape)
 
 
 def haematoxylin_od(rgb: np.ndarray, stain_matrix=RUIFROK_HED) -> np.ndarray:
