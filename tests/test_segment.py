@@ -255,3 +255,65 @@ def test_out_of_memory_halves_the_batch_and_goes_on():
     expected = torch.softmax(torch.cat([torch.zeros(8, 1, 16, 16), torch.from_numpy(tiles[..., :1]).permute(0, 3, 1, 2) / 255.0], 1), 1)
     assert np.allclose(probs, expected.numpy(), atol=1e-6)
     assert messages == ["CUDA out of memory: batch size halved to 4", "CUDA out of memory: batch size halved to 2"]
+
+
+EXAMPLE_SLIDE = segment_module.BUNDLED_MODEL.parents[3] / "examples" / "data" / "CMU-1-Small-Region.svs"
+
+
+def _nuclei_rows(outdir):
+    import csv
+
+    with open(outdir / "nuclei.csv") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_cli_nuclei_figures_agree_with_the_nuclei_csv(tiny_model_file, tmp_path):
+    out = tmp_path / "out"
+    result = runner.invoke(
+        app, ["segment", str(EXAMPLE_SLIDE), "-o", str(out), "--model", str(tiny_model_file), "--normalize", "none",
+              "--workers", "0", "--device", "cpu", "--nuclei"],
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    for name in ("nuclei.geojson", "nuclei.csv", "labels.zarr", "nuclei.json", "report.html"):
+        assert (out / name).exists() and name in report["outputs"]
+    assert not list(out.glob("*.partial")) and not list(out.glob(".*partial"))
+    rows = _nuclei_rows(out)
+    n = report["nuclei_count"]
+    assert n == len(rows) == zarr.open_array(str(out / "labels.zarr"), mode="r")[:].max() > 1000
+    assert len(json.loads((out / "nuclei.geojson").read_text())["features"]) == n
+    assert report["nuclei_method"] == "classical" and f"{n} nuclei" in result.output
+    assert report["nuclei_per_mm2"] == pytest.approx(n / report["nuclei_tissue_mm2"], rel=1e-5)
+    malignant = [r for r in rows if r["in_tumour"] == "1"]
+    assert report["tumour_nuclei_count"] == len(malignant) > 0
+    assert report["nuclei_per_mm2_tumour"] == pytest.approx(len(malignant) / report["nuclei_tumour_mm2"], rel=1e-5)
+    malignant_mm2 = sum(float(r["area_um2"]) for r in malignant) / 1e6
+    assert report["cellularity"] == pytest.approx(malignant_mm2 / report["nuclei_tumour_mm2"], rel=1e-4)
+    assert report["nuclei_tissue_mm2"] == pytest.approx(report["tissue_area_mm2"], rel=0.02)  # segment's tissue
+    page = (out / "report.html").read_text()
+    assert "cellularity per tile" in page and page.count("data:image/png;base64") == 3
+
+
+def test_nuclei_in_the_predicted_tumour_are_the_malignant_ones(tmp_path):
+    """The toy model calls dark (nuclei-rich) tissue tumour: part of the slide, so the flags must follow it."""
+    report = _run(EXAMPLE_SLIDE, tmp_path, nuclei=True)
+    assert 0 < report["tumour_nuclei_count"] < report["nuclei_count"]
+    assert 0 < report["nuclei_tumour_mm2"] < report["nuclei_tissue_mm2"]
+    labels = zarr.open_array(str(tmp_path / "prediction.zarr" / "labels" / "classes" / "0"), mode="r")[:]
+    scale = 1.0 / report["mpp"]  # level-0 px per prediction px (the toy model works at 1 µm/px)
+    checked = 0
+    for row in _nuclei_rows(tmp_path):
+        y, x = int(float(row["centroid_y"]) / scale), int(float(row["centroid_x"]) / scale)
+        around = labels[max(0, y - 1) : y + 2, max(0, x - 1) : x + 2]
+        if around.min() == around.max():  # not within a pixel of the tumour's edge
+            assert int(row["in_tumour"]) == around[0, 0], row
+            checked += 1
+    assert checked > 0.8 * report["nuclei_count"]
+
+
+def test_nuclei_model_that_is_not_a_nuclei_model_is_refused_up_front(tiny_model_file, tmp_path):
+    result = runner.invoke(
+        app, ["segment", str(EXAMPLE_SLIDE), "-o", str(tmp_path / "out"), "--nuclei-model", str(tiny_model_file)]
+    )
+    assert result.exit_code == 1 and "not a nuclei (usnet) model" in result.output
+    assert not (tmp_path / "out").exists()

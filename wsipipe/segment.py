@@ -10,7 +10,9 @@ The slide streams through the pipeline and is never held at full resolution:
    out-of-memory halves the batch and goes on), softmax;
 4. the stitcher blends the overlapping tile probabilities band by band into the prediction
    store (resumable: a killed run continues where its journal says);
-5. an OME-Zarr pyramid, polygons per class, areas, overlay and report.
+5. an OME-Zarr pyramid, polygons per class, areas, overlay and report;
+6. with ``nuclei``, the nuclei stage (``wsipipe.nuclei.stage``) over the tissue, with the
+   predicted tumour as its tumour mask: nuclei outputs, density and cellularity in the report.
 
 Every output is written under a temporary name and renamed when complete.
 """
@@ -44,6 +46,8 @@ THUMBNAIL_MAX_SIDE = 2048
 CHUNK = 512
 #: The tumour model shipped with wsipipe (``--model`` left out).
 BUNDLED_MODEL = Path(__file__).resolve().parent / "resources" / "models" / "tumour-unet.safetensors"
+#: What the nuclei stage adds to OUTDIR (``nuclei``).
+NUCLEI_OUTPUTS = ["nuclei.geojson", "nuclei.csv", "labels.zarr", "nuclei.json"]
 #: Names a model may give its tumour class.
 TUMOUR_NAMES = ("tumour", "tumor", "cancer", "carcinoma")
 
@@ -374,6 +378,8 @@ def segment_slide(
     device: str = "auto",
     workers: int = 2,
     mpp_override: float | None = None,
+    nuclei: bool = False,
+    nuclei_model: str | os.PathLike | None = None,
     progress: bool = True,
     say: Callable[[str], None] | None = None,
 ) -> dict:
@@ -381,10 +387,16 @@ def segment_slide(
 
     ``model``: a model file, None for the bundled model, or a loaded ``ModelBundle``.
     ``workers``: reader processes (0 reads in this process).
+    ``nuclei``: also run the nuclei stage (classical, or the US-Net ``nuclei_model``, which
+    implies ``nuclei``) with the predicted tumour as its tumour mask.
     """
+    from wsipipe.nuclei.stage import check_nuclei_model
     from wsipipe.slide import open_slide
 
     say = say or (lambda message: None)
+    if nuclei_model is not None:
+        check_nuclei_model(Path(nuclei_model))  # before hours of segmentation, not after
+        nuclei = True
     if normalize not in NORMALIZE_METHODS:
         raise InvalidInputError(f"--normalize {normalize!r}: choose one of {', '.join(NORMALIZE_METHODS)}")
     if batch_size < 1 or workers < 0:
@@ -401,8 +413,9 @@ def segment_slide(
             info = load_model_info(model, device)
             timings["load"] = time.perf_counter() - started
             reader.check_mpp(info.bundle.mpp)  # one clear error when the slide cannot give the model's µm/px
+            nuclei_options = {"model": nuclei_model, "mpp_override": mpp_override} if nuclei else None
             report = _segment(slide_path, outdir, reader, pool, info, tiles_store, normalize, target, overlap,
-                              batch_size, device, progress, say, timings)
+                              batch_size, device, progress, say, timings, nuclei_options)
         finally:
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
@@ -410,7 +423,7 @@ def segment_slide(
 
 
 def _segment(slide_path, outdir, reader, pool, info, tiles_store, normalize, target, overlap, batch_size, device,
-             progress, say, timings) -> dict:
+             progress, say, timings, nuclei_options) -> dict:
     from wsipipe.inference.omezarr import build_pyramid, create_prediction_store, open_prediction_store
     from wsipipe.inference.stitch import Stitcher
 
@@ -470,7 +483,8 @@ def _segment(slide_path, outdir, reader, pool, info, tiles_store, normalize, tar
         os.replace(partial, final)
         prediction = open_prediction_store(final)
     return _write_outputs(slide_path, outdir, reader, plan, prediction, info, classes, timings,
-                          normalize=normalize, device=device, overlap=overlap, tiles_run=tiles_run)
+                          normalize=normalize, device=device, overlap=overlap, tiles_run=tiles_run,
+                          nuclei_options=nuclei_options, progress=progress)
 
 
 def _run_tiles(batches, positions, total, runner, stitcher, progress, timings) -> None:
@@ -538,14 +552,14 @@ def _regions_level(shapes: list[tuple[int, int]]) -> int:
 
 
 def _write_outputs(slide_path, outdir, reader, plan, prediction, info, classes, timings, *, normalize, device,
-                   overlap, tiles_run) -> dict:
+                   overlap, tiles_run, nuclei_options, progress) -> dict:
     import zarr
 
     from wsipipe.annotations import Annotation, AnnotationSet, Group, write_annotations
     from wsipipe.postprocess.regions import RegionOptions, label_map_to_polygons
     from wsipipe.report import (
-        class_pixel_counts, mask_area_mm2, pixel_area_mm2, render_overlay, write_overlay_png, write_report_html,
-        write_report_json,
+        class_pixel_counts, mask_area_mm2, pixel_area_mm2, render_overlay, render_tile_heatmap, write_overlay_png,
+        write_report_html, write_report_json,
     )
     from wsipipe.report.render import CLASS_COLOURS
 
@@ -569,10 +583,17 @@ def _write_outputs(slide_path, outdir, reader, plan, prediction, info, classes, 
     write_annotations(regions, outdir / "regions.xml", to="asap")
     timings["regions"] = time.perf_counter() - t0
 
+    tumour_ids = _tumour_classes(classes)
+    nuclei = None
+    if nuclei_options is not None:
+        t0 = time.perf_counter()
+        tumour = _tumour_mask(label_map, tumour_ids, downsample, reader.dimensions)
+        nuclei = _run_nuclei(slide_path, outdir, tumour, plan.tissue_mask, device, progress, **nuclei_options)
+        timings["nuclei"] = time.perf_counter() - t0
+
     t0 = time.perf_counter()
     counts = class_pixel_counts(prediction.labels, len(classes), within=plan.tissue_mask)
     pixel_mm2 = pixel_area_mm2(info.bundle.mpp)
-    tumour_ids = _tumour_classes(classes)
     tissue_mm2 = mask_area_mm2(plan.tissue_mask, reader.mpp, reader.mpp_y, plan.mask_downsample)
     tumour_mm2 = float(sum(counts[i] for i in tumour_ids) * pixel_mm2)
     n_tiles = len(plan.positions)
@@ -591,6 +612,7 @@ def _write_outputs(slide_path, outdir, reader, plan, prediction, info, classes, 
         "tissue_area_mm2": tissue_mm2,
         "tumour_area_mm2": tumour_mm2,
         "tumour_fraction": min(1.0, tumour_mm2 / tissue_mm2) if tissue_mm2 > 0 else None,
+        **(_nuclei_figures(nuclei) if nuclei is not None else {}),
         "class_areas_mm2": {name: float(counts[i] * pixel_mm2) for i, name in enumerate(classes) if i},
         "n_tiles": n_tiles,
         "n_regions": {classes[c]: len(p) for c, p in polygons.items()},
@@ -603,7 +625,8 @@ def _write_outputs(slide_path, outdir, reader, plan, prediction, info, classes, 
         "timings_s": timings,
         "n_tiles_run": tiles_run,  # fewer than n_tiles when a killed run was resumed
         "tiles_per_s": {"inference": tiles_run / inference_s if inference_s > 0 else None},
-        "outputs": [PREDICTION_NAME, "regions.geojson", "regions.xml", "overlay.png", "report.json", "report.html"],
+        "outputs": [PREDICTION_NAME, "regions.geojson", "regions.xml", "overlay.png", "report.json", "report.html",
+                    *(NUCLEI_OUTPUTS if nuclei is not None else [])],
         "wsipipe_version": __version__,
     }
     if n_tiles == 0:
@@ -614,9 +637,60 @@ def _write_outputs(slide_path, outdir, reader, plan, prediction, info, classes, 
     write_overlay_png(outdir / "overlay.png", overlay)
     timings["report"] = time.perf_counter() - t0
     timings["total"] = sum(v for k, v in timings.items() if k != "total" and not k.startswith("inference_"))
+    heatmap = None
+    if nuclei is not None:
+        boxes = [tile["box_level0"] for tile in nuclei["tiles"]]
+        values = [tile["cellularity"] for tile in nuclei["tiles"]]
+        vmax = max((v for v in values if v is not None), default=0.0) or 1.0
+        level0_per_px = reader.dimensions[0] / thumbnail.shape[1]
+        heatmap = (render_tile_heatmap(thumbnail, boxes, values, level0_per_px, vmax), vmax)
     write_report_json(outdir / "report.json", report)
-    write_report_html(outdir / "report.html", report, thumbnail, overlay)
+    write_report_html(outdir / "report.html", report, thumbnail, overlay, heatmap)
     return report
+
+
+def _tumour_mask(label_map: np.ndarray, tumour_ids: list[int], downsample: float, level0_size) -> np.ndarray:
+    """The tumour classes of ``label_map`` (``downsample`` level-0 px per pixel) resampled, nearest, onto a
+    grid covering exactly the slide: the prediction grid overhangs the slide's far edges, while the
+    nuclei stage stretches a mask over the whole input."""
+    width0, height0 = level0_size
+    height, width = max(1, round(height0 / downsample)), max(1, round(width0 / downsample))
+    rows = np.minimum(((np.arange(height) + 0.5) * (height0 / height) / downsample).astype(int), label_map.shape[0] - 1)
+    cols = np.minimum(((np.arange(width) + 0.5) * (width0 / width) / downsample).astype(int), label_map.shape[1] - 1)
+    return np.isin(label_map[np.ix_(rows, cols)], tumour_ids)
+
+
+def _run_nuclei(slide_path, outdir, tumour, tissue, device, progress, *, model, mpp_override) -> dict:
+    """The nuclei stage over the slide into ``outdir`` (nuclei.* and labels.zarr), with a progress bar."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from wsipipe.nuclei.stage import run_nuclei
+
+    with Progress(
+        TextColumn("nuclei"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        console=Console(stderr=True), disable=not progress, transient=True,
+    ) as bar:
+        task = bar.add_task("tiles", total=None)
+        return run_nuclei(
+            slide_path, outdir, mpp_override=mpp_override, tumour_mask=tumour, tissue_mask=tissue,
+            model=Path(model) if model is not None else None, device=device,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )
+
+
+def _nuclei_figures(summary: dict) -> dict:
+    """The nuclei stage's slide figures as report.json keys; the areas are the ones its densities divide by."""
+    return {
+        "nuclei_method": summary["method"],
+        "nuclei_count": summary["nuclei_count"],
+        "tumour_nuclei_count": summary["tumour_nuclei_count"],
+        "nuclei_tissue_mm2": summary["tissue_mm2"],
+        "nuclei_tumour_mm2": summary["tumour_mm2"],
+        "nuclei_per_mm2": summary["nuclei_per_mm2"],
+        "nuclei_per_mm2_tumour": summary["nuclei_per_mm2_tumour"],
+        "cellularity": summary["cellularity"],
+    }
 
 
 def _shrink(image: np.ndarray, max_side: int) -> np.ndarray:

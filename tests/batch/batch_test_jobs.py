@@ -33,7 +33,7 @@ def skip_text_job(slide_path: Path, workdir: Path, options: dict) -> dict:
     if "skip" in slide_path.name:
         raise SkipSlide("named to be skipped")
     (workdir / "size.txt").write_text(str(slide_path.stat().st_size))
-    return {"size": slide_path.stat().st_size, "nuclei_density": None, "tumour_fraction": 0.25}
+    return {"size": slide_path.stat().st_size, "nuclei_count": None, "tumour_fraction": 0.25}
 
 
 def device_job(slide_path: Path, workdir: Path, options: dict) -> dict:

@@ -131,6 +131,31 @@ def test_segment_job_through_the_cluster(archive, scheduler, tiny_model, tmp_pat
         assert (outdir / row["name"] / "prediction.zarr").is_dir()
 
 
+def test_segment_job_with_nuclei_set_per_slide_in_a_manifest(archive, scheduler, tiny_model, tmp_path):
+    a, b = "ward A/CMU-1-Small-Region.svs", "ward B/2024/CMU-1-Small-Region.svs"
+    manifest = tmp_path / "list.csv"
+    manifest.write_text(f"slide,nuclei\n{archive / a},yes\n{archive / b},false\n", encoding="utf-8")
+    outdir = tmp_path / "out"
+    args = ["batch", str(manifest), "-o", str(outdir), "--job", "segment", "--model", str(tiny_model),
+            "--normalize", "none", "--device", "cpu", "--scheduler", scheduler]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    summary = read_summary_csv(outdir)
+    with_nuclei, without = summary[str(archive / a)], summary[str(archive / b)]
+    assert list(with_nuclei)[4:8] == ["tumour_fraction", "nuclei_count", "nuclei_per_mm2", "cellularity"]
+    report = json.loads((outdir / with_nuclei["name"] / "report.json").read_text())
+    assert int(with_nuclei["nuclei_count"]) == report["nuclei_count"] > 1000
+    for figure in ("nuclei_per_mm2", "nuclei_per_mm2_tumour", "cellularity"):
+        value = report[figure]
+        assert (with_nuclei[figure] == "") if value is None else float(with_nuclei[figure]) == pytest.approx(value, rel=1e-5)
+    assert (outdir / with_nuclei["name"] / "nuclei.csv").is_file()
+    assert without["nuclei_count"] == "" and not (outdir / without["name"] / "nuclei.csv").exists()
+
+    manifest.write_text(f"slide,nuclei\n{archive / a},maybe\n", encoding="utf-8")
+    result = runner.invoke(app, [*args[:3], str(tmp_path / "out2"), *args[4:]])
+    assert result.exit_code == 2 and "nuclei='maybe': must be true or false" in result.output
+
+
 def test_segment_job_refuses_a_missing_model_before_anything_runs(archive, tmp_path):
     result = runner.invoke(app, ["batch", str(archive), "-o", str(tmp_path / "out"), "--job", "segment",
                                  "--model", str(tmp_path / "none.safetensors")])  # fmt: skip
@@ -140,3 +165,7 @@ def test_segment_job_refuses_a_missing_model_before_anything_runs(archive, tmp_p
     result = runner.invoke(app, ["batch", str(archive), "-o", str(tmp_path / "out"), "--job", "info",
                                  "--normalize", "none"])  # fmt: skip
     assert result.exit_code == 2 and "--normalize does not apply to the 'info' job" in result.output
+    result = runner.invoke(app, ["batch", str(archive), "-o", str(tmp_path / "out"), "--job", "segment",
+                                 "--nuclei-model", str(archive / "notes.svs")])  # fmt: skip
+    assert result.exit_code == 1 and "notes.svs: not a safetensors model file" in result.output
+    assert not (tmp_path / "out").exists()

@@ -184,8 +184,8 @@ def test_skipped_slides_and_job_figures(archive, cluster_address, tmp_path):
     assert status["please skip.svs"]["error"] == "named to be skipped"
     summary = read_summary_csv(outdir)
     # Preferred figures first, blank when the job returns None or nothing.
-    assert list(summary["keep.svs"])[4:7] == ["tumour_fraction", "nuclei_density", "size"]
-    assert summary["keep.svs"]["size"] == "5" and summary["keep.svs"]["nuclei_density"] == ""
+    assert list(summary["keep.svs"])[4:7] == ["tumour_fraction", "nuclei_count", "size"]
+    assert summary["keep.svs"]["size"] == "5" and summary["keep.svs"]["nuclei_count"] == ""
     assert summary["please skip.svs"]["tumour_fraction"] == ""
     assert (outdir / status["keep.svs"]["name"] / "size.txt").read_text() == "5"
     # Changing the job's settings makes done slides be done again.

@@ -106,6 +106,9 @@ def test_average_precision_by_hand():
     assert average_precision([true, true], [pred, pred], [scores, scores]) == pytest.approx(5 / 9)
     with pytest.raises(ValueError, match="no score"):
         average_precision(true, pred, {10: 0.9})
+    # all tied: one operating point, recall 2/3 at precision 2/4, so AP = 2/3 * 1/2 whatever the order
+    tied = dict.fromkeys(scores, 1.0)
+    assert average_precision(true, pred, tied) == pytest.approx(1 / 3)
 
 
 def test_voc_envelope_ignores_a_dip():

@@ -16,6 +16,7 @@ from wsipipe.report import (
     mask_area_mm2,
     pixel_area_mm2,
     render_overlay,
+    render_tile_heatmap,
     write_bytes_atomic,
     write_overlay_png,
     write_report_html,
@@ -117,3 +118,18 @@ def test_report_files(tmp_path):
 def test_unwritable_output_is_one_clear_error(tmp_path):
     with pytest.raises(OutputError, match="cannot write"):
         write_bytes_atomic(tmp_path / "missing-dir" / "report.json", b"{}")
+
+
+def test_tile_heatmap_tints_each_box_by_its_value(tmp_path):
+    thumbnail = np.full((40, 60, 3), 240, np.uint8)
+    boxes = [(0, 0, 200, 200), (200, 0, 400, 200), (400, 0, 600, 200)]  # level-0 px, 10 per thumbnail px
+    heat = render_tile_heatmap(thumbnail, boxes, [0.1, 0.4, None], level0_per_px=10, vmax=0.4)
+    assert np.array_equal(heat[:, 40:], thumbnail[:, 40:])  # no value, and below every box: untouched
+    assert np.array_equal(heat[20:], thumbnail[20:])
+    low, high = heat[5, 10].astype(int), heat[5, 30].astype(int)
+    assert (heat[:20, :20] == heat[5, 10]).all() and (heat[:20, 20:40] == heat[5, 30]).all()
+    assert high.sum() < low.sum() and high[0] - high[2] > low[0] - low[2]  # darker and redder
+    write_report_html(tmp_path / "r.html", {**_report(), "nuclei_count": 7, "cellularity": 0.25}, thumbnail,
+                      thumbnail, (heat, 0.4))
+    page = (tmp_path / "r.html").read_text()
+    assert "cellularity per tile" in page and len(re.findall(r'src="data:image/png;base64,', page)) == 3

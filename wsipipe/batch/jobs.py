@@ -74,6 +74,18 @@ def _absolute_path(path) -> str:
     return str(Path(path).expanduser().resolve())
 
 
+def _flag(value) -> bool:
+    """A switch given on the command line (a bool) or in a manifest cell (true/false, yes/no, 1/0)."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "yes", "1"):
+        return True
+    if text in ("false", "no", "0"):
+        return False
+    raise ValueError("must be true or false")
+
+
 def _prepare_segment(options: dict) -> dict:
     """Fail once, up front, on a model or normalisation that would fail every slide."""
     from wsipipe.segment import BUNDLED_MODEL, NORMALIZE_METHODS
@@ -86,6 +98,11 @@ def _prepare_segment(options: dict) -> dict:
         raise ModelError(f"--model {options['model']}: no such model file")
     if options.get("normalize", "vahadane") not in NORMALIZE_METHODS:
         raise InvalidInputError(f"--normalize {options['normalize']!r}: choose one of {', '.join(NORMALIZE_METHODS)}")
+    if options.get("nuclei_model") is not None:
+        from wsipipe.nuclei.stage import check_nuclei_model
+
+        options["nuclei_model"] = _absolute_path(options["nuclei_model"])
+        check_nuclei_model(Path(options["nuclei_model"]))
     return options
 
 
@@ -97,9 +114,13 @@ SEGMENT_OPTIONS: dict[str, Callable[[str], Any]] = {
     "batch_size": int,
     "device": str,
     "mpp_override": _positive_float,
+    "nuclei": _flag,
+    "nuclei_model": _absolute_path,
 }
 #: Figures of a segment report that go into the batch summary.
 SEGMENT_FIGURES = ("tumour_fraction", "tissue_area_mm2", "tumour_area_mm2", "n_tiles", "mpp")
+#: Figures the report has when the nuclei ran (``nuclei`` or ``nuclei_model``); summarised as well.
+NUCLEI_FIGURES = ("nuclei_count", "nuclei_per_mm2", "nuclei_per_mm2_tumour", "cellularity")
 
 JOBS: dict[str, JobSpec] = {
     "segment": JobSpec(
@@ -134,7 +155,8 @@ def load_job(ref: str) -> Callable[[Path, Path, dict], dict]:
 
 
 def segment_job(slide_path: Path, workdir: Path, options: dict) -> dict:
-    """``wsipipe segment`` on one slide (outputs: prediction.zarr, regions, overlay, report.*).
+    """``wsipipe segment`` on one slide (outputs: prediction.zarr, regions, overlay, report.*; nuclei.*
+    and labels.zarr with the nuclei options).
 
     Tiles are read in the worker process itself (``workers=0``): the batch is parallel by slide.
     """
@@ -142,7 +164,8 @@ def segment_job(slide_path: Path, workdir: Path, options: dict) -> dict:
 
     stage = {k: v for k, v in options.items() if k in SEGMENT_OPTIONS}
     report = segment_slide(slide_path, workdir, workers=0, progress=False, **stage)
-    return {name: report.get(name) for name in SEGMENT_FIGURES}
+    names = SEGMENT_FIGURES + (NUCLEI_FIGURES if "nuclei_count" in report else ())
+    return {name: report.get(name) for name in names}
 
 
 def info_job(slide_path: Path, workdir: Path, options: dict) -> dict:

@@ -10,7 +10,7 @@ from pathlib import Path
 from wsipipe.batch.state import SlideRecord, atomic_write_text
 
 # Figures shown first when a job returns them; any others follow in name order.
-PREFERRED_FIGURES = ("tumour_fraction", "nuclei_density", "cellularity")
+PREFERRED_FIGURES = ("tumour_fraction", "nuclei_count", "nuclei_per_mm2", "cellularity")
 BASE_COLUMNS = ("name", "key", "state", "seconds")
 
 

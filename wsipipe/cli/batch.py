@@ -68,6 +68,14 @@ def batch(
         Optional[str],
         typer.Option("--device", help=f"auto, cpu or cuda {SEGMENT_ONLY}; CUDA slides go to workers with a GPU."),
     ] = None,
+    nuclei: Annotated[
+        bool,
+        typer.Option("--nuclei", help=f"Also find nuclei and report density and cellularity, as 'segment --nuclei' {SEGMENT_ONLY}."),
+    ] = False,
+    nuclei_model: Annotated[
+        Optional[Path],
+        typer.Option("--nuclei-model", help=f"A US-Net nuclei model file instead of the classical method (implies --nuclei) {SEGMENT_ONLY}."),
+    ] = None,
     backend: BackendOpt = None,
     mpp_override: MppOverrideOpt = None,
     quiet: QuietOpt = False,
@@ -98,6 +106,7 @@ def batch(
             {
                 "model": model, "normalize": normalize, "target": target, "overlap": overlap,
                 "batch_size": batch_size, "device": device, "backend": backend, "mpp_override": mpp_override,
+                "nuclei": nuclei or None, "nuclei_model": nuclei_model,  # None: not given, not in the fingerprint
             },  # fmt: skip
             workers=workers or os.cpu_count() or 1,
             scheduler=scheduler,

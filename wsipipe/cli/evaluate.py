@@ -1,4 +1,4 @@
-"""``wsipipe evaluate`` and ``wsipipe predict``: run a model file on labelled images or one image."""
+"""``wsipipe evaluate`` (a model on labelled images, nuclei instances, cellularity scores) and ``wsipipe predict``."""
 
 from __future__ import annotations
 
@@ -29,19 +29,69 @@ def _images_mpp(meta: dict, mpp: float | None, recorded: float | None = None) ->
     return float(meta.get("training", {}).get("data", {}).get("data_mpp", meta["mpp"]))
 
 
+TASKS = ("semantic", "instances", "cellularity")
+
+
 def evaluate(
-    model: ModelArg,
-    data: Annotated[Path, typer.Option("--data", help="Folder with images/ and masks/, or tile store(s) with masks "
-                                                          "(a .zarr or a folder of them).", show_default=False)],
+    inputs: Annotated[
+        list[Path],
+        typer.Argument(
+            metavar="MODEL | PRED TRUTH",
+            help="semantic: the model file. instances: PRED (a 'wsipipe nuclei' output folder, labels.zarr or "
+            "instance label image; or a folder of them) and TRUTH (an instance label image or an Aperio/ASAP/"
+            "GeoJSON file of nucleus outlines; or a folder of them, matched by name). cellularity: PRED.csv "
+            "and TRUTH.csv.",
+            show_default=False,
+        ),
+    ],
+    task: Annotated[str, typer.Option("--task", help="semantic (a model on images/ + masks/), instances or cellularity.")] = "semantic",
+    data: Annotated[Optional[Path], typer.Option("--data", help="semantic: folder with images/ and masks/, or tile store(s) "
+                                                           "with masks (a .zarr or a folder of them).")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write all figures as JSON here.")] = None,
+    score_column: Annotated[
+        Optional[str],
+        typer.Option("--score-column", help="instances: nuclei.csv column ranking the predictions for AP (default: none, all tied)."),
+    ] = None,
     mpp: ImagesMppOpt = None,
     overlap: OverlapOpt = None,
     batch_size: BatchOpt = 8,
     device: DeviceOpt = "auto",
     quiet: QuietOpt = False,
 ) -> None:
-    """Segment every image as slide inference does (model scale, overlapping tiles, blending) and
-    compare with its mask: mIoU, accuracy, kappa, IoU and Dice per class, confusion matrix."""
+    """Score predictions against ground truth.
+
+    semantic (default): MODEL --data DIR segments every image as slide inference does (model scale, overlapping tiles, blending) and compares with its mask: mIoU, accuracy, kappa, IoU and Dice per class, confusion matrix.
+
+    instances: PRED TRUTH gives Dice, AJI, PQ (DQ, SQ) and detection precision, recall and F1 at IoU > 0.5 per image and their mean, and VOC AP pooled over the images, on the prediction's pixel grid (truth resized onto it).
+
+    cellularity: PRED.csv TRUTH.csv gives PK; each file's value column is 'cellularity' if present, else its last column, and cases are matched by the other columns both share.
+    """
+    from wsipipe.errors import InvalidInputError
+
+    if task not in TASKS:
+        raise InvalidInputError(f"--task {task!r}: choose one of {', '.join(TASKS)}")
+    wanted = 1 if task == "semantic" else 2
+    if len(inputs) != wanted:
+        usage = "MODEL --data DIR" if task == "semantic" else "PRED TRUTH"
+        raise InvalidInputError(f"--task {task} takes {usage}, got {len(inputs)} argument(s)")
+    if (data is not None) != (task == "semantic"):
+        raise InvalidInputError("--data DIR is needed by --task semantic and by no other task")
+    if task == "semantic":
+        result = _evaluate_model(inputs[0], data, mpp, overlap, batch_size, device, quiet)
+    elif task == "instances":
+        result = _evaluate_instances(inputs[0], inputs[1], score_column, quiet)
+    else:
+        from wsipipe.nuclei.scoring import score_cellularity
+
+        result = score_cellularity(inputs[0], inputs[1])
+        typer.echo(f"PK {result['pk']:.4f} over {result['n_cases']} cases")
+    if json_out is not None:
+        tmp = json_out.with_name(f".{json_out.name}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(result, indent=2))
+        os.replace(tmp, json_out)
+
+
+def _evaluate_model(model: Path, data: Path, mpp, overlap, batch_size, device, quiet) -> dict:
     from rich.console import Console
     from rich.progress import Progress
     from rich.table import Table
@@ -61,10 +111,27 @@ def evaluate(
     for name, row in [*result["per_image"].items(), ("ALL (pooled)", result)]:
         table.add_row(name, fmt(row["miou"]), fmt(row["accuracy"]), fmt(row["kappa"]), *[fmt(row["iou"][c]) for c in bundle.classes])
     Console().print(table)
-    if json_out is not None:
-        tmp = json_out.with_name(f".{json_out.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(result, indent=2))
-        os.replace(tmp, json_out)
+    return result
+
+
+def _evaluate_instances(predictions: Path, truths: Path, score_column, quiet) -> dict:
+    from rich.console import Console
+    from rich.progress import Progress
+    from rich.table import Table
+
+    from wsipipe.nuclei.scoring import INSTANCE_FIGURES, instance_pairs, score_instances
+
+    pairs = instance_pairs(predictions, truths)
+    with Progress(console=Console(stderr=True), disable=quiet, transient=True) as progress:
+        task = progress.add_task("scoring", total=len(pairs))
+        result = score_instances(pairs, score_column, on_image=lambda name: progress.advance(task))
+    table = Table("image", *(name.upper() if len(name) <= 3 else name.title() for name in INSTANCE_FIGURES))
+    for name, row in [*result["per_image"].items(), ("mean", result["mean"])]:
+        table.add_row(name, *(f"{row[k]:.3f}" for k in INSTANCE_FIGURES))
+    Console().print(table)
+    typer.echo(f"VOC AP at IoU > {result['match_iou']}: {result['ap']:.4f}"
+               + (f" (ranked by {score_column})" if score_column else " (predictions unranked: precision x recall)"))
+    return result
 
 
 def predict(

@@ -34,6 +34,19 @@ def segment(
     workers: Annotated[
         int, typer.Option("--workers", "-w", help="Tile reader processes (0: read in the main process).", min=0)
     ] = 2,
+    nuclei: Annotated[
+        bool,
+        typer.Option(
+            "--nuclei",
+            help="Also find the nuclei over the tissue (classical method) and report nuclei count, density "
+            "per mm² of tissue and of tumour, and cellularity (malignant nuclei area / tumour area; nuclei "
+            "inside the predicted tumour count as malignant).",
+        ),
+    ] = False,
+    nuclei_model: Annotated[
+        Optional[Path],
+        typer.Option("--nuclei-model", help="A US-Net nuclei model file instead of the classical method (implies --nuclei)."),
+    ] = None,
     mpp_override: MppOverrideOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
@@ -42,6 +55,8 @@ def segment(
     Tiles the detected tissue at the model's µm/px with overlap, normalises stains on the device, runs the model in batches and blends the tiles seam-free.
 
     Writes to OUTDIR: prediction.zarr (OME-Zarr: class probabilities and label map, several levels), regions.geojson (QuPath), regions.xml (ASAP), overlay.png, report.json and report.html. A killed run resumes when the same command is run again.
+
+    With --nuclei also nuclei.geojson (QuPath detections), nuclei.csv, labels.zarr (nuclei instances) and nuclei.json, and a per-tile cellularity heatmap in report.html.
     """
     from wsipipe.segment import segment_slide
 
@@ -51,7 +66,8 @@ def segment(
 
     report = segment_slide(
         slide, outdir, model=model, tiles_store=tiles, normalize=normalize, target=target, overlap=overlap,
-        batch_size=batch_size, device=device, workers=workers, mpp_override=mpp_override, progress=not quiet, say=say,
+        batch_size=batch_size, device=device, workers=workers, mpp_override=mpp_override, nuclei=nuclei,
+        nuclei_model=nuclei_model, progress=not quiet, say=say,
     )
     if report.get("message"):
         say(report["message"])
@@ -59,5 +75,7 @@ def segment(
     say(
         f"{report['n_tiles']} tiles; tissue {report['tissue_area_mm2']:.3f} mm², tumour {report['tumour_area_mm2']:.3f} mm²"
         + (f" ({100 * fraction:.1f} % of tissue)" if fraction is not None else "")
+        + (f"; {report['nuclei_count']} nuclei" if "nuclei_count" in report else "")
+        + (f", cellularity {report['cellularity']:.3f}" if report.get("cellularity") is not None else "")
         + f"; outputs in {outdir}"
     )

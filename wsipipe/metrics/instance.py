@@ -9,6 +9,8 @@
 * ``detection_scores``: precision, recall and F1 of the same IoU > 0.5 matching.
 * ``average_precision``: PASCAL VOC all-point interpolated AP, predictions ranked by score and
   matched greedily (highest score first) to the unmatched true object of highest IoU > 0.5.
+  Predictions with equal scores form one point of the curve, so unscored predictions (all tied)
+  give precision x recall.
 
 Two empty maps agree perfectly: every score is 1.0 then.
 """
@@ -214,7 +216,10 @@ def average_precision(
     tp = np.cumsum(hits)
     recall = tp / n_true
     precision = tp / np.arange(1, len(ranked) + 1)
-    return voc_all_point_ap(recall, precision)
+    # predictions with equal scores enter the curve together: only the end of each tie is a point
+    ordered = np.asarray([r[0] for r in ranked])
+    ends = np.append(ordered[1:] != ordered[:-1], True)
+    return voc_all_point_ap(recall[ends], precision[ends])
 
 
 def voc_all_point_ap(recall: np.ndarray, precision: np.ndarray) -> float:

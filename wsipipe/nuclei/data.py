@@ -45,9 +45,18 @@ def resample(rgb: np.ndarray, instances: np.ndarray | None, mpp: float, target_m
     interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
     rgb = cv2.resize(rgb, size, interpolation=interpolation)
     if instances is not None:
-        instances = cv2.resize(instances.astype(np.float32), size, interpolation=cv2.INTER_NEAREST)
-        instances = instances.astype(np.int32)
+        instances = resize_labels(instances, (size[1], size[0]))
     return rgb, instances
+
+
+def resize_labels(instances: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """int32 labels resized to ``shape`` (H, W) by nearest neighbour (ids up to 2^24 kept exactly)."""
+    import cv2
+
+    if instances.shape == tuple(shape):
+        return instances.astype(np.int32)
+    resized = cv2.resize(instances.astype(np.float32), (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST)
+    return resized.astype(np.int32)
 
 
 def read_rgb(path: Path) -> np.ndarray:
@@ -108,7 +117,7 @@ def load_monuseg(root: Path, target_mpp: float = WORKING_MPP, limit: int | None 
         image = xml.with_suffix(".tif")
         if not image.exists():
             continue
-        with _quiet("wsipipe.annotations"):  # MoNuSeg outlines self-intersect by the hundred
+        with quiet_logger("wsipipe.annotations"):  # MoNuSeg outlines self-intersect by the hundred
             annotations = read_annotations(xml)
         rgb = read_rgb(image)
         instances = rasterise_instances([a.geometry for a in annotations], rgb.shape[:2])
@@ -119,7 +128,8 @@ def load_monuseg(root: Path, target_mpp: float = WORKING_MPP, limit: int | None 
 
 
 @contextmanager
-def _quiet(logger_name: str):
+def quiet_logger(logger_name: str):
+    """Only errors from ``logger_name`` while inside."""
     logger = logging.getLogger(logger_name)
     level = logger.level
     logger.setLevel(logging.ERROR)

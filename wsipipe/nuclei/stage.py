@@ -2,9 +2,10 @@
 
 Work happens at ``WORKING_MPP`` µm/px (the classical method) or at the model's µm/px (a US-Net
 model file) on core tiles with overlap (``wsipipe.nuclei.tiled``).
-Tissue comes from ``wsipipe.tissue.detect_tissue`` on a thumbnail; the tumour region from an
-optional mask image covering the input (any resolution, non-zero = tumour), such as the mask the
-``segment`` stage writes. Nuclei whose centroid lies in the tumour region count as malignant.
+Tissue comes from ``wsipipe.tissue.detect_tissue`` on a thumbnail (or a mask the caller already
+has); the tumour region from an optional mask covering the input (any resolution, non-zero =
+tumour): an image file, or the array ``wsipipe segment --nuclei`` derives from its prediction.
+Nuclei whose centroid lies in the tumour region count as malignant.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ class Source:
     scale: float  # level-0 pixels per working pixel
     read: Callable[[int, int, int, int], np.ndarray]
     thumbnail: np.ndarray  # RGB at about THUMBNAIL_MPP
+    level0_shape: tuple[int, int]  # (H, W) of the input itself
 
 
 def open_source(path: Path, mpp_override: float | None, backend: str | None = None, mpp: float = WORKING_MPP) -> Source:
@@ -64,7 +66,7 @@ def open_source(path: Path, mpp_override: float | None, backend: str | None = No
     def read(y0, x0, y1, x1):
         return reader.read_at_mpp((x0 * scale, y0 * scale), (x1 - x0, y1 - y0), mpp)
 
-    return Source(path.name, shape, scale, read, reader.thumbnail_at_mpp(THUMBNAIL_MPP))
+    return Source(path.name, shape, scale, read, reader.thumbnail_at_mpp(THUMBNAIL_MPP), (height, width))
 
 
 def _is_plain_tiff(path: Path) -> bool:
@@ -92,7 +94,10 @@ def _image_source(path: Path, mpp_override: float | None, working_mpp: float) ->
         log.warning("%s: an image records no µm/px; assuming %s (40x); pass --mpp-override X", path, mpp)
     working, _ = resample(rgb, None, mpp, working_mpp)
     thumbnail, _ = resample(rgb, None, mpp, THUMBNAIL_MPP)
-    return Source(path.name, working.shape[:2], working_mpp / mpp, lambda y0, x0, y1, x1: working[y0:y1, x0:x1], thumbnail)
+    return Source(
+        path.name, working.shape[:2], working_mpp / mpp, lambda y0, x0, y1, x1: working[y0:y1, x0:x1], thumbnail,
+        rgb.shape[:2],
+    )
 
 
 def read_tumour_mask(path: Path | None) -> np.ndarray | None:
@@ -123,7 +128,8 @@ def run_nuclei(
     outdir: Path,
     *,
     mpp_override: float | None = None,
-    tumour_mask: Path | None = None,
+    tumour_mask: Path | np.ndarray | None = None,
+    tissue_mask: np.ndarray | None = None,
     params: ClassicalParams = ClassicalParams(),
     model: Path | None = None,
     device: str = "cpu",
@@ -133,21 +139,23 @@ def run_nuclei(
     """Segment the nuclei of ``input_path`` into ``outdir``; returns the summary written to nuclei.json.
 
     Without ``model`` the classical method runs with ``params``; with a US-Net model file the
-    network does (at the model's µm/px) and ``params`` is not used.
+    network does (at the model's µm/px) and ``params`` is not used. ``tumour_mask`` is an image
+    file or a boolean array, ``tissue_mask`` a boolean array (default: detected on a thumbnail);
+    both cover the whole input at any resolution.
     """
     from wsipipe.tissue import detect_tissue
 
     network = _load_nuclei_model(model, device) if model is not None else None
     mpp = network.mpp if network is not None else WORKING_MPP
     source = open_source(Path(input_path), mpp_override, backend, mpp)
-    tumour = read_tumour_mask(tumour_mask)
+    tumour = tumour_mask.astype(bool) if isinstance(tumour_mask, np.ndarray) else read_tumour_mask(tumour_mask)
     try:
         outdir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"{outdir}: cannot create the output directory ({exc.strerror})") from None
 
     height, width = source.shape
-    tissue = detect_tissue(source.thumbnail, THUMBNAIL_MPP).astype(bool)
+    tissue = (tissue_mask if tissue_mask is not None else detect_tissue(source.thumbnail, THUMBNAIL_MPP)).astype(bool)
     cores = list(core_tiles(height, width, CORE_PX))
     tissue_fraction = {c: float(_scaled(tissue, source.shape, c).mean()) for c in cores}
     with_tissue = [c for c in cores if tissue_fraction[c] > 0]
@@ -172,7 +180,8 @@ def run_nuclei(
         outdir / "labels.zarr",
         source.shape,
         512,
-        {"mpp": mpp, "level0_px_per_px": source.scale, "method": method, "params": settings},
+        {"mpp": mpp, "level0_px_per_px": source.scale, "level0_shape": list(source.level0_shape), "method": method,
+         "params": settings},
     )
     tiles: list[outputs.TileSummary] = []
     in_tumour: list[bool] = []
@@ -231,7 +240,7 @@ def run_nuclei(
         "input": str(input_path),
         "method": method,
         "mpp": mpp,
-        "tumour_mask": str(tumour_mask) if tumour_mask else None,
+        "tumour_mask": _describe_mask(tumour_mask),
         "calibration": calibration.to_dict(),
         **slide,
         "tiles": [t.figures() for t in tiles if t.tissue_mm2 > 0 or t.nuclei],
@@ -240,15 +249,28 @@ def run_nuclei(
     return summary
 
 
+def _describe_mask(mask) -> str | None:
+    if mask is None:
+        return None
+    return "array" if isinstance(mask, np.ndarray) else str(mask)
+
+
+def check_nuclei_model(path: Path) -> None:
+    """Refuse a model file that is not a nuclei (US-Net) model, reading only its metadata."""
+    from wsipipe.errors import ModelError
+    from wsipipe.models.io import read_metadata
+
+    architecture = read_metadata(path)["architecture"]
+    if architecture != "usnet":
+        raise ModelError(f"{path}: a {architecture} model, not a nuclei (usnet) model")
+
+
 def _load_nuclei_model(path: Path, device: str):
     from wsipipe.device import resolve_device
-    from wsipipe.errors import ModelError
     from wsipipe.models.io import load_model
 
-    bundle = load_model(path, resolve_device(device, log.warning))
-    if bundle.metadata["architecture"] != "usnet":
-        raise ModelError(f"{path}: a {bundle.metadata['architecture']} model, not a nuclei (usnet) model")
-    return bundle
+    check_nuclei_model(path)
+    return load_model(path, resolve_device(device, log.warning))
 
 
 def usnet_segmenter(bundle) -> Callable[[np.ndarray], np.ndarray]:

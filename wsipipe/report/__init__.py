@@ -1,9 +1,10 @@
-"""Segmentation reports: areas in mm², report.json, overlay.png and a self-contained report.html."""
+"""Segmentation reports: areas in mm², report.json, overlay.png, a cellularity heatmap and a self-contained report.html."""
 
 from wsipipe.report.areas import class_pixel_counts, mask_area_mm2, pixel_area_mm2
 from wsipipe.report.render import (
     png_bytes,
     render_overlay,
+    render_tile_heatmap,
     write_bytes_atomic,
     write_overlay_png,
     write_report_html,
@@ -16,6 +17,7 @@ __all__ = [
     "pixel_area_mm2",
     "png_bytes",
     "render_overlay",
+    "render_tile_heatmap",
     "write_bytes_atomic",
     "write_overlay_png",
     "write_report_html",

@@ -1,4 +1,5 @@
-"""Report files: report.json, overlay.png and report.html (one page, images inline, opens from disk).
+"""Report files: report.json, overlay.png and report.html (one page, images inline, opens from disk;
+with nuclei, a per-tile cellularity heatmap too).
 
 Every file is written under ``<name>.partial`` and renamed when complete, so a reader never
 sees a half-written report.
@@ -19,6 +20,8 @@ from wsipipe.errors import OutputError
 PARTIAL_SUFFIX = ".partial"
 #: RGB per class index (class 0, background, is not drawn).
 CLASS_COLOURS = [(0, 0, 0), (230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180)]
+#: Heatmap colour stops (pale yellow -> orange -> dark red), low to high.
+HEAT_STOPS = np.array([(255, 255, 204), (253, 141, 60), (189, 0, 38)], np.float32)
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
@@ -63,6 +66,31 @@ def render_overlay(thumbnail: np.ndarray, labels: np.ndarray, alpha: float = 0.4
     return np.rint(out).astype(np.uint8)
 
 
+def heat_colour(fraction: float) -> np.ndarray:
+    """RGB of ``fraction`` (0-1, clipped) on the heatmap scale."""
+    position = float(np.clip(fraction, 0.0, 1.0)) * (len(HEAT_STOPS) - 1)
+    low = min(int(position), len(HEAT_STOPS) - 2)
+    return HEAT_STOPS[low] + (position - low) * (HEAT_STOPS[low + 1] - HEAT_STOPS[low])
+
+
+def render_tile_heatmap(
+    thumbnail: np.ndarray, boxes, values, level0_per_px: float, vmax: float, alpha: float = 0.6
+) -> np.ndarray:
+    """``thumbnail`` with each level-0 box (x0, y0, x1, y1) tinted by its value on a 0..``vmax`` scale.
+
+    Boxes whose value is None (no tumour there, say) are left untinted.
+    """
+    out = thumbnail.astype(np.float32)
+    height, width = thumbnail.shape[:2]
+    for (x0, y0, x1, y1), value in zip(boxes, values):
+        if value is None:
+            continue
+        c0, r0 = round(x0 / level0_per_px), round(y0 / level0_per_px)
+        c1, r1 = min(width, round(x1 / level0_per_px)), min(height, round(y1 / level0_per_px))
+        out[r0:r1, c0:c1] = (1 - alpha) * out[r0:r1, c0:c1] + alpha * heat_colour(value / vmax)
+    return np.rint(out).astype(np.uint8)
+
+
 def png_bytes(rgb: np.ndarray) -> bytes:
     import cv2
 
@@ -87,6 +115,13 @@ def _figure_rows(report: dict) -> list[tuple[str, str]]:
         ("tumour fraction of tissue", _percent(report.get("tumour_fraction"))),
         ("tiles", str(report.get("n_tiles"))),
     ]
+    if "nuclei_count" in report:
+        rows += [
+            ("nuclei", f"{report['nuclei_count']} ({report.get('nuclei_method')})"),
+            ("nuclei per mm² of tissue", _fmt(report.get("nuclei_per_mm2"))),
+            ("nuclei per mm² of tumour", _fmt(report.get("nuclei_per_mm2_tumour"))),
+            ("cellularity (malignant nuclei area / tumour area)", _fmt(report.get("cellularity"))),
+        ]
     for key in ("normalize", "device", "regions"):
         if key in report:
             rows.append((key, json.dumps(report[key]) if isinstance(report[key], (dict, list)) else str(report[key])))
@@ -125,8 +160,17 @@ def _timing_svg(timings: dict[str, float]) -> str:
     return "".join(parts)
 
 
-def write_report_html(path: str | os.PathLike, report: dict, thumbnail: np.ndarray, overlay: np.ndarray) -> Path:
-    """One page, images embedded as base64 PNG, so it opens from disk with nothing else."""
+def write_report_html(
+    path: str | os.PathLike,
+    report: dict,
+    thumbnail: np.ndarray,
+    overlay: np.ndarray,
+    heatmap: tuple[np.ndarray, float] | None = None,
+) -> Path:
+    """One page, images embedded as base64 PNG, so it opens from disk with nothing else.
+
+    ``heatmap``: the per-tile cellularity image and the value its darkest colour stands for.
+    """
 
     def img(rgb: np.ndarray, alt: str) -> str:
         data = base64.b64encode(png_bytes(rgb)).decode("ascii")
@@ -140,6 +184,15 @@ def write_report_html(path: str | os.PathLike, report: dict, thumbnail: np.ndarr
         for stage, seconds in timings.items()
     )
     message = report.get("message")
+    heat = ""
+    if heatmap is not None:
+        image, vmax = heatmap
+        stops = ", ".join("rgb(%d,%d,%d)" % tuple(int(c) for c in stop) for stop in HEAT_STOPS)
+        heat = (
+            img(image, "cellularity per tile (untinted: no tumour in the tile)")
+            + f'<p>cellularity 0 <span style="display:inline-block;width:12em;height:0.9em;'
+            f'background:linear-gradient(to right, {stops})"></span> {vmax:.3g}</p>'
+        )
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <title>wsipipe segment: {html.escape(Path(str(report.get('slide'))).name)}</title>
@@ -155,6 +208,7 @@ figure {{ margin: 0; }} img {{ max-width: 46vw; max-height: 70vh; border: 1px so
 {f'<p class="note">{html.escape(str(message))}</p>' if message else ''}
 <h2>Figures</h2><table>{figures}</table>
 <div class="images">{img(thumbnail, "thumbnail")}{img(overlay, "overlay: predicted tumour")}</div>
+{f'<h2>Cellularity</h2><div class="images">{heat}</div>' if heat else ''}
 <h2>Timings</h2><table><tr><th>stage</th><th>time</th><th>tiles/s</th></tr>{timing_rows}</table>
 {_timing_svg(timings)}
 <p><small>wsipipe {html.escape(str(report.get('wsipipe_version', '')))}</small></p>
