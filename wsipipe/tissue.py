@@ -66,8 +66,9 @@ def detect_tissue(rgb: np.ndarray, um_per_px: float | None = None) -> np.ndarray
     saturation = cv2.medianBlur(saturation, 3)
     otsu, _ = cv2.threshold(saturation, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
     threshold = max(float(otsu), MIN_SATURATION)
-    background = (rgb >= GLASS_BRIGHTNESS).all(axis=2) | (rgb < DARK_BACKGROUND).all(axis=2)
-    mask = ((saturation > threshold) & ~background).astype(np.uint8)
+    glass = cv2.inRange(rgb, (GLASS_BRIGHTNESS,) * 3, (255,) * 3)  # every channel bright (OpenCV: fast)
+    dark = cv2.inRange(rgb, (0,) * 3, (DARK_BACKGROUND - 1,) * 3)
+    mask = ((saturation > threshold) & (glass == 0) & (dark == 0)).astype(np.uint8)
 
     # Structuring element about 16 µm across: closes gaps between nuclei, removes specks.
     radius = max(1, round(8 / um_per_px))
