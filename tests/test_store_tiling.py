@@ -24,7 +24,7 @@ from wsipipe.tiling import tile_slide
 from wsipipe.tissue import detect_tissue, read_thumbnail, thumbnail_downsample
 
 REPO = Path(__file__).resolve().parents[1]
-OPTIONS = {"tile_size": 128, "mpp": 0.5, "tissue_threshold": 0.1, "progress": False}
+OPTIONS = {"tile_size": 32, "mpp": 0.5, "tissue_threshold": 0.1, "progress": False}
 ARRAYS = ("tiles", "coords", "tissue_fraction", "thumbnail", "tissue_mask")
 
 
@@ -53,8 +53,8 @@ def test_store_layout_opens_with_plain_zarr(reference_store, cmu):
     group = zarr.open_group(str(reference_store), mode="r")
     tiles = group["tiles"]
     n = tiles.shape[0]
-    assert tiles.shape[1:] == (128, 128, 3) and tiles.dtype == np.uint8
-    assert tiles.chunks == (1, 128, 128, 3)
+    assert tiles.shape[1:] == (32, 32, 3) and tiles.dtype == np.uint8
+    assert tiles.chunks == (1, 32, 32, 3)
     assert tiles.shards[0] > 1  # several tiles per shard file
     shard_files = list((reference_store / "tiles" / "c").iterdir())
     assert len(shard_files) == -(-n // tiles.shards[0])
@@ -65,7 +65,7 @@ def test_store_layout_opens_with_plain_zarr(reference_store, cmu):
     assert meta["complete"] is True
     assert meta["slide"]["path"] == str(cmu.resolve())
     assert meta["slide"]["size_bytes"] == cmu.stat().st_size
-    assert meta["mpp"] == 0.5 and meta["tile_size"] == 128 and meta["overlap"] == 0 and meta["level"] == 0
+    assert meta["mpp"] == 0.5 and meta["tile_size"] == 32 and meta["overlap"] == 0 and meta["level"] == 0
     assert meta["downsample"] == pytest.approx(0.5 / 0.499)
     assert meta["params"]["tissue_threshold"] == 0.1 and meta["wsipipe_version"]
     assert not (reference_store.parent / "cmu.zarr.partial").exists()
@@ -76,14 +76,14 @@ def test_tiles_coords_and_fractions_match_an_independent_read(reference_store, c
     reader = open_slide(cmu)
     downsample = thumbnail_downsample(reader)
     mask = detect_tissue(read_thumbnail(reader, downsample), reader.mpp * downsample)
-    grid = build_grid(reader, tile_size=128, mpp=0.5, tissue_mask=mask, mask_downsample=downsample)
+    grid = build_grid(reader, tile_size=32, mpp=0.5, tissue_mask=mask, mask_downsample=downsample)
     keep = grid.tissue_fraction >= 0.1
     assert 0 < keep.sum() < len(keep)  # glass tiles were dropped
     np.testing.assert_array_equal(store.coords[...], grid.coords[keep])
     np.testing.assert_array_equal(store.tissue_fraction[...], grid.tissue_fraction[keep])
     for index in (0, store.n_tiles // 2, store.n_tiles - 1):
         x, y = store.coords[index]
-        np.testing.assert_array_equal(store.tiles[index], reader.read_at_mpp((x, y), (128, 128), 0.5))
+        np.testing.assert_array_equal(store.tiles[index], reader.read_at_mpp((x, y), (32, 32), 0.5))
 
 
 def test_interrupted_run_resumes_to_an_identical_store(cmu, reference_store, tmp_path, monkeypatch):
@@ -122,7 +122,7 @@ def test_killed_run_resumes_to_an_identical_store(cmu, reference_store, tmp_path
         "t._ShardWork.__call__ = lambda *a: (time.sleep(0.3), real(*a))[1]\n"
         "from wsipipe.cli.main import app; app()\n"
     )
-    argv = ["tile", str(cmu), "-o", str(path), "--tile-size", "128", "--workers", "1", "--quiet"]
+    argv = ["tile", str(cmu), "-o", str(path), "--tile-size", "32", "--workers", "1", "--quiet"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     process = subprocess.Popen([sys.executable, "-c", slow, *argv], env=env, cwd=tmp_path)
     journal = tmp_path / "cmu.zarr.partial" / JOURNAL_NAME
@@ -143,7 +143,7 @@ def test_killed_run_resumes_to_an_identical_store(cmu, reference_store, tmp_path
 def test_complete_store_is_not_redone(reference_store, cmu):
     shard = next((reference_store / "tiles" / "c").iterdir())
     before = shard.stat().st_mtime_ns
-    argv = ["tile", str(cmu), "-o", str(reference_store), "--tile-size", "128", "--quiet"]
+    argv = ["tile", str(cmu), "-o", str(reference_store), "--tile-size", "32", "--quiet"]
     result = CliRunner().invoke(app, argv)
     assert result.exit_code == 0 and "already complete" in result.output
     assert shard.stat().st_mtime_ns == before

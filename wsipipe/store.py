@@ -36,20 +36,15 @@ from wsipipe.errors import OutputError, StoreError
 ATTRS_KEY = "wsipipe"
 JOURNAL_NAME = "wsipipe-done-shards.txt"
 PARTIAL_SUFFIX = ".partial"
-# Aim for shards of about 50 MB of raw pixels (64 tiles of 512 px).
-_SHARD_PIXELS = 64 * 512 * 512
-_MAX_TILES_PER_SHARD = 256
+# Shards of about 25 MB of raw pixels (32 tiles of 512 px), at most 64 tiles: few files, and the
+# memory held by the shards in flight (two per worker) is the same whatever the slide's size.
+_SHARD_PIXELS = 32 * 512 * 512
+_MAX_TILES_PER_SHARD = 64
 
 
-# A store is cut into at least this many shards when it has enough tiles, so that a small
-# slide's work still spreads over the workers.
-_MIN_SHARDS = 16
-
-
-def tiles_per_shard_for(tile_size: int, n_tiles: int) -> int:
-    """Tiles per shard: bounded shard memory for big tiles, few files for small ones."""
-    by_memory = min(_MAX_TILES_PER_SHARD, max(1, _SHARD_PIXELS // (tile_size * tile_size)))
-    return int(max(1, min(by_memory, -(-n_tiles // _MIN_SHARDS))))
+def tiles_per_shard_for(tile_size: int) -> int:
+    """Tiles per shard for tiles of ``tile_size`` px."""
+    return int(min(_MAX_TILES_PER_SHARD, max(1, _SHARD_PIXELS // (tile_size * tile_size))))
 
 
 def _compressor():
@@ -151,32 +146,36 @@ class ShardWriter:
         """Write shard ``index`` (its tiles, in order, and their masks and label fractions when the
         store has annotations); returns the number of tiles written."""
         root = Path(self.store_dir)
-        _write_file(root / "tiles" / "c" / str(index) / "0" / "0" / "0", encode_shard(tiles, self.tiles_per_shard))
+        write_shard_file(root / "tiles" / "c" / str(index) / "0" / "0" / "0", tiles, self.tiles_per_shard)
         if masks is not None:
-            _write_file(root / "masks" / "c" / str(index) / "0" / "0", encode_shard(masks, self.tiles_per_shard))
+            write_shard_file(root / "masks" / "c" / str(index) / "0" / "0", masks, self.tiles_per_shard)
             padded = np.zeros((self.tiles_per_shard, label_fractions.shape[1]), "<f4")
             padded[: len(label_fractions)] = label_fractions
-            _write_file(root / "label_fractions" / "c" / str(index) / "0", _blosc().encode(padded))
+            path = root / "label_fractions" / "c" / str(index) / "0"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(_blosc().encode(padded))
         return len(tiles)
 
 
-def encode_shard(chunks: np.ndarray, chunks_per_shard: int) -> bytes:
-    """One shard file holding ``chunks`` (one chunk per item along the first axis)."""
+def write_shard_file(path: Path, chunks: np.ndarray, chunks_per_shard: int) -> None:
+    """One shard file holding ``chunks`` (one chunk per item along the first axis), written chunk
+    by chunk as each is compressed (no shard-sized buffer)."""
     import google_crc32c
 
     codec = _blosc()
     index = np.full((chunks_per_shard, 2), np.iinfo(np.uint64).max, dtype="<u8")  # max: chunk absent
-    parts, offset = [], 0
-    for position, chunk in enumerate(chunks):
-        if not chunk.any():
-            continue
-        data = codec.encode(np.ascontiguousarray(chunk))
-        index[position] = (offset, len(data))
-        parts.append(data)
-        offset += len(data)
-    raw_index = index.tobytes()
-    parts += [raw_index, google_crc32c.value(raw_index).to_bytes(4, "little")]
-    return b"".join(parts)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as handle:
+        offset = 0
+        for position, chunk in enumerate(chunks):
+            if not chunk.any():
+                continue
+            data = codec.encode(np.ascontiguousarray(chunk))
+            handle.write(data)
+            index[position] = (offset, len(data))
+            offset += len(data)
+        raw_index = index.tobytes()
+        handle.write(raw_index + google_crc32c.value(raw_index).to_bytes(4, "little"))
 
 
 def _blosc():
@@ -184,11 +183,6 @@ def _blosc():
     from numcodecs import Blosc
 
     return Blosc(cname="lz4", clevel=5, shuffle=Blosc.NOSHUFFLE, blocksize=0)
-
-
-def _write_file(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
 
 
 class StoreWriter:
@@ -252,9 +246,11 @@ def create_tile_store(
     tile_size: int,
     meta: dict,
     overwrite: bool = False,
+    tiles_per_shard: int | None = None,
 ) -> StoreWriter:
     """Start, resume or recognise as done the store at ``path``.
 
+    ``tiles_per_shard`` (the unit of work and of resumption) defaults to about 25 MB of pixels.
     ``meta`` is the provenance to record; with a ``labels`` entry (``names``, ``values``) the store
     gets ``masks`` and ``label_fractions``. Its ``params`` entry (a JSON dict) identifies the run:
     an existing or partial store with other ``params`` is refused (naming the difference) unless
@@ -263,7 +259,7 @@ def create_tile_store(
     path = Path(path)
     params = meta["params"]
     n_tiles = int(len(coords))
-    layout = {"tile_size": int(tile_size), "tiles_per_shard": tiles_per_shard_for(tile_size, n_tiles), "n_tiles": n_tiles}
+    layout = {"tile_size": int(tile_size), "tiles_per_shard": int(tiles_per_shard or tiles_per_shard_for(tile_size)), "n_tiles": n_tiles}
     full_meta = {**meta, **layout, "wsipipe_version": __version__, "complete": False}
 
     _check_output_location(path)
@@ -314,6 +310,7 @@ def create_derived_store(
         tile_size=source.tile_size,
         meta=meta,
         overwrite=overwrite,
+        tiles_per_shard=source.tiles_per_shard,  # shard for shard with the source
     )
 
 

@@ -12,6 +12,7 @@ own resolution: no slide-sized mask is ever made.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import threading
@@ -207,6 +208,7 @@ def _run_shards(writer: StoreWriter, coords: np.ndarray, work: "_ShardWork",
                     index = in_flight.pop(future)
                     bar.advance(task, future.result())
                     writer.record_done(index)
+                    _release_freed_memory()
 
         try:
             for index in pending:
@@ -222,6 +224,26 @@ def _run_shards(writer: StoreWriter, coords: np.ndarray, work: "_ShardWork",
                     writer.record_done(index)
             raise
     return todo
+
+
+def _release_freed_memory() -> None:
+    """Hand memory freed by finished shards back to the system (glibc keeps it otherwise, and its
+    fragmented heaps would grow with the slide's size)."""
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
+@functools.cache
+def _libc():
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc_trim  # noqa: B018 - glibc only
+    except (OSError, AttributeError):
+        return None
+    return libc
 
 
 def _progress_bar(enabled: bool):
@@ -246,7 +268,8 @@ def _progress_bar(enabled: bool):
 
 
 class _ThreadReaders:
-    """One reader of the slide per worker thread, opened on first use (readers keep per-handle state)."""
+    """One reader of the slide per worker thread, opened on first use (readers keep per-handle
+    state), and one shard buffer per thread."""
 
     def __init__(self, slide_path: str, backend: str | None, mpp_override: float | None):
         self._args = (slide_path, backend, mpp_override)
@@ -262,6 +285,13 @@ class _ThreadReaders:
             with self._lock:
                 self._opened.append(reader)
         return reader
+
+    def buffer(self, shape: tuple) -> np.ndarray:
+        """This thread's shard buffer, reused from shard to shard so memory does not churn."""
+        buffer = getattr(self._local, "buffer", None)
+        if buffer is None or buffer.shape != shape:
+            buffer = self._local.buffer = np.empty(shape, np.uint8)
+        return buffer
 
     def close(self) -> None:
         with self._lock:
@@ -282,7 +312,7 @@ class _ShardWork:
     def __call__(self, index: int, coords: np.ndarray) -> int:
         spec, reader = self.spec, self.readers.get()
         size = (spec.tile_size, spec.tile_size)
-        tiles = np.empty((len(coords), spec.tile_size, spec.tile_size, 3), np.uint8)
+        tiles = self.readers.buffer((self.shard_writer.tiles_per_shard, *size, 3))[: len(coords)]
         for i, (x, y) in enumerate(coords.tolist()):
             if spec.native:
                 tiles[i] = reader.read_region((x, y), spec.level, size)

@@ -18,8 +18,9 @@ from wsipipe.slide.base import SlideReader
 
 #: µm/px tissue is detected at (coarse enough to be quick, fine enough for small fragments).
 THUMBNAIL_MPP = 4.0
-#: The thumbnail's longest side is at most this (huge slides get a coarser thumbnail).
-MAX_THUMBNAIL_SIDE = 4096
+#: The thumbnail's longest side is at most this (slides over ~20 000 px get a coarser thumbnail),
+#: so tiling's memory does not grow with the slide.
+MAX_THUMBNAIL_SIDE = 1024
 #: Level-0 pixels per thumbnail pixel assumed when the slide records no µm/px (0.25 µm/px scans).
 DOWNSAMPLE_WITHOUT_MPP = 16.0
 #: Saturation (0-255) below which nothing counts as tissue, whatever Otsu says.

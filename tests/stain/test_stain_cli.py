@@ -38,6 +38,7 @@ def source_store(tmp_path, region):
         tissue_mask=np.ones(region[::16, ::16].shape[:2], dtype=np.uint8),
         tile_size=TILE,
         meta={"slide": "CMU-1-Small-Region.svs", "params": {"tile_size": TILE}},
+        tiles_per_shard=1,
     )
     for index in writer.pending_shards():
         writer.write_shard(index, tiles[writer.store.shard_slice(index)])
