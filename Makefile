@@ -23,6 +23,7 @@ WSIPIPE := $(VENV)/bin/wsipipe
 
 demo: $(STAMP)
 	$(WSIPIPE) info $(EXAMPLE)
+	mkdir -p $(DEMO_OUT)
 	$(WSIPIPE) tile $(EXAMPLE) -o $(DEMO_OUT)/CMU-1-Small-Region.tiles.zarr
 	$(WSIPIPE) segment $(EXAMPLE) -o $(DEMO_OUT)/segment --nuclei
 	@echo "Tile store:  $(DEMO_OUT)/CMU-1-Small-Region.tiles.zarr"
