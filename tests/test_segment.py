@@ -215,7 +215,7 @@ def test_cli_runs_end_to_end_in_a_subprocess(slide, tiny_model_file, tmp_path):
     assert proc.returncode == 0, proc.stderr
     if not torch.cuda.is_available():
         assert "No CUDA GPU found; running on the CPU." in proc.stderr
-    assert "tiles; tissue" in proc.stderr
+    assert "tiles; tissue" in proc.stdout and "tiles; tissue" not in proc.stderr  # the result on stdout, notes on stderr
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["device"] in ("cpu", "cuda") and report["n_tiles"] > 0
 

@@ -504,9 +504,10 @@ def _run_tiles(batches, positions, total, runner, stitcher, progress, timings) -
         spent["stitch"] += time.perf_counter() - t0
 
     pending: deque = deque()
+    console = Console(stderr=True)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="stitch") as blender, Progress(
         TextColumn("segment"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-        console=Console(stderr=True), disable=not progress, transient=True,
+        console=console, disable=not (progress and console.is_terminal), transient=True,  # no blank lines in logs
     ) as bar:
         task = bar.add_task("tiles", total=total, completed=total - len(positions))
         t0 = time.perf_counter()
@@ -667,9 +668,10 @@ def _run_nuclei(slide_path, outdir, tumour, tissue, device, progress, *, model, 
 
     from wsipipe.nuclei.stage import run_nuclei
 
+    console = Console(stderr=True)
     with Progress(
         TextColumn("nuclei"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-        console=Console(stderr=True), disable=not progress, transient=True,
+        console=console, disable=not (progress and console.is_terminal), transient=True,  # no blank lines in logs
     ) as bar:
         task = bar.add_task("tiles", total=None)
         return run_nuclei(

@@ -60,7 +60,7 @@ def nuclei(
     logger = logging.getLogger("wsipipe.nuclei")
     if not logger.handlers:
         logger.addHandler(RichHandler(console=console, show_time=False, show_path=False))
-    with Progress(console=console, disable=quiet, transient=True) as bar:
+    with Progress(console=console, disable=quiet or not console.is_terminal, transient=True) as bar:
         task = bar.add_task("nuclei", total=None)
         summary = run_nuclei(
             input_path,

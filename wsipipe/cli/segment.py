@@ -72,7 +72,7 @@ def segment(
     if report.get("message"):
         say(report["message"])
     fraction = report["tumour_fraction"]
-    say(
+    typer.echo(
         f"{report['n_tiles']} tiles; tissue {report['tissue_area_mm2']:.3f} mm², tumour {report['tumour_area_mm2']:.3f} mm²"
         + (f" ({100 * fraction:.1f} % of tissue)" if fraction is not None else "")
         + (f"; {report['nuclei_count']} nuclei" if "nuclei_count" in report else "")
