@@ -35,7 +35,7 @@ def cmu(slides_dir):
 
 @pytest.fixture(scope="module")
 def reference_store(cmu, tmp_path_factory):
-    """An uninterrupted run with two worker processes."""
+    """An uninterrupted run with two worker threads."""
     path = tmp_path_factory.mktemp("ref") / "cmu.zarr"
     tile_slide(cmu, path, workers=2, **OPTIONS)
     return path
@@ -198,7 +198,7 @@ def test_derived_store_copies_geometry_and_resumes(reference_store, tmp_path):
     assert store.mpp == source.mpp and store.tile_size == source.tile_size
 
 
-def test_ctrl_c_with_worker_processes_exits_130_and_resumes(cmu, tmp_path):
+def test_ctrl_c_with_worker_threads_exits_130_and_resumes(cmu, tmp_path):
     """SIGINT to the whole process group, as a terminal's Ctrl-C sends it."""
     path = tmp_path / "cmu.zarr"
     argv = [sys.executable, "-m", "wsipipe", "tile", str(cmu), "-o", str(path), "--tile-size", "32",

@@ -26,7 +26,7 @@ MppOverrideOpt = Annotated[
     ),
 ]
 WorkersOpt = Annotated[
-    int, typer.Option("--workers", "-w", help="Parallel worker processes.", min=1)
+    int, typer.Option("--workers", "-w", help="Parallel reader threads (one slide handle each).", min=1)
 ]
 OverwriteOpt = Annotated[
     bool, typer.Option("--overwrite", help="Replace an existing output instead of resuming it.")
