@@ -155,6 +155,36 @@ def test_killed_run_resumes_and_gives_the_same_outputs(slide, tmp_path, monkeypa
     assert a == b
 
 
+def test_column_strips_give_the_same_prediction_and_resume_strip_by_strip(slide, tiny_model_file, tmp_path, monkeypatch):
+    """Stitching strip by strip (memory bounded on wide slides) changes no pixel, even after a kill."""
+    monkeypatch.setattr(segment_module, "CHUNK", 128)
+    reference = _run(slide, tmp_path / "reference", model=tiny_model_file, batch_size=4)  # 600 px wide: one strip
+    monkeypatch.setattr(segment_module, "STRIP_WIDTH", 256)  # three strips
+    original = segment_module.DeviceRunner.__call__
+    calls = {"n": 0}
+
+    def dying(self, tiles):
+        calls["n"] += 1
+        if calls["n"] == 14:  # in the second strip
+            raise KeyboardInterrupt
+        return original(self, tiles)
+
+    monkeypatch.setattr(segment_module.DeviceRunner, "__call__", dying)
+    with pytest.raises(KeyboardInterrupt):
+        _run(slide, tmp_path / "strips", model=tiny_model_file, batch_size=4)
+    journals = sorted((tmp_path / "strips" / "prediction.zarr.partial").glob("stitch_journal-*.json"))
+    assert [p.name for p in journals] == [f"stitch_journal-{a}-{b}.json" for a, b in ((0, 256), (256, 512), (512, 600))]
+    first, second, third = (json.loads(p.read_text()) for p in journals)
+    assert first["complete"] and not second["complete"] and third["done_rows"] == 0
+    monkeypatch.setattr(segment_module.DeviceRunner, "__call__", original)
+    stripped = _run(slide, tmp_path / "strips", model=tiny_model_file, batch_size=4)
+    for path in ("0", "1", "labels/classes/0", "labels/classes/1"):
+        a = zarr.open_array(str(tmp_path / "reference" / "prediction.zarr" / path), mode="r")[:]
+        b = zarr.open_array(str(tmp_path / "strips" / "prediction.zarr" / path), mode="r")[:]
+        assert np.array_equal(a, b), path
+    assert stripped["tumour_area_mm2"] == reference["tumour_area_mm2"]
+
+
 def test_slide_without_tissue_gives_a_report_saying_so(tmp_path):
     blank = _write_slide(tmp_path / "blank.tif", tissue=False)
     report = _run(blank, tmp_path / "out")

@@ -44,6 +44,9 @@ REGIONS_MAX_PIXELS = 4096 * 4096
 THUMBNAIL_MAX_SIDE = 2048
 #: Prediction chunks (pixels at the model's µm/px).
 CHUNK = 512
+#: Stitching works through the slide in column strips this wide (model px): its memory does not
+#: grow with the slide's width; tiles crossing a strip border (~6 % at 256 px tiles) run twice.
+STRIP_WIDTH = 8 * CHUNK
 #: The tumour model shipped with wsipipe (``--model`` left out).
 BUNDLED_MODEL = Path(__file__).resolve().parent / "resources" / "models" / "tumour-unet.safetensors"
 #: What the nuclei stage adds to OUTDIR (``nuclei``).
@@ -425,7 +428,7 @@ def segment_slide(
 def _segment(slide_path, outdir, reader, pool, info, tiles_store, normalize, target, overlap, batch_size, device,
              progress, say, timings, nuclei_options) -> dict:
     from wsipipe.inference.omezarr import build_pyramid, create_prediction_store, open_prediction_store
-    from wsipipe.inference.stitch import Stitcher
+    from wsipipe.inference.stitch import StripStitcher
 
     bundle = info.bundle
     tile, classes = int(bundle.tile_size), list(bundle.classes)
@@ -458,11 +461,12 @@ def _segment(slide_path, outdir, reader, pool, info, tiles_store, normalize, tar
             partial, height=plan.height, width=plan.width, class_names=classes, mpp=bundle.mpp, chunk=CHUNK,
             fingerprint=fingerprint,
         )
-        stitcher = Stitcher(
+        stitcher = StripStitcher(
             prediction.probabilities, prediction.labels, partial, tile_size=tile, overlap=overlap, chunk=CHUNK,
-            fingerprint=fingerprint,
+            fingerprint=fingerprint, strip_width=STRIP_WIDTH,
         )
-        todo = np.array([i for i, (_, y) in enumerate(plan.positions) if not stitcher.is_done(y)], np.int64)
+        order = stitcher.plan(plan.positions)
+        todo = np.array([i for i, _, _, _ in order], np.int64)
         tiles_run = len(todo)
         runner = DeviceRunner(
             bundle.model, device, bundle.input_normalisation["mean"], bundle.input_normalisation["std"],
@@ -474,7 +478,7 @@ def _segment(slide_path, outdir, reader, pool, info, tiles_store, normalize, tar
             batches = read_batches(plan.coords[todo], tile=tile, mpp=bundle.mpp, batch_size=batch_size,
                                    reader=reader, pool=pool)
         t0 = time.perf_counter()
-        _run_tiles(batches, [plan.positions[i] for i in todo], len(plan.positions), runner, stitcher, progress, timings)
+        _run_tiles(batches, [(x, y, strip) for _, x, y, strip in order], len(order), runner, stitcher, progress, timings)
         stitcher.finish()
         timings["inference"] = time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -499,8 +503,8 @@ def _run_tiles(batches, positions, total, runner, stitcher, progress, timings) -
 
     def stitch(batch_positions, probabilities) -> None:
         t0 = time.perf_counter()
-        for (x, y), probs in zip(batch_positions, probabilities):
-            stitcher.add(probs, x, y)
+        for position, probs in zip(batch_positions, probabilities):
+            stitcher.add(probs, *position)
         spent["stitch"] += time.perf_counter() - t0
 
     pending: deque = deque()

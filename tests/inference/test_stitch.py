@@ -10,7 +10,7 @@ import torch
 import zarr
 
 from wsipipe.errors import StoreError
-from wsipipe.inference.stitch import JOURNAL_NAME, Stitcher, cosine_window
+from wsipipe.inference.stitch import JOURNAL_NAME, Stitcher, StripStitcher, cosine_window
 
 TILE, OVERLAP, CHUNK = 64, 16, 32
 STRIDE = TILE - OVERLAP
@@ -177,3 +177,30 @@ def test_memory_stays_at_one_band_for_a_tall_wide_slide(tmp_path):
     assert peak < 20e6
     assert labels[4000, 3000 + STRIDE] == 1 and labels[4000, 100] == 0
     assert probs[1, 4000, 3000 + STRIDE] == 255 and probs[1, 4000, 100] == 0
+
+
+def test_strips_bound_the_accumulator_by_the_strip_not_the_slide(tmp_path):
+    """Tissue across the whole width of a wide prediction: the full-width band grows with the width,
+    a strip stitcher's does not, and both give the same arrays."""
+    width, height = 8 * CHUNK, 3 * CHUNK
+    tile = np.zeros((N_CLASSES, TILE, TILE), np.float32)
+    tile[1] = 0.75
+    tile[0] = 0.25
+    positions = [(x, y) for y in range(0, height - OVERLAP, STRIDE) for x in range(0, width - OVERLAP, STRIDE)]
+    results = {}
+    for name in ("full", "strips"):
+        probs, labels, journal = _arrays(tmp_path / name, height, width)
+        if name == "full":
+            stitcher = Stitcher(probs, labels, journal, tile_size=TILE, overlap=OVERLAP, chunk=CHUNK)
+            for x, y in positions:
+                stitcher.add(tile, x, y)
+        else:
+            stitcher = StripStitcher(probs, labels, journal, tile_size=TILE, overlap=OVERLAP, chunk=CHUNK,
+                                     strip_width=2 * CHUNK)
+            for _, x, y, strip in stitcher.plan(positions):
+                stitcher.add(tile, x, y, strip)
+        stitcher.finish()
+        results[name] = (probs[...], labels[...], stitcher.max_accumulator_bytes)
+    assert np.array_equal(results["full"][0], results["strips"][0])
+    assert np.array_equal(results["full"][1], results["strips"][1])
+    assert results["strips"][2] * 3 <= results["full"][2]  # 3 chunk columns at most, against 8

@@ -62,6 +62,9 @@ class StitchLayout:
     margin: int
     chunk: int
     fingerprint: str = ""
+    #: The columns [col0, col1) this stitcher owns (the whole width unless it is one strip of it).
+    col0: int = 0
+    col1: int = 0
 
     def to_json(self) -> dict:
         return dict(self.__dict__)
@@ -85,19 +88,25 @@ class Stitcher:
         chunk: int,
         margin: int | None = None,
         fingerprint: str = "",
+        columns: tuple[int, int] | None = None,
     ):
         """``margin`` (default ``overlap // 4``): tile-edge pixels that barely count (see
-        ``cosine_window``); set it to at least the model's receptive-field radius."""
+        ``cosine_window``); set it to at least the model's receptive-field radius. ``columns``:
+        only columns [x0, x1) are accumulated and written (chunk-aligned; see ``StripStitcher``)."""
         n_classes, height, width = probabilities.shape
+        col0, col1 = columns if columns is not None else (0, width)
+        if col0 % chunk or not (col1 % chunk == 0 or col1 == width) or not 0 <= col0 < col1 <= width:
+            raise ValueError(f"columns {columns} must be chunk-aligned within the width {width}")
         if labels.shape != (height, width):
             raise ValueError(f"labels shape {labels.shape} does not match probabilities {probabilities.shape}")
         if not 0 <= overlap < tile_size:
             raise ValueError(f"overlap {overlap} must be in [0, tile size {tile_size})")
         margin = overlap // 4 if margin is None else margin
-        self.layout = StitchLayout(height, width, n_classes, tile_size, overlap, margin, chunk, fingerprint)
+        self.layout = StitchLayout(height, width, n_classes, tile_size, overlap, margin, chunk, fingerprint, col0, col1)
         self._probabilities = probabilities
         self._labels = labels
-        self._journal_path = Path(journal_dir) / JOURNAL_NAME
+        name = JOURNAL_NAME if (col0, col1) == (0, width) else JOURNAL_NAME.replace(".json", f"-{col0}-{col1}.json")
+        self._journal_path = Path(journal_dir) / name
         window = cosine_window(tile_size, overlap, margin)
         self._window = np.outer(window, window)
         # Accumulator rows [self._top, self._top + self._rows); one block per chunk column.
@@ -158,10 +167,10 @@ class Stitcher:
             raise ValueError(f"tiles must arrive in row order: y={y} after y={self._last_y}")
         self._last_y = y
         self._finalise_before(y)
-        # Rows of the tile still open, columns inside the slide.
+        # Rows of the tile still open, columns inside the slide (and this stitcher's strip).
         row0 = max(y, self._top) - y
         row1 = min(tile_h, layout.height - y)
-        col0, col1 = max(0, -x), min(tile_w, layout.width - x)
+        col0, col1 = max(0, layout.col0 - x), min(tile_w, layout.col1 - x)
         if row0 >= row1 or col0 >= col1:
             return
         weight = self._window[row0:row1, col0:col1]
@@ -189,8 +198,9 @@ class Stitcher:
         return block
 
     def finish(self) -> None:
-        """Write every remaining row; after this the arrays are complete."""
+        """Write every remaining row; after this the arrays are complete (in this stitcher's columns)."""
         self._finalise_before(self.layout.height)
+        self._blocks.clear()
         self._write_journal(self._top, complete=True)
 
     # --- writing final rows ----------------------------------------------------------------------
@@ -231,3 +241,56 @@ class Stitcher:
             block[:, -rows:] = 0
             if not block.any():
                 del self._blocks[index]
+
+
+class StripStitcher:
+    """Stitches a prediction one column strip at a time, so that memory depends on the strip's
+    width, not the slide's.
+
+    Tiles are fed strip by strip (``plan`` gives the order), each strip in row order; a tile that
+    crosses a strip border is fed to both strips (its prediction counts once per strip, clipped
+    to the strip), so every pixel gets exactly the contributions a single full-width stitcher
+    would give it, added in the same order. Each strip keeps its own resume journal.
+    """
+
+    def __init__(self, probabilities, labels, journal_dir, *, strip_width: int, chunk: int, **options):
+        width = probabilities.shape[2]
+        strip_width = max(chunk, strip_width // chunk * chunk)
+        self.strips = [
+            Stitcher(probabilities, labels, journal_dir, chunk=chunk,
+                     columns=None if strip_width >= width else (x0, min(x0 + strip_width, width)), **options)
+            for x0 in range(0, width, strip_width)
+        ]
+        self._current = 0
+        self.max_accumulator_bytes = 0
+
+    def plan(self, positions: list[tuple[int, int]]) -> list[tuple[int, int, int, int]]:
+        """(index into ``positions``, x, y, strip) of every tile still to stitch, strip after
+        strip; a tile crossing a strip border is listed once per strip, finished rows are left out."""
+        tile = self.strips[0].layout.tile_size
+        order = []
+        for k, strip in enumerate(self.strips):
+            x0, x1 = strip.layout.col0, strip.layout.col1
+            order += [(i, x, y, k) for i, (x, y) in enumerate(positions)
+                      if x < x1 and x + tile > x0 and not strip.is_done(y)]
+        return order
+
+    def add(self, probabilities: np.ndarray, x: int, y: int, strip: int) -> None:
+        """One tile of the ``plan`` order; strips before ``strip`` are finished (and freed) first."""
+        if strip < self._current:
+            raise ValueError(f"tiles must arrive strip by strip: strip {strip} after strip {self._current}")
+        while self._current < strip:
+            self.strips[self._current].finish()
+            self._current += 1
+        self.strips[strip].add(probabilities, x, y)
+        self.max_accumulator_bytes = max(self.max_accumulator_bytes, self.strips[strip].max_accumulator_bytes)
+
+    @property
+    def complete(self) -> bool:
+        return all(strip.complete for strip in self.strips)
+
+    def finish(self) -> None:
+        """Finish every strip not finished yet; after this the arrays are complete."""
+        for strip in self.strips[self._current :]:
+            strip.finish()
+        self._current = len(self.strips)
