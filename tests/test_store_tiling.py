@@ -223,31 +223,55 @@ def test_ctrl_c_with_worker_threads_exits_130_and_resumes(cmu, tmp_path):
     assert f"({store.n_tiles - done * store.tiles_per_shard} this run" in rerun.stdout
 
 
-def test_shards_written_directly_are_byte_identical_to_zarrs_own(tmp_path):
-    """ShardWriter encodes shard files itself (for speed); zarr must find exactly its own format."""
-    from wsipipe.store import ShardWriter, _compressor
+def test_store_files_written_directly_are_what_zarr_writes(tmp_path):
+    """Metadata, small arrays and shard files are written without zarr (for speed); zarr itself
+    must write the same: equal JSON for the metadata, identical bytes for the chunks."""
+    import json
 
+    from zarr.codecs import BloscCodec
+
+    from wsipipe.store import ShardWriter, _small_array, _write_array_meta
+
+    blosc = BloscCodec(cname="lz4", clevel=5, shuffle="noshuffle")
     rng = np.random.default_rng(0)
     size, per_shard, count = 32, 8, 20
     tiles = rng.integers(0, 255, (count, size, size, 3), dtype=np.uint8)
     tiles[3] = 0  # a chunk equal to the fill value is left out by both
     masks = (rng.random((count, size, size)) < 0.3).astype(np.uint8)
     fractions = rng.random((count, 2)).astype(np.float32)
-    for name in ("zarr", "direct"):
-        group = zarr.open_group(str(tmp_path / name), mode="w", zarr_format=3)
-        group.create_array("tiles", shape=tiles.shape, chunks=(1, size, size, 3), shards=(per_shard, size, size, 3),
-                           dtype="uint8", compressors=_compressor(), fill_value=0)
-        group.create_array("masks", shape=masks.shape, chunks=(1, size, size), shards=(per_shard, size, size),
-                           dtype="uint8", compressors=_compressor(), fill_value=0)
-        group.create_array("label_fractions", shape=fractions.shape, chunks=(per_shard, 2), dtype="float32",
-                           compressors=_compressor(), fill_value=0)
-    by_zarr = zarr.open_group(str(tmp_path / "zarr"), mode="r+")
+    coords = rng.integers(0, 10**6, (count, 2)).astype(np.int64)
+
+    by_zarr = zarr.open_group(str(tmp_path / "zarr"), mode="w", zarr_format=3)
+    by_zarr.create_array("tiles", shape=tiles.shape, chunks=(1, size, size, 3), shards=(per_shard, size, size, 3),
+                         dtype="uint8", compressors=blosc, fill_value=0, dimension_names=("tile", "y", "x", "channel"))
+    by_zarr.create_array("masks", shape=masks.shape, chunks=(1, size, size), shards=(per_shard, size, size),
+                         dtype="uint8", compressors=blosc, fill_value=0, dimension_names=("tile", "y", "x"))
+    by_zarr.create_array("label_fractions", shape=fractions.shape, chunks=(per_shard, 2), dtype="float32",
+                         compressors=blosc, fill_value=0, dimension_names=("tile", "label"))
+    by_zarr.create_array("coords", shape=coords.shape, chunks=coords.shape, dtype="int64", compressors=blosc, fill_value=0)
     by_zarr["tiles"][:], by_zarr["masks"][:], by_zarr["label_fractions"][:] = tiles, masks, fractions
-    writer = ShardWriter(str(tmp_path / "direct"), per_shard)
+    by_zarr["coords"][:] = coords
+
+    direct = tmp_path / "direct"
+    direct.mkdir()
+    _write_array_meta(direct / "tiles", tiles.shape, np.uint8, (per_shard, size, size, 3), (1, size, size, 3),
+                      ("tile", "y", "x", "channel"))
+    _write_array_meta(direct / "masks", masks.shape, np.uint8, (per_shard, size, size), (1, size, size), ("tile", "y", "x"))
+    _write_array_meta(direct / "label_fractions", fractions.shape, np.float32, (per_shard, 2),
+                      dimension_names=("tile", "label"))
+    _small_array(direct / "coords", coords)
+    writer = ShardWriter(str(direct), per_shard)
     for index in range(3):
         rows = slice(index * per_shard, (index + 1) * per_shard)
         writer.write(index, tiles[rows], masks[rows], fractions[rows])
-    written = sorted(p.relative_to(tmp_path / "zarr") for p in (tmp_path / "zarr").rglob("*") if p.is_file())
-    assert written == sorted(p.relative_to(tmp_path / "direct") for p in (tmp_path / "direct").rglob("*") if p.is_file())
-    for relative in written:
-        assert (tmp_path / "zarr" / relative).read_bytes() == (tmp_path / "direct" / relative).read_bytes(), relative
+
+    def files(root):
+        return sorted(p.relative_to(root) for p in root.rglob("*") if p.is_file() and p.relative_to(root) != Path("zarr.json"))
+
+    assert files(tmp_path / "zarr") == files(direct)
+    for relative in files(direct):
+        a, b = (tmp_path / "zarr" / relative).read_bytes(), (direct / relative).read_bytes()
+        if relative.name == "zarr.json":
+            assert json.loads(a) == json.loads(b), relative
+        else:
+            assert a == b, relative
