@@ -85,30 +85,29 @@ def tile_slide(
         mpp = None
     slide_path, store_path = Path(slide_path), Path(store_path)
     reader = open_slide(slide_path, backend=backend, mpp_override=mpp_override)
-    readers = _ThreadReaders(str(slide_path), reader.backend, mpp_override)
+    readers = _ThreadReaders(reader, mpp_override)
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="wsipipe-tile") if workers > 1 else None
     try:
-        with reader:
-            if mpp is not None:
-                reader.check_mpp(mpp)
-            rasteriser, labels_meta = (None, None)
-            if annotations is not None:
-                rasteriser, labels_meta = _annotation_index(Path(annotations), label_map, strict, reader)
-            thumb_downsample = thumbnail_downsample(reader)
-            thumbnail = read_thumbnail(reader, thumb_downsample)
-            thumb_mpp = reader.mpp_x * thumb_downsample if reader.mpp_x is not None else None
-            mask = detect_tissue(thumbnail, thumb_mpp)
-            grid = build_grid(
-                reader, tile_size=tile_size, overlap=overlap, mpp=mpp, level=level,
-                tissue_mask=mask, mask_downsample=thumb_downsample,
-            )
-            coords, fractions = grid.select(tissue_threshold)
-            meta = _provenance(reader, slide_path, grid, tissue_threshold, mpp_override, thumb_downsample, thumb_mpp)
-            if labels_meta is not None:
-                meta["params"]["annotations"] = labels_meta["source"]
-                meta["params"]["label_map"] = labels_meta["label_map"]
-                meta["labels"] = {"names": labels_meta["names"], "values": labels_meta["values"]}
-                meta["annotations"] = labels_meta["source"]
+        if mpp is not None:
+            reader.check_mpp(mpp)
+        rasteriser, labels_meta = (None, None)
+        if annotations is not None:
+            rasteriser, labels_meta = _annotation_index(Path(annotations), label_map, strict, reader)
+        thumb_downsample = thumbnail_downsample(reader)
+        thumbnail = read_thumbnail(reader, thumb_downsample)
+        thumb_mpp = reader.mpp_x * thumb_downsample if reader.mpp_x is not None else None
+        mask = detect_tissue(thumbnail, thumb_mpp)
+        grid = build_grid(
+            reader, tile_size=tile_size, overlap=overlap, mpp=mpp, level=level,
+            tissue_mask=mask, mask_downsample=thumb_downsample,
+        )
+        coords, fractions = grid.select(tissue_threshold)
+        meta = _provenance(reader, slide_path, grid, tissue_threshold, mpp_override, thumb_downsample, thumb_mpp)
+        if labels_meta is not None:
+            meta["params"]["annotations"] = labels_meta["source"]
+            meta["params"]["label_map"] = labels_meta["label_map"]
+            meta["labels"] = {"names": labels_meta["names"], "values": labels_meta["values"]}
+            meta["annotations"] = labels_meta["source"]
         writer = create_tile_store(
             store_path, coords=coords, tissue_fraction=fractions, thumbnail=thumbnail,
             tissue_mask=mask, tile_size=tile_size, meta=meta, overwrite=overwrite,
@@ -285,16 +284,20 @@ def _progress_bar(enabled: bool):
 
 
 class _ThreadReaders:
-    """One reader of the slide per worker thread, opened on first use (readers keep per-handle
-    state), and one shard buffer per thread."""
+    """The slide for the worker threads: the planning reader itself when its backend is
+    thread-safe (the slide's tile index is then held once), else one reader per thread, opened
+    on first use; and one shard buffer per thread."""
 
-    def __init__(self, slide_path: str, backend: str | None, mpp_override: float | None):
-        self._args = (slide_path, backend, mpp_override)
+    def __init__(self, main: SlideReader, mpp_override: float | None):
+        self._main = main
+        self._args = (str(main.path), main.backend, mpp_override)
         self._local = threading.local()
-        self._opened: list[SlideReader] = []
+        self._opened: list[SlideReader] = [main]
         self._lock = threading.Lock()
 
     def get(self) -> SlideReader:
+        if self._main.thread_safe or threading.current_thread() is threading.main_thread():
+            return self._main
         reader = getattr(self._local, "reader", None)
         if reader is None:
             path, backend, mpp_override = self._args

@@ -34,6 +34,8 @@ class SlideReader(ABC):
     """One open slide. Coordinates passed in are level-0 pixels unless stated otherwise."""
 
     backend: str = ""
+    #: Whether one reader may serve several threads at once (else each thread opens its own).
+    thread_safe: bool = False
 
     def __init__(self, path: Path, mpp_override: float | None = None):
         self.path = Path(path)

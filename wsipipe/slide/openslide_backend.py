@@ -19,6 +19,7 @@ DIRECT_TILE_VENDORS = {"aperio", "generic-tiff"}
 
 class OpenSlideReader(SlideReader):
     backend = "openslide"
+    thread_safe = True  # OpenSlide's handles are; the direct tile path reads with os.pread
 
     def __init__(self, path: Path, mpp_override: float | None = None):
         super().__init__(path, mpp_override)
