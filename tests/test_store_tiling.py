@@ -279,8 +279,8 @@ def test_store_files_written_directly_are_what_zarr_writes(tmp_path):
 
 def test_worker_threads_give_the_same_tiles_with_a_shared_or_a_per_thread_reader(slides_dir, tmp_path):
     """openslide's reader is shared by the threads, tiffslide's is opened once per thread."""
-    slide = slides_dir / "OS-1-detail.ome.tif"
-    options = {"tile_size": 64, "level": 0, "tissue_threshold": 0.0, "progress": False}
+    slide = slides_dir / "CMU-1-Small-Region.svs"
+    options = {"tile_size": 128, "level": 0, "tissue_threshold": 0.0, "progress": False}
     tile_slide(slide, tmp_path / "one.zarr", workers=1, backend="openslide", **options)
     tile_slide(slide, tmp_path / "shared.zarr", workers=2, backend="openslide", **options)
     tile_slide(slide, tmp_path / "per-thread.zarr", workers=2, backend="tiffslide", **options)
