@@ -244,12 +244,13 @@ class StoreWriter:
         missing = self.pending_shards()
         if missing:
             raise StoreError(f"{self.partial_path}: {len(missing)} shards not written yet")
-        _write_group(self.partial_path, {**self.store.meta, "complete": True})
+        meta = {**self.store.meta, "complete": True}
+        _write_group(self.partial_path, meta)
         (self.partial_path / JOURNAL_NAME).unlink(missing_ok=True)
         if self.final_path.exists():
             shutil.rmtree(self.final_path)
         os.replace(self.partial_path, self.final_path)
-        return open_tile_store(self.final_path)
+        return TileStore(self.final_path, meta)  # zarr is opened only if the caller reads arrays
 
 
 def create_tile_store(
