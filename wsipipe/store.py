@@ -32,6 +32,7 @@ import numpy as np
 
 from wsipipe import __version__
 from wsipipe.errors import OutputError, StoreError
+from wsipipe.files import write_atomic
 
 ATTRS_KEY = "wsipipe"
 JOURNAL_NAME = "wsipipe-done-shards.txt"
@@ -458,8 +459,6 @@ def _write_array_meta(path: Path, shape, dtype, chunks, inner_chunks=None, dimen
 def _write_json(path: Path, data: dict) -> None:
     import json
 
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False), encoding="utf-8")
-    os.replace(temporary, path)
+    write_atomic(path, json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False))
 
 

@@ -27,9 +27,10 @@ from typing import Protocol
 
 from wsipipe.batch.discovery import SlideEntry
 from wsipipe.batch.jobs import JobSpec, SkipSlide, load_job
-from wsipipe.batch.state import SlideRecord, atomic_write_text, fingerprint, load_status, save_status
+from wsipipe.batch.state import SlideRecord, fingerprint, load_status, save_status
 from wsipipe.batch.summary import write_summary
 from wsipipe.errors import InvalidInputError, OutputError, WsipipeError
+from wsipipe.files import write_atomic
 
 PARTIAL_DIR = ".partial"  # in-progress slide folders; emptied when a batch starts
 ERRORS_DIR = "errors"  # one traceback file per failed slide
@@ -313,7 +314,7 @@ def _apply_result(record: SlideRecord, result: dict, outdir: Path) -> None:
     error_file = outdir / ERRORS_DIR / f"{record.name}.txt"
     if result.get("traceback"):
         error_file.parent.mkdir(exist_ok=True)
-        atomic_write_text(error_file, f"{record.path}\n{record.error}\n\n{result['traceback']}")
+        write_atomic(error_file, f"{record.path}\n{record.error}\n\n{result['traceback']}")
         record.traceback = error_file.relative_to(outdir).as_posix()
     else:
         error_file.unlink(missing_ok=True)

@@ -12,11 +12,11 @@ import hashlib
 import io
 import json
 import os
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from wsipipe.errors import OutputError
+from wsipipe.files import write_atomic
 
 STATES = ("pending", "running", "done", "failed", "skipped")
 STATUS_JSON = "status.json"
@@ -70,20 +70,6 @@ def fingerprint(path: Path) -> dict:
     return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "head_sha256": digest.hexdigest()}
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` so readers see the old or the new content, never a mix."""
-    temporary = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
-        with open(temporary, "x", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-
-
 def load_status(outdir: Path) -> dict[str, SlideRecord]:
     """Records of an earlier run by slide key; empty when OUTDIR holds none."""
     path = outdir / STATUS_JSON
@@ -101,7 +87,7 @@ def load_status(outdir: Path) -> dict[str, SlideRecord]:
 def save_status(outdir: Path, records: list[SlideRecord], job: str) -> None:
     """Write ``status.json`` and ``status.csv`` for ``records`` (in their order)."""
     payload = {"version": STATUS_VERSION, "job": job, "slides": [dataclasses.asdict(r) for r in records]}
-    atomic_write_text(outdir / STATUS_JSON, json.dumps(payload, indent=1, ensure_ascii=False))
+    write_atomic(outdir / STATUS_JSON, json.dumps(payload, indent=1, ensure_ascii=False))
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(CSV_COLUMNS)
@@ -109,4 +95,4 @@ def save_status(outdir: Path, records: list[SlideRecord], job: str) -> None:
         row = dataclasses.asdict(r)
         row["outputs"] = ";".join(r.outputs)
         writer.writerow(["" if row[c] is None else row[c] for c in CSV_COLUMNS])
-    atomic_write_text(outdir / STATUS_CSV, buffer.getvalue())
+    write_atomic(outdir / STATUS_CSV, buffer.getvalue())

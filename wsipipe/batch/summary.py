@@ -7,7 +7,8 @@ import html
 import io
 from pathlib import Path
 
-from wsipipe.batch.state import SlideRecord, atomic_write_text
+from wsipipe.batch.state import SlideRecord
+from wsipipe.files import write_atomic
 
 # Figures shown first when a job returns them; any others follow in name order.
 PREFERRED_FIGURES = ("tumour_fraction", "nuclei_count", "nuclei_per_mm2", "cellularity")
@@ -37,8 +38,8 @@ def write_summary(outdir: Path, records: list[SlideRecord]) -> None:
     writer = csv.writer(buffer)
     writer.writerow(header)
     writer.writerows(rows)
-    atomic_write_text(outdir / "summary.csv", buffer.getvalue())
-    atomic_write_text(outdir / "summary.html", _html(header, rows))
+    write_atomic(outdir / "summary.csv", buffer.getvalue())
+    write_atomic(outdir / "summary.html", _html(header, rows))
 
 
 def _text(value) -> str:

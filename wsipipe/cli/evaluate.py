@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from wsipipe.cli.options import DeviceOpt, QuietOpt
+from wsipipe.files import write_atomic
 
 ModelArg = Annotated[Path, typer.Argument(help="Model file (.safetensors).", show_default=False)]
 ImagesMppOpt = Annotated[
@@ -86,9 +87,7 @@ def evaluate(
         result = score_cellularity(inputs[0], inputs[1])
         typer.echo(f"PK {result['pk']:.4f} over {result['n_cases']} cases")
     if json_out is not None:
-        tmp = json_out.with_name(f".{json_out.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(result, indent=2))
-        os.replace(tmp, json_out)
+        write_atomic(json_out, json.dumps(result, indent=2))
 
 
 def _evaluate_model(model: Path, data: Path, mpp, overlap, batch_size, device, quiet) -> dict:

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from wsipipe.errors import StoreError
+from wsipipe.files import write_atomic
 
 JOURNAL_NAME = "stitch_journal.json"
 
@@ -135,9 +136,8 @@ class Stitcher:
         return done_rows
 
     def _write_journal(self, done_rows: int, complete: bool) -> None:
-        tmp = self._journal_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"done_rows": done_rows, "complete": complete, "layout": self.layout.to_json()}))
-        os.replace(tmp, self._journal_path)
+        write_atomic(self._journal_path,
+                     json.dumps({"done_rows": done_rows, "complete": complete, "layout": self.layout.to_json()}))
 
     @property
     def done_rows(self) -> int:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from wsipipe.files import write_atomic
 from wsipipe.nuclei.tiled import Nucleus
 
 MALIGNANT = {"name": "Tumor", "color": [200, 0, 0]}  # QuPath's built-in tumour class
@@ -129,9 +130,7 @@ def write_geojson(path: Path, nuclei: list[Nucleus], in_tumour: np.ndarray, scal
 
 
 def write_json(path: Path, data: dict) -> None:
-    tmp = _atomic_path(path)
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
 def create_label_store(path: Path, shape: tuple[int, int], chunk: int, attributes: dict):

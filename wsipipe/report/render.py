@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from wsipipe.errors import OutputError
+from wsipipe.files import write_atomic
 
-PARTIAL_SUFFIX = ".partial"
 #: RGB per class index (class 0, background, is not drawn).
 CLASS_COLOURS = [(0, 0, 0), (230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180)]
 #: Heatmap colour stops (pale yellow -> orange -> dark red), low to high.
@@ -27,13 +27,8 @@ HEAT_STOPS = np.array([(255, 255, 204), (253, 141, 60), (189, 0, 38)], np.float3
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` through a temporary name in the same directory."""
     path = Path(path)
-    partial = path.with_name(path.name + PARTIAL_SUFFIX)
     try:
-        with open(partial, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(partial, path)
+        write_atomic(path, data)
     except OSError as exc:
         raise OutputError(f"{path}: cannot write ({exc.strerror or exc})") from exc
     return path

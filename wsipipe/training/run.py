@@ -5,7 +5,6 @@ cross-validation by image or slide, the final fit, and the model file with its m
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
@@ -13,14 +12,9 @@ from typing import Callable
 import numpy as np
 
 from wsipipe.errors import InvalidInputError
+from wsipipe.files import write_atomic
 from wsipipe.training.data import read_dataset, rescaled, split_folds, split_holdout
 from wsipipe.training.trainer import TrainConfig, train
-
-
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)
 
 
 def _bundle(config: TrainConfig, state_dict: dict):
@@ -93,7 +87,7 @@ def run_training(
             result = train(config, train_items, val_items, ckpt, resume, step(f"fold {k + 1}/{folds}"))
             metrics = evaluate_items(_bundle(config, result["state_dict"]), [dataset.items[i] for i in val_idx], data_mpp, device=config.device)
             done["folds"].append({"images": _names(items, val_idx), "best_epoch": result["best"]["epoch"], **metrics})
-            _write_json(cv_path, done)
+            write_atomic(cv_path, json.dumps(done))
             ckpt.unlink(missing_ok=True)
         confusion = np.sum([np.array(f["confusion"]) for f in done["folds"]], axis=0)
         validation = {
