@@ -53,3 +53,7 @@ class StainError(InvalidInputError):
 
 class SlidesFailedError(WsipipeError):
     """A batch finished with some slides failed (the others are done)."""
+
+
+class DeviceError(WsipipeError):
+    """The compute device failed in a way a smaller batch cannot help (CUDA out of memory at one tile)."""

@@ -32,7 +32,7 @@ import numpy as np
 
 from wsipipe import __version__
 from wsipipe.device import resolve_device
-from wsipipe.errors import InvalidInputError, ModelError, OutputError, StoreError, WsipipeError
+from wsipipe.errors import DeviceError, InvalidInputError, ModelError, OutputError, StoreError
 
 NORMALIZE_METHODS = ("vahadane", "macenko", "reinhard", "none")
 PREDICTION_NAME = "prediction.zarr"
@@ -53,10 +53,6 @@ BUNDLED_MODEL = Path(__file__).resolve().parent / "resources" / "models" / "tumo
 NUCLEI_OUTPUTS = ["nuclei.geojson", "nuclei.csv", "labels.zarr", "nuclei.json"]
 #: Names a model may give its tumour class.
 TUMOUR_NAMES = ("tumour", "tumor", "cancer", "carcinoma")
-
-
-class DeviceError(WsipipeError):
-    """The requested compute device is not available."""
 
 
 @dataclass
