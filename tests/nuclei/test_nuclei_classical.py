@@ -181,18 +181,3 @@ def test_measurements_match_skimage_regionprops():
     assert nuclei[0].perimeter_px == pytest.approx(reference.perimeter, rel=0.01)
     assert nuclei[0].area_px == reference.area
     assert nuclei[0].mean_haematoxylin_od == pytest.approx(60 / 255)
-
-
-def test_train_usnet_smoke(cpm15, tmp_path):
-    """Three steps on real crops: a model file that loads back and segments (not an accuracy test)."""
-    from wsipipe.models.io import load_model, save_model
-    from wsipipe.nuclei.stage import usnet_segmenter
-    from wsipipe.nuclei.train import nuclei_model_metadata, train_usnet
-
-    args = {"base": 4, "depth": 3, "anchor_sizes": [[24, 34], [12, 17], [6, 8.5]]}
-    losses = []
-    network = train_usnet(cpm15[:2], args, steps=3, batch_size=2, crop=64, on_step=lambda step, loss: losses.append(loss))
-    assert len(losses) == 3 and all(np.isfinite(losses))
-    path = save_model(tmp_path / "n.safetensors", network, nuclei_model_metadata(args, 0.5, 64))
-    labels = usnet_segmenter(load_model(path))(cpm15[0].rgb[:70, :90])
-    assert labels.shape == (70, 90) and labels.dtype == np.int32

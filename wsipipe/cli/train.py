@@ -1,10 +1,12 @@
-"""``wsipipe train``: train a segmentation model on images and masks or on annotated tile stores."""
+"""``wsipipe train``: train a segmentation model on images and masks or on annotated tile stores,
+or a nuclei model (``--model usnet``) on nuclei instance data."""
 
 from __future__ import annotations
 
 import json
 import shlex
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -16,17 +18,18 @@ from wsipipe.cli.options import DeviceOpt, QuietOpt
 def train(
     data: Annotated[Path, typer.Argument(help="Folder with images/ and masks/ (matching names; 0/255 masks are binary, "
                                              "other values are class indices), or tile store(s) made with "
-                                             "'wsipipe tile --annotations' (a .zarr or a folder of them; split by slide).",
+                                             "'wsipipe tile --annotations' (a .zarr or a folder of them; split by slide). "
+                                             "With --model usnet: a nuclei folder with cpm15/ and/or monuseg_train/.",
                                         show_default=False)],
     output: Annotated[Path, typer.Option("--output", "-o", help="Model file to write (.safetensors).", show_default=False)],
     model: Annotated[str, typer.Option("--model", help="Architecture (wsipipe models list).")] = "unet",
     encoder: Annotated[Optional[str], typer.Option("--encoder", help="Encoder for unet/deeplabv3plus, e.g. resnet34, mobilenet_v2.")] = None,
     model_args: Annotated[Optional[str], typer.Option("--model-args", help='More architecture arguments as JSON, e.g. \'{"blocks": 4}\'.')] = None,
     classes: Annotated[str, typer.Option("--classes", help="Class names, comma-separated, index order.")] = "background,foreground",
-    mpp: Annotated[float, typer.Option("--mpp", help="µm/px the model works at.", min=1e-6)] = 1.0,
+    mpp: Annotated[Optional[float], typer.Option("--mpp", help="µm/px the model works at [default: 1.0; usnet 0.5].", min=1e-6, show_default=False)] = None,
     data_mpp: Annotated[Optional[float], typer.Option("--data-mpp", help="µm/px of the training images (default: --mpp; tile stores record their own).", min=1e-6)] = None,
     data_mpp_assumed: Annotated[bool, typer.Option("--data-mpp-assumed", help="Record --data-mpp as an assumption (unknown scale).")] = False,
-    tile_size: Annotated[int, typer.Option("--tile-size", help="Model input side in pixels.", min=32)] = 256,
+    tile_size: Annotated[int, typer.Option("--tile-size", help="Model input side in pixels (usnet: the training crop).", min=32)] = 256,
     epochs: Annotated[int, typer.Option("--epochs", min=1)] = 10,
     patches_per_epoch: Annotated[int, typer.Option("--patches-per-epoch", help="Random patches per epoch.", min=1)] = 64,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 8,
@@ -43,10 +46,13 @@ def train(
     quiet: QuietOpt = False,
 ) -> None:
     """Train a model; the best epoch by validation mIoU is kept. Without a validation set the last
-    epoch is kept. Interrupted runs continue with --resume."""
+    epoch is kept. Interrupted runs continue with --resume.
+
+    With --model usnet a nuclei model is trained instead (US-Net: segmentation + detection) on
+    CPM-15 / MoNuSeg style data; --folds K reports the held-out images' AJI and PQ, and the last
+    epoch of a fit on every image is kept. --classes, --loss, --optimizer and --val-fraction are
+    for segmentation models only."""
     import torch
-    from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from wsipipe.errors import InvalidInputError
     from wsipipe.device import resolve_device
@@ -67,17 +73,40 @@ def train(
     if tile_size % arch.input_multiple:
         raise InvalidInputError(f"--tile-size {tile_size}: {model} needs a multiple of {arch.input_multiple}")
     device = str(resolve_device(device))
+    # the command line as typed (when run from a shell); empty when called in-process, e.g. by tests
+    command = shlex.join(["wsipipe", *sys.argv[1:]]) if "train" in sys.argv[1:3] else ""
+    if model == "usnet":
+        if data_mpp is not None:
+            raise InvalidInputError("--data-mpp: nuclei data records its own µm/px (CPM-15 README, MoNuSeg XML)")
+        _train_nuclei(data, output, args, mpp, tile_size, epochs, patches_per_epoch, batch_size, lr, folds, seed,
+                      fp16, resume, device, command, quiet)
+        return
+    mpp = 1.0 if mpp is None else mpp
     config = TrainConfig(
         architecture=model, args=args, classes=[c.strip() for c in classes.split(",") if c.strip()], mpp=mpp,
         tile_size=tile_size, epochs=epochs, patches_per_epoch=patches_per_epoch, batch_size=batch_size, lr=lr,
         optimizer=optimizer, loss=loss, focal_gamma=focal_gamma, seed=seed, device=device,
         channels_last=device.startswith("cuda"),
     )
-    # the command line as typed (when run from a shell); empty when called in-process, e.g. by tests
-    command = shlex.join(["wsipipe", *sys.argv[1:]]) if "train" in sys.argv[1:3] else ""
-    console = Console(stderr=True)
+    with _epoch_progress(epochs, quiet) as on_step:
+        torch.manual_seed(seed)
+        meta = run_training(data, config, output, data_mpp, folds, val_fraction, resume, fp16, command,
+                            on_step, mpp_assumed=data_mpp_assumed)
+    val = meta.get("validation") or {}
+    summary = f"wrote {output}"
+    if val.get("miou") is not None:
+        summary += f"; validation ({val['method']}): mIoU {val['miou']:.4f}, accuracy {val['accuracy']:.4f}, kappa {val['kappa']:.4f}"
+    typer.echo(summary)
+
+
+@contextmanager
+def _epoch_progress(epochs: int, quiet: bool):
+    """A progress bar per training run (fold or final fit); yields the ``on_step(run, info)`` callback."""
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
-                  TimeElapsedColumn(), console=console, disable=quiet) as progress:
+                  TimeElapsedColumn(), console=Console(stderr=True), disable=quiet) as progress:
         tasks: dict[str, int] = {}
 
         def on_step(run: str, info: dict) -> None:
@@ -88,11 +117,23 @@ def train(
                 text += f" val mIoU {info['val_miou']:.3f}"
             progress.update(tasks[run], completed=info["epoch"] - 1 + info["step"] / info["steps"], info=text)
 
-        torch.manual_seed(seed)
-        meta = run_training(data, config, output, data_mpp, folds, val_fraction, resume, fp16, command,
-                            on_step, mpp_assumed=data_mpp_assumed)
+        yield on_step
+
+
+def _train_nuclei(data: Path, output: Path, args: dict, mpp: float | None, crop: int, epochs: int,
+                  patches_per_epoch: int, batch_size: int, lr: float, folds: int, seed: int, fp16: bool,
+                  resume: bool, device: str, command: str, quiet: bool) -> None:
+    from wsipipe.nuclei.data import WORKING_MPP
+    from wsipipe.nuclei.train import NucleiTrainConfig, run_nuclei_training
+
+    config = NucleiTrainConfig(
+        args=args, mpp=WORKING_MPP if mpp is None else mpp, crop=crop, epochs=epochs,
+        steps_per_epoch=max(1, patches_per_epoch // batch_size), batch_size=batch_size, lr=lr, seed=seed, device=device,
+    )
+    with _epoch_progress(epochs, quiet) as on_step:
+        meta = run_nuclei_training(data, config, output, folds, resume, fp16, command, on_step)
     val = meta.get("validation") or {}
     summary = f"wrote {output}"
-    if val.get("miou") is not None:
-        summary += f"; validation ({val['method']}): mIoU {val['miou']:.4f}, accuracy {val['accuracy']:.4f}, kappa {val['kappa']:.4f}"
+    if val:
+        summary += f"; validation ({val['method']}): AJI {val['aji']:.4f}, PQ {val['pq']:.4f}"
     typer.echo(summary)

@@ -81,9 +81,14 @@ def cpm15_magnifications(readme: Path) -> dict[str, int]:
 def load_cpm15(root: Path, target_mpp: float = WORKING_MPP) -> list[NucleiSample]:
     from PIL import Image
 
+    """The CPM-15 images in ``root`` (each with its ``_inst.png``), at the README's magnifications."""
     magnifications = cpm15_magnifications(root / "README_challenge.txt")
     samples = []
-    for name, power in sorted(magnifications.items()):
+    for label_file in sorted(root.glob("*_inst.png")):
+        name = label_file.name[: -len("_inst.png")]
+        if name not in magnifications:
+            raise InvalidInputError(f"{label_file}: {name} has no magnification in {root / 'README_challenge.txt'}")
+        power = magnifications[name]
         rgb = read_rgb(root / f"{name}.png")
         with Image.open(root / f"{name}_inst.png") as image:
             instances = np.asarray(image).astype(np.int32)

@@ -1,17 +1,46 @@
-"""Train US-Net on nuclei instance maps (CPM-15, MoNuSeg) and predict instances with it.
+"""Train US-Net on nuclei instance maps (CPM-15, MoNuSeg): what ``wsipipe train --model usnet`` runs.
 
-Training samples random crops (with flips and 90° rotations) from ``NucleiSample`` images at
-their common µm/px, optimises ``USNetLoss`` with Adam, and returns the network; ``save_model``
-with ``nuclei_model_metadata`` makes it a model file ``wsipipe nuclei --model`` runs.
+Training samples random crops (flips, 90° turns, colour and HED stain jitter) from
+``NucleiSample`` images at the model's µm/px, optimises ``USNetLoss`` with Adam under a cosine
+learning-rate schedule, and checkpoints every epoch so an interrupted run resumes exactly.
+``run_nuclei_training`` adds k-fold cross-validation by image (AJI, PQ of the held-out images,
+scored with the same instance extraction ``wsipipe nuclei --model`` uses) and the final fit on
+every image, and writes the model file with its command, seed and figures.
 """
 
 from __future__ import annotations
 
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from wsipipe.nuclei.data import NucleiSample
+from wsipipe.errors import InvalidInputError
+from wsipipe.files import write_atomic
+from wsipipe.nuclei.data import NucleiSample, load_nuclei_dataset
+
+
+@dataclass(frozen=True)
+class NucleiTrainConfig:
+    args: dict
+    mpp: float = 0.5
+    crop: int = 128
+    epochs: int = 30
+    steps_per_epoch: int = 100
+    batch_size: int = 8
+    lr: float = 1e-3
+    alpha: float = 1.0
+    beta: float = 1.0
+    seed: int = 0
+    device: str = "cpu"
+
+    @property
+    def steps(self) -> int:
+        return self.epochs * self.steps_per_epoch
 
 
 def nuclei_model_metadata(args: dict, mpp: float, tile_size: int, **extra) -> dict:
@@ -21,6 +50,8 @@ def nuclei_model_metadata(args: dict, mpp: float, tile_size: int, **extra) -> di
 
 
 def _crop(sample: NucleiSample, size: int, rng: np.random.Generator):
+    from wsipipe.training.data import colour_jitter
+
     height, width = sample.instances.shape
     pad_y, pad_x = max(0, size - height), max(0, size - width)
     rgb = np.pad(sample.rgb, ((0, pad_y), (0, pad_x), (0, 0)), constant_values=255)
@@ -32,47 +63,153 @@ def _crop(sample: NucleiSample, size: int, rng: np.random.Generator):
     rgb, labels = np.rot90(rgb, turns), np.rot90(labels, turns)
     if rng.random() < 0.5:
         rgb, labels = rgb[:, ::-1], labels[:, ::-1]
-    return np.ascontiguousarray(rgb), np.ascontiguousarray(labels)
+    return colour_jitter(np.ascontiguousarray(rgb), rng, 0.1), np.ascontiguousarray(labels)
+
+
+def _cosine_lr(config: NucleiTrainConfig, step: int) -> float:
+    return config.lr * 0.5 * (1 + math.cos(math.pi * step / config.steps))
 
 
 def train_usnet(
     samples: list[NucleiSample],
-    args: dict | None = None,
-    steps: int = 2000,
-    batch_size: int = 8,
-    crop: int = 256,
-    lr: float = 1e-3,
-    alpha: float = 1.0,
-    beta: float = 1.0,
-    seed: int = 0,
-    device: str = "cpu",
-    on_step: Callable[[int, float], None] | None = None,
+    config: NucleiTrainConfig,
+    checkpoint: Path | None = None,
+    resume: bool = False,
+    on_step: Callable[[dict], None] | None = None,
 ):
-    """A US-Net trained for ``steps`` batches of random crops; returns it in eval mode."""
+    """A US-Net trained on ``samples``; returns it in eval mode.
+
+    With ``checkpoint``, the state is saved after every epoch; ``resume`` continues from it (same
+    config only), giving the same weights as an uninterrupted run.
+    """
     import torch
 
     from wsipipe.models import build_model, resolve_args
     from wsipipe.models.io import IMAGENET_NORMALISATION
     from wsipipe.models.usnet import USNetLoss
+    from wsipipe.training.checkpoint import load_checkpoint, save_checkpoint
+    from wsipipe.training.data import STAIN_JITTER
 
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    network = build_model("usnet", 1, resolve_args("usnet", args)).to(device).train()
-    anchors = network.anchors(crop, crop, device=device)
-    loss_fn = USNetLoss(alpha=alpha, beta=beta)
-    optimiser = torch.optim.Adam(network.parameters(), lr=lr)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, steps)
+    device = config.device
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    network = build_model("usnet", 1, resolve_args("usnet", config.args)).to(device).train()
+    anchors = network.anchors(config.crop, config.crop, device=device)
+    loss_fn = USNetLoss(alpha=config.alpha, beta=config.beta)
+    optimiser = torch.optim.Adam(network.parameters(), lr=config.lr)
     mean = torch.tensor(IMAGENET_NORMALISATION["mean"], device=device).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_NORMALISATION["std"], device=device).view(1, 3, 1, 1)
-    for step in range(steps):
-        crops = [_crop(samples[int(rng.integers(len(samples)))], crop, rng) for _ in range(batch_size)]
-        x = torch.as_tensor(np.stack([c[0] for c in crops]), device=device).permute(0, 3, 1, 2).float() / 255
-        labels = torch.as_tensor(np.stack([c[1] for c in crops]).astype(np.int64), device=device)
-        optimiser.zero_grad()
-        loss = loss_fn(network((x - mean) / std), labels, anchors)["loss"]
-        loss.backward()
-        optimiser.step()
-        schedule.step()
-        if on_step:
-            on_step(step, float(loss.detach()))
+    identity = {"config": asdict(config), "images": [s.name for s in samples]}
+    first_epoch = 0
+    if resume and checkpoint is not None and checkpoint.is_file():
+        _, state = load_checkpoint(checkpoint, network, optimiser)
+        if state.get("identity") != identity:
+            raise InvalidInputError(f"{checkpoint}: made with other training options; drop --resume to start over")
+        first_epoch = state["epochs_done"]
+        rng.bit_generator.state = state["numpy_rng"]
+    for epoch in range(first_epoch, config.epochs):
+        losses = []
+        for step_in_epoch in range(config.steps_per_epoch):
+            step = epoch * config.steps_per_epoch + step_in_epoch
+            for group in optimiser.param_groups:
+                group["lr"] = _cosine_lr(config, step)
+            crops = [_crop(samples[int(rng.integers(len(samples)))], config.crop, rng) for _ in range(config.batch_size)]
+            rgb = STAIN_JITTER.apply(np.stack([c[0] for c in crops]), rng)
+            x = torch.as_tensor(rgb, device=device).permute(0, 3, 1, 2).float() / 255
+            labels = torch.as_tensor(np.stack([c[1] for c in crops]).astype(np.int64), device=device)
+            optimiser.zero_grad()
+            loss = loss_fn(network((x - mean) / std), labels, anchors)["loss"]
+            loss.backward()
+            optimiser.step()
+            losses.append(float(loss.detach()))
+            if on_step:
+                on_step({"epoch": epoch + 1, "step": step_in_epoch + 1, "steps": config.steps_per_epoch,
+                         "loss": float(np.mean(losses))})
+        if checkpoint is not None:
+            state = {"identity": identity, "epochs_done": epoch + 1, "numpy_rng": rng.bit_generator.state}
+            save_checkpoint(checkpoint, network, None, optimiser, state)
     return network.eval()
+
+
+def score_instances(network, config: NucleiTrainConfig, samples: list[NucleiSample]) -> dict:
+    """Mean AJI and PQ (and their per-image values) of ``network`` on ``samples``."""
+    from wsipipe.metrics.instance import aji, panoptic_quality
+    from wsipipe.models.io import ModelBundle
+    from wsipipe.nuclei.stage import usnet_segmenter
+
+    segment = usnet_segmenter(ModelBundle(network, nuclei_model_metadata(config.args, config.mpp, config.crop)))
+    per_image = {}
+    for sample in samples:
+        labels = segment(sample.rgb)
+        quality = panoptic_quality(sample.instances, labels)
+        per_image[sample.name] = {"aji": float(aji(sample.instances, labels)), "pq": float(quality.pq),
+                                  "dq": float(quality.dq), "sq": float(quality.sq)}
+    return {key: float(np.mean([v[key] for v in per_image.values()])) for key in ("aji", "pq", "dq", "sq")} | {
+        "per_image": per_image
+    }
+
+
+def run_nuclei_training(
+    data_dir: Path,
+    config: NucleiTrainConfig,
+    output: Path,
+    folds: int = 0,
+    resume: bool = False,
+    half: bool = False,
+    command: str = "",
+    on_step: Callable[[str, dict], None] | None = None,
+) -> dict:
+    """Cross-validate when ``folds`` >= 2, fit on every image, write ``output``; returns its metadata.
+
+    ``data_dir`` holds ``cpm15/`` and/or ``monuseg_train/`` (see ``wsipipe.nuclei.data``). Folds
+    group whole images (``image_folds``). Finished folds and checkpoints sit beside ``output``
+    until it is written, so ``resume`` skips what is done.
+    """
+    from wsipipe.models.io import save_model
+    from wsipipe.nuclei.evaluate import image_folds
+
+    output = Path(output)
+    if not output.parent.is_dir():
+        raise InvalidInputError(f"-o {output}: folder {output.parent} does not exist")
+    samples = load_nuclei_dataset(data_dir, config.mpp)
+    if folds > len(samples):
+        raise InvalidInputError(f"--folds {folds}: only {len(samples)} images in {data_dir}")
+    step = (lambda run: (lambda info: on_step(run, info))) if on_step else (lambda run: None)
+    cv_path = output.with_name(output.name + ".cv.json")
+    validation: dict = {}
+    if folds >= 2:
+        done = json.loads(cv_path.read_text()) if resume and cv_path.is_file() else {"folds": []}
+        fold_of = np.asarray(image_folds([s.name for s in samples], folds, config.seed))
+        for k in range(len(done["folds"]), folds):
+            train = [s for s, f in zip(samples, fold_of) if f != k]
+            held_out = [s for s, f in zip(samples, fold_of) if f == k]
+            ckpt = output.with_name(f"{output.name}.fold{k + 1}.ckpt")
+            network = train_usnet(train, config, ckpt, resume, step(f"fold {k + 1}/{folds}"))
+            done["folds"].append({"images": [s.name for s in held_out], **score_instances(network, config, held_out)})
+            write_atomic(cv_path, json.dumps(done))
+            ckpt.unlink(missing_ok=True)
+        validation = {
+            "method": f"{folds}-fold cross-validation by image, AJI and PQ of the held-out images",
+            **{key: float(np.mean([f[key] for f in done["folds"]])) for key in ("aji", "pq", "dq", "sq")},
+            **{f"fold_{key}": [f[key] for f in done["folds"]] for key in ("aji", "pq")},
+            "per_image": {name: v for f in done["folds"] for name, v in f["per_image"].items()},
+        }
+    ckpt = output.with_name(f"{output.name}.ckpt")
+    start = time.perf_counter()
+    network = train_usnet(samples, config, ckpt, resume, step("final fit"))
+    meta = nuclei_model_metadata(
+        config.args, config.mpp, config.crop,
+        training={
+            "command": command,
+            "seed": config.seed,
+            "data": {"dir": str(data_dir), "images": [s.name for s in samples], "data_mpp": config.mpp,
+                     "nuclei": int(sum(len(np.unique(s.instances)) - 1 for s in samples))},
+            "config": asdict(config),
+            "final_fit_s": round(time.perf_counter() - start, 1),
+        },
+        validation=validation,
+    )
+    save_model(output, network, meta, half=half)
+    ckpt.unlink(missing_ok=True)
+    cv_path.unlink(missing_ok=True)
+    return meta

@@ -177,7 +177,7 @@ def colour_jitter(image: np.ndarray, rng: np.random.Generator, strength: float =
 
 
 #: Stain jitter in HED space (Tellez et al. 2018); the training loop's seeded stream drives it.
-_STAIN_JITTER = HEDJitter(sigma_scale=0.05, sigma_shift=0.02)
+STAIN_JITTER = HEDJitter(sigma_scale=0.05, sigma_shift=0.02)
 
 
 @dataclass
@@ -213,7 +213,7 @@ def sample_patch(
         if aug.colour:
             image = colour_jitter(image, rng, aug.colour)
         if aug.stain:
-            image = _STAIN_JITTER.apply(image, rng)
+            image = STAIN_JITTER.apply(image, rng)
     return np.ascontiguousarray(image), np.ascontiguousarray(mask)
 
 
