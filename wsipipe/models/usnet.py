@@ -223,21 +223,28 @@ def usnet_instances(
     from torchvision.ops import nms
 
     mask = segmentation > foreground
+    height, width = mask.shape
     keep = scores > score_threshold
     boxes_t = torch.as_tensor(boxes[keep], dtype=torch.float32)
     order = nms(to_corners(boxes_t), torch.as_tensor(scores[keep], dtype=torch.float32), nms_iou).numpy()
+    centres = np.rint(boxes_t.numpy()[order, :2]).astype(np.int64).reshape(-1, 2)
+    x, y = centres[:, 0], centres[:, 1]
+    inside = (x >= 0) & (x < width) & (y >= 0) & (y < height)
+    pixels = y[inside] * width + x[inside]
+    pixels = pixels[mask.ravel()[pixels]]
+    _, first = np.unique(pixels, return_index=True)  # the strongest detection on a pixel seeds it
     markers = np.zeros(mask.shape, dtype=np.int32)
-    next_id = 1
-    for cx, cy, _, _ in boxes_t.numpy()[order]:
-        x, y = int(round(cx)), int(round(cy))
-        if 0 <= y < mask.shape[0] and 0 <= x < mask.shape[1] and mask[y, x] and markers[y, x] == 0:
-            markers[y, x] = next_id
-            next_id += 1
+    markers.ravel()[pixels[np.sort(first)]] = np.arange(1, len(first) + 1, dtype=np.int32)
     components, count = ndimage.label(mask)
-    seeded = np.unique(components[markers > 0])
-    for component in range(1, count + 1):
-        if component not in seeded:
-            ys, xs = np.nonzero(components == component)
-            markers[ys[len(ys) // 2], xs[len(xs) // 2]] = next_id
-            next_id += 1
+    seeded = np.zeros(count + 1, dtype=bool)
+    seeded[components[markers > 0]] = True
+    unseeded = np.flatnonzero(~seeded[1:]) + 1
+    if len(unseeded):  # each gets a seed at its middle pixel in raster order
+        flat = components.ravel()
+        foreground_pixels = np.flatnonzero(flat)
+        by_component = foreground_pixels[np.argsort(flat[foreground_pixels], kind="stable")]
+        sizes = np.bincount(flat[foreground_pixels], minlength=count + 1)
+        starts = np.concatenate([[0], np.cumsum(sizes[1:])])
+        middle = by_component[starts[unseeded - 1] + sizes[unseeded] // 2]
+        markers.ravel()[middle] = np.arange(len(first) + 1, len(first) + 1 + len(unseeded), dtype=np.int32)
     return watershed(-segmentation, markers, mask=mask).astype(np.int32)
