@@ -273,11 +273,11 @@ def _load_nuclei_model(path: Path, device: str):
     return load_model(path, resolve_device(device, log.warning))
 
 
-def usnet_segmenter(bundle) -> Callable[[np.ndarray], np.ndarray]:
-    """rgb window -> instance labels with a US-Net model bundle (padded to the network's multiple)."""
+def usnet_forward(bundle) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """rgb window -> the network's (segmentation, boxes, scores), padded to its multiple and cut back."""
     import torch
 
-    from wsipipe.models.usnet import decode, usnet_instances
+    from wsipipe.models.usnet import decode
 
     network = bundle.model
     multiple = 2 ** (len(network.encoder) - 1)
@@ -285,7 +285,7 @@ def usnet_segmenter(bundle) -> Callable[[np.ndarray], np.ndarray]:
     mean = torch.tensor(bundle.input_normalisation["mean"], device=device).view(1, 3, 1, 1)
     std = torch.tensor(bundle.input_normalisation["std"], device=device).view(1, 3, 1, 1)
 
-    def segment(rgb: np.ndarray) -> np.ndarray:
+    def forward(rgb: np.ndarray):
         height, width = rgb.shape[:2]
         padded = np.pad(
             rgb, ((0, -height % multiple), (0, -width % multiple), (0, 0)), mode="constant", constant_values=255
@@ -296,10 +296,17 @@ def usnet_segmenter(bundle) -> Callable[[np.ndarray], np.ndarray]:
         anchors = network.anchors(padded.shape[0], padded.shape[1], device=device)
         boxes = decode(out["offsets"][0], anchors).cpu().numpy()
         scores = torch.sigmoid(out["scores"][0]).cpu().numpy()
-        labels = usnet_instances(out["segmentation"][0, 0].cpu().numpy(), boxes, scores)
-        return labels[:height, :width]
+        return out["segmentation"][0, 0, :height, :width].cpu().numpy(), boxes, scores
 
-    return segment
+    return forward
+
+
+def usnet_segmenter(bundle) -> Callable[[np.ndarray], np.ndarray]:
+    """rgb window -> instance labels with a US-Net model bundle."""
+    from wsipipe.models.usnet import usnet_instances
+
+    forward = usnet_forward(bundle)
+    return lambda rgb: usnet_instances(*forward(rgb))
 
 
 def _point_box(nucleus) -> tuple[int, int, int, int]:

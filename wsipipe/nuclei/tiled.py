@@ -15,8 +15,10 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-#: Context around each core, in µm: wider than the largest nucleus so none is cut.
-DEFAULT_MARGIN_UM = 24.0
+#: Context around each core, in µm: wider than the largest nucleus so none is cut, and wide enough
+#: that US-Net's output in the core does not see the window's edge (at 24 µm 1.4 % of a CPM-15
+#: image's nuclei changed between whole and tiled; at 32 µm none).
+DEFAULT_MARGIN_UM = 32.0
 
 
 @dataclass(frozen=True)

@@ -93,8 +93,7 @@ def train_usnet(
     device = config.device
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    # channels-last runs the convolutions about 30 % faster on the CPU (oneDNN) and suits CUDA too
-    network = build_model("usnet", 1, resolve_args("usnet", config.args)).to(device, memory_format=torch.channels_last)
+    network = build_model("usnet", 1, resolve_args("usnet", config.args)).to(device)
     network.train()
     anchors = network.anchors(config.crop, config.crop, device=device)
     loss_fn = USNetLoss(alpha=config.alpha, beta=config.beta)
@@ -117,7 +116,7 @@ def train_usnet(
                 group["lr"] = _cosine_lr(config, step)
             crops = [_crop(samples[int(rng.integers(len(samples)))], config.crop, rng) for _ in range(config.batch_size)]
             rgb = STAIN_JITTER.apply(np.stack([c[0] for c in crops]), rng)
-            x = torch.as_tensor(rgb, device=device).permute(0, 3, 1, 2).float().contiguous(memory_format=torch.channels_last) / 255
+            x = torch.as_tensor(rgb, device=device).permute(0, 3, 1, 2).float() / 255
             labels = torch.as_tensor(np.stack([c[1] for c in crops]).astype(np.int64), device=device)
             optimiser.zero_grad()
             loss = loss_fn(network((x - mean) / std), labels, anchors)["loss"]
