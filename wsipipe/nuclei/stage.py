@@ -26,6 +26,8 @@ from wsipipe.nuclei.tiled import DEFAULT_MARGIN_UM, TileDone, core_tiles, segmen
 
 log = logging.getLogger(__name__)
 
+#: The nuclei model shipped in the package (trained by the command in its metadata and the README).
+BUNDLED_NUCLEI_MODEL = Path(__file__).resolve().parents[1] / "resources" / "models" / "nuclei-usnet.safetensors"
 #: Plain images, read whole (anything else is opened as a slide).
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
 #: µm/px assumed for an image without --mpp-override (a 40x scan), with a warning.

@@ -1,0 +1,52 @@
+"""The bundled US-Net nuclei model: its record, and that tiling a real image changes none of its nuclei."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from wsipipe.metrics.instance import match
+from wsipipe.models.io import load_model
+from wsipipe.nuclei.classical import calibrate, haematoxylin_od
+from wsipipe.nuclei.data import WORKING_MPP, load_cpm15, load_monuseg
+from wsipipe.nuclei.stage import BUNDLED_NUCLEI_MODEL, usnet_segmenter
+from wsipipe.nuclei.tiled import DEFAULT_MARGIN_UM, segment_image_tiled
+
+
+@pytest.fixture(scope="module")
+def bundle():
+    return load_model(BUNDLED_NUCLEI_MODEL)
+
+
+def test_bundled_model_records_how_it_was_made(bundle):
+    assert BUNDLED_NUCLEI_MODEL.stat().st_size <= 20 * 2**20
+    meta = bundle.metadata
+    assert meta["architecture"] == "usnet" and meta["mpp"] == WORKING_MPP
+    training = meta["training"]
+    assert training["command"].startswith("wsipipe train ") and "--model usnet" in training["command"]
+    assert f"--seed {training['seed']}" in training["command"]
+    validation = meta["validation"]
+    assert len(validation["fold_aji"]) == len(validation["fold_pq"]) == 5
+    assert len(validation["per_image"]) == len(training["data"]["images"])
+    for key in ("aji", "pq"):
+        assert validation[key] == pytest.approx(np.mean(validation[f"fold_{key}"]))
+
+
+def _tiled_matches_whole(sample, segment, core):
+    whole = segment(sample.rgb)
+    calibration = calibrate(sample.rgb)
+    tiled, nuclei = segment_image_tiled(
+        sample.rgb, segment, lambda rgb: haematoxylin_od(rgb, calibration.stain_matrix),
+        core=core, margin=round(DEFAULT_MARGIN_UM / sample.mpp),
+    )
+    assert [n.id for n in nuclei] == list(range(1, tiled.max() + 1))  # unique ids, no gaps
+    n_whole, n_tiled = int(whole.max()), int(tiled.max())
+    assert n_whole > 50 and abs(n_tiled - n_whole) <= 0.01 * n_whole, (n_whole, n_tiled)
+    assert match(whole, tiled, threshold=0.9).tp >= 0.99 * n_whole
+
+
+def test_tiles_give_the_same_nuclei_as_the_whole_image(bundle, data_dir):
+    segment = usnet_segmenter(bundle)
+    # small cores (128 µm) so that many nuclei straddle core borders
+    _tiled_matches_whole(load_cpm15(data_dir / "nuclei" / "cpm15")[0], segment, core=256)
+    _tiled_matches_whole(load_monuseg(data_dir / "nuclei" / "monuseg_train", limit=1)[0], segment, core=256)
