@@ -142,10 +142,15 @@ def test_init_from_copies_the_segmentation_encoder(scored, tmp_path):
         assert torch.equal(encoder.get_parameter(name), parameter.detach()), name
     assert not all(torch.equal(fresh.get_parameter(n), p.detach()) for n, p in segmentation.encoder.named_parameters())
 
-    refused = runner.invoke(app, ["train", str(scored[0] / "scores.csv"), *TRAIN, "--init-from", str(model),
-                                  "-o", str(tmp_path / "other.safetensors")])
-    assert refused.exit_code == 2 and "not deeplabv3plus" in refused.output, refused.output
-    assert len(refused.output.strip().splitlines()) == 1
+    other_encoder = save_model(tmp_path / "seg34.safetensors", segmentation,
+                               model_metadata("deeplabv3plus", {"encoder": "resnet34"}, ["bg", "tumour"], 1.0, 64))
+    for init, message in [(model, "not deeplabv3plus"), (other_encoder, "encoder resnet34"),
+                          (tmp_path / "none.safetensors", "no such model file")]:
+        refused = runner.invoke(app, ["train", str(scored[0] / "scores.csv"), *TRAIN, "--init-from", str(init),
+                                      "-o", str(tmp_path / "other.safetensors")])
+        assert refused.exit_code == 2 and message in refused.output, refused.output
+        assert len(refused.output.strip().splitlines()) == 1
+    assert not (tmp_path / "other.safetensors").exists()
 
 
 @pytest.mark.parametrize(

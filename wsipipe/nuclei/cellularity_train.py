@@ -101,19 +101,28 @@ def read_scores(csv_path: Path) -> list[ScoredImage]:
     return samples
 
 
-def segmentation_encoder(model_file: Path, seg_encoder: str) -> dict:
-    """The weights of a DeepLabV3+ model file whose encoder is ``seg_encoder``, for ``--init-from``."""
+def copy_segmentation_encoder(network, model_file: Path, seg_encoder: str) -> None:
+    """Start ``network`` from the encoder of a DeepLabV3+ model file (``--init-from``); anything
+    else, or another encoder, is a usage error."""
     from safetensors.torch import load_file
 
+    from wsipipe.errors import ModelError
+    from wsipipe.models.cellularity import load_segmentation_encoder
     from wsipipe.models.io import read_metadata
 
-    meta = read_metadata(model_file)
+    try:
+        meta = read_metadata(model_file)
+    except ModelError as exc:
+        raise InvalidInputError(f"--init-from {exc}") from None
     if meta["architecture"] != "deeplabv3plus":
         raise InvalidInputError(f"--init-from {model_file}: a {meta['architecture']} model, not deeplabv3plus")
     encoder = meta["args"].get("encoder")
     if encoder != seg_encoder:
         raise InvalidInputError(f"--init-from {model_file}: encoder {encoder}, the cellularity model's is {seg_encoder}")
-    return {k: v.float() for k, v in load_file(str(model_file)).items()}
+    try:
+        load_segmentation_encoder(network, {k: v.float() for k, v in load_file(str(model_file)).items()})
+    except ValueError as exc:
+        raise InvalidInputError(f"--init-from {model_file}: {exc}") from None
 
 
 def train_cellularity(
@@ -131,7 +140,7 @@ def train_cellularity(
     import torch
 
     from wsipipe.models import build_model, resolve_args
-    from wsipipe.models.cellularity import cellularity_loss, load_segmentation_encoder
+    from wsipipe.models.cellularity import cellularity_loss
     from wsipipe.models.io import IMAGENET_NORMALISATION
     from wsipipe.training.checkpoint import load_checkpoint, save_checkpoint
     from wsipipe.training.data import Augmentation, LabelledImage, sample_patch
@@ -143,7 +152,7 @@ def train_cellularity(
     args = resolve_args("cellularity", config.args)
     network = build_model("cellularity", 1, args)
     if config.init_from:
-        load_segmentation_encoder(network, segmentation_encoder(Path(config.init_from), args["seg_encoder"]))
+        copy_segmentation_encoder(network, Path(config.init_from), args["seg_encoder"])
     network.to(device).train()
     optimiser = torch.optim.AdamW(network.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     mean = torch.tensor(IMAGENET_NORMALISATION["mean"], device=device).view(1, 3, 1, 1)
@@ -208,7 +217,6 @@ def run_cellularity_training(
     Finished folds and checkpoints sit beside ``output`` until it is written, so ``resume`` skips
     what is done.
     """
-    from wsipipe.models import resolve_args
     from wsipipe.models.io import ModelBundle, save_model
     from wsipipe.nuclei.cellularity import predict_cellularity
     from wsipipe.training.data import split_folds
@@ -217,8 +225,6 @@ def run_cellularity_training(
     if not output.parent.is_dir():
         raise InvalidInputError(f"-o {output}: folder {output.parent} does not exist")
     samples = read_scores(scores_csv)
-    if config.init_from:  # a bad --init-from fails now, not after the folds
-        segmentation_encoder(Path(config.init_from), resolve_args("cellularity", config.args)["seg_encoder"])
     step = (lambda run: (lambda info: on_step(run, info))) if on_step else (lambda run: None)
     cv_path = output.with_name(output.name + ".cv.json")
     validation: dict = {}
