@@ -188,7 +188,7 @@ def _predict_cellularity(bundle, images: list[Path], output: Path | None, mpp, b
     for image in images:
         rgb, _ = resample(read_image(image), None, scale_mpp, bundle.mpp)
         score = predict_cellularity(bundle, rgb, device, batch_size)
-        rows.append((_relative_to(image, output.parent) if output else str(image), score))
+        rows.append((_relative_to(image, output.parent) if output is not None else str(image), score))
         if output is None:
             typer.echo(f"{image}: cellularity {score:.4f}")
     if output is not None:
