@@ -17,9 +17,14 @@ from typer.testing import CliRunner
 from wsipipe.cli.main import app
 from wsipipe.metrics.pk import prediction_probability
 from wsipipe.models import build_model
-from wsipipe.models.io import load_model, model_metadata, save_model
-from wsipipe.nuclei.cellularity import write_scored_crops
-from wsipipe.nuclei.cellularity_train import CellularityTrainConfig, read_scores, train_cellularity
+from wsipipe.models.io import ModelBundle, load_model, model_metadata, save_model
+from wsipipe.nuclei.cellularity import crop_grid, predict_cellularity, write_scored_crops
+from wsipipe.nuclei.cellularity_train import (
+    CellularityTrainConfig,
+    cellularity_model_metadata,
+    read_scores,
+    train_cellularity,
+)
 from wsipipe.nuclei.data import load_cpm15
 
 TINY = {"seg_encoder": "resnet18", "resnet": "resnet18", "hidden": 16}
@@ -101,6 +106,22 @@ def test_train_cross_validates_then_predict_is_scored_by_evaluate(scored, tmp_pa
     assert f"PK {pk:.4f} over 8 cases" in evaluated.output
 
 
+def test_prediction_is_the_mean_over_a_grid_of_crops(scored):
+    config = CellularityTrainConfig(args=TINY, tile_size=64)
+    torch.manual_seed(0)
+    bundle = ModelBundle(build_model("cellularity", 1, TINY).eval(), cellularity_model_metadata(config))
+    rgb = np.concatenate([np.concatenate([s.image, s.image[:, :40]], axis=1)
+                          for s in read_scores(scored[0] / "scores.csv")[:2]])  # 128 x 104
+    assert crop_grid(128, 64) == [0, 64] and crop_grid(104, 64) == [0, 40] and crop_grid(50, 64) == [0]
+    corners = [(y, x) for y in (0, 64) for x in (0, 40)]
+    with torch.inference_mode():
+        x = torch.as_tensor(np.stack([rgb[y : y + 64, x : x + 64] for y, x in corners])).permute(0, 3, 1, 2) / 255
+        mean, std = (torch.tensor(bundle.input_normalisation[k]).view(1, 3, 1, 1) for k in ("mean", "std"))
+        expected = float(bundle.model((x - mean) / std).mean())
+    assert predict_cellularity(bundle, rgb, batch_size=3) == pytest.approx(expected, abs=1e-6)
+    assert 0 < predict_cellularity(bundle, rgb[:50, :30]) < 1  # mirrored out to one tile
+
+
 class _Stop(Exception):
     pass
 
@@ -159,7 +180,7 @@ def test_init_from_copies_the_segmentation_encoder(scored, tmp_path):
         (None, "no such scores file"),
         ("file,cellularity\na.png,0.5\n", "needs an 'image' column"),
         ("image,cellularity\n{image},1.5\n", "outside [0, 1]"),
-        ("image,cellularity\n../{image},0.5\n", "is not inside"),
+        ("image,cellularity\n../{image},0.5\n", "is not a path inside"),
     ],
 )
 def test_bad_scores_files_are_one_line_usage_errors(scored, tmp_path, csv_text, message):

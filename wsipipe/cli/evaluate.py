@@ -135,7 +135,7 @@ def _evaluate_instances(predictions: Path, truths: Path, score_column, quiet) ->
 
 def predict(
     model: ModelArg,
-    images: Annotated[list[Path], typer.Argument(metavar="IMAGE...", help="RGB image(s) (PNG, JPEG, TIFF); one for a segmentation model.", show_default=False)],
+    images: Annotated[list[Path], typer.Argument(metavar="IMAGE", help="RGB image(s) (PNG, JPEG, TIFF); one for a segmentation model.", show_default=False)],
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Segmentation: the mask PNG to write (class indices; 0/255 for two classes). Cellularity: a CSV of image,cellularity (optional; image paths relative to its folder).", show_default=False)] = None,
     mpp: ImagesMppOpt = None,
     overlap: OverlapOpt = None,

@@ -88,7 +88,7 @@ def read_scores(csv_path: Path) -> list[ScoredImage]:
         entry = row["image"] or ""
         path = (root / entry).resolve()
         if not entry or not path.is_relative_to(root):
-            raise InvalidInputError(f"{csv_path} line {line}: image {entry!r} is not inside {root}")
+            raise InvalidInputError(f"{csv_path} line {line}: image {entry!r} is not a path inside {root}")
         try:
             score = float(row[column])
         except (TypeError, ValueError):
