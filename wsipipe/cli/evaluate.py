@@ -135,27 +135,34 @@ def _evaluate_instances(predictions: Path, truths: Path, score_column, quiet) ->
 
 def predict(
     model: ModelArg,
-    image: Annotated[Path, typer.Argument(help="RGB image (PNG, JPEG, TIFF).", show_default=False)],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Mask PNG to write: class indices; 0/255 for two classes.")],
+    images: Annotated[list[Path], typer.Argument(metavar="IMAGE", help="RGB image(s) (PNG, JPEG, TIFF); one for a segmentation model.", show_default=False)],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Segmentation: the mask PNG to write (class indices; 0/255 for two classes). Cellularity: a CSV of image,cellularity (optional; image paths relative to its folder).", show_default=False)] = None,
     mpp: ImagesMppOpt = None,
     overlap: OverlapOpt = None,
     batch_size: BatchOpt = 8,
     device: DeviceOpt = "auto",
 ) -> None:
-    """Segment one image and write its mask."""
+    """Segment one image and write its mask; with a cellularity model, score each image (the mean
+    over a grid of tile-size crops at the model's µm/px) and print the scores, or write them as a
+    CSV that 'evaluate --task cellularity' reads."""
     from PIL import Image
 
-    from wsipipe.errors import OutputError
+    from wsipipe.errors import InvalidInputError, OutputError
     from wsipipe.inference.sliding import predict_image
     from wsipipe.models.io import load_model
     from wsipipe.training.data import read_image
 
-    bundle = load_model(model)
-    rgb = read_image(image)
-    labels = predict_image(bundle, rgb, _images_mpp(bundle.metadata, mpp), overlap, batch_size, device).argmax(0)
-    mask = (labels * 255 if len(bundle.classes) == 2 else labels).astype("uint8")
-    if not output.parent.is_dir():
+    if output is not None and not output.parent.is_dir():
         raise OutputError(f"-o {output}: folder {output.parent} does not exist")
+    bundle = load_model(model)
+    if bundle.metadata["architecture"] == "cellularity":
+        _predict_cellularity(bundle, images, output, mpp, batch_size, device)
+        return
+    if len(images) != 1 or output is None:
+        raise InvalidInputError("a segmentation model takes one IMAGE and -o MASK.png")
+    labels = predict_image(bundle, read_image(images[0]), _images_mpp(bundle.metadata, mpp), overlap, batch_size,
+                           device).argmax(0)
+    mask = (labels * 255 if len(bundle.classes) == 2 else labels).astype("uint8")
     tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}.png")
     try:
         Image.fromarray(mask).save(tmp)
@@ -163,3 +170,36 @@ def predict(
     finally:
         tmp.unlink(missing_ok=True)
     typer.echo(f"wrote {output} ({', '.join(f'{c}: {(labels == i).mean():.1%}' for i, c in enumerate(bundle.classes))})")
+
+
+def _predict_cellularity(bundle, images: list[Path], output: Path | None, mpp, batch_size: int, device: str) -> None:
+    """Scores printed, or written with the images named as a training scores CSV names them."""
+    import csv
+    import io
+
+    from wsipipe.device import resolve_device
+    from wsipipe.nuclei.cellularity import predict_cellularity
+    from wsipipe.nuclei.data import resample
+    from wsipipe.training.data import read_image
+
+    device = str(resolve_device(device))
+    scale_mpp = _images_mpp(bundle.metadata, mpp)
+    rows = []
+    for image in images:
+        rgb, _ = resample(read_image(image), None, scale_mpp, bundle.mpp)
+        score = predict_cellularity(bundle, rgb, device, batch_size)
+        rows.append((_relative_to(image, output.parent) if output is not None else str(image), score))
+        if output is None:
+            typer.echo(f"{image}: cellularity {score:.4f}")
+    if output is not None:
+        table = io.StringIO()
+        writer = csv.writer(table, lineterminator="\n")
+        writer.writerows([("image", "cellularity"), *((name, f"{score:.6f}") for name, score in rows)])
+        write_atomic(output, table.getvalue())
+        typer.echo(f"wrote {output} ({len(rows)} image{'s' if len(rows) != 1 else ''})")
+
+
+def _relative_to(path: Path, folder: Path) -> str:
+    """``path`` relative to ``folder`` when inside it, else absolute."""
+    path, folder = path.resolve(), folder.resolve()
+    return path.relative_to(folder).as_posix() if path.is_relative_to(folder) else str(path)

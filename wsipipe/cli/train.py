@@ -1,5 +1,6 @@
 """``wsipipe train``: train a segmentation model on images and masks or on annotated tile stores,
-or a nuclei model (``--model usnet``) on nuclei instance data."""
+a nuclei model (``--model usnet``) on nuclei instance data, or the cellularity regressor
+(``--model cellularity``) on scored images."""
 
 from __future__ import annotations
 
@@ -19,14 +20,16 @@ def train(
     data: Annotated[Path, typer.Argument(help="Folder with images/ and masks/ (matching names; 0/255 masks are binary, "
                                              "other values are class indices), or tile store(s) made with "
                                              "'wsipipe tile --annotations' (a .zarr or a folder of them; split by slide). "
-                                             "With --model usnet: a nuclei folder with cpm15/ and/or monuseg_train/.",
+                                             "With --model usnet: a nuclei folder with cpm15/ and/or monuseg_train/. "
+                                             "With --model cellularity: a CSV with an image column (paths relative to "
+                                             "its folder) and a score in [0, 1] ('cellularity', else the last column).",
                                         show_default=False)],
     output: Annotated[Path, typer.Option("--output", "-o", help="Model file to write (.safetensors).", show_default=False)],
     model: Annotated[str, typer.Option("--model", help="Architecture (wsipipe models list).")] = "unet",
     encoder: Annotated[Optional[str], typer.Option("--encoder", help="Encoder for unet/deeplabv3plus, e.g. resnet34, mobilenet_v2.")] = None,
     model_args: Annotated[Optional[str], typer.Option("--model-args", help='More architecture arguments as JSON, e.g. \'{"blocks": 4}\'.')] = None,
     classes: Annotated[str, typer.Option("--classes", help="Class names, comma-separated, index order.")] = "background,foreground",
-    mpp: Annotated[Optional[float], typer.Option("--mpp", help="µm/px the model works at [default: 1.0; usnet 0.5].", min=1e-6, show_default=False)] = None,
+    mpp: Annotated[Optional[float], typer.Option("--mpp", help="µm/px the model works at [default: 1.0; usnet and cellularity 0.5].", min=1e-6, show_default=False)] = None,
     data_mpp: Annotated[Optional[float], typer.Option("--data-mpp", help="µm/px of the training images (default: --mpp; tile stores record their own).", min=1e-6)] = None,
     data_mpp_assumed: Annotated[bool, typer.Option("--data-mpp-assumed", help="Record --data-mpp as an assumption (unknown scale).")] = False,
     tile_size: Annotated[int, typer.Option("--tile-size", help="Model input side in pixels (usnet: the training crop).", min=32)] = 256,
@@ -42,6 +45,7 @@ def train(
     seed: Annotated[int, typer.Option("--seed")] = 0,
     fp16: Annotated[bool, typer.Option("--fp16", help="Store the weights as float16 (half the size).")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the checkpoints an interrupted run left.")] = False,
+    init_from: Annotated[Optional[Path], typer.Option("--init-from", help="cellularity: a deeplabv3plus model file with the same encoder; its encoder starts the training.", show_default=False)] = None,
     device: DeviceOpt = "auto",
     quiet: QuietOpt = False,
 ) -> None:
@@ -51,7 +55,11 @@ def train(
     With --model usnet a nuclei model is trained instead (US-Net: segmentation + detection) on
     CPM-15 / MoNuSeg style data; --folds K reports the held-out images' AJI and PQ, and the last
     epoch of a fit on every image is kept. --classes, --loss, --optimizer and --val-fraction are
-    for segmentation models only."""
+    for segmentation models only.
+
+    With --model cellularity the regressor learns the scores of a CSV's images (at --mpp; L1 loss,
+    AdamW); --folds K reports the held-out images' MAE and PK, and the last epoch of a fit on every
+    image is kept. --init-from copies a trained DeepLabV3+'s encoder in."""
     import torch
 
     from wsipipe.errors import InvalidInputError
@@ -75,6 +83,14 @@ def train(
     device = str(resolve_device(device))
     # the command line as typed (when run from a shell); empty when called in-process, e.g. by tests
     command = shlex.join(["wsipipe", *sys.argv[1:]]) if "train" in sys.argv[1:3] else ""
+    if init_from is not None and model != "cellularity":
+        raise InvalidInputError("--init-from is for --model cellularity")
+    if model == "cellularity":
+        if data_mpp is not None:
+            raise InvalidInputError("--data-mpp: the scored images are taken to be at --mpp (they are not resampled)")
+        _train_cellularity(data, output, args, mpp, tile_size, epochs, patches_per_epoch, batch_size, lr, folds,
+                           seed, fp16, resume, init_from, device, command, quiet)
+        return
     if model == "usnet":
         if data_mpp is not None:
             raise InvalidInputError("--data-mpp: nuclei data records its own µm/px (CPM-15 README, MoNuSeg XML)")
@@ -136,4 +152,25 @@ def _train_nuclei(data: Path, output: Path, args: dict, mpp: float | None, crop:
     summary = f"wrote {output}"
     if val:
         summary += f"; validation ({val['method']}): AJI {val['aji']:.4f}, PQ {val['pq']:.4f}"
+    typer.echo(summary)
+
+
+def _train_cellularity(scores: Path, output: Path, args: dict, mpp: float | None, tile_size: int, epochs: int,
+                       patches_per_epoch: int, batch_size: int, lr: float, folds: int, seed: int, fp16: bool,
+                       resume: bool, init_from: Path | None, device: str, command: str, quiet: bool) -> None:
+    from wsipipe.nuclei.cellularity_train import CellularityTrainConfig, run_cellularity_training
+    from wsipipe.nuclei.data import WORKING_MPP
+
+    config = CellularityTrainConfig(
+        args=args, mpp=WORKING_MPP if mpp is None else mpp, tile_size=tile_size, epochs=epochs,
+        steps_per_epoch=max(1, patches_per_epoch // batch_size), batch_size=batch_size, lr=lr, seed=seed,
+        device=device, init_from=None if init_from is None else str(init_from),
+    )
+    with _epoch_progress(epochs, quiet) as on_step:
+        meta = run_cellularity_training(scores, config, output, folds, resume, fp16, command, on_step)
+    val = meta.get("validation") or {}
+    summary = f"wrote {output}"
+    if val:
+        pk = "undefined (all scores equal)" if val["pk"] is None else f"{val['pk']:.4f}"
+        summary += f"; validation ({val['method']}): MAE {val['mae']:.4f}, PK {pk}"
     typer.echo(summary)

@@ -1,7 +1,11 @@
-"""Reference cellularity from masks: the score the regression network learns when no pathologist
-scores exist (the shared data has none), defined as the ``nuclei`` stage reports it."""
+"""Cellularity of an image: from masks (the score the regression network learns when no
+pathologist scores exist, as the shared data has none; defined as the ``nuclei`` stage reports
+it) or from a trained ``cellularity`` model."""
 
 from __future__ import annotations
+
+import io
+from pathlib import Path
 
 import numpy as np
 
@@ -28,3 +32,68 @@ def cellularity_from_masks(instances: np.ndarray, tumour: np.ndarray) -> float |
     malignant = ids[tumour[rows, cols]]
     sizes = np.bincount(instances.ravel())
     return float(sizes[malignant].sum() / area)
+
+
+def crop_grid(side: int, tile: int) -> list[int]:
+    """Offsets of the fewest ``tile``-long crops covering ``side`` (evenly spread, overlapping)."""
+    if side <= tile:
+        return [0]
+    count = -(-side // tile)
+    return [round(offset) for offset in np.linspace(0, side - tile, count)]
+
+
+def predict_cellularity(bundle, rgb: np.ndarray, device: str = "cpu", batch_size: int = 8) -> float:
+    """A cellularity model's score of an image at the model's µm/px: the mean of its predictions on
+    a grid of ``tile_size`` crops covering the image, so the network sees inputs of the size and
+    scale it was trained on, and memory does not grow with the image. Images smaller than a tile
+    are mirrored out to it, as training patches are."""
+    import cv2
+    import torch
+
+    tile = bundle.tile_size
+    pad_y, pad_x = max(0, tile - rgb.shape[0]), max(0, tile - rgb.shape[1])
+    if pad_y or pad_x:
+        rgb = cv2.copyMakeBorder(rgb, pad_y // 2, pad_y - pad_y // 2, pad_x // 2, pad_x - pad_x // 2,
+                                 cv2.BORDER_REFLECT_101)
+    crops = [rgb[y : y + tile, x : x + tile] for y in crop_grid(rgb.shape[0], tile) for x in crop_grid(rgb.shape[1], tile)]
+    norm = bundle.input_normalisation
+    mean = torch.tensor(norm["mean"], device=device).view(1, 3, 1, 1)
+    std = torch.tensor(norm["std"], device=device).view(1, 3, 1, 1)
+    model = bundle.model.to(device).eval()
+    predictions = []
+    with torch.inference_mode():
+        for start in range(0, len(crops), batch_size):
+            x = torch.as_tensor(np.stack(crops[start : start + batch_size]), device=device).permute(0, 3, 1, 2)
+            predictions.append(model((x.float() / 255 - mean) / std).cpu())
+    return float(torch.cat(predictions).mean())
+
+
+def write_scored_crops(samples, out_dir: Path, crop: int, per_image: int) -> list[tuple[str, float]]:
+    """Up to ``per_image`` ``crop``-sided crops of each ``NucleiSample`` (a grid, evenly spread) as
+    PNGs in ``out_dir``, with ``scores.csv`` (image, cellularity) beside them; returns its rows.
+
+    The score is ``cellularity_from_masks`` with the whole crop as tumour: there are no tumour
+    masks for these images, so it is the nuclei area fraction of the crop, not a pathologist's score.
+    """
+    import csv
+
+    from PIL import Image
+
+    from wsipipe.files import write_atomic
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for sample in samples:
+        height, width = sample.instances.shape
+        corners = [(y, x) for y in crop_grid(height, crop) for x in crop_grid(width, crop)]
+        keep = np.linspace(0, len(corners) - 1, min(per_image, len(corners))).round().astype(int)
+        for y, x in (corners[i] for i in keep):
+            instances = sample.instances[y : y + crop, x : x + crop]
+            name = f"{sample.name.replace('/', '_')}_y{y}_x{x}.png"
+            Image.fromarray(sample.rgb[y : y + crop, x : x + crop]).save(out_dir / name)
+            rows.append((name, cellularity_from_masks(instances, np.ones(instances.shape, dtype=bool))))
+    table = io.StringIO()
+    csv.writer(table, lineterminator="\n").writerows([("image", "cellularity"), *((n, f"{s:.6f}") for n, s in rows)])
+    write_atomic(out_dir / "scores.csv", table.getvalue())
+    return rows

@@ -178,7 +178,7 @@ def _read_table(path: Path) -> tuple[list[str], list[dict]]:
     return list(reader.fieldnames), rows
 
 
-def _value_column(header: list[str]) -> str:
+def value_column(header: list[str]) -> str:
     """``cellularity`` when there is such a column (a batch summary.csv), else the last column."""
     return "cellularity" if "cellularity" in header else header[-1]
 
@@ -194,7 +194,7 @@ def score_cellularity(prediction_csv: Path, truth_csv: Path) -> dict:
 
     p_header, p_rows = _read_table(prediction_csv)
     t_header, t_rows = _read_table(truth_csv)
-    p_value, t_value = _value_column(p_header), _value_column(t_header)
+    p_value, t_value = value_column(p_header), value_column(t_header)
     keys = [c for c in t_header if c in p_header and c not in (p_value, t_value)]
     if not keys:
         raise InvalidInputError(f"{prediction_csv} and {truth_csv} share no column to match cases by")
