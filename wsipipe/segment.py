@@ -389,12 +389,13 @@ def segment_slide(
     ``nuclei``: also run the nuclei stage (classical, or the US-Net ``nuclei_model``, which
     implies ``nuclei``) with the predicted tumour as its tumour mask.
     """
-    from wsipipe.nuclei.stage import check_nuclei_model
+    from wsipipe.nuclei.stage import check_nuclei_model, resolve_nuclei_model
     from wsipipe.slide import open_slide
 
     say = say or (lambda message: None)
     if nuclei_model is not None:
-        check_nuclei_model(Path(nuclei_model))  # before hours of segmentation, not after
+        nuclei_model = resolve_nuclei_model(nuclei_model)
+        check_nuclei_model(nuclei_model)  # before hours of segmentation, not after
         nuclei = True
     if normalize not in NORMALIZE_METHODS:
         raise InvalidInputError(f"--normalize {normalize!r}: choose one of {', '.join(NORMALIZE_METHODS)}")

@@ -50,3 +50,18 @@ def test_tiles_give_the_same_nuclei_as_the_whole_image(bundle, data_dir):
     # small cores (128 µm) so that many nuclei straddle core borders
     _tiled_matches_whole(load_cpm15(data_dir / "nuclei" / "cpm15")[0], segment, core=256)
     _tiled_matches_whole(load_monuseg(data_dir / "nuclei" / "monuseg_train", limit=1)[0], segment, core=256)
+
+
+def test_nuclei_command_runs_the_bundled_model_by_name(data_dir, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from wsipipe.cli.main import app
+
+    image = data_dir / "nuclei" / "cpm15" / "image13.png"
+    result = CliRunner().invoke(app, ["nuclei", str(image), "-o", str(tmp_path), "--model", "bundled",
+                                      "--mpp-override", "0.5", "--quiet"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "nuclei.json").read_text())
+    assert summary["method"] == f"usnet:{BUNDLED_NUCLEI_MODEL.name}" and summary["nuclei_count"] > 50

@@ -99,9 +99,9 @@ def _prepare_segment(options: dict) -> dict:
     if options.get("normalize", "vahadane") not in NORMALIZE_METHODS:
         raise InvalidInputError(f"--normalize {options['normalize']!r}: choose one of {', '.join(NORMALIZE_METHODS)}")
     if options.get("nuclei_model") is not None:
-        from wsipipe.nuclei.stage import check_nuclei_model
+        from wsipipe.nuclei.stage import check_nuclei_model, resolve_nuclei_model
 
-        options["nuclei_model"] = _absolute_path(options["nuclei_model"])
+        options["nuclei_model"] = _absolute_path(str(resolve_nuclei_model(options["nuclei_model"])))
         check_nuclei_model(Path(options["nuclei_model"]))
     return options
 

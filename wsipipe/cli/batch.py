@@ -74,7 +74,7 @@ def batch(
     ] = False,
     nuclei_model: Annotated[
         Optional[Path],
-        typer.Option("--nuclei-model", help=f"A US-Net nuclei model file instead of the classical method (implies --nuclei) {SEGMENT_ONLY}."),
+        typer.Option("--nuclei-model", help=f"A US-Net nuclei model file ('bundled': the one shipped with wsipipe) instead of the classical method (implies --nuclei) {SEGMENT_ONLY}."),
     ] = None,
     backend: BackendOpt = None,
     mpp_override: MppOverrideOpt = None,

@@ -25,7 +25,7 @@ def nuclei(
     ] = False,
     model: Annotated[
         Optional[Path],
-        typer.Option("--model", help="A US-Net nuclei model file (.safetensors) instead of --classical."),
+        typer.Option("--model", help="A US-Net nuclei model file (.safetensors), or 'bundled' for the one shipped with wsipipe, instead of --classical."),
     ] = None,
     tumour_mask: Annotated[
         Optional[Path],

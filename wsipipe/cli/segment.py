@@ -45,7 +45,7 @@ def segment(
     ] = False,
     nuclei_model: Annotated[
         Optional[Path],
-        typer.Option("--nuclei-model", help="A US-Net nuclei model file instead of the classical method (implies --nuclei)."),
+        typer.Option("--nuclei-model", help="A US-Net nuclei model file ('bundled': the one shipped with wsipipe) instead of the classical method (implies --nuclei)."),
     ] = None,
     mpp_override: MppOverrideOpt = None,
     quiet: QuietOpt = False,

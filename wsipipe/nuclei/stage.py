@@ -147,6 +147,7 @@ def run_nuclei(
     """
     from wsipipe.tissue import detect_tissue
 
+    model = resolve_nuclei_model(model) if model is not None else None
     network = _load_nuclei_model(model, device) if model is not None else None
     mpp = network.mpp if network is not None else WORKING_MPP
     source = open_source(Path(input_path), mpp_override, backend, mpp)
@@ -255,6 +256,11 @@ def _describe_mask(mask) -> str | None:
     if mask is None:
         return None
     return "array" if isinstance(mask, np.ndarray) else str(mask)
+
+
+def resolve_nuclei_model(model: str | Path) -> Path:
+    """A nuclei model option's file: the word ``bundled`` names the model shipped in the package."""
+    return BUNDLED_NUCLEI_MODEL if str(model) == "bundled" else Path(model)
 
 
 def check_nuclei_model(path: Path) -> None:
