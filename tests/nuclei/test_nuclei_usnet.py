@@ -59,7 +59,7 @@ def test_nuclei_command_runs_the_bundled_model_by_name(data_dir, tmp_path):
 
     from wsipipe.cli.main import app
 
-    image = data_dir / "nuclei" / "cpm15" / "image13.png"
+    image = data_dir / "nuclei" / "cpm15" / "image02.png"  # a 20x image: 0.5 µm/px
     result = CliRunner().invoke(app, ["nuclei", str(image), "-o", str(tmp_path), "--model", "bundled",
                                       "--mpp-override", "0.5", "--quiet"])
     assert result.exit_code == 0, result.output
