@@ -160,10 +160,10 @@ def _whole_tiles(reader, level):
 
 
 def _count_general_decodes(monkeypatch):
-    """Counts the tiles decoded through tifffile (the general path), not in place."""
+    """Counts the tiles the general path asks for (decoded through tifffile or cached), not in place."""
     calls = []
-    general = TiledPages._decode
-    monkeypatch.setattr(TiledPages, "_decode", lambda self, page, index: calls.append(index) or general(self, page, index))
+    general = TiledPages._decoded
+    monkeypatch.setattr(TiledPages, "_decoded", lambda self, level, index: calls.append(index) or general(self, level, index))
     return calls
 
 
@@ -219,3 +219,29 @@ def test_other_reads_into_a_buffer_take_the_general_path(synthetic_slide, monkey
             assert reader.read_region((x, y), level, (w, h), out=out) is out
             np.testing.assert_array_equal(out, _openslide_reference(synthetic_slide, x, y, level, w, h))
             assert len(general_decodes) > before
+
+
+def test_reads_within_a_tile_decode_it_once_per_thread(synthetic_slide, monkeypatch):
+    """Four quarter-tile reads decode their tile once; another thread decodes it for itself; the
+    cache stays bounded."""
+    import threading
+
+    from wsipipe.slide.tiff_tiles import CACHED_TILES_PER_THREAD
+
+    decoded = []
+    decode = TiledPages._decode
+    with open_slide(synthetic_slide, backend="openslide") as reader:
+        monkeypatch.setattr(TiledPages, "_decode", lambda self, page, index: decoded.append(index) or decode(self, page, index))
+        tile = reader._direct_tiles._pages[0].tilewidth
+        half = tile // 2
+        quarters = [(x, y) for y in (0, half) for x in (0, half)]
+        for x, y in quarters:
+            np.testing.assert_array_equal(reader.read_region((x, y), 0, (half, half)),
+                                          _openslide_reference(synthetic_slide, x, y, 0, half, half))
+        assert decoded == [0]
+        other = threading.Thread(target=reader.read_region, args=((0, 0), 0, (half, half)))
+        other.start()
+        other.join()
+        assert decoded == [0, 0]
+        reader.read_region((0, 0), 0, ((CACHED_TILES_PER_THREAD + 2) * tile, tile))
+        assert len(reader._direct_tiles._thread.tiles) == CACHED_TILES_PER_THREAD
