@@ -7,7 +7,9 @@ them with tifffile's own decoder (imagecodecs). This skips the backends' per-cal
 (openslide's cairo compositing and RGBA conversion, tiffslide's generic machinery), and is
 several times faster for tile-sized reads. A region that is exactly one JPEG tile (tiling a
 level at its own tile size) is decoded by libjpeg-turbo straight into the caller's buffer, e.g.
-the tile's place in a shard: no intermediate array, no copies.
+the tile's place in a shard: no intermediate array, no copies. Other regions are assembled from
+decoded tiles, of which each thread keeps its last few: neighbouring reads smaller than a tile
+decode it once.
 
 Only what is known to give the same pixels as openslide is served: each level must map to a
 page of exactly its dimensions, with an allow-listed compression, 8-bit RGB, no missing tiles.
