@@ -41,6 +41,10 @@ PARTIAL_SUFFIX = ".partial"
 # memory held by the shards in flight (two per worker) is the same whatever the slide's size.
 _SHARD_PIXELS = 32 * 512 * 512
 _MAX_TILES_PER_SHARD = 64
+# Chunk compression: Blosc-LZ4 at level 1, no shuffle (a no-op on bytes). Level 1 compresses
+# tiles within 0.5 % of level 5 in about three quarters of the time (decoded JPEG hardly compresses).
+BLOSC_CNAME = "lz4"
+BLOSC_CLEVEL = 1
 
 
 def tiles_per_shard_for(tile_size: int) -> int:
@@ -175,7 +179,7 @@ class ShardWriter:
             padded[: len(label_fractions)] = label_fractions
             path = root / "label_fractions" / "c" / str(index) / "0"
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(_blosc().encode(padded))
+            path.write_bytes(_compress(padded))
         return len(tiles)
 
 
@@ -184,7 +188,6 @@ def write_shard_file(path: Path, chunks: np.ndarray, chunks_per_shard: int) -> N
     by chunk as each is compressed (no shard-sized buffer)."""
     import google_crc32c
 
-    codec = _blosc()
     index = np.full((chunks_per_shard, 2), np.iinfo(np.uint64).max, dtype="<u8")  # max: chunk absent
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as handle:
@@ -192,7 +195,7 @@ def write_shard_file(path: Path, chunks: np.ndarray, chunks_per_shard: int) -> N
         for position, chunk in enumerate(chunks):
             if not chunk.any():
                 continue
-            data = codec.encode(np.ascontiguousarray(chunk))
+            data = _compress(chunk)
             handle.write(data)
             index[position] = (offset, len(data))
             offset += len(data)
@@ -200,11 +203,16 @@ def write_shard_file(path: Path, chunks: np.ndarray, chunks_per_shard: int) -> N
         handle.write(raw_index + google_crc32c.value(raw_index).to_bytes(4, "little"))
 
 
-def _blosc():
-    """The chunk compressor: Blosc-LZ4, level 5, no shuffle (what ``_write_array_meta`` declares)."""
-    from numcodecs import Blosc
+def _compress(array: np.ndarray) -> bytes:
+    """One chunk as zarr's Blosc codec (numcodecs) encodes it with the settings
+    ``_write_array_meta`` declares, byte for byte (tested), through imagecodecs' build of the
+    same c-blosc: imagecodecs is loaded already for decoding, numcodecs would cost ~15-60 ms to import."""
+    import imagecodecs
 
-    return Blosc(cname="lz4", clevel=5, shuffle=Blosc.NOSHUFFLE, blocksize=0)
+    return imagecodecs.blosc_encode(
+        np.ascontiguousarray(array), level=BLOSC_CLEVEL, compressor=BLOSC_CNAME, shuffle=0,
+        typesize=array.dtype.itemsize, blocksize=0, numthreads=1,
+    )
 
 
 class StoreWriter:
@@ -423,14 +431,14 @@ def _small_array(path: Path, data: np.ndarray) -> None:
     if data.size and data.any():
         chunk = path / "c" / "/".join("0" * data.ndim)
         chunk.parent.mkdir(parents=True, exist_ok=True)
-        chunk.write_bytes(_blosc().encode(np.ascontiguousarray(data)))
+        chunk.write_bytes(_compress(data))
 
 
 def _write_array_meta(path: Path, shape, dtype, chunks, inner_chunks=None, dimension_names=None) -> None:
     """zarr v3 array metadata: Blosc-LZ4 chunks, sharded when ``inner_chunks`` is given."""
     dtype = np.dtype(dtype)
     endian = {} if dtype.itemsize == 1 else {"configuration": {"endian": "little"}}
-    blosc = {"typesize": dtype.itemsize, "cname": "lz4", "clevel": 5, "shuffle": "noshuffle", "blocksize": 0}
+    blosc = {"typesize": dtype.itemsize, "cname": BLOSC_CNAME, "clevel": BLOSC_CLEVEL, "shuffle": "noshuffle", "blocksize": 0}
     codecs = [{"name": "bytes", **endian}, {"name": "blosc", "configuration": blosc}]
     if inner_chunks is not None:
         codecs = [{"name": "sharding_indexed", "configuration": {

@@ -335,9 +335,9 @@ class _ShardWork:
         tiles = self.readers.buffer((self.shard_writer.tiles_per_shard, *size, 3))[: len(coords)]
         for i, (x, y) in enumerate(coords.tolist()):
             if spec.native:
-                tiles[i] = reader.read_region((x, y), spec.level, size)
+                reader.read_region((x, y), spec.level, size, out=tiles[i])
             else:
-                tiles[i] = reader.read_at_mpp((x, y), size, spec.mpp)
+                reader.read_at_mpp((x, y), size, spec.mpp, out=tiles[i])
         if self.rasteriser is None:
             return self.shard_writer.write(index, tiles)
         masks = np.stack([self.rasteriser.tile_mask(x, y, spec.extent, spec.tile_size) for x, y in coords.tolist()])

@@ -143,3 +143,105 @@ def test_corrupt_tile_is_a_clear_error(tmp_path, slides_dir):
         x, y = (20 % across) * tile_w, (20 // across) * tile_w
         with pytest.raises(SlideOpenError, match="corrupt.svs: cannot read pixels"):
             reader.read_region((x, y), 0, (10, 10))
+        with pytest.raises(SlideOpenError, match="corrupt.svs: cannot read pixels"):
+            reader.read_region((x, y), 0, (tile_w, tile_w), out=np.empty((tile_w, tile_w, 3), np.uint8))
+
+
+def _whole_tiles(reader, level):
+    """Level-0 positions of the level's tiles that lie wholly inside the image, and the tile size."""
+    page = reader._direct_tiles._pages[level]
+    downsample = reader.levels[level].downsample
+    positions = [
+        (round(tx * downsample), round(ty * downsample))
+        for ty in range(0, page.imagelength - page.tilelength + 1, page.tilelength)
+        for tx in range(0, page.imagewidth - page.tilewidth + 1, page.tilewidth)
+    ]
+    return positions, (page.tilewidth, page.tilelength)
+
+
+def _count_general_decodes(monkeypatch):
+    """Counts the tiles the general path asks for (decoded through tifffile or cached), not in place."""
+    calls = []
+    general = TiledPages._decoded
+    monkeypatch.setattr(TiledPages, "_decoded", lambda self, level, index: calls.append(index) or general(self, level, index))
+    return calls
+
+
+# JPEG tiles in each colour-space case: Aperio RGB without JFIF (CMU), JFIF RGB (OME-TIFF), YCbCr (synthetic).
+IN_PLACE_CASES = [("CMU-1-Small-Region.svs", "openslide"), ("CMU-1-Small-Region.svs", "tiffslide"),
+                  ("synthetic", "openslide"), ("synthetic", "tiffslide"), ("OS-1-detail.ome.tif", "tiffslide")]
+
+
+@pytest.mark.parametrize(("name", "backend"), IN_PLACE_CASES)
+def test_whole_jpeg_tiles_decoded_in_place_equal_the_backend(name, backend, slides_dir, synthetic_slide, monkeypatch):
+    """Every whole tile of every JPEG level, read into a buffer, is decoded in place (no general
+    decode) and equals openslide's read_region (tiffslide's for the OME-TIFF, which openslide
+    does not read)."""
+    path = _slide_path(name, slides_dir, synthetic_slide)
+    monkeypatch.setenv(ENV_SWITCH, "0")
+    plain = open_slide(path, backend=backend)
+    monkeypatch.delenv(ENV_SWITCH)
+    with open_slide(path, backend=backend) as reader, plain:
+        general_decodes = _count_general_decodes(monkeypatch)  # opening decodes a pixel through it
+        jpeg_levels = [i for i in range(len(reader.levels)) if i in reader._direct_tiles._jpeg_colorspaces]
+        assert jpeg_levels
+        for level in jpeg_levels:
+            positions, (width, height) = _whole_tiles(reader, level)
+            assert positions
+            out = np.empty((height, width, 3), np.uint8)
+            for x, y in positions:
+                assert reader.read_region((x, y), level, (width, height), out=out) is out
+                if backend == "openslide" or name == "OS-1-detail.ome.tif":
+                    expected = plain.read_region((x, y), level, (width, height))
+                else:
+                    expected = _openslide_reference(path, x, y, level, width, height)
+                np.testing.assert_array_equal(out, expected)
+        assert general_decodes == []
+
+
+def test_other_reads_into_a_buffer_take_the_general_path(synthetic_slide, monkeypatch):
+    """Edge tiles (padded in the file), unaligned or other-sized regions and non-contiguous
+    buffers are decoded through tifffile and copied, with openslide's pixels."""
+    with open_slide(synthetic_slide, backend="openslide") as reader:
+        general_decodes = _count_general_decodes(monkeypatch)
+        level, lvl = 1, reader.levels[1]
+        tile = reader._direct_tiles._pages[level].tilewidth
+        edge_x = (lvl.width // tile) * tile  # the last column of tiles is cut by the image edge
+        cases = [
+            (edge_x, 0, tile, tile, np.empty((tile, tile, 3), np.uint8)),
+            (7, 0, tile, tile, np.empty((tile, tile, 3), np.uint8)),
+            (0, 0, tile // 2, tile // 2, np.empty((tile // 2, tile // 2, 3), np.uint8)),
+            (tile, tile, tile, tile, np.empty((tile, 2 * tile, 3), np.uint8)[:, ::2]),
+        ]
+        for lx, ly, w, h, out in cases:
+            before = len(general_decodes)
+            x, y = round(lx * lvl.downsample), round(ly * lvl.downsample)
+            assert reader.read_region((x, y), level, (w, h), out=out) is out
+            np.testing.assert_array_equal(out, _openslide_reference(synthetic_slide, x, y, level, w, h))
+            assert len(general_decodes) > before
+
+
+def test_reads_within_a_tile_decode_it_once_per_thread(synthetic_slide, monkeypatch):
+    """Four quarter-tile reads decode their tile once; another thread decodes it for itself; the
+    cache stays bounded."""
+    import threading
+
+    from wsipipe.slide.tiff_tiles import CACHED_TILES_PER_THREAD
+
+    decoded = []
+    decode = TiledPages._decode
+    with open_slide(synthetic_slide, backend="openslide") as reader:
+        monkeypatch.setattr(TiledPages, "_decode", lambda self, page, index: decoded.append(index) or decode(self, page, index))
+        tile = reader._direct_tiles._pages[0].tilewidth
+        half = tile // 2
+        quarters = [(x, y) for y in (0, half) for x in (0, half)]
+        for x, y in quarters:
+            np.testing.assert_array_equal(reader.read_region((x, y), 0, (half, half)),
+                                          _openslide_reference(synthetic_slide, x, y, 0, half, half))
+        assert decoded == [0]
+        other = threading.Thread(target=reader.read_region, args=((0, 0), 0, (half, half)))
+        other.start()
+        other.join()
+        assert decoded == [0, 0]
+        reader.read_region((0, 0), 0, ((CACHED_TILES_PER_THREAD + 2) * tile, tile))
+        assert len(reader._direct_tiles._thread.tiles) == CACHED_TILES_PER_THREAD

@@ -9,7 +9,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
-import click
 import typer
 
 from wsipipe.cli.options import BackendOpt, LabelMapOpt, MppOverrideOpt, OverwriteOpt, QuietOpt, StrictOpt
@@ -30,7 +29,7 @@ MAX_MASK_PIXELS = 1 << 30  # a coarser --mpp is needed beyond this
 
 class _EchoWarnings(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
-        click.echo(f"Warning: {record.getMessage()}", err=True)
+        typer.echo(f"Warning: {record.getMessage()}", err=True)
 
 
 @contextmanager

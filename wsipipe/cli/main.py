@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import sys
 
-import click
 import typer
 from typer.core import TyperGroup
 
@@ -29,26 +28,26 @@ _state = {"debug": False}
 class _WsipipeGroup(TyperGroup):
     """Turns every failure into one line and an exit code; ``--debug`` keeps the traceback."""
 
-    def invoke(self, ctx: click.Context):
+    def invoke(self, ctx: typer.Context):
         try:
             return super().invoke(ctx)
-        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, typer.Exit, typer.Abort, typer.TyperException):  # typer 0.29 vendors click
+        except (typer.Exit, typer.Abort, typer.TyperException):  # typer vendors click (>= 0.29): its usage errors are TyperExceptions
             raise
         except WsipipeError as exc:
             if _state["debug"]:
                 raise
-            click.echo(f"Error: {exc}", err=True)
+            typer.echo(f"Error: {exc}", err=True)
             ctx.exit(exc.exit_code)
         except BrokenPipeError:  # output piped into e.g. `head`, which has closed: stop quietly
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             ctx.exit(0)
         except KeyboardInterrupt:
-            click.echo("Interrupted; run the same command again to resume.", err=True)
+            typer.echo("Interrupted; run the same command again to resume.", err=True)
             ctx.exit(130)
         except Exception as exc:  # a bug: one line unless --debug
             if _state["debug"]:
                 raise
-            click.echo(
+            typer.echo(
                 f"Internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)",
                 err=True,
             )

@@ -133,8 +133,10 @@ class SlideReader(ABC):
                 best = index
         return best
 
-    def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
-        """RGB uint8 (h, w, 3) of ``size`` at ``level``, from level-0 ``location``.
+    def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int],
+                    out: np.ndarray | None = None) -> np.ndarray:
+        """RGB uint8 (h, w, 3) of ``size`` at ``level``, from level-0 ``location``; written into
+        ``out`` when given (a tile of a shard, say: a whole JPEG tile is then decoded in place).
 
         Transparent pixels are composited on white; pixels beyond the slide edge are white.
         """
@@ -147,10 +149,10 @@ class SlideReader(ABC):
             downsample = self.levels[level].downsample
             lx, ly = x / downsample, y / downsample
             if lx.is_integer() and ly.is_integer():
-                return self._direct_tiles.read(level, int(lx), int(ly), width, height)
+                return self._direct_tiles.read(level, int(lx), int(ly), width, height, out)
         if self._in_bounds_only:
-            return self._read_padded(x, y, level, width, height)
-        return _composite_on_white(self._read_raw(x, y, level, width, height))
+            return _into(out, self._read_padded(x, y, level, width, height))
+        return _into(out, _composite_on_white(self._read_raw(x, y, level, width, height)))
 
     def _read_padded(self, x: int, y: int, level: int, width: int, height: int) -> np.ndarray:
         lvl = self.levels[level]
@@ -166,8 +168,10 @@ class SlideReader(ABC):
             out[cy0 - ly0 : cy1 - ly0, cx0 - lx0 : cx1 - lx0] = _composite_on_white(inner)
         return out
 
-    def read_at_mpp(self, location: tuple[float, float], size: tuple[int, int], mpp: float) -> np.ndarray:
-        """RGB (h, w, 3) covering ``size`` output pixels at ``mpp`` µm/px from level-0 ``location``.
+    def read_at_mpp(self, location: tuple[float, float], size: tuple[int, int], mpp: float,
+                    out: np.ndarray | None = None) -> np.ndarray:
+        """RGB (h, w, 3) covering ``size`` output pixels at ``mpp`` µm/px from level-0 ``location``
+        (into ``out`` when given).
 
         Reads the nearest finer level and resizes (area interpolation) to exactly ``size``.
         """
@@ -175,10 +179,10 @@ class SlideReader(ABC):
         scale = mpp / self.level_mpp(level)
         width, height = size
         if abs(scale - 1) <= MPP_TOLERANCE / 10:
-            return self.read_region((round(location[0]), round(location[1])), level, size)
+            return self.read_region((round(location[0]), round(location[1])), level, size, out)
         src_w, src_h = max(1, round(width * scale)), max(1, round(height * scale))
         region = self.read_region((round(location[0]), round(location[1])), level, (src_w, src_h))
-        return cv2.resize(region, (width, height), interpolation=cv2.INTER_AREA)
+        return _into(out, cv2.resize(region, (width, height), interpolation=cv2.INTER_AREA))
 
     def thumbnail_at_mpp(self, mpp: float) -> np.ndarray:
         """The whole slide at ``mpp`` (which may be coarser than any level), RGB."""
@@ -209,6 +213,14 @@ class SlideReader(ABC):
             "objective_power": self.objective_power,
             "associated_images": self.associated_images,
         }
+
+
+def _into(out: np.ndarray | None, pixels: np.ndarray) -> np.ndarray:
+    """``pixels``, copied into ``out`` when the caller gave one."""
+    if out is None:
+        return pixels
+    out[...] = pixels
+    return out
 
 
 def _composite_on_white(pixels: np.ndarray) -> np.ndarray:
