@@ -201,7 +201,7 @@ def test_derived_store_copies_geometry_and_resumes(reference_store, tmp_path):
 def test_ctrl_c_with_worker_threads_exits_130_and_resumes(cmu, tmp_path):
     """SIGINT to the whole process group, as a terminal's Ctrl-C sends it."""
     path = tmp_path / "cmu.zarr"
-    argv = [sys.executable, "-m", "wsipipe", "tile", str(cmu), "-o", str(path), "--tile-size", "32",
+    argv = [sys.executable, "-m", "wsipipe", "tile", str(cmu), "-o", str(path), "--tile-size", "16",
             "--tissue-threshold", "0", "--workers", "2", "--quiet"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     process = subprocess.Popen(argv, env=env, start_new_session=True, stderr=subprocess.PIPE, text=True)
