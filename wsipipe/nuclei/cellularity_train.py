@@ -142,7 +142,7 @@ def train_cellularity(
     from wsipipe.models import build_model, resolve_args
     from wsipipe.models.cellularity import cellularity_loss
     from wsipipe.models.io import IMAGENET_NORMALISATION
-    from wsipipe.training.checkpoint import load_checkpoint, save_checkpoint
+    from wsipipe.training.checkpoint import run_resumable_epochs
     from wsipipe.training.data import Augmentation, LabelledImage, sample_patch
     from wsipipe.training.trainer import poly_lr
 
@@ -162,32 +162,19 @@ def train_cellularity(
     scores = torch.tensor([s.score for s in samples], dtype=torch.float32)
     augmentation = Augmentation(scale_range=(1.0, 1.0), max_rotation=0.0)  # turns and flips only
     identity = {"config": asdict(config), "images": [s.name for s in samples]}
-    first_epoch = 0
-    if resume and checkpoint is not None and checkpoint.is_file():
-        _, state = load_checkpoint(checkpoint, network, optimiser)
-        if state.get("identity") != identity:
-            raise InvalidInputError(f"{checkpoint}: made with other training options; drop --resume to start over")
-        first_epoch = state["epochs_done"]
-        rng.bit_generator.state = state["numpy_rng"]
-    for epoch in range(first_epoch, config.epochs):
-        losses = []
-        for step_in_epoch in range(config.steps_per_epoch):
-            for group in optimiser.param_groups:
-                group["lr"] = poly_lr(config.lr, epoch * config.steps_per_epoch + step_in_epoch, config.steps)
-            picks = rng.integers(len(samples), size=config.batch_size)
-            patches = np.stack([sample_patch(sources[i], config.tile_size, rng, augmentation)[0] for i in picks])
-            x = torch.as_tensor(patches, device=device).permute(0, 3, 1, 2).float() / 255
-            optimiser.zero_grad()
-            loss = cellularity_loss(network((x - mean) / std), scores[picks].to(device))
-            loss.backward()
-            optimiser.step()
-            losses.append(float(loss.detach()))
-            if on_step:
-                on_step({"epoch": epoch + 1, "step": step_in_epoch + 1, "steps": config.steps_per_epoch,
-                         "loss": float(np.mean(losses))})
-        if checkpoint is not None:
-            state = {"identity": identity, "epochs_done": epoch + 1, "numpy_rng": rng.bit_generator.state}
-            save_checkpoint(checkpoint, network, None, optimiser, state)
+
+    def train_step() -> float:
+        picks = rng.integers(len(samples), size=config.batch_size)
+        patches = np.stack([sample_patch(sources[i], config.tile_size, rng, augmentation)[0] for i in picks])
+        x = torch.as_tensor(patches, device=device).permute(0, 3, 1, 2).float() / 255
+        optimiser.zero_grad()
+        loss = cellularity_loss(network((x - mean) / std), scores[picks].to(device))
+        loss.backward()
+        optimiser.step()
+        return float(loss.detach())
+
+    run_resumable_epochs(network, optimiser, rng, identity, config.epochs, config.steps_per_epoch,
+                         lambda step: poly_lr(config.lr, step, config.steps), train_step, checkpoint, resume, on_step)
     return network.eval()
 
 

@@ -87,7 +87,7 @@ def train_usnet(
     from wsipipe.models import build_model, resolve_args
     from wsipipe.models.io import IMAGENET_NORMALISATION
     from wsipipe.models.usnet import USNetLoss
-    from wsipipe.training.checkpoint import load_checkpoint, save_checkpoint
+    from wsipipe.training.checkpoint import run_resumable_epochs
     from wsipipe.training.data import STAIN_JITTER
 
     device = config.device
@@ -101,34 +101,20 @@ def train_usnet(
     mean = torch.tensor(IMAGENET_NORMALISATION["mean"], device=device).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_NORMALISATION["std"], device=device).view(1, 3, 1, 1)
     identity = {"config": asdict(config), "images": [s.name for s in samples]}
-    first_epoch = 0
-    if resume and checkpoint is not None and checkpoint.is_file():
-        _, state = load_checkpoint(checkpoint, network, optimiser)
-        if state.get("identity") != identity:
-            raise InvalidInputError(f"{checkpoint}: made with other training options; drop --resume to start over")
-        first_epoch = state["epochs_done"]
-        rng.bit_generator.state = state["numpy_rng"]
-    for epoch in range(first_epoch, config.epochs):
-        losses = []
-        for step_in_epoch in range(config.steps_per_epoch):
-            step = epoch * config.steps_per_epoch + step_in_epoch
-            for group in optimiser.param_groups:
-                group["lr"] = _cosine_lr(config, step)
-            crops = [_crop(samples[int(rng.integers(len(samples)))], config.crop, rng) for _ in range(config.batch_size)]
-            rgb = STAIN_JITTER.apply(np.stack([c[0] for c in crops]), rng)
-            x = torch.as_tensor(rgb, device=device).permute(0, 3, 1, 2).float() / 255
-            labels = torch.as_tensor(np.stack([c[1] for c in crops]).astype(np.int64), device=device)
-            optimiser.zero_grad()
-            loss = loss_fn(network((x - mean) / std), labels, anchors)["loss"]
-            loss.backward()
-            optimiser.step()
-            losses.append(float(loss.detach()))
-            if on_step:
-                on_step({"epoch": epoch + 1, "step": step_in_epoch + 1, "steps": config.steps_per_epoch,
-                         "loss": float(np.mean(losses))})
-        if checkpoint is not None:
-            state = {"identity": identity, "epochs_done": epoch + 1, "numpy_rng": rng.bit_generator.state}
-            save_checkpoint(checkpoint, network, None, optimiser, state)
+
+    def train_step() -> float:
+        crops = [_crop(samples[int(rng.integers(len(samples)))], config.crop, rng) for _ in range(config.batch_size)]
+        rgb = STAIN_JITTER.apply(np.stack([c[0] for c in crops]), rng)
+        x = torch.as_tensor(rgb, device=device).permute(0, 3, 1, 2).float() / 255
+        labels = torch.as_tensor(np.stack([c[1] for c in crops]).astype(np.int64), device=device)
+        optimiser.zero_grad()
+        loss = loss_fn(network((x - mean) / std), labels, anchors)["loss"]
+        loss.backward()
+        optimiser.step()
+        return float(loss.detach())
+
+    run_resumable_epochs(network, optimiser, rng, identity, config.epochs, config.steps_per_epoch,
+                         lambda step: _cosine_lr(config, step), train_step, checkpoint, resume, on_step)
     return network.eval()
 
 

@@ -1,13 +1,15 @@
 """Resumable training state without pickle: tensors (weights, best weights, optimiser moments,
-RNG) in one safetensors file, everything else as JSON in its metadata header."""
+RNG) in one safetensors file, everything else as JSON in its metadata header; and the resumable
+epoch loop the nuclei and cellularity trainers share."""
 
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+import numpy as np
 import torch
 
 from wsipipe.errors import ModelError
@@ -60,3 +62,44 @@ def load_checkpoint(path: Path, model, optimizer) -> tuple[dict | None, dict[str
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
     torch.set_rng_state(tensors["rng.torch"])
     return best, meta["state"]
+
+
+def run_resumable_epochs(
+    network,
+    optimizer,
+    rng,
+    identity: dict,
+    epochs: int,
+    steps_per_epoch: int,
+    learning_rate: Callable[[int], float],
+    train_step: Callable[[], float],
+    checkpoint: Path | None = None,
+    resume: bool = False,
+    on_step: Callable[[dict], None] | None = None,
+) -> None:
+    """The epoch loop of the nuclei and cellularity trainers: ``train_step()`` runs one batch and
+    returns its loss, at the learning rate ``learning_rate(step)``; with ``checkpoint`` the state
+    (weights, optimiser, torch and numpy ``rng`` streams) is saved after every epoch, and
+    ``resume`` continues from it bit-identically. A checkpoint of another ``identity`` (config
+    and data) is refused."""
+    from wsipipe.errors import InvalidInputError
+
+    first_epoch = 0
+    if resume and checkpoint is not None and checkpoint.is_file():
+        _, state = load_checkpoint(checkpoint, network, optimizer)
+        if state.get("identity") != identity:
+            raise InvalidInputError(f"{checkpoint}: made with other training options; drop --resume to start over")
+        first_epoch = state["epochs_done"]
+        rng.bit_generator.state = state["numpy_rng"]
+    for epoch in range(first_epoch, epochs):
+        losses = []
+        for step_in_epoch in range(steps_per_epoch):
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(epoch * steps_per_epoch + step_in_epoch)
+            losses.append(train_step())
+            if on_step:
+                on_step({"epoch": epoch + 1, "step": step_in_epoch + 1, "steps": steps_per_epoch,
+                         "loss": float(np.mean(losses))})
+        if checkpoint is not None:
+            state = {"identity": identity, "epochs_done": epoch + 1, "numpy_rng": rng.bit_generator.state}
+            save_checkpoint(checkpoint, network, None, optimizer, state)
