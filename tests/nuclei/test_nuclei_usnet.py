@@ -26,6 +26,11 @@ def test_bundled_model_records_how_it_was_made(bundle):
     assert training["command"].startswith("wsipipe train ") and "--model usnet" in training["command"]
     assert f"--seed {training['seed']}" in training["command"]
     assert training["data"]["images"] and training["config"]["seed"] == training["seed"]
+    validation = meta["validation"]  # the 5-fold cross-validation the README quotes
+    assert len(validation["fold_aji"]) == len(validation["fold_pq"]) == 5
+    assert sorted(validation["per_image"]) == sorted(training["data"]["images"])
+    for key in ("aji", "pq"):
+        assert validation[key] == pytest.approx(np.mean(validation[f"fold_{key}"]))
 
 
 def _tiled_matches_whole(sample, segment, core):
