@@ -49,17 +49,12 @@ def train(
     device: DeviceOpt = "auto",
     quiet: QuietOpt = False,
 ) -> None:
-    """Train a model; the best epoch by validation mIoU is kept. Without a validation set the last
-    epoch is kept. Interrupted runs continue with --resume.
+    """Train a model; the best epoch by validation mIoU is kept. Without a validation set the last epoch is kept. Interrupted runs continue with --resume.
 
-    With --model usnet a nuclei model is trained instead (US-Net: segmentation + detection) on
-    CPM-15 / MoNuSeg style data; --folds K reports the held-out images' AJI and PQ, and the last
-    epoch of a fit on every image is kept. --classes, --loss, --optimizer and --val-fraction are
-    for segmentation models only.
+    With --model usnet a nuclei model is trained instead (US-Net: segmentation + detection) on CPM-15 / MoNuSeg style data; --folds K reports the held-out images' AJI and PQ, and the last epoch of a fit on every image is kept. --classes, --loss, --optimizer and --val-fraction are for segmentation models only.
 
-    With --model cellularity the regressor learns the scores of a CSV's images (at --mpp; L1 loss,
-    AdamW); --folds K reports the held-out images' MAE and PK, and the last epoch of a fit on every
-    image is kept. --init-from copies a trained DeepLabV3+'s encoder in."""
+    With --model cellularity the regressor learns the scores of a CSV's images (at --mpp; L1 loss, AdamW); --folds K reports the held-out images' MAE and PK, and the last epoch of a fit on every image is kept. --init-from copies a trained DeepLabV3+'s encoder in.
+    """
     import torch
 
     from wsipipe.errors import InvalidInputError
