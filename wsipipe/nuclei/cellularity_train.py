@@ -11,7 +11,6 @@ fit on every image, and writes the model file with its command, seed and figures
 from __future__ import annotations
 
 import csv
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,7 +19,6 @@ from typing import Callable
 import numpy as np
 
 from wsipipe.errors import InvalidInputError
-from wsipipe.files import write_atomic
 
 #: The one output "class" of a cellularity model file.
 CELLULARITY_CLASSES = ["cellularity"]
@@ -206,6 +204,7 @@ def run_cellularity_training(
     """
     from wsipipe.models.io import ModelBundle, save_model
     from wsipipe.nuclei.cellularity import predict_cellularity
+    from wsipipe.training.checkpoint import discard_training_state, fit_checkpoint, resumable_folds
     from wsipipe.training.data import split_folds
 
     output = Path(output)
@@ -213,34 +212,31 @@ def run_cellularity_training(
         raise InvalidInputError(f"-o {output}: folder {output.parent} does not exist")
     samples = read_scores(scores_csv)
     step = (lambda run: (lambda info: on_step(run, info))) if on_step else (lambda run: None)
-    cv_path = output.with_name(output.name + ".cv.json")
     validation: dict = {}
     if folds:
         held_out_folds = split_folds([s.name for s in samples], folds, config.seed)
-        done = json.loads(cv_path.read_text()) if resume and cv_path.is_file() else {"folds": []}
-        for k in range(len(done["folds"]), folds):
+
+        def run_fold(k: int, checkpoint: Path) -> dict:
             held_out_indices = set(held_out_folds[k])
             held_out = [s for i, s in enumerate(samples) if i in held_out_indices]
             train = [s for i, s in enumerate(samples) if i not in held_out_indices]
-            ckpt = output.with_name(f"{output.name}.fold{k + 1}.ckpt")
-            network = train_cellularity(train, config, ckpt, resume, step(f"fold {k + 1}/{folds}"))
+            network = train_cellularity(train, config, checkpoint, resume, step(f"fold {k + 1}/{folds}"))
             bundle = ModelBundle(network, cellularity_model_metadata(config))
             per_image = {s.name: {"score": s.score, "prediction": predict_cellularity(bundle, s.image, config.device)}
                          for s in held_out}
-            done["folds"].append({"images": list(per_image), "per_image": per_image})
-            write_atomic(cv_path, json.dumps(done))
-            ckpt.unlink(missing_ok=True)
-        per_image = {name: v for f in done["folds"] for name, v in f["per_image"].items()}
+            return {"images": list(per_image), "per_image": per_image}
+
+        done = resumable_folds(output, folds, resume, run_fold)
+        per_image = {name: v for f in done for name, v in f["per_image"].items()}
         validation = {
             "method": f"{folds}-fold cross-validation by image; MAE and PK of the held-out images' predictions "
                       "(mean over a grid of tile-size crops)",
             **score_predictions(per_image),
-            "fold_mae": [score_predictions(f["per_image"])["mae"] for f in done["folds"]],
+            "fold_mae": [score_predictions(f["per_image"])["mae"] for f in done],
             "per_image": per_image,
         }
-    ckpt = output.with_name(f"{output.name}.ckpt")
     start = time.perf_counter()
-    network = train_cellularity(samples, config, ckpt, resume, step("final fit"))
+    network = train_cellularity(samples, config, fit_checkpoint(output), resume, step("final fit"))
     scores = [s.score for s in samples]
     meta = cellularity_model_metadata(
         config,
@@ -255,6 +251,5 @@ def run_cellularity_training(
         validation=validation,
     )
     save_model(output, network, meta, half=half)
-    ckpt.unlink(missing_ok=True)
-    cv_path.unlink(missing_ok=True)
+    discard_training_state(output)
     return meta

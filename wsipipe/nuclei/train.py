@@ -10,7 +10,6 @@ every image, and writes the model file with its command, seed and figures.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -20,7 +19,6 @@ from typing import Callable
 import numpy as np
 
 from wsipipe.errors import InvalidInputError
-from wsipipe.files import write_atomic
 from wsipipe.nuclei.data import NucleiSample, load_nuclei_dataset
 
 
@@ -154,6 +152,7 @@ def run_nuclei_training(
     """
     from wsipipe.models.io import save_model
     from wsipipe.nuclei.evaluate import image_folds
+    from wsipipe.training.checkpoint import discard_training_state, fit_checkpoint, resumable_folds
 
     output = Path(output)
     if not output.parent.is_dir():
@@ -162,28 +161,25 @@ def run_nuclei_training(
     if folds > len(samples):
         raise InvalidInputError(f"--folds {folds}: only {len(samples)} images in {data_dir}")
     step = (lambda run: (lambda info: on_step(run, info))) if on_step else (lambda run: None)
-    cv_path = output.with_name(output.name + ".cv.json")
     validation: dict = {}
     if folds >= 2:
-        done = json.loads(cv_path.read_text()) if resume and cv_path.is_file() else {"folds": []}
         fold_of = np.asarray(image_folds([s.name for s in samples], folds, config.seed))
-        for k in range(len(done["folds"]), folds):
+
+        def run_fold(k: int, checkpoint: Path) -> dict:
             train = [s for s, f in zip(samples, fold_of) if f != k]
             held_out = [s for s, f in zip(samples, fold_of) if f == k]
-            ckpt = output.with_name(f"{output.name}.fold{k + 1}.ckpt")
-            network = train_usnet(train, config, ckpt, resume, step(f"fold {k + 1}/{folds}"))
-            done["folds"].append({"images": [s.name for s in held_out], **score_instances(network, config, held_out)})
-            write_atomic(cv_path, json.dumps(done))
-            ckpt.unlink(missing_ok=True)
+            network = train_usnet(train, config, checkpoint, resume, step(f"fold {k + 1}/{folds}"))
+            return {"images": [s.name for s in held_out], **score_instances(network, config, held_out)}
+
+        done = resumable_folds(output, folds, resume, run_fold)
         validation = {
             "method": f"{folds}-fold cross-validation by image, AJI and PQ of the held-out images",
-            **{key: float(np.mean([f[key] for f in done["folds"]])) for key in ("aji", "pq", "dq", "sq")},
-            **{f"fold_{key}": [f[key] for f in done["folds"]] for key in ("aji", "pq")},
-            "per_image": {name: v for f in done["folds"] for name, v in f["per_image"].items()},
+            **{key: float(np.mean([f[key] for f in done])) for key in ("aji", "pq", "dq", "sq")},
+            **{f"fold_{key}": [f[key] for f in done] for key in ("aji", "pq")},
+            "per_image": {name: v for f in done for name, v in f["per_image"].items()},
         }
-    ckpt = output.with_name(f"{output.name}.ckpt")
     start = time.perf_counter()
-    network = train_usnet(samples, config, ckpt, resume, step("final fit"))
+    network = train_usnet(samples, config, fit_checkpoint(output), resume, step("final fit"))
     meta = nuclei_model_metadata(
         config.args, config.mpp, config.crop,
         training={
@@ -197,6 +193,5 @@ def run_nuclei_training(
         validation=validation,
     )
     save_model(output, network, meta, half=half)
-    ckpt.unlink(missing_ok=True)
-    cv_path.unlink(missing_ok=True)
+    discard_training_state(output)
     return meta

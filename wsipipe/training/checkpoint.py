@@ -103,3 +103,30 @@ def run_resumable_epochs(
         if checkpoint is not None:
             state = {"identity": identity, "epochs_done": epoch + 1, "numpy_rng": rng.bit_generator.state}
             save_checkpoint(checkpoint, network, None, optimizer, state)
+
+
+def fit_checkpoint(output: Path) -> Path:
+    """The checkpoint of the final fit, beside the model file it will become."""
+    return output.with_name(f"{output.name}.ckpt")
+
+
+def resumable_folds(output: Path, folds: int, resume: bool, run_fold: Callable[[int, Path], dict]) -> list[dict]:
+    """Cross-validation that survives interruption: ``run_fold(k, checkpoint)`` trains and scores
+    fold ``k`` (0-based) with its own checkpoint and returns a JSON record; finished records are
+    kept in ``OUTPUT.cv.json``, so ``resume`` skips their folds. Returns every fold's record."""
+    from wsipipe.files import write_atomic
+
+    record = output.with_name(f"{output.name}.cv.json")
+    done = json.loads(record.read_text())["folds"] if resume and record.is_file() else []
+    for k in range(len(done), folds):
+        checkpoint = output.with_name(f"{output.name}.fold{k + 1}.ckpt")
+        done.append(run_fold(k, checkpoint))
+        write_atomic(record, json.dumps({"folds": done}))
+        checkpoint.unlink(missing_ok=True)
+    return done
+
+
+def discard_training_state(output: Path) -> None:
+    """Once the model file is written: its final-fit checkpoint and fold records go."""
+    fit_checkpoint(output).unlink(missing_ok=True)
+    output.with_name(f"{output.name}.cv.json").unlink(missing_ok=True)

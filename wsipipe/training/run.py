@@ -4,7 +4,6 @@ cross-validation by image or slide, the final fit, and the model file with its m
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
@@ -12,7 +11,7 @@ from typing import Callable
 import numpy as np
 
 from wsipipe.errors import InvalidInputError
-from wsipipe.files import write_atomic
+from wsipipe.training.checkpoint import discard_training_state, fit_checkpoint, resumable_folds
 from wsipipe.training.data import read_dataset, rescaled, split_folds, split_holdout
 from wsipipe.training.trainer import TrainConfig, train
 
@@ -74,33 +73,31 @@ def run_training(
     if top >= len(config.classes):
         raise InvalidInputError(f"{data_dir}: masks hold class {top} but --classes names only {len(config.classes)}")
     step = (lambda run: (lambda info: on_step(run, info))) if on_step else (lambda run: None)
-    cv_path = output.with_name(output.name + ".cv.json")
     validation: dict = {}
     if folds >= 2:
-        done = json.loads(cv_path.read_text()) if resume and cv_path.is_file() else {"folds": []}
-        for k, val_idx in enumerate(split_folds(groups, folds, config.seed)):
-            if k < len(done["folds"]):
-                continue
+        fold_indices = split_folds(groups, folds, config.seed)
+
+        def run_fold(k: int, checkpoint: Path) -> dict:
+            val_idx = fold_indices[k]
             train_items = [it for i, it in enumerate(items) if i not in val_idx]
             val_items = [items[i] for i in val_idx]
-            ckpt = output.with_name(f"{output.name}.fold{k + 1}.ckpt")
-            result = train(config, train_items, val_items, ckpt, resume, step(f"fold {k + 1}/{folds}"))
+            result = train(config, train_items, val_items, checkpoint, resume, step(f"fold {k + 1}/{folds}"))
             metrics = evaluate_items(_bundle(config, result["state_dict"]), [dataset.items[i] for i in val_idx], data_mpp, device=config.device)
-            done["folds"].append({"images": _names(items, val_idx), "best_epoch": result["best"]["epoch"], **metrics})
-            write_atomic(cv_path, json.dumps(done))
-            ckpt.unlink(missing_ok=True)
-        confusion = np.sum([np.array(f["confusion"]) for f in done["folds"]], axis=0)
+            return {"images": _names(items, val_idx), "best_epoch": result["best"]["epoch"], **metrics}
+
+        done = resumable_folds(output, folds, resume, run_fold)
+        confusion = np.sum([np.array(f["confusion"]) for f in done], axis=0)
         validation = {
             "method": f"{folds}-fold cross-validation by {_unit(dataset)}, metrics of the held-out {_unit(dataset)}s",
             **summarise(confusion, config.classes),
-            "fold_miou": [f["miou"] for f in done["folds"]],
-            "per_image": {k: v for f in done["folds"] for k, v in f["per_image"].items()},
+            "fold_miou": [f["miou"] for f in done],
+            "per_image": {k: v for f in done for k, v in f["per_image"].items()},
         }
         train_idx, val_idx = list(range(len(items))), []
     else:
         train_idx, val_idx = split_holdout(groups, val_fraction, config.seed)
-    ckpt = output.with_name(f"{output.name}.ckpt")
-    result = train(config, [items[i] for i in train_idx], [items[i] for i in val_idx], ckpt, resume, step("final fit"))
+    result = train(config, [items[i] for i in train_idx], [items[i] for i in val_idx], fit_checkpoint(output), resume,
+                   step("final fit"))
     if val_idx:
         metrics = evaluate_items(_bundle(config, result["state_dict"]), [dataset.items[i] for i in val_idx], data_mpp, device=config.device)
         validation = {"method": f"held-out {_unit(dataset)}s", "images": _names(items, val_idx), **metrics}
@@ -126,6 +123,5 @@ def run_training(
     )
     model = _bundle(config, result["state_dict"]).model
     save_model(output, model, meta, half=half)
-    ckpt.unlink(missing_ok=True)
-    cv_path.unlink(missing_ok=True)
+    discard_training_state(output)
     return meta
