@@ -174,11 +174,8 @@ def predict(
 
 def _predict_cellularity(bundle, images: list[Path], output: Path | None, mpp, batch_size: int, device: str) -> None:
     """Scores printed, or written with the images named as a training scores CSV names them."""
-    import csv
-    import io
-
     from wsipipe.device import resolve_device
-    from wsipipe.nuclei.cellularity import predict_cellularity
+    from wsipipe.nuclei.cellularity import predict_cellularity, write_scores_csv
     from wsipipe.nuclei.data import resample
     from wsipipe.training.data import read_image
 
@@ -192,10 +189,7 @@ def _predict_cellularity(bundle, images: list[Path], output: Path | None, mpp, b
         if output is None:
             typer.echo(f"{image}: cellularity {score:.4f}")
     if output is not None:
-        table = io.StringIO()
-        writer = csv.writer(table, lineterminator="\n")
-        writer.writerows([("image", "cellularity"), *((name, f"{score:.6f}") for name, score in rows)])
-        write_atomic(output, table.getvalue())
+        write_scores_csv(output, rows)
         typer.echo(f"wrote {output} ({len(rows)} image{'s' if len(rows) != 1 else ''})")
 
 

@@ -45,6 +45,14 @@ class ModelBundle:
         return self.metadata["input_normalisation"]
 
 
+def normalisation_tensors(normalisation: dict, device=None):
+    """(mean, std) of an input normalisation as (1, 3, 1, 1) tensors that broadcast over NCHW batches."""
+    import torch
+
+    return tuple(torch.tensor(list(normalisation[key]), dtype=torch.float32, device=device).view(1, 3, 1, 1)
+                 for key in ("mean", "std"))
+
+
 def model_metadata(
     architecture: str, args: dict, classes: list[str], mpp: float, tile_size: int, **extra: Any
 ) -> dict[str, Any]:

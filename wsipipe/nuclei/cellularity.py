@@ -50,15 +50,15 @@ def predict_cellularity(bundle, rgb: np.ndarray, device: str = "cpu", batch_size
     import cv2
     import torch
 
+    from wsipipe.models.io import normalisation_tensors
+
     tile = bundle.tile_size
     pad_y, pad_x = max(0, tile - rgb.shape[0]), max(0, tile - rgb.shape[1])
     if pad_y or pad_x:
         rgb = cv2.copyMakeBorder(rgb, pad_y // 2, pad_y - pad_y // 2, pad_x // 2, pad_x - pad_x // 2,
                                  cv2.BORDER_REFLECT_101)
     crops = [rgb[y : y + tile, x : x + tile] for y in crop_grid(rgb.shape[0], tile) for x in crop_grid(rgb.shape[1], tile)]
-    norm = bundle.input_normalisation
-    mean = torch.tensor(norm["mean"], device=device).view(1, 3, 1, 1)
-    std = torch.tensor(norm["std"], device=device).view(1, 3, 1, 1)
+    mean, std = normalisation_tensors(bundle.input_normalisation, device)
     model = bundle.model.to(device).eval()
     predictions = []
     with torch.inference_mode():
@@ -75,11 +75,7 @@ def write_scored_crops(samples, out_dir: Path, crop: int, per_image: int) -> lis
     The score is ``cellularity_from_masks`` with the whole crop as tumour: there are no tumour
     masks for these images, so it is the nuclei area fraction of the crop, not a pathologist's score.
     """
-    import csv
-
     from PIL import Image
-
-    from wsipipe.files import write_atomic
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -93,7 +89,16 @@ def write_scored_crops(samples, out_dir: Path, crop: int, per_image: int) -> lis
             name = f"{sample.name.replace('/', '_')}_y{y}_x{x}.png"
             Image.fromarray(sample.rgb[y : y + crop, x : x + crop]).save(out_dir / name)
             rows.append((name, cellularity_from_masks(instances, np.ones(instances.shape, dtype=bool))))
+    write_scores_csv(out_dir / "scores.csv", rows)
+    return rows
+
+
+def write_scores_csv(path: Path, rows: list[tuple[str, float]]) -> None:
+    """``image,cellularity`` rows, as training reads them and ``evaluate --task cellularity`` scores them."""
+    import csv
+
+    from wsipipe.files import write_atomic
+
     table = io.StringIO()
     csv.writer(table, lineterminator="\n").writerows([("image", "cellularity"), *((n, f"{s:.6f}") for n, s in rows)])
-    write_atomic(out_dir / "scores.csv", table.getvalue())
-    return rows
+    write_atomic(path, table.getvalue())

@@ -139,7 +139,7 @@ def train_cellularity(
 
     from wsipipe.models import build_model, resolve_args
     from wsipipe.models.cellularity import cellularity_loss
-    from wsipipe.models.io import IMAGENET_NORMALISATION
+    from wsipipe.models.io import IMAGENET_NORMALISATION, normalisation_tensors
     from wsipipe.training.checkpoint import run_resumable_epochs
     from wsipipe.training.data import Augmentation, LabelledImage, sample_patch
     from wsipipe.training.trainer import poly_lr
@@ -153,8 +153,7 @@ def train_cellularity(
         copy_segmentation_encoder(network, Path(config.init_from), args["seg_encoder"])
     network.to(device).train()
     optimiser = torch.optim.AdamW(network.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    mean = torch.tensor(IMAGENET_NORMALISATION["mean"], device=device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_NORMALISATION["std"], device=device).view(1, 3, 1, 1)
+    mean, std = normalisation_tensors(IMAGENET_NORMALISATION, device)
     # sample_patch crops image and mask together; the score has no mask, so an empty one rides along
     sources = [LabelledImage(s.name, s.image, np.zeros(s.image.shape[:2], np.uint8)) for s in samples]
     scores = torch.tensor([s.score for s in samples], dtype=torch.float32)

@@ -285,13 +285,13 @@ def usnet_forward(bundle) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray
     """rgb window -> the network's (segmentation, boxes, scores), padded to its multiple and cut back."""
     import torch
 
+    from wsipipe.models.io import normalisation_tensors
     from wsipipe.models.usnet import decode
 
     network = bundle.model
     multiple = 2 ** (len(network.encoder) - 1)
     device = next(network.parameters()).device
-    mean = torch.tensor(bundle.input_normalisation["mean"], device=device).view(1, 3, 1, 1)
-    std = torch.tensor(bundle.input_normalisation["std"], device=device).view(1, 3, 1, 1)
+    mean, std = normalisation_tensors(bundle.input_normalisation, device)
 
     def forward(rgb: np.ndarray):
         height, width = rgb.shape[:2]

@@ -83,7 +83,7 @@ def train_usnet(
     import torch
 
     from wsipipe.models import build_model, resolve_args
-    from wsipipe.models.io import IMAGENET_NORMALISATION
+    from wsipipe.models.io import IMAGENET_NORMALISATION, normalisation_tensors
     from wsipipe.models.usnet import USNetLoss
     from wsipipe.training.checkpoint import run_resumable_epochs
     from wsipipe.training.data import STAIN_JITTER
@@ -96,8 +96,7 @@ def train_usnet(
     anchors = network.anchors(config.crop, config.crop, device=device)
     loss_fn = USNetLoss(alpha=config.alpha, beta=config.beta)
     optimiser = torch.optim.Adam(network.parameters(), lr=config.lr)
-    mean = torch.tensor(IMAGENET_NORMALISATION["mean"], device=device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_NORMALISATION["std"], device=device).view(1, 3, 1, 1)
+    mean, std = normalisation_tensors(IMAGENET_NORMALISATION, device)
     identity = {"config": asdict(config), "images": [s.name for s in samples]}
 
     def train_step() -> float:

@@ -82,7 +82,7 @@ def train(
     from wsipipe.models import build_model
     from wsipipe.training.checkpoint import load_checkpoint, save_checkpoint
     from wsipipe.training.losses import make_loss
-    from wsipipe.models.io import IMAGENET_NORMALISATION
+    from wsipipe.models.io import IMAGENET_NORMALISATION, normalisation_tensors
 
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
@@ -96,8 +96,7 @@ def train(
     scaler = torch.amp.GradScaler("cuda", enabled=use_cuda)
     steps_per_epoch = max(1, math.ceil(config.patches_per_epoch / config.batch_size))
     max_steps = config.epochs * steps_per_epoch
-    mean = torch.tensor(IMAGENET_NORMALISATION["mean"], device=device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_NORMALISATION["std"], device=device).view(1, 3, 1, 1)
+    mean, std = normalisation_tensors(IMAGENET_NORMALISATION, device)
     aug = Augmentation() if config.augment else None
 
     best_state, state = None, {"epoch": 0, "history": [], "best": None, "train_seconds": 0.0, "images": 0}
