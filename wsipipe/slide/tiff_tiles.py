@@ -23,6 +23,7 @@ import math
 import os
 import threading
 from collections import OrderedDict
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -137,16 +138,11 @@ class TiledPages:
 
         page = self._pages[level]
         colorspace, outcolorspace = self._jpeg_colorspaces[level]
-        try:
-            data = os.pread(self._fd, page.databytecounts[index], page.dataoffsets[index])
+        with self._reading_tile(index):
             imagecodecs.jpeg8_decode(
-                data, tables=page.jpegtables, colorspace=colorspace, outcolorspace=outcolorspace,
-                shape=(page.tilelength, page.tilewidth), out=out,
+                self._tile_bytes(page, index), tables=page.jpegtables, colorspace=colorspace,
+                outcolorspace=outcolorspace, shape=(page.tilelength, page.tilewidth), out=out,
             )
-        except Exception as exc:  # short reads and codec errors alike
-            raise SlideOpenError(
-                f"{self._path}: cannot read pixels, the file is corrupt or truncated (tile {index}: {exc})"
-            ) from exc
 
     def _decoded(self, level: int, index: int) -> np.ndarray:
         """Tile ``index`` of ``level``, decoded, from this thread's cache of recent tiles when there."""
@@ -165,11 +161,19 @@ class TiledPages:
         return tile
 
     def _decode(self, page, index: int) -> np.ndarray:
-        try:
-            data = os.pread(self._fd, page.databytecounts[index], page.dataoffsets[index])
-            segment = page.decode(data, index, jpegtables=page.jpegtables)[0]
+        with self._reading_tile(index):
+            segment = page.decode(self._tile_bytes(page, index), index, jpegtables=page.jpegtables)[0]
             return segment.reshape(segment.shape[-3:])
-        except Exception as exc:  # short reads and codec errors alike
+
+    def _tile_bytes(self, page, index: int) -> bytes:
+        return os.pread(self._fd, page.databytecounts[index], page.dataoffsets[index])
+
+    @contextmanager
+    def _reading_tile(self, index: int):
+        """Short reads and codec errors alike become the one-line corrupt-file error."""
+        try:
+            yield
+        except Exception as exc:
             raise SlideOpenError(
                 f"{self._path}: cannot read pixels, the file is corrupt or truncated (tile {index}: {exc})"
             ) from exc
