@@ -66,6 +66,7 @@ def test_scores_are_the_nuclei_area_fraction_of_each_crop(scored):
         assert score == pytest.approx((crop > 0).mean()), name
     samples = read_scores(out / "scores.csv")
     assert [s.name for s in samples] == [name for name, _ in rows]
+    assert [s.group for s in samples] == [re.sub(r"_y\d+_x\d+\.png$", "", n).replace("cpm15_", "cpm15/") for n, _ in rows]
     assert all(s.image.shape == (64, 64, 3) for s in samples)
     assert [s.score for s in samples] == pytest.approx([score for _, score in rows], abs=1e-6)
 
@@ -87,6 +88,10 @@ def test_train_cross_validates_then_predict_is_scored_by_evaluate(scored, tmp_pa
     assert validation["mae"] == pytest.approx(np.mean(np.abs(np.subtract(predicted, truth))))
     assert validation["pk"] == pytest.approx(prediction_probability(truth, predicted))
     assert len(validation["fold_mae"]) == 2
+    source = {s.name: s.group for s in read_scores(out / "scores.csv")}
+    fold_sources = [{source[name] for name in fold} for fold in validation["fold_images"]]
+    assert sorted(len(f) for f in fold_sources) == [2, 2] and not fold_sources[0] & fold_sources[1]  # whole images per fold
+    assert sorted(n for fold in validation["fold_images"] for n in fold) == sorted(source)
     assert f"MAE {validation['mae']:.4f}" in result.output
     assert not list(tmp_path.glob("*.ckpt")) and not list(tmp_path.glob("*.cv.json"))
 

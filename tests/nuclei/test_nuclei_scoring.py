@@ -71,6 +71,10 @@ def test_cellularity_pk_by_hand(tmp_path):
     result = _evaluate("--task", "cellularity", tmp_path / "pred.csv", tmp_path / "truth.csv", "--json", tmp_path / "r.json")
     assert "PK 0.7000 over 4 cases" in result.output
     assert json.loads((tmp_path / "r.json").read_text())["key_columns"] == ["slide", "rid"]
+    # a training CSV's trailing group column is neither the value nor (unshared) a key
+    (tmp_path / "grouped.csv").write_text("slide,rid,y,group\n1,1,1,a\n1,2,2,a\n2,1,2,b\n2,2,3,b\n")
+    grouped = _evaluate("--task", "cellularity", tmp_path / "pred.csv", tmp_path / "grouped.csv")
+    assert "PK 0.7000 over 4 cases" in grouped.output
     # a batch summary.csv: the cellularity column, matched by key; a slide without a value is an error
     (tmp_path / "summary.csv").write_text("name,key,state,cellularity,error\na,s1,done,0.5,\nb,s2,done,,\n")
     (tmp_path / "t.csv").write_text("key,cellularity\ns1,0.4\ns2,0.1\n")

@@ -22,7 +22,8 @@ def train(
                                              "'wsipipe tile --annotations' (a .zarr or a folder of them; split by slide). "
                                              "With --model usnet: a nuclei folder with cpm15/ and/or monuseg_train/. "
                                              "With --model cellularity: a CSV with an image column (paths relative to "
-                                             "its folder) and a score in [0, 1] ('cellularity', else the last column).",
+                                             "its folder), a score in [0, 1] ('cellularity', else the last column) and "
+                                             "optionally a group column (e.g. the slide: kept in one fold).",
                                         show_default=False)],
     output: Annotated[Path, typer.Option("--output", "-o", help="Model file to write (.safetensors).", show_default=False)],
     model: Annotated[str, typer.Option("--model", help="Architecture (wsipipe models list).")] = "unet",

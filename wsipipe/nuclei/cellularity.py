@@ -70,7 +70,8 @@ def predict_cellularity(bundle, rgb: np.ndarray, device: str = "cpu", batch_size
 
 def write_scored_crops(samples, out_dir: Path, crop: int, per_image: int) -> list[tuple[str, float]]:
     """Up to ``per_image`` ``crop``-sided crops of each ``NucleiSample`` (a grid, evenly spread) as
-    PNGs in ``out_dir``, with ``scores.csv`` (image, cellularity) beside them; returns its rows.
+    PNGs in ``out_dir``, with ``scores.csv`` (image, cellularity, group: the source image, so
+    cross-validation keeps one image's crops in one fold) beside them; returns its (image, score) rows.
 
     The score is ``cellularity_from_masks`` with the whole crop as tumour: there are no tumour
     masks for these images, so it is the nuclei area fraction of the crop, not a pathologist's score.
@@ -79,7 +80,7 @@ def write_scored_crops(samples, out_dir: Path, crop: int, per_image: int) -> lis
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows = []
+    rows, groups = [], []
     for sample in samples:
         height, width = sample.instances.shape
         corners = [(y, x) for y in crop_grid(height, crop) for x in crop_grid(width, crop)]
@@ -89,16 +90,23 @@ def write_scored_crops(samples, out_dir: Path, crop: int, per_image: int) -> lis
             name = f"{sample.name.replace('/', '_')}_y{y}_x{x}.png"
             Image.fromarray(sample.rgb[y : y + crop, x : x + crop]).save(out_dir / name)
             rows.append((name, cellularity_from_masks(instances, np.ones(instances.shape, dtype=bool))))
-    write_scores_csv(out_dir / "scores.csv", rows)
+            groups.append(sample.name)
+    write_scores_csv(out_dir / "scores.csv", rows, groups)
     return rows
 
 
-def write_scores_csv(path: Path, rows: list[tuple[str, float]]) -> None:
-    """``image,cellularity`` rows, as training reads them and ``evaluate --task cellularity`` scores them."""
+def write_scores_csv(path: Path, rows: list[tuple[str, float]], groups: list[str] | None = None) -> None:
+    """``image,cellularity`` rows (and a ``group`` column when ``groups`` are given), as training
+    reads them and ``evaluate --task cellularity`` scores them."""
     import csv
 
     from wsipipe.files import write_atomic
+    from wsipipe.nuclei.scoring import GROUP_COLUMN
 
     table = io.StringIO()
-    csv.writer(table, lineterminator="\n").writerows([("image", "cellularity"), *((n, f"{s:.6f}") for n, s in rows)])
+    writer = csv.writer(table, lineterminator="\n")
+    if groups is None:
+        writer.writerows([("image", "cellularity"), *((n, f"{s:.6f}") for n, s in rows)])
+    else:
+        writer.writerows([("image", "cellularity", GROUP_COLUMN), *((n, f"{s:.6f}", g) for (n, s), g in zip(rows, groups))])
     write_atomic(path, table.getvalue())

@@ -29,6 +29,7 @@ class ScoredImage:
     name: str  # the CSV's image entry
     image: np.ndarray  # (H, W, 3) uint8
     score: float  # reference cellularity in [0, 1]
+    group: str  # the CSV's group entry (e.g. the slide), else the image entry: folds never split one
 
 
 @dataclass(frozen=True)
@@ -58,12 +59,13 @@ def cellularity_model_metadata(config: CellularityTrainConfig, **extra) -> dict:
 
 def read_scores(csv_path: Path) -> list[ScoredImage]:
     """The images and scores of a CSV with an ``image`` column and a score column (``cellularity``
-    if present, else the last, as ``evaluate --task cellularity`` reads it).
+    if present, else the last, as ``evaluate --task cellularity`` reads it), and optionally a
+    ``group`` column (the slide or image each one was cut from, kept in one fold).
 
     Image paths are relative to the CSV's folder and must stay inside it: a scores file from
     elsewhere cannot make training read arbitrary files.
     """
-    from wsipipe.nuclei.scoring import value_column
+    from wsipipe.nuclei.scoring import GROUP_COLUMN, value_column
     from wsipipe.training.data import read_image
 
     csv_path = Path(csv_path)
@@ -95,7 +97,8 @@ def read_scores(csv_path: Path) -> list[ScoredImage]:
             raise InvalidInputError(f"{csv_path} line {line}: {column} {score} is outside [0, 1]")
         if not path.is_file():
             raise InvalidInputError(f"{csv_path} line {line}: image {entry} does not exist")
-        samples.append(ScoredImage(entry, read_image(path), score))
+        group = (row.get(GROUP_COLUMN) or "").strip() or entry
+        samples.append(ScoredImage(entry, read_image(path), score, group))
     return samples
 
 
@@ -213,7 +216,7 @@ def run_cellularity_training(
     step = (lambda run: (lambda info: on_step(run, info))) if on_step else (lambda run: None)
     validation: dict = {}
     if folds:
-        held_out_folds = split_folds([s.name for s in samples], folds, config.seed)
+        held_out_folds = split_folds([s.group for s in samples], folds, config.seed)
 
         def run_fold(k: int, checkpoint: Path) -> dict:
             held_out_indices = set(held_out_folds[k])
@@ -228,10 +231,12 @@ def run_cellularity_training(
         done = resumable_folds(output, folds, resume, run_fold)
         per_image = {name: v for f in done for name, v in f["per_image"].items()}
         validation = {
-            "method": f"{folds}-fold cross-validation by image; MAE and PK of the held-out images' predictions "
+            "method": f"{folds}-fold cross-validation by image (by group with a group column); MAE and PK of the "
+                      "held-out images' predictions "
                       "(mean over a grid of tile-size crops)",
             **score_predictions(per_image),
             "fold_mae": [score_predictions(f["per_image"])["mae"] for f in done],
+            "fold_images": [f["images"] for f in done],
             "per_image": per_image,
         }
     start = time.perf_counter()

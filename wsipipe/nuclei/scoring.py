@@ -178,9 +178,18 @@ def _read_table(path: Path) -> tuple[list[str], list[dict]]:
     return list(reader.fieldnames), rows
 
 
+#: The optional column of a scores CSV naming where each image comes from (its slide, its source
+#: image): cross-validation keeps a group's images in one fold.
+GROUP_COLUMN = "group"
+
+
 def value_column(header: list[str]) -> str:
-    """``cellularity`` when there is such a column (a batch summary.csv), else the last column."""
-    return "cellularity" if "cellularity" in header else header[-1]
+    """``cellularity`` when there is such a column (a batch summary.csv), else the last column
+    that is not ``group``."""
+    if "cellularity" in header:
+        return "cellularity"
+    others = [c for c in header if c != GROUP_COLUMN]
+    return others[-1] if others else header[-1]
 
 
 def score_cellularity(prediction_csv: Path, truth_csv: Path) -> dict:
