@@ -204,7 +204,10 @@ def test_ctrl_c_with_worker_threads_exits_130_and_resumes(cmu, tmp_path):
     argv = [sys.executable, "-m", "wsipipe", "tile", str(cmu), "-o", str(path), "--tile-size", "16",
             "--tissue-threshold", "0", "--workers", "2", "--quiet"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    process = subprocess.Popen(argv, env=env, start_new_session=True, stderr=subprocess.PIPE, text=True)
+    # A job started in the background (`cmd &`) inherits SIGINT ignored, and Python then keeps it
+    # ignored: give the command the default disposition a terminal's foreground job has.
+    process = subprocess.Popen(argv, env=env, start_new_session=True, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     journal = tmp_path / "cmu.zarr.partial" / JOURNAL_NAME
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not (journal.exists() and len(journal.read_text().split()) >= 2):
