@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from wsipipe.cli.main import app
 from wsipipe.errors import InvalidInputError
 from wsipipe.models.io import load_model
-from wsipipe.training.data import find_pairs, read_mask, read_pairs, split_folds, split_holdout
+from wsipipe.training.data import Dataset, LabelledImage, find_pairs, read_mask, read_pairs, regroup, split_folds, split_holdout
 from wsipipe.training.trainer import TrainConfig, train
 
 
@@ -50,6 +50,38 @@ def test_splits_never_separate_a_slide():
     assert len({groups[i] for i in val_idx}) == 2 and not {groups[i] for i in val_idx} & {groups[i] for i in train_idx}
     with pytest.raises(InvalidInputError, match="number of images or slides"):
         split_folds(groups, 6, seed=0)
+
+
+def _tiny_dataset(names):
+    pixels, mask = np.zeros((4, 4, 3), np.uint8), np.zeros((4, 4), np.uint8)
+    return Dataset([LabelledImage(n, pixels, mask) for n in names], None, "images")
+
+
+def test_a_groups_csv_keeps_overlapping_images_in_one_fold(tmp_path):
+    names = [f"lung_0{i}" for i in range(1, 8)]
+    csv = tmp_path / "groups.csv"
+    csv.write_text("image,group\nlung_04.png,slide-a\nlung_05,slide-a\n")
+    dataset = regroup(_tiny_dataset(names), csv)
+    assert [it.source for it in dataset.items] == names
+    assert dataset.groups == ["lung_01", "lung_02", "lung_03", "slide-a", "slide-a", "lung_06", "lung_07"]
+    for seed in range(10):
+        folds = split_folds(dataset.groups, 3, seed)
+        assert sorted(sum(folds, [])) == list(range(7))
+        assert [k for k, fold in enumerate(folds) if 3 in fold] == [k for k, fold in enumerate(folds) if 4 in fold]
+    with pytest.raises(InvalidInputError, match="7 images or slides|number of images or slides"):
+        split_folds(dataset.groups, 7, 0)  # six groups now
+
+
+@pytest.mark.parametrize("text, message", [
+    ("name,slide\nlung_01,a\n", "needs columns 'image' and 'group' \\(has name, slide\\)"),
+    ("image,group\nlung_09,a\n", "'lung_09' is not one of the data's images or slides"),
+    ("image,group\nlung_01,\n", "'lung_01' has an empty group"),
+])
+def test_bad_groups_csvs_are_refused(tmp_path, text, message):
+    csv = tmp_path / "groups.csv"
+    csv.write_text(text)
+    with pytest.raises(InvalidInputError, match=message):
+        regroup(_tiny_dataset(["lung_01", "lung_02"]), csv)
 
 
 @pytest.fixture()
@@ -96,6 +128,22 @@ def test_train_cli_writes_a_loadable_model(small_data, tmp_path):
     assert len(meta["training"]["data"]["images"]) == 1 and len(meta["validation"]["images"]) == 1
     assert 0 <= meta["validation"]["miou"] <= 1
     assert not list(tmp_path.glob("*.ckpt"))  # checkpoint removed once the model is written
+
+
+def test_train_cli_records_groups_and_never_splits_one(small_data, tmp_path):
+    groups = tmp_path / "groups.csv"
+    groups.write_text("image,group\nlung_01,case-7\nlung_02,case-7\n")
+    out = tmp_path / "m.safetensors"
+    args = ["train", str(small_data), "-o", str(out), "--model", "plain-unet", "--model-args", '{"base": 4}',
+            "--classes", "background,tumour", "--tile-size", "64", "--epochs", "1", "--patches-per-epoch", "2",
+            "--batch-size", "2", "--val-fraction", "0.5", "--groups", str(groups), "--device", "cpu", "--quiet"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    data = load_model(out).metadata["training"]["data"]
+    assert data["groups"] == {"lung_01": "case-7", "lung_02": "case-7"}
+    assert data["images"] == ["lung_01", "lung_02"]  # one group: nothing can be held out
+    result = CliRunner().invoke(app, [*args[:2], "-o", str(tmp_path / "n.safetensors"), "--model", "usnet", "--groups", str(groups)])
+    assert result.exit_code == 2 and "--groups is for segmentation models" in result.output
 
 
 def test_bad_data_dirs_are_usage_errors(small_data, tmp_path):

@@ -42,6 +42,7 @@ def train(
     loss: Annotated[str, typer.Option("--loss", help="dice-ce, weighted-ce or focal.")] = "dice-ce",
     focal_gamma: Annotated[float, typer.Option("--focal-gamma", min=0)] = 2.0,
     folds: Annotated[int, typer.Option("--folds", help="K-fold cross-validation by image, then a fit on all images (0: off).", min=0)] = 0,
+    groups: Annotated[Optional[Path], typer.Option("--groups", help="CSV with columns image,group: images (file stems) or slides (store names) of one group, e.g. overlapping crops of one slide or one patient's slides, stay in one fold.", show_default=False)] = None,
     val_fraction: Annotated[float, typer.Option("--val-fraction", help="Images held out for validation without --folds.", min=0, max=0.9)] = 0.2,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     fp16: Annotated[bool, typer.Option("--fp16", help="Store the weights as float16 (half the size).")] = False,
@@ -81,6 +82,8 @@ def train(
     command = shlex.join(["wsipipe", *sys.argv[1:]]) if "train" in sys.argv[1:3] else ""
     if init_from is not None and model != "cellularity":
         raise InvalidInputError("--init-from is for --model cellularity")
+    if groups is not None and model in ("cellularity", "usnet"):
+        raise InvalidInputError(f"--groups is for segmentation models ({model}: " + ("give the scores CSV a group column)" if model == "cellularity" else "folds are by image)"))
     if model == "cellularity":
         if data_mpp is not None:
             raise InvalidInputError("--data-mpp: the scored images are taken to be at --mpp (they are not resampled)")
@@ -103,7 +106,7 @@ def train(
     with _epoch_progress(epochs, quiet) as on_step:
         torch.manual_seed(seed)
         meta = run_training(data, config, output, data_mpp, folds, val_fraction, resume, fp16, command,
-                            on_step, mpp_assumed=data_mpp_assumed)
+                            on_step, mpp_assumed=data_mpp_assumed, groups_csv=groups)
     val = meta.get("validation") or {}
     summary = f"wrote {output}"
     if val.get("miou") is not None:

@@ -17,7 +17,7 @@ def evaluate_items(
     on_image: Callable[[str], None] | None = None,
 ) -> dict:
     """Metrics over a dataset (one confusion matrix accumulated over all items) plus per image or
-    slide (``item.group``); predictions are compared with each mask at the mask's own resolution.
+    slide (``item.source``); predictions are compared with each mask at the mask's own resolution.
 
     ``items``: ``training.data.LabelledImage`` at their own µm/px, ``mpp_of_images``.
     """
@@ -26,7 +26,7 @@ def evaluate_items(
 
     classes = bundle.classes
     total = ConfusionMatrix(len(classes))
-    by_group: dict[str, ConfusionMatrix] = {}
+    by_source: dict[str, ConfusionMatrix] = {}
     for item in items:
         if item.mask.max() >= len(classes):
             raise InvalidInputError(f"{item.name}: class {item.mask.max()} but the model knows {len(classes)} classes")
@@ -38,14 +38,14 @@ def evaluate_items(
             prediction = cv2.resize(prediction, item.mask.shape[::-1], interpolation=cv2.INTER_NEAREST)
         cm = ConfusionMatrix(len(classes)).update(prediction, item.mask)
         total += cm
-        if item.group in by_group:
-            by_group[item.group] += cm
+        if item.source in by_source:
+            by_source[item.source] += cm
         else:
-            by_group[item.group] = cm
+            by_source[item.source] = cm
         if on_image:
             on_image(item.name)
     per_image = {}
-    for group, cm in by_group.items():
+    for source, cm in by_source.items():
         summary = cm.summary(classes)
-        per_image[group] = {k: summary[k] for k in ("miou", "accuracy", "kappa", "iou", "dice")}
+        per_image[source] = {k: summary[k] for k in ("miou", "accuracy", "kappa", "iou", "dice")}
     return {**total.summary(classes), "per_image": per_image}

@@ -20,10 +20,12 @@ class LabelledImage:
     name: str
     image: np.ndarray  # uint8 (h, w, 3)
     mask: np.ndarray  # uint8 class indices (h, w)
-    group: str = ""  # the image or slide it comes from: a split never separates a group
+    source: str = ""  # the image or slide it comes from: evaluation reports per source
+    group: str = ""  # what a split never separates: its source unless told otherwise (regroup)
 
     def __post_init__(self):
-        self.group = self.group or self.name
+        self.source = self.source or self.name
+        self.group = self.group or self.source
 
 
 @dataclass
@@ -62,12 +64,41 @@ def read_tile_stores(paths: list[Path]) -> Dataset:
             raise InvalidInputError(f"{path}: the store records no µm/px")
         mpps.add(round(store.mpp, 6))
         tiles, masks = store.tiles[:], store.group["masks"][:]
-        items += [LabelledImage(f"{path.stem}#{i}", tiles[i], masks[i], group=path.stem) for i in range(len(tiles))]
+        items += [LabelledImage(f"{path.stem}#{i}", tiles[i], masks[i], source=path.stem) for i in range(len(tiles))]
     if len(mpps) > 1:
         raise InvalidInputError(f"tile stores at different µm/px ({', '.join(map(str, sorted(mpps)))}): tile them alike")
     if not items:
         raise InvalidInputError(f"{', '.join(map(str, paths))}: no tiles")
     return Dataset(items, mpps.pop(), "tile stores")
+
+
+def regroup(dataset: Dataset, groups_csv: Path) -> Dataset:
+    """The dataset with its images (or slides) put into the groups a CSV names: columns ``image``
+    (an image's file stem, or a tile store's name) and ``group`` (e.g. the slide or patient it
+    comes from). Splits then keep each group on one side; unlisted images stay groups of their own."""
+    import csv
+
+    try:
+        with open(groups_csv, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            rows = list(reader)
+            header = reader.fieldnames or []
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise InvalidInputError(f"--groups {groups_csv}: cannot read ({exc})") from None
+    if not {"image", "group"} <= set(header):
+        raise InvalidInputError(f"--groups {groups_csv}: needs columns 'image' and 'group' (has {', '.join(header) or 'none'})")
+    known = {item.source for item in dataset.items}
+    mapping: dict[str, str] = {}
+    for row in rows:
+        name, group = (row["image"] or "").strip(), (row["group"] or "").strip()
+        name = Path(name).stem if name not in known else name
+        if name not in known:
+            raise InvalidInputError(f"--groups {groups_csv}: {row['image']!r} is not one of the data's images or slides")
+        if not group:
+            raise InvalidInputError(f"--groups {groups_csv}: {row['image']!r} has an empty group")
+        mapping[name] = group
+    items = [LabelledImage(it.name, it.image, it.mask, it.source, mapping.get(it.source, it.group)) for it in dataset.items]
+    return Dataset(items, dataset.mpp, dataset.kind)
 
 
 def find_pairs(data_dir: str | Path) -> list[tuple[Path, Path]]:
@@ -141,7 +172,7 @@ def read_pairs(pairs: list[tuple[Path, Path]]) -> list[LabelledImage]:
 
 def rescaled(items: list[LabelledImage], scale: float) -> list[LabelledImage]:
     """Items resized by ``scale`` (data µm/px / model µm/px)."""
-    return [LabelledImage(it.name, *resize_pair(it.image, it.mask, scale), group=it.group) for it in items]
+    return [LabelledImage(it.name, *resize_pair(it.image, it.mask, scale), it.source, it.group) for it in items]
 
 
 def split_folds(groups: list[str], folds: int, seed: int) -> list[list[int]]:

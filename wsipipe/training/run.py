@@ -12,7 +12,7 @@ import numpy as np
 
 from wsipipe.errors import InvalidInputError
 from wsipipe.training.checkpoint import discard_training_state, fit_checkpoint, resumable_folds
-from wsipipe.training.data import read_dataset, rescaled, split_folds, split_holdout
+from wsipipe.training.data import read_dataset, regroup, rescaled, split_folds, split_holdout
 from wsipipe.training.trainer import TrainConfig, train
 
 
@@ -27,12 +27,13 @@ def _bundle(config: TrainConfig, state_dict: dict):
 
 
 def _unit(dataset) -> str:
-    return "image" if dataset.kind == "images" else "slide"
+    unit = "image" if dataset.kind == "images" else "slide"
+    return f"{unit} group" if any(it.group != it.source for it in dataset.items) else unit
 
 
 def _names(items, indices) -> list[str]:
     """The images (or slides, for tile stores) behind ``indices``, each once."""
-    return list(dict.fromkeys(items[i].group for i in indices))
+    return list(dict.fromkeys(items[i].source for i in indices))
 
 
 def run_training(
@@ -47,10 +48,12 @@ def run_training(
     command: str = "",
     on_step: Callable[[str, dict], None] | None = None,
     mpp_assumed: bool = False,
+    groups_csv: Path | None = None,
 ) -> dict:
     """Train, cross-validate when ``folds`` >= 2 (then fit on all images), save ``output``.
 
     ``data_mpp``: µm/px of image folders (None: the model's); tile stores record their own.
+    ``groups_csv``: images or slides that must share a fold (``training.data.regroup``).
     Returns the model metadata written. Checkpoints sit beside ``output`` until it is written.
     """
     from wsipipe.inference.evaluate import evaluate_items
@@ -61,6 +64,8 @@ def run_training(
     if not output.parent.is_dir():
         raise InvalidInputError(f"-o {output}: folder {output.parent} does not exist")
     dataset = read_dataset(data_dir)
+    if groups_csv is not None:
+        dataset = regroup(dataset, groups_csv)
     if dataset.mpp is not None:
         if data_mpp is not None and abs(data_mpp - dataset.mpp) > 1e-6 * dataset.mpp:
             raise InvalidInputError(f"--data-mpp {data_mpp}: the tile stores record {dataset.mpp} µm/px")
@@ -110,6 +115,7 @@ def run_training(
                 "dir": str(data_dir),
                 "kind": dataset.kind,
                 "images": _names(items, train_idx),
+                "groups": {it.source: it.group for it in items if it.group != it.source},
                 "data_mpp": data_mpp,
                 "data_mpp_assumed": mpp_assumed,
                 "class_pixels": np.bincount(np.concatenate([items[i].mask.ravel() for i in train_idx]), minlength=len(config.classes)).tolist(),
