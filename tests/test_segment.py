@@ -347,3 +347,33 @@ def test_nuclei_model_that_is_not_a_nuclei_model_is_refused_up_front(tiny_model_
     )
     assert result.exit_code == 1 and "not a nuclei (usnet) model" in result.output
     assert not (tmp_path / "out").exists()
+
+
+def _recording(bundle: ModelBundle, method: str) -> ModelBundle:
+    return ModelBundle(bundle.model, {**bundle.metadata, "stain_normalisation": {"method": method, "target": None}})
+
+
+def test_default_normalisation_is_what_the_model_records(data_dir, tmp_path):
+    real = data_dir / "slides" / "CMU-1-Small-Region.svs"
+    unrecorded = _run(real, tmp_path / "unrecorded", normalize="model")
+    assert unrecorded["normalize"] == "none"
+
+    recorded = segment_slide(real, tmp_path / "recorded", model=_recording(_toy_bundle(), "reinhard"), workers=0,
+                             progress=False, batch_size=8)  # the default --normalize
+    explicit = _run(real, tmp_path / "explicit", normalize="reinhard")
+    assert recorded["normalize"] == "reinhard"
+    assert recorded["class_areas_mm2"] == explicit["class_areas_mm2"]
+    assert recorded["class_areas_mm2"] != unrecorded["class_areas_mm2"]  # the toy rule sees other colours
+
+
+def test_model_normalisation_reads_the_record_and_refuses_an_unknown_one():
+    from wsipipe.errors import ModelError
+    from wsipipe.stain import StainParams, default_target
+
+    target = default_target("macenko").to_dict()
+    method, params = segment_module.model_normalisation("model", None, {"stain_normalisation": {"method": "macenko", "target": target}})
+    assert method == "macenko" and params == StainParams.from_dict(target)
+    assert segment_module.model_normalisation("model", None, {}) == ("none", None)
+    assert segment_module.model_normalisation("vahadane", "t.png", {"stain_normalisation": {"method": "macenko"}}) == ("vahadane", "t.png")
+    with pytest.raises(ModelError, match="unknown stain normalisation 'sepia'"):
+        segment_module.model_normalisation("model", None, {"stain_normalisation": {"method": "sepia"}})

@@ -34,7 +34,9 @@ from wsipipe import __version__
 from wsipipe.device import resolve_device
 from wsipipe.errors import DeviceError, InvalidInputError, ModelError, OutputError, StoreError
 
-NORMALIZE_METHODS = ("vahadane", "macenko", "reinhard", "none")
+#: "model": the normalisation the model file records it was trained with (``none`` for the
+#: bundled model), so a slide reaches the network as its training images did.
+NORMALIZE_METHODS = ("model", "vahadane", "macenko", "reinhard", "none")
 PREDICTION_NAME = "prediction.zarr"
 PARTIAL_SUFFIX = ".partial"
 #: Polygons are traced on the finest pyramid level of at most this many pixels, so tracing
@@ -344,15 +346,34 @@ def _tumour_classes(classes: list[str]) -> list[int]:
     return named or list(range(1, len(classes)))
 
 
+def model_normalisation(normalize: str, target, metadata: dict):
+    """(method, target) that ``--normalize``/``--target`` mean for a model: ``model`` takes the
+    method and target parameters the model file records (a model without a record: none)."""
+    if normalize != "model":
+        return normalize, target
+    from wsipipe.stain import StainParams
+
+    recorded = metadata.get("stain_normalisation") or {}
+    method = recorded.get("method") or "none"
+    if method not in NORMALIZE_METHODS or method == "model":
+        raise ModelError(f"the model records an unknown stain normalisation {method!r}; pass --normalize")
+    if target is None and isinstance(recorded.get("target"), dict):
+        target = StainParams.from_dict(dict(recorded["target"]))
+    return method, target
+
+
 def _stain_normaliser(method: str, target, reader, plan: TilePlan, mpp: float, device: str):
-    """Device-side normalisation of uint8 NHWC batches to the target, with this slide's stain estimate."""
+    """Device-side normalisation of uint8 NHWC batches to the target (an image file or stain
+    parameters), with this slide's stain estimate."""
     if method == "none":
         return None
     import cv2
 
-    from wsipipe.stain import default_target, estimate_slide_stain, get_normalizer
+    from wsipipe.stain import StainParams, default_target, estimate_slide_stain, get_normalizer
 
-    if target is None:
+    if isinstance(target, StainParams):
+        reference = target
+    elif target is None:
         reference = default_target(method)
     else:
         image = cv2.imread(str(target), cv2.IMREAD_COLOR)
@@ -370,7 +391,7 @@ def segment_slide(
     *,
     model=None,
     tiles_store: str | os.PathLike | None = None,
-    normalize: str = "vahadane",
+    normalize: str = "model",
     target: str | os.PathLike | None = None,
     overlap: int | None = None,
     batch_size: int = 16,
@@ -428,6 +449,7 @@ def _segment(slide_path, outdir, reader, pool, info, tiles_store, normalize, tar
     from wsipipe.inference.stitch import StripStitcher
 
     bundle = info.bundle
+    normalize, target = model_normalisation(normalize, target, bundle.metadata)
     tile, classes = int(bundle.tile_size), list(bundle.classes)
     store = _open_tiles_store(tiles_store, bundle, overlap) if tiles_store else None
     if store is not None:

@@ -96,7 +96,7 @@ def _prepare_segment(options: dict) -> dict:
     options["model"] = _absolute_path(str(options["model"]))
     if not Path(options["model"]).is_file():
         raise ModelError(f"--model {options['model']}: no such model file")
-    if options.get("normalize", "vahadane") not in NORMALIZE_METHODS:
+    if options.get("normalize", "model") not in NORMALIZE_METHODS:
         raise InvalidInputError(f"--normalize {options['normalize']!r}: choose one of {', '.join(NORMALIZE_METHODS)}")
     if options.get("nuclei_model") is not None:
         from wsipipe.nuclei.stage import check_nuclei_model, resolve_nuclei_model

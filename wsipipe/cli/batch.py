@@ -57,7 +57,7 @@ def batch(
         Optional[Path], typer.Option("--model", help=f"Model file (.safetensors) {SEGMENT_ONLY}; default: the bundled one.")
     ] = None,
     normalize: Annotated[
-        Optional[str], typer.Option("--normalize", help=f"vahadane, macenko, reinhard or none {SEGMENT_ONLY}.")
+        Optional[str], typer.Option("--normalize", help=f"model (what the model file records; default), vahadane, macenko, reinhard or none {SEGMENT_ONLY}.")
     ] = None,
     target: Annotated[Optional[Path], typer.Option("--target", help=f"Stain target image {SEGMENT_ONLY}.")] = None,
     overlap: Annotated[Optional[int], typer.Option("--overlap", help=f"Tile overlap in px {SEGMENT_ONLY}.", min=0)] = None,

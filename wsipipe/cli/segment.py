@@ -9,7 +9,10 @@ import typer
 
 from wsipipe.cli.options import DeviceOpt, MppOverrideOpt, QuietOpt, SlideArg
 
-NORMALIZE_HELP = "Stain normalisation with the slide's own stain matrix: vahadane, macenko, reinhard or none."
+NORMALIZE_HELP = (
+    "Stain normalisation with the slide's own stain matrix: model (what the model file records it was "
+    "trained with; the bundled model: none), vahadane, macenko, reinhard or none."
+)
 
 
 def segment(
@@ -22,7 +25,7 @@ def segment(
         Optional[Path],
         typer.Option("--tiles", help="Reuse the tissue mask and thumbnail of a 'wsipipe tile' store at the model's µm/px."),
     ] = None,
-    normalize: Annotated[str, typer.Option("--normalize", help=NORMALIZE_HELP)] = "vahadane",
+    normalize: Annotated[str, typer.Option("--normalize", help=NORMALIZE_HELP)] = "model",
     target: Annotated[
         Optional[Path], typer.Option("--target", help="Stain target image (default: the method's reference).")
     ] = None,
