@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 from wsipipe.cli.main import app
 from wsipipe.models.io import load_model
 from wsipipe.nuclei.data import load_cpm15
-from wsipipe.nuclei.train import NucleiTrainConfig, train_usnet
+from wsipipe.nuclei import stage
+from wsipipe.nuclei.train import INSTANCE_GRID, NucleiTrainConfig, calibrate_instances, train_usnet
 
 TINY = {"base": 4, "depth": 3, "anchor_sizes": [[24, 34], [12, 17], [6, 8.5]]}
 
@@ -74,6 +75,9 @@ def test_train_usnet_cli_cross_validates_and_writes_a_nuclei_model(nuclei_dir, t
         assert validation[key] == pytest.approx(np.mean(validation[f"fold_{key}"]))
         assert 0 <= validation[key] <= 1
     assert f"AJI {validation['aji']:.4f}" in result.output
+    for chosen in [meta["instances"], *validation["fold_instances"]]:  # one per fit, from the grid
+        assert {key: chosen[key] in values for key, values in INSTANCE_GRID.items()} == dict.fromkeys(INSTANCE_GRID, True)
+    assert len(validation["fold_instances"]) == 2
     assert not list(tmp_path.glob("*.ckpt")) and not list(tmp_path.glob("*.cv.json"))
 
     out = tmp_path / "run"
@@ -95,3 +99,32 @@ def test_train_usnet_refuses_bad_input(nuclei_dir, tmp_path):
     assert nothing.exit_code == 2 and "no cpm15/ or monuseg_train/ images" in nothing.output
     folds = runner.invoke(app, [*base, str(nuclei_dir), "--folds", "9"])
     assert folds.exit_code == 2 and "only 4 images" in folds.output
+
+
+def test_calibration_finds_the_cut_that_uncalibrated_outputs_need(nuclei_dir, monkeypatch):
+    """Outputs whose nuclei score 0.35 (segmentation) and 0.45 (detection at each centroid) are lost
+    at the default cut of 0.5: calibration must choose the grid's lower cuts, and the segmenter of a
+    model that records them must use them."""
+    from scipy import ndimage
+
+    from wsipipe.metrics.instance import aji
+    from wsipipe.models.io import ModelBundle
+    from wsipipe.models.usnet import usnet_instances
+
+    samples = load_cpm15(nuclei_dir / "cpm15")[:2]
+
+    def outputs(instances):
+        ids = np.unique(instances)[1:]
+        centres = np.asarray(ndimage.center_of_mass(instances > 0, instances, ids))[:, ::-1]
+        boxes = np.concatenate([centres, np.full((len(ids), 2), 8.0)], axis=1).astype(np.float32)
+        return (instances > 0) * 0.35, boxes, np.full(len(ids), 0.45, np.float32)
+
+    by_image = {s.rgb.tobytes(): outputs(s.instances) for s in samples}
+    monkeypatch.setattr(stage, "usnet_forward", lambda bundle: lambda rgb: by_image[rgb.tobytes()])
+    config = NucleiTrainConfig(args=TINY, crop=64)
+    chosen = calibrate_instances(None, config, samples)
+    assert chosen["foreground"] == 0.3 and chosen["score_threshold"] in (0.3, 0.4)
+    truth = samples[0].instances
+    assert aji(truth, usnet_instances(*outputs(truth))) == 0  # the defaults find nothing
+    segment = stage.usnet_segmenter(ModelBundle(None, {"instances": chosen}))
+    assert aji(truth, segment(samples[0].rgb)) > 0.8

@@ -310,11 +310,13 @@ def usnet_forward(bundle) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray
 
 
 def usnet_segmenter(bundle) -> Callable[[np.ndarray], np.ndarray]:
-    """rgb window -> instance labels with a US-Net model bundle."""
+    """rgb window -> instance labels with a US-Net model bundle, at the instance thresholds its
+    metadata records (``instances``: chosen when it was trained), else ``usnet_instances``'s defaults."""
     from wsipipe.models.usnet import usnet_instances
 
     forward = usnet_forward(bundle)
-    return lambda rgb: usnet_instances(*forward(rgb))
+    thresholds = bundle.metadata.get("instances") or {}
+    return lambda rgb: usnet_instances(*forward(rgb), **thresholds)
 
 
 def _point_box(nucleus) -> tuple[int, int, int, int]:

@@ -5,7 +5,8 @@ Training samples random crops (flips, 90° turns, colour and HED stain jitter) f
 learning-rate schedule, and checkpoints every epoch so an interrupted run resumes exactly.
 ``run_nuclei_training`` adds k-fold cross-validation by image (AJI, PQ of the held-out images,
 scored with the same instance extraction ``wsipipe nuclei --model`` uses) and the final fit on
-every image, and writes the model file with its command, seed and figures.
+every image, chooses each fit's instance thresholds on its training images
+(``calibrate_instances``), and writes the model file with its command, seed, thresholds and figures.
 """
 
 from __future__ import annotations
@@ -115,13 +116,44 @@ def train_usnet(
     return network.eval()
 
 
-def score_instances(network, config: NucleiTrainConfig, samples: list[NucleiSample]) -> dict:
-    """Mean AJI and PQ (and their per-image values) of ``network`` on ``samples``."""
+#: The instance thresholds ``calibrate_instances`` chooses from (``usnet_instances`` arguments).
+INSTANCE_GRID = {"score_threshold": (0.3, 0.4, 0.5), "foreground": (0.3, 0.4, 0.5)}
+
+
+def calibrate_instances(network, config: NucleiTrainConfig, samples: list[NucleiSample]) -> dict:
+    """The ``INSTANCE_GRID`` point with the best mean of AJI and PQ on ``samples`` (the fit's own
+    training images): the segmentation and detection scores of a briefly trained network are not
+    calibrated probabilities, so 0.5 is not their natural cut. Each image runs through the network once."""
+    import itertools
+
+    from wsipipe.metrics.instance import aji, panoptic_quality
+    from wsipipe.models.io import ModelBundle
+    from wsipipe.models.usnet import usnet_instances
+    from wsipipe.nuclei.stage import usnet_forward
+
+    forward = usnet_forward(ModelBundle(network, nuclei_model_metadata(config.args, config.mpp, config.crop)))
+    outputs = [(sample.instances, forward(sample.rgb)) for sample in samples]
+    best, best_score = {}, -1.0
+    for values in itertools.product(*INSTANCE_GRID.values()):
+        thresholds = dict(zip(INSTANCE_GRID, values))
+        scores = []
+        for truth, out in outputs:
+            labels = usnet_instances(*out, **thresholds)
+            scores.append((aji(truth, labels) + panoptic_quality(truth, labels).pq) / 2)
+        if float(np.mean(scores)) > best_score:
+            best, best_score = thresholds, float(np.mean(scores))
+    return best
+
+
+def score_instances(network, config: NucleiTrainConfig, samples: list[NucleiSample], thresholds: dict | None = None) -> dict:
+    """Mean AJI and PQ (and their per-image values) of ``network`` on ``samples``, instances cut at
+    ``thresholds`` (``usnet_instances`` arguments; None: its defaults)."""
     from wsipipe.metrics.instance import aji, panoptic_quality
     from wsipipe.models.io import ModelBundle
     from wsipipe.nuclei.stage import usnet_segmenter
 
-    segment = usnet_segmenter(ModelBundle(network, nuclei_model_metadata(config.args, config.mpp, config.crop)))
+    meta = nuclei_model_metadata(config.args, config.mpp, config.crop, instances=thresholds or {})
+    segment = usnet_segmenter(ModelBundle(network, meta))
     per_image = {}
     for sample in samples:
         labels = segment(sample.rgb)
@@ -168,26 +200,31 @@ def run_nuclei_training(
             train = [s for s, f in zip(samples, fold_of) if f != k]
             held_out = [s for s, f in zip(samples, fold_of) if f == k]
             network = train_usnet(train, config, checkpoint, resume, step(f"fold {k + 1}/{folds}"))
-            return {"images": [s.name for s in held_out], **score_instances(network, config, held_out)}
+            thresholds = calibrate_instances(network, config, train)
+            return {"images": [s.name for s in held_out], "instances": thresholds,
+                    **score_instances(network, config, held_out, thresholds)}
 
         done = resumable_folds(output, folds, resume, run_fold)
         validation = {
-            "method": f"{folds}-fold cross-validation by image, AJI and PQ of the held-out images",
+            "method": f"{folds}-fold cross-validation by image, AJI and PQ of the held-out images, instance "
+                      "thresholds chosen on each fold's training images",
             **{key: float(np.mean([f[key] for f in done])) for key in ("aji", "pq", "dq", "sq")},
-            **{f"fold_{key}": [f[key] for f in done] for key in ("aji", "pq")},
+            **{f"fold_{key}": [f[key] for f in done] for key in ("aji", "pq", "instances")},
             "per_image": {name: v for f in done for name, v in f["per_image"].items()},
         }
     start = time.perf_counter()
     network = train_usnet(samples, config, fit_checkpoint(output), resume, step("final fit"))
+    fit_seconds = round(time.perf_counter() - start, 1)
     meta = nuclei_model_metadata(
         config.args, config.mpp, config.crop,
+        instances=calibrate_instances(network, config, samples),
         training={
             "command": command,
             "seed": config.seed,
             "data": {"dir": str(data_dir), "images": [s.name for s in samples], "data_mpp": config.mpp,
                      "nuclei": int(sum(len(np.unique(s.instances)) - 1 for s in samples))},
             "config": asdict(config),
-            "final_fit_s": round(time.perf_counter() - start, 1),
+            "final_fit_s": fit_seconds,
         },
         validation=validation,
     )
