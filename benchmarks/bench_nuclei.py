@@ -71,6 +71,7 @@ def bench_usnet(samples, calibrations, model: Path, device: str, repeats: int) -
 
     bundle = load_model(model, device=device)
     forward = usnet_forward(bundle)
+    thresholds = bundle.metadata.get("instances") or {}  # as wsipipe nuclei cuts them
     forward(samples[0].rgb[:256, :256])  # warm-up (oneDNN / CUDA kernels)
     rates, shares = [], []
     for _ in range(repeats):
@@ -83,7 +84,7 @@ def bench_usnet(samples, calibrations, model: Path, device: str, repeats: int) -
             if device.startswith("cuda"):
                 torch.cuda.synchronize()
             front += time.perf_counter() - start
-            return usnet_instances(*outputs)
+            return usnet_instances(*outputs, **thresholds)
 
         start = time.perf_counter()
         count = 0

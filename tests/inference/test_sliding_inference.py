@@ -82,3 +82,19 @@ def test_predict_image_resizes_to_model_scale_and_back(lung_crop):
     direct = _whole_image_probs(bundle.model, half)
     # the same picture at the model's scale: compare the centre after upscaling
     assert np.abs(probs[1, 150, 130] - direct[1, 75, 65]) < 0.1
+
+
+def test_beyond_the_image_edge_is_white_as_beyond_a_slide_edge(lung_crop):
+    """The border pixels' context is white glass, as a slide reads beyond its edge (what segment sees)."""
+    net = _tiny_net()
+    with torch.no_grad():
+        net[-1].weight *= 20  # confident outputs, so that what the border sees shows
+    margin = 16  # half the overlap: the padding predict_tiled adds
+    on_glass = np.pad(lung_crop, ((margin, margin), (margin, margin), (0, 0)), constant_values=255)
+    expected = _whole_image_probs(net, on_glass)[:, margin:-margin, margin:-margin]
+    blended = predict_tiled(net, lung_crop, 2, tile=64, overlap=2 * margin, batch_size=4)
+    edge = np.zeros(lung_crop.shape[:2], bool)
+    edge[:3], edge[-3:], edge[:, :3], edge[:, -3:] = True, True, True, True  # within the receptive field of the edge
+    assert np.abs(blended[:, edge] - expected[:, edge]).max() < 0.01
+    mirrored = _whole_image_probs(net, np.pad(lung_crop, ((margin, margin), (margin, margin), (0, 0)), mode="reflect"))
+    assert np.abs(blended[:, edge] - mirrored[:, margin:-margin, margin:-margin][:, edge]).max() > 0.05  # it is not mirrored

@@ -8,6 +8,9 @@ import numpy as np
 
 from wsipipe.device import resolve_device
 
+#: Beyond an image's edge: white glass, as a slide reads beyond its own edge (``wsipipe.slide``).
+GLASS = 255
+
 
 def _starts(length: int, tile: int, stride: int) -> list[int]:
     """Tile starts covering ``length``; the last tile sits flush with the end (no gap, no spill)."""
@@ -128,15 +131,16 @@ def predict_tiled(
 ) -> np.ndarray:
     """Class probabilities (classes, h, w) for an RGB image at the model's own scale.
 
-    The image is reflect-padded by half the overlap (so its border pixels get context and tile
-    centres) and up to at least one tile; tiles cover the padded image and are blended.
+    The image is padded with white by half the overlap (so its border pixels get tile centres)
+    and up to at least one tile, as a slide reads white beyond its edge (``wsipipe segment`` sees
+    the same); tiles cover the padded image and are blended.
     """
     height, width = image.shape[:2]
     margin = overlap // 2
     pad_y = max(0, tile - height - 2 * margin)
     pad_x = max(0, tile - width - 2 * margin)
     padded = np.pad(
-        image, ((margin, margin + pad_y), (margin, margin + pad_x), (0, 0)), mode="reflect" if min(height, width) > 1 else "edge"
+        image, ((margin, margin + pad_y), (margin, margin + pad_x), (0, 0)), constant_values=GLASS
     ) if margin or pad_y or pad_x else image
     positions = tile_positions(padded.shape[0], padded.shape[1], tile, overlap)
     blender = Blender(num_classes, padded.shape[0], padded.shape[1], tile, window)
