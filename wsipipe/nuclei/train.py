@@ -126,40 +126,38 @@ def calibrate_instances(network, config: NucleiTrainConfig, samples: list[Nuclei
     calibrated probabilities, so 0.5 is not their natural cut. Each image runs through the network once."""
     import itertools
 
-    from wsipipe.metrics.instance import aji, panoptic_quality
     from wsipipe.models.io import ModelBundle
     from wsipipe.models.usnet import usnet_instances
     from wsipipe.nuclei.stage import usnet_forward
 
     forward = usnet_forward(ModelBundle(network, nuclei_model_metadata(config.args, config.mpp, config.crop)))
     outputs = [(sample.instances, forward(sample.rgb)) for sample in samples]
-    best, best_score = {}, -1.0
-    for values in itertools.product(*INSTANCE_GRID.values()):
-        thresholds = dict(zip(INSTANCE_GRID, values))
-        scores = []
-        for truth, out in outputs:
-            labels = usnet_instances(*out, **thresholds)
-            scores.append((aji(truth, labels) + panoptic_quality(truth, labels).pq) / 2)
-        if float(np.mean(scores)) > best_score:
-            best, best_score = thresholds, float(np.mean(scores))
-    return best
+
+    def mean_aji_pq(thresholds: dict) -> float:
+        qualities = [instance_quality(truth, usnet_instances(*out, **thresholds)) for truth, out in outputs]
+        return float(np.mean([(q["aji"] + q["pq"]) / 2 for q in qualities]))
+
+    grid = [dict(zip(INSTANCE_GRID, values)) for values in itertools.product(*INSTANCE_GRID.values())]
+    return max(grid, key=mean_aji_pq)  # the first of equals
+
+
+def instance_quality(truth: np.ndarray, labels: np.ndarray) -> dict:
+    """AJI, PQ, DQ and SQ of instance ``labels`` against ``truth``."""
+    from wsipipe.metrics.instance import aji, panoptic_quality
+
+    quality = panoptic_quality(truth, labels)
+    return {"aji": float(aji(truth, labels)), "pq": float(quality.pq), "dq": float(quality.dq), "sq": float(quality.sq)}
 
 
 def score_instances(network, config: NucleiTrainConfig, samples: list[NucleiSample], thresholds: dict | None = None) -> dict:
     """Mean AJI and PQ (and their per-image values) of ``network`` on ``samples``, instances cut at
     ``thresholds`` (``usnet_instances`` arguments; None: its defaults)."""
-    from wsipipe.metrics.instance import aji, panoptic_quality
     from wsipipe.models.io import ModelBundle
     from wsipipe.nuclei.stage import usnet_segmenter
 
     meta = nuclei_model_metadata(config.args, config.mpp, config.crop, instances=thresholds or {})
     segment = usnet_segmenter(ModelBundle(network, meta))
-    per_image = {}
-    for sample in samples:
-        labels = segment(sample.rgb)
-        quality = panoptic_quality(sample.instances, labels)
-        per_image[sample.name] = {"aji": float(aji(sample.instances, labels)), "pq": float(quality.pq),
-                                  "dq": float(quality.dq), "sq": float(quality.sq)}
+    per_image = {sample.name: instance_quality(sample.instances, segment(sample.rgb)) for sample in samples}
     return {key: float(np.mean([v[key] for v in per_image.values()])) for key in ("aji", "pq", "dq", "sq")} | {
         "per_image": per_image
     }
