@@ -5,7 +5,9 @@ Reports parameters, pooled cross-validation mIoU / accuracy / kappa (evaluated l
 inference: model scale, overlapping tiles, blending, compared at mask resolution), training
 images/s and inference tiles/s, plus the "tumour = all detected tissue" baseline on the same
 images. Defaults are a short CPU schedule (small tiles at a coarse scale); pass --tile-size,
---epochs etc. for a real comparison on a GPU. Ends with one JSON line.
+--epochs etc. for a real comparison on a GPU. Folds keep grouped images together and
+each fold's model is its last epoch (the held-out images score it, so they do not choose it).
+Ends with one JSON line.
 
     PYTHONPATH=. python benchmarks/compare_models.py [--data ../shared/data/lung] [--device cuda]
 """
@@ -27,7 +29,7 @@ from wsipipe.inference.sliding import run_batches
 from wsipipe.metrics.semantic import ConfusionMatrix, summarise
 from wsipipe.models import build_model, parameter_count
 from wsipipe.models.io import ModelBundle, model_metadata
-from wsipipe.training.data import read_dataset, rescaled, split_folds
+from wsipipe.training.data import read_dataset, regroup, rescaled, split_folds
 from wsipipe.training.trainer import TrainConfig, train
 
 MODELS = [
@@ -67,6 +69,8 @@ def main() -> None:
     parser.add_argument("--data-mpp", type=float, default=12.0, help="assumed µm/px of the lung images")
     parser.add_argument("--mpp", type=float, default=96.0, help="model µm/px (coarse on CPU)")
     parser.add_argument("--tile-size", type=int, default=64)
+    parser.add_argument("--groups", type=Path, default=Path(__file__).parents[1] / "examples" / "lung-groups.csv",
+                        help="images that must share a fold (the overlapping lung_04 and lung_05)")
     parser.add_argument("--folds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--patches-per-epoch", type=int, default=16)
@@ -80,7 +84,7 @@ def main() -> None:
     device = str(resolve_device(opts.device))
     if device == "cpu":
         torch.set_num_threads(opts.threads)
-    originals = read_dataset(opts.data).items
+    originals = regroup(read_dataset(opts.data), opts.groups).items
     items = rescaled(originals, opts.data_mpp / opts.mpp)
     folds = split_folds([it.group for it in items], opts.folds, opts.seed)
     classes = ["background", "tumour"]
@@ -95,7 +99,7 @@ def main() -> None:
                                  epochs=opts.epochs, patches_per_epoch=opts.patches_per_epoch, batch_size=opts.batch_size,
                                  lr=opts.lr, seed=opts.seed + k, device=device, channels_last=device.startswith("cuda"))
             train_items = [it for i, it in enumerate(items) if i not in val_idx]
-            result = train(config, train_items, [items[i] for i in val_idx])
+            result = train(config, train_items, [items[i] for i in val_idx], select_best=False)  # scored on these
             train_rates.append(result["images_per_s"])
             model = build_model(arch, 2, args)
             model.load_state_dict(result["state_dict"])
@@ -118,7 +122,7 @@ def main() -> None:
         print(f"| {r['model']} | {r['params_m']} | {r['miou']:.4f} | {r['accuracy']:.4f} | {r['kappa']:.4f} | "
               f"{r['train_images_per_s']} | {r['inference_tiles_per_s']} |")
     print(f"| tumour = all tissue (baseline) | - | {baseline['miou']:.4f} | {baseline['accuracy']:.4f} | {baseline['kappa']:.4f} | - | - |")
-    print(f"\ndevice {device} ({opts.threads} thread(s) on CPU); {opts.folds} folds by image; {opts.epochs} epochs x {opts.patches_per_epoch} patches of "
+    print(f"\ndevice {device} ({opts.threads} thread(s) on CPU); {opts.folds} folds by image group ({opts.groups.name}), last epoch of each; {opts.epochs} epochs x {opts.patches_per_epoch} patches of "
           f"{opts.tile_size} px at {opts.mpp} µm/px (images assumed {opts.data_mpp} µm/px); tiles/s at batch {opts.batch_size}")
     print(json.dumps({"device": device, "folds": opts.folds, "epochs": opts.epochs, "patches_per_epoch": opts.patches_per_epoch,
                       "tile_size": opts.tile_size, "mpp": opts.mpp, "baseline_miou": round(baseline["miou"], 4), "models": rows}))

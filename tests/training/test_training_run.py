@@ -115,6 +115,16 @@ def test_interrupted_training_resumes_to_the_same_weights(small_data, tmp_path, 
         assert torch.allclose(value.float(), resumed["state_dict"][key].float(), atol=1e-6), key
 
 
+def test_without_selection_the_last_epoch_is_kept_and_the_curve_recorded(small_data, one_thread):
+    """Cross-validation folds train this way: their held-out images must not pick the epoch."""
+    items = read_pairs(find_pairs(small_data))
+    last = train(_config(epochs=3), items[:1], [])
+    curve = train(_config(epochs=3), items[:1], items[1:], select_best=False)
+    assert curve["best"]["epoch"] == 3 and all("val_miou" in h for h in curve["history"])
+    for key, value in last["state_dict"].items():
+        assert torch.equal(value, curve["state_dict"][key]), key
+
+
 def test_train_cli_writes_a_loadable_model(small_data, tmp_path):
     out = tmp_path / "m.safetensors"
     args = ["train", str(small_data), "-o", str(out), "--model", "plain-unet", "--model-args", '{"base": 4}',

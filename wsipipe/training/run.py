@@ -86,7 +86,9 @@ def run_training(
             val_idx = fold_indices[k]
             train_items = [it for i, it in enumerate(items) if i not in val_idx]
             val_items = [items[i] for i in val_idx]
-            result = train(config, train_items, val_items, checkpoint, resume, step(f"fold {k + 1}/{folds}"))
+            # the held-out images are what the fold is scored on, so they do not choose its epoch
+            result = train(config, train_items, val_items, checkpoint, resume, step(f"fold {k + 1}/{folds}"),
+                           select_best=False)
             metrics = evaluate_items(_bundle(config, result["state_dict"]), [dataset.items[i] for i in val_idx], data_mpp, device=config.device)
             return {"images": _names(items, val_idx), "best_epoch": result["best"]["epoch"], **metrics}
 

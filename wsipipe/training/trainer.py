@@ -76,9 +76,15 @@ def train(
     checkpoint: Path | None = None,
     resume: bool = False,
     on_step: Callable[[dict], None] | None = None,
+    select_best: bool = True,
 ) -> dict[str, Any]:
     """Train and return {'state_dict' (best by validation mIoU, else last), 'history',
-    'best': metrics of the chosen epoch, 'images_per_s'}."""
+    'best': metrics of the chosen epoch, 'images_per_s'}.
+
+    ``select_best=False`` keeps the last epoch and only records the validation curve: when the
+    validation images are the ones a figure is reported on (a cross-validation fold), choosing
+    the epoch on them would inflate that figure.
+    """
     from wsipipe.models import build_model
     from wsipipe.training.checkpoint import load_checkpoint, save_checkpoint
     from wsipipe.training.losses import make_loss
@@ -131,7 +137,7 @@ def train(
         if val_items:
             metrics = validate(model, val_items, config, config.batch_size)
             record.update(val_miou=metrics["miou"], val_accuracy=metrics["accuracy"])
-            if state["best"] is None or (metrics["miou"] or 0) > (state["best"]["val_miou"] or 0):
+            if select_best and (state["best"] is None or (metrics["miou"] or 0) > (state["best"]["val_miou"] or 0)):
                 best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
                 state["best"] = record
         if on_step:
