@@ -108,6 +108,19 @@ def test_instances_from_segmentation_seeded_by_detections():
     assert usnet_instances(seg, boxes[:0], scores[:0]).max() == 1
 
 
+def test_instances_under_min_pixels_are_dropped():
+    seg = np.zeros((20, 30))
+    seg[5:15, 3:13] = 0.9  # a nucleus of 100 px
+    seg[2:4, 20:22] = 0.9  # a 4 px sliver, seeded by its own detection (the strongest: id 1)
+    seg[12:18, 20:26] = 0.9  # a nucleus of 36 px
+    boxes = np.array([[20.5, 2.5, 2, 2], [8, 10, 10, 10], [22.5, 14.5, 6, 6]], dtype=np.float32)
+    scores = np.array([0.95, 0.9, 0.8])
+    assert np.bincount(usnet_instances(seg, boxes, scores).ravel())[1:].tolist() == [4, 100, 36]
+    kept = usnet_instances(seg, boxes, scores, min_pixels=5)
+    assert np.bincount(kept.ravel())[1:].tolist() == [100, 36]  # renumbered 1..n without a gap
+    assert (usnet_instances(seg, boxes, scores, min_pixels=4) > 0).sum() == 140  # the bound is inclusive
+
+
 def test_cellularity_net_shapes_loss_and_encoder_initialisation():
     torch.manual_seed(0)
     model = build_model("cellularity", 1, {"seg_encoder": "resnet18", "resnet": "resnet18", "hidden": 16})

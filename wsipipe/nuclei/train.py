@@ -117,7 +117,12 @@ def train_usnet(
 
 
 #: The instance thresholds ``calibrate_instances`` chooses from (``usnet_instances`` arguments).
-INSTANCE_GRID = {"score_threshold": (0.3, 0.4, 0.5), "foreground": (0.3, 0.4, 0.5)}
+INSTANCE_GRID = {
+    "score_threshold": (0.3, 0.4, 0.5),
+    "foreground": (0.3, 0.4, 0.5),
+    "nms_iou": (0.2, 0.3),
+    "min_pixels": (0, 24),
+}
 
 
 def calibrate_instances(network, config: NucleiTrainConfig, samples: list[NucleiSample]) -> dict:
