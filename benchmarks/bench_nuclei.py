@@ -70,8 +70,8 @@ def bench_usnet(samples, calibrations, model: Path, device: str, repeats: int) -
     from wsipipe.nuclei.stage import usnet_forward
 
     bundle = load_model(model, device=device)
-    forward = usnet_forward(bundle)
-    thresholds = bundle.metadata.get("instances") or {}  # as wsipipe nuclei cuts them
+    settings = dict(bundle.metadata.get("instances") or {})  # as wsipipe nuclei (usnet_segmenter) uses them
+    forward = usnet_forward(bundle, settings.pop("views", 1))
     forward(samples[0].rgb[:256, :256])  # warm-up (oneDNN / CUDA kernels)
     rates, shares = [], []
     for _ in range(repeats):
@@ -84,7 +84,7 @@ def bench_usnet(samples, calibrations, model: Path, device: str, repeats: int) -
             if device.startswith("cuda"):
                 torch.cuda.synchronize()
             front += time.perf_counter() - start
-            return usnet_instances(*outputs, **thresholds)
+            return usnet_instances(*outputs, **settings)
 
         start = time.perf_counter()
         count = 0

@@ -121,6 +121,19 @@ def test_instances_under_min_pixels_are_dropped():
     assert (usnet_instances(seg, boxes, scores, min_pixels=4) > 0).sum() == 140  # the bound is inclusive
 
 
+def test_compactness_keeps_the_border_of_touching_nuclei_near_their_midline():
+    seg = np.zeros((12, 40))
+    seg[1:11, 2:38] = 0.99 - 0.001 * np.arange(2, 38)  # two touching nuclei, a slight slope between them
+    boxes = np.array([[8, 6, 10, 10], [32, 6, 10, 10]], dtype=np.float32)
+    scores = np.array([0.9, 0.8])
+    plain = usnet_instances(seg, boxes, scores)
+    compact = usnet_instances(seg, boxes, scores, compactness=0.01)
+    # plain flooding follows the slope: the higher seed takes everything down to the other seed
+    assert (plain == 1).sum() > 2 * (plain == 2).sum()
+    assert abs(int((compact == 1).sum()) - int((compact == 2).sum())) <= 20  # within a column of 10 px each way
+    assert ((plain > 0) == (compact > 0)).all()
+
+
 def test_cellularity_net_shapes_loss_and_encoder_initialisation():
     torch.manual_seed(0)
     model = build_model("cellularity", 1, {"seg_encoder": "resnet18", "resnet": "resnet18", "hidden": 16})

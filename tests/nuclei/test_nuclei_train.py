@@ -120,7 +120,7 @@ def test_calibration_finds_the_cut_that_uncalibrated_outputs_need(nuclei_dir, mo
         return (instances > 0) * 0.35, boxes, np.full(len(ids), 0.45, np.float32)
 
     by_image = {s.rgb.tobytes(): outputs(s.instances) for s in samples}
-    monkeypatch.setattr(stage, "usnet_forward", lambda bundle: lambda rgb: by_image[rgb.tobytes()])
+    monkeypatch.setattr(stage, "usnet_forward", lambda bundle, views=1: lambda rgb: by_image[rgb.tobytes()])
     config = NucleiTrainConfig(args=TINY, crop=64)
     chosen = calibrate_instances(None, config, samples)
     assert chosen["foreground"] == 0.3 and chosen["score_threshold"] in (0.3, 0.4)

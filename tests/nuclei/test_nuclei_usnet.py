@@ -9,7 +9,7 @@ from wsipipe.metrics.instance import match
 from wsipipe.models.io import load_model
 from wsipipe.nuclei.classical import calibrate, haematoxylin_od
 from wsipipe.nuclei.data import WORKING_MPP, load_cpm15, load_monuseg
-from wsipipe.nuclei.stage import BUNDLED_NUCLEI_MODEL, usnet_segmenter
+from wsipipe.nuclei.stage import BUNDLED_NUCLEI_MODEL, usnet_forward, usnet_segmenter
 from wsipipe.nuclei.tiled import DEFAULT_MARGIN_UM, segment_image_tiled
 
 
@@ -31,6 +31,21 @@ def test_bundled_model_records_how_it_was_made(bundle):
     assert sorted(validation["per_image"]) == sorted(training["data"]["images"])
     for key in ("aji", "pq"):
         assert validation[key] == pytest.approx(np.mean(validation[f"fold_{key}"]))
+
+
+def test_eight_views_make_the_segmentation_turn_with_the_image(bundle, data_dir):
+    rgb = load_cpm15(data_dir / "nuclei" / "cpm15")[0].rgb[:128, :128]  # square, a multiple of the network's
+    turned = np.ascontiguousarray(np.rot90(rgb))
+    single, eight = usnet_forward(bundle), usnet_forward(bundle, 8)
+    seg, boxes, scores = eight(rgb)
+    np.testing.assert_allclose(np.rot90(seg), eight(turned)[0], atol=1e-5)  # the mean of the same 8 views
+    assert np.abs(np.rot90(single(rgb)[0]) - single(turned)[0]).max() > 1e-3  # one view alone is not
+    plain = single(rgb)
+    assert np.abs(seg - plain[0]).max() > 1e-3
+    np.testing.assert_array_equal(boxes, plain[1])  # detections from the image as it is
+    np.testing.assert_array_equal(scores, plain[2])
+    with pytest.raises(ValueError, match="views must be 1 or 8"):
+        usnet_forward(bundle, 4)
 
 
 def _tiled_matches_whole(sample, segment, core):

@@ -212,6 +212,7 @@ def usnet_instances(
     nms_iou: float = 0.3,
     foreground: float = 0.5,
     min_pixels: int = 0,
+    compactness: float = 0.0,
 ) -> np.ndarray:
     """Instance labels from one image's segmentation (H, W) and (cx, cy, w, h) detections.
 
@@ -219,7 +220,10 @@ def usnet_instances(
     of the inverted segmentation within ``segmentation > foreground``; a nuclear region no
     detection reached becomes one instance of its own. Instances under ``min_pixels`` are
     dropped: they are slivers where the segmentation frays or a stray seed, not nuclei, and each
-    costs PQ a false positive.
+    costs PQ a false positive. The segmentation saturates near 1 inside nuclei, so between two
+    touching nuclei the watershed's surface is nearly flat and the border can drift far from the
+    midline; ``compactness`` (skimage's compact watershed: per pixel of distance from the seed)
+    pulls it back.
     """
     from scipy import ndimage
     from skimage.segmentation import watershed
@@ -250,7 +254,7 @@ def usnet_instances(
         starts = np.concatenate([[0], np.cumsum(sizes[1:])])
         middle = by_component[starts[unseeded - 1] + sizes[unseeded] // 2]
         markers.ravel()[middle] = np.arange(len(first) + 1, len(first) + 1 + len(unseeded), dtype=np.int32)
-    labels = watershed(-segmentation, markers, mask=mask).astype(np.int32)
+    labels = watershed(-segmentation, markers, mask=mask, compactness=compactness).astype(np.int32)
     if min_pixels:  # drop the small ones and renumber the rest 1..n in their order
         kept = np.bincount(labels.ravel()) >= min_pixels
         kept[0] = False
