@@ -219,7 +219,7 @@ def run_nuclei_training(
         done = resumable_folds(output, folds, resume, run_fold)
         validation = {
             "method": f"{folds}-fold cross-validation by image, AJI and PQ of the held-out images, instance "
-                      "thresholds chosen on each fold's training images",
+                      "settings chosen on each fold's training images",
             **{key: float(np.mean([f[key] for f in done])) for key in ("aji", "pq", "dq", "sq")},
             **{f"fold_{key}": [f[key] for f in done] for key in ("aji", "pq", "instances")},
             "per_image": {name: v for f in done for name, v in f["per_image"].items()},
