@@ -300,31 +300,34 @@ def usnet_forward(bundle, views: int = 1) -> Callable[[np.ndarray], tuple[np.nda
     device = next(network.parameters()).device
     mean, std = normalisation_tensors(bundle.input_normalisation, device)
 
-    def run(rgb: np.ndarray, detect: bool):
-        height, width = rgb.shape[:2]
-        padded = np.pad(
-            rgb, ((0, -height % multiple), (0, -width % multiple), (0, 0)), mode="constant", constant_values=255
-        )
-        x = torch.as_tensor(padded, device=device).permute(2, 0, 1)[None].float() / 255
+    def run(canvas: np.ndarray, detect: bool):
+        x = torch.as_tensor(canvas, device=device).permute(2, 0, 1)[None].float() / 255
         with torch.no_grad():
             out = network((x - mean) / std)
-        segmentation = out["segmentation"][0, 0, :height, :width].cpu().numpy()
+        segmentation = out["segmentation"][0, 0].cpu().numpy()
         if not detect:
             return segmentation
-        anchors = network.anchors(padded.shape[0], padded.shape[1], device=device)
+        anchors = network.anchors(canvas.shape[0], canvas.shape[1], device=device)
         boxes = decode(out["offsets"][0], anchors).cpu().numpy()
         return segmentation, boxes, torch.sigmoid(out["scores"][0]).cpu().numpy()
 
     def forward(rgb: np.ndarray):
-        segmentation, boxes, scores = run(rgb, detect=True)
+        # every view turns the same canvas (padded once, at the bottom and right), so the network's
+        # stride grid sits on the window's top-left corner in all of them: a window cut from a larger
+        # image then sees the grid that image does, and tiling changes no nuclei
+        height, width = rgb.shape[:2]
+        canvas = np.pad(
+            rgb, ((0, -height % multiple), (0, -width % multiple), (0, 0)), mode="constant", constant_values=255
+        )
+        segmentation, boxes, scores = run(canvas, detect=True)
         if views == 8:
             turned = [(turns, mirror) for turns in range(4) for mirror in (False, True)][1:]
             for turns, mirror in turned:
-                view = np.rot90(rgb[:, ::-1] if mirror else rgb, turns)
+                view = np.rot90(canvas[:, ::-1] if mirror else canvas, turns)
                 back = np.rot90(run(np.ascontiguousarray(view), detect=False), -turns)
                 segmentation = segmentation + (back[:, ::-1] if mirror else back)
             segmentation = segmentation / 8
-        return segmentation, boxes, scores
+        return segmentation[:height, :width], boxes, scores
 
     return forward
 
