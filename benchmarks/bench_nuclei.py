@@ -67,11 +67,11 @@ def bench_usnet(samples, calibrations, model: Path, device: str, repeats: int) -
 
     from wsipipe.models.io import load_model
     from wsipipe.models.usnet import usnet_instances
-    from wsipipe.nuclei.stage import usnet_forward
+    from wsipipe.nuclei.stage import split_views, usnet_forward
 
     bundle = load_model(model, device=device)
-    settings = dict(bundle.metadata.get("instances") or {})  # as wsipipe nuclei (usnet_segmenter) uses them
-    forward = usnet_forward(bundle, settings.pop("views", 1))
+    views, settings = split_views(bundle.metadata.get("instances"))  # as wsipipe nuclei uses them
+    forward = usnet_forward(bundle, views)
     forward(samples[0].rgb[:256, :256])  # warm-up (oneDNN / CUDA kernels)
     rates, shares = [], []
     for _ in range(repeats):

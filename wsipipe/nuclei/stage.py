@@ -300,16 +300,10 @@ def usnet_forward(bundle, views: int = 1) -> Callable[[np.ndarray], tuple[np.nda
     device = next(network.parameters()).device
     mean, std = normalisation_tensors(bundle.input_normalisation, device)
 
-    def run(canvas: np.ndarray, detect: bool):
+    def run(canvas: np.ndarray) -> dict:
         x = torch.as_tensor(canvas, device=device).permute(2, 0, 1)[None].float() / 255
         with torch.no_grad():
-            out = network((x - mean) / std)
-        segmentation = out["segmentation"][0, 0].cpu().numpy()
-        if not detect:
-            return segmentation
-        anchors = network.anchors(canvas.shape[0], canvas.shape[1], device=device)
-        boxes = decode(out["offsets"][0], anchors).cpu().numpy()
-        return segmentation, boxes, torch.sigmoid(out["scores"][0]).cpu().numpy()
+            return network((x - mean) / std)
 
     def forward(rgb: np.ndarray):
         # every view turns the same canvas (padded once, at the bottom and right), so the network's
@@ -319,12 +313,16 @@ def usnet_forward(bundle, views: int = 1) -> Callable[[np.ndarray], tuple[np.nda
         canvas = np.pad(
             rgb, ((0, -height % multiple), (0, -width % multiple), (0, 0)), mode="constant", constant_values=255
         )
-        segmentation, boxes, scores = run(canvas, detect=True)
+        out = run(canvas)
+        anchors = network.anchors(canvas.shape[0], canvas.shape[1], device=device)
+        boxes = decode(out["offsets"][0], anchors).cpu().numpy()
+        scores = torch.sigmoid(out["scores"][0]).cpu().numpy()
+        segmentation = out["segmentation"][0, 0].cpu().numpy()
         if views == 8:
             turned = [(turns, mirror) for turns in range(4) for mirror in (False, True)][1:]
             for turns, mirror in turned:
                 view = np.rot90(canvas[:, ::-1] if mirror else canvas, turns)
-                back = np.rot90(run(np.ascontiguousarray(view), detect=False), -turns)
+                back = np.rot90(run(np.ascontiguousarray(view))["segmentation"][0, 0].cpu().numpy(), -turns)
                 segmentation = segmentation + (back[:, ::-1] if mirror else back)
             segmentation = segmentation / 8
         return segmentation[:height, :width], boxes, scores
@@ -332,14 +330,19 @@ def usnet_forward(bundle, views: int = 1) -> Callable[[np.ndarray], tuple[np.nda
     return forward
 
 
+def split_views(settings: dict | None) -> tuple[int, dict]:
+    """A model's ``instances`` settings as (``usnet_forward``'s views, ``usnet_instances`` arguments)."""
+    rest = dict(settings or {})
+    return rest.pop("views", 1), rest
+
+
 def usnet_segmenter(bundle) -> Callable[[np.ndarray], np.ndarray]:
     """rgb window -> instance labels with a US-Net model bundle, with the instance settings its
-    metadata records (``instances``: chosen when it was trained; ``views`` goes to
-    ``usnet_forward``, the rest to ``usnet_instances``), else their defaults."""
+    metadata records (``instances``: chosen when it was trained), else their defaults."""
     from wsipipe.models.usnet import usnet_instances
 
-    settings = dict(bundle.metadata.get("instances") or {})
-    forward = usnet_forward(bundle, settings.pop("views", 1))
+    views, settings = split_views(bundle.metadata.get("instances"))
+    forward = usnet_forward(bundle, views)
     return lambda rgb: usnet_instances(*forward(rgb), **settings)
 
 

@@ -138,7 +138,7 @@ def calibrate_instances(network, config: NucleiTrainConfig, samples: list[Nuclei
 
     from wsipipe.models.io import ModelBundle
     from wsipipe.models.usnet import usnet_instances
-    from wsipipe.nuclei.stage import usnet_forward
+    from wsipipe.nuclei.stage import split_views, usnet_forward
 
     bundle = ModelBundle(network, nuclei_model_metadata(config.args, config.mpp, config.crop))
     outputs = {}
@@ -147,8 +147,8 @@ def calibrate_instances(network, config: NucleiTrainConfig, samples: list[Nuclei
         outputs[views] = [(sample.instances, forward(sample.rgb)) for sample in samples]
 
     def mean_aji_pq(point: dict) -> float:
-        settings = {key: value for key, value in point.items() if key != "views"}
-        qualities = [instance_quality(truth, usnet_instances(*out, **settings)) for truth, out in outputs[point["views"]]]
+        views, settings = split_views(point)
+        qualities = [instance_quality(truth, usnet_instances(*out, **settings)) for truth, out in outputs[views]]
         return float(np.mean([(q["aji"] + q["pq"]) / 2 for q in qualities]))
 
     grid = [dict(zip(INSTANCE_GRID, values)) for values in itertools.product(*INSTANCE_GRID.values())]
