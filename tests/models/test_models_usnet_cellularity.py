@@ -9,11 +9,11 @@ import torch
 from wsipipe.models import build_model, parameter_count
 from wsipipe.models.cellularity import cellularity_loss, load_segmentation_encoder
 from wsipipe.models.usnet import (
+    AnchorMatcher,
     USNetLoss,
     decode,
     encode,
     instance_boxes,
-    match_anchors,
     usnet_instances,
 )
 
@@ -47,10 +47,48 @@ def test_offsets_round_trip_and_matching():
     anchors = torch.tensor([[10.0, 10.0, 8.0, 8.0], [30.0, 30.0, 8.0, 8.0], [12.0, 10.0, 8.0, 8.0]])
     boxes = torch.tensor([[10.0, 10.0, 8.0, 8.0]])
     assert torch.allclose(decode(encode(boxes.expand(3, 4), anchors), anchors), boxes.expand(3, 4))
-    targets = match_anchors(anchors, boxes)
+    targets = AnchorMatcher(anchors)(boxes)
     # anchor 0 is the box (IoU 1), anchor 1 is far (IoU 0), anchor 2 overlaps 6x8 of 8x8: IoU 48/80 = 0.6
     assert targets.labels.tolist() == [1.0, 0.0, 1.0]
     assert torch.allclose(targets.offsets[0], torch.zeros(4))
+
+
+def _dense_match(anchors, boxes):
+    """The full anchors x boxes IoU matrix: what ``AnchorMatcher`` must reproduce."""
+    from torchvision.ops import box_iou
+
+    from wsipipe.models.usnet import NEGATIVE_IOU, POSITIVE_IOU, to_corners
+
+    iou = box_iou(to_corners(anchors), to_corners(boxes))
+    best_iou, best_box = iou.max(dim=1)
+    labels = torch.full((anchors.shape[0],), -1.0)
+    labels[best_iou < NEGATIVE_IOU] = 0
+    labels[best_iou >= POSITIVE_IOU] = 1
+    best_anchor = iou.argmax(dim=0)
+    labels[best_anchor] = 1
+    best_box[best_anchor] = torch.arange(boxes.shape[0])
+    return labels, encode(boxes[best_box], anchors)
+
+
+def test_binned_matching_equals_the_full_iou_matrix(data_dir):
+    from wsipipe.nuclei.data import load_cpm15
+
+    samples = load_cpm15(data_dir / "nuclei" / "cpm15")
+    anchors = build_model("usnet", 1, {"base": 4}).anchors(128, 128)
+    match = AnchorMatcher(anchors)
+    rng = np.random.default_rng(0)
+    positives = 0
+    for sample in samples[:6]:
+        for _ in range(3):
+            y, x = (int(rng.integers(0, d - 128)) for d in sample.instances.shape)
+            boxes = torch.as_tensor(instance_boxes(sample.instances[y : y + 128, x : x + 128]))
+            targets, (labels, offsets) = match(boxes), _dense_match(anchors, boxes)
+            assert torch.equal(targets.labels, labels)
+            assert torch.equal(targets.offsets, offsets)
+            positives += int((labels == 1).sum())
+    assert positives > 1000
+    outside = torch.tensor([[130.0, 60.0, 20.0, 20.0], [-5.0, -5.0, 12.0, 12.0]])  # cut by the crop's edges
+    assert torch.equal(match(outside).labels, _dense_match(anchors, outside)[0])
 
 
 def test_instance_boxes():
