@@ -79,9 +79,9 @@ def cpm15_magnifications(readme: Path) -> dict[str, int]:
 
 
 def load_cpm15(root: Path, target_mpp: float = WORKING_MPP) -> list[NucleiSample]:
+    """The CPM-15 images in ``root`` (each with its ``_inst.png``), at the README's magnifications."""
     from PIL import Image
 
-    """The CPM-15 images in ``root`` (each with its ``_inst.png``), at the README's magnifications."""
     magnifications = cpm15_magnifications(root / "README_challenge.txt")
     samples = []
     for label_file in sorted(root.glob("*_inst.png")):
