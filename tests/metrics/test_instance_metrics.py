@@ -11,6 +11,7 @@ from wsipipe.metrics.instance import (
     average_precision,
     detection_scores,
     dice,
+    overlaps,
     panoptic_quality,
     voc_all_point_ap,
 )
@@ -132,3 +133,18 @@ def test_real_map_against_itself_and_relabelled(data_dir):
     eroded = np.where(ndimage.grey_erosion(inst, size=3) == inst, inst, 0)
     assert aji(inst, eroded) < 0.9
     assert panoptic_quality(inst, eroded).sq < 0.95
+
+
+@pytest.mark.parametrize("offset", [0, 10**9])  # small ids (counted), huge ids (sorted)
+def test_overlaps_equal_a_brute_force_count(offset):
+    rng = np.random.default_rng(1)
+    true = rng.choice([0, 3, 7, 8, 40], size=(30, 40)).astype(np.int64)
+    pred = rng.choice([0, 1, 2, 9], size=(30, 40)).astype(np.int64)
+    true = np.where(true > 0, true + offset, 0)
+    ov = overlaps(true, pred)
+    true_ids = sorted(set(np.unique(true)) - {0})
+    pred_ids = sorted(set(np.unique(pred)) - {0})
+    assert ov.true_ids.tolist() == true_ids and ov.pred_ids.tolist() == pred_ids
+    assert ov.true_area.tolist() == [int((true == t).sum()) for t in true_ids]
+    assert ov.pred_area.tolist() == [int((pred == q).sum()) for q in pred_ids]
+    assert ov.intersection.tolist() == [[int(((true == t) & (pred == q)).sum()) for q in pred_ids] for t in true_ids]

@@ -52,10 +52,8 @@ def overlaps(true: np.ndarray, pred: np.ndarray) -> Overlaps:
     pred = np.asarray(pred)
     if true.shape != pred.shape:
         raise ValueError(f"label maps differ in shape: {true.shape} vs {pred.shape}")
-    true_ids, true_index = np.unique(true, return_inverse=True)
-    pred_ids, pred_index = np.unique(pred, return_inverse=True)
-    true_index = true_index.ravel()
-    pred_index = pred_index.ravel()
+    true_ids, true_index = _ids_and_index(true)
+    pred_ids, pred_index = _ids_and_index(pred)
     # drop background (id 0, always first when present) so objects are rows/columns 0..n-1
     true_shift = 1 if true_ids.size and true_ids[0] == 0 else 0
     pred_shift = 1 if pred_ids.size and pred_ids[0] == 0 else 0
@@ -71,6 +69,19 @@ def overlaps(true: np.ndarray, pred: np.ndarray) -> Overlaps:
         pred_area.astype(np.int64),
         joint[true_shift:, pred_shift:].astype(np.int64),
     )
+
+
+def _ids_and_index(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(labels, return_inverse=True)`` (flattened): by a count over the id range when
+    the ids are small non-negative integers (label maps), which is linear instead of a sort."""
+    flat = labels.ravel()
+    if flat.size and np.issubdtype(flat.dtype, np.integer) and flat.min() >= 0 and flat.max() <= 4 * flat.size:
+        ids = np.flatnonzero(np.bincount(flat))
+        lookup = np.zeros(int(ids[-1]) + 1, dtype=np.int64)
+        lookup[ids] = np.arange(ids.size)
+        return ids.astype(flat.dtype), lookup[flat]
+    ids, index = np.unique(flat, return_inverse=True)
+    return ids, index.ravel()
 
 
 def dice(true: np.ndarray, pred: np.ndarray) -> float:

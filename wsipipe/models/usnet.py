@@ -331,8 +331,13 @@ def usnet_instances(
         middle = by_component[starts[unseeded - 1] + sizes[unseeded] // 2]
         markers.ravel()[middle] = np.arange(len(first) + 1, len(first) + 1 + len(unseeded), dtype=np.int32)
     labels = watershed(-segmentation, markers, mask=mask, compactness=compactness).astype(np.int32)
-    if min_pixels:  # drop the small ones and renumber the rest 1..n in their order
-        kept = np.bincount(labels.ravel()) >= min_pixels
-        kept[0] = False
-        labels = np.where(kept, np.cumsum(kept), 0).astype(np.int32)[labels]
-    return labels
+    return drop_small(labels, min_pixels)
+
+
+def drop_small(labels: np.ndarray, min_pixels: int) -> np.ndarray:
+    """Instances under ``min_pixels`` dropped, the rest renumbered 1..n in their order."""
+    if not min_pixels:
+        return labels
+    kept = np.bincount(labels.ravel()) >= min_pixels
+    kept[0] = False
+    return np.where(kept, np.cumsum(kept), 0).astype(np.int32)[labels]

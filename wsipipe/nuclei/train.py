@@ -133,11 +133,12 @@ def calibrate_instances(network, config: NucleiTrainConfig, samples: list[Nuclei
     """The ``INSTANCE_GRID`` point with the best mean of AJI and PQ on ``samples`` (the fit's own
     training images): the segmentation and detection scores of a briefly trained network are not
     calibrated probabilities, so 0.5 is not their natural cut. Each image runs through the network
-    once per ``views`` value."""
+    once per ``views`` value, and through the watershed once per point less its ``min_pixels``
+    (which only drops instances from the result)."""
     import itertools
 
     from wsipipe.models.io import ModelBundle
-    from wsipipe.models.usnet import usnet_instances
+    from wsipipe.models.usnet import drop_small, usnet_instances
     from wsipipe.nuclei.stage import split_views, usnet_forward
 
     bundle = ModelBundle(network, nuclei_model_metadata(config.args, config.mpp, config.crop))
@@ -146,13 +147,19 @@ def calibrate_instances(network, config: NucleiTrainConfig, samples: list[Nuclei
         forward = usnet_forward(bundle, views)
         outputs[views] = [(sample.instances, forward(sample.rgb)) for sample in samples]
 
-    def mean_aji_pq(point: dict) -> float:
-        views, settings = split_views(point)
-        qualities = [instance_quality(truth, usnet_instances(*out, **settings)) for truth, out in outputs[views]]
-        return float(np.mean([(q["aji"] + q["pq"]) / 2 for q in qualities]))
-
     grid = [dict(zip(INSTANCE_GRID, values)) for values in itertools.product(*INSTANCE_GRID.values())]
-    return max(grid, key=mean_aji_pq)  # the first of equals
+    scores: dict[tuple, float] = {}  # mean of AJI and PQ per point
+    for point in grid:
+        if tuple(point.items()) in scores:
+            continue
+        views, settings = split_views(point)
+        unfiltered = [(truth, usnet_instances(*out, **{**settings, "min_pixels": 0})) for truth, out in outputs[views]]
+        for min_pixels in INSTANCE_GRID["min_pixels"]:
+            qualities = [instance_quality(truth, drop_small(labels, min_pixels)) for truth, labels in unfiltered]
+            scores[tuple({**point, "min_pixels": min_pixels}.items())] = float(
+                np.mean([(q["aji"] + q["pq"]) / 2 for q in qualities])
+            )
+    return max(grid, key=lambda point: scores[tuple(point.items())])  # the first of equals
 
 
 def instance_quality(truth: np.ndarray, labels: np.ndarray) -> dict:
