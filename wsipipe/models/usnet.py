@@ -242,10 +242,15 @@ class USNetLoss(nn.Module):
     def __init__(self, alpha: float = 1.0, beta: float = 1.0, gamma: float = 2.0, focal_alpha: float = 0.25):
         super().__init__()
         self.alpha, self.beta, self.gamma, self.focal_alpha = alpha, beta, gamma, focal_alpha
-        self.matcher: AnchorMatcher | None = None  # kept while the anchors are the same tensor
+        self.matcher: AnchorMatcher | None = None
+        self.matched: torch.Tensor | None = None  # the anchors ``matcher`` was built for
 
     def forward(self, output: dict, instances: torch.Tensor, anchors: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``instances``: (B, H, W) integer label maps; returns the total and its three terms."""
+        """``instances``: (B, H, W) integer label maps; returns the total and its three terms.
+
+        The anchor targets depend on the labels alone, so they are built on the CPU (where the
+        matcher's binning is cheap) and copied to the anchors' device: a GPU step runs no matching
+        kernels and waits for nothing but the copies."""
         segmentation = output["segmentation"][:, 0]
         seg_loss = (segmentation - (instances > 0).float()).abs().mean()
         conf_terms, loc_terms, positives = [], [], 0
@@ -253,19 +258,19 @@ class USNetLoss(nn.Module):
         height, width = segmentation.shape[-2:]
         centres[:, 0].clamp_(0, width - 1)
         centres[:, 1].clamp_(0, height - 1)
-        if self.matcher is None or self.matcher.anchors is not anchors:
-            self.matcher = AnchorMatcher(anchors)
+        if self.matched is not anchors:
+            self.matcher, self.matched = AnchorMatcher(anchors.cpu()), anchors
         for b in range(instances.shape[0]):
-            boxes = torch.as_tensor(instance_boxes(instances[b].cpu().numpy()), device=anchors.device)
-            targets = self.matcher(boxes)
-            valid = targets.labels >= 0
+            targets = self.matcher(torch.as_tensor(instance_boxes(instances[b].cpu().numpy())))
+            positives += int((targets.labels == 1).sum())
+            labels, offsets = targets.labels.to(anchors.device), targets.offsets.to(anchors.device)
+            valid = labels >= 0
             weight = segmentation[b].detach()[centres[:, 1], centres[:, 0]]
-            focal = torchvision_focal(output["scores"][b], targets.labels.clamp(min=0), self.focal_alpha, self.gamma)
+            focal = torchvision_focal(output["scores"][b], labels.clamp(min=0), self.focal_alpha, self.gamma)
             conf_terms.append((focal * weight)[valid].sum())
-            positive = targets.labels == 1
-            positives += int(positive.sum())
+            positive = labels == 1
             loc_terms.append(
-                F.smooth_l1_loss(output["offsets"][b][positive], targets.offsets[positive], beta=1 / 9, reduction="sum")
+                F.smooth_l1_loss(output["offsets"][b][positive], offsets[positive], beta=1 / 9, reduction="sum")
             )
         normaliser = max(1, positives)
         conf_loss = torch.stack(conf_terms).sum() / normaliser
