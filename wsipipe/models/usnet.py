@@ -250,7 +250,7 @@ class USNetLoss(nn.Module):
 
         The anchor targets depend on the labels alone, so they are built on the CPU (where the
         matcher's binning is cheap) and copied to the anchors' device: a GPU step runs no matching
-        kernels and waits for nothing but the copies."""
+        kernels."""
         segmentation = output["segmentation"][:, 0]
         seg_loss = (segmentation - (instances > 0).float()).abs().mean()
         conf_terms, loc_terms, positives = [], [], 0
