@@ -184,17 +184,12 @@ class AnchorMatcher:
             span = last - first + 1
             cells_per_box = span[:, 0] * span[:, 1]
             box = torch.repeat_interleave(torch.arange(len(box_corners), device=box_corners.device), cells_per_box)
-            rank = torch.arange(int(cells_per_box.sum()), device=box_corners.device) - torch.repeat_interleave(
-                torch.cumsum(cells_per_box, 0) - cells_per_box, cells_per_box
-            )
+            rank = _rank_within(cells_per_box)
             x = first[box, 0] + rank % span[box, 0]
             y = first[box, 1] + rank // span[box, 0]
             keys = y * self.shape[0] + x
             counts = starts[keys + 1] - starts[keys]
-            within = torch.arange(int(counts.sum()), device=box_corners.device) - torch.repeat_interleave(
-                torch.cumsum(counts, 0) - counts, counts
-            )
-            anchor_parts.append(members[torch.repeat_interleave(starts[keys], counts) + within])
+            anchor_parts.append(members[torch.repeat_interleave(starts[keys], counts) + _rank_within(counts)])
             box_parts.append(torch.repeat_interleave(box, counts))
         return torch.cat(anchor_parts), torch.cat(box_parts)
 
@@ -216,6 +211,11 @@ class AnchorMatcher:
         labels[best_anchor] = 1
         best_box[best_anchor] = torch.arange(m, device=anchors.device)
         return AnchorTargets(labels, encode(boxes[best_box], anchors))
+
+
+def _rank_within(counts: torch.Tensor) -> torch.Tensor:
+    """0..count-1 for each group of ``counts``, concatenated: the position of each expanded item in its group."""
+    return torch.arange(int(counts.sum()), device=counts.device) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
 
 
 def _pair_iou(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:

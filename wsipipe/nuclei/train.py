@@ -147,19 +147,20 @@ def calibrate_instances(network, config: NucleiTrainConfig, samples: list[Nuclei
         forward = usnet_forward(bundle, views)
         outputs[views] = [(sample.instances, forward(sample.rgb)) for sample in samples]
 
-    grid = [dict(zip(INSTANCE_GRID, values)) for values in itertools.product(*INSTANCE_GRID.values())]
+    def key(point: dict) -> tuple:
+        return tuple(point[name] for name in INSTANCE_GRID)
+
     scores: dict[tuple, float] = {}  # mean of AJI and PQ per point
-    for point in grid:
-        if tuple(point.items()) in scores:
-            continue
-        views, settings = split_views(point)
-        unfiltered = [(truth, usnet_instances(*out, **{**settings, "min_pixels": 0})) for truth, out in outputs[views]]
+    watershed_grid = {name: values for name, values in INSTANCE_GRID.items() if name != "min_pixels"}
+    for values in itertools.product(*watershed_grid.values()):
+        watershed_point = dict(zip(watershed_grid, values))
+        views, settings = split_views(watershed_point)
+        unfiltered = [(truth, usnet_instances(*out, **settings)) for truth, out in outputs[views]]
         for min_pixels in INSTANCE_GRID["min_pixels"]:
             qualities = [instance_quality(truth, drop_small(labels, min_pixels)) for truth, labels in unfiltered]
-            scores[tuple({**point, "min_pixels": min_pixels}.items())] = float(
-                np.mean([(q["aji"] + q["pq"]) / 2 for q in qualities])
-            )
-    return max(grid, key=lambda point: scores[tuple(point.items())])  # the first of equals
+            scores[key({**watershed_point, "min_pixels": min_pixels})] = float(np.mean([(q["aji"] + q["pq"]) / 2 for q in qualities]))
+    grid = [dict(zip(INSTANCE_GRID, values)) for values in itertools.product(*INSTANCE_GRID.values())]
+    return max(grid, key=lambda point: scores[key(point)])  # the first of equals
 
 
 def instance_quality(truth: np.ndarray, labels: np.ndarray) -> dict:
