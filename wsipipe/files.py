@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import os
+import re
 import uuid
 from pathlib import Path
+
+_TEMPORARY_NAME = re.compile(r"\..+\.[0-9a-f]{8}\.tmp")
 
 
 def write_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
     """Write ``data`` (text as UTF-8) to ``path`` through a unique temporary name in the same
     folder, flushed to disk, then renamed over ``path``. OSError propagates; the temporary file
-    never stays behind."""
+    never stays behind unless the process is killed outright (see ``remove_temporaries``)."""
     path = Path(path)
     temporary = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
     payload = data.encode("utf-8") if isinstance(data, str) else data
@@ -24,3 +27,17 @@ def write_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
         temporary.unlink(missing_ok=True)
         raise
     return path
+
+
+def remove_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporaries that ``write_atomic`` left in ``folder`` when a SIGKILL cut it short.
+
+    Only safe while no other process writes there (the batch calls it holding its lock).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = [p for p in folder.iterdir() if p.is_file() and _TEMPORARY_NAME.fullmatch(p.name)]
+    for path in removed:
+        path.unlink(missing_ok=True)
+    return removed

@@ -30,7 +30,7 @@ from wsipipe.batch.jobs import JobSpec, SkipSlide, load_job
 from wsipipe.batch.state import SlideRecord, fingerprint, load_status, save_status
 from wsipipe.batch.summary import write_summary
 from wsipipe.errors import InvalidInputError, OutputError, WsipipeError
-from wsipipe.files import write_atomic
+from wsipipe.files import remove_temporaries, write_atomic
 
 PARTIAL_DIR = ".partial"  # in-progress slide folders; emptied when a batch starts
 ERRORS_DIR = "errors"  # one traceback file per failed slide
@@ -94,6 +94,8 @@ def run_batch(
     _prepare_outdir(outdir)
     with _exclusive_lock(outdir):
         shutil.rmtree(outdir / PARTIAL_DIR, ignore_errors=True)
+        for folder in (outdir, outdir / ERRORS_DIR):  # a killed batch can leave them mid-rename
+            remove_temporaries(folder)
         (outdir / PARTIAL_DIR).mkdir()
         records, plans = _plan(entries, outdir, job, batch_options, retry_failed, limit)
         save_status(outdir, records, job.ref)
