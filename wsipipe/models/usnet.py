@@ -307,8 +307,9 @@ def usnet_instances(
     pulls it back.
     """
     from scipy import ndimage
-    from skimage.segmentation import watershed
     from torchvision.ops import nms
+
+    from wsipipe.postprocess.instances import drop_small, seeded_watershed
 
     mask = segmentation > foreground
     height, width = mask.shape
@@ -324,25 +325,14 @@ def usnet_instances(
     markers = np.zeros(mask.shape, dtype=np.int32)
     markers.ravel()[pixels[np.sort(first)]] = np.arange(1, len(first) + 1, dtype=np.int32)
     components, count = ndimage.label(mask)
-    seeded = np.zeros(count + 1, dtype=bool)
-    seeded[components[markers > 0]] = True
-    unseeded = np.flatnonzero(~seeded[1:]) + 1
-    if len(unseeded):  # each gets a seed at its middle pixel in raster order
+    unseeded = np.ones(count + 1, dtype=bool)
+    unseeded[0] = False
+    unseeded[components[markers > 0]] = False
+    if unseeded.any():  # each gets a seed at its middle pixel in raster order
         flat = components.ravel()
-        foreground_pixels = np.flatnonzero(flat)
-        by_component = foreground_pixels[np.argsort(flat[foreground_pixels], kind="stable")]
-        sizes = np.bincount(flat[foreground_pixels], minlength=count + 1)
-        starts = np.concatenate([[0], np.cumsum(sizes[1:])])
-        middle = by_component[starts[unseeded - 1] + sizes[unseeded] // 2]
-        markers.ravel()[middle] = np.arange(len(first) + 1, len(first) + 1 + len(unseeded), dtype=np.int32)
-    labels = watershed(-segmentation, markers, mask=mask, compactness=compactness).astype(np.int32)
+        members = np.flatnonzero(unseeded[flat])  # raster order
+        members = members[np.argsort(flat[members], kind="stable")]
+        ids, starts, sizes = np.unique(flat[members], return_index=True, return_counts=True)
+        markers.ravel()[members[starts + sizes // 2]] = np.arange(len(first) + 1, len(first) + 1 + len(ids), dtype=np.int32)
+    labels = seeded_watershed(-segmentation, markers, components, compactness)
     return drop_small(labels, min_pixels)
-
-
-def drop_small(labels: np.ndarray, min_pixels: int) -> np.ndarray:
-    """Instances under ``min_pixels`` dropped, the rest renumbered 1..n in their order."""
-    if not min_pixels:
-        return labels
-    kept = np.bincount(labels.ravel()) >= min_pixels
-    kept[0] = False
-    return np.where(kept, np.cumsum(kept), 0).astype(np.int32)[labels]

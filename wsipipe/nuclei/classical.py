@@ -107,7 +107,7 @@ def segment_nuclei(
     rgb: np.ndarray, mpp: float, calibration: Calibration, params: ClassicalParams = ClassicalParams()
 ) -> np.ndarray:
     """int32 instance labels (1..n, 0 background) of the nuclei in an RGB image at ``mpp`` µm/px."""
-    from skimage.segmentation import watershed
+    from wsipipe.postprocess.instances import drop_small, seeded_watershed
 
     h = haematoxylin_od(rgb, calibration.stain_matrix)
     h = ndimage.gaussian_filter(h, params.smooth_um / mpp)
@@ -119,7 +119,7 @@ def segment_nuclei(
     peaks = component_peaks(distance, components, max(1, int(round(params.min_distance_um / mpp))))
     markers = np.zeros(foreground.shape, dtype=np.int32)
     markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1, dtype=np.int32)
-    labels = watershed(-distance, markers, mask=foreground).astype(np.int32)
+    labels = seeded_watershed(-distance, markers, components)
     return drop_small(labels, params.min_area_um2 / (mpp * mpp))
 
 
@@ -152,16 +152,6 @@ def distance_to_background(mask: np.ndarray) -> np.ndarray:
         return ndimage.distance_transform_edt(mask)
     distance = cv2.distanceTransform(mask.astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
     return np.sqrt(np.rint(distance.astype(np.float64) ** 2))
-
-
-def drop_small(labels: np.ndarray, min_pixels: float) -> np.ndarray:
-    """Labels renumbered 1..n after removing objects with fewer than ``min_pixels`` pixels."""
-    areas = np.bincount(labels.ravel())
-    keep = areas >= min_pixels
-    keep[0] = False
-    lookup = np.zeros(areas.size, dtype=np.int32)
-    lookup[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
-    return lookup[labels]
 
 
 def component_peaks(image: np.ndarray, labels: np.ndarray, min_distance: int) -> np.ndarray:

@@ -96,15 +96,14 @@ def segment_tiled(
 
 def _keep_centred(labels: np.ndarray, core: tuple[int, int, int, int]) -> np.ndarray:
     """Ids whose centroid (mean pixel position) lies in the core [y0, y1) x [x0, x1), ascending."""
-    flat = labels.ravel()
-    area = np.bincount(flat)
+    ys, xs = np.nonzero(labels)
+    if ys.size == 0:
+        return ys
+    which = labels[ys, xs]
+    area = np.bincount(which)
     ids = np.flatnonzero(area[1:]) + 1
-    if ids.size == 0:
-        return ids
-    height, width = labels.shape
-    rows, cols = np.repeat(np.arange(height, dtype=np.float64), width), np.tile(np.arange(width, dtype=np.float64), height)
-    centre_y = np.bincount(flat, weights=rows)[ids] / area[ids]  # integer sums: exact, as center_of_mass
-    centre_x = np.bincount(flat, weights=cols)[ids] / area[ids]
+    centre_y = np.bincount(which, weights=ys)[ids] / area[ids]  # integer sums: exact, as center_of_mass
+    centre_x = np.bincount(which, weights=xs)[ids] / area[ids]
     y0, x0, y1, x1 = core
     # pixel centres are at integer coordinates: pixel k spans [k - 0.5, k + 0.5)
     inside = (centre_y >= y0 - 0.5) & (centre_y < y1 - 0.5) & (centre_x >= x0 - 0.5) & (centre_x < x1 - 0.5)
@@ -137,24 +136,28 @@ def _paint_and_measure(labels, kept, h_od, window, first_id, x_offset, y_offset)
     cxx, cyy = np.bincount(which, dx * dx, kept.size + 1) / n, np.bincount(which, dy * dy, kept.size + 1) / n
     cxy = np.bincount(which, dx * dy, kept.size + 1) / n
     eccentricity = _eccentricity(cxx, cyy, cxy, area)
+    mean_h = np.bincount(which, h_od[ys, xs], kept.size + 1) / n  # float64 sums of the float32 OD
     boxes = ndimage.find_objects(painted)
+    # plain Python numbers for the loop: indexing numpy arrays one element at a time is slow
+    ids, centre_x, centre_y = new_ids.tolist(), (mean_x + x_offset).tolist(), (mean_y + y_offset).tolist()
+    areas, eccentricities, mean_ods = area.tolist(), eccentricity.tolist(), mean_h.tolist()
     nuclei = []
-    for index in present:
+    for index in present.tolist():
         box = boxes[index - 1]
-        mask = painted[box] == index
-        contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+        mask = (painted[box] == index).view(np.uint8)
+        contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
         outline = max(contours, key=len)
         y0, x0 = box[0].start + y_offset, box[1].start + x_offset
         contour = cv2.approxPolyDP(outline, 0.5, True).reshape(-1, 2).astype(np.float64) + (x0, y0)
         nuclei.append(
             Nucleus(
-                id=int(new_ids[index]),
-                centroid_x=float(mean_x[index] + x_offset),
-                centroid_y=float(mean_y[index] + y_offset),
-                area_px=int(area[index]),
+                id=ids[index],
+                centroid_x=centre_x[index],
+                centroid_y=centre_y[index],
+                area_px=areas[index],
                 perimeter_px=float(cv2.arcLength(outline, True)) if len(outline) > 1 else 0.0,
-                eccentricity=float(eccentricity[index]),
-                mean_haematoxylin_od=float(h_od[box][mask].mean()),
+                eccentricity=eccentricities[index],
+                mean_haematoxylin_od=mean_ods[index],
                 bbox=(x0, y0, box[1].stop + x_offset, box[0].stop + y_offset),
                 contour=contour,
             )

@@ -138,8 +138,9 @@ def calibrate_instances(network, config: NucleiTrainConfig, samples: list[Nuclei
     import itertools
 
     from wsipipe.models.io import ModelBundle
-    from wsipipe.models.usnet import drop_small, usnet_instances
+    from wsipipe.models.usnet import usnet_instances
     from wsipipe.nuclei.stage import split_views, usnet_forward
+    from wsipipe.postprocess.instances import drop_small
 
     bundle = ModelBundle(network, nuclei_model_metadata(config.args, config.mpp, config.crop))
     outputs = {}

@@ -1,1 +1,1 @@
-"""Post-processing of predictions: label maps to regions."""
+"""Post-processing of predictions: label maps to regions, seeds to nuclear instances."""
