@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -134,6 +135,7 @@ def test_killed_run_resumes_and_gives_the_same_outputs(slide, tmp_path, monkeypa
     partial = tmp_path / "resumed" / "prediction.zarr.partial"
     journal = json.loads((partial / "stitch_journal.json").read_text())
     assert 0 < journal["done_rows"] < 1000 and not (tmp_path / "resumed" / "prediction.zarr").exists()
+    (partial / ".stitch_journal.json.0123abcd.tmp").write_text("{")  # as a SIGKILL mid-rewrite leaves it
 
     seen = {"tiles": 0}
 
@@ -145,6 +147,7 @@ def test_killed_run_resumes_and_gives_the_same_outputs(slide, tmp_path, monkeypa
     resumed = _run(slide, tmp_path / "resumed")
     assert 0 < seen["tiles"] < reference["n_tiles"]  # finished bands were not run again
     assert not partial.exists()
+    assert sorted(os.listdir(tmp_path / "resumed" / "prediction.zarr")) == sorted(os.listdir(tmp_path / "reference" / "prediction.zarr"))
     for path in ("0", "1", "labels/classes/0", "labels/classes/1"):
         a = zarr.open_array(str(tmp_path / "reference" / "prediction.zarr" / path), mode="r")[:]
         b = zarr.open_array(str(tmp_path / "resumed" / "prediction.zarr" / path), mode="r")[:]

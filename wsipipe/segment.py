@@ -33,6 +33,7 @@ import numpy as np
 from wsipipe import __version__
 from wsipipe.device import resolve_device
 from wsipipe.errors import DeviceError, InvalidInputError, ModelError, OutputError, StoreError
+from wsipipe.files import remove_temporaries
 
 #: "model": the normalisation the model file records it was trained with (``none`` for the
 #: bundled model), so a slide reaches the network as its training images did.
@@ -476,6 +477,7 @@ def _segment(slide_path, outdir, reader, pool, info, tiles_store, normalize, tar
             t0 = time.perf_counter()
             stain = _stain_normaliser(normalize, target, reader, plan, bundle.mpp, device)
             timings["stain"] = time.perf_counter() - t0
+        remove_temporaries(partial)  # journal rewrites a kill cut short; they would end up in the store
         prediction = create_prediction_store(
             partial, height=plan.height, width=plan.width, class_names=classes, mpp=bundle.mpp, chunk=CHUNK,
             fingerprint=fingerprint,
