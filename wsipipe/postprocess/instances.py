@@ -4,7 +4,9 @@ and the size filter.
 Most nuclear regions hold a single seed, and skimage's watershed spends its time flooding them
 pixel by pixel only to give every pixel that seed's label. ``seeded_watershed`` labels those
 regions by lookup and floods only the regions where two or more seeds compete, with the same
-result label for label (tests compare it with the plain call).
+result label for label (tests compare it with the plain call), save where seeds tie exactly in
+the flooding order: skimage breaks such ties by the layout of its heap, which a smaller flood
+changes (on the 28 nuclei images, 5 pixels of one image in 560 label maps).
 """
 
 from __future__ import annotations
