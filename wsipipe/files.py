@@ -7,7 +7,7 @@ import re
 import uuid
 from pathlib import Path
 
-_TEMPORARY_NAME = re.compile(r"\..+\.[0-9a-f]{8}\.tmp")
+_TEMPORARY_NAME = re.compile(r"\..+\.[0-9a-f]{8}\.tmp")  # the names write_atomic gives them
 
 
 def write_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
@@ -29,15 +29,14 @@ def write_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
     return path
 
 
-def remove_temporaries(folder: str | os.PathLike) -> list[Path]:
+def remove_temporaries(folder: str | os.PathLike) -> None:
     """Delete the temporaries that ``write_atomic`` left in ``folder`` when a SIGKILL cut it short.
 
     Only safe while no other process writes there (the batch calls it holding its lock).
     """
     folder = Path(folder)
     if not folder.is_dir():
-        return []
-    removed = [p for p in folder.iterdir() if p.is_file() and _TEMPORARY_NAME.fullmatch(p.name)]
-    for path in removed:
-        path.unlink(missing_ok=True)
-    return removed
+        return
+    for path in folder.iterdir():
+        if path.is_file() and _TEMPORARY_NAME.fullmatch(path.name):
+            path.unlink(missing_ok=True)

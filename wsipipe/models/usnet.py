@@ -322,17 +322,18 @@ def usnet_instances(
     pixels = y[inside] * width + x[inside]
     pixels = pixels[mask.ravel()[pixels]]
     _, first = np.unique(pixels, return_index=True)  # the strongest detection on a pixel seeds it
+    seeds = pixels[np.sort(first)]
     markers = np.zeros(mask.shape, dtype=np.int32)
-    markers.ravel()[pixels[np.sort(first)]] = np.arange(1, len(first) + 1, dtype=np.int32)
+    markers.ravel()[seeds] = np.arange(1, len(seeds) + 1, dtype=np.int32)
     components, count = ndimage.label(mask)
+    flat = components.ravel()
     unseeded = np.ones(count + 1, dtype=bool)
     unseeded[0] = False
-    unseeded[components[markers > 0]] = False
+    unseeded[flat[seeds]] = False
     if unseeded.any():  # each gets a seed at its middle pixel in raster order
-        flat = components.ravel()
         members = np.flatnonzero(unseeded[flat])  # raster order
         members = members[np.argsort(flat[members], kind="stable")]
         ids, starts, sizes = np.unique(flat[members], return_index=True, return_counts=True)
-        markers.ravel()[members[starts + sizes // 2]] = np.arange(len(first) + 1, len(first) + 1 + len(ids), dtype=np.int32)
+        markers.ravel()[members[starts + sizes // 2]] = np.arange(len(seeds) + 1, len(seeds) + 1 + len(ids), dtype=np.int32)
     labels = seeded_watershed(-segmentation, markers, components, compactness)
-    return drop_small(labels, min_pixels)
+    return drop_small(labels, min_pixels) if min_pixels else labels
