@@ -27,3 +27,27 @@ def data_dir() -> Path:
 @pytest.fixture(scope="session")
 def slides_dir(data_dir) -> Path:
     return data_dir / "slides"
+
+
+@pytest.fixture()
+def hold_folder_lock():
+    """``hold(folder)`` locks ``folder`` from another process, as a second wsipipe run would;
+    returns that process (killed after the test, if not before)."""
+    import subprocess
+    import sys
+
+    holders = []
+
+    def hold(folder, name=".wsipipe.lock"):
+        code = ("import fcntl, sys, time; h = open(sys.argv[1], 'a'); fcntl.flock(h, fcntl.LOCK_EX | fcntl.LOCK_NB); "
+                "print('held', flush=True); time.sleep(120)")
+        holder = subprocess.Popen([sys.executable, "-c", code, str(folder / name)], stdout=subprocess.PIPE, text=True)
+        holders.append(holder)
+        assert holder.stdout.readline().strip() == "held"
+        return holder
+
+    yield hold
+    for holder in holders:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()

@@ -84,7 +84,7 @@ def test_known_tumour_and_tissue_areas_and_all_outputs(slide, tmp_path):
     assert report["n_tiles"] > 0 and report["model"]["name"] == "toy" and len(report["model"]["sha256"]) == 64
     assert {"load", "tissue", "inference", "pyramid", "regions", "report"} <= set(report["timings_s"])
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == ["overlay.png", "prediction.zarr", "regions.geojson", "regions.xml", "report.html", "report.json"]
+    assert names == [".wsipipe.lock", "overlay.png", "prediction.zarr", "regions.geojson", "regions.xml", "report.html", "report.json"]
     assert json.loads((tmp_path / "report.json").read_text())["n_tiles"] == report["n_tiles"]
 
     # The stitched label map equals the per-pixel rule applied to the slide at 1 µm/px.
@@ -136,6 +136,7 @@ def test_killed_run_resumes_and_gives_the_same_outputs(slide, tmp_path, monkeypa
     journal = json.loads((partial / "stitch_journal.json").read_text())
     assert 0 < journal["done_rows"] < 1000 and not (tmp_path / "resumed" / "prediction.zarr").exists()
     (partial / ".stitch_journal.json.0123abcd.tmp").write_text("{")  # as a SIGKILL mid-rewrite leaves it
+    (tmp_path / "resumed" / ".report.json.89abcdef.tmp").write_text("{")  # and mid-write of a report file
 
     seen = {"tiles": 0}
 
@@ -148,6 +149,7 @@ def test_killed_run_resumes_and_gives_the_same_outputs(slide, tmp_path, monkeypa
     assert 0 < seen["tiles"] < reference["n_tiles"]  # finished bands were not run again
     assert not partial.exists()
     assert sorted(os.listdir(tmp_path / "resumed" / "prediction.zarr")) == sorted(os.listdir(tmp_path / "reference" / "prediction.zarr"))
+    assert sorted(os.listdir(tmp_path / "resumed")) == sorted(os.listdir(tmp_path / "reference"))
     for path in ("0", "1", "labels/classes/0", "labels/classes/1"):
         a = zarr.open_array(str(tmp_path / "reference" / "prediction.zarr" / path), mode="r")[:]
         b = zarr.open_array(str(tmp_path / "resumed" / "prediction.zarr" / path), mode="r")[:]
@@ -380,3 +382,12 @@ def test_model_normalisation_reads_the_record_and_refuses_an_unknown_one():
     assert segment_module.model_normalisation("vahadane", "t.png", {"stain_normalisation": {"method": "macenko"}}) == ("vahadane", "t.png")
     with pytest.raises(ModelError, match="unknown stain normalisation 'sepia'"):
         segment_module.model_normalisation("model", None, {"stain_normalisation": {"method": "sepia"}})
+
+
+def test_a_folder_another_run_writes_to_is_refused(slide, tiny_model_file, tmp_path, hold_folder_lock):
+    outdir = tmp_path / "out"
+    outdir.mkdir()
+    hold_folder_lock(outdir)
+    result = CliRunner().invoke(app, ["segment", str(slide), "-o", str(outdir), "--model", str(tiny_model_file), "--quiet"])
+    assert result.exit_code == 1 and f"{outdir}: another wsipipe run is writing to this folder" in result.output
+    assert "Traceback" not in result.output and sorted(p.name for p in outdir.iterdir()) == [".wsipipe.lock"]

@@ -1,11 +1,17 @@
-"""Writing a whole file so that readers see the old content or the new one, never a mix."""
+"""Writing a whole file so that readers see the old content or the new one, never a mix, and
+one writer at a time per output folder."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
+
+from wsipipe.errors import OutputError
 
 _TEMPORARY_NAME = re.compile(r"\..+\.[0-9a-f]{8}\.tmp")  # the names write_atomic gives them
 
@@ -32,7 +38,7 @@ def write_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
 def remove_temporaries(folder: str | os.PathLike) -> None:
     """Delete the temporaries that ``write_atomic`` left in ``folder`` when a SIGKILL cut it short.
 
-    Only safe while no other process writes there (the batch calls it holding its lock).
+    Only safe while no other process writes there: call it holding ``folder_lock``.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -40,3 +46,41 @@ def remove_temporaries(folder: str | os.PathLike) -> None:
     for path in folder.iterdir():
         if path.is_file() and _TEMPORARY_NAME.fullmatch(path.name):
             path.unlink(missing_ok=True)
+
+
+#: Output folders this process holds a ``folder_lock`` on, with how many times each is held.
+_HELD: dict[tuple[Path, str], int] = {}
+
+
+@contextmanager
+def folder_lock(folder: str | os.PathLike, name: str = ".wsipipe.lock",
+                busy: str = "another wsipipe run is writing to this folder") -> Iterator[None]:
+    """Hold an exclusive lock on ``folder`` (through the file ``name`` in it), or raise
+    ``OutputError`` "FOLDER: ``busy``" when another process holds it.
+
+    Two runs writing one folder would interleave their temporaries and renames. The kernel drops
+    the lock when its process dies, so a killed run never leaves it behind. Nested use in one
+    process passes (``segment --nuclei`` runs the nuclei stage into its own folder).
+    """
+    key = (Path(folder).resolve(), name)
+    if key in _HELD:
+        _HELD[key] += 1
+        try:
+            yield
+        finally:
+            _HELD[key] -= 1
+        return
+    try:
+        handle = open(key[0] / name, "a")
+    except OSError as exc:
+        raise OutputError(f"{folder}: cannot lock the output folder ({exc.strerror or exc})") from None
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise OutputError(f"{folder}: {busy}") from None
+        _HELD[key] = 1
+        try:
+            yield
+        finally:
+            del _HELD[key]

@@ -33,7 +33,7 @@ import numpy as np
 from wsipipe import __version__
 from wsipipe.device import resolve_device
 from wsipipe.errors import DeviceError, InvalidInputError, ModelError, OutputError, StoreError
-from wsipipe.files import remove_temporaries
+from wsipipe.files import folder_lock, remove_temporaries
 
 #: "model": the normalisation the model file records it was trained with (``none`` for the
 #: bundled model), so a slide reaches the network as its training images did.
@@ -427,7 +427,8 @@ def segment_slide(
     outdir = prepare_outdir(Path(outdir))
     timings: dict[str, float] = {}
     started = time.perf_counter()
-    with open_slide(slide_path, mpp_override=mpp_override) as reader:
+    with folder_lock(outdir), open_slide(slide_path, mpp_override=mpp_override) as reader:
+        remove_temporaries(outdir)  # report files a kill cut short in an earlier run
         reader.mpp  # noqa: B018 - a slide without µm/px fails here, naming --mpp-override
         pool = None if tiles_store else start_readers(slide_path, mpp_override, workers)
         try:

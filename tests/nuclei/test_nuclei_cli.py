@@ -145,3 +145,13 @@ def test_usnet_model_file_runs_end_to_end(tmp_path, data_dir):
                        model_metadata("plain-unet", {"base": 4}, ["a", "b"], 0.5, 256))
     refused = CliRunner().invoke(app, ["nuclei", str(image), "-o", str(out), "--model", str(wrong), "--device", "cpu"])
     assert refused.exit_code == 1 and "not a nuclei (usnet) model" in refused.output
+
+
+def test_a_folder_another_run_writes_to_is_refused(tmp_path, data_dir, hold_folder_lock):
+    image = data_dir / "nuclei" / "cpm15" / "image01.png"
+    outdir = tmp_path / "out"
+    outdir.mkdir()
+    hold_folder_lock(outdir)
+    result = CliRunner().invoke(app, ["nuclei", str(image), "-o", str(outdir), "--mpp-override", "0.5", "--quiet"])
+    assert result.exit_code == 1 and f"{outdir}: another wsipipe run is writing to this folder" in result.output
+    assert "Traceback" not in result.output and sorted(p.name for p in outdir.iterdir()) == [".wsipipe.lock"]

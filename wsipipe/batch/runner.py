@@ -8,7 +8,6 @@ status files.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
@@ -30,7 +29,7 @@ from wsipipe.batch.jobs import JobSpec, SkipSlide, load_job
 from wsipipe.batch.state import SlideRecord, fingerprint, load_status, save_status
 from wsipipe.batch.summary import write_summary
 from wsipipe.errors import InvalidInputError, OutputError, WsipipeError
-from wsipipe.files import remove_temporaries, write_atomic
+from wsipipe.files import folder_lock, remove_temporaries, write_atomic
 
 PARTIAL_DIR = ".partial"  # in-progress slide folders; emptied when a batch starts
 ERRORS_DIR = "errors"  # one traceback file per failed slide
@@ -92,7 +91,7 @@ def run_batch(
         batch_options = job.prepare(batch_options)
     outdir = Path(outdir).resolve()
     _prepare_outdir(outdir)
-    with _exclusive_lock(outdir):
+    with folder_lock(outdir, LOCK_FILE, "another wsipipe batch is running on this folder"):
         shutil.rmtree(outdir / PARTIAL_DIR, ignore_errors=True)
         for folder in (outdir, outdir / ERRORS_DIR):  # a killed batch can leave them mid-rename
             remove_temporaries(folder)
@@ -118,25 +117,6 @@ def _prepare_outdir(outdir: Path) -> None:
         raise OutputError(f"{outdir}: cannot create the output folder ({exc.strerror})") from exc
     if not os.access(outdir, os.W_OK):
         raise OutputError(f"{outdir}: the output folder is not writable")
-
-
-class _exclusive_lock:
-    """One batch at a time per OUTDIR; the kernel drops the lock if the process dies."""
-
-    def __init__(self, outdir: Path):
-        self.path = outdir / LOCK_FILE
-
-    def __enter__(self):
-        self.handle = open(self.path, "a")
-        try:
-            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            self.handle.close()
-            raise OutputError(f"{self.path.parent}: another wsipipe batch is running on this folder") from exc
-        return self
-
-    def __exit__(self, *exc):
-        self.handle.close()
 
 
 def _plan(
