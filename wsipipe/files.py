@@ -79,6 +79,8 @@ def folder_lock(folder: str | os.PathLike, name: str = ".wsipipe.lock",
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise OutputError(f"{folder}: {busy}") from None
+        except OSError as exc:  # a file system without locks
+            raise OutputError(f"{folder}: cannot lock the output folder ({exc.strerror or exc})") from None
         _HELD[key] = 1
         try:
             yield
