@@ -38,7 +38,7 @@ def write_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
 def remove_temporaries(folder: str | os.PathLike) -> None:
     """Delete the temporaries that ``write_atomic`` left in ``folder`` when a SIGKILL cut it short.
 
-    Only safe while no other process writes there: call it holding ``folder_lock``.
+    Only safe while no other process writes there: ``folder_lock`` calls it once it holds the folder.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -48,15 +48,16 @@ def remove_temporaries(folder: str | os.PathLike) -> None:
             path.unlink(missing_ok=True)
 
 
-#: Output folders this process holds a ``folder_lock`` on, with how many times each is held.
-_HELD: dict[tuple[Path, str], int] = {}
+#: (folder, lock file name) of the folder locks this process holds.
+_HELD: set[tuple[Path, str]] = set()
 
 
 @contextmanager
 def folder_lock(folder: str | os.PathLike, name: str = ".wsipipe.lock",
                 busy: str = "another wsipipe run is writing to this folder") -> Iterator[None]:
     """Hold an exclusive lock on ``folder`` (through the file ``name`` in it), or raise
-    ``OutputError`` "FOLDER: ``busy``" when another process holds it.
+    ``OutputError`` "FOLDER: ``busy``" when another process holds it. Once it holds the lock, it
+    deletes the temporaries an earlier, killed run left in ``folder`` (``remove_temporaries``).
 
     Two runs writing one folder would interleave their temporaries and renames. The kernel drops
     the lock when its process dies, so a killed run never leaves it behind. Nested use in one
@@ -64,11 +65,7 @@ def folder_lock(folder: str | os.PathLike, name: str = ".wsipipe.lock",
     """
     key = (Path(folder).resolve(), name)
     if key in _HELD:
-        _HELD[key] += 1
-        try:
-            yield
-        finally:
-            _HELD[key] -= 1
+        yield
         return
     try:
         handle = open(key[0] / name, "a")
@@ -81,8 +78,9 @@ def folder_lock(folder: str | os.PathLike, name: str = ".wsipipe.lock",
             raise OutputError(f"{folder}: {busy}") from None
         except OSError as exc:  # a file system without locks
             raise OutputError(f"{folder}: cannot lock the output folder ({exc.strerror or exc})") from None
-        _HELD[key] = 1
+        _HELD.add(key)
         try:
+            remove_temporaries(key[0])
             yield
         finally:
-            del _HELD[key]
+            _HELD.discard(key)

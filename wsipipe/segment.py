@@ -428,7 +428,6 @@ def segment_slide(
     timings: dict[str, float] = {}
     started = time.perf_counter()
     with folder_lock(outdir), open_slide(slide_path, mpp_override=mpp_override) as reader:
-        remove_temporaries(outdir)  # report files a kill cut short in an earlier run
         reader.mpp  # noqa: B018 - a slide without µm/px fails here, naming --mpp-override
         pool = None if tiles_store else start_readers(slide_path, mpp_override, workers)
         try:

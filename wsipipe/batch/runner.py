@@ -93,8 +93,7 @@ def run_batch(
     _prepare_outdir(outdir)
     with folder_lock(outdir, LOCK_FILE, "another wsipipe batch is running on this folder"):
         shutil.rmtree(outdir / PARTIAL_DIR, ignore_errors=True)
-        for folder in (outdir, outdir / ERRORS_DIR):  # a killed batch can leave them mid-rename
-            remove_temporaries(folder)
+        remove_temporaries(outdir / ERRORS_DIR)  # as the lock did in OUTDIR: a killed batch's half-renamed files
         (outdir / PARTIAL_DIR).mkdir()
         records, plans = _plan(entries, outdir, job, batch_options, retry_failed, limit)
         save_status(outdir, records, job.ref)

@@ -19,7 +19,7 @@ from typing import Callable
 import numpy as np
 
 from wsipipe.errors import InvalidInputError, OutputError
-from wsipipe.files import folder_lock, remove_temporaries
+from wsipipe.files import folder_lock
 from wsipipe.nuclei import outputs
 from wsipipe.nuclei.classical import ClassicalParams, calibrate, haematoxylin_od, segment_nuclei
 from wsipipe.nuclei.data import WORKING_MPP, read_rgb, resample
@@ -158,8 +158,7 @@ def run_nuclei(
     except OSError as exc:
         raise OutputError(f"{outdir}: cannot create the output directory ({exc.strerror})") from None
 
-    with folder_lock(outdir):
-        remove_temporaries(outdir)  # files a kill cut short in an earlier run
+    with folder_lock(outdir):  # also deletes what a killed run left half-renamed
         height, width = source.shape
         tissue = (tissue_mask if tissue_mask is not None else detect_tissue(source.thumbnail, THUMBNAIL_MPP)).astype(bool)
         cores = list(core_tiles(height, width, CORE_PX))
