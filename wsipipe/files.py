@@ -6,6 +6,7 @@ from __future__ import annotations
 import fcntl
 import os
 import re
+import shutil
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,30 +14,44 @@ from typing import Iterator
 
 from wsipipe.errors import OutputError
 
-_TEMPORARY_NAME = re.compile(r"\..+\.[0-9a-f]{8}\.tmp")  # the names write_atomic gives them
+_TEMPORARY_NAME = re.compile(r"\..+\.[0-9a-f]{8}\.tmp")  # the names atomic_path gives them
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a unique temporary path beside ``path`` for the caller to write (a file, or a folder
+    such as a zarr store); on success it is renamed over ``path`` (a file is flushed to disk first),
+    on any error deleted. A reader of a file ``path`` sees the old content or the new, never a
+    part. Only a process killed outright leaves the temporary behind (``remove_temporaries``)."""
+    path = Path(path)
+    temporary = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        yield temporary
+        if temporary.is_file():
+            descriptor = os.open(temporary, os.O_RDONLY)
+            try:
+                os.fsync(descriptor)
+            finally:
+                os.close(descriptor)
+        elif path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)  # a folder cannot be renamed over a folder; here the swap is not atomic
+        os.replace(temporary, path)
+    finally:
+        if temporary.is_dir():
+            shutil.rmtree(temporary, ignore_errors=True)
+        else:
+            temporary.unlink(missing_ok=True)
 
 
 def write_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
-    """Write ``data`` (text as UTF-8) to ``path`` through a unique temporary name in the same
-    folder, flushed to disk, then renamed over ``path``. OSError propagates; the temporary file
-    never stays behind unless the process is killed outright (see ``remove_temporaries``)."""
-    path = Path(path)
-    temporary = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
-    payload = data.encode("utf-8") if isinstance(data, str) else data
-    try:
-        with open(temporary, "xb") as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    return path
+    """Write ``data`` (text as UTF-8) to ``path`` through ``atomic_path``. OSError propagates."""
+    with atomic_path(path) as temporary:
+        temporary.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
+    return Path(path)
 
 
 def remove_temporaries(folder: str | os.PathLike) -> None:
-    """Delete the temporaries that ``write_atomic`` left in ``folder`` when a SIGKILL cut it short.
+    """Delete the temporaries that ``atomic_path`` left in ``folder`` when a SIGKILL cut it short.
 
     Only safe while no other process writes there: ``folder_lock`` calls it once it holds the folder.
     """
@@ -44,8 +59,23 @@ def remove_temporaries(folder: str | os.PathLike) -> None:
     if not folder.is_dir():
         return
     for path in folder.iterdir():
-        if path.is_file() and _TEMPORARY_NAME.fullmatch(path.name):
-            path.unlink(missing_ok=True)
+        if _TEMPORARY_NAME.fullmatch(path.name):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+
+
+def make_output_folder(folder: str | os.PathLike) -> Path:
+    """Create ``folder`` (and its parents) for a stage's outputs, or raise one ``OutputError``."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"{folder}: cannot create the output folder ({exc.strerror or exc})") from None
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputError(f"{folder}: the output folder is not writable")
+    return folder
 
 
 #: (folder, lock file name) of the folder locks this process holds.

@@ -32,8 +32,8 @@ import numpy as np
 
 from wsipipe import __version__
 from wsipipe.device import resolve_device
-from wsipipe.errors import DeviceError, InvalidInputError, ModelError, OutputError, StoreError
-from wsipipe.files import folder_lock, remove_temporaries
+from wsipipe.errors import DeviceError, InvalidInputError, ModelError, StoreError
+from wsipipe.files import folder_lock, make_output_folder, remove_temporaries
 
 #: "model": the normalisation the model file records it was trained with (``none`` for the
 #: bundled model), so a slide reaches the network as its training images did.
@@ -331,17 +331,6 @@ def plan_tiles(reader, model_mpp: float, tile: int, overlap: int, tiles_store=No
 # --- the command ----------------------------------------------------------------------------------
 
 
-def prepare_outdir(outdir: Path) -> Path:
-    outdir = Path(outdir)
-    try:
-        outdir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"{outdir}: cannot create the output folder ({exc.strerror or exc})") from None
-    if not outdir.is_dir() or not os.access(outdir, os.W_OK | os.X_OK):
-        raise OutputError(f"{outdir}: the output folder is not writable")
-    return outdir
-
-
 def _tumour_classes(classes: list[str]) -> list[int]:
     named = [i for i, name in enumerate(classes) if name.lower() in TUMOUR_NAMES]
     return named or list(range(1, len(classes)))
@@ -424,7 +413,7 @@ def segment_slide(
     if batch_size < 1 or workers < 0:
         raise InvalidInputError("--batch-size must be at least 1 and --workers at least 0")
     slide_path = Path(slide_path)
-    outdir = prepare_outdir(Path(outdir))
+    outdir = make_output_folder(outdir)
     timings: dict[str, float] = {}
     started = time.perf_counter()
     with folder_lock(outdir), open_slide(slide_path, mpp_override=mpp_override) as reader:

@@ -155,3 +155,12 @@ def test_a_folder_another_run_writes_to_is_refused(tmp_path, data_dir, hold_fold
     result = CliRunner().invoke(app, ["nuclei", str(image), "-o", str(outdir), "--mpp-override", "0.5", "--quiet"])
     assert result.exit_code == 1 and f"{outdir}: another wsipipe run is writing to this folder" in result.output
     assert "Traceback" not in result.output and sorted(p.name for p in outdir.iterdir()) == [".wsipipe.lock"]
+
+
+def test_an_output_folder_that_cannot_be_made_is_one_line(tmp_path, data_dir):
+    image = data_dir / "nuclei" / "cpm15" / "image01.png"
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    result = CliRunner().invoke(app, ["nuclei", str(image), "-o", str(blocker / "out"), "--mpp-override", "0.5"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.output.strip().endswith(f"{blocker / 'out'}: cannot create the output folder (Not a directory)")

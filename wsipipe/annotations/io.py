@@ -11,6 +11,7 @@ from wsipipe.annotations.geojson import read_geojson, write_geojson
 from wsipipe.annotations.model import AnnotationSet
 from wsipipe.annotations.xmlsafe import SNIFF_LIMIT, xml_root_name
 from wsipipe.errors import AnnotationError, InvalidInputError, OutputError
+from wsipipe.files import atomic_path
 
 ASAP_ROOT = "ASAP_Annotations"
 APERIO_ROOT = "Annotations"
@@ -87,12 +88,9 @@ def write_annotations(annotations: AnnotationSet, path: str | os.PathLike, to: s
     writer = WRITERS[output_format(path, to)]
     if not path.parent.is_dir():
         raise OutputError(f"{path}: the folder {path.parent} does not exist")
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        writer(annotations, temporary)
-        os.replace(temporary, path)
+        with atomic_path(path) as temporary:
+            writer(annotations, temporary)
     except OSError as exc:
         raise OutputError(f"{path}: cannot write: {exc.strerror or exc}") from None
-    finally:
-        temporary.unlink(missing_ok=True)
     return path

@@ -29,7 +29,7 @@ from wsipipe.batch.jobs import JobSpec, SkipSlide, load_job
 from wsipipe.batch.state import SlideRecord, fingerprint, load_status, save_status
 from wsipipe.batch.summary import write_summary
 from wsipipe.errors import InvalidInputError, OutputError, WsipipeError
-from wsipipe.files import folder_lock, remove_temporaries, write_atomic
+from wsipipe.files import folder_lock, make_output_folder, remove_temporaries, write_atomic
 
 PARTIAL_DIR = ".partial"  # in-progress slide folders; emptied when a batch starts
 ERRORS_DIR = "errors"  # one traceback file per failed slide
@@ -90,7 +90,7 @@ def run_batch(
     if job.prepare is not None:
         batch_options = job.prepare(batch_options)
     outdir = Path(outdir).resolve()
-    _prepare_outdir(outdir)
+    make_output_folder(outdir)
     with folder_lock(outdir, LOCK_FILE, "another wsipipe batch is running on this folder"):
         shutil.rmtree(outdir / PARTIAL_DIR, ignore_errors=True)
         remove_temporaries(outdir / ERRORS_DIR)  # as the lock did in OUTDIR: a killed batch's half-renamed files
@@ -107,15 +107,6 @@ def run_batch(
             write_summary(outdir, records)
             shutil.rmtree(outdir / PARTIAL_DIR, ignore_errors=True)
     return records
-
-
-def _prepare_outdir(outdir: Path) -> None:
-    try:
-        outdir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"{outdir}: cannot create the output folder ({exc.strerror})") from exc
-    if not os.access(outdir, os.W_OK):
-        raise OutputError(f"{outdir}: the output folder is not writable")
 
 
 def _plan(

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
@@ -13,6 +11,7 @@ import typer
 
 from wsipipe.cli.options import BackendOpt, LabelMapOpt, MppOverrideOpt, OverwriteOpt, QuietOpt, StrictOpt
 from wsipipe.errors import InvalidInputError, OutputError
+from wsipipe.files import atomic_path
 
 app = typer.Typer(
     help="Annotations: read ASAP XML, Aperio ImageScope XML and QuPath GeoJSON (format detected "
@@ -140,7 +139,7 @@ def mask(
     with Progress(console=Console(stderr=True), disable=quiet, transient=True) as progress:
         task = progress.add_task("rasterising", total=out_height)
         result = rasteriser.slide_mask(width, height, out_width, out_height, on_rows=lambda n: progress.advance(task, n))
-    _write_mask(result, output, overwrite, {
+    _write_mask(result, output, {
         "mpp": mpp,
         "label_map": rasteriser.label_map.to_dict(),
         "annotations": str(source),
@@ -153,28 +152,20 @@ def mask(
     typer.echo(f"{output}: {out_width} x {out_height} mask at {mpp:g} µm/px; {summary}")
 
 
-def _write_mask(result, output: Path, overwrite: bool, attrs: dict) -> None:
+def _write_mask(result, output: Path, attrs: dict) -> None:
     """PNG or zarr through a temporary name in the output folder, renamed when complete."""
-    temporary = output.with_name(f".{output.name}.{os.getpid()}.tmp")
     try:
-        if output.suffix.lower() == ".png":
-            from PIL import Image
+        with atomic_path(output) as temporary:
+            if output.suffix.lower() == ".png":
+                from PIL import Image
 
-            Image.fromarray(result).save(temporary, format="PNG")
-        else:
-            import zarr
+                Image.fromarray(result).save(temporary, format="PNG")
+            else:
+                import zarr
 
-            group = zarr.open_group(str(temporary), mode="w")
-            array = group.create_array("mask", shape=result.shape, chunks=(1024, 1024), dtype="uint8")
-            array[:] = result
-            group.attrs.update({"wsipipe": "annotation-mask", **attrs})
-        if output.exists() and overwrite:
-            shutil.rmtree(output) if output.is_dir() else output.unlink()
-        os.replace(temporary, output)
+                group = zarr.open_group(str(temporary), mode="w")
+                array = group.create_array("mask", shape=result.shape, chunks=(1024, 1024), dtype="uint8")
+                array[:] = result
+                group.attrs.update({"wsipipe": "annotation-mask", **attrs})
     except OSError as exc:
         raise OutputError(f"{output}: cannot write: {exc.strerror or exc}") from None
-    finally:
-        if temporary.is_dir():
-            shutil.rmtree(temporary, ignore_errors=True)
-        else:
-            temporary.unlink(missing_ok=True)

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from wsipipe.cli.options import DeviceOpt, QuietOpt
-from wsipipe.files import write_atomic
+from wsipipe.files import atomic_path, write_atomic
 
 ModelArg = Annotated[Path, typer.Argument(help="Model file (.safetensors).", show_default=False)]
 ImagesMppOpt = Annotated[
@@ -163,12 +162,8 @@ def predict(
     labels = predict_image(bundle, read_image(images[0]), _images_mpp(bundle.metadata, mpp), overlap, batch_size,
                            device).argmax(0)
     mask = (labels * 255 if len(bundle.classes) == 2 else labels).astype("uint8")
-    tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}.png")
-    try:
-        Image.fromarray(mask).save(tmp)
-        os.replace(tmp, output)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(output) as temporary:
+        Image.fromarray(mask).save(temporary, format="PNG")
     typer.echo(f"wrote {output} ({', '.join(f'{c}: {(labels == i).mean():.1%}' for i, c in enumerate(bundle.classes))})")
 
 

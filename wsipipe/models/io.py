@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from wsipipe.errors import ModelError
+from wsipipe.files import atomic_path
 
 FORMAT = "wsipipe-model/1"
 METADATA_KEY = "wsipipe"
@@ -87,15 +88,11 @@ def save_model(path: str | Path, model, metadata: dict[str, Any], half: bool = F
         tensor = tensor.detach().to("cpu").contiguous()
         state[name] = tensor.half() if half and tensor.is_floating_point() else tensor
     meta = {**metadata, "format": FORMAT, "weights_dtype": "float16" if half else "float32"}
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        save_file(state, str(tmp), metadata={METADATA_KEY: json.dumps(meta)})
+    with atomic_path(path) as temporary:
+        save_file(state, str(temporary), metadata={METADATA_KEY: json.dumps(meta)})
         umask = os.umask(0)
         os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # safetensors writes 0600; a model is shared like any output
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+        os.chmod(temporary, 0o666 & ~umask)  # safetensors writes 0600; a model is shared like any output
     return path
 
 

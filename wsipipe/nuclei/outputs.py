@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from wsipipe.files import write_atomic
+from wsipipe.files import atomic_path, write_atomic
 from wsipipe.nuclei.tiled import Nucleus
 
 MALIGNANT = {"name": "Tumor", "color": [200, 0, 0]}  # QuPath's built-in tumour class
@@ -74,14 +74,13 @@ def summary_figures(
     }
 
 
-def _atomic_path(path: Path) -> Path:
+def _partial_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.partial")
 
 
 def write_csv(path: Path, nuclei: list[Nucleus], in_tumour: np.ndarray, scale: float, mpp: float) -> None:
     """One row per nucleus; ``scale`` = level-0 px per working px, ``mpp`` = µm per working px."""
-    tmp = _atomic_path(path)
-    with open(tmp, "w", newline="") as handle:
+    with atomic_path(path) as temporary, open(temporary, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(CSV_COLUMNS)
         for nucleus, tumour in zip(nuclei, in_tumour):
@@ -97,13 +96,11 @@ def write_csv(path: Path, nuclei: list[Nucleus], in_tumour: np.ndarray, scale: f
                     int(bool(tumour)),
                 ]
             )
-    os.replace(tmp, path)
 
 
 def write_geojson(path: Path, nuclei: list[Nucleus], in_tumour: np.ndarray, scale: float, mpp: float) -> None:
     """QuPath detections: one Feature per nucleus, outline in level-0 px, class and measurements."""
-    tmp = _atomic_path(path)
-    with open(tmp, "w") as handle:
+    with atomic_path(path) as temporary, open(temporary, "w") as handle:
         handle.write('{"type": "FeatureCollection", "features": [\n')
         for index, (nucleus, tumour) in enumerate(zip(nuclei, in_tumour)):
             # contour points are pixel centres; +0.5 puts them on level-0 pixel-corner coordinates
@@ -126,7 +123,6 @@ def write_geojson(path: Path, nuclei: list[Nucleus], in_tumour: np.ndarray, scal
             }
             handle.write(("," if index else "") + json.dumps(feature) + "\n")
         handle.write("]}\n")
-    os.replace(tmp, path)
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -137,7 +133,7 @@ def create_label_store(path: Path, shape: tuple[int, int], chunk: int, attribute
     """A zarr v3 int32 array under a temporary name; ``finish_label_store`` renames it into place."""
     import zarr
 
-    tmp = _atomic_path(path)
+    tmp = _partial_path(path)
     if tmp.exists():
         shutil.rmtree(tmp)
     array = zarr.create_array(
@@ -150,4 +146,4 @@ def create_label_store(path: Path, shape: tuple[int, int], chunk: int, attribute
 def finish_label_store(path: Path) -> None:
     if path.exists():
         shutil.rmtree(path)
-    os.replace(_atomic_path(path), path)
+    os.replace(_partial_path(path), path)

@@ -18,8 +18,8 @@ from typing import Callable
 
 import numpy as np
 
-from wsipipe.errors import InvalidInputError, OutputError
-from wsipipe.files import folder_lock
+from wsipipe.errors import InvalidInputError
+from wsipipe.files import folder_lock, make_output_folder
 from wsipipe.nuclei import outputs
 from wsipipe.nuclei.classical import ClassicalParams, calibrate, haematoxylin_od, segment_nuclei
 from wsipipe.nuclei.data import WORKING_MPP, read_rgb, resample
@@ -153,12 +153,7 @@ def run_nuclei(
     mpp = network.mpp if network is not None else WORKING_MPP
     source = open_source(Path(input_path), mpp_override, backend, mpp)
     tumour = tumour_mask.astype(bool) if isinstance(tumour_mask, np.ndarray) else read_tumour_mask(tumour_mask)
-    try:
-        outdir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"{outdir}: cannot create the output directory ({exc.strerror})") from None
-
-    with folder_lock(outdir):  # also deletes what a killed run left half-renamed
+    with folder_lock(make_output_folder(outdir)):  # also deletes what a killed run left half-renamed
         height, width = source.shape
         tissue = (tissue_mask if tissue_mask is not None else detect_tissue(source.thumbnail, THUMBNAIL_MPP)).astype(bool)
         cores = list(core_tiles(height, width, CORE_PX))

@@ -1,8 +1,8 @@
 """Report files: report.json, overlay.png and report.html (one page, images inline, opens from disk;
 with nuclei, a per-tile cellularity heatmap too).
 
-Every file is written under ``<name>.partial`` and renamed when complete, so a reader never
-sees a half-written report.
+Every file is written under a temporary name and renamed when complete (``files.write_atomic``),
+so a reader never sees a half-written report.
 """
 
 from __future__ import annotations

@@ -29,6 +29,7 @@ import imagecodecs
 import numpy as np
 
 from wsipipe.errors import InvalidInputError, OutputError, SlideOpenError
+from wsipipe.files import atomic_path
 
 DEFAULT_SOURCE = Path(__file__).resolve().parents[2] / "examples" / "data" / "CMU-1-Small-Region.svs"
 # Stop adding pyramid levels once the level fits in this many pixels (longest side).
@@ -107,17 +108,14 @@ def write_synthetic_slide(
 
         check_ndpi_spec(spec)
     renderer = TileRenderer(spec)
-    tmp = out.with_name(f".{out.name}.partial")
     try:
-        if ndpi:
-            write_ndpi(tmp, spec, renderer, threads=threads, progress=progress)
-        else:
-            _write_tiff(tmp, spec, renderer, threads=threads, progress=progress)
-        os.replace(tmp, out)
+        with atomic_path(out) as temporary:
+            if ndpi:
+                write_ndpi(temporary, spec, renderer, threads=threads, progress=progress)
+            else:
+                _write_tiff(temporary, spec, renderer, threads=threads, progress=progress)
     except OSError as exc:
         raise OutputError(f"{out}: cannot write the slide ({exc})") from exc
-    finally:
-        tmp.unlink(missing_ok=True)
     return out
 
 

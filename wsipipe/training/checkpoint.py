@@ -5,7 +5,6 @@ epoch loop the nuclei and cellularity trainers share."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -13,6 +12,7 @@ import numpy as np
 import torch
 
 from wsipipe.errors import ModelError
+from wsipipe.files import atomic_path
 
 
 def save_checkpoint(path: Path, model, best_state: dict | None, optimizer, state: dict[str, Any]) -> None:
@@ -31,12 +31,8 @@ def save_checkpoint(path: Path, model, best_state: dict | None, optimizer, state
                 scalars.setdefault(str(pid), {})[key] = value
     tensors["rng.torch"] = torch.get_rng_state()
     meta = {"state": state, "param_groups": opt["param_groups"], "optimizer_scalars": scalars}
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        save_file(tensors, str(tmp), metadata={"wsipipe-checkpoint": json.dumps(meta)})
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(path) as temporary:
+        save_file(tensors, str(temporary), metadata={"wsipipe-checkpoint": json.dumps(meta)})
 
 
 def load_checkpoint(path: Path, model, optimizer) -> tuple[dict | None, dict[str, Any]]:
