@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,10 +72,6 @@ def summary_figures(
     }
 
 
-def _partial_path(path: Path) -> Path:
-    return path.with_name(f".{path.name}.partial")
-
-
 def write_csv(path: Path, nuclei: list[Nucleus], in_tumour: np.ndarray, scale: float, mpp: float) -> None:
     """One row per nucleus; ``scale`` = level-0 px per working px, ``mpp`` = µm per working px."""
     with atomic_path(path) as temporary, open(temporary, "w", newline="") as handle:
@@ -130,20 +124,11 @@ def write_json(path: Path, data: dict) -> None:
 
 
 def create_label_store(path: Path, shape: tuple[int, int], chunk: int, attributes: dict):
-    """A zarr v3 int32 array under a temporary name; ``finish_label_store`` renames it into place."""
+    """A zarr v3 int32 array at ``path`` (the caller's ``atomic_path`` temporary)."""
     import zarr
 
-    tmp = _partial_path(path)
-    if tmp.exists():
-        shutil.rmtree(tmp)
     array = zarr.create_array(
-        store=str(tmp), shape=shape, chunks=(chunk, chunk), dtype="int32", fill_value=0, zarr_format=3
+        store=str(path), shape=shape, chunks=(chunk, chunk), dtype="int32", fill_value=0, zarr_format=3
     )
     array.attrs.update(attributes)
     return array
-
-
-def finish_label_store(path: Path) -> None:
-    if path.exists():
-        shutil.rmtree(path)
-    os.replace(_partial_path(path), path)

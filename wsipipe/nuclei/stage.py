@@ -19,7 +19,7 @@ from typing import Callable
 import numpy as np
 
 from wsipipe.errors import InvalidInputError
-from wsipipe.files import folder_lock, make_output_folder
+from wsipipe.files import atomic_path, folder_lock, make_output_folder
 from wsipipe.nuclei import outputs
 from wsipipe.nuclei.classical import ClassicalParams, calibrate, haematoxylin_od, segment_nuclei
 from wsipipe.nuclei.data import WORKING_MPP, read_rgb, resample
@@ -153,82 +153,84 @@ def run_nuclei(
     mpp = network.mpp if network is not None else WORKING_MPP
     source = open_source(Path(input_path), mpp_override, backend, mpp)
     tumour = tumour_mask.astype(bool) if isinstance(tumour_mask, np.ndarray) else read_tumour_mask(tumour_mask)
-    with folder_lock(make_output_folder(outdir)):  # also deletes what a killed run left half-renamed
-        height, width = source.shape
-        tissue = (tissue_mask if tissue_mask is not None else detect_tissue(source.thumbnail, THUMBNAIL_MPP)).astype(bool)
-        cores = list(core_tiles(height, width, CORE_PX))
-        tissue_fraction = {c: float(_scaled(tissue, source.shape, c).mean()) for c in cores}
-        with_tissue = [c for c in cores if tissue_fraction[c] > 0]
-        if not with_tissue:
-            log.warning("%s: no tissue found; every core is segmented", source.name)
-            with_tissue = cores
-            tissue = np.ones_like(tissue)
-            tissue_fraction = dict.fromkeys(cores, 1.0)
-        richest = sorted(with_tissue, key=lambda c: -tissue_fraction[c])[:CALIBRATION_CORES]
-        calibration = calibrate(np.concatenate([source.read(*c).reshape(-1, 3) for c in richest])[None])
+    with folder_lock(make_output_folder(outdir)):  # also deletes what a killed run left half-written
+        with atomic_path(outdir / "labels.zarr") as labels_path:  # renamed into place after the CSV and GeoJSON
+            height, width = source.shape
+            tissue = (
+                tissue_mask if tissue_mask is not None else detect_tissue(source.thumbnail, THUMBNAIL_MPP)
+            ).astype(bool)
+            cores = list(core_tiles(height, width, CORE_PX))
+            tissue_fraction = {c: float(_scaled(tissue, source.shape, c).mean()) for c in cores}
+            with_tissue = [c for c in cores if tissue_fraction[c] > 0]
+            if not with_tissue:
+                log.warning("%s: no tissue found; every core is segmented", source.name)
+                with_tissue = cores
+                tissue = np.ones_like(tissue)
+                tissue_fraction = dict.fromkeys(cores, 1.0)
+            richest = sorted(with_tissue, key=lambda c: -tissue_fraction[c])[:CALIBRATION_CORES]
+            calibration = calibrate(np.concatenate([source.read(*c).reshape(-1, 3) for c in richest])[None])
 
-        if network is not None:
-            method = f"usnet:{Path(model).name}"
-            segment = usnet_segmenter(network)
-            settings = {"model": str(model)}
-        else:
-            method = "classical"
-            segment = lambda rgb: segment_nuclei(rgb, mpp, calibration, params)  # noqa: E731
-            settings = vars(params)
-        pixel_mm2 = (mpp / 1000.0) ** 2
-        labels = outputs.create_label_store(
-            outdir / "labels.zarr",
-            source.shape,
-            512,
-            {"mpp": mpp, "level0_px_per_px": source.scale, "level0_shape": list(source.level0_shape), "method": method,
-             "params": settings},
-        )
-        tiles: list[outputs.TileSummary] = []
-        in_tumour: list[bool] = []
-        done = 0
-
-        def on_tile(tile: TileDone) -> None:
-            nonlocal done
-            cy0, cx0, cy1, cx1 = tile.core
-            core_tissue = _scaled(tissue, source.shape, tile.core)
-            core_tumour = _scaled(tumour, source.shape, tile.core) & core_tissue if tumour is not None else None
-            flags = [
-                tumour is not None and bool(_scaled(tumour, source.shape, _point_box(n))[0, 0]) for n in tile.nuclei
-            ]
-            in_tumour.extend(flags)
-            malignant_px = sum(n.area_px for n, f in zip(tile.nuclei, flags) if f)
-            tiles.append(
-                outputs.TileSummary(
-                    round(cx0 * source.scale),
-                    round(cy0 * source.scale),
-                    round(cx1 * source.scale),
-                    round(cy1 * source.scale),
-                    len(tile.nuclei),
-                    int(sum(flags)),
-                    float(core_tissue.sum()) * pixel_mm2,
-                    float(core_tumour.sum()) * pixel_mm2 if core_tumour is not None else 0.0,
-                    malignant_px * pixel_mm2,
-                )
+            if network is not None:
+                method = f"usnet:{Path(model).name}"
+                segment = usnet_segmenter(network)
+                settings = {"model": str(model)}
+            else:
+                method = "classical"
+                segment = lambda rgb: segment_nuclei(rgb, mpp, calibration, params)  # noqa: E731
+                settings = vars(params)
+            pixel_mm2 = (mpp / 1000.0) ** 2
+            labels = outputs.create_label_store(
+                labels_path,
+                source.shape,
+                512,
+                {"mpp": mpp, "level0_px_per_px": source.scale, "level0_shape": list(source.level0_shape),
+                 "method": method, "params": settings},
             )
-            done += 1
-            if progress:
-                progress(done, len(cores))
+            tiles: list[outputs.TileSummary] = []
+            in_tumour: list[bool] = []
+            done = 0
 
-        nuclei = segment_tiled(
-            source.read,
-            source.shape,
-            segment,
-            lambda rgb: haematoxylin_od(rgb, calibration.stain_matrix),
-            labels,
-            core=CORE_PX,
-            margin=round(DEFAULT_MARGIN_UM / mpp),
-            on_tile=on_tile,
-            skip=lambda *core: tissue_fraction[core] == 0,
-        )
-        flags = np.asarray(in_tumour, dtype=bool)
-        outputs.write_csv(outdir / "nuclei.csv", nuclei, flags, source.scale, mpp)
-        outputs.write_geojson(outdir / "nuclei.geojson", nuclei, flags, source.scale, mpp)
-        outputs.finish_label_store(outdir / "labels.zarr")
+            def on_tile(tile: TileDone) -> None:
+                nonlocal done
+                cy0, cx0, cy1, cx1 = tile.core
+                core_tissue = _scaled(tissue, source.shape, tile.core)
+                core_tumour = _scaled(tumour, source.shape, tile.core) & core_tissue if tumour is not None else None
+                flags = [
+                    tumour is not None and bool(_scaled(tumour, source.shape, _point_box(n))[0, 0]) for n in tile.nuclei
+                ]
+                in_tumour.extend(flags)
+                malignant_px = sum(n.area_px for n, f in zip(tile.nuclei, flags) if f)
+                tiles.append(
+                    outputs.TileSummary(
+                        round(cx0 * source.scale),
+                        round(cy0 * source.scale),
+                        round(cx1 * source.scale),
+                        round(cy1 * source.scale),
+                        len(tile.nuclei),
+                        int(sum(flags)),
+                        float(core_tissue.sum()) * pixel_mm2,
+                        float(core_tumour.sum()) * pixel_mm2 if core_tumour is not None else 0.0,
+                        malignant_px * pixel_mm2,
+                    )
+                )
+                done += 1
+                if progress:
+                    progress(done, len(cores))
+
+            nuclei = segment_tiled(
+                source.read,
+                source.shape,
+                segment,
+                lambda rgb: haematoxylin_od(rgb, calibration.stain_matrix),
+                labels,
+                core=CORE_PX,
+                margin=round(DEFAULT_MARGIN_UM / mpp),
+                on_tile=on_tile,
+                skip=lambda *core: tissue_fraction[core] == 0,
+            )
+            flags = np.asarray(in_tumour, dtype=bool)
+            outputs.write_csv(outdir / "nuclei.csv", nuclei, flags, source.scale, mpp)
+            outputs.write_geojson(outdir / "nuclei.geojson", nuclei, flags, source.scale, mpp)
         slide = outputs.summary_figures(
             len(nuclei),
             int(flags.sum()),
