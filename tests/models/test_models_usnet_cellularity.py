@@ -12,6 +12,8 @@ from wsipipe.models.usnet import (
     AnchorMatcher,
     USNetLoss,
     decode,
+    MIN_CORE_PIXELS,
+    centre_distance,
     encode,
     instance_boxes,
     usnet_instances,
@@ -144,6 +146,49 @@ def test_instances_from_segmentation_seeded_by_detections():
     assert (labels > 0).sum() == 10 * 24
     # no detection: the blob is still one nucleus
     assert usnet_instances(seg, boxes[:0], scores[:0]).max() == 1
+
+
+def test_centre_distance_peaks_at_each_object_centre_with_a_valley_where_objects_touch():
+    labels = np.zeros((2, 7, 11), dtype=np.int64)
+    labels[0, 1:6, 1:6] = 1  # 5 x 5: distances 1, 2, 3 from its edge ring to its centre
+    labels[0, 1:6, 6:9] = 4  # touches object 1 (id 4: ids need not be 1..n); 5 x 3, its middle column 2
+    labels[1, 0:3, 0:11] = 2  # the crop's edge is no edge of the object: its first row is farthest from one
+    distance = centre_distance(labels)
+    assert distance.dtype == np.float32
+    np.testing.assert_allclose(distance[0, 3, :10], [0, 1 / 3, 2 / 3, 1, 2 / 3, 1 / 3, 0.5, 1, 0.5, 0])
+    np.testing.assert_allclose(distance[0, 1:6, 7], [0.5, 1, 1, 1, 0.5])
+    np.testing.assert_allclose(distance[1, 0:4, 5], [1, 2 / 3, 1 / 3, 0])
+    assert distance[0, 0].max() == distance[1, 4:].max() == 0
+
+
+def test_distance_output_adds_its_l1_error_to_the_segmentation_loss():
+    labels = _discs()
+    anchors = build_model("usnet", 1, TINY).anchors(32, 32)
+    n = anchors.shape[0]
+    truth = torch.as_tensor(centre_distance(labels.numpy()))[:, None]
+    perfect = {"segmentation": (labels > 0).float()[:, None], "scores": torch.zeros(2, n), "offsets": torch.zeros(2, n, 4)}
+    assert float(USNetLoss()(dict(perfect, distance=truth), labels, anchors)["segmentation"]) == 0.0
+    off = float(USNetLoss()(dict(perfect, distance=truth + 0.25), labels, anchors)["segmentation"])
+    assert off == pytest.approx(0.25)
+
+
+def test_distance_separates_touching_nuclei_the_detector_missed():
+    seg = np.zeros((20, 30))
+    seg[5:15, 3:27] = 0.9  # two touching nuclei as one blob, one detection (on the left one)
+    distance = np.zeros_like(seg)
+    distance[5:15, 3:27] = centre_distance((np.arange(30) >= 15)[None, 3:27].repeat(10, 0).astype(np.int64) + 1)
+    boxes = np.array([[8, 10, 10, 10]], dtype=np.float32)
+    scores = np.array([0.9])
+    assert usnet_instances(seg, boxes, scores).max() == 1  # without the distance: merged
+    labels = usnet_instances(seg, boxes, scores, distance)
+    assert labels.max() == 2 and (labels[5:15, 3:15] == 1).all() and (labels[5:15, 15:27] == 2).all()
+    assert usnet_instances(seg, boxes, scores, distance, core=1.0).max() == 1  # no core above 1
+    small = np.where(distance > 0.5, 0.5, distance)  # the right nucleus's core shrinks below the smallest that seeds
+    small[9:11, 20:20 + MIN_CORE_PIXELS // 2 - 1] = 0.9
+    small[5:15, 3:15] = distance[5:15, 3:15]
+    assert usnet_instances(seg, boxes, scores, small).max() == 1
+    small[9:11, 20:20 + MIN_CORE_PIXELS // 2] = 0.9
+    assert usnet_instances(seg, boxes, scores, small).max() == 2  # the bound is inclusive
 
 
 def test_instances_under_min_pixels_are_dropped():

@@ -60,14 +60,15 @@ def test_resumed_training_gives_the_same_weights(nuclei_dir, tmp_path):
 def test_train_usnet_cli_cross_validates_and_writes_a_nuclei_model(nuclei_dir, tmp_path):
     model = tmp_path / "nuclei.safetensors"
     result = CliRunner().invoke(app, [
-        "train", str(nuclei_dir), "--model", "usnet", "--model-args", json.dumps(TINY), "--tile-size", "64",
-        "--epochs", "1", "--patches-per-epoch", "4", "--batch-size", "2", "--folds", "2", "--seed", "1",
+        "train", str(nuclei_dir), "--model", "usnet", "--model-args", json.dumps({**TINY, "distance": True}),
+        "--tile-size", "64", "--epochs", "1", "--patches-per-epoch", "4", "--batch-size", "2", "--folds", "2", "--seed", "1",
         "-o", str(model), "--quiet",
     ])
     assert result.exit_code == 0, result.output
     bundle = load_model(model)
     meta = bundle.metadata
     assert meta["architecture"] == "usnet" and meta["mpp"] == 0.5 and meta["tile_size"] == 64
+    assert meta["args"]["distance"] is True
     assert meta["training"]["seed"] == 1 and len(meta["training"]["data"]["images"]) == 4
     validation = meta["validation"]
     assert sorted(validation["per_image"]) == [f"cpm15/image0{i}" for i in range(1, 5)]
@@ -75,7 +76,7 @@ def test_train_usnet_cli_cross_validates_and_writes_a_nuclei_model(nuclei_dir, t
         assert validation[key] == pytest.approx(np.mean(validation[f"fold_{key}"]))
         assert 0 <= validation[key] <= 1
     assert f"AJI {validation['aji']:.4f}" in result.output
-    for chosen in [meta["instances"], *validation["fold_instances"]]:  # one per fit, from the grid
+    for chosen in [meta["instances"], *validation["fold_instances"]]:  # one per fit, from the whole grid
         assert {key: chosen[key] in values for key, values in INSTANCE_GRID.items()} == dict.fromkeys(INSTANCE_GRID, True)
     assert len(validation["fold_instances"]) == 2
     assert not list(tmp_path.glob("*.ckpt")) and not list(tmp_path.glob("*.cv.json"))
@@ -124,6 +125,7 @@ def test_calibration_finds_the_cut_that_uncalibrated_outputs_need(nuclei_dir, mo
     config = NucleiTrainConfig(args=TINY, crop=64)
     chosen = calibrate_instances(None, config, samples)
     assert chosen["foreground"] == 0.3 and chosen["score_threshold"] in (0.3, 0.4)
+    assert "core" not in chosen  # a model without a distance output is not tried on it
     truth = samples[0].instances
     assert aji(truth, usnet_instances(*outputs(truth))) == 0  # the defaults find nothing
     segment = stage.usnet_segmenter(ModelBundle(None, {"instances": chosen}))

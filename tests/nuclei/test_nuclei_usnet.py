@@ -37,7 +37,7 @@ def test_eight_views_make_the_segmentation_turn_with_the_image(bundle, data_dir)
     rgb = load_cpm15(data_dir / "nuclei" / "cpm15")[0].rgb[:128, :128]  # square, a multiple of the network's
     turned = np.ascontiguousarray(np.rot90(rgb))
     single, eight = usnet_forward(bundle), usnet_forward(bundle, 8)
-    seg, boxes, scores = eight(rgb)
+    seg, boxes, scores, _ = eight(rgb)
     np.testing.assert_allclose(np.rot90(seg), eight(turned)[0], atol=1e-5)  # the mean of the same 8 views
     assert np.abs(np.rot90(single(rgb)[0]) - single(turned)[0]).max() > 1e-3  # one view alone is not
     plain = single(rgb)
@@ -46,6 +46,22 @@ def test_eight_views_make_the_segmentation_turn_with_the_image(bundle, data_dir)
     np.testing.assert_array_equal(scores, plain[2])
     with pytest.raises(ValueError, match="views must be 1 or 8"):
         usnet_forward(bundle, 4)
+
+
+def test_a_distance_model_turns_its_distance_with_the_image_too():
+    from wsipipe.models import build_model
+    from wsipipe.models.io import IMAGENET_NORMALISATION, ModelBundle
+
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    network = build_model("usnet", 1, {"base": 4, "depth": 3, "anchor_sizes": [[16, 24], [8, 12], [4, 6]], "distance": True})
+    bundle = ModelBundle(network.eval(), {"input_normalisation": IMAGENET_NORMALISATION})
+    rgb = np.random.default_rng(0).integers(0, 256, (30, 40, 3), dtype=np.uint8)  # padded to 32 x 40 and cut back
+    seg, _, _, distance = usnet_forward(bundle)(rgb)
+    assert seg.shape == distance.shape == (30, 40) and np.abs(seg - distance).max() > 1e-3  # two different maps
+    square = rgb[:24, :24]
+    eight = usnet_forward(bundle, 8)
+    np.testing.assert_allclose(np.rot90(eight(square)[3]), eight(np.ascontiguousarray(np.rot90(square)))[3], atol=1e-5)
 
 
 def _tiled_matches_whole(sample, segment, core):

@@ -91,10 +91,12 @@ ARCHITECTURES: dict[str, Architecture] = {
 }
 
 
-def _usnet(num_classes: int, base: int = 32, depth: int = 4, anchor_sizes: tuple = ((24, 34), (12, 17), (6, 8.5))):
+def _usnet(
+    num_classes: int, base: int = 32, depth: int = 4, anchor_sizes: tuple = ((24, 34), (12, 17), (6, 8.5)), distance: bool = False
+):
     from wsipipe.models.usnet import USNet
 
-    return USNet(base=base, depth=depth, anchor_sizes=tuple(tuple(s) for s in anchor_sizes))
+    return USNet(base=base, depth=depth, anchor_sizes=tuple(tuple(s) for s in anchor_sizes), distance=distance)
 
 
 def _cellularity(num_classes: int, seg_encoder: str = "resnet34", resnet: str = "resnet18", hidden: int = 256):
@@ -107,9 +109,9 @@ ARCHITECTURES.update(
     {
         "usnet": Architecture(
             "usnet",
-            "US-Net nuclei: U-Net + segmentation and anchor detection branches (args: base, depth, anchor_sizes)",
+            "US-Net nuclei: U-Net + segmentation and anchor detection branches (args: base, depth, anchor_sizes, distance)",
             _usnet,
-            {"base": 32, "depth": 4, "anchor_sizes": [[24, 34], [12, 17], [6, 8.5]]},
+            {"base": 32, "depth": 4, "anchor_sizes": [[24, 34], [12, 17], [6, 8.5]], "distance": False},
             16,
         ),
         "cellularity": Architecture(

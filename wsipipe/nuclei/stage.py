@@ -281,11 +281,12 @@ def _load_nuclei_model(path: Path, device: str):
 
 
 def usnet_forward(bundle, views: int = 1) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """rgb window -> the network's (segmentation, boxes, scores), padded to its multiple and cut back.
+    """rgb window -> the network's (segmentation, boxes, scores, distance), padded to its multiple
+    and cut back; distance is None for a model without that output.
 
-    With ``views`` 8 the segmentation is the mean over the window's four turns, each also mirrored
-    (test-time augmentation): it steadies nuclear borders, which is where PQ and AJI are lost.
-    Detections come from the window as it is; pooling the views' detections scored lower.
+    With ``views`` 8 the segmentation (and distance) is the mean over the window's four turns, each
+    also mirrored (test-time augmentation): it steadies nuclear borders, which is where PQ and AJI
+    are lost. Detections come from the window as it is; pooling the views' detections scored lower.
     """
     import torch
 
@@ -316,15 +317,18 @@ def usnet_forward(bundle, views: int = 1) -> Callable[[np.ndarray], tuple[np.nda
         anchors = network.anchors(canvas.shape[0], canvas.shape[1], device=device)
         boxes = decode(out["offsets"][0], anchors).cpu().numpy()
         scores = torch.sigmoid(out["scores"][0]).cpu().numpy()
-        segmentation = out["segmentation"][0, 0].cpu().numpy()
+        names = [name for name in ("segmentation", "distance") if name in out]
+        maps = np.stack([out[name][0, 0].cpu().numpy() for name in names])
         if views == 8:
             turned = [(turns, mirror) for turns in range(4) for mirror in (False, True)][1:]
             for turns, mirror in turned:
                 view = np.rot90(canvas[:, ::-1] if mirror else canvas, turns)
-                back = np.rot90(run(np.ascontiguousarray(view))["segmentation"][0, 0].cpu().numpy(), -turns)
-                segmentation = segmentation + (back[:, ::-1] if mirror else back)
-            segmentation = segmentation / 8
-        return segmentation[:height, :width], boxes, scores
+                out = run(np.ascontiguousarray(view))
+                back = np.rot90(np.stack([out[name][0, 0].cpu().numpy() for name in names]), -turns, axes=(1, 2))
+                maps = maps + (back[:, :, ::-1] if mirror else back)
+            maps = maps / 8
+        maps = maps[:, :height, :width]
+        return maps[0], boxes, scores, (maps[1] if len(names) == 2 else None)
 
     return forward
 

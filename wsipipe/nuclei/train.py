@@ -119,6 +119,7 @@ def train_usnet(
 #: The instance settings ``calibrate_instances`` chooses from: ``usnet_instances`` arguments, and
 #: ``views`` (``usnet_forward``: 8 averages the segmentation over turns and mirrors, 8 times the
 #: network's work). Of equal points the first wins, so the cheaper and simpler ones come first.
+#: ``core`` only matters to a model with a distance output, so only such a model is tried on it.
 INSTANCE_GRID = {
     "score_threshold": (0.3, 0.4, 0.5),
     "foreground": (0.3, 0.4, 0.5),
@@ -126,6 +127,7 @@ INSTANCE_GRID = {
     "min_pixels": (0, 24),
     "compactness": (0.0, 0.01),
     "views": (1, 8),
+    "core": (0.3, 0.5),
 }
 
 
@@ -143,25 +145,27 @@ def calibrate_instances(network, config: NucleiTrainConfig, samples: list[Nuclei
     from wsipipe.postprocess.instances import drop_small
 
     bundle = ModelBundle(network, nuclei_model_metadata(config.args, config.mpp, config.crop))
+    has_distance = getattr(network, "distance", None) is not None
+    grid = {name: values for name, values in INSTANCE_GRID.items() if name != "core" or has_distance}
     outputs = {}
-    for views in INSTANCE_GRID["views"]:
+    for views in grid["views"]:
         forward = usnet_forward(bundle, views)
         outputs[views] = [(sample.instances, forward(sample.rgb)) for sample in samples]
 
     def key(point: dict) -> tuple:
-        return tuple(point[name] for name in INSTANCE_GRID)
+        return tuple(point[name] for name in grid)
 
     scores: dict[tuple, float] = {}  # mean of AJI and PQ per point
-    watershed_grid = {name: values for name, values in INSTANCE_GRID.items() if name != "min_pixels"}
+    watershed_grid = {name: values for name, values in grid.items() if name != "min_pixels"}
     for values in itertools.product(*watershed_grid.values()):
         watershed_point = dict(zip(watershed_grid, values))
         views, settings = split_views(watershed_point)
         unfiltered = [(truth, usnet_instances(*out, **settings)) for truth, out in outputs[views]]
-        for min_pixels in INSTANCE_GRID["min_pixels"]:
+        for min_pixels in grid["min_pixels"]:
             qualities = [instance_quality(truth, drop_small(labels, min_pixels)) for truth, labels in unfiltered]
             scores[key({**watershed_point, "min_pixels": min_pixels})] = float(np.mean([(q["aji"] + q["pq"]) / 2 for q in qualities]))
-    grid = [dict(zip(INSTANCE_GRID, values)) for values in itertools.product(*INSTANCE_GRID.values())]
-    return max(grid, key=lambda point: scores[key(point)])  # the first of equals
+    points = [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
+    return max(points, key=lambda point: scores[key(point)])  # the first of equals
 
 
 def instance_quality(truth: np.ndarray, labels: np.ndarray) -> dict:
