@@ -161,7 +161,7 @@ def test_centre_distance_peaks_at_each_object_centre_with_a_valley_where_objects
     assert distance[0, 0].max() == distance[1, 4:].max() == 0
 
 
-def test_distance_output_adds_its_l1_error_to_the_segmentation_loss():
+def test_distance_output_adds_its_squared_error_to_the_segmentation_loss():
     labels = _discs()
     anchors = build_model("usnet", 1, TINY).anchors(32, 32)
     n = anchors.shape[0]
@@ -169,7 +169,7 @@ def test_distance_output_adds_its_l1_error_to_the_segmentation_loss():
     perfect = {"segmentation": (labels > 0).float()[:, None], "scores": torch.zeros(2, n), "offsets": torch.zeros(2, n, 4)}
     assert float(USNetLoss()(dict(perfect, distance=truth), labels, anchors)["segmentation"]) == 0.0
     off = float(USNetLoss()(dict(perfect, distance=truth + 0.25), labels, anchors)["segmentation"])
-    assert off == pytest.approx(0.25)
+    assert off == pytest.approx(0.25**2)
 
 
 def test_distance_separates_touching_nuclei_the_detector_missed():
@@ -180,15 +180,16 @@ def test_distance_separates_touching_nuclei_the_detector_missed():
     boxes = np.array([[8, 10, 10, 10]], dtype=np.float32)
     scores = np.array([0.9])
     assert usnet_instances(seg, boxes, scores).max() == 1  # without the distance: merged
-    labels = usnet_instances(seg, boxes, scores, distance)
+    assert usnet_instances(seg, boxes, scores, distance).max() == 1  # cores seed nothing unless asked
+    labels = usnet_instances(seg, boxes, scores, distance, core=0.5)
     assert labels.max() == 2 and (labels[5:15, 3:15] == 1).all() and (labels[5:15, 15:27] == 2).all()
     assert usnet_instances(seg, boxes, scores, distance, core=1.0).max() == 1  # no core above 1
     small = np.where(distance > 0.5, 0.5, distance)  # the right nucleus's core shrinks below the smallest that seeds
     small[9:11, 20:20 + MIN_CORE_PIXELS // 2 - 1] = 0.9
     small[5:15, 3:15] = distance[5:15, 3:15]
-    assert usnet_instances(seg, boxes, scores, small).max() == 1
+    assert usnet_instances(seg, boxes, scores, small, core=0.5).max() == 1
     small[9:11, 20:20 + MIN_CORE_PIXELS // 2] = 0.9
-    assert usnet_instances(seg, boxes, scores, small).max() == 2  # the bound is inclusive
+    assert usnet_instances(seg, boxes, scores, small, core=0.5).max() == 2  # the bound is inclusive
 
 
 def test_instances_under_min_pixels_are_dropped():

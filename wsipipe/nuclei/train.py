@@ -127,7 +127,7 @@ INSTANCE_GRID = {
     "min_pixels": (0, 24),
     "compactness": (0.0, 0.01),
     "views": (1, 8),
-    "core": (0.3, 0.5),
+    "core": (None, 0.3, 0.5),
 }
 
 
