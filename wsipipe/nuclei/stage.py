@@ -280,7 +280,9 @@ def _load_nuclei_model(path: Path, device: str):
     return load_model(path, resolve_device(device, log.warning))
 
 
-def usnet_forward(bundle, views: int = 1) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def usnet_forward(
+    bundle, views: int = 1
+) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]]:
     """rgb window -> the network's (segmentation, boxes, scores, distance), padded to its multiple
     and cut back; distance is None for a model without that output.
 
