@@ -262,9 +262,10 @@ class USNetLoss(nn.Module):
         matcher's binning is cheap) and copied to the anchors' device: a GPU step runs no matching
         kernels."""
         segmentation = output["segmentation"][:, 0]
+        labels_cpu = instances.cpu().numpy()  # one copy for the distance and the anchor targets
         seg_loss = (segmentation - (instances > 0).float()).abs().mean()
         if "distance" in output:
-            target = torch.as_tensor(centre_distance(instances.cpu().numpy()), device=segmentation.device)
+            target = torch.as_tensor(centre_distance(labels_cpu), device=segmentation.device)
             seg_loss = seg_loss + ((output["distance"][:, 0] - target) ** 2).mean()
         conf_terms, loc_terms, positives = [], [], 0
         centres = anchors[:, :2].round().long()
@@ -274,7 +275,7 @@ class USNetLoss(nn.Module):
         if self.matched is not anchors:
             self.matcher, self.matched = AnchorMatcher(anchors.cpu()), anchors
         for b in range(instances.shape[0]):
-            targets = self.matcher(torch.as_tensor(instance_boxes(instances[b].cpu().numpy())))
+            targets = self.matcher(torch.as_tensor(instance_boxes(labels_cpu[b])))
             positives += int((targets.labels == 1).sum())
             labels, offsets = targets.labels.to(anchors.device), targets.offsets.to(anchors.device)
             valid = labels >= 0
@@ -297,17 +298,14 @@ def centre_distance(instances: np.ndarray) -> np.ndarray:
     it (background or another object), divided by the object's largest: 1 at its centre, falling to
     its edge, with a valley to 0 between touching nuclei."""
     from scipy import ndimage
+    from skimage.segmentation import find_boundaries
 
     result = np.zeros(instances.shape, dtype=np.float32)
     for index in np.ndindex(instances.shape[:-2]):
         labels = instances[index]
         inside = labels > 0
-        differs = np.zeros_like(inside)  # pixels that 4-touch another label
-        differs[:-1] |= labels[:-1] != labels[1:]
-        differs[1:] |= labels[1:] != labels[:-1]
-        differs[:, :-1] |= labels[:, :-1] != labels[:, 1:]
-        differs[:, 1:] |= labels[:, 1:] != labels[:, :-1]
-        distance = ndimage.distance_transform_edt(inside & ~differs) + inside  # edge pixels 1
+        edges = find_boundaries(labels, connectivity=1, mode="inner")  # object pixels that 4-touch another label
+        distance = ndimage.distance_transform_edt(inside & ~edges) + inside  # edge pixels 1
         largest = ndimage.maximum(distance, labels, np.arange(int(labels.max()) + 1))
         largest = np.asarray(largest, dtype=np.float32).reshape(-1)
         largest[0] = 1.0
