@@ -9,12 +9,14 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from typer.testing import CliRunner
 
 from wsipipe.cli.main import app
 from wsipipe.models.io import load_model
 from wsipipe.nuclei.data import load_cpm15
 from wsipipe.nuclei import stage
+from wsipipe.stain import ReinhardNormalizer
 from wsipipe.nuclei.train import INSTANCE_GRID, NucleiTrainConfig, calibrate_instances, train_usnet
 
 TINY = {"base": 4, "depth": 3, "anchor_sizes": [[24, 34], [12, 17], [6, 8.5]]}
@@ -62,11 +64,18 @@ def test_train_usnet_cli_cross_validates_and_writes_a_nuclei_model(nuclei_dir, t
     result = CliRunner().invoke(app, [
         "train", str(nuclei_dir), "--model", "usnet", "--model-args", json.dumps({**TINY, "distance": True}),
         "--tile-size", "64", "--epochs", "1", "--patches-per-epoch", "4", "--batch-size", "2", "--folds", "2", "--seed", "1",
-        "-o", str(model), "--quiet",
+        "--normalised-view", "reinhard", "-o", str(model), "--quiet",
     ])
     assert result.exit_code == 0, result.output
     bundle = load_model(model)
     meta = bundle.metadata
+    # the target is the training images' mean Reinhard statistics, each estimated as inference estimates an input
+    estimates = [ReinhardNormalizer().estimate(s.rgb) for s in load_cpm15(nuclei_dir / "cpm15")]
+    target = meta["normalised_view"]["target"]
+    assert meta["normalised_view"]["method"] == target["method"] == "reinhard"
+    assert meta["stain_normalisation"]["method"] == "none"  # the input itself is not replaced
+    for key in ("mean", "std"):
+        np.testing.assert_allclose(target[key], np.mean([e.array(key) for e in estimates], axis=0), rtol=1e-9)
     assert meta["architecture"] == "usnet" and meta["mpp"] == 0.5 and meta["tile_size"] == 64
     assert meta["args"]["distance"] is True
     assert meta["training"]["seed"] == 1 and len(meta["training"]["data"]["images"]) == 4
@@ -86,7 +95,9 @@ def test_train_usnet_cli_cross_validates_and_writes_a_nuclei_model(nuclei_dir, t
     ran = CliRunner().invoke(app, ["nuclei", str(image), "-o", str(out), "--model", str(model),
                                    "--mpp-override", "0.5", "--quiet"])
     assert ran.exit_code == 0, ran.output
-    assert json.loads((out / "nuclei.json").read_text())["method"] == f"usnet:{model.name}"
+    summary = json.loads((out / "nuclei.json").read_text())
+    assert summary["method"] == f"usnet:{model.name}"
+    assert summary["input_stain"] == ReinhardNormalizer().estimate(np.asarray(Image.open(image).convert("RGB"))).to_dict()
 
 
 def test_train_usnet_refuses_bad_input(nuclei_dir, tmp_path):
@@ -100,6 +111,10 @@ def test_train_usnet_refuses_bad_input(nuclei_dir, tmp_path):
     assert nothing.exit_code == 2 and "no cpm15/ or monuseg_train/ images" in nothing.output
     folds = runner.invoke(app, [*base, str(nuclei_dir), "--folds", "9"])
     assert folds.exit_code == 2 and "only 4 images" in folds.output
+    macenko = runner.invoke(app, [*base, str(nuclei_dir), "--normalised-view", "macenko"])
+    assert macenko.exit_code == 2 and "--normalised-view 'macenko': expected one of none, reinhard" in macenko.output
+    unet = runner.invoke(app, ["train", str(nuclei_dir), "-o", str(tmp_path / "u.safetensors"), "--normalised-view", "reinhard"])
+    assert unet.exit_code == 2 and "--normalised-view is for --model usnet" in unet.output
 
 
 def test_calibration_finds_the_cut_that_uncalibrated_outputs_need(nuclei_dir, monkeypatch):
@@ -121,7 +136,7 @@ def test_calibration_finds_the_cut_that_uncalibrated_outputs_need(nuclei_dir, mo
         return (instances > 0) * 0.35, boxes, np.full(len(ids), 0.45, np.float32)
 
     by_image = {s.rgb.tobytes(): outputs(s.instances) for s in samples}
-    monkeypatch.setattr(stage, "usnet_forward", lambda bundle, views=1: lambda rgb: by_image[rgb.tobytes()])
+    monkeypatch.setattr(stage, "usnet_forward", lambda bundle, views=1, stain=None: lambda rgb: by_image[rgb.tobytes()])
     config = NucleiTrainConfig(args=TINY, crop=64)
     chosen = calibrate_instances(None, config, samples)
     assert chosen["foreground"] == 0.3 and chosen["score_threshold"] in (0.3, 0.4)

@@ -9,7 +9,7 @@ from wsipipe.metrics.instance import match
 from wsipipe.models.io import load_model
 from wsipipe.nuclei.classical import calibrate, haematoxylin_od
 from wsipipe.nuclei.data import WORKING_MPP, load_cpm15, load_monuseg
-from wsipipe.nuclei.stage import BUNDLED_NUCLEI_MODEL, usnet_forward, usnet_segmenter
+from wsipipe.nuclei.stage import BUNDLED_NUCLEI_MODEL, input_stain, normalised_view, usnet_forward, usnet_segmenter
 from wsipipe.nuclei.tiled import DEFAULT_MARGIN_UM, segment_image_tiled
 
 
@@ -64,6 +64,39 @@ def test_a_distance_model_turns_its_distance_with_the_image_too():
     np.testing.assert_allclose(np.rot90(eight(square)[3]), eight(np.ascontiguousarray(np.rot90(square)))[3], atol=1e-5)
 
 
+def test_a_normalised_view_averages_the_input_as_it_is_and_mapped_onto_the_target(data_dir, caplog):
+    """Every output is the mean of the network's on the window as it is and on the window mapped
+    with the parameters given (a slide's), else with the window's own; a model without the record
+    sees the window once, as it is."""
+    from wsipipe.errors import ModelError
+    from wsipipe.models import build_model
+    from wsipipe.models.io import IMAGENET_NORMALISATION, ModelBundle
+    from wsipipe.stain import ReinhardNormalizer
+
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    network = build_model("usnet", 1, {"base": 4, "depth": 3, "anchor_sizes": [[16, 24], [8, 12], [4, 6]], "distance": True}).eval()
+    first, second = (s.rgb[:64, :96] for s in load_cpm15(data_dir / "nuclei" / "cpm15")[:2])
+    target = ReinhardNormalizer().estimate(first)
+    plain = ModelBundle(network, {"input_normalisation": IMAGENET_NORMALISATION})
+    viewing = ModelBundle(network, {"input_normalisation": IMAGENET_NORMALISATION,
+                                    "normalised_view": {"method": "reinhard", "target": target.to_dict()}})
+    normaliser = ReinhardNormalizer().fit(target)
+
+    slide = input_stain(viewing.metadata, second[:32])  # another part of the "slide"
+    assert slide.to_dict() == ReinhardNormalizer().estimate(second[:32]).to_dict()
+    for stain, mapped in ((slide, normaliser.transform(second, source=slide)), (None, normaliser.transform(second))):
+        assert np.abs(mapped.astype(int) - second).max() > 10  # the two views differ
+        got = usnet_forward(viewing, 1, stain)(second)
+        for name, value, as_is, view in zip("seg boxes scores distance".split(), got, usnet_forward(plain)(second), usnet_forward(plain)(mapped)):
+            np.testing.assert_allclose(value, (as_is + view) / 2, rtol=1e-6, atol=1e-6, err_msg=name)
+    assert input_stain(plain.metadata, second) is None and normalised_view(plain.metadata) is None
+    blank = np.full((1, 64, 64, 3), 250, np.uint8)  # no tissue: each window is then estimated on its own
+    assert input_stain(viewing.metadata, blank) is None and "stain estimated per window" in caplog.text
+    with pytest.raises(ModelError, match="unusable normalised view"):
+        normalised_view({"normalised_view": {"method": "sepia", "target": {}}})
+
+
 def _tiled_matches_whole(sample, segment, core):
     whole = segment(sample.rgb)
     calibration = calibrate(sample.rgb)
@@ -78,10 +111,10 @@ def _tiled_matches_whole(sample, segment, core):
 
 
 def test_tiles_give_the_same_nuclei_as_the_whole_image(bundle, data_dir):
-    segment = usnet_segmenter(bundle)
-    # small cores (128 µm) so that many nuclei straddle core borders
-    _tiled_matches_whole(load_cpm15(data_dir / "nuclei" / "cpm15")[0], segment, core=256)
-    _tiled_matches_whole(load_monuseg(data_dir / "nuclei" / "monuseg_train", limit=1)[0], segment, core=256)
+    # small cores (128 µm) so that many nuclei straddle core borders; every tile normalised with the
+    # image's stain parameters, as `wsipipe nuclei` does with a slide's
+    for sample in (load_cpm15(data_dir / "nuclei" / "cpm15")[0], load_monuseg(data_dir / "nuclei" / "monuseg_train", limit=1)[0]):
+        _tiled_matches_whole(sample, usnet_segmenter(bundle, input_stain(bundle.metadata, sample.rgb)), core=256)
 
 
 def test_nuclei_command_runs_the_bundled_model_by_name(data_dir, tmp_path):

@@ -47,6 +47,7 @@ def train(
     seed: Annotated[int, typer.Option("--seed")] = 0,
     fp16: Annotated[bool, typer.Option("--fp16", help="Store the weights as float16 (half the size).")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the checkpoints an interrupted run left.")] = False,
+    normalised_view: Annotated[str, typer.Option("--normalised-view", help="usnet: none or reinhard: at inference the network also sees each input mapped onto the training images' mean colour statistics (a slide's estimated once) and averages the two; training sees the images as they are.")] = "none",
     init_from: Annotated[Optional[Path], typer.Option("--init-from", help="cellularity: a deeplabv3plus model file with the same encoder; its encoder starts the training.", show_default=False)] = None,
     device: DeviceOpt = "auto",
     quiet: QuietOpt = False,
@@ -80,6 +81,8 @@ def train(
     device = str(resolve_device(device))
     # the command line as typed (when run from a shell); empty when called in-process, e.g. by tests
     command = shlex.join(["wsipipe", *sys.argv[1:]]) if "train" in sys.argv[1:3] else ""
+    if normalised_view != "none" and model != "usnet":
+        raise InvalidInputError("--normalised-view is for --model usnet")
     if init_from is not None and model != "cellularity":
         raise InvalidInputError("--init-from is for --model cellularity")
     if groups is not None and model in ("cellularity", "usnet"):
@@ -94,7 +97,7 @@ def train(
         if data_mpp is not None:
             raise InvalidInputError("--data-mpp: nuclei data records its own µm/px (CPM-15 README, MoNuSeg XML)")
         _train_nuclei(data, output, args, mpp, tile_size, epochs, patches_per_epoch, batch_size, lr, folds, seed,
-                      fp16, resume, device, command, quiet)
+                      fp16, resume, device, command, quiet, normalised_view)
         return
     mpp = 1.0 if mpp is None else mpp
     config = TrainConfig(
@@ -137,7 +140,7 @@ def _epoch_progress(epochs: int, quiet: bool):
 
 def _train_nuclei(data: Path, output: Path, args: dict, mpp: float | None, crop: int, epochs: int,
                   patches_per_epoch: int, batch_size: int, lr: float, folds: int, seed: int, fp16: bool,
-                  resume: bool, device: str, command: str, quiet: bool) -> None:
+                  resume: bool, device: str, command: str, quiet: bool, normalised_view: str) -> None:
     from wsipipe.nuclei.data import WORKING_MPP
     from wsipipe.nuclei.train import NucleiTrainConfig, run_nuclei_training
 
@@ -146,7 +149,7 @@ def _train_nuclei(data: Path, output: Path, args: dict, mpp: float | None, crop:
         steps_per_epoch=max(1, patches_per_epoch // batch_size), batch_size=batch_size, lr=lr, seed=seed, device=device,
     )
     with _epoch_progress(epochs, quiet) as on_step:
-        meta = run_nuclei_training(data, config, output, folds, resume, fp16, command, on_step)
+        meta = run_nuclei_training(data, config, output, folds, resume, fp16, command, on_step, normalised_view)
     val = meta.get("validation") or {}
     summary = f"wrote {output}"
     if val:

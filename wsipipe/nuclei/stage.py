@@ -168,11 +168,13 @@ def run_nuclei(
                 tissue = np.ones_like(tissue)
                 tissue_fraction = dict.fromkeys(cores, 1.0)
             richest = sorted(with_tissue, key=lambda c: -tissue_fraction[c])[:CALIBRATION_CORES]
-            calibration = calibrate(np.concatenate([source.read(*c).reshape(-1, 3) for c in richest])[None])
+            richest_pixels = np.concatenate([source.read(*c).reshape(-1, 3) for c in richest])[None]
+            calibration = calibrate(richest_pixels)
 
+            stain = input_stain(network.metadata, richest_pixels) if network is not None else None
             if network is not None:
                 method = f"usnet:{Path(model).name}"
-                segment = usnet_segmenter(network)
+                segment = usnet_segmenter(network, stain)
                 settings = {"model": str(model)}
             else:
                 method = "classical"
@@ -244,6 +246,7 @@ def run_nuclei(
             "mpp": mpp,
             "tumour_mask": _describe_mask(tumour_mask),
             "calibration": calibration.to_dict(),
+            "input_stain": stain.to_dict() if stain is not None else None,  # for a model's normalised view
             **slide,
             "tiles": [t.figures() for t in tiles if t.tissue_mm2 > 0 or t.nuclei],
         }
@@ -281,7 +284,7 @@ def _load_nuclei_model(path: Path, device: str):
 
 
 def usnet_forward(
-    bundle, views: int = 1
+    bundle, views: int = 1, stain=None
 ) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]]:
     """rgb window -> the network's (segmentation, boxes, scores, distance), padded to its multiple
     and cut back; distance is None for a model without that output.
@@ -289,6 +292,11 @@ def usnet_forward(
     With ``views`` 8 the segmentation (and distance) is the mean over the window's four turns, each
     also mirrored (test-time augmentation): it steadies nuclear borders, which is where PQ and AJI
     are lost. Detections come from the window as it is; pooling the views' detections scored lower.
+    A model with a ``normalised_view`` (``wsipipe train --normalised-view``) also sees the window
+    mapped onto its training images' mean stain statistics, with the input's parameters ``stain``
+    (a slide's, from ``input_stain``; None: the window's own), and every output (segmentation,
+    distance, each anchor's score and box) is the mean of the two: inputs stained unlike the
+    training images gain, typical ones hardly change.
     """
     import torch
 
@@ -301,6 +309,7 @@ def usnet_forward(
     multiple = 2 ** (len(network.encoder) - 1)
     device = next(network.parameters()).device
     mean, std = normalisation_tensors(bundle.input_normalisation, device)
+    normaliser = normalised_view(bundle.metadata)
 
     def run(canvas: np.ndarray) -> dict:
         x = torch.as_tensor(canvas, device=device).permute(2, 0, 1)[None].float() / 255
@@ -308,6 +317,13 @@ def usnet_forward(
             return network((x - mean) / std)
 
     def forward(rgb: np.ndarray):
+        outputs = forward_as_is(rgb)
+        if normaliser is None:
+            return outputs
+        mapped = forward_as_is(normaliser.transform(rgb, source=stain))
+        return tuple(None if a is None else (a + b) / 2 for a, b in zip(outputs, mapped))
+
+    def forward_as_is(rgb: np.ndarray):
         # every view turns the same canvas (padded once, at the bottom and right), so the network's
         # stride grid sits on the window's top-left corner in all of them: a window cut from a larger
         # image then sees the grid that image does, and tiling changes no nuclei
@@ -335,19 +351,50 @@ def usnet_forward(
     return forward
 
 
+def normalised_view(metadata: dict):
+    """The stain normaliser fitted to the target of a nuclei model's ``normalised_view`` record,
+    or None for a model without one."""
+    from wsipipe.errors import ModelError
+    from wsipipe.stain import NORMALIZERS, StainParams, get_normalizer
+
+    record = metadata.get("normalised_view")
+    if record is None:
+        return None
+    if not isinstance(record, dict) or record.get("method") not in NORMALIZERS or not isinstance(record.get("target"), dict):
+        raise ModelError(f"the model records an unusable normalised view {record!r}")
+    return get_normalizer(record["method"]).fit(StainParams.from_dict(dict(record["target"])))
+
+
+def input_stain(metadata: dict, pixels: np.ndarray):
+    """An input's stain parameters for a nuclei model with a normalised view (None for one
+    without, or when ``pixels``, the input's most tissue-rich cores, hold too little tissue: each
+    window is then estimated on its own)."""
+    from wsipipe.errors import StainError
+
+    normaliser = normalised_view(metadata)
+    if normaliser is None:
+        return None
+    try:
+        return normaliser.estimate(pixels)
+    except StainError as exc:
+        log.warning("normalised view: stain estimated per window: %s", exc)
+        return None
+
+
 def split_views(settings: dict | None) -> tuple[int, dict]:
     """A model's ``instances`` settings as (``usnet_forward``'s views, ``usnet_instances`` arguments)."""
     rest = dict(settings or {})
     return rest.pop("views", 1), rest
 
 
-def usnet_segmenter(bundle) -> Callable[[np.ndarray], np.ndarray]:
+def usnet_segmenter(bundle, stain=None) -> Callable[[np.ndarray], np.ndarray]:
     """rgb window -> instance labels with a US-Net model bundle, with the instance settings its
-    metadata records (``instances``: chosen when it was trained), else their defaults."""
+    metadata records (``instances``: chosen when it was trained), else their defaults; ``stain``
+    as ``usnet_forward``'s."""
     from wsipipe.models.usnet import usnet_instances
 
     views, settings = split_views(bundle.metadata.get("instances"))
-    forward = usnet_forward(bundle, views)
+    forward = usnet_forward(bundle, views, stain)
     return lambda rgb: usnet_instances(*forward(rgb), **settings)
 
 

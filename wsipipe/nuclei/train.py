@@ -7,6 +7,9 @@ learning-rate schedule, and checkpoints every epoch so an interrupted run resume
 scored with the same instance extraction ``wsipipe nuclei --model`` uses) and the final fit on
 every image, chooses each fit's instance thresholds on its training images
 (``calibrate_instances``), and writes the model file with its command, seed, thresholds and figures.
+With a normalised view (``training_view``) the model records its training images' mean stain
+parameters, and at inference the network also sees every input mapped onto them (training itself
+sees the images as they are); calibration and cross-validation scores run the same way.
 """
 
 from __future__ import annotations
@@ -131,12 +134,30 @@ INSTANCE_GRID = {
 }
 
 
-def calibrate_instances(network, config: NucleiTrainConfig, samples: list[NucleiSample]) -> dict:
+#: What ``wsipipe train --model usnet --normalised-view`` offers: none, or Reinhard's colour
+#: statistics (the stain-matrix methods' vectors do not average into one target).
+NORMALISED_VIEW_METHODS = ("none", "reinhard")
+
+
+def training_view(samples: list[NucleiSample], method: str) -> dict | None:
+    """The ``normalised_view`` record of a model fitted on ``samples`` (None for ``none``):
+    ``method``'s parameters of each image (estimated as inference estimates an input), averaged."""
+    if method == "none":
+        return None
+    from wsipipe.stain import StainParams, get_normalizer
+
+    normaliser = get_normalizer(method)
+    estimates = [normaliser.estimate(sample.rgb) for sample in samples]
+    mean = {key: np.mean([e.array(key) for e in estimates], axis=0).tolist() for key in estimates[0].values}
+    return {"method": method, "target": StainParams(method, mean).to_dict()}
+
+
+def calibrate_instances(network, config: NucleiTrainConfig, samples: list[NucleiSample], view: dict | None = None) -> dict:
     """The ``INSTANCE_GRID`` point with the best mean of AJI and PQ on ``samples`` (the fit's own
     training images): the segmentation and detection scores of a briefly trained network are not
     calibrated probabilities, so 0.5 is not their natural cut. Each image runs through the network
     once per ``views`` value, and through the watershed once per point less its ``min_pixels``
-    (which only drops instances from the result)."""
+    (which only drops instances from the result). ``view``: the fit's ``training_view`` record."""
     import itertools
 
     from wsipipe.models.io import ModelBundle
@@ -144,7 +165,7 @@ def calibrate_instances(network, config: NucleiTrainConfig, samples: list[Nuclei
     from wsipipe.nuclei.stage import split_views, usnet_forward
     from wsipipe.postprocess.instances import drop_small
 
-    bundle = ModelBundle(network, nuclei_model_metadata(config.args, config.mpp, config.crop))
+    bundle = ModelBundle(network, nuclei_model_metadata(config.args, config.mpp, config.crop, normalised_view=view))
     has_distance = getattr(network, "distance", None) is not None
     grid = {name: values for name, values in INSTANCE_GRID.items() if name != "core" or has_distance}
     outputs = {}
@@ -176,13 +197,16 @@ def instance_quality(truth: np.ndarray, labels: np.ndarray) -> dict:
     return {"aji": float(aji(truth, labels)), "pq": float(quality.pq), "dq": float(quality.dq), "sq": float(quality.sq)}
 
 
-def score_instances(network, config: NucleiTrainConfig, samples: list[NucleiSample], thresholds: dict | None = None) -> dict:
+def score_instances(
+    network, config: NucleiTrainConfig, samples: list[NucleiSample], thresholds: dict | None = None, view: dict | None = None
+) -> dict:
     """Mean AJI and PQ (and their per-image values) of ``network`` on ``samples``, instances cut at
-    ``thresholds`` (an ``INSTANCE_GRID`` point; None: the defaults)."""
+    ``thresholds`` (an ``INSTANCE_GRID`` point; None: the defaults), with the normalised view
+    ``view`` (a ``training_view`` record; None: none)."""
     from wsipipe.models.io import ModelBundle
     from wsipipe.nuclei.stage import usnet_segmenter
 
-    meta = nuclei_model_metadata(config.args, config.mpp, config.crop, instances=thresholds or {})
+    meta = nuclei_model_metadata(config.args, config.mpp, config.crop, instances=thresholds or {}, normalised_view=view)
     segment = usnet_segmenter(ModelBundle(network, meta))
     per_image = {sample.name: instance_quality(sample.instances, segment(sample.rgb)) for sample in samples}
     return {key: float(np.mean([v[key] for v in per_image.values()])) for key in ("aji", "pq", "dq", "sq")} | {
@@ -199,8 +223,10 @@ def run_nuclei_training(
     half: bool = False,
     command: str = "",
     on_step: Callable[[str, dict], None] | None = None,
+    normalised_view: str = "none",
 ) -> dict:
     """Cross-validate when ``folds`` >= 2, fit on every image, write ``output``; returns its metadata.
+    ``normalised_view``: a method of ``NORMALISED_VIEW_METHODS`` (``training_view``).
 
     ``data_dir`` holds ``cpm15/`` and/or ``monuseg_train/`` (see ``wsipipe.nuclei.data``). Folds
     group whole images (``image_folds``). Finished folds and checkpoints sit beside ``output``
@@ -213,6 +239,8 @@ def run_nuclei_training(
     output = Path(output)
     if not output.parent.is_dir():
         raise InvalidInputError(f"-o {output}: folder {output.parent} does not exist")
+    if normalised_view not in NORMALISED_VIEW_METHODS:
+        raise InvalidInputError(f"--normalised-view {normalised_view!r}: expected one of {', '.join(NORMALISED_VIEW_METHODS)}")
     samples = load_nuclei_dataset(data_dir, config.mpp)
     if folds > len(samples):
         raise InvalidInputError(f"--folds {folds}: only {len(samples)} images in {data_dir}")
@@ -225,9 +253,10 @@ def run_nuclei_training(
             train = [s for s, f in zip(samples, fold_of) if f != k]
             held_out = [s for s, f in zip(samples, fold_of) if f == k]
             network = train_usnet(train, config, checkpoint, resume, step(f"fold {k + 1}/{folds}"))
-            thresholds = calibrate_instances(network, config, train)
+            view = training_view(train, normalised_view)
+            thresholds = calibrate_instances(network, config, train, view)
             return {"images": [s.name for s in held_out], "instances": thresholds,
-                    **score_instances(network, config, held_out, thresholds)}
+                    **score_instances(network, config, held_out, thresholds, view)}
 
         done = resumable_folds(output, folds, resume, run_fold)
         validation = {
@@ -240,9 +269,11 @@ def run_nuclei_training(
     start = time.perf_counter()
     network = train_usnet(samples, config, fit_checkpoint(output), resume, step("final fit"))
     fit_seconds = round(time.perf_counter() - start, 1)
+    view = training_view(samples, normalised_view)
     meta = nuclei_model_metadata(
         config.args, config.mpp, config.crop,
-        instances=calibrate_instances(network, config, samples),
+        normalised_view=view,
+        instances=calibrate_instances(network, config, samples, view),
         training={
             "command": command,
             "seed": config.seed,
