@@ -25,6 +25,7 @@ def test_bundled_model_records_how_it_was_made(bundle):
     training = meta["training"]
     assert training["command"].startswith("wsipipe train ") and "--model usnet" in training["command"]
     assert f"--seed {training['seed']}" in training["command"]
+    assert f"--normalised-view {meta['normalised_view']['method']}" in training["command"]
     assert training["data"]["images"] and training["config"]["seed"] == training["seed"]
     validation = meta["validation"]  # the 5-fold cross-validation the README quotes
     assert len(validation["fold_aji"]) == len(validation["fold_pq"]) == 5
@@ -130,3 +131,4 @@ def test_nuclei_command_runs_the_bundled_model_by_name(data_dir, tmp_path):
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "nuclei.json").read_text())
     assert summary["method"] == f"usnet:{BUNDLED_NUCLEI_MODEL.name}" and summary["nuclei_count"] > 50
+    assert summary["input_stain"]["method"] == "reinhard"  # the image's own, for the model's normalised view
