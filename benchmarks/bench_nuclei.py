@@ -7,8 +7,9 @@ nuclei``), repeats, and quotes medians. "Post-processing" is everything after th
 front: for the classical method the front is colour deconvolution, smoothing and thresholding
 (timed alone), and the rest (distance transform, peak seeds, watershed, tile merging,
 measurement) is post-processing; for US-Net the front is the network's forward pass (timed
-inside the run; with a normalised view the colour mapping and both passes), and the rest (NMS, seeded watershed, tile merging, measurement) is
-post-processing. ``--model`` defaults to the bundled nuclei model. Ends with one line of JSON.
+inside the run; with a normalised view the colour mapping and both passes), and the rest (NMS,
+seeded watershed, tile merging, measurement) is post-processing. ``--model`` defaults to the
+bundled nuclei model. Ends with one line of JSON.
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ def bench_usnet(samples, calibrations, model: Path, device: str, repeats: int) -
     for _ in range(repeats):
         front = 0.0
 
-        def segment(rgb):
+        def segment(rgb):  # runs the current image's ``forward`` (set in the loop below)
             nonlocal front
             start = time.perf_counter()
             outputs = forward(rgb)  # with a normalised view, the network's work doubles

@@ -171,9 +171,10 @@ def run_nuclei(
             richest_pixels = np.concatenate([source.read(*c).reshape(-1, 3) for c in richest])[None]
             calibration = calibrate(richest_pixels)
 
-            stain = input_stain(network.metadata, richest_pixels) if network is not None else None
+            stain = None  # the input's stain parameters, for a model's normalised view
             if network is not None:
                 method = f"usnet:{Path(model).name}"
+                stain = input_stain(network.metadata, richest_pixels)
                 segment = usnet_segmenter(network, stain)
                 settings = {"model": str(model)}
             else:
@@ -246,7 +247,7 @@ def run_nuclei(
             "mpp": mpp,
             "tumour_mask": _describe_mask(tumour_mask),
             "calibration": calibration.to_dict(),
-            "input_stain": stain.to_dict() if stain is not None else None,  # for a model's normalised view
+            "input_stain": stain.to_dict() if stain is not None else None,
             **slide,
             "tiles": [t.figures() for t in tiles if t.tissue_mm2 > 0 or t.nuclei],
         }
