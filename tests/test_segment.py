@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 
 from wsipipe import segment as segment_module
 from wsipipe.cli.main import app
+from wsipipe.inference import default_overlap
 from wsipipe.models import build_model
 from wsipipe.models.io import ModelBundle, model_metadata, save_model
 from wsipipe.segment import segment_slide
@@ -163,7 +164,8 @@ def test_killed_run_resumes_and_gives_the_same_outputs(slide, tmp_path, monkeypa
 def test_column_strips_give_the_same_prediction_and_resume_strip_by_strip(slide, tiny_model_file, tmp_path, monkeypatch):
     """Stitching strip by strip (memory bounded on wide slides) changes no pixel, even after a kill."""
     monkeypatch.setattr(segment_module, "CHUNK", 128)
-    reference = _run(slide, tmp_path / "reference", model=tiny_model_file, batch_size=4)  # 600 px wide: one strip
+    options = {"model": tiny_model_file, "batch_size": 4, "overlap": 8}  # with this layout call 14 is in strip 2
+    reference = _run(slide, tmp_path / "reference", **options)  # 600 px wide: one strip
     monkeypatch.setattr(segment_module, "STRIP_WIDTH", 256)  # three strips
     original = segment_module.DeviceRunner.__call__
     calls = {"n": 0}
@@ -176,13 +178,13 @@ def test_column_strips_give_the_same_prediction_and_resume_strip_by_strip(slide,
 
     monkeypatch.setattr(segment_module.DeviceRunner, "__call__", dying)
     with pytest.raises(KeyboardInterrupt):
-        _run(slide, tmp_path / "strips", model=tiny_model_file, batch_size=4)
+        _run(slide, tmp_path / "strips", **options)
     journals = sorted((tmp_path / "strips" / "prediction.zarr.partial").glob("stitch_journal-*.json"))
     assert [p.name for p in journals] == [f"stitch_journal-{a}-{b}.json" for a, b in ((0, 256), (256, 512), (512, 600))]
     first, second, third = (json.loads(p.read_text()) for p in journals)
     assert first["complete"] and not second["complete"] and third["done_rows"] == 0
     monkeypatch.setattr(segment_module.DeviceRunner, "__call__", original)
-    stripped = _run(slide, tmp_path / "strips", model=tiny_model_file, batch_size=4)
+    stripped = _run(slide, tmp_path / "strips", **options)
     for path in ("0", "1", "labels/classes/0", "labels/classes/1"):
         a = zarr.open_array(str(tmp_path / "reference" / "prediction.zarr" / path), mode="r")[:]
         b = zarr.open_array(str(tmp_path / "strips" / "prediction.zarr" / path), mode="r")[:]
@@ -259,7 +261,7 @@ def test_tile_store_at_the_models_scale_is_reused(slide, tmp_path):
     from wsipipe.tiling import tile_slide
 
     store = tmp_path / "tiles.zarr"
-    tile_slide(slide, store, mpp=1.0, tile_size=128, overlap=16, tissue_threshold=0.0, workers=1, progress=False)
+    tile_slide(slide, store, mpp=1.0, tile_size=128, overlap=default_overlap(128), tissue_threshold=0.0, workers=1, progress=False)
     fresh = _run(slide, tmp_path / "fresh")
     reused = _run(slide, tmp_path / "reused", tiles_store=store, workers=2)  # readers are not started
     assert reused["n_tiles"] == fresh["n_tiles"]

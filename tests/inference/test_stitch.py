@@ -10,7 +10,8 @@ import torch
 import zarr
 
 from wsipipe.errors import StoreError
-from wsipipe.inference.stitch import JOURNAL_NAME, Stitcher, StripStitcher, cosine_window
+from wsipipe.inference.sliding import Blender, cosine_window, tile_positions
+from wsipipe.inference.stitch import JOURNAL_NAME, Stitcher, StripStitcher
 
 TILE, OVERLAP, CHUNK = 64, 16, 32
 STRIDE = TILE - OVERLAP
@@ -85,6 +86,24 @@ def test_window_neighbours_sum_to_one_and_margin_is_near_zero():
     overlap_sum = window[STRIDE:] + window[:OVERLAP]
     assert np.allclose(overlap_sum[4:-4], 1.0, atol=1e-6)
     assert window[:4].max() <= 1e-3 and window[OVERLAP:STRIDE].min() == 1.0
+
+
+def test_slide_stitching_blends_as_in_memory_inference_does(tmp_path):
+    """``segment`` (Stitcher) and ``evaluate``/``predict`` (Blender) weight tiles alike, so a
+    model's evaluated figures are what slide inference gives: tiles that disagree everywhere
+    (random probabilities) blend to the same result."""
+    height, width = 150, 190
+    rng = np.random.default_rng(2)
+    positions = tile_positions(height, width, TILE, OVERLAP)
+    blender = Blender(N_CLASSES, height, width, TILE, OVERLAP)
+    probs, labels, journal = _arrays(tmp_path, height, width)
+    stitcher = Stitcher(probs, labels, journal, tile_size=TILE, overlap=OVERLAP, chunk=CHUNK)
+    for y, x in positions:
+        tile = rng.dirichlet(np.ones(N_CLASSES), size=(TILE, TILE)).transpose(2, 0, 1).astype(np.float32)
+        blender.add(tile, y, x)
+        stitcher.add(tile, x, y)
+    stitcher.finish()
+    assert np.abs(probs[:].astype(int) - np.rint(blender.result() * 255)).max() <= 1
 
 
 def test_stitched_equals_whole_image_inference_away_from_border(tmp_path):

@@ -30,7 +30,7 @@ def segment(
         Optional[Path], typer.Option("--target", help="Stain target image (default: the method's reference).")
     ] = None,
     overlap: Annotated[
-        Optional[int], typer.Option("--overlap", help="Tile overlap in px at the model's µm/px (default: tile/8).", min=0)
+        Optional[int], typer.Option("--overlap", help="Tile overlap in px at the model's µm/px (default: a quarter tile, as evaluate and predict use).", min=0)
     ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Tiles per forward pass.", min=1)] = 16,
     device: DeviceOpt = "auto",

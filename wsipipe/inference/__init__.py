@@ -4,6 +4,6 @@ Whole-slide inference reuses the three pieces (``tile_positions``, ``run_batches
 ``Blender``); ``predict_image`` is the whole chain for one RGB image.
 """
 
-from wsipipe.inference.sliding import Blender, predict_image, run_batches, tile_positions, weight_window
+from wsipipe.inference.sliding import Blender, default_overlap, predict_image, run_batches, tile_positions
 
-__all__ = ["Blender", "predict_image", "run_batches", "tile_positions", "weight_window"]
+__all__ = ["Blender", "default_overlap", "predict_image", "run_batches", "tile_positions"]

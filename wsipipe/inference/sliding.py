@@ -29,32 +29,54 @@ def tile_positions(height: int, width: int, tile: int, overlap: int) -> list[tup
     return [(y, x) for y in _starts(height, tile, stride) for x in _starts(width, tile, stride)]
 
 
-def weight_window(tile: int, kind: str = "cosine") -> np.ndarray:
-    """A tile-sized weight that falls towards the tile edges, so tiles blend without seams.
+def default_overlap(tile: int) -> int:
+    """The overlap every sliding-window inference uses unless told otherwise: a quarter tile.
 
-    ``cosine``: separable sin^2 evaluated at pixel centres (never exactly 0); ``gaussian``: sigma
-    = tile / 8, clipped below at 1e-3 of the peak; ``constant``: plain averaging.
+    One default for ``segment``, ``evaluate``, ``predict`` and training's validation, so that a
+    model's measured figures are what slide inference gives (on the lung images' cross-validation
+    an eighth of a tile scored about 0.005 mIoU lower, three eighths about 0.004 higher for 1.4x the tiles).
     """
-    centres = np.arange(tile) + 0.5
-    if kind == "cosine":
-        line = np.sin(np.pi * centres / tile) ** 2
-    elif kind == "gaussian":
-        line = np.exp(-0.5 * ((centres - tile / 2) / (tile / 8)) ** 2)
-        line = np.maximum(line, 1e-3)
-    elif kind == "constant":
-        line = np.ones(tile)
-    else:
-        raise ValueError(f"unknown window {kind!r}: cosine, gaussian or constant")
-    return np.outer(line, line).astype(np.float32)
+    return tile // 4
+
+
+def cosine_window(size: int, overlap: int, margin: int | None = None, floor: float = 1e-3) -> np.ndarray:
+    """1-D weights: ``margin`` pixels of (almost) zero, a raised-cosine rise, 1 in the middle.
+
+    The rise spans ``overlap - 2 * margin`` pixels, so the windows of neighbouring tiles placed
+    ``size - overlap`` apart sum to 1 across their overlap, and each tile's outer ``margin``
+    pixels (default ``overlap // 4``, where a convolutional model sees the tile's padding) barely
+    count. The ``floor`` keeps every pixel weighted where no neighbour exists (an image's or a
+    slide's border), so normalisation never divides by zero.
+    """
+    margin = overlap // 4 if margin is None else margin
+    if not 0 <= 2 * margin <= overlap <= size:
+        raise ValueError(f"need 0 <= 2*margin ({margin}) <= overlap ({overlap}) <= tile size ({size})")
+    weights = np.ones(size, np.float64)
+    rise_len = overlap - 2 * margin
+    up = np.zeros(overlap)
+    if rise_len > 0:
+        up[margin : margin + rise_len] = 0.5 - 0.5 * np.cos(np.pi * (np.arange(rise_len) + 0.5) / rise_len)
+    up[margin + rise_len :] = 1.0
+    if overlap:
+        weights[:overlap] = np.minimum(weights[:overlap], up)
+        weights[size - overlap :] = np.minimum(weights[size - overlap :], up[::-1])
+    return np.maximum(weights, floor).astype(np.float32)
+
+
+def blend_window(tile: int, overlap: int, margin: int | None = None) -> np.ndarray:
+    """The (tile, tile) weight of one tile's output: ``cosine_window`` in y times in x. The
+    in-memory ``Blender`` and the slide ``Stitcher`` both weight tiles with it."""
+    line = cosine_window(tile, overlap, margin)
+    return np.outer(line, line)
 
 
 class Blender:
     """Weighted accumulation of per-tile outputs into a (channels, height, width) canvas."""
 
-    def __init__(self, channels: int, height: int, width: int, tile: int, window: str = "cosine"):
+    def __init__(self, channels: int, height: int, width: int, tile: int, overlap: int):
         self.sums = np.zeros((channels, height, width), dtype=np.float32)
         self.weights = np.zeros((height, width), dtype=np.float32)
-        self.window = weight_window(tile, window)
+        self.window = blend_window(tile, overlap)
 
     def add(self, values: np.ndarray, y: int, x: int) -> None:
         """``values``: (channels, tile, tile) for the tile whose top-left corner is (y, x)."""
@@ -127,7 +149,6 @@ def predict_tiled(
     device: str = "cpu",
     mean=(0.0, 0.0, 0.0),
     std=(1.0, 1.0, 1.0),
-    window: str = "cosine",
 ) -> np.ndarray:
     """Class probabilities (classes, h, w) for an RGB image at the model's own scale.
 
@@ -143,7 +164,7 @@ def predict_tiled(
         image, ((margin, margin + pad_y), (margin, margin + pad_x), (0, 0)), constant_values=GLASS
     ) if margin or pad_y or pad_x else image
     positions = tile_positions(padded.shape[0], padded.shape[1], tile, overlap)
-    blender = Blender(num_classes, padded.shape[0], padded.shape[1], tile, window)
+    blender = Blender(num_classes, padded.shape[0], padded.shape[1], tile, overlap)
     tiles = (padded[y : y + tile, x : x + tile] for y, x in positions)
     for (y, x), probs in zip(positions, run_batches(model, tiles, batch_size, device, mean, std)):
         blender.add(probs, y, x)
@@ -157,7 +178,6 @@ def predict_image(
     overlap: int | None = None,
     batch_size: int = 8,
     device: str = "auto",
-    window: str = "cosine",
 ) -> np.ndarray:
     """Per-class probabilities (classes, H, W) for an RGB image of any size at ``mpp_of_image``.
 
@@ -166,7 +186,7 @@ def predict_image(
     """
     device = str(resolve_device(device))
     tile = model_bundle.tile_size
-    overlap = tile // 4 if overlap is None else overlap
+    overlap = default_overlap(tile) if overlap is None else overlap
     height, width = image_rgb.shape[:2]
     scale = mpp_of_image / model_bundle.mpp
     scaled_h, scaled_w = max(1, round(height * scale)), max(1, round(width * scale))
@@ -182,7 +202,6 @@ def predict_image(
         device,
         model_bundle.input_normalisation["mean"],
         model_bundle.input_normalisation["std"],
-        window,
     )
     back = _resize(np.ascontiguousarray(probs.transpose(1, 2, 0)), height, width)
     return np.ascontiguousarray(back.transpose(2, 0, 1))

@@ -24,31 +24,9 @@ import numpy as np
 
 from wsipipe.errors import StoreError
 from wsipipe.files import write_atomic
+from wsipipe.inference.sliding import blend_window
 
 JOURNAL_NAME = "stitch_journal.json"
-
-
-def cosine_window(size: int, overlap: int, margin: int = 0, floor: float = 1e-3) -> np.ndarray:
-    """1-D weights: ``margin`` pixels of (almost) zero, a raised-cosine rise, 1 in the middle.
-
-    The rise spans ``overlap - 2 * margin`` pixels, so the windows of neighbouring tiles placed
-    ``size - overlap`` apart sum to 1 across their overlap, and each tile's outer ``margin``
-    pixels (where a convolutional model sees the tile's zero padding) barely count. The
-    ``floor`` keeps every pixel weighted where no neighbour exists (the slide border), so
-    normalisation never divides by zero.
-    """
-    if not 0 <= 2 * margin <= overlap <= size:
-        raise ValueError(f"need 0 <= 2*margin ({margin}) <= overlap ({overlap}) <= tile size ({size})")
-    weights = np.ones(size, np.float64)
-    rise_len = overlap - 2 * margin
-    up = np.zeros(overlap)
-    if rise_len > 0:
-        up[margin : margin + rise_len] = 0.5 - 0.5 * np.cos(np.pi * (np.arange(rise_len) + 0.5) / rise_len)
-    up[margin + rise_len :] = 1.0
-    if overlap:
-        weights[:overlap] = np.minimum(weights[:overlap], up)
-        weights[size - overlap :] = np.minimum(weights[size - overlap :], up[::-1])
-    return np.maximum(weights, floor).astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -92,7 +70,7 @@ class Stitcher:
         columns: tuple[int, int] | None = None,
     ):
         """``margin`` (default ``overlap // 4``): tile-edge pixels that barely count (see
-        ``cosine_window``); set it to at least the model's receptive-field radius. ``columns``:
+        ``wsipipe.inference.sliding.cosine_window``); set it to at least the model's receptive-field radius. ``columns``:
         only columns [x0, x1) are accumulated and written (chunk-aligned; see ``StripStitcher``)."""
         n_classes, height, width = probabilities.shape
         col0, col1 = columns if columns is not None else (0, width)
@@ -108,8 +86,7 @@ class Stitcher:
         self._labels = labels
         name = JOURNAL_NAME if (col0, col1) == (0, width) else JOURNAL_NAME.replace(".json", f"-{col0}-{col1}.json")
         self._journal_path = Path(journal_dir) / name
-        window = cosine_window(tile_size, overlap, margin)
-        self._window = np.outer(window, window)
+        self._window = blend_window(tile_size, overlap, margin)
         # Accumulator rows [self._top, self._top + self._rows); one block per chunk column.
         self._rows = tile_size + chunk
         self._blocks: dict[int, np.ndarray] = {}
