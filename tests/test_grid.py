@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from wsipipe.errors import InvalidInputError, MppUnknownError
-from wsipipe.grid import build_grid, tissue_fractions
+from wsipipe.grid import build_grid, grid_coords, tissue_fractions
 from wsipipe.slide import open_slide
 
 # CMU-1-Small-Region.svs: 2220 x 2967 px at 0.499 µm/px, one level.
@@ -39,11 +39,27 @@ def test_grid_at_several_mpp(cmu, mpp, columns, rows, second_x):
     assert grid.coords[:, 0].max() + extent >= 2220 and grid.coords[:, 1].max() + extent >= 2967
 
 
-def test_overlap_sets_the_stride(cmu):
+def test_overlap_sets_the_stride_and_the_grid_starts_half_an_overlap_out(cmu):
     grid = build_grid(cmu, tile_size=512, overlap=256, mpp=0.5)
-    # step 256 * 0.5 / 0.499 = 256.51; columns ceil(1706.97 / 256.51) + 1 = 8, rows ceil(2453.97 / 256.51) + 1 = 11
-    assert len(grid.coords) == 8 * 11
-    assert tuple(grid.coords[3]) == (770, 0)  # round(3 * 256.513)
+    # downsample 0.5 / 0.499: step 256.513, margin 128.257, extent 513.026 level-0 px;
+    # columns ceil((2220 + 256.513 - 513.026) / 256.513) + 1 = 9, rows ceil((2967 + ...) / 256.513) + 1 = 12
+    assert len(grid.coords) == 9 * 12
+    assert tuple(grid.coords[0]) == (-128, -128)
+    assert tuple(grid.coords[3]) == (641, -128)  # round(3 * 256.513 - 128.257)
+
+
+@pytest.mark.parametrize("height,width,tile,overlap", [(301, 263, 64, 16), (64, 64, 64, 0), (10, 500, 64, 32), (97, 97, 64, 33)])
+def test_every_pixel_lies_half_an_overlap_inside_a_tile(height, width, tile, overlap):
+    """Where the blending window counts it, with the context of a tile around it (white beyond an edge)."""
+    coords = grid_coords((width, height), tile, overlap, 1.0)
+    inside = np.zeros((height, width), int)
+    margin = overlap // 2
+    for x, y in coords:
+        inside[max(0, y + margin) : max(0, y + tile - margin), max(0, x + margin) : max(0, x + tile - margin)] += 1
+    assert inside.min() >= 1
+    xs, ys = sorted(set(coords[:, 0])), sorted(set(coords[:, 1]))
+    assert xs[0] == ys[0] == -margin
+    assert all(b - a == tile - overlap for axis in (xs, ys) for a, b in zip(axis, axis[1:]))
 
 
 def test_grid_by_level_without_mpp(slides_dir):

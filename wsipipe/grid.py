@@ -1,8 +1,11 @@
 """Tile grid geometry: where each tile lies in level-0 pixels and how much tissue it holds.
 
 Tiles are ``tile_size`` pixels at the target scale (a µm/px, or a pyramid level) and step by
-``tile_size - overlap``. The grid starts at (0, 0) and covers the whole slide; tiles reaching
-past the edge are padded white by the reader. Order is row-major (y, then x).
+``tile_size - overlap``. The grid starts half an overlap before the slide's top-left corner and
+reaches half an overlap past its far edges, so every slide pixel, the edges' included, lies at
+least ``overlap // 2`` inside some tile (where the blending window counts it, with white glass as
+its context beyond the edge); tiles reaching past the edge are padded white by the reader.
+Without overlap the grid starts at (0, 0). Order is row-major (y, then x).
 """
 
 from __future__ import annotations
@@ -92,12 +95,14 @@ def build_grid(
 
 
 def grid_coords(dimensions: tuple[int, int], tile_size: int, overlap: int, downsample: float) -> np.ndarray:
-    """Level-0 top-left corners, row-major, of tiles covering a slide of ``dimensions``."""
+    """Level-0 top-left corners, row-major, of tiles covering a slide of ``dimensions`` and half an
+    overlap (target pixels) around it."""
     extent = tile_size * downsample
     step = (tile_size - overlap) * downsample
-    counts = [max(0, math.ceil((side - extent) / step)) + 1 for side in dimensions]
-    xs = np.round(np.arange(counts[0]) * step).astype(np.int64)
-    ys = np.round(np.arange(counts[1]) * step).astype(np.int64)
+    margin = (overlap // 2) * downsample
+    counts = [max(0, math.ceil((side + 2 * margin - extent) / step)) + 1 for side in dimensions]
+    xs = np.round(np.arange(counts[0]) * step - margin).astype(np.int64)
+    ys = np.round(np.arange(counts[1]) * step - margin).astype(np.int64)
     grid_y, grid_x = np.meshgrid(ys, xs, indexing="ij")
     return np.stack([grid_x.ravel(), grid_y.ravel()], axis=1)
 

@@ -10,7 +10,7 @@ import torch
 import zarr
 
 from wsipipe.errors import StoreError
-from wsipipe.inference.sliding import Blender, cosine_window, tile_positions
+from wsipipe.inference.sliding import Blender, cosine_window
 from wsipipe.inference.stitch import JOURNAL_NAME, Stitcher, StripStitcher
 
 TILE, OVERLAP, CHUNK = 64, 16, 32
@@ -92,9 +92,9 @@ def test_slide_stitching_blends_as_in_memory_inference_does(tmp_path):
     """``segment`` (Stitcher) and ``evaluate``/``predict`` (Blender) weight tiles alike, so a
     model's evaluated figures are what slide inference gives: tiles that disagree everywhere
     (random probabilities) blend to the same result."""
-    height, width = 150, 190
+    height, width = 2 * STRIDE + TILE, 3 * STRIDE + TILE
     rng = np.random.default_rng(2)
-    positions = tile_positions(height, width, TILE, OVERLAP)
+    positions = [(y, x) for y in range(0, height - TILE + 1, STRIDE) for x in range(0, width - TILE + 1, STRIDE)]
     blender = Blender(N_CLASSES, height, width, TILE, OVERLAP)
     probs, labels, journal = _arrays(tmp_path, height, width)
     stitcher = Stitcher(probs, labels, journal, tile_size=TILE, overlap=OVERLAP, chunk=CHUNK)

@@ -12,23 +12,6 @@ from wsipipe.device import resolve_device
 GLASS = 255
 
 
-def _starts(length: int, tile: int, stride: int) -> list[int]:
-    """Tile starts covering ``length``; the last tile sits flush with the end (no gap, no spill)."""
-    if length <= tile:
-        return [0]
-    starts = list(range(0, length - tile, stride))
-    return starts + [length - tile]
-
-
-def tile_positions(height: int, width: int, tile: int, overlap: int) -> list[tuple[int, int]]:
-    """(y, x) of the top-left corners of ``tile``-sided tiles overlapping by at least ``overlap``
-    that cover a ``height`` x ``width`` image (an image smaller than a tile is padded by the caller)."""
-    if not 0 <= overlap < tile:
-        raise ValueError(f"overlap must be in [0, tile), got {overlap} for tile {tile}")
-    stride = tile - overlap
-    return [(y, x) for y in _starts(height, tile, stride) for x in _starts(width, tile, stride)]
-
-
 def default_overlap(tile: int) -> int:
     """The overlap every sliding-window inference uses unless told otherwise: a quarter tile.
 
@@ -153,23 +136,24 @@ def predict_tiled(
 ) -> np.ndarray:
     """Class probabilities (classes, h, w) for an RGB image at the model's own scale.
 
-    The image is padded with white by half the overlap (so its border pixels get tile centres)
-    and up to at least one tile, as a slide reads white beyond its edge (``wsipipe segment`` sees
-    the same); tiles cover the padded image and are blended.
+    The tiles lie where ``wsipipe segment`` puts them on a slide holding this image
+    (``wsipipe.grid.grid_coords``: from half an overlap before its corner to half an overlap past
+    its far edges), white beyond the image as beyond a slide's edge, and are blended with the
+    window segment's stitcher uses; so the result is what segment gives.
     """
+    from wsipipe.grid import grid_coords
+
     height, width = image.shape[:2]
-    margin = overlap // 2
-    pad_y = max(0, tile - height - 2 * margin)
-    pad_x = max(0, tile - width - 2 * margin)
-    padded = np.pad(
-        image, ((margin, margin + pad_y), (margin, margin + pad_x), (0, 0)), constant_values=GLASS
-    ) if margin or pad_y or pad_x else image
-    positions = tile_positions(padded.shape[0], padded.shape[1], tile, overlap)
+    coords = grid_coords((width, height), tile, overlap, 1.0)
+    left, top = -int(coords[:, 0].min()), -int(coords[:, 1].min())
+    right, bottom = int(coords[:, 0].max()) + tile - width, int(coords[:, 1].max()) + tile - height
+    padded = np.pad(image, ((top, bottom), (left, right), (0, 0)), constant_values=GLASS)
+    positions = [(int(y) + top, int(x) + left) for x, y in coords]
     blender = Blender(num_classes, padded.shape[0], padded.shape[1], tile, overlap)
     tiles = (padded[y : y + tile, x : x + tile] for y, x in positions)
     for (y, x), probs in zip(positions, run_batches(model, tiles, batch_size, device, mean, std)):
         blender.add(probs, y, x)
-    return blender.result()[:, margin : margin + height, margin : margin + width]
+    return blender.result()[:, top : top + height, left : left + width]
 
 
 def predict_image(
