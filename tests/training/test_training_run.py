@@ -125,47 +125,16 @@ def test_without_selection_the_last_epoch_is_kept_and_the_curve_recorded(small_d
         assert torch.equal(value, curve["state_dict"][key]), key
 
 
-def test_ignore_boundary_hides_the_pixels_near_the_outline_from_the_loss(data_dir, tmp_path, monkeypatch, one_thread):
-    import wsipipe.training.losses as losses
-
-    for sub, resample in (("images", Image.BILINEAR), ("masks", Image.NEAREST)):  # lung_09: half tumour
-        (tmp_path / sub).mkdir()
-        Image.open(data_dir / "lung" / sub / "lung_09.png").resize((192, 192), resample).save(tmp_path / sub / "lung_09.png")
-    items = read_pairs(find_pairs(tmp_path))
-    seen = []
-    real = losses.make_loss
-
-    def recording(*args, **kwargs):
-        loss = real(*args, **kwargs)
-
-        def record(logits, target):
-            seen.append(target.clone())
-            return loss(logits, target)
-
-        return record
-
-    monkeypatch.setattr(losses, "make_loss", recording)
-    train(_config(epochs=1, patches_per_epoch=8), items, [])
-    assert seen and not any((t == losses.IGNORE).any() for t in seen)
-    seen.clear()
-    train(_config(epochs=1, patches_per_epoch=8, ignore_boundary=3), items, [])
-    targets = torch.cat(seen)
-    ignored = targets == losses.IGNORE
-    assert 0 < ignored.float().mean() < 0.5 and (targets[~ignored] >= 0).all()
-
-
 def test_train_cli_writes_a_loadable_model(small_data, tmp_path):
     out = tmp_path / "m.safetensors"
     args = ["train", str(small_data), "-o", str(out), "--model", "plain-unet", "--model-args", '{"base": 4}',
             "--classes", "background,tumour", "--tile-size", "64", "--epochs", "1", "--patches-per-epoch", "4",
-            "--batch-size", "2", "--val-fraction", "0.5", "--seed", "7", "--ignore-boundary", "2", "--device", "cpu",
-            "--quiet"]
+            "--batch-size", "2", "--val-fraction", "0.5", "--seed", "7", "--device", "cpu", "--quiet"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     bundle = load_model(out)
     meta = bundle.metadata
     assert meta["training"]["seed"] == 7 and meta["architecture"] == "plain-unet"
-    assert meta["training"]["config"]["ignore_boundary"] == 2
     assert len(meta["training"]["data"]["images"]) == 1 and len(meta["validation"]["images"]) == 1
     assert 0 <= meta["validation"]["miou"] <= 1
     assert not list(tmp_path.glob("*.ckpt"))  # checkpoint removed once the model is written

@@ -41,7 +41,6 @@ def train(
     optimizer: Annotated[str, typer.Option("--optimizer", help="adamw or sgd (momentum 0.9).")] = "adamw",
     loss: Annotated[str, typer.Option("--loss", help="dice-ce, weighted-ce or focal.")] = "dice-ce",
     focal_gamma: Annotated[float, typer.Option("--focal-gamma", min=0)] = 2.0,
-    ignore_boundary: Annotated[int, typer.Option("--ignore-boundary", help="Mask pixels within this many px (at --mpp) of a boundary between classes count in no loss: hand-drawn outlines are only roughly where tissue changes. 0: every pixel counts.", min=0)] = 0,
     folds: Annotated[int, typer.Option("--folds", help="K-fold cross-validation by image, then a fit on all images (0: off).", min=0)] = 0,
     groups: Annotated[Optional[Path], typer.Option("--groups", help="CSV with columns image,group: images (file stems) or slides (store names) of one group, e.g. overlapping crops of one slide or one patient's slides, stay in one fold.", show_default=False)] = None,
     val_fraction: Annotated[float, typer.Option("--val-fraction", help="Images held out for validation without --folds.", min=0, max=0.9)] = 0.2,
@@ -104,8 +103,8 @@ def train(
     config = TrainConfig(
         architecture=model, args=args, classes=[c.strip() for c in classes.split(",") if c.strip()], mpp=mpp,
         tile_size=tile_size, epochs=epochs, patches_per_epoch=patches_per_epoch, batch_size=batch_size, lr=lr,
-        optimizer=optimizer, loss=loss, focal_gamma=focal_gamma, ignore_boundary=ignore_boundary, seed=seed,
-        device=device, channels_last=device.startswith("cuda"),
+        optimizer=optimizer, loss=loss, focal_gamma=focal_gamma, seed=seed, device=device,
+        channels_last=device.startswith("cuda"),
     )
     with _epoch_progress(epochs, quiet) as on_step:
         torch.manual_seed(seed)

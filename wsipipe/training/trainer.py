@@ -32,7 +32,6 @@ class TrainConfig:
     optimizer: str = "adamw"
     loss: str = "dice-ce"
     focal_gamma: float = 2.0
-    ignore_boundary: int = 0  # px (model scale) around mask class boundaries that the loss ignores
     weight_decay: float = 1e-4
     seed: int = 0
     device: str = "cpu"
@@ -88,7 +87,7 @@ def train(
     """
     from wsipipe.models import build_model
     from wsipipe.training.checkpoint import load_checkpoint, save_checkpoint
-    from wsipipe.training.losses import ignore_boundary, make_loss
+    from wsipipe.training.losses import make_loss
     from wsipipe.models.io import IMAGENET_NORMALISATION, normalisation_tensors
 
     torch.manual_seed(config.seed)
@@ -122,7 +121,7 @@ def train(
             patches = [sample_patch(train_items[rng.integers(len(train_items))], config.tile_size, rng, aug) for _ in range(config.batch_size)]
             images = torch.from_numpy(np.stack([p[0] for p in patches])).to(device).permute(0, 3, 1, 2).float().div_(255)
             images = ((images - mean) / std).contiguous(memory_format=memory_format)
-            masks = ignore_boundary(torch.from_numpy(np.stack([p[1] for p in patches])).to(device).long(), config.ignore_boundary)
+            masks = torch.from_numpy(np.stack([p[1] for p in patches])).to(device).long()
             with torch.autocast("cuda", dtype=torch.float16, enabled=use_cuda):
                 loss = loss_fn(model(images), masks)
             optimizer.zero_grad(set_to_none=True)
