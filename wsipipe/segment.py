@@ -436,7 +436,7 @@ def segment_slide(
 def _segment(slide_path, outdir, reader, pool, info, tiles_store, normalize, target, overlap, batch_size, device,
              progress, say, timings, nuclei_options) -> dict:
     from wsipipe.inference.omezarr import build_pyramid, create_prediction_store, open_prediction_store
-    from wsipipe.inference.sliding import default_overlap
+    from wsipipe.inference.sliding import check_overlap, default_overlap
     from wsipipe.inference.stitch import StripStitcher
 
     bundle = info.bundle
@@ -446,8 +446,7 @@ def _segment(slide_path, outdir, reader, pool, info, tiles_store, normalize, tar
     if store is not None:
         overlap = int(store.meta["overlap"])
     overlap = default_overlap(tile) if overlap is None else int(overlap)
-    if not 0 <= overlap < tile // 2:
-        raise InvalidInputError(f"--overlap {overlap}: must be at least 0 and less than half the tile ({tile} px)")
+    check_overlap(overlap, tile)
     plan = plan_tiles(reader, bundle.mpp, tile, overlap, store)
     timings["tissue"] = plan.timings["tissue"]
     identity = repr((info.sha256, normalize, str(target), reader.mpp, reader.dimensions, overlap)).encode()

@@ -75,3 +75,7 @@ def test_missing_or_corrupt_model_and_bad_data(one_image, tmp_path):
     assert not (tmp_path / "x.png").exists()
     result = runner.invoke(app, ["evaluate", str(BUNDLED), "--data", str(tmp_path)])
     assert result.exit_code == 2 and "images/ and masks/" in result.output
+    result = runner.invoke(app, ["evaluate", str(BUNDLED), "--data", str(one_image), "--overlap", "128", "--quiet"])
+    assert result.exit_code == 2 and "--overlap 128: must be at least 0 and less than half the tile (256 px)" in result.output
+    result = runner.invoke(app, ["predict", str(BUNDLED), str(one_image / "images" / "lung_05.png"), "-o", str(tmp_path / "y.png"), "--overlap", "300"])
+    assert result.exit_code == 2 and "--overlap 300" in result.output and not (tmp_path / "y.png").exists()

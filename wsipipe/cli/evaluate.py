@@ -16,7 +16,7 @@ ImagesMppOpt = Annotated[
     Optional[float],
     typer.Option("--mpp", help="µm/px of the images (default: the training data's, from the model's metadata).", min=1e-6),
 ]
-OverlapOpt = Annotated[Optional[int], typer.Option("--overlap", help="Tile overlap in px (default: a quarter tile).", min=0)]
+OverlapOpt = Annotated[Optional[int], typer.Option("--overlap", help="Tile overlap in px at the model's µm/px, less than half a tile (default: a quarter tile, as segment uses).", min=0)]
 BatchOpt = Annotated[int, typer.Option("--batch-size", min=1)]
 
 

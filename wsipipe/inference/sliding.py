@@ -7,6 +7,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from wsipipe.device import resolve_device
+from wsipipe.errors import InvalidInputError
 
 #: Beyond an image's edge: white glass, as a slide reads beyond its own edge (``wsipipe.slide``).
 GLASS = 255
@@ -21,6 +22,12 @@ def default_overlap(tile: int) -> int:
     0.002 higher for 1.4x the tiles.
     """
     return tile // 4
+
+
+def check_overlap(overlap: int, tile: int) -> None:
+    """Refuse an overlap the band-wise stitcher cannot blend (half a tile or more) with one line."""
+    if not 0 <= overlap < tile // 2:
+        raise InvalidInputError(f"--overlap {overlap}: must be at least 0 and less than half the tile ({tile} px)")
 
 
 def cosine_window(size: int, overlap: int, margin: int | None = None, floor: float = 1e-3) -> np.ndarray:
@@ -172,6 +179,7 @@ def predict_image(
     device = str(resolve_device(device))
     tile = model_bundle.tile_size
     overlap = default_overlap(tile) if overlap is None else overlap
+    check_overlap(overlap, tile)
     height, width = image_rgb.shape[:2]
     scale = mpp_of_image / model_bundle.mpp
     scaled_h, scaled_w = max(1, round(height * scale)), max(1, round(width * scale))
