@@ -86,6 +86,20 @@ def test_tiles_coords_and_fractions_match_an_independent_read(reference_store, c
         np.testing.assert_array_equal(store.tiles[index], reader.read_at_mpp((x, y), (32, 32), 0.5))
 
 
+def test_overlapping_tiles_start_half_an_overlap_out_with_white_beyond_the_slide(cmu, tmp_path):
+    tile_slide(cmu, tmp_path / "o.zarr", **{**OPTIONS, "tissue_threshold": 0.0, "overlap": 8})
+    store = open_tile_store(tmp_path / "o.zarr")
+    reader = open_slide(cmu)
+    assert tuple(store.coords[0]) == (-4, -4)  # 4 tile px of 0.5 µm = round(4 * 0.5 / 0.499) level-0 px
+    first = store.tiles[0]
+    assert (first[:4] == 255).all() and (first[:, :4] == 255).all() and (first[4:, 4:] < 255).any()
+    np.testing.assert_array_equal(first, reader.read_at_mpp((-4, -4), (32, 32), 0.5))
+    last = store.n_tiles - 1
+    x, y = store.coords[last]
+    width, height = reader.dimensions
+    assert x + 32 * 0.5 / 0.499 >= width + 4 and y + 32 * 0.5 / 0.499 >= height + 4  # half an overlap past the far edges
+
+
 def test_interrupted_run_resumes_to_an_identical_store(cmu, reference_store, tmp_path, monkeypatch):
     path = tmp_path / "cmu.zarr"
     real_shard = tiling._ShardWork.__call__
