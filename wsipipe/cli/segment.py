@@ -74,9 +74,9 @@ def segment(
     )
     if report.get("message"):
         say(report["message"])
-    fraction = report["tumour_fraction"]
+    fraction, n_tiles = report["tumour_fraction"], report["n_tiles"]
     typer.echo(
-        f"{report['n_tiles']} tiles; tissue {report['tissue_area_mm2']:.3f} mm², tumour {report['tumour_area_mm2']:.3f} mm²"
+        f"{n_tiles} tile{'' if n_tiles == 1 else 's'}; tissue {report['tissue_area_mm2']:.3f} mm², tumour {report['tumour_area_mm2']:.3f} mm²"
         + (f" ({100 * fraction:.1f} % of tissue)" if fraction is not None else "")
         + (f"; {report['nuclei_count']} nuclei" if "nuclei_count" in report else "")
         + (f", cellularity {report['cellularity']:.3f}" if report.get("cellularity") is not None else "")
