@@ -30,16 +30,21 @@ def check_overlap(overlap: int, tile: int) -> None:
         raise InvalidInputError(f"--overlap {overlap}: must be at least 0 and less than half the tile ({tile} px)")
 
 
+def window_margin(overlap: int) -> int:
+    """The tile-edge pixels the blending window all but ignores unless told otherwise: a quarter
+    of the overlap (where a convolutional model sees the tile's padding)."""
+    return overlap // 4
+
+
 def cosine_window(size: int, overlap: int, margin: int | None = None, floor: float = 1e-3) -> np.ndarray:
     """1-D weights: ``margin`` pixels of (almost) zero, a raised-cosine rise, 1 in the middle.
 
     The rise spans ``overlap - 2 * margin`` pixels, so the windows of neighbouring tiles placed
     ``size - overlap`` apart sum to 1 across their overlap, and each tile's outer ``margin``
-    pixels (default ``overlap // 4``, where a convolutional model sees the tile's padding) barely
-    count. The ``floor`` keeps every pixel weighted where no neighbour exists (an image's or a
-    slide's border), so normalisation never divides by zero.
+    pixels (default ``window_margin``) barely count. The ``floor`` keeps every pixel weighted where
+    no neighbour exists (an image's or a slide's border), so normalisation never divides by zero.
     """
-    margin = overlap // 4 if margin is None else margin
+    margin = window_margin(overlap) if margin is None else margin
     if not 0 <= 2 * margin <= overlap <= size:
         raise ValueError(f"need 0 <= 2*margin ({margin}) <= overlap ({overlap}) <= tile size ({size})")
     weights = np.ones(size, np.float64)

@@ -24,7 +24,7 @@ import numpy as np
 
 from wsipipe.errors import StoreError
 from wsipipe.files import write_atomic
-from wsipipe.inference.sliding import blend_window
+from wsipipe.inference.sliding import blend_window, window_margin
 
 JOURNAL_NAME = "stitch_journal.json"
 
@@ -69,7 +69,7 @@ class Stitcher:
         fingerprint: str = "",
         columns: tuple[int, int] | None = None,
     ):
-        """``margin`` (default ``overlap // 4``): tile-edge pixels that barely count (see
+        """``margin`` (default ``window_margin``): tile-edge pixels that barely count (see
         ``wsipipe.inference.sliding.cosine_window``); set it to at least the model's receptive-field radius. ``columns``:
         only columns [x0, x1) are accumulated and written (chunk-aligned; see ``StripStitcher``)."""
         n_classes, height, width = probabilities.shape
@@ -80,7 +80,7 @@ class Stitcher:
             raise ValueError(f"labels shape {labels.shape} does not match probabilities {probabilities.shape}")
         if not 0 <= overlap < tile_size:
             raise ValueError(f"overlap {overlap} must be in [0, tile size {tile_size})")
-        margin = overlap // 4 if margin is None else margin
+        margin = window_margin(overlap) if margin is None else margin
         self.layout = StitchLayout(height, width, n_classes, tile_size, overlap, margin, chunk, fingerprint, col0, col1)
         self._probabilities = probabilities
         self._labels = labels
