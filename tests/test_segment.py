@@ -223,6 +223,7 @@ def test_cli_errors_are_one_line(slide, tiny_model_file, tmp_path):
         (["--model", str(tmp_path / "missing.safetensors")], 1, "no such model file"),
         (["--model", str(tiny_model_file), "--device", "cuda"], 2, "no CUDA GPU"),
         (["--model", str(tiny_model_file), "--normalize", "sepia"], 2, "--normalize 'sepia'"),
+        (["--model", str(tiny_model_file), "--overlap", "32"], 2, "--overlap 32"),
     ]
     if torch.cuda.is_available():
         cases.pop(2)
@@ -230,6 +231,7 @@ def test_cli_errors_are_one_line(slide, tiny_model_file, tmp_path):
         result = runner.invoke(app, ["segment", str(slide), "-o", str(tmp_path / "out"), "--quiet", *extra])
         assert result.exit_code == code, (extra, result.output)
         assert message in result.output and "Traceback" not in result.output
+        assert not (tmp_path / "out").exists(), extra  # a refused run leaves nothing behind
 
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
@@ -241,6 +243,7 @@ def test_cli_errors_are_one_line(slide, tiny_model_file, tmp_path):
                model_metadata("plain-unet", {"base": 2}, ["background", "tumour"], mpp=0.1, tile_size=64))
     result = runner.invoke(app, ["segment", str(slide), "-o", str(tmp_path / "o2"), "--model", str(fine)])
     assert result.exit_code == 2 and "finer than the slide's level 0" in result.output
+    assert not (tmp_path / "o2").exists()
 
 
 def test_cli_runs_end_to_end_in_a_subprocess(slide, tiny_model_file, tmp_path):

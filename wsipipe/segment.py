@@ -400,6 +400,7 @@ def segment_slide(
     ``nuclei``: also run the nuclei stage (classical, or the US-Net ``nuclei_model``, which
     implies ``nuclei``) with the predicted tumour as its tumour mask.
     """
+    from wsipipe.inference.sliding import check_overlap
     from wsipipe.nuclei.stage import check_nuclei_model, resolve_nuclei_model
     from wsipipe.slide import open_slide
 
@@ -413,23 +414,28 @@ def segment_slide(
     if batch_size < 1 or workers < 0:
         raise InvalidInputError("--batch-size must be at least 1 and --workers at least 0")
     slide_path = Path(slide_path)
-    outdir = make_output_folder(outdir)
     timings: dict[str, float] = {}
     started = time.perf_counter()
-    with folder_lock(outdir), open_slide(slide_path, mpp_override=mpp_override) as reader:
+    # Every check that can refuse the inputs runs before the output folder exists, so a refused
+    # run leaves nothing behind.
+    device = str(resolve_device(device, say))
+    info = load_model_info(model, device)
+    timings["load"] = time.perf_counter() - started
+    if overlap is not None and tiles_store is None:
+        check_overlap(int(overlap), int(info.bundle.tile_size))
+    with open_slide(slide_path, mpp_override=mpp_override) as reader:
         reader.mpp  # noqa: B018 - a slide without µm/px fails here, naming --mpp-override
-        pool = None if tiles_store else start_readers(slide_path, mpp_override, workers)
-        try:
-            device = str(resolve_device(device, say))
-            info = load_model_info(model, device)
-            timings["load"] = time.perf_counter() - started
-            reader.check_mpp(info.bundle.mpp)  # one clear error when the slide cannot give the model's µm/px
-            nuclei_options = {"model": nuclei_model, "mpp_override": mpp_override} if nuclei else None
-            report = _segment(slide_path, outdir, reader, pool, info, tiles_store, normalize, target, overlap,
-                              batch_size, device, progress, say, timings, nuclei_options)
-        finally:
-            if pool is not None:
-                pool.shutdown(wait=True, cancel_futures=True)
+        reader.check_mpp(info.bundle.mpp)  # one clear error when the slide cannot give the model's µm/px
+        outdir = make_output_folder(outdir)
+        with folder_lock(outdir):
+            pool = None if tiles_store else start_readers(slide_path, mpp_override, workers)
+            try:
+                nuclei_options = {"model": nuclei_model, "mpp_override": mpp_override} if nuclei else None
+                report = _segment(slide_path, outdir, reader, pool, info, tiles_store, normalize, target, overlap,
+                                  batch_size, device, progress, say, timings, nuclei_options)
+            finally:
+                if pool is not None:
+                    pool.shutdown(wait=True, cancel_futures=True)
     return report
 
 
