@@ -242,3 +242,45 @@ def parse_float(value) -> float | None:
     except (TypeError, ValueError):
         return None
     return number if math.isfinite(number) and number > 0 else None
+
+
+class HandleReader(SlideReader):
+    """A reader over an OpenSlide-style handle (``openslide.OpenSlide``, ``tiffslide.TiffSlide``):
+    both expose levels, properties and associated images the same way, under property names
+    that differ only in their prefix. A backend opens its handle and passes it to ``_adopt``."""
+
+    #: The prefix of the handle's own properties ("openslide" or "tiffslide").
+    _property_prefix = ""
+
+    def _adopt(self, handle, dimensions, downsamples) -> None:
+        self._slide = handle
+        self._props = handle.properties
+        self._levels = [Level(int(w), int(h), float(d)) for (w, h), d in zip(dimensions, downsamples)]
+
+    def _property(self, name: str):
+        return self._props.get(f"{self._property_prefix}.{name}")
+
+    @property
+    def vendor(self) -> str | None:
+        return self._property("vendor")
+
+    @property
+    def levels(self) -> list[Level]:
+        return self._levels
+
+    @property
+    def _metadata_mpp(self):
+        return parse_float(self._property("mpp-x")), parse_float(self._property("mpp-y"))
+
+    @property
+    def objective_power(self) -> float | None:
+        return parse_float(self._property("objective-power"))
+
+    @property
+    def associated_images(self) -> list[str]:
+        return sorted(self._slide.associated_images)
+
+    def close(self) -> None:
+        if self._direct_tiles is not None:
+            self._direct_tiles.close()
+        self._slide.close()

@@ -8,52 +8,31 @@ import numpy as np
 import tiffslide
 
 from wsipipe.errors import SlideOpenError
-from wsipipe.slide.base import Level, SlideReader, parse_float
+from wsipipe.slide.base import HandleReader
 from wsipipe.slide.tiff_tiles import TiledPages
 
 
-class TiffSlideReader(SlideReader):
+class TiffSlideReader(HandleReader):
     backend = "tiffslide"
     _in_bounds_only = True
+    _property_prefix = "tiffslide"
 
     def __init__(self, path: Path, mpp_override: float | None = None):
         super().__init__(path, mpp_override)
         try:
-            self._slide = tiffslide.TiffSlide(str(path))
-            dims = self._slide.level_dimensions
-            downsamples = self._slide.level_downsamples
+            handle = tiffslide.TiffSlide(str(path))
+            dimensions, downsamples = handle.level_dimensions, handle.level_downsamples
         except Exception as exc:  # tifffile raises many types for non-TIFF input
             raise SlideOpenError(f"{path}: not a slide tiffslide can read ({exc})") from exc
-        self._props = self._slide.properties
-        self._levels = [Level(int(w), int(h), float(d)) for (w, h), d in zip(dims, downsamples)]
+        self._adopt(handle, dimensions, downsamples)
         self._direct_tiles = TiledPages.open(path, self._levels)
 
     @property
     def vendor(self) -> str | None:
-        vendor = self._props.get(tiffslide.PROPERTY_NAME_VENDOR)
+        vendor = super().vendor
         if vendor:
             return vendor
-        tiff = self._slide.ts_tifffile
-        return "ome-tiff" if tiff.is_ome else "generic-tiff"
-
-    @property
-    def levels(self) -> list[Level]:
-        return self._levels
-
-    @property
-    def _metadata_mpp(self):
-        return (
-            parse_float(self._props.get(tiffslide.PROPERTY_NAME_MPP_X)),
-            parse_float(self._props.get(tiffslide.PROPERTY_NAME_MPP_Y)),
-        )
-
-    @property
-    def objective_power(self) -> float | None:
-        return parse_float(self._props.get(tiffslide.PROPERTY_NAME_OBJECTIVE_POWER))
-
-    @property
-    def associated_images(self) -> list[str]:
-        return sorted(self._slide.associated_images)
+        return "ome-tiff" if self._slide.ts_tifffile.is_ome else "generic-tiff"
 
     def _read_raw(self, x, y, level, width, height) -> np.ndarray:
         try:
@@ -64,8 +43,3 @@ class TiffSlideReader(SlideReader):
         if pixels.ndim == 2:
             pixels = np.repeat(pixels[..., None], 3, axis=2)
         return pixels[..., :4] if pixels.shape[2] >= 4 else pixels[..., :3]
-
-    def close(self) -> None:
-        if self._direct_tiles is not None:
-            self._direct_tiles.close()
-        self._slide.close()
