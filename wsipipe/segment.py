@@ -400,7 +400,7 @@ def segment_slide(
     ``nuclei``: also run the nuclei stage (classical, or the US-Net ``nuclei_model``, which
     implies ``nuclei``) with the predicted tumour as its tumour mask.
     """
-    from wsipipe.inference.sliding import check_overlap
+    from wsipipe.inference.sliding import check_overlap, default_overlap
     from wsipipe.nuclei.stage import check_nuclei_model, resolve_nuclei_model
     from wsipipe.slide import open_slide
 
@@ -421,17 +421,21 @@ def segment_slide(
     device = str(resolve_device(device, say))
     info = load_model_info(model, device)
     timings["load"] = time.perf_counter() - started
-    if overlap is not None and tiles_store is None:
-        check_overlap(int(overlap), int(info.bundle.tile_size))
+    tile = int(info.bundle.tile_size)
+    store = _open_tiles_store(tiles_store, info.bundle, overlap) if tiles_store else None
+    if store is not None:
+        overlap = int(store.meta["overlap"])
+    overlap = default_overlap(tile) if overlap is None else int(overlap)
+    check_overlap(overlap, tile)
     with open_slide(slide_path, mpp_override=mpp_override) as reader:
         reader.mpp  # noqa: B018 - a slide without µm/px fails here, naming --mpp-override
         reader.check_mpp(info.bundle.mpp)  # one clear error when the slide cannot give the model's µm/px
         outdir = make_output_folder(outdir)
         with folder_lock(outdir):
-            pool = None if tiles_store else start_readers(slide_path, mpp_override, workers)
+            pool = None if store is not None else start_readers(slide_path, mpp_override, workers)
             try:
                 nuclei_options = {"model": nuclei_model, "mpp_override": mpp_override} if nuclei else None
-                report = _segment(slide_path, outdir, reader, pool, info, tiles_store, normalize, target, overlap,
+                report = _segment(slide_path, outdir, reader, pool, info, store, normalize, target, overlap,
                                   batch_size, device, progress, say, timings, nuclei_options)
             finally:
                 if pool is not None:
@@ -439,20 +443,15 @@ def segment_slide(
     return report
 
 
-def _segment(slide_path, outdir, reader, pool, info, tiles_store, normalize, target, overlap, batch_size, device,
+def _segment(slide_path, outdir, reader, pool, info, store, normalize, target, overlap, batch_size, device,
              progress, say, timings, nuclei_options) -> dict:
+    """``store``: the opened ``--tiles`` store or None; ``overlap``: resolved and checked."""
     from wsipipe.inference.omezarr import build_pyramid, create_prediction_store, open_prediction_store
-    from wsipipe.inference.sliding import check_overlap, default_overlap
     from wsipipe.inference.stitch import StripStitcher
 
     bundle = info.bundle
     normalize, target = model_normalisation(normalize, target, bundle.metadata)
     tile, classes = int(bundle.tile_size), list(bundle.classes)
-    store = _open_tiles_store(tiles_store, bundle, overlap) if tiles_store else None
-    if store is not None:
-        overlap = int(store.meta["overlap"])
-    overlap = default_overlap(tile) if overlap is None else int(overlap)
-    check_overlap(overlap, tile)
     plan = plan_tiles(reader, bundle.mpp, tile, overlap, store)
     timings["tissue"] = plan.timings["tissue"]
     identity = repr((info.sha256, normalize, str(target), reader.mpp, reader.dimensions, overlap)).encode()

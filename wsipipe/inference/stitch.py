@@ -70,8 +70,9 @@ class Stitcher:
         columns: tuple[int, int] | None = None,
     ):
         """``margin`` (default ``window_margin``): tile-edge pixels that barely count (see
-        ``wsipipe.inference.sliding.cosine_window``); set it to at least the model's receptive-field radius. ``columns``:
-        only columns [x0, x1) are accumulated and written (chunk-aligned; see ``StripStitcher``)."""
+        ``wsipipe.inference.sliding.cosine_window``); set it to at least the model's receptive-field
+        radius. ``columns``: only columns [x0, x1) are accumulated and written (chunk-aligned; see
+        ``StripStitcher``)."""
         n_classes, height, width = probabilities.shape
         col0, col1 = columns if columns is not None else (0, width)
         if col0 % chunk or not (col1 % chunk == 0 or col1 == width) or not 0 <= col0 < col1 <= width:
