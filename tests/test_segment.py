@@ -97,7 +97,7 @@ def test_known_tumour_and_tissue_areas_and_all_outputs(slide, tmp_path):
     assert attrs["multiscales"][0]["datasets"][0]["coordinateTransformations"][0]["scale"] == [1.0, 1.0, 1.0]
 
     features = json.loads((tmp_path / "regions.geojson").read_text())["features"]
-    assert len(features) == 1 and features[0]["properties"]["classification"]["name"] == "tumour"
+    assert len(features) == 1 and features[0]["properties"]["classification"]["name"] == "Tumor"
     xs = [p[0] for p in features[0]["geometry"]["coordinates"][0]]
     ys = [p[1] for p in features[0]["geometry"]["coordinates"][0]]
     # Level-0 pixel edges, within the stated simplification tolerance (µm -> level-0 px).
@@ -396,3 +396,55 @@ def test_a_folder_another_run_writes_to_is_refused(slide, tiny_model_file, tmp_p
     result = CliRunner().invoke(app, ["segment", str(slide), "-o", str(outdir), "--model", str(tiny_model_file), "--quiet"])
     assert result.exit_code == 1 and f"{outdir}: another wsipipe run is writing to this folder" in result.output
     assert "Traceback" not in result.output and sorted(p.name for p in outdir.iterdir()) == [".wsipipe.lock"]
+
+
+def test_a_failure_while_writing_outputs_leaves_none_of_them_and_the_rerun_skips_inference(slide, tmp_path, monkeypatch):
+    """The outputs appear together or not at all; a finished prediction is kept for the rerun."""
+    import wsipipe.report as report_module
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(report_module, "write_report_html", full_disk)
+    with pytest.raises(OSError):
+        _run(slide, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".wsipipe.lock", "prediction.zarr.partial"]
+    monkeypatch.undo()
+    seen = {"tiles": 0}
+    original = segment_module.DeviceRunner.__call__
+
+    def counting(self, tiles):
+        seen["tiles"] += len(tiles)
+        return original(self, tiles)
+
+    monkeypatch.setattr(segment_module.DeviceRunner, "__call__", counting)
+    report = _run(slide, tmp_path)
+    assert seen["tiles"] == 0 and report["n_tiles_run"] == 0
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == [".wsipipe.lock", "overlay.png", "prediction.zarr", "regions.geojson", "regions.xml", "report.html", "report.json"]
+    assert not list((tmp_path / "prediction.zarr").glob("stitch_journal*"))
+
+
+def test_label_map_and_areas_count_only_tissue_inside_the_slide(tmp_path):
+    """A model that calls everything tumour: the label map is tumour exactly on the tissue rule's
+    pixels, 0 past the slide's edge, and tumour area = tissue area, both from that map."""
+    width, height = 1000, 700  # at 1 µm/px and a 3 µm/px model: the grid's last column and row overhang
+    rgb = np.full((height, width, 3), 240, np.uint8)
+    rgb[100:600, 150:900] = (150, 60, 140)
+    path = tmp_path / "slide.tif"
+    tifffile.imwrite(path, rgb, tile=(128, 128), resolution=(1e4, 1e4), resolutionunit="CENTIMETER",
+                     photometric="rgb", metadata=None)
+    everything = _toy_bundle(tile=64, mpp=3.0)
+    with torch.no_grad():
+        everything.model.weight[1] = 0.0
+        everything.model.bias[1] = 100.0  # tumour everywhere
+    report = _run(path, tmp_path / "out", model=everything)
+    labels = zarr.open_array(str(tmp_path / "out" / "prediction.zarr" / "labels" / "classes" / "0"), mode="r")[:]
+    assert labels.shape == (234, 334)  # ceil(700 / 3), ceil(1000 / 3)
+    assert not labels[:, -1].any()  # centre at 1000.5 µm: past the slide
+    assert labels[:, 50:300].any()
+    pixel_mm2 = 9e-6
+    assert report["tumour_area_mm2"] == pytest.approx(int((labels == 1).sum()) * pixel_mm2)
+    assert report["tumour_area_mm2"] == pytest.approx(report["tissue_area_mm2"])
+    assert report["tumour_fraction"] == pytest.approx(1.0)
+    assert report["tissue_area_mm2"] == pytest.approx(0.5 * 0.75, rel=0.05)

@@ -50,6 +50,28 @@ def write_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
     return Path(path)
 
 
+@contextmanager
+def staged_outputs(outdir: str | os.PathLike, last: str) -> Iterator[Path]:
+    """Yield a staging folder inside ``outdir`` for a run's outputs; when the block succeeds, move
+    each of its visible entries into ``outdir`` (replacing what is there, folders too), ``last``
+    last, so the set of outputs appears together: a reader that finds ``last`` finds the rest
+    of the same run. On any error the staging folder is deleted and ``outdir``'s earlier outputs
+    stay as they were. Hidden entries (locks, temporaries) are not moved."""
+    outdir = Path(outdir)
+    staging = outdir / f".outputs.{uuid.uuid4().hex[:8]}.tmp"  # atomic_path's naming: a killed run's is removed
+    staging.mkdir()
+    try:
+        yield staging
+        entries = sorted((p for p in staging.iterdir() if not p.name.startswith(".")), key=lambda p: p.name == last)
+        for entry in entries:
+            target = outdir / entry.name
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            os.replace(entry, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def remove_temporaries(folder: str | os.PathLike) -> None:
     """Delete the temporaries that ``atomic_path`` left in ``folder`` when a SIGKILL cut it short.
 

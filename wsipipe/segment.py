@@ -45,6 +45,8 @@ PARTIAL_SUFFIX = ".partial"
 REGIONS_MAX_PIXELS = 4096 * 4096
 #: Thumbnail (and overlay) size: longest side in pixels.
 THUMBNAIL_MAX_SIDE = 2048
+#: Longest side of the tissue and tumour masks handed to the nuclei stage.
+NUCLEI_MASK_SIDE = 4096
 #: Prediction chunks (pixels at the model's µm/px).
 CHUNK = 512
 #: Stitching works through the slide in column strips this wide (model px): its memory does not
@@ -54,8 +56,6 @@ STRIP_WIDTH = 8 * CHUNK
 BUNDLED_MODEL = Path(__file__).resolve().parent / "resources" / "models" / "tumour-unet.safetensors"
 #: What the nuclei stage adds to OUTDIR (``nuclei``).
 NUCLEI_OUTPUTS = ["nuclei.geojson", "nuclei.csv", "labels.zarr", "nuclei.json"]
-#: Names a model may give its tumour class.
-TUMOUR_NAMES = ("tumour", "tumor", "cancer", "carcinoma")
 
 
 @dataclass
@@ -79,10 +79,25 @@ class TilePlan:
     positions: list[tuple[int, int]]  # (x, y) top-left corners in prediction pixels, row-major
     coords: np.ndarray  # (n, 2) the same corners in level-0 pixels (where the reader reads)
     store_index: np.ndarray | None  # each tile's index in the reused tile store, if any
-    tissue_mask: np.ndarray
+    tissue_mask: np.ndarray  # covers the whole slide, at any resolution
     mask_downsample: float  # level-0 pixels per mask pixel
     thumbnail: np.ndarray
+    level0_size: tuple[int, int]  # (width, height) of the slide
     timings: dict[str, float] = field(default_factory=dict)
+
+    def tissue(self, y0: int, y1: int, x0: int, x1: int, downsample: float | None = None) -> np.ndarray:
+        """Which pixels of the block [y0, y1) x [x0, x1) of a grid of ``downsample`` level-0 px per
+        pixel (default: the prediction grid) count: centre inside the slide and on the tissue mask.
+
+        This one rule decides the label map, the areas, the regions and the nuclei's tissue; the
+        grid's last pixels overhang the slide's far edges and only count where their centre does not.
+        """
+        downsample = self.scale if downsample is None else downsample
+        width0, height0 = self.level0_size
+        centre_y = (np.arange(y0, y1) + 0.5) * downsample
+        centre_x = (np.arange(x0, x1) + 0.5) * downsample
+        return (centre_y < height0)[:, None] & (centre_x < width0)[None, :] & sample_mask(
+            self.tissue_mask, self.level0_size, centre_y, centre_x)
 
 
 # --- devices and models ------------------------------------------------------------------------
@@ -322,17 +337,30 @@ def plan_tiles(reader, model_mpp: float, tile: int, overlap: int, tiles_store=No
         store_index = None
     positions = [(int(x), int(y)) for x, y in np.rint(coords / scale).astype(np.int64)]
     plan = TilePlan(
-        height, width, tile, overlap, scale, positions, coords, store_index, mask, mask_downsample, thumbnail
+        height, width, tile, overlap, scale, positions, coords, store_index, mask, mask_downsample, thumbnail,
+        (width0, height0),
     )
     plan.timings["tissue"] = time.perf_counter() - started
     return plan
+
+
+def sample_mask(mask: np.ndarray, level0_size: tuple[int, int], centre_y: np.ndarray, centre_x: np.ndarray) -> np.ndarray:
+    """``mask`` (covering the whole slide of ``level0_size`` = (width, height), any resolution) at
+    the level-0 points ``centre_y`` x ``centre_x`` (nearest), as booleans; points past the slide take
+    the mask's last row or column."""
+    width0, height0 = level0_size
+    rows = np.clip((centre_y * (mask.shape[0] / height0)).astype(np.int64), 0, mask.shape[0] - 1)
+    cols = np.clip((centre_x * (mask.shape[1] / width0)).astype(np.int64), 0, mask.shape[1] - 1)
+    return mask[np.ix_(rows, cols)] > 0
 
 
 # --- the command ----------------------------------------------------------------------------------
 
 
 def _tumour_classes(classes: list[str]) -> list[int]:
-    named = [i for i, name in enumerate(classes) if name.lower() in TUMOUR_NAMES]
+    from wsipipe.classes import is_tumour
+
+    named = [i for i, name in enumerate(classes) if i and is_tumour(name)]
     return named or list(range(1, len(classes)))
 
 
@@ -446,8 +474,10 @@ def segment_slide(
 def _segment(slide_path, outdir, reader, pool, info, store, normalize, target, overlap, batch_size, device,
              progress, say, timings, nuclei_options) -> dict:
     """``store``: the opened ``--tiles`` store or None; ``overlap``: resolved and checked."""
-    from wsipipe.inference.omezarr import build_pyramid, create_prediction_store, open_prediction_store
-    from wsipipe.inference.stitch import StripStitcher
+    from wsipipe.inference.omezarr import (
+        build_pyramid, create_prediction_store, is_complete, open_prediction_store, restrict_labels,
+    )
+    from wsipipe.inference.stitch import StripStitcher, remove_journals
 
     bundle = info.bundle
     normalize, target = model_normalisation(normalize, target, bundle.metadata)
@@ -459,12 +489,14 @@ def _segment(slide_path, outdir, reader, pool, info, store, normalize, target, o
 
     final = outdir / PREDICTION_NAME
     partial = outdir / (PREDICTION_NAME + PARTIAL_SUFFIX)
+    tiles_run = 0
     if final.exists():
         prediction = open_prediction_store(final)
         if prediction.fingerprint != fingerprint:
             raise StoreError(f"{final}: made from another slide, model or settings; remove it or use another -o")
         say(f"{final} is complete; writing the regions and report again from it")
-        tiles_run = 0
+    elif is_complete(partial) and open_prediction_store(partial).fingerprint == fingerprint:
+        prediction = open_prediction_store(partial)  # finished, but killed before its outputs were written
     else:
         stain = None
         if plan.positions:
@@ -473,8 +505,8 @@ def _segment(slide_path, outdir, reader, pool, info, store, normalize, target, o
             timings["stain"] = time.perf_counter() - t0
         remove_temporaries(partial)  # journal rewrites a kill cut short; they would end up in the store
         prediction = create_prediction_store(
-            partial, height=plan.height, width=plan.width, class_names=classes, mpp=bundle.mpp, chunk=CHUNK,
-            fingerprint=fingerprint,
+            partial, height=plan.height, width=plan.width, class_names=classes, mpp=bundle.mpp,
+            slide_mpp=reader.mpp, chunk=CHUNK, fingerprint=fingerprint,
         )
         stitcher = StripStitcher(
             prediction.probabilities, prediction.labels, partial, tile_size=tile, overlap=overlap, chunk=CHUNK,
@@ -497,10 +529,11 @@ def _segment(slide_path, outdir, reader, pool, info, store, normalize, target, o
         stitcher.finish()
         timings["inference"] = time.perf_counter() - t0
         t0 = time.perf_counter()
+        restrict_labels(prediction, plan.tissue)
+        remove_journals(partial)
         build_pyramid(prediction)
         timings["pyramid"] = time.perf_counter() - t0
-        os.replace(partial, final)
-        prediction = open_prediction_store(final)
+        prediction = open_prediction_store(partial)
     return _write_outputs(slide_path, outdir, reader, plan, prediction, info, classes, timings,
                           normalize=normalize, device=device, overlap=overlap, tiles_run=tiles_run,
                           nuclei_options=nuclei_options, progress=progress)
@@ -573,111 +606,136 @@ def _regions_level(shapes: list[tuple[int, int]]) -> int:
 
 def _write_outputs(slide_path, outdir, reader, plan, prediction, info, classes, timings, *, normalize, device,
                    overlap, tiles_run, nuclei_options, progress) -> dict:
+    """Regions, nuclei, overlay and report from the finished, tissue-restricted label map, all
+    written together (``files.staged_outputs``, report.json last); a prediction store still under
+    its partial name moves into place with them."""
     import zarr
 
     from wsipipe.annotations import Annotation, AnnotationSet, Group, write_annotations
+    from wsipipe.classes import display_name, hex_colour, palette
+    from wsipipe.files import staged_outputs
     from wsipipe.postprocess.regions import RegionOptions, label_map_to_polygons
     from wsipipe.report import (
-        class_pixel_counts, mask_area_mm2, pixel_area_mm2, render_overlay, render_tile_heatmap, write_overlay_png,
-        write_report_html, write_report_json,
+        class_pixel_counts, pixel_area_mm2, render_overlay, render_tile_heatmap, write_overlay_png, write_report_html,
+        write_report_json,
     )
-    from wsipipe.report.render import CLASS_COLOURS
 
-    t0 = time.perf_counter()
-    labels_group = zarr.open_group(str(prediction.path / "labels" / "classes"), mode="r", zarr_format=2)
-    shapes = [tuple(labels_group[str(i)].shape) for i in range(len(labels_group.attrs["multiscales"][0]["datasets"]))]
-    level = _regions_level(shapes)
-    label_map = labels_group[str(level)][:]
-    downsample = plan.scale * 2**level
-    options = RegionOptions()
-    polygons = label_map_to_polygons(
-        label_map, downsample=downsample, mpp=reader.mpp, class_ids=list(range(1, len(classes))), options=options
-    )
-    regions = AnnotationSet(mpp=reader.mpp, source=str(slide_path))
-    for class_id, polys in polygons.items():
-        colour = "#%02X%02X%02X" % CLASS_COLOURS[class_id % len(CLASS_COLOURS)]
-        regions.groups[classes[class_id]] = Group(classes[class_id], colour)
-        for number, polygon in enumerate(polys):
-            regions.append(Annotation(polygon, classes[class_id], color=colour, name=f"{classes[class_id]} {number + 1}"))
-    write_annotations(regions, outdir / "regions.geojson", to="geojson")
-    write_annotations(regions, outdir / "regions.xml", to="asap")
-    timings["regions"] = time.perf_counter() - t0
-
-    tumour_ids = _tumour_classes(classes)
-    nuclei = None
-    if nuclei_options is not None:
+    names, colours = [display_name(name) for name in classes], palette(classes)
+    width0, height0 = reader.dimensions
+    with staged_outputs(outdir, last="report.json") as staging:
         t0 = time.perf_counter()
-        tumour = _tumour_mask(label_map, tumour_ids, downsample, reader.dimensions)
-        nuclei = _run_nuclei(slide_path, outdir, tumour, plan.tissue_mask, device, progress, **nuclei_options)
-        timings["nuclei"] = time.perf_counter() - t0
+        labels_group = zarr.open_group(str(prediction.path / "labels" / "classes"), mode="r", zarr_format=2)
+        shapes = [tuple(labels_group[str(i)].shape) for i in range(len(labels_group.attrs["multiscales"][0]["datasets"]))]
+        level = _regions_level(shapes)
+        label_map = labels_group[str(level)][:]
+        downsample = plan.scale * 2**level
+        options = RegionOptions()
+        polygons = label_map_to_polygons(
+            label_map, downsample=downsample, mpp=reader.mpp, class_ids=list(range(1, len(classes))), options=options,
+            clip=(0, 0, width0, height0),
+        )
+        regions = AnnotationSet(mpp=reader.mpp, source=str(slide_path))
+        for class_id, polys in polygons.items():
+            name, colour = names[class_id], hex_colour(colours[class_id])
+            regions.groups[name] = Group(name, colour)
+            for number, polygon in enumerate(polys):
+                regions.append(Annotation(polygon, name, color=colour, name=f"{name} {number + 1}"))
+        write_annotations(regions, staging / "regions.geojson", to="geojson")
+        write_annotations(regions, staging / "regions.xml", to="asap")
+        timings["regions"] = time.perf_counter() - t0
 
-    t0 = time.perf_counter()
-    counts = class_pixel_counts(prediction.labels, len(classes), within=plan.tissue_mask)
-    pixel_mm2 = pixel_area_mm2(info.bundle.mpp)
-    tissue_mm2 = mask_area_mm2(plan.tissue_mask, reader.mpp, reader.mpp_y, plan.mask_downsample)
-    tumour_mm2 = float(sum(counts[i] for i in tumour_ids) * pixel_mm2)
-    n_tiles = len(plan.positions)
-    inference_s = timings.get("inference", 0.0)
-    report = {
-        "slide": str(slide_path),
-        "mpp": reader.mpp,
-        "model": {
-            "name": info.name,
-            "sha256": info.sha256,
-            "architecture": info.bundle.metadata.get("architecture"),
-            "mpp": info.bundle.mpp,
-            "tile_size": plan.tile,
-            "classes": classes,
-        },
-        "tissue_area_mm2": tissue_mm2,
-        "tumour_area_mm2": tumour_mm2,
-        "tumour_fraction": min(1.0, tumour_mm2 / tissue_mm2) if tissue_mm2 > 0 else None,
-        **(_nuclei_figures(nuclei) if nuclei is not None else {}),
-        "class_areas_mm2": {name: float(counts[i] * pixel_mm2) for i, name in enumerate(classes) if i},
-        "n_tiles": n_tiles,
-        "n_regions": {classes[c]: len(p) for c, p in polygons.items()},
-        "regions": {"min_area_um2": options.min_area_um2,
-                    "simplify_um": options.simplify_um if options.simplify_um is not None else reader.mpp * downsample},
-        "normalize": normalize,
-        "device": device,
-        "overlap_px": overlap,
-        "prediction_shape": [len(classes), plan.height, plan.width],
-        "timings_s": timings,
-        "n_tiles_run": tiles_run,  # fewer than n_tiles when a killed run was resumed
-        "tiles_per_s": {"inference": tiles_run / inference_s if inference_s > 0 else None},
-        "outputs": [PREDICTION_NAME, "regions.geojson", "regions.xml", "overlay.png", "report.json", "report.html",
-                    *(NUCLEI_OUTPUTS if nuclei is not None else [])],
-        "wsipipe_version": __version__,
-    }
-    if n_tiles == 0:
-        report["message"] = "No tissue was detected on this slide: nothing was segmented."
-    thumbnail = _shrink(plan.thumbnail, THUMBNAIL_MAX_SIDE)
-    overlay_level = min(len(shapes) - 1, _overlay_level(shapes, thumbnail.shape[:2]))
-    overlay = render_overlay(thumbnail, labels_group[str(overlay_level)][:])
-    write_overlay_png(outdir / "overlay.png", overlay)
-    timings["report"] = time.perf_counter() - t0
-    timings["total"] = sum(v for k, v in timings.items() if k != "total" and not k.startswith("inference_"))
-    heatmap = None
-    if nuclei is not None:
-        boxes = [tile["box_level0"] for tile in nuclei["tiles"]]
-        values = [tile["cellularity"] for tile in nuclei["tiles"]]
-        vmax = max((v for v in values if v is not None), default=0.0) or 1.0
-        level0_per_px = reader.dimensions[0] / thumbnail.shape[1]
-        heatmap = (render_tile_heatmap(thumbnail, boxes, values, level0_per_px, vmax), vmax)
-    write_report_json(outdir / "report.json", report)
-    write_report_html(outdir / "report.html", report, thumbnail, overlay, heatmap)
+        tumour_ids = _tumour_classes(classes)
+        nuclei = None
+        if nuclei_options is not None:
+            t0 = time.perf_counter()
+            tissue, tumour = _nuclei_masks(plan, label_map, tumour_ids, downsample)
+            nuclei = _run_nuclei(slide_path, staging, tumour, tissue, device, progress, **nuclei_options)
+            timings["nuclei"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        counts = class_pixel_counts(prediction.labels, len(classes))  # restricted to the tissue: restrict_labels
+        pixel_mm2 = pixel_area_mm2(info.bundle.mpp)
+        tissue_mm2 = _tissue_pixels(plan) * pixel_mm2
+        tumour_mm2 = float(sum(counts[i] for i in tumour_ids) * pixel_mm2)
+        n_tiles = len(plan.positions)
+        inference_s = timings.get("inference", 0.0)
+        report = {
+            "slide": str(slide_path),
+            "mpp": reader.mpp,
+            "model": {
+                "name": info.name,
+                "sha256": info.sha256,
+                "architecture": info.bundle.metadata.get("architecture"),
+                "mpp": info.bundle.mpp,
+                "tile_size": plan.tile,
+                "classes": classes,
+            },
+            "tissue_area_mm2": tissue_mm2,
+            "tumour_area_mm2": tumour_mm2,
+            "tumour_fraction": tumour_mm2 / tissue_mm2 if tissue_mm2 > 0 else None,
+            **(_nuclei_figures(nuclei) if nuclei is not None else {}),
+            "class_areas_mm2": {names[i]: float(counts[i] * pixel_mm2) for i in range(1, len(classes))},
+            "n_tiles": n_tiles,
+            "n_regions": {names[c]: len(p) for c, p in polygons.items()},
+            # the polygons' own area: regions leave out islands and fill holes under min_area_um2
+            "regions_area_mm2": {names[c]: sum(p.area for p in polys) * reader.mpp * reader.mpp_y / 1e6
+                                 for c, polys in polygons.items()},
+            "regions": {"min_area_um2": options.min_area_um2,
+                        "simplify_um": options.simplify_um if options.simplify_um is not None else reader.mpp * downsample},
+            "normalize": normalize,
+            "device": device,
+            "overlap_px": overlap,
+            "prediction_shape": [len(classes), plan.height, plan.width],
+            "timings_s": timings,
+            "n_tiles_run": tiles_run,  # fewer than n_tiles when a killed run was resumed
+            "tiles_per_s": {"inference": tiles_run / inference_s if inference_s > 0 else None},
+            "outputs": [PREDICTION_NAME, "regions.geojson", "regions.xml", "overlay.png", "report.json", "report.html",
+                        *(NUCLEI_OUTPUTS if nuclei is not None else [])],
+            "wsipipe_version": __version__,
+        }
+        if n_tiles == 0:
+            report["message"] = "No tissue was detected on this slide: nothing was segmented."
+        thumbnail = _shrink(plan.thumbnail, THUMBNAIL_MAX_SIDE)
+        overlay_level = min(len(shapes) - 1, _overlay_level(shapes, thumbnail.shape[:2]))
+        overlay = render_overlay(thumbnail, labels_group[str(overlay_level)][:], colours)
+        write_overlay_png(staging / "overlay.png", overlay)
+        timings["report"] = time.perf_counter() - t0
+        timings["total"] = sum(v for k, v in timings.items() if k != "total" and not k.startswith("inference_"))
+        heatmap = None
+        if nuclei is not None:
+            boxes = [tile["box_level0"] for tile in nuclei["tiles"]]
+            values = [tile["cellularity"] for tile in nuclei["tiles"]]
+            vmax = max((v for v in values if v is not None), default=0.0) or 1.0
+            level0_per_px = width0 / thumbnail.shape[1]
+            heatmap = (render_tile_heatmap(thumbnail, boxes, values, level0_per_px, vmax), vmax)
+        write_report_json(staging / "report.json", report)
+        write_report_html(staging / "report.html", report, thumbnail, overlay, heatmap)
+        if prediction.path != outdir / PREDICTION_NAME:
+            os.replace(prediction.path, staging / PREDICTION_NAME)
     return report
 
 
-def _tumour_mask(label_map: np.ndarray, tumour_ids: list[int], downsample: float, level0_size) -> np.ndarray:
-    """The tumour classes of ``label_map`` (``downsample`` level-0 px per pixel) resampled, nearest, onto a
-    grid covering exactly the slide: the prediction grid overhangs the slide's far edges, while the
-    nuclei stage stretches a mask over the whole input."""
-    width0, height0 = level0_size
-    height, width = max(1, round(height0 / downsample)), max(1, round(width0 / downsample))
-    rows = np.minimum(((np.arange(height) + 0.5) * (height0 / height) / downsample).astype(int), label_map.shape[0] - 1)
-    cols = np.minimum(((np.arange(width) + 0.5) * (width0 / width) / downsample).astype(int), label_map.shape[1] - 1)
-    return np.isin(label_map[np.ix_(rows, cols)], tumour_ids)
+def _tissue_pixels(plan: TilePlan) -> int:
+    """Pixels of the prediction grid that count as tissue (``TilePlan.tissue``), a band at a time."""
+    return sum(int(plan.tissue(y0, min(y0 + CHUNK, plan.height), 0, plan.width).sum())
+               for y0 in range(0, plan.height, CHUNK))
+
+
+def _nuclei_masks(plan: TilePlan, label_map: np.ndarray, tumour_ids: list[int], downsample: float):
+    """(tissue, tumour) for the nuclei stage, which stretches a mask over the whole input.
+
+    Both follow ``label_map`` (``downsample`` level-0 px per pixel) and the tissue rule on its
+    grid, so the nuclei stage's areas are the report's: each label pixel is cut into k x k
+    pixels (k: as many as keep the mask under ``NUCLEI_MASK_SIDE``) and the grid is cropped where
+    the slide ends, to within half a small pixel."""
+    width0, height0 = plan.level0_size
+    k = max(1, NUCLEI_MASK_SIDE // max(label_map.shape))
+    fine = downsample / k
+    rows = np.minimum(np.arange(max(1, round(height0 / fine))) // k, label_map.shape[0] - 1)
+    cols = np.minimum(np.arange(max(1, round(width0 / fine))) // k, label_map.shape[1] - 1)
+    tissue = plan.tissue(0, label_map.shape[0], 0, label_map.shape[1], downsample)
+    tumour = np.isin(label_map, tumour_ids) & tissue
+    return tissue[np.ix_(rows, cols)], tumour[np.ix_(rows, cols)]
 
 
 def _run_nuclei(slide_path, outdir, tumour, tissue, device, progress, *, model, mpp_override) -> dict:

@@ -38,7 +38,7 @@ def test_mean_and_mode_downsampling_on_hand_made_blocks():
 
 def test_store_metadata_and_levels(tmp_path):
     path = tmp_path / "prediction.zarr"
-    store = create_prediction_store(path, height=700, width=1100, class_names=CLASSES, mpp=0.5, chunk=128)
+    store = create_prediction_store(path, height=700, width=1100, class_names=CLASSES, mpp=0.5, slide_mpp=0.25, chunk=128)
     rng = np.random.default_rng(0)
     labels = np.zeros((700, 1100), np.uint8)
     labels[100:500, 200:900] = 1
@@ -60,15 +60,17 @@ def test_store_metadata_and_levels(tmp_path):
         assert dataset["path"] == str(level)
         scale, translation = dataset["coordinateTransformations"]
         assert scale == {"type": "scale", "scale": [1.0, 0.5 * 2**level, 0.5 * 2**level]}
-        assert translation["translation"][1] == pytest.approx(0.25 * (2**level - 1))
+        # pixel-centre convention: a prediction pixel covering slide pixels 0 and 1 (centred at 0 and
+        # 0.25 µm) is centred at 0.125 µm
+        assert translation["translation"][1:] == [pytest.approx((0.5 * 2**level - 0.25) / 2)] * 2
         zarray = json.loads((path / str(level) / ".zarray").read_text())
         assert zarray["shape"] == [2, *shapes[level]] and zarray["zarr_format"] == 2
-    assert [c["label"] for c in root["omero"]["channels"]] == CLASSES
+    assert [c["label"] for c in root["omero"]["channels"]] == ["Background", "Tumor"]  # wsipipe.classes
     assert json.loads((path / "labels" / ".zattrs").read_text()) == {"labels": ["classes"]}
     label_attrs = json.loads((path / "labels" / "classes" / ".zattrs").read_text())
     assert [a["name"] for a in label_attrs["multiscales"][0]["axes"]] == ["y", "x"]
     assert len(label_attrs["multiscales"][0]["datasets"]) == len(shapes)
-    assert label_attrs["image-label"]["properties"][1] == {"label-value": 1, "class": "tumour"}
+    assert label_attrs["image-label"]["properties"][1] == {"label-value": 1, "class": "Tumor"}
     for level, shape in enumerate(shapes):
         zarray = json.loads((path / "labels" / "classes" / str(level) / ".zarray").read_text())
         assert zarray["shape"] == list(shape)
@@ -88,6 +90,6 @@ def test_foreign_or_mismatched_store_is_refused(tmp_path):
     with pytest.raises(StoreError, match="not a wsipipe prediction store"):
         open_prediction_store(tmp_path / "missing.zarr")
     path = tmp_path / "p.zarr"
-    create_prediction_store(path, height=100, width=100, class_names=CLASSES, mpp=1.0, chunk=64)
+    create_prediction_store(path, height=100, width=100, class_names=CLASSES, mpp=1.0, slide_mpp=0.5, chunk=64)
     with pytest.raises(StoreError, match="expected"):
-        create_prediction_store(path, height=100, width=120, class_names=CLASSES, mpp=1.0, chunk=64)
+        create_prediction_store(path, height=100, width=120, class_names=CLASSES, mpp=1.0, slide_mpp=0.5, chunk=64)

@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
+from wsipipe.classes import palette
 from wsipipe.errors import InvalidInputError, OutputError
 from wsipipe.report import (
     class_pixel_counts,
@@ -85,20 +86,20 @@ def test_overlay_tints_and_outlines_the_mask_on_a_real_slide_thumbnail(slides_di
         thumbnail = reader.thumbnail_at_mpp(8.0)
     labels = np.zeros((thumbnail.shape[0] // 2, thumbnail.shape[1] // 2), np.uint8)
     labels[20:60, 20:60] = 1  # coarser than the thumbnail: resized (nearest) onto it
-    overlay = render_overlay(thumbnail, labels)
+    overlay = render_overlay(thumbnail, labels, palette(["background", "tumour"]))
     assert overlay.shape == thumbnail.shape
     inside = (slice(50, 110), slice(50, 110))
     outside = (slice(0, 30), slice(0, 30))
     assert np.array_equal(overlay[outside], thumbnail[outside])
     tint = overlay[inside].astype(int) - thumbnail[inside].astype(int)
-    assert tint[..., 0].mean() > 0 > tint[..., 1].mean()  # toward the tumour red (230, 25, 75)
+    assert tint[..., 0].mean() > 0 > tint[..., 1].mean()  # toward QuPath's tumour red (200, 0, 0)
 
 
 def test_report_files(tmp_path):
     thumbnail = np.full((60, 80, 3), 230, np.uint8)
     labels = np.zeros((60, 80), np.uint8)
     labels[10:30, 10:40] = 1
-    overlay = render_overlay(thumbnail, labels)
+    overlay = render_overlay(thumbnail, labels, palette(["background", "tumour"]))
     write_report_json(tmp_path / "report.json", _report())
     write_overlay_png(tmp_path / "overlay.png", overlay)
     write_report_html(tmp_path / "report.html", _report(), thumbnail, overlay)

@@ -29,16 +29,8 @@ LABELS_NAME = "classes"
 #: Levels are added until the longest side is at most this many pixels.
 SMALLEST_LEVEL_SIDE = 256
 MAX_LEVELS = 12
-# Label colours (RGBA) by class index; class 0 (background) is transparent.
-_CLASS_COLOURS = [
-    [0, 0, 0, 0],
-    [230, 25, 75, 160],
-    [60, 180, 75, 160],
-    [0, 130, 200, 160],
-    [245, 130, 48, 160],
-    [145, 30, 180, 160],
-    [70, 240, 240, 160],
-]
+#: Opacity of the label colours (class 0, background, is transparent).
+LABEL_ALPHA = 160
 
 
 @dataclass
@@ -52,6 +44,7 @@ class PredictionStore:
     mpp: float
     chunk: int
     fingerprint: str = ""
+    slide_mpp: float = 0.0  # the slide's level-0 µm/px, which the coordinates are relative to
 
 
 def _compressor():
@@ -89,12 +82,15 @@ def create_prediction_store(
     width: int,
     class_names: list[str],
     mpp: float,
+    slide_mpp: float,
     chunk: int = 512,
     fingerprint: str = "",
 ) -> PredictionStore:
     """Create, or reopen when it holds the same layout and ``fingerprint``, a prediction store.
 
-    ``fingerprint`` identifies what the prediction is made from (slide, model, settings).
+    ``fingerprint`` identifies what the prediction is made from (slide, model, settings);
+    ``slide_mpp``: the slide's level-0 µm/px (pixel (0, 0) of level 0 covers the slide's first
+    ``mpp / slide_mpp`` level-0 pixels).
     """
     import zarr
 
@@ -115,8 +111,9 @@ def create_prediction_store(
     labels_group = root.require_group("labels").require_group(LABELS_NAME)
     labels = _create_array(labels_group, "0", (height, width), (chunk, chunk))
     # Provisional metadata (one level) so a reopened, unfinished store can be recognised.
-    _write_metadata(root, class_names, mpp, n_levels=1, complete=False, fingerprint=fingerprint)
-    return PredictionStore(path, probabilities, labels, list(class_names), mpp, chunk, fingerprint)
+    store = PredictionStore(path, probabilities, labels, list(class_names), mpp, chunk, fingerprint, slide_mpp)
+    _write_metadata(root, store, n_levels=1, complete=False)
+    return store
 
 
 def open_prediction_store(path: str | os.PathLike, require_complete: bool = True) -> PredictionStore:
@@ -141,7 +138,28 @@ def open_prediction_store(path: str | os.PathLike, require_complete: bool = True
         float(meta["mpp"]),
         int(probabilities.chunks[1]),
         str(meta.get("fingerprint", "")),
+        float(meta.get("slide_mpp", meta["mpp"])),
     )
+
+
+def is_complete(path: str | os.PathLike) -> bool:
+    """Whether ``path`` holds a finished prediction store (pyramid and metadata written)."""
+    try:
+        open_prediction_store(path)
+    except StoreError:
+        return False
+    return True
+
+
+def restrict_labels(store: PredictionStore, inside) -> None:
+    """Set level 0 of the label map to background wherever ``inside(y0, y1, x0, x1)`` (a boolean
+    array of that block) is False, chunk row by chunk row: the label map then holds what the
+    areas, regions and report count, and nothing else. Probabilities stay as the model gave them."""
+    height, width = store.labels.shape
+    for y0 in range(0, height, store.chunk):
+        y1 = min(y0 + store.chunk, height)
+        labels = np.asarray(store.labels[y0:y1, :])
+        store.labels[y0:y1, :] = np.where(inside(y0, y1, 0, width), labels, 0).astype(np.uint8)
 
 
 def build_pyramid(store: PredictionStore) -> list[tuple[int, int]]:
@@ -165,9 +183,7 @@ def build_pyramid(store: PredictionStore) -> list[tuple[int, int]]:
                 probs[:, y0:y1, x0:x1] = downsample_mean(previous_probs[(slice(None), *src)], (y1 - y0, x1 - x0))
                 labels[y0:y1, x0:x1] = downsample_mode(previous_labels[src], (y1 - y0, x1 - x0), n_classes)
         previous_probs, previous_labels = probs, labels
-    _write_metadata(
-        root, store.class_names, store.mpp, n_levels=len(shapes), complete=True, fingerprint=store.fingerprint
-    )
+    _write_metadata(root, store, n_levels=len(shapes), complete=True)
     return shapes
 
 
@@ -203,13 +219,15 @@ def downsample_mode(array: np.ndarray, out_shape: tuple[int, int], n_classes: in
     return best
 
 
-def _datasets(n_levels: int, mpp: float, with_channel: bool) -> list[dict]:
+def _datasets(n_levels: int, mpp: float, slide_mpp: float, with_channel: bool) -> list[dict]:
+    """Scale and translation of each level in µm, in the pixel-centre convention (napari's, and
+    NGFF's): the slide's level-0 pixel (0, 0) is centred at 0, so a pixel covering the first
+    ``k`` µm of the slide is centred at ``(k - slide_mpp) / 2``."""
     datasets = []
     for level in range(n_levels):
-        factor = 2**level
-        scale = [mpp * factor, mpp * factor]
-        # A coarse pixel's centre lies between the fine pixels it averages.
-        shift = [(factor - 1) / 2 * mpp] * 2
+        size = mpp * 2**level
+        scale = [size, size]
+        shift = [(size - slide_mpp) / 2] * 2
         if with_channel:
             scale, shift = [1.0, *scale], [0.0, *shift]
         datasets.append(
@@ -232,9 +250,11 @@ def _axes(with_channel: bool) -> list[dict]:
     return ([{"name": "c", "type": "channel"}] if with_channel else []) + space
 
 
-def _write_metadata(
-    root, class_names: list[str], mpp: float, n_levels: int, complete: bool, fingerprint: str
-) -> None:
+def _write_metadata(root, store: PredictionStore, n_levels: int, complete: bool) -> None:
+    from wsipipe.classes import display_name, palette
+
+    class_names, mpp, slide_mpp = store.class_names, store.mpp, store.slide_mpp
+    colours = palette(class_names)
     root.attrs.update(
         {
             "multiscales": [
@@ -242,7 +262,7 @@ def _write_metadata(
                     "version": NGFF_VERSION,
                     "name": "probabilities",
                     "axes": _axes(True),
-                    "datasets": _datasets(n_levels, mpp, True),
+                    "datasets": _datasets(n_levels, mpp, slide_mpp, True),
                     "type": "mean",
                 }
             ],
@@ -252,10 +272,8 @@ def _write_metadata(
                 "rdefs": {"model": "color"},
                 "channels": [
                     {
-                        "label": name,
-                        "color": "%02X%02X%02X" % tuple(_CLASS_COLOURS[i % len(_CLASS_COLOURS)][:3])
-                        if i
-                        else "808080",
+                        "label": display_name(name),
+                        "color": "%02X%02X%02X" % colours[i] if i else "808080",
                         "window": {"min": 0, "max": 255, "start": 0, "end": 255},
                         "active": i > 0,
                     }
@@ -265,9 +283,10 @@ def _write_metadata(
             "wsipipe": {
                 "class_names": list(class_names),
                 "mpp": mpp,
+                "slide_mpp": slide_mpp,
                 "complete": complete,
                 "probability_scale": 255,
-                "fingerprint": fingerprint,
+                "fingerprint": store.fingerprint,
             },
         }
     )
@@ -280,7 +299,7 @@ def _write_metadata(
                     "version": NGFF_VERSION,
                     "name": LABELS_NAME,
                     "axes": _axes(False),
-                    "datasets": _datasets(n_levels, mpp, False),
+                    "datasets": _datasets(n_levels, mpp, slide_mpp, False),
                     "type": "mode",
                 }
             ],
@@ -288,10 +307,10 @@ def _write_metadata(
                 "version": NGFF_VERSION,
                 "source": {"image": "../../"},
                 "colors": [
-                    {"label-value": i, "rgba": _CLASS_COLOURS[i % len(_CLASS_COLOURS)]}
+                    {"label-value": i, "rgba": [*colours[i], LABEL_ALPHA if i else 0]}
                     for i in range(len(class_names))
                 ],
-                "properties": [{"label-value": i, "class": name} for i, name in enumerate(class_names)],
+                "properties": [{"label-value": i, "class": display_name(name)} for i, name in enumerate(class_names)],
             },
         }
     )

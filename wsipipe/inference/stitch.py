@@ -221,6 +221,12 @@ class Stitcher:
                 del self._blocks[index]
 
 
+def remove_journals(journal_dir: str | os.PathLike) -> None:
+    """Delete the resume journals of a finished prediction: a finished store holds only the store."""
+    for path in Path(journal_dir).glob(JOURNAL_NAME.replace(".json", "*.json")):
+        path.unlink()
+
+
 class StripStitcher:
     """Stitches a prediction one column strip at a time, so that memory depends on the strip's
     width, not the slide's.

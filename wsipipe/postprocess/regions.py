@@ -4,7 +4,9 @@ Outlines are traced at the 0.5 iso-line of each class mask (marching squares), s
 outline runs along its pixel edges with only the corners cut, and its area matches the pixel
 count to within half a pixel per corner. Holes are kept (islands inside holes become separate
 polygons), regions and holes smaller than ``min_area_um2`` are dropped (a dropped hole is filled),
-and outlines are simplified (Douglas-Peucker, topology kept) to ``simplify_um``.
+and outlines are simplified (Douglas-Peucker, topology kept) to ``simplify_um``. With ``clip``,
+every polygon is cut to that rectangle (the slide: a label map's last pixels overhang its far
+edges); every polygon returned is valid (OGC) with at least four positions per ring.
 """
 
 from __future__ import annotations
@@ -33,14 +35,15 @@ def label_map_to_polygons(
     class_ids: list[int] | None = None,
     options: RegionOptions = RegionOptions(),
     origin: tuple[float, float] = (0.0, 0.0),
+    clip: tuple[float, float, float, float] | None = None,
 ) -> dict[int, list]:
     """Shapely polygons for each class of ``labels`` (2-D ints), largest first.
 
     ``downsample``: level-0 pixels per label-map pixel; ``mpp``: level-0 µm/px; ``origin``: the
-    level-0 position of the label map's top-left corner. Class 0 is background unless listed in
-    ``class_ids``.
+    level-0 position of the label map's top-left corner; ``clip``: (x0, y0, x1, y1) in level-0
+    pixels to cut the polygons to. Class 0 is background unless listed in ``class_ids``.
     """
-    from shapely import STRtree
+    from shapely import STRtree, box
     from shapely.geometry import Polygon
     from skimage.measure import find_contours
 
@@ -73,12 +76,30 @@ def label_map_to_polygons(
         shift_y = origin[1] + (0.5 - 1) * scale
         placed = []
         for polygon in polygons:
-            level0 = _affine(polygon, scale, shift_x, shift_y)
-            simplified = level0.simplify(simplify_level0, preserve_topology=True)
-            if not simplified.is_empty:
-                placed.append(simplified)
+            level0 = _affine(polygon, scale, shift_x, shift_y).simplify(simplify_level0, preserve_topology=True)
+            if clip is not None:
+                level0 = level0.intersection(box(*clip))
+            placed += valid_polygons(level0)
         result[class_id] = sorted(placed, key=lambda p: -p.area)
     return result
+
+
+def valid_polygons(geometry) -> list:
+    """The polygons of ``geometry`` that have an area, each valid (``make_valid`` where needed)."""
+    from shapely import make_valid
+    from shapely.geometry import Polygon
+
+    if not geometry.is_valid:
+        geometry = make_valid(geometry)
+    parts = getattr(geometry, "geoms", [geometry])
+    found = []
+    for part in parts:
+        if isinstance(part, Polygon):
+            if part.area > 0:
+                found.append(part)
+        elif hasattr(part, "geoms"):
+            found += valid_polygons(part)
+    return found
 
 
 def _assemble(outers: list, holes: list, strtree_cls) -> list:

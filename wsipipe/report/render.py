@@ -18,8 +18,6 @@ import numpy as np
 from wsipipe.errors import OutputError
 from wsipipe.files import write_atomic
 
-#: RGB per class index (class 0, background, is not drawn).
-CLASS_COLOURS = [(0, 0, 0), (230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180)]
 #: Heatmap colour stops (pale yellow -> orange -> dark red), low to high.
 HEAT_STOPS = np.array([(255, 255, 204), (253, 141, 60), (189, 0, 38)], np.float32)
 
@@ -38,8 +36,9 @@ def write_report_json(path: str | os.PathLike, report: dict) -> Path:
     return write_bytes_atomic(path, (json.dumps(report, indent=2, sort_keys=False) + "\n").encode())
 
 
-def render_overlay(thumbnail: np.ndarray, labels: np.ndarray, alpha: float = 0.4) -> np.ndarray:
-    """``thumbnail`` (h, w, 3) RGB with each non-zero class of ``labels`` tinted and outlined.
+def render_overlay(thumbnail: np.ndarray, labels: np.ndarray, colours, alpha: float = 0.4) -> np.ndarray:
+    """``thumbnail`` (h, w, 3) RGB with each non-zero class of ``labels`` tinted and outlined in
+    ``colours`` (RGB by class index: ``wsipipe.classes.palette``).
 
     ``labels`` may be at any resolution; it is resized (nearest) to the thumbnail.
     """
@@ -51,7 +50,7 @@ def render_overlay(thumbnail: np.ndarray, labels: np.ndarray, alpha: float = 0.4
     out = thumbnail.astype(np.float32)
     outline = max(1, round(max(height, width) / 500))
     for class_id in (int(c) for c in np.unique(labels) if c != 0):
-        colour = np.array(CLASS_COLOURS[class_id % len(CLASS_COLOURS)], np.float32)
+        colour = np.array(colours[class_id], np.float32)
         mask = labels == class_id
         out[mask] = (1 - alpha) * out[mask] + alpha * colour
         contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)
