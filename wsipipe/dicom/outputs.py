@@ -178,17 +178,22 @@ def seg_level(shapes: list[tuple[int, int]]) -> int:
     return len(shapes) - 1
 
 
-def annotation_rings(geometry) -> list[tuple[np.ndarray, float, bool]]:
-    """(ring in level-0 px without its closing point, area in px², is a hole) for each ring of a
-    (Multi)Polygon: ANN polygons have no holes, so each hole is a polygon of its own, in a group of holes."""
-    parts = getattr(geometry, "geoms", [geometry])
-    rings = []
-    for part in parts:
-        rings.append((np.asarray(part.exterior.coords, np.float64)[:-1, :2], float(part.area), False))
-        for hole in part.interiors:
-            from shapely.geometry import Polygon
+def geojson_rings(path: Path) -> list[tuple[str, np.ndarray, float]]:
+    """(label, ring in level-0 px without its closing point, area in px²) for each ring
+    of each (Multi)Polygon feature of a GeoJSON wsipipe wrote, exactly as written (the annotation
+    reader would repair the odd self-touching nucleus outline, which would no longer match).
+    ANN polygons have no holes, so each hole is a polygon of its own, in a group of holes."""
+    from shapely.geometry import Polygon
 
-            rings.append((np.asarray(hole.coords, np.float64)[:-1, :2], float(Polygon(hole).area), True))
+    rings = []
+    for feature in json.loads(path.read_text())["features"]:
+        geometry = feature["geometry"]
+        label = feature["properties"]["classification"]["name"]
+        polygons = geometry["coordinates"] if geometry["type"] == "MultiPolygon" else [geometry["coordinates"]]
+        for exterior, *holes in polygons:
+            rings.append((label, np.asarray(exterior, np.float64)[:-1, :2], Polygon(exterior, holes).area))
+            for hole in holes:
+                rings.append((f"{label} holes", np.asarray(hole, np.float64)[:-1, :2], Polygon(hole).area))
     return rings
 
 
@@ -196,18 +201,14 @@ def _annotations(geojson: Path, source, name: str, algorithm):
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
-    from wsipipe.annotations import read_annotations
-
     spacing = source.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing
     um2_per_px = float(spacing[0]) * float(spacing[1]) * 1e6
     to_slide = hd.spatial.ImageToReferenceTransformer.for_image(source, for_total_pixel_matrix=True)
     by_group: dict[str, tuple[list[np.ndarray], list[float]]] = {}
-    for annotation in read_annotations(geojson):
-        for ring, area, hole in annotation_rings(annotation.geometry):
-            label = f"{annotation.label} holes" if hole else annotation.label
-            rings, areas = by_group.setdefault(label, ([], []))
-            rings.append(to_slide(ring))
-            areas.append(area * um2_per_px)
+    for label, ring, area in geojson_rings(geojson):
+        rings, areas = by_group.setdefault(label, ([], []))
+        rings.append(to_slide(ring))
+        areas.append(area * um2_per_px)
     if not by_group:
         return None  # the standard wants at least one annotation group: no polygons, no file
     groups = []
