@@ -117,6 +117,8 @@ def test_binary_seg_reassembles_to_the_label_map_and_references_the_slide(cmu_ru
     assert algorithm.AlgorithmVersion == f"wsipipe {report['wsipipe_version']}"
     assert report["model"]["sha256"] in algorithm.AlgorithmParameters
     assert seg.SeriesInstanceUID != base.SeriesInstanceUID
+    assert seg.DimensionOrganizationType == "TILED_SPARSE" and seg.Rows == seg.Columns == 256
+    assert seg.NumberOfFrames == -(-labels.shape[0] // 256) * -(-labels.shape[1] // 256)  # every tile, empty or not
     assert dciodvfy_errors(dicom / "prediction.seg.dcm") == []
 
 
@@ -173,6 +175,7 @@ def _check_annotations(ann_path, geojson_path, base):
             assert got_area == pytest.approx(area * um2, rel=1e-6)
     assert ann.AnnotationCoordinateType == "3D" and ann.FrameOfReferenceUID == base.FrameOfReferenceUID
     assert ann.ReferencedSeriesSequence[0].SeriesInstanceUID == base.SeriesInstanceUID
+    assert "SpecimenDescriptionSequence" in base and "SpecimenDescriptionSequence" not in ann  # not in the ANN IOD
     assert dciodvfy_errors(ann_path) == []
 
 

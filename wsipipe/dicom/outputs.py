@@ -40,6 +40,9 @@ SERIES_NUMBERS = {SEG_NAME: 901, REGIONS_NAME: 902, NUCLEI_NAME: 903}
 #: Names a model may give its tumour class (coded as Neoplasm; other classes as Tissue).
 TUMOUR_NAMES = ("tumour", "tumor", "cancer", "carcinoma")
 MANUFACTURER = "wsipipe"
+#: The Specimen module's attributes (container and specimen identifiers).
+SPECIMEN_KEYWORDS = ("ContainerIdentifier", "IssuerOfTheContainerIdentifierSequence", "ContainerTypeCodeSequence",
+                     "SpecimenDescriptionSequence")
 
 
 def dicom_outputs_wanted(slide_path: str | os.PathLike, requested: bool | None, option: str) -> bool:
@@ -162,6 +165,7 @@ def _segmentation(prediction_path: Path, source, seg_type: str, algorithm):
             image_position=(float(origin.XOffsetInSlideCoordinateSystem), float(origin.YOffsetInSlideCoordinateSystem),
                             float(origin.get("ZOffsetInSlideCoordinateSystem") or 0.0)),
         )],
+        # TILED_SPARSE (per-frame positions): dciodvfy 1.00~20220618 rejects a TILED_FULL SEG without them.
         tile_pixel_array=True, tile_size=(SEG_TILE, SEG_TILE), omit_empty_frames=False,
         **_equipment(SEG_NAME, f"wsipipe {seg_type} segmentation"),
     )
@@ -224,7 +228,14 @@ def _annotations(geojson: Path, source, name: str, algorithm):
             measurements=[hd.ann.Measurements(name=codes.SCT.Area, values=np.asarray(areas, np.float32),
                                               unit=codes.UCUM.SquareMicrometer)],
         ))
-    return hd.ann.MicroscopyBulkSimpleAnnotations(
+    annotations = hd.ann.MicroscopyBulkSimpleAnnotations(
         source_images=[source], annotation_coordinate_type=hd.ann.AnnotationCoordinateTypeValues.SCOORD3D,
         annotation_groups=groups, **_equipment(name, f"wsipipe {name.split('.')[0]}"),
     )
+    # highdicom copies the slide's Specimen module, which the annotation IOD does not hold: drop it.
+    # Without it dciodvfy asks for Laterality (Type 2C, General Series): present and empty.
+    for keyword in SPECIMEN_KEYWORDS:
+        if keyword in annotations:
+            delattr(annotations, keyword)
+    annotations.Laterality = ""
+    return annotations

@@ -154,8 +154,8 @@ def resolve_series(path: str | os.PathLike) -> DicomSeries:
     path = Path(path)
     if path.is_dir():
         series, _ = group_series(_folder_files(path))
-        if not series:
-            raise DicomInputError(f"{path}: holds no DICOM whole-slide image")
+        if not series:  # not a DICOM folder at all: the error any folder given as a slide gets
+            raise SlideOpenError(f"{path}: is a directory, not a slide file (it holds no DICOM whole-slide image)")
         if len(series) > 1:
             raise DicomInputError(
                 f"{path}: holds {len(series)} DICOM whole-slide series; give one .dcm file of the slide you want"
