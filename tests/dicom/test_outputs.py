@@ -117,6 +117,11 @@ def test_binary_seg_reassembles_to_the_label_map_and_references_the_slide(cmu_ru
     assert algorithm.AlgorithmVersion == f"wsipipe {report['wsipipe_version']}"
     assert report["model"]["sha256"] in algorithm.AlgorithmParameters
     assert seg.SeriesInstanceUID != base.SeriesInstanceUID
+    # SEG pixel (0, 0) covers slide pixels [0, 2) x [0, 2) (1 µm/px over 0.499): the same place in mm
+    seg_to_slide = hd.spatial.ImageToReferenceTransformer.for_image(seg, for_total_pixel_matrix=True)
+    slide_to_slide = hd.spatial.ImageToReferenceTransformer.for_image(base, for_total_pixel_matrix=True)
+    corners = np.array([[0.0, 0.0], [labels.shape[1], labels.shape[0]]])
+    np.testing.assert_allclose(seg_to_slide(corners), slide_to_slide(corners * 1.0 / 0.499), atol=1e-9)
     assert seg.DimensionOrganizationType == "TILED_SPARSE" and seg.Rows == seg.Columns == 256
     assert seg.NumberOfFrames == -(-labels.shape[0] // 256) * -(-labels.shape[1] // 256)  # every tile, empty or not
     assert dciodvfy_errors(dicom / "prediction.seg.dcm") == []

@@ -152,7 +152,11 @@ def _segmentation(prediction_path: Path, source, seg_type: str, algorithm):
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC, algorithm_identification=algorithm,
         ))
     measures = source.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
-    origin = source.TotalPixelMatrixOriginSequence[0]
+    # Image Position (Slide) is the centre of the first pixel: a SEG pixel spans ``scale`` slide
+    # pixels from the slide's top-left corner, so its centre sits half of that in.
+    row_mm, column_mm = (float(v) for v in measures.PixelSpacing)
+    to_slide = hd.spatial.ImageToReferenceTransformer.for_image(source, for_total_pixel_matrix=True)
+    first_centre = to_slide(np.array([[spacing_mm / column_mm / 2, spacing_mm / row_mm / 2]]))[0]
     segmentation = hd.seg.Segmentation(
         source_images=[source], pixel_array=pixels, segmentation_type=seg_type.upper(),
         segment_descriptions=descriptions, max_fractional_value=255,
@@ -162,8 +166,7 @@ def _segmentation(prediction_path: Path, source, seg_type: str, algorithm):
         plane_orientation=hd.PlaneOrientationSequence(coordinate_system="SLIDE", image_orientation=source.ImageOrientationSlide),
         plane_positions=[hd.PlanePositionSequence(
             coordinate_system="SLIDE", pixel_matrix_position=(1, 1),
-            image_position=(float(origin.XOffsetInSlideCoordinateSystem), float(origin.YOffsetInSlideCoordinateSystem),
-                            float(origin.get("ZOffsetInSlideCoordinateSystem") or 0.0)),
+            image_position=tuple(float(v) for v in first_centre),
         )],
         # TILED_SPARSE (per-frame positions): dciodvfy 1.00~20220618 rejects a TILED_FULL SEG without them.
         tile_pixel_array=True, tile_size=(SEG_TILE, SEG_TILE), omit_empty_frames=False,
