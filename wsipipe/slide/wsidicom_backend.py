@@ -3,7 +3,6 @@ implicit-VR native pixels; see docs/dicom.md)."""
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +36,6 @@ class WsiDicomReader(SlideReader):
         ]
         spacing = pyramid[0].mpp  # µm/px as (width, height)
         self._mpp = (float(spacing.width), float(spacing.height)) if spacing is not None else (None, None)
-        self._lock = threading.Lock()
 
     @property
     def vendor(self) -> str | None:
@@ -69,12 +67,10 @@ class WsiDicomReader(SlideReader):
         downsample = self._levels[level].downsample
         location = (round(x / downsample), round(y / downsample))
         try:
-            with self._lock:
-                image = self._wsi.read_region(location, self._pyramid_index[level], (width, height))
+            image = self._wsi.read_region(location, self._pyramid_index[level], (width, height))
         except Exception as exc:
             raise SlideOpenError(f"{self.path}: cannot read pixels, the file is corrupt or truncated ({exc})") from exc
-        pixels = np.asarray(image.convert("RGB"))
-        return pixels
+        return np.asarray(image.convert("RGB"))
 
     def close(self) -> None:
         self._wsi.close()
