@@ -51,3 +51,56 @@ def hold_folder_lock():
         holder.kill()
         holder.wait()
         holder.stdout.close()
+
+
+#: DICOM test series (made from the shared slides and a synthetic one by wsidicomizer, once per
+#: session): name -> (source, wsidicomizer encoding). None keeps the source's own JPEG tiles
+#: (opentile, lossless); "jpeg" re-encodes them (lossy); "j2k" / "jpegls" are lossless.
+DICOM_CASES = {
+    "cmu": ("CMU-1-Small-Region.svs", None),
+    "ndpi": ("test3-DAPI-2-(387).ndpi", None),
+    "synth-j2k": ("synthetic", "j2k"),
+    "synth-jpegls": ("synthetic", "jpegls"),
+    "synth-jpeg": ("synthetic", "jpeg"),
+}
+
+
+@pytest.fixture(scope="session")
+def synthetic_slide(tmp_path_factory) -> Path:
+    """A small three-level synthetic slide (``wsipipe synth``), 0.5 µm/px."""
+    from wsipipe.slide.synthetic import SyntheticSpec, write_synthetic_slide
+
+    spec = SyntheticSpec(1500, 1100, mpp=0.5, tile_size=256, levels=3, seed=1)
+    return write_synthetic_slide(tmp_path_factory.mktemp("synthetic") / "synthetic.svs", spec)
+
+
+@pytest.fixture(scope="session")
+def dicom_series(tmp_path_factory, slides_dir, synthetic_slide):
+    """``dicom_series(name)`` -> (source slide, folder holding its DICOM series), converted once."""
+    made: dict[str, tuple[Path, Path]] = {}
+
+    def convert(name: str) -> tuple[Path, Path]:
+        if name not in made:
+            import warnings
+
+            from wsidicomizer import WsiDicomizer
+            from wsidicomizer.wsidicomizer import SourceIdentifier
+
+            source_name, encoding = DICOM_CASES[name]
+            source = synthetic_slide if source_name == "synthetic" else slides_dir / source_name
+            out = tmp_path_factory.mktemp(f"dicom-{name}")
+            options = {}
+            if encoding is not None:
+                from wsidicom.codec.settings import Channels, Jpeg2kSettings, JpegLsSettings, JpegSettings
+
+                settings = {"j2k": Jpeg2kSettings(levels=0, channels=Channels.RGB), "jpegls": JpegLsSettings(),
+                            "jpeg": JpegSettings(quality=90)}[encoding]
+                # opentile cannot parse the synthetic slide's short Aperio description: read it with openslide.
+                options = {"encoding": settings, "force_transcoding": True, "preferred_source": SourceIdentifier.OPENSLIDE}
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                WsiDicomizer.convert(source, out, **options)
+            made[name] = (source, out)
+        return made[name]
+
+    return convert

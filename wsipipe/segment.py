@@ -418,6 +418,7 @@ def segment_slide(
     mpp_override: float | None = None,
     nuclei: bool = False,
     nuclei_model: str | os.PathLike | None = None,
+    dicom_seg: str | None = None,
     progress: bool = True,
     say: Callable[[str], None] | None = None,
 ) -> dict:
@@ -427,7 +428,9 @@ def segment_slide(
     ``workers``: reader processes (0 reads in this process).
     ``nuclei``: also run the nuclei stage (classical, or the US-Net ``nuclei_model``, which
     implies ``nuclei``) with the predicted tumour as its tumour mask.
+    ``dicom_seg``: binary, fractional or none (default: binary for a DICOM slide; see ``wsipipe.dicom.outputs``).
     """
+    from wsipipe.dicom.outputs import resolve_dicom_seg, write_dicom_outputs
     from wsipipe.inference.sliding import check_overlap, default_overlap
     from wsipipe.nuclei.stage import check_nuclei_model, resolve_nuclei_model
     from wsipipe.slide import open_slide
@@ -442,6 +445,7 @@ def segment_slide(
     if batch_size < 1 or workers < 0:
         raise InvalidInputError("--batch-size must be at least 1 and --workers at least 0")
     slide_path = Path(slide_path)
+    dicom_seg = resolve_dicom_seg(slide_path, dicom_seg)
     timings: dict[str, float] = {}
     started = time.perf_counter()
     # Every check that can refuse the inputs runs before the output folder exists, so a refused
@@ -465,6 +469,8 @@ def segment_slide(
                 nuclei_options = {"model": nuclei_model, "mpp_override": mpp_override} if nuclei else None
                 report = _segment(slide_path, outdir, reader, pool, info, store, normalize, target, overlap,
                                   batch_size, device, progress, say, timings, nuclei_options)
+                if dicom_seg is not None:
+                    write_dicom_outputs(outdir, dicom_seg)
             finally:
                 if pool is not None:
                     pool.shutdown(wait=True, cancel_futures=True)

@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from wsipipe.batch.naming import output_name
+from wsipipe.dicom.series import DICOM_SUFFIX
 from wsipipe.errors import InvalidInputError
 
-DEFAULT_PATTERN = "*.ndpi,*.svs,*.tif,*.tiff"
+DEFAULT_PATTERN = "*.ndpi,*.svs,*.tif,*.tiff,*.dcm"
 MANIFEST_SLIDE_COLUMN = "slide"
 MANIFEST_ANNOTATION_COLUMN = "annotation"
 
@@ -66,6 +67,7 @@ def discover(input_path: Path, pattern: str = DEFAULT_PATTERN, exclude: Path | N
 def _from_folder(root: Path, patterns: list[str], exclude: Path | None) -> list[SlideEntry]:
     excluded = exclude.resolve() if exclude is not None else None
     entries = []
+    dicom_files = []
     # os.walk without following directory links: a link loop or a link to / cannot run away.
     for folder, dirs, files in os.walk(root, followlinks=False):
         here = Path(folder)
@@ -73,9 +75,31 @@ def _from_folder(root: Path, patterns: list[str], exclude: Path | None) -> list[
         for file_name in sorted(files):
             if any(fnmatch.fnmatchcase(file_name.lower(), p) for p in patterns):
                 path = here / file_name
+                if file_name.lower().endswith(DICOM_SUFFIX):
+                    dicom_files.append(path)
+                    continue
                 key = path.relative_to(root).as_posix()
                 entries.append(SlideEntry(key=key, path=path.resolve(), name=output_name(key)))
+    entries += _dicom_entries(root, dicom_files)
     return sorted(entries, key=lambda e: e.key)
+
+
+def _dicom_entries(root: Path, files: list[Path]) -> list[SlideEntry]:
+    """One entry per DICOM WSI series (however many files and folders), read from its base
+    level's file; other DICOM (a Segmentation written there) is left out; an unreadable file is
+    an entry of its own, for its job to report."""
+    from wsipipe.dicom.series import group_series
+
+    series, unreadable = group_series(files)
+    entries = []
+    for one in series:
+        first = (one.levels or one.instances)[0].path  # a series without levels fails in its job
+        key = first.relative_to(root).as_posix()
+        entries.append(SlideEntry(key=key, path=first.resolve(), name=output_name(key, one.description or one.uid)))
+    for path in unreadable:
+        key = path.relative_to(root).as_posix()
+        entries.append(SlideEntry(key=key, path=path.resolve(), name=output_name(key)))
+    return entries
 
 
 def _from_manifest(manifest: Path) -> list[SlideEntry]:

@@ -37,8 +37,13 @@ def batch(
         ),
     ] = "segment",
     pattern: Annotated[
-        str, typer.Option("--pattern", help="File-name patterns searched in an INPUT folder, comma-separated.")
-    ] = "*.ndpi,*.svs,*.tif,*.tiff",
+        str,
+        typer.Option(
+            "--pattern",
+            help="File-name patterns searched in an INPUT folder, comma-separated. .dcm files are grouped "
+            "by DICOM series (one slide per series; other DICOM, such as a Segmentation, is left out).",
+        ),
+    ] = "*.ndpi,*.svs,*.tif,*.tiff,*.dcm",
     workers: Annotated[
         Optional[int],
         typer.Option(

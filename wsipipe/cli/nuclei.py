@@ -35,6 +35,15 @@ def nuclei(
             "count as malignant for cellularity.",
         ),
     ] = None,
+    dicom: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--dicom/--no-dicom",
+            help="Also write nuclei.ann.dcm (DICOM Microscopy Bulk Simple Annotations referencing the slide). "
+            "Default: on for a DICOM input; refused for other inputs.",
+            show_default=False,
+        ),
+    ] = None,
     mpp_override: MppOverrideOpt = None,
     backend: BackendOpt = None,
     device: DeviceOpt = "auto",
@@ -70,6 +79,7 @@ def nuclei(
             model=model,
             device=device,
             backend=backend,
+            dicom=dicom,
             progress=lambda done, total: bar.update(task, completed=done, total=total),
         )
     cellularity = summary["cellularity"]

@@ -8,13 +8,18 @@ from typing import Annotated, Optional
 import typer
 
 SlideArg = Annotated[
-    Path, typer.Argument(help="Slide file (SVS, NDPI, OME-TIFF, pyramidal TIFF).", show_default=False)
+    Path,
+    typer.Argument(
+        help="Slide file (SVS, NDPI, OME-TIFF, pyramidal TIFF), or a DICOM WSI: a folder holding one series or any .dcm file of it.",
+        show_default=False,
+    ),
 ]
 BackendOpt = Annotated[
     Optional[str],
     typer.Option(
         "--backend",
-        help="Slide reader: 'openslide' or 'tiffslide'. Default: openslide, tiffslide if it fails.",
+        help="Slide reader: 'openslide', 'tiffslide' or (DICOM only) 'wsidicom'. Default: openslide, then "
+        "tiffslide (DICOM: wsidicom) if it fails.",
     ),
 ]
 MppOverrideOpt = Annotated[

@@ -50,6 +50,16 @@ def segment(
         Optional[Path],
         typer.Option("--nuclei-model", help="A US-Net nuclei model file ('bundled': the one shipped with wsipipe) instead of the classical method (implies --nuclei)."),
     ] = None,
+    dicom_seg: Annotated[
+        Optional[str],
+        typer.Option(
+            "--dicom-seg",
+            help="For a DICOM slide: the DICOM Segmentation written beside prediction.zarr, 'binary' (one bit per "
+            "class) or 'fractional' (probabilities 0-255), or 'none' to write no DICOM outputs. Default: binary for "
+            "a DICOM slide; refused for other slides.",
+            show_default=False,
+        ),
+    ] = None,
     mpp_override: MppOverrideOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
@@ -60,6 +70,8 @@ def segment(
     Writes to OUTDIR: prediction.zarr (OME-Zarr: class probabilities and label map, several levels), regions.geojson (QuPath), regions.xml (ASAP), overlay.png, report.json and report.html. A killed run resumes when the same command is run again.
 
     With --nuclei also nuclei.geojson (QuPath detections), nuclei.csv, labels.zarr (nuclei instances) and nuclei.json, and a per-tile cellularity heatmap in report.html.
+
+    For a DICOM slide (a folder holding one series, or any .dcm file of it) also prediction.seg.dcm (DICOM Segmentation), regions.ann.dcm and, with --nuclei, nuclei.ann.dcm (Microscopy Bulk Simple Annotations), each referencing the slide's series.
     """
     from wsipipe.segment import segment_slide
 
@@ -70,7 +82,7 @@ def segment(
     report = segment_slide(
         slide, outdir, model=model, tiles_store=tiles, normalize=normalize, target=target, overlap=overlap,
         batch_size=batch_size, device=device, workers=workers, mpp_override=mpp_override, nuclei=nuclei,
-        nuclei_model=nuclei_model, progress=not quiet, say=say,
+        nuclei_model=nuclei_model, dicom_seg=dicom_seg, progress=not quiet, say=say,
     )
     if report.get("message"):
         say(report["message"])

@@ -137,6 +137,7 @@ def run_nuclei(
     model: Path | None = None,
     device: str = "cpu",
     backend: str | None = None,
+    dicom: bool | None = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict:
     """Segment the nuclei of ``input_path`` into ``outdir``; returns the summary written to nuclei.json.
@@ -144,9 +145,13 @@ def run_nuclei(
     Without ``model`` the classical method runs with ``params``; with a US-Net model file the
     network does (at the model's µm/px) and ``params`` is not used. ``tumour_mask`` is an image
     file or a boolean array, ``tissue_mask`` a boolean array (default: detected on a thumbnail);
-    both cover the whole input at any resolution.
+    both cover the whole input at any resolution. ``dicom``: also write nuclei.ann.dcm (None: when
+    the input is a DICOM series; see ``wsipipe.dicom.outputs``).
     """
+    from wsipipe.dicom.outputs import dicom_outputs_wanted, write_dicom_outputs
     from wsipipe.tissue import detect_tissue
+
+    dicom = dicom_outputs_wanted(input_path, dicom, "--dicom")
 
     model = resolve_nuclei_model(model) if model is not None else None
     network = _load_nuclei_model(model, device) if model is not None else None
@@ -252,6 +257,8 @@ def run_nuclei(
             "tiles": [t.figures() for t in tiles if t.tissue_mm2 > 0 or t.nuclei],
         }
         outputs.write_json(outdir / "nuclei.json", summary)
+        if dicom:
+            write_dicom_outputs(outdir)
         return summary
 
 

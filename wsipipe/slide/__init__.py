@@ -7,9 +7,13 @@ import os
 from pathlib import Path
 
 from wsipipe.errors import InvalidInputError, SlideOpenError
+from wsipipe.dicom.series import is_dicom_path
 from wsipipe.slide.base import Level, SlideReader
 
-BACKENDS = ("openslide", "tiffslide")
+BACKENDS = ("openslide", "tiffslide", "wsidicom")
+#: Tried in this order when no backend is named: DICOM series, and everything else.
+DICOM_BACKENDS = ("openslide", "wsidicom")
+FILE_BACKENDS = ("openslide", "tiffslide")
 
 __all__ = ["BACKENDS", "Level", "SlideReader", "open_slide"]
 
@@ -24,32 +28,62 @@ def _backend_class(name: str) -> type[SlideReader]:
         from wsipipe.slide.openslide_backend import OpenSlideReader
 
         return OpenSlideReader
+    if name == "wsidicom":
+        from wsipipe.slide.wsidicom_backend import WsiDicomReader
+
+        return WsiDicomReader
     from wsipipe.slide.tiffslide_backend import TiffSlideReader
 
     return TiffSlideReader
 
 
 def open_slide(path: str | os.PathLike, backend: str | None = None, mpp_override: float | None = None) -> SlideReader:
-    """Open ``path`` with ``backend``, or with openslide and then tiffslide when none is named."""
+    """Open ``path`` with ``backend``, or with openslide and then tiffslide when none is named.
+
+    A DICOM WSI (a folder holding one series, or any ``.dcm`` file of it) is checked as a series
+    first, then read by openslide, or wsidicom where openslide refuses its transfer syntax.
+    """
     path = Path(path)
     if backend is not None and backend not in BACKENDS:
         raise InvalidInputError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if not path.exists():
         raise SlideOpenError(f"{path}: no such file")
-    if path.is_dir():
-        raise SlideOpenError(f"{path}: is a directory, not a slide file")
     if not os.access(path, os.R_OK):
         raise SlideOpenError(f"{path}: not readable (permission denied)")
-    candidates = [backend] if backend else list(BACKENDS)
+    if is_dicom_path(path):
+        return _open_dicom(path, backend, mpp_override)
+    if backend == "wsidicom":
+        raise InvalidInputError(f"{path}: --backend wsidicom reads DICOM series only")
+    return _open_with(path, path, [backend] if backend else FILE_BACKENDS, mpp_override, SlideOpenError)
+
+
+def _open_dicom(path: Path, backend: str | None, mpp_override: float | None) -> SlideReader:
+    from wsipipe.dicom.series import DicomInputError, resolve_series
+
+    if backend is not None and backend not in DICOM_BACKENDS:
+        raise InvalidInputError(f"{path}: a DICOM series; choose --backend {' or '.join(DICOM_BACKENDS)}")
+    series = resolve_series(path)
+    # openslide takes one file of the series (it finds the others beside it); wsidicom the series.
+    targets = {"openslide": series.base.path, "wsidicom": path}
+    names = [backend] if backend else DICOM_BACKENDS
+    reader = _open_with(path, targets, names, mpp_override, DicomInputError)
+    reader.path = path  # the slide as the user named it, not the one file openslide opened
+    return reader
+
+
+def _open_with(path: Path, targets, names, mpp_override, error: type[SlideOpenError]) -> SlideReader:
+    """The first backend of ``names`` that opens its target (``targets``: a path, or one per backend)
+    and decodes a pixel; ``error`` naming every refusal otherwise."""
     errors = []
-    for name in candidates:
+    for name in names:
+        target = targets[name] if isinstance(targets, dict) else targets
         try:
-            reader = _backend_class(name)(path, mpp_override)
+            reader = _backend_class(name)(target, mpp_override)
             _check_readable(reader)
             return reader
         except SlideOpenError as exc:
-            errors.append(str(exc).removeprefix(f"{path}: "))
-    raise SlideOpenError(f"{path}: not a readable slide ({'; '.join(errors)})")
+            errors.append(str(exc).removeprefix(f"{target}: "))
+    raise error(f"{path}: not a readable slide ({'; '.join(errors)})")
 
 
 def _check_readable(reader: SlideReader) -> None:
