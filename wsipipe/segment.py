@@ -430,7 +430,7 @@ def segment_slide(
     implies ``nuclei``) with the predicted tumour as its tumour mask.
     ``dicom_seg``: binary, fractional or none (default: binary for a DICOM slide; see ``wsipipe.dicom.outputs``).
     """
-    from wsipipe.dicom.outputs import resolve_dicom_seg, write_dicom_outputs
+    from wsipipe.dicom.outputs import resolve_dicom_seg
     from wsipipe.inference.sliding import check_overlap, default_overlap
     from wsipipe.nuclei.stage import check_nuclei_model, resolve_nuclei_model
     from wsipipe.slide import open_slide
@@ -468,9 +468,7 @@ def segment_slide(
             try:
                 nuclei_options = {"model": nuclei_model, "mpp_override": mpp_override} if nuclei else None
                 report = _segment(slide_path, outdir, reader, pool, info, store, normalize, target, overlap,
-                                  batch_size, device, progress, say, timings, nuclei_options)
-                if dicom_seg is not None:
-                    write_dicom_outputs(outdir, dicom_seg)
+                                  batch_size, device, progress, say, timings, nuclei_options, dicom_seg)
             finally:
                 if pool is not None:
                     pool.shutdown(wait=True, cancel_futures=True)
@@ -478,8 +476,9 @@ def segment_slide(
 
 
 def _segment(slide_path, outdir, reader, pool, info, store, normalize, target, overlap, batch_size, device,
-             progress, say, timings, nuclei_options) -> dict:
-    """``store``: the opened ``--tiles`` store or None; ``overlap``: resolved and checked."""
+             progress, say, timings, nuclei_options, dicom_seg) -> dict:
+    """``store``: the opened ``--tiles`` store or None; ``overlap``: resolved and checked;
+    ``dicom_seg``: the DICOM Segmentation's type, or None for no DICOM outputs."""
     from wsipipe.inference.omezarr import (
         build_pyramid, create_prediction_store, is_complete, open_prediction_store, restrict_labels,
     )
@@ -542,7 +541,7 @@ def _segment(slide_path, outdir, reader, pool, info, store, normalize, target, o
         prediction = open_prediction_store(partial)
     return _write_outputs(slide_path, outdir, reader, plan, prediction, info, classes, timings,
                           normalize=normalize, device=device, overlap=overlap, tiles_run=tiles_run,
-                          nuclei_options=nuclei_options, progress=progress)
+                          nuclei_options=nuclei_options, dicom_seg=dicom_seg, progress=progress)
 
 
 def _run_tiles(batches, positions, total, runner, stitcher, progress, timings) -> None:
@@ -611,7 +610,7 @@ def _regions_level(shapes: list[tuple[int, int]]) -> int:
 
 
 def _write_outputs(slide_path, outdir, reader, plan, prediction, info, classes, timings, *, normalize, device,
-                   overlap, tiles_run, nuclei_options, progress) -> dict:
+                   overlap, tiles_run, nuclei_options, dicom_seg, progress) -> dict:
     """Regions, nuclei, overlay and report from the finished, tissue-restricted label map, all
     written together (``files.staged_outputs``, report.json last); a prediction store still under
     its partial name moves into place with them."""
@@ -718,6 +717,12 @@ def _write_outputs(slide_path, outdir, reader, plan, prediction, info, classes, 
         write_report_html(staging / "report.html", report, thumbnail, overlay, heatmap)
         if prediction.path != outdir / PREDICTION_NAME:
             os.replace(prediction.path, staging / PREDICTION_NAME)
+            prediction.path = staging / PREDICTION_NAME
+        if dicom_seg is not None:
+            from wsipipe.dicom.outputs import write_dicom_outputs
+
+            report["outputs"] += write_dicom_outputs(staging, dicom_seg, prediction=prediction.path)
+            write_report_json(staging / "report.json", report)
     return report
 
 

@@ -67,8 +67,12 @@ def resolve_dicom_seg(slide_path: str | os.PathLike, requested: str | None) -> s
     return (requested or "binary") if wanted else None
 
 
-def write_dicom_outputs(outdir: str | os.PathLike, seg_type: str = "binary") -> list[str]:
-    """Write the DICOM counterparts of OUTDIR's finished outputs; returns the names written."""
+def write_dicom_outputs(outdir: str | os.PathLike, seg_type: str = "binary",
+                        prediction: str | os.PathLike | None = None) -> list[str]:
+    """Write the DICOM counterparts of OUTDIR's finished outputs; returns the names written.
+
+    ``prediction``: the finished prediction store, when it is not OUTDIR's ``prediction.zarr``
+    (segment writes its outputs in a staging folder and may reuse the store already in place)."""
     import pydicom
 
     from wsipipe.dicom.series import resolve_series
@@ -80,9 +84,10 @@ def write_dicom_outputs(outdir: str | os.PathLike, seg_type: str = "binary") -> 
     series = resolve_series(report["slide"] if report else nuclei["input"])
     source = pydicom.dcmread(series.base.path, stop_before_pixels=True)
     objects = []
-    if report and (outdir / "prediction.zarr").is_dir():
+    prediction = Path(prediction) if prediction is not None else outdir / "prediction.zarr"
+    if report and prediction.is_dir():
         model = _algorithm(report["model"]["name"], report["model"]["sha256"])
-        objects.append((SEG_NAME, lambda: _segmentation(outdir / "prediction.zarr", source, seg_type, model)))
+        objects.append((SEG_NAME, lambda: _segmentation(prediction, source, seg_type, model)))
         objects.append((REGIONS_NAME, lambda: _annotations(outdir / "regions.geojson", source, REGIONS_NAME, model)))
     if nuclei and (outdir / "nuclei.geojson").is_file():
         method = _algorithm(nuclei["method"], None)
