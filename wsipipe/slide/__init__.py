@@ -29,8 +29,10 @@ def _backend_class(name: str) -> type[SlideReader]:
     return TiffSlideReader
 
 
-def open_slide(path: str | os.PathLike, backend: str | None = None, mpp_override: float | None = None) -> SlideReader:
-    """Open ``path`` with ``backend``, or with openslide and then tiffslide when none is named."""
+def open_slide(path: str | os.PathLike, backend: str | None = None, mpp_override: float | None = None,
+               levels_cache: str | os.PathLike | None = None) -> SlideReader:
+    """Open ``path`` with ``backend``, or with openslide and then tiffslide when none is named;
+    with ``levels_cache``, the levels built for it there (``wsipipe.slide.built``) come too."""
     path = Path(path)
     if backend is not None and backend not in BACKENDS:
         raise InvalidInputError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -46,10 +48,16 @@ def open_slide(path: str | os.PathLike, backend: str | None = None, mpp_override
         try:
             reader = _backend_class(name)(path, mpp_override)
             _check_readable(reader)
-            return reader
+            break
         except SlideOpenError as exc:
             errors.append(str(exc).removeprefix(f"{path}: "))
-    raise SlideOpenError(f"{path}: not a readable slide ({'; '.join(errors)})")
+    else:
+        raise SlideOpenError(f"{path}: not a readable slide ({'; '.join(errors)})")
+    if levels_cache is None:
+        return reader
+    from wsipipe.slide.built import attach_built_levels
+
+    return attach_built_levels(reader, levels_cache)
 
 
 def _check_readable(reader: SlideReader) -> None:
