@@ -106,8 +106,10 @@ def build_level(reader: SlideReader, downsample: float, path: Path, fingerprint:
                         cols, left = _area_weights(bx, min(bx + step, x0 + w), factor)
                         location = (round(left * lvl.downsample), round(top * lvl.downsample))
                         block = reader.read_region(location, source, (cols.shape[1], rows.shape[1]))
-                        mean = (rows @ block.reshape(len(block), -1).astype(np.float32)).reshape(len(rows), -1, 3)
-                        mean = cols @ mean  # (rows, source columns, 3) -> (rows, columns, 3)
+                        # Two plain matrix products (BLAS): source rows into built rows, then columns.
+                        mean = rows @ block.reshape(len(block), -1).astype(np.float32)  # (rows, source cols * 3)
+                        mean = mean.reshape(len(rows), -1, 3).transpose(1, 0, 2).reshape(cols.shape[1], -1)
+                        mean = (cols @ mean).reshape(len(cols), len(rows), 3).transpose(1, 0, 2)
                         chunk[by - y0 : by - y0 + len(rows), bx - x0 : bx - x0 + len(cols)] = np.rint(mean).clip(0, 255)
                 array[y0 : y0 + h, x0 : x0 + w] = chunk
 
@@ -144,16 +146,18 @@ def attach_built_levels(reader: SlideReader, cache: str | Path, fingerprint: str
         built.append((Level(int(record["width"]), int(record["height"]), float(record["downsample"])), array))
     if not built:
         return reader
-    return BuiltLevelsReader(reader, sorted(built, key=lambda item: item[0].downsample))
+    return BuiltLevelsReader(reader, sorted(built, key=lambda item: item[0].downsample), cache)
 
 
 class BuiltLevelsReader(SlideReader):
     """A slide's own levels followed by the levels built for it (zarr arrays, coarser than any
     of its own), each read like a native level."""
 
-    def __init__(self, native: SlideReader, built: list[tuple[Level, object]]):
+    def __init__(self, native: SlideReader, built: list[tuple[Level, object]], levels_cache: Path):
         super().__init__(native.path, native._mpp_override)
         self.native = native
+        #: The folder the built levels are in (for opening the slide again with them).
+        self.levels_cache = levels_cache
         self.backend = native.backend
         self.thread_safe = native.thread_safe
         self._built = [array for _, array in built]
