@@ -171,3 +171,17 @@ def test_tile_on_a_single_level_ome_tiff(slides_dir, tmp_path):
     assert len(coords) == 9  # 21 x 21 px at 12 µm/px: 3 x 3 tiles of 8
     for (x, y), tile in zip(coords.tolist(), pixels):
         assert np.abs(tile.astype(int) - _area_average(level0, x, y, (8, 8), downsample)).max() <= 2
+
+
+@pytest.mark.slow  # a Dask worker running the bundled model: ~30 s
+def test_batch_segment_over_a_folder_with_a_single_level_ome_tiff(slides_dir, tmp_path):
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    (archive / OME).symlink_to(slides_dir / OME)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["batch", str(archive), "-o", str(out), "--job", "segment", "--device", "cpu",
+                                      "--quiet"])
+    assert result.exit_code == 0, result.output
+    (report,) = out.glob("*/report.json")
+    assert json.loads(report.read_text())["n_tiles"] >= 1
+    assert len(list(report.parent.glob(f"{LEVELS_FOLDER}/*.zarr"))) == 1

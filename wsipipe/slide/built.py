@@ -5,7 +5,7 @@ A slide whose smallest level is far finer than a stage needs (a single-level OME
 256 px tile would need a 13 000 px read. ``with_level_for`` builds the missing level once, at
 exactly the µm/px asked for: each built pixel is the area-weighted mean of the smallest level's
 pixels under it (what ``cv2.INTER_AREA`` gives when resizing the whole level), computed block by
-block (at most ``BLOCK`` source px a side), so memory does not grow with the slide. The level
+block (about ``BLOCK`` source px a side), so memory does not grow with the slide. The level
 is stored in a cache folder the caller names (``segment``: OUTDIR/.wsipipe-levels), written
 atomically, and served by ``BuiltLevelsReader`` like a native level (level-0 coordinates, white
 beyond the edge). Any later reader given that folder (``open_slide(..., levels_cache=)``: a
@@ -28,7 +28,8 @@ from wsipipe.slide.base import MAX_EXTRA_DOWNSAMPLE, Level, SlideReader
 
 #: The cache folder's name inside a stage's output folder.
 LEVELS_FOLDER = ".wsipipe-levels"
-#: Source pixels read at once (a side, at least): one block, as float32, is the build's working memory.
+#: Source pixels read at once (a side; one built pixel's span where that is more): one block, as
+#: float32, is the build's working memory.
 BLOCK = 1024
 #: Chunk side of a built level's zarr array.
 CHUNK = 512
@@ -36,6 +37,7 @@ CHUNK = 512
 ATTRIBUTE = "wsipipe_built_level"
 #: Bytes hashed at each end of the slide file for its fingerprint.
 FINGERPRINT_BYTES = 1 << 20
+
 
 def needs_level(reader: SlideReader, mpp: float) -> bool:
     """Whether ``mpp`` is coarser than resizing a read of the smallest level may go."""
