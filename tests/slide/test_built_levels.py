@@ -109,7 +109,8 @@ def test_a_failed_build_leaves_no_level_behind(slides_dir, tmp_path, monkeypatch
 def test_impossible_scales_are_refused_before_anything_is_made(slides_dir, tmp_path):
     with open_slide(slides_dir / OME) as reader:
         coarsest = reader.mpp * max(reader.dimensions) / 8  # the whole slide 8 px across
-        message = f"1000.0 µm/px is too coarse for this slide: at most {coarsest:.4g} can be read (the slide is then 8 px across)"
+        message = (f"1000.0 µm/px is too coarse for this slide: at most {coarsest:.4g} can be read "
+                   "(the slide is then 8 px across)")
         with pytest.raises(InvalidInputError) as refused:
             with_level_for(reader, 1000.0, tmp_path / "levels")
         assert str(refused.value) == message
@@ -141,7 +142,8 @@ def test_building_a_level_of_a_20000_px_slide_keeps_memory_bounded(tmp_path):
 
 @pytest.mark.slow  # the bundled model and a reader process: ~15-25 s on a shared 2-core machine
 def test_segment_on_a_single_level_ome_tiff(slides_dir, tmp_path):
-    """The bundled model (12 µm/px) on a slide whose only level is 0.227 µm/px; reader processes read the built level."""
+    """The bundled model (12 µm/px) on a slide whose only level is 0.227 µm/px; the reader process
+    reads the built level too."""
     out = tmp_path / "out"
     args = ["segment", str(slides_dir / OME), "-o", str(out), "--device", "cpu", "--quiet"]
     result = CliRunner().invoke(app, [*args, "--workers", "1"])
