@@ -208,14 +208,14 @@ class DeviceRunner:
 _worker_reader = None
 
 
-def _open_worker(path: str, mpp_override: float | None) -> None:
+def _open_worker(path: str, mpp_override: float | None, levels_cache: str | None) -> None:
     import cv2
 
     from wsipipe.slide import open_slide
 
     global _worker_reader
     cv2.setNumThreads(1)
-    _worker_reader = open_slide(path, mpp_override=mpp_override)
+    _worker_reader = open_slide(path, mpp_override=mpp_override, levels_cache=levels_cache)
 
 
 def _read_tiles(reader, coords: np.ndarray, tile: int, mpp: float) -> np.ndarray:
@@ -229,8 +229,9 @@ def _read_in_worker(coords: np.ndarray, tile: int, mpp: float) -> np.ndarray:
     return _read_tiles(_worker_reader, coords, tile, mpp)
 
 
-def start_readers(slide_path: Path, mpp_override: float | None, workers: int):
-    """Reader processes, started early so their start-up overlaps model loading (None for 0 workers).
+def start_readers(slide_path: Path, mpp_override: float | None, workers: int, levels_cache: Path | None = None):
+    """Reader processes, started early so their start-up overlaps model loading (None for 0 workers),
+    each with the levels built for the slide in ``levels_cache`` (``wsipipe.slide.built``).
 
     Spawned, not forked: the parent runs zarr's I/O thread and torch's thread pools.
     """
@@ -243,7 +244,7 @@ def start_readers(slide_path: Path, mpp_override: float | None, workers: int):
         max_workers=workers,
         mp_context=multiprocessing.get_context("spawn"),
         initializer=_open_worker,
-        initargs=(str(slide_path), mpp_override),
+        initargs=(str(slide_path), mpp_override, str(levels_cache) if levels_cache is not None else None),
     )
     for _ in range(workers):
         pool.submit(int)  # start every process now
@@ -434,6 +435,7 @@ def segment_slide(
     from wsipipe.inference.sliding import check_overlap, default_overlap
     from wsipipe.nuclei.stage import check_nuclei_model, resolve_nuclei_model
     from wsipipe.slide import open_slide
+    from wsipipe.slide.built import LEVELS_FOLDER, with_level_for
 
     say = say or (lambda message: None)
     if nuclei_model is not None:
@@ -461,10 +463,17 @@ def segment_slide(
     check_overlap(overlap, tile)
     with open_slide(slide_path, mpp_override=mpp_override) as reader:
         reader.mpp  # noqa: B018 - a slide without µm/px fails here, naming --mpp-override
-        reader.check_mpp(info.bundle.mpp)  # one clear error when the slide cannot give the model's µm/px
+        # One clear error when the slide cannot give the model's µm/px, even through a built level.
+        reader.check_mpp(info.bundle.mpp, buildable=True)
         outdir = make_output_folder(outdir)
         with folder_lock(outdir):
-            pool = None if store is not None else start_readers(slide_path, mpp_override, workers)
+            levels = outdir / LEVELS_FOLDER
+            t0 = time.perf_counter()
+            with_level = with_level_for(reader, info.bundle.mpp, levels, say)  # built once for a slide lacking one
+            if with_level is not reader:
+                timings["level"] = time.perf_counter() - t0
+            reader = with_level
+            pool = None if store is not None else start_readers(slide_path, mpp_override, workers, levels)
             try:
                 nuclei_options = {"model": nuclei_model, "mpp_override": mpp_override} if nuclei else None
                 report = _segment(slide_path, outdir, reader, pool, info, store, normalize, target, overlap,

@@ -27,6 +27,7 @@ from wsipipe.errors import InvalidInputError
 from wsipipe.grid import TileGrid, build_grid, validate_tiling
 from wsipipe.slide import open_slide
 from wsipipe.slide.base import SlideReader
+from wsipipe.slide.built import LEVELS_FOLDER, BuiltLevelsReader, with_level_for
 from wsipipe.store import ShardWriter, StoreWriter, create_tile_store
 from wsipipe.tissue import detect_tissue, read_thumbnail, thumbnail_downsample
 
@@ -85,11 +86,16 @@ def tile_slide(
         mpp = None
     slide_path, store_path = Path(slide_path), Path(store_path)
     reader = open_slide(slide_path, backend=backend, mpp_override=mpp_override)
+    if mpp is not None:
+        try:
+            # A slide without a level near ``mpp`` gets one, built once beside the store.
+            reader = with_level_for(reader, mpp, store_path.parent / LEVELS_FOLDER)
+        except BaseException:
+            reader.close()
+            raise
     readers = _ThreadReaders(reader, mpp_override)
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="wsipipe-tile") if workers > 1 else None
     try:
-        if mpp is not None:
-            reader.check_mpp(mpp)
         rasteriser, labels_meta = (None, None)
         if annotations is not None:
             rasteriser, labels_meta = _annotation_index(Path(annotations), label_map, strict, reader)
@@ -290,7 +296,8 @@ class _ThreadReaders:
 
     def __init__(self, main: SlideReader, mpp_override: float | None):
         self._main = main
-        self._args = (str(main.path), main.backend, mpp_override)
+        levels = main.levels_cache if isinstance(main, BuiltLevelsReader) else None
+        self._args = (str(main.path), main.backend, mpp_override, levels)
         self._local = threading.local()
         self._opened: list[SlideReader] = [main]
         self._lock = threading.Lock()
@@ -300,8 +307,9 @@ class _ThreadReaders:
             return self._main
         reader = getattr(self._local, "reader", None)
         if reader is None:
-            path, backend, mpp_override = self._args
-            reader = self._local.reader = open_slide(path, backend=backend, mpp_override=mpp_override)
+            path, backend, mpp_override, levels = self._args
+            reader = self._local.reader = open_slide(path, backend=backend, mpp_override=mpp_override,
+                                                     levels_cache=levels)
             with self._lock:
                 self._opened.append(reader)
         return reader

@@ -37,8 +37,10 @@ def _backend_class(name: str) -> type[SlideReader]:
     return TiffSlideReader
 
 
-def open_slide(path: str | os.PathLike, backend: str | None = None, mpp_override: float | None = None) -> SlideReader:
-    """Open ``path`` with ``backend``, or with openslide and then tiffslide when none is named.
+def open_slide(path: str | os.PathLike, backend: str | None = None, mpp_override: float | None = None,
+               levels_cache: str | os.PathLike | None = None) -> SlideReader:
+    """Open ``path`` with ``backend``, or with openslide and then tiffslide when none is named;
+    with ``levels_cache``, the levels built for it there (``wsipipe.slide.built``) come too.
 
     A DICOM WSI (a folder holding one series, or any ``.dcm`` file of it) is checked as a series
     first, then read by openslide, or wsidicom where openslide refuses its transfer syntax.
@@ -51,10 +53,16 @@ def open_slide(path: str | os.PathLike, backend: str | None = None, mpp_override
     if not os.access(path, os.R_OK):
         raise SlideOpenError(f"{path}: not readable (permission denied)")
     if is_dicom_path(path):
-        return _open_dicom(path, backend, mpp_override)
-    if backend == "wsidicom":
+        reader = _open_dicom(path, backend, mpp_override)
+    elif backend == "wsidicom":
         raise InvalidInputError(f"{path}: --backend wsidicom reads DICOM series only")
-    return _open_with(path, path, [backend] if backend else FILE_BACKENDS, mpp_override, SlideOpenError)
+    else:
+        reader = _open_with(path, path, [backend] if backend else FILE_BACKENDS, mpp_override, SlideOpenError)
+    if levels_cache is None:
+        return reader
+    from wsipipe.slide.built import attach_built_levels
+
+    return attach_built_levels(reader, levels_cache)
 
 
 def _open_dicom(path: Path, backend: str | None, mpp_override: float | None) -> SlideReader:
@@ -80,10 +88,12 @@ def _open_with(path: Path, targets, names, mpp_override, error: type[SlideOpenEr
         try:
             reader = _backend_class(name)(target, mpp_override)
             _check_readable(reader)
-            return reader
+            break
         except SlideOpenError as exc:
             errors.append(str(exc).removeprefix(f"{target}: "))
-    raise error(f"{path}: not a readable slide ({'; '.join(errors)})")
+    else:
+        raise error(f"{path}: not a readable slide ({'; '.join(errors)})")
+    return reader
 
 
 def _check_readable(reader: SlideReader) -> None:

@@ -19,6 +19,10 @@ from wsipipe.errors import InvalidInputError, MppUnknownError
 
 # How much coarser than the pyramid's smallest level a read may go by resizing alone.
 MAX_EXTRA_DOWNSAMPLE = 32.0
+# How much coarser than the pyramid's smallest level a built level (``wsipipe.slide.built``) may be.
+MAX_BUILT_DOWNSAMPLE = 1024
+# A µm/px at which the whole slide is narrower than this (pixels, longest side) is refused as absurd.
+MIN_SLIDE_SIDE = 8
 # Relative tolerance when matching a requested µm/px to a level's (scanner metadata is rounded).
 MPP_TOLERANCE = 0.01
 
@@ -108,8 +112,9 @@ class SlideReader(ABC):
     def level_mpp(self, level: int) -> float:
         return self.mpp * self.levels[level].downsample
 
-    def check_mpp(self, mpp: float) -> None:
-        """Refuse µm/px values the slide cannot provide."""
+    def check_mpp(self, mpp: float, buildable: bool = False) -> None:
+        """Refuse µm/px values the slide cannot provide; ``buildable``: the caller builds a level
+        coarser than the pyramid's when needed (``wsipipe.slide.built.with_level_for``)."""
         if not math.isfinite(mpp) or mpp <= 0:
             raise InvalidInputError(f"µm/px must be a positive number, got {mpp}")
         base = self.mpp
@@ -118,10 +123,18 @@ class SlideReader(ABC):
                 f"{mpp} µm/px is finer than the slide's level 0 ({base:.4g} µm/px)"
             )
         coarsest = self.level_mpp(len(self.levels) - 1)
-        if mpp > coarsest * MAX_EXTRA_DOWNSAMPLE:
+        if buildable:
+            whole = base * max(self.dimensions) / MIN_SLIDE_SIDE
+            built = coarsest * MAX_BUILT_DOWNSAMPLE
+            if mpp > min(whole, built):
+                reason = f"the slide is then {MIN_SLIDE_SIDE} px across" if whole <= built else "from a built level"
+                raise InvalidInputError(
+                    f"{mpp} µm/px is too coarse for this slide: at most {min(whole, built):.4g} can be read ({reason})"
+                )
+        elif mpp > coarsest * MAX_EXTRA_DOWNSAMPLE:
             raise InvalidInputError(
-                f"{mpp} µm/px is too coarse for this slide: its smallest level is "
-                f"{coarsest:.4g} µm/px (at most {coarsest * MAX_EXTRA_DOWNSAMPLE:.4g} can be read)"
+                f"{mpp} µm/px is too coarse for this slide: its smallest level is {coarsest:.4g} µm/px "
+                f"(at most {coarsest * MAX_EXTRA_DOWNSAMPLE:.4g} can be read without building a coarser level)"
             )
 
     def level_for_mpp(self, mpp: float) -> int:
