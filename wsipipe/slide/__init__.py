@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from wsipipe.errors import InvalidInputError, SlideOpenError
+from wsipipe.files import check_regular_file
 from wsipipe.slide.base import Level, SlideReader
 
 BACKENDS = ("openslide", "tiffslide")
@@ -34,12 +35,7 @@ def open_slide(path: str | os.PathLike, backend: str | None = None, mpp_override
     path = Path(path)
     if backend is not None and backend not in BACKENDS:
         raise InvalidInputError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    if not path.exists():
-        raise SlideOpenError(f"{path}: no such file")
-    if path.is_dir():
-        raise SlideOpenError(f"{path}: is a directory, not a slide file")
-    if not os.access(path, os.R_OK):
-        raise SlideOpenError(f"{path}: not readable (permission denied)")
+    check_regular_file(path, SlideOpenError)  # a FIFO would block the slide library for ever
     candidates = [backend] if backend else list(BACKENDS)
     errors = []
     for name in candidates:
