@@ -144,14 +144,15 @@ def _exclusive(folder: Path, name: str, busy: str, subject: Path | None = None,
     if key in _HELD:
         yield False
         return
-    what = "the output folder" if subject is None else "it"
+    # Cannot create or lock the lock file: for a single output, that is being unable to write it.
+    cannot = "cannot lock the output folder" if subject is None else "cannot write it"
     subject = folder if subject is None else subject
     lock_path = key[0] / name
     while True:
         try:  # O_NONBLOCK: a FIFO planted under the lock's name fails here instead of blocking
             descriptor = os.open(lock_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NONBLOCK, 0o666)
         except OSError as exc:
-            raise OutputError(f"{subject}: cannot lock {what} ({exc.strerror or exc})") from None
+            raise OutputError(f"{subject}: {cannot} ({exc.strerror or exc})") from None
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -159,7 +160,7 @@ def _exclusive(folder: Path, name: str, busy: str, subject: Path | None = None,
             raise OutputError(f"{subject}: {busy}") from None
         except OSError as exc:  # a file system without locks
             os.close(descriptor)
-            raise OutputError(f"{subject}: cannot lock {what} ({exc.strerror or exc})") from None
+            raise OutputError(f"{subject}: {cannot} ({exc.strerror or exc})") from None
         try:
             current = os.stat(lock_path).st_ino
         except FileNotFoundError:
