@@ -112,10 +112,9 @@ def test_ctrl_c_exits_130_with_one_line_no_process_left_and_the_rerun_resumes(sl
     children = []
     try:
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and process.poll() is None and "running" not in _states(outdir):
+        while time.monotonic() < deadline and process.poll() is None and "done" not in _states(outdir).values():
             time.sleep(0.05)
-        time.sleep(1.0)  # the slides are in the workers' hands
-        children = psutil.Process(process.pid).children(recursive=True)
+        children = psutil.Process(process.pid).children(recursive=True)  # the next slides are in the workers' hands
         assert children and process.poll() is None
         os.killpg(process.pid, signal.SIGINT)
         _, stderr = process.communicate(timeout=60)
@@ -127,13 +126,22 @@ def test_ctrl_c_exits_130_with_one_line_no_process_left_and_the_rerun_resumes(sl
     assert stderr.splitlines() == [INTERRUPTED]
     assert not alive, "the interrupted batch left worker processes behind"
     assert not (outdir / ".partial").exists()
+    at_interrupt = _slides(outdir)
+    done = {key for key, slide in at_interrupt.items() if slide["state"] == "done"}
+    assert done and len(done) < 4, at_interrupt
     rerun = subprocess.run(argv, env=WORKER_ENV, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert rerun.returncode == 0, rerun.stderr
-    assert set(_states(outdir)) == {"done"} and len(_states(outdir)) == 4
+    assert set(_states(outdir).values()) == {"done"} and len(_states(outdir)) == 4
+    for key in done:  # kept, not done again
+        assert _slides(outdir)[key]["finished"] == at_interrupt[key]["finished"]
 
 
-def _states(outdir) -> list[str]:
+def _slides(outdir) -> dict[str, dict]:
     try:
-        return [s["state"] for s in json.loads((outdir / "status.json").read_text())["slides"]]
+        return {s["key"]: s for s in json.loads((outdir / "status.json").read_text())["slides"]}
     except (OSError, ValueError):
-        return []
+        return {}
+
+
+def _states(outdir) -> dict[str, str]:
+    return {key: slide["state"] for key, slide in _slides(outdir).items()}

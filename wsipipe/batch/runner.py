@@ -94,11 +94,15 @@ def run_batch(
     if scheduler is None:
         _check_local_devices(job, slide_options)
     outdir = Path(outdir).resolve()
-    created = not outdir.exists()
-    make_output_folder(outdir)
-    records: list[SlideRecord] = []
     try:
-        with folder_lock(outdir, LOCK_FILE, "another wsipipe batch is running on this folder"):
+        outdir.mkdir(parents=True)
+        created = True  # by this run: mkdir is atomic, a batch started beside it finds it there
+    except OSError:
+        created = False  # there already, or not creatable (make_output_folder says why)
+    make_output_folder(outdir)
+    with folder_lock(outdir, LOCK_FILE, "another wsipipe batch is running on this folder"):
+        records: list[SlideRecord] = []
+        try:
             shutil.rmtree(outdir / PARTIAL_DIR, ignore_errors=True)
             remove_temporaries(outdir / ERRORS_DIR)  # as the lock did in OUTDIR: a killed batch's half-renamed files
             (outdir / PARTIAL_DIR).mkdir()
@@ -113,10 +117,12 @@ def run_batch(
                 save_status(outdir, records, job.ref)
                 write_summary(outdir, records)
                 shutil.rmtree(outdir / PARTIAL_DIR, ignore_errors=True)
-    except BaseException:
-        if created and not any(r.state in ("done", "failed", "skipped") for r in records):
-            shutil.rmtree(outdir, ignore_errors=True)  # refused, failed or interrupted before any result
-        raise
+        except BaseException:
+            if created and not any(r.state in ("done", "failed", "skipped") for r in records):
+                # Failed or interrupted before any slide's result: leave no OUTDIR (under the lock,
+                # so no other batch is writing it).
+                shutil.rmtree(outdir, ignore_errors=True)
+            raise
     return records
 
 
