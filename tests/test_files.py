@@ -1,7 +1,10 @@
+import os
+import re
+
 import pytest
 
-from wsipipe.errors import OutputError
-from wsipipe.files import atomic_path, folder_lock, make_output_folder
+from wsipipe.errors import OutputError, SlideOpenError
+from wsipipe.files import atomic_path, check_regular_file, folder_lock, make_output_folder, output_lock
 
 
 def test_a_folder_lock_refuses_a_second_process_until_the_first_dies(tmp_path, hold_folder_lock):
@@ -51,13 +54,60 @@ def test_atomic_path_replaces_a_folder_with_a_folder(tmp_path):
 
 
 def test_the_lock_deletes_what_a_killed_writer_left_and_nothing_else(tmp_path):
-    (tmp_path / ".nuclei.csv.0123abcd.tmp").write_text("half")
-    (tmp_path / ".mask.zarr.89abcdef.tmp").mkdir()
-    kept = ["nuclei.csv", ".nuclei.csv.tmp", "notes.0123abcd.tmp"]
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_path(tmp_path / "nuclei.csv") as temporary:
+            temporary.write_text("half")
+            left = temporary.name
+            raise KeyboardInterrupt  # a SIGKILL here would leave the temporary; name it as it was
+    assert re.fullmatch(r"\.nuclei\.csv\.wsipipe-[0-9a-f]{8}\.tmp", left)
+    (tmp_path / left).write_text("half")
+    (tmp_path / ".mask.zarr.wsipipe-89abcdef.tmp").mkdir()
+    # A user's own files, however close to atomic_path's names: only the marker proves a file is ours.
+    kept = ["nuclei.csv", ".nuclei.csv.tmp", "notes.0123abcd.tmp", ".notes.txt.0123abcd.tmp", ".x.wsipipe-0123abcd.tmp.bak"]
     for name in kept:
         (tmp_path / name).write_text("mine")
+    (tmp_path / ".scans.89abcdef.tmp").mkdir()
     with folder_lock(tmp_path):
-        assert sorted(p.name for p in tmp_path.iterdir()) == sorted(kept + [".wsipipe.lock"])
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*kept, ".scans.89abcdef.tmp", ".wsipipe.lock"])
+
+
+def test_an_output_lock_covers_one_output_and_its_own_temporaries(tmp_path, hold_folder_lock):
+    (tmp_path / ".k.tif.wsipipe-0123abcd.tmp").write_text("a killed synth's")
+    (tmp_path / ".other.tif.wsipipe-89abcdef.tmp").write_text("another output's, maybe being written")
+    holder = hold_folder_lock(tmp_path, ".k.tif.lock")
+    with pytest.raises(OutputError, match=f"^{tmp_path / 'k.tif'}: another wsipipe run is writing it$"):
+        with output_lock(tmp_path / "k.tif"):
+            pass
+    with output_lock(tmp_path / "other2.tif"):  # another output of the same folder: not blocked
+        pass
+    holder.kill()
+    holder.wait()
+    with output_lock(tmp_path / "k.tif"):
+        assert sorted(p.name for p in tmp_path.iterdir()) == [".k.tif.lock", ".other.tif.wsipipe-89abcdef.tmp"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.tif.wsipipe-89abcdef.tmp"]  # lock file gone
+    hold_folder_lock(tmp_path, ".k.tif.lock")  # and released
+
+
+def test_only_readable_regular_files_pass(tmp_path):
+    regular = tmp_path / "slide.svs"
+    regular.write_bytes(b"x")
+    os.mkfifo(tmp_path / "pipe.svs")
+    os.symlink("loop-b.svs", tmp_path / "loop-a.svs")
+    os.symlink("loop-a.svs", tmp_path / "loop-b.svs")
+    os.symlink("gone.svs", tmp_path / "dangling.svs")
+    assert check_regular_file(regular) == regular
+    cases = {
+        tmp_path / "pipe.svs": "is a named pipe (FIFO), not a regular file",
+        tmp_path / "loop-a.svs": "a symbolic link loop",
+        tmp_path / "dangling.svs": "no such file (a symbolic link to nothing)",
+        tmp_path / "missing.svs": "no such file",
+        tmp_path: "is a directory, not a file",
+        regular / "inside": "cannot read it (Not a directory)",
+        "/dev/null": "is a character device, not a regular file",
+    }
+    for path, why in cases.items():
+        with pytest.raises(SlideOpenError, match=f"^{re.escape(f'{path}: {why}')}$"):
+            check_regular_file(path, SlideOpenError)
 
 
 def test_an_output_folder_is_made_or_refused_in_one_line(tmp_path):

@@ -136,8 +136,8 @@ def test_killed_run_resumes_and_gives_the_same_outputs(slide, tmp_path, monkeypa
     partial = tmp_path / "resumed" / "prediction.zarr.partial"
     journal = json.loads((partial / "stitch_journal.json").read_text())
     assert 0 < journal["done_rows"] < 1000 and not (tmp_path / "resumed" / "prediction.zarr").exists()
-    (partial / ".stitch_journal.json.0123abcd.tmp").write_text("{")  # as a SIGKILL mid-rewrite leaves it
-    (tmp_path / "resumed" / ".report.json.89abcdef.tmp").write_text("{")  # and mid-write of a report file
+    (partial / ".stitch_journal.json.wsipipe-0123abcd.tmp").write_text("{")  # as a SIGKILL mid-rewrite leaves it
+    (tmp_path / "resumed" / ".report.json.wsipipe-89abcdef.tmp").write_text("{")  # and mid-write of a report file
 
     seen = {"tiles": 0}
 

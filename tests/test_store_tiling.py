@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -304,3 +305,23 @@ def test_worker_threads_give_the_same_tiles_with_a_shared_or_a_per_thread_reader
     one = open_tile_store(tmp_path / "one.zarr").tiles[...]
     assert open_tile_store(tmp_path / "shared.zarr").tiles[...].tobytes() == one.tobytes()
     assert open_tile_store(tmp_path / "per-thread.zarr").tiles[...].tobytes() == one.tobytes()
+
+
+def test_one_run_per_store_other_stores_go_on_and_no_stale_partial_stays(cmu, tmp_path, hold_folder_lock):
+    path = tmp_path / "cmu.zarr"
+    argv = ["tile", str(cmu), "-o", str(path), "--tile-size", "256", "--quiet", "--workers", "1"]
+    holder = hold_folder_lock(tmp_path, ".cmu.zarr.lock")  # as a run writing this store holds it
+    busy = CliRunner().invoke(app, argv)
+    assert busy.exit_code == 1 and busy.output.splitlines() == [f"Error: {path}: another wsipipe run is writing this store"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".cmu.zarr.lock"]
+    other = CliRunner().invoke(app, ["tile", str(cmu), "-o", str(tmp_path / "other.zarr"), "--tile-size", "256", "--quiet"])
+    assert other.exit_code == 0, other.output  # another store of the same folder is not held up
+    holder.kill()
+    holder.wait()
+    assert CliRunner().invoke(app, argv).exit_code == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cmu.zarr", "other.zarr"]  # no partial, no lock file
+    # A stale partial beside the complete store (as two unlocked runs left one) goes with the next run.
+    shutil.copytree(path, tmp_path / "cmu.zarr.partial")
+    again = CliRunner().invoke(app, argv)
+    assert again.exit_code == 0 and "already complete" in again.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cmu.zarr", "other.zarr"]

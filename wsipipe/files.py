@@ -3,18 +3,30 @@ one writer at a time per output folder."""
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import re
 import shutil
+import stat
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from wsipipe.errors import OutputError
+from wsipipe.errors import InvalidInputError, OutputError, WsipipeError
 
-_TEMPORARY_NAME = re.compile(r"\..+\.[0-9a-f]{8}\.tmp")  # the names atomic_path gives them
+# atomic_path's temporaries are ".NAME.wsipipe-<8 hex>.tmp": the marker tells them from a user's
+# own ".X.<8 hex>.tmp" files, which remove_temporaries never touches.
+_TEMPORARY_MARKER = "wsipipe-"
+_TEMPORARY_NAME = re.compile(r"\.(?P<output>.+)\." + _TEMPORARY_MARKER + r"[0-9a-f]{8}\.tmp")
+# What a path is when it is not a regular file (stat's file types).
+_FILE_KINDS = {
+    stat.S_IFIFO: "a named pipe (FIFO)",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+}
 
 
 @contextmanager
@@ -24,7 +36,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     on any error deleted. A reader of a file ``path`` sees the old content or the new, never a
     part. Only a process killed outright leaves the temporary behind (``remove_temporaries``)."""
     path = Path(path)
-    temporary = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
+    temporary = path.parent / f".{path.name}.{_TEMPORARY_MARKER}{uuid.uuid4().hex[:8]}.tmp"
     try:
         yield temporary
         if temporary.is_file():
@@ -58,7 +70,7 @@ def staged_outputs(outdir: str | os.PathLike, last: str) -> Iterator[Path]:
     of the same run. On any error the staging folder is deleted and ``outdir``'s earlier outputs
     stay as they were. Hidden entries (locks, temporaries) are not moved."""
     outdir = Path(outdir)
-    staging = outdir / f".outputs.{uuid.uuid4().hex[:8]}.tmp"  # atomic_path's naming: a killed run's is removed
+    staging = outdir / f".outputs.{_TEMPORARY_MARKER}{uuid.uuid4().hex[:8]}.tmp"  # atomic_path's naming: a killed run's is removed
     staging.mkdir()
     try:
         yield staging
@@ -72,16 +84,19 @@ def staged_outputs(outdir: str | os.PathLike, last: str) -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def remove_temporaries(folder: str | os.PathLike) -> None:
-    """Delete the temporaries that ``atomic_path`` left in ``folder`` when a SIGKILL cut it short.
+def remove_temporaries(folder: str | os.PathLike, output: str | None = None) -> None:
+    """Delete the temporaries that ``atomic_path`` left in ``folder`` when a SIGKILL cut it short
+    (only those of the output named ``output``, when given); files of other names are kept.
 
-    Only safe while no other process writes there: ``folder_lock`` calls it once it holds the folder.
+    Only safe while no other process writes them: ``folder_lock`` and ``output_lock`` call it once
+    they hold the folder or the output.
     """
     folder = Path(folder)
     if not folder.is_dir():
         return
     for path in folder.iterdir():
-        if _TEMPORARY_NAME.fullmatch(path.name):
+        match = _TEMPORARY_NAME.fullmatch(path.name)
+        if match and (output is None or match["output"] == output):
             if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path, ignore_errors=True)
             else:
@@ -115,24 +130,99 @@ def folder_lock(folder: str | os.PathLike, name: str = ".wsipipe.lock",
     the lock when its process dies, so a killed run never leaves it behind. Nested use in one
     process passes (``segment --nuclei`` runs the nuclei stage into its own folder).
     """
-    key = (Path(folder).resolve(), name)
-    if key in _HELD:
+    with _exclusive(Path(folder), name, busy) as held:
+        if held:
+            remove_temporaries(folder)
         yield
+
+
+@contextmanager
+def output_lock(path: str | os.PathLike, busy: str = "another wsipipe run is writing it") -> Iterator[None]:
+    """Hold an exclusive lock on the single output ``path`` (a file or a store), through the file
+    ``.NAME.lock`` beside it, or raise ``OutputError`` "PATH: ``busy``". Holding it, delete the
+    temporaries a killed writer of this output left (other outputs' are theirs).
+
+    For commands that write one output into a folder others may share (``synth``, ``tile``): runs
+    writing other outputs there go on in parallel. The lock file is removed on release (a
+    ``kill -9`` leaves it, harmless, until the next run of that output).
+    """
+    path = Path(path)
+    name = f".{path.name}.lock"
+    with _exclusive(path.parent, name, busy, subject=path, remove_on_release=True) as held:
+        if held:
+            remove_temporaries(path.parent, path.name)
+        yield
+
+
+@contextmanager
+def _exclusive(folder: Path, name: str, busy: str, subject: Path | None = None,
+               remove_on_release: bool = False) -> Iterator[bool]:
+    """flock the file ``folder/name``; yields False when this process already holds it (nested).
+
+    With ``remove_on_release`` the lock file is deleted while still locked; a run that opened it
+    just before then finds its lock on a deleted file and takes the new one instead.
+    """
+    key = (folder.resolve(), name)
+    if key in _HELD:
+        yield False
         return
-    try:
-        handle = open(key[0] / name, "a")
-    except OSError as exc:
-        raise OutputError(f"{folder}: cannot lock the output folder ({exc.strerror or exc})") from None
-    with handle:
+    # Cannot create or lock the lock file: for a single output, that is being unable to write it.
+    cannot = "cannot lock the output folder" if subject is None else "cannot write it"
+    subject = folder if subject is None else subject
+    lock_path = key[0] / name
+    while True:
+        try:  # O_NONBLOCK: a FIFO planted under the lock's name fails here instead of blocking
+            descriptor = os.open(lock_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NONBLOCK, 0o666)
+        except OSError as exc:
+            raise OutputError(f"{subject}: {cannot} ({exc.strerror or exc})") from None
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise OutputError(f"{folder}: {busy}") from None
+            os.close(descriptor)
+            raise OutputError(f"{subject}: {busy}") from None
         except OSError as exc:  # a file system without locks
-            raise OutputError(f"{folder}: cannot lock the output folder ({exc.strerror or exc})") from None
-        _HELD.add(key)
+            os.close(descriptor)
+            raise OutputError(f"{subject}: {cannot} ({exc.strerror or exc})") from None
         try:
-            remove_temporaries(key[0])
-            yield
-        finally:
-            _HELD.discard(key)
+            current = os.stat(lock_path).st_ino
+        except FileNotFoundError:
+            current = None
+        if current == os.fstat(descriptor).st_ino:
+            break
+        os.close(descriptor)  # the holder before us deleted this file as it released it: lock the new one
+    _HELD.add(key)
+    try:
+        yield True
+    finally:
+        _HELD.discard(key)
+        if remove_on_release:
+            lock_path.unlink(missing_ok=True)
+        os.close(descriptor)
+
+
+def check_regular_file(path: str | os.PathLike, error: type[WsipipeError] = InvalidInputError) -> Path:
+    """``path`` when it is a readable regular file (links followed); else ``error`` "PATH: why".
+
+    Every input file is checked here before anything opens it: an input may be named like a
+    slide yet be a FIFO (opening it waits for a writer for ever), a device, a link loop or a
+    link to nothing.
+    """
+    path = Path(path)
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        why = "no such file (a symbolic link to nothing)" if os.path.islink(path) else "no such file"
+        raise error(f"{path}: {why}") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise error(f"{path}: a symbolic link loop") from None
+        if exc.errno == errno.EACCES:
+            raise error(f"{path}: not readable (permission denied)") from None
+        raise error(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    if stat.S_ISDIR(mode):
+        raise error(f"{path}: is a directory, not a file")
+    if not stat.S_ISREG(mode):
+        raise error(f"{path}: is {_FILE_KINDS.get(stat.S_IFMT(mode), 'a special file')}, not a regular file")
+    if not os.access(path, os.R_OK):
+        raise error(f"{path}: not readable (permission denied)")
+    return path

@@ -288,12 +288,15 @@ def create_tile_store(
     layout = {"tile_size": int(tile_size), "tiles_per_shard": int(tiles_per_shard or tiles_per_shard_for(tile_size)), "n_tiles": n_tiles}
     full_meta = {**meta, **layout, "wsipipe_version": __version__, "complete": False}
 
-    _check_output_location(path)
+    check_output_location(path)
     if path.exists():
         existing = _open_existing(path)  # never replace a directory that is not a wsipipe store
         if not overwrite:
             _refuse_other_params(path, existing.meta.get("params"), params)
             if existing.complete:
+                # A stale partial beside a complete store (a second run that raced the first, before
+                # runs took a lock) is never resumed: remove it.
+                shutil.rmtree(_partial_path(path), ignore_errors=True)
                 return StoreWriter(path, None)
     partial = _partial_path(path)
     if partial.exists():
@@ -345,7 +348,8 @@ def _partial_path(path: Path) -> Path:
     return path.with_name(path.name + PARTIAL_SUFFIX)
 
 
-def _check_output_location(path: Path) -> None:
+def check_output_location(path: Path) -> None:
+    """A store can be written at ``path``: its folder exists and is writable, and it is no file."""
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.exists():
         raise OutputError(f"{path}: the output directory {parent} does not exist")

@@ -27,8 +27,9 @@ from wsipipe.errors import InvalidInputError
 from wsipipe.grid import TileGrid, build_grid, validate_tiling
 from wsipipe.slide import open_slide
 from wsipipe.slide.base import SlideReader
+from wsipipe.files import output_lock
 from wsipipe.slide.built import LEVELS_FOLDER, BuiltLevelsReader, with_level_for
-from wsipipe.store import ShardWriter, StoreWriter, create_tile_store
+from wsipipe.store import ShardWriter, StoreWriter, check_output_location, create_tile_store
 from wsipipe.tissue import detect_tissue, read_thumbnail, thumbnail_downsample
 
 
@@ -114,21 +115,25 @@ def tile_slide(
             meta["params"]["label_map"] = labels_meta["label_map"]
             meta["labels"] = {"names": labels_meta["names"], "values": labels_meta["values"]}
             meta["annotations"] = labels_meta["source"]
-        writer = create_tile_store(
-            store_path, coords=coords, tissue_fraction=fractions, thumbnail=thumbnail,
-            tissue_mask=mask, tile_size=tile_size, meta=meta, overwrite=overwrite,
-        )
-        if writer.already_complete:
-            return TilingResult(store_path, len(coords), 0, True, time.perf_counter() - started)
-        spec = _ReadSpec(tile_size, grid.level, grid.native, grid.mpp, tile_size * grid.downsample)
-        work = _ShardWork(spec, writer.shard_writer(), readers, rasteriser)
-        written = _run_shards(writer, coords, work, pool, workers, progress)
+        check_output_location(store_path)
+        # One run per store: a second one would resume the same partial store and, once the first
+        # renamed it into place, write a stale one beside it.
+        with output_lock(store_path, "another wsipipe run is writing this store"):
+            writer = create_tile_store(
+                store_path, coords=coords, tissue_fraction=fractions, thumbnail=thumbnail,
+                tissue_mask=mask, tile_size=tile_size, meta=meta, overwrite=overwrite,
+            )
+            if writer.already_complete:
+                return TilingResult(store_path, len(coords), 0, True, time.perf_counter() - started)
+            spec = _ReadSpec(tile_size, grid.level, grid.native, grid.mpp, tile_size * grid.downsample)
+            work = _ShardWork(spec, writer.shard_writer(), readers, rasteriser)
+            written = _run_shards(writer, coords, work, pool, workers, progress)
+            writer.finish()
     finally:
         if pool is not None:
             # After Ctrl-C or a failure: running shards finish, queued ones are dropped.
             pool.shutdown(wait=True, cancel_futures=True)
         readers.close()
-    writer.finish()
     return TilingResult(store_path, len(coords), written, False, time.perf_counter() - started)
 
 

@@ -39,3 +39,9 @@ def skip_text_job(slide_path: Path, workdir: Path, options: dict) -> dict:
 def device_job(slide_path: Path, workdir: Path, options: dict) -> dict:
     """Reports which process ran it and the device it was asked for (no GPU is touched)."""
     return {"pid": os.getpid(), "device": options.get("device")}
+
+
+def sleepy_info_job(slide_path: Path, workdir: Path, options: dict) -> dict:
+    """info_job after 3 s, so a batch can be interrupted with every worker busy."""
+    time.sleep(3)
+    return info_job(slide_path, workdir, {})

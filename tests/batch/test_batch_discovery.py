@@ -90,3 +90,20 @@ def test_options_a_job_does_not_take_are_refused():
         info.convert_options({"model": "unet"}, "list.csv")
     with pytest.raises(InvalidInputError, match="mpp_override='-1'"):
         info.convert_options({"mpp_override": "-1"}, "list.csv")
+
+
+def test_link_loops_dangling_links_and_fifos_are_listed_to_fail_alone(tmp_path):
+    _touch(tmp_path, "a.svs", "sub/b.svs")
+    os.symlink("loop2.svs", tmp_path / "loop1.svs")
+    os.symlink("loop1.svs", tmp_path / "loop2.svs")
+    os.symlink("gone.svs", tmp_path / "dangling.svs")
+    os.mkfifo(tmp_path / "pipe.svs")
+    for name, target in {"up": "..", "self": ".", "root": "/", "top": str(tmp_path)}.items():
+        os.symlink(target, tmp_path / "sub" / name)  # directory cycles through links to ancestors
+    entries = discover(tmp_path)
+    assert [e.key for e in entries] == ["a.svs", "dangling.svs", "loop1.svs", "loop2.svs", "pipe.svs", "sub/b.svs"]
+    assert {e.key: e.path for e in entries}["pipe.svs"] == tmp_path / "pipe.svs"
+    manifest = tmp_path / "list.csv"
+    manifest.write_text("slide,annotation\nloop1.svs,loop2.svs\n", encoding="utf-8")
+    (entry,) = discover(manifest)
+    assert entry.key == "loop1.svs" and entry.path.parent == tmp_path and entry.annotation.parent == tmp_path

@@ -106,8 +106,8 @@ def test_rerun_skips_done_and_failed(first_run, cluster_address):
     """...and clears the temporaries a SIGKILL left mid-write, but no other file."""
     outdir, _ = first_run
     before = read_status_csv(outdir)
-    stale = [outdir / ".status.csv.0123abcd.tmp", outdir / "errors" / ".slide.txt.89abcdef.tmp"]
-    kept = [outdir / ".status.csv.tmp", outdir / "notes.0123abcd.tmp"]
+    stale = [outdir / ".status.csv.wsipipe-0123abcd.tmp", outdir / "errors" / ".slide.txt.wsipipe-89abcdef.tmp"]
+    kept = [outdir / ".status.csv.tmp", outdir / "notes.0123abcd.tmp", outdir / ".status.csv.0123abcd.tmp"]
     for path in stale + kept:
         path.write_text("half")
     result = runner.invoke(
@@ -116,7 +116,7 @@ def test_rerun_skips_done_and_failed(first_run, cluster_address):
     assert result.exit_code == 1
     assert "5 already done, 4 failed before, 0 to process" in result.output
     assert read_status_csv(outdir) == before
-    assert [p.exists() for p in stale + kept] == [False, False, True, True]
+    assert [p.exists() for p in stale + kept] == [False, False, True, True, True]
     for path in kept:
         path.unlink()
 

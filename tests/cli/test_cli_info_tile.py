@@ -169,3 +169,33 @@ def test_tile_subprocess_with_two_workers_writes_a_store(slides_dir, tmp_path):
 
     group = zarr.open_group(str(out), mode="r")
     assert group.attrs["wsipipe"]["complete"] and group["tiles"].shape[0] > 0
+
+
+def test_a_fifo_is_refused_in_one_line_without_blocking(slides_dir, tmp_path):
+    """A FIFO named like an input: opening it would wait for a writer for ever (the old code did)."""
+    from wsipipe.errors import AnnotationError, ModelError, SlideOpenError
+
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    fifos = {name: tmp_path / name for name in ("pipe.svs", "pipe.geojson", "pipe.safetensors", "pipe.png")}
+    for fifo in fifos.values():
+        os.mkfifo(fifo)
+    slide, out = slides_dir / "CMU-1-Small-Region.svs", tmp_path / "out.zarr"
+    store = tmp_path / "stores" / "cmu.zarr"
+    store.parent.mkdir()
+    assert _tile(slide, store, "--tile-size", "256").exit_code == 0
+    for args, code, message in (
+        (["info", fifos["pipe.svs"]], SlideOpenError.exit_code, f"{fifos['pipe.svs']}: is a named pipe (FIFO), not a regular file"),
+        (["tile", fifos["pipe.svs"], "-o", out, "-q"], SlideOpenError.exit_code, f"{fifos['pipe.svs']}: is a named pipe (FIFO)"),
+        (["tile", slide, "-o", out, "-q", "--annotations", fifos["pipe.geojson"]], AnnotationError.exit_code, f"{fifos['pipe.geojson']}: "),
+        (["annotations", "convert", fifos["pipe.geojson"], tmp_path / "a.xml"], AnnotationError.exit_code, f"{fifos['pipe.geojson']}: "),
+        (["models", "info", fifos["pipe.safetensors"]], ModelError.exit_code, f"{fifos['pipe.safetensors']}: "),
+        (["normalize", store, "-o", store.parent / "n.zarr", "--target", fifos["pipe.png"], "-q"], 2,
+         f"{fifos['pipe.png']}: is a named pipe (FIFO), not a regular file"),
+    ):
+        proc = subprocess.run([sys.executable, "-m", "wsipipe", *map(str, args)], capture_output=True, text=True,
+                              env=env, timeout=60)  # fmt: skip
+        assert proc.returncode == code, (args, proc.stderr)
+        lines = proc.stderr.splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"Error: {message}"), (args, proc.stderr)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*fifos, "stores"])
+    assert sorted(p.name for p in store.parent.iterdir()) == ["cmu.zarr"]

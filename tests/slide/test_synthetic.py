@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import subprocess
+import time
 import sys
 import tracemalloc
 
@@ -182,3 +183,25 @@ def test_ndpi_refuses_sizes_one_jpeg_per_level_cannot_hold(tmp_path):
         app, ["synth", str(tmp_path / "x.ndpi"), "--width", "3000", "--height", "2000", "--levels", "2", "--ndpi"]
     )
     assert result.exit_code == 2 and "multiple of 1024" in result.output and "3072" in result.output
+
+
+def test_the_next_synth_of_a_target_removes_what_a_killed_one_left(tmp_path):
+    out = tmp_path / "k.tif"
+    argv = [sys.executable, "-m", "wsipipe", "synth", str(out), "--width", "30000", "--height", "30000", "--quiet"]
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not any(p.suffix == ".tmp" for p in tmp_path.iterdir()):
+            time.sleep(0.02)
+        time.sleep(0.5)  # some tiles written
+    finally:
+        process.kill()  # kill -9 mid-write
+        process.wait()
+    (left,) = [p for p in tmp_path.iterdir() if p.suffix == ".tmp"]
+    assert left.name.startswith(".k.tif.") and left.stat().st_size > 0
+    kept = [".k.tif.0123abcd.tmp", ".other.tif.wsipipe-89abcdef.tmp"]  # a user's own file; another output's
+    for name in kept:
+        (tmp_path / name).write_text("not this run's")
+    result = CliRunner().invoke(app, ["synth", str(out), "--width", "300", "--height", "200", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*kept, "k.tif"])

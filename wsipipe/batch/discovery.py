@@ -1,8 +1,10 @@
 """Which slides a batch covers: a folder searched recursively, or a CSV manifest.
 
-Nothing here opens a slide: a corrupt or missing file is the per-slide job's failure to report,
-never a reason to stop the batch. Only a batch that can never work (no INPUT, a malformed
-manifest, no matching file) is refused up front.
+Nothing here opens a slide: a corrupt or missing file, a FIFO, a link to nothing or a link loop
+is the per-slide failure to report, never a reason to stop the batch. Only a batch that can never
+work (no INPUT, a malformed manifest, no matching file) is refused up front. Paths are resolved
+without failing on link loops (``_real``), and folders are walked without following directory
+links, so a link to an ancestor cannot make the walk cycle.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 from wsipipe.batch.naming import output_name
 from wsipipe.dicom.series import DICOM_SUFFIX
 from wsipipe.errors import InvalidInputError
+from wsipipe.files import check_regular_file
 
 DEFAULT_PATTERN = "*.ndpi,*.svs,*.tif,*.tiff,*.dcm"
 MANIFEST_SLIDE_COLUMN = "slide"
@@ -55,7 +58,7 @@ def discover(input_path: Path, pattern: str = DEFAULT_PATTERN, exclude: Path | N
     if not input_path.exists():
         raise InvalidInputError(f"{input_path}: no such folder or manifest")
     if input_path.is_dir():
-        entries = _from_folder(input_path.resolve(), parse_patterns(pattern), exclude)
+        entries = _from_folder(_real(input_path), parse_patterns(pattern), exclude)
         if not entries:
             raise InvalidInputError(f"{input_path}: no file matches --pattern {pattern!r}")
         return entries
@@ -65,13 +68,13 @@ def discover(input_path: Path, pattern: str = DEFAULT_PATTERN, exclude: Path | N
 
 
 def _from_folder(root: Path, patterns: list[str], exclude: Path | None) -> list[SlideEntry]:
-    excluded = exclude.resolve() if exclude is not None else None
+    excluded = _real(exclude) if exclude is not None else None
     entries = []
     dicom_files = []
     # os.walk without following directory links: a link loop or a link to / cannot run away.
     for folder, dirs, files in os.walk(root, followlinks=False):
         here = Path(folder)
-        dirs[:] = sorted(d for d in dirs if excluded is None or (here / d).resolve() != excluded)
+        dirs[:] = sorted(d for d in dirs if excluded is None or _real(here / d) != excluded)
         for file_name in sorted(files):
             if any(fnmatch.fnmatchcase(file_name.lower(), p) for p in patterns):
                 path = here / file_name
@@ -79,7 +82,7 @@ def _from_folder(root: Path, patterns: list[str], exclude: Path | None) -> list[
                     dicom_files.append(path)
                     continue
                 key = path.relative_to(root).as_posix()
-                entries.append(SlideEntry(key=key, path=path.resolve(), name=output_name(key)))
+                entries.append(SlideEntry(key=key, path=_real(path), name=output_name(key)))
     entries += _dicom_entries(root, dicom_files)
     return sorted(entries, key=lambda e: e.key)
 
@@ -108,7 +111,8 @@ def _from_manifest(manifest: Path) -> list[SlideEntry]:
     Relative paths are relative to the manifest's folder. Empty option cells mean "the batch's
     setting".
     """
-    base = manifest.resolve().parent
+    base = _real(manifest).parent
+    check_regular_file(manifest)  # a FIFO would block the open below for ever
     try:
         with open(manifest, newline="", encoding="utf-8-sig") as handle:
             rows = list(csv.reader(handle))
@@ -136,7 +140,7 @@ def _from_manifest(manifest: Path) -> list[SlideEntry]:
             raise InvalidInputError(f"{manifest}, line {line_no}: empty {MANIFEST_SLIDE_COLUMN!r} cell")
         annotation_text = cells.pop(MANIFEST_ANNOTATION_COLUMN, "")
         slide = base / slide_text
-        resolved = slide.resolve()
+        resolved = _real(slide)
         if resolved in seen:
             raise InvalidInputError(
                 f"{manifest}, line {line_no}: {slide_text} is already listed on line {seen[resolved]}"
@@ -149,10 +153,16 @@ def _from_manifest(manifest: Path) -> list[SlideEntry]:
                 key=key,
                 path=resolved,
                 name=output_name(key),
-                annotation=(base / annotation_text).resolve() if annotation_text else None,
+                annotation=_real(base / annotation_text) if annotation_text else None,
                 options={k: v for k, v in cells.items() if v},
             )
         )
     if not entries:
         raise InvalidInputError(f"{manifest}: the manifest lists no slides")
     return entries
+
+
+def _real(path: Path) -> Path:
+    """``path`` with links resolved; a link loop is kept as it is (``Path.resolve`` raises on one),
+    so that slide fails alone when it is opened."""
+    return Path(os.path.realpath(path))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,7 +72,7 @@ def _positive_float(text) -> float:
 
 
 def _absolute_path(path) -> str:
-    return str(Path(path).expanduser().resolve())
+    return os.path.realpath(Path(path).expanduser())  # no RuntimeError on a link loop (Path.resolve)
 
 
 def _flag(value) -> bool:

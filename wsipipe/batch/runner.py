@@ -28,8 +28,8 @@ from wsipipe.batch.discovery import SlideEntry
 from wsipipe.batch.jobs import JobSpec, SkipSlide, load_job
 from wsipipe.batch.state import SlideRecord, fingerprint, load_status, save_status
 from wsipipe.batch.summary import write_summary
-from wsipipe.errors import InvalidInputError, OutputError, WsipipeError
-from wsipipe.files import folder_lock, make_output_folder, remove_temporaries, write_atomic
+from wsipipe.errors import InvalidInputError, OutputError, SlideOpenError, WsipipeError
+from wsipipe.files import check_regular_file, folder_lock, make_output_folder, remove_temporaries, write_atomic
 
 PARTIAL_DIR = ".partial"  # in-progress slide folders; emptied when a batch starts
 ERRORS_DIR = "errors"  # one traceback file per failed slide
@@ -89,45 +89,74 @@ def run_batch(
             raise InvalidInputError(f"--{key.replace('_', '-')} does not apply to the {job.name!r} job")
     if job.prepare is not None:
         batch_options = job.prepare(batch_options)
+    # Every manifest cell and device is checked before OUTDIR is made: a refused batch leaves nothing.
+    slide_options = [job.convert_options({**batch_options, **e.options}, where=e.key) for e in entries]
+    if scheduler is None:
+        _check_local_devices(job, slide_options)
     outdir = Path(outdir).resolve()
+    try:
+        outdir.mkdir(parents=True)
+        created = True  # by this run: mkdir is atomic, a batch started beside it finds it there
+    except OSError:
+        created = False  # there already, or not creatable (make_output_folder says why)
     make_output_folder(outdir)
     with folder_lock(outdir, LOCK_FILE, "another wsipipe batch is running on this folder"):
-        shutil.rmtree(outdir / PARTIAL_DIR, ignore_errors=True)
-        remove_temporaries(outdir / ERRORS_DIR)  # as the lock did in OUTDIR: a killed batch's half-renamed files
-        (outdir / PARTIAL_DIR).mkdir()
-        records, plans = _plan(entries, outdir, job, batch_options, retry_failed, limit)
-        save_status(outdir, records, job.ref)
-        if reporter:
-            reporter.start(records, len(plans))
+        records: list[SlideRecord] = []
         try:
-            if plans:
-                _run_on_cluster(plans, records, outdir, job, workers, scheduler, reporter)
-        finally:
-            save_status(outdir, records, job.ref)
-            write_summary(outdir, records)
             shutil.rmtree(outdir / PARTIAL_DIR, ignore_errors=True)
+            remove_temporaries(outdir / ERRORS_DIR)  # as the lock did in OUTDIR: a killed batch's half-renamed files
+            (outdir / PARTIAL_DIR).mkdir()
+            records, plans = _plan(entries, slide_options, outdir, job, retry_failed, limit)
+            save_status(outdir, records, job.ref)
+            if reporter:
+                reporter.start(records, len(plans))
+            try:
+                if plans:
+                    _run_on_cluster(plans, records, outdir, job, workers, scheduler, reporter)
+            finally:
+                save_status(outdir, records, job.ref)
+                write_summary(outdir, records)
+                shutil.rmtree(outdir / PARTIAL_DIR, ignore_errors=True)
+        except BaseException:
+            if created and not any(r.state in ("done", "failed", "skipped") for r in records):
+                # Failed or interrupted before any slide's result: leave no OUTDIR (under the lock,
+                # so no other batch is writing it).
+                shutil.rmtree(outdir, ignore_errors=True)
+            raise
     return records
 
 
+def _check_local_devices(job: JobSpec, slide_options: list[dict]) -> None:
+    """Refuse up front a device the local workers cannot have (``cuda`` on a machine without a GPU):
+    they would fail every slide. A scheduler's workers are checked once connected (``_wants_gpu``)."""
+    if job.device_option is None:
+        return
+    from wsipipe.device import resolve_device
+
+    for device in sorted({str(o.get(job.device_option, "auto")) for o in slide_options}):
+        resolve_device(device)
+
+
 def _plan(
-    entries: list[SlideEntry], outdir: Path, job: JobSpec, options: dict, retry_failed: bool, limit: int | None
+    entries: list[SlideEntry], slide_options: list[dict], outdir: Path, job: JobSpec, retry_failed: bool,
+    limit: int | None,
 ) -> tuple[list[SlideRecord], list[Plan]]:
     """Every slide's record, and the slides to (re)process (at most ``limit``), in INPUT order.
 
     Kept as they are: done/skipped slides whose input and settings are unchanged, and failed ones
     (unless ``retry_failed``). A slide left ``running`` by a killed batch is processed again,
     unless its finished folder already carries a result for this very input (it finished, but
-    the batch died before recording it).
+    the batch died before recording it). A path that is not a readable regular file (missing, a
+    FIFO, a link loop) fails here, never reaching a worker, whose job might block on it.
     """
     previous = load_status(outdir)
     with ThreadPoolExecutor(FINGERPRINT_THREADS) as pool:
         prints = list(pool.map(lambda e: fingerprint(e.path), entries))
     records, plans = [], []
-    for entry, print_ in zip(entries, prints):
-        slide_options = job.convert_options({**options, **entry.options}, where=entry.key)
-        slide_options["annotation"] = str(entry.annotation) if entry.annotation else None
+    for entry, converted, print_ in zip(entries, slide_options, prints):
+        options = {**converted, "annotation": str(entry.annotation) if entry.annotation else None}
         config = hashlib.sha256(
-            json.dumps({"job": job.ref, "options": slide_options}, sort_keys=True, default=str).encode()
+            json.dumps({"job": job.ref, "options": options}, sort_keys=True, default=str).encode()
         ).hexdigest()[:16]
         stamp = {**print_, "config": config}
         prev = previous.get(entry.key)
@@ -142,11 +171,17 @@ def _plan(
         if (prev is None or prev.state in ("pending", "running")) and _adopt_finished(record, outdir, stamp):
             records.append(record)
             continue
+        try:
+            check_regular_file(entry.path, SlideOpenError)
+        except SlideOpenError as exc:
+            _apply_result(record, _failure(str(exc), ""), outdir)
+            records.append(record)
+            continue
         if limit is not None and len(plans) >= limit:
             records.append(prev if prev is not None and prev.state != "running" else record)
             continue
         records.append(record)
-        plans.append(Plan(entry, slide_options, stamp))
+        plans.append(Plan(entry, options, stamp))
     return records, plans
 
 
@@ -166,18 +201,22 @@ def _run_on_cluster(plans, records, outdir, job, workers, scheduler, reporter) -
     import dask
     from distributed import LocalCluster, as_completed
 
+    from wsipipe.batch.local_workers import IgnoreCtrlC, ctrl_c_for_this_process_only
+
     by_key = {r.key: r for r in records}
     with dask.config.set({"distributed.scheduler.allowed-failures": ALLOWED_FAILURES}):
         if scheduler is None:
-            cluster = LocalCluster(
-                n_workers=min(workers, len(plans)),
-                threads_per_worker=1,
-                processes=True,
-                host="127.0.0.1",
-                dashboard_address=":0",
-                silence_logs=logging.ERROR,
-                resources={"GPU": 1} if _wants_gpu(job, plans, None) else None,
-            )
+            with ctrl_c_for_this_process_only():
+                cluster = LocalCluster(
+                    n_workers=min(workers, len(plans)),
+                    threads_per_worker=1,
+                    processes=True,
+                    host="127.0.0.1",
+                    dashboard_address=":0",
+                    silence_logs=logging.ERROR,
+                    resources={"GPU": 1} if _wants_gpu(job, plans, None) else None,
+                    plugins={IgnoreCtrlC()},
+                )
         else:
             cluster = None
         try:

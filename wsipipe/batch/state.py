@@ -14,6 +14,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from stat import S_ISREG
 
 from wsipipe.errors import OutputError
 from wsipipe.files import write_atomic
@@ -59,14 +60,17 @@ class SlideRecord:
 
 
 def fingerprint(path: Path) -> dict:
-    """Size, modification time (ns) and SHA-256 of the first HEAD_BYTES; all None when unreadable."""
+    """Size, modification time (ns) and SHA-256 of the first HEAD_BYTES; all None when unreadable
+    or not a regular file (opened without blocking, so a FIFO cannot hold the batch)."""
+    unknown = {"size": None, "mtime_ns": None, "head_sha256": None}
     try:
-        stat = os.stat(path)
-        digest = hashlib.sha256()
-        with open(path, "rb") as handle:
-            digest.update(handle.read(HEAD_BYTES))
+        with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as handle:
+            stat = os.fstat(handle.fileno())
+            if not S_ISREG(stat.st_mode):
+                return unknown
+            digest = hashlib.sha256(handle.read(HEAD_BYTES))
     except OSError:
-        return {"size": None, "mtime_ns": None, "head_sha256": None}
+        return unknown
     return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "head_sha256": digest.hexdigest()}
 
 

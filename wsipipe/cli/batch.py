@@ -155,11 +155,11 @@ class _ProgressReporter:
         self.task = None
 
     def __enter__(self):
-        self.progress.start()
-        return self
+        return self  # the bar starts with the slides (start): a refused batch prints its one line alone
 
     def __exit__(self, *exc):
-        self.progress.stop()
+        if self.task is not None:  # stopping a bar never started would still print a blank line
+            self.progress.stop()
 
     def start(self, records, todo: int) -> None:
         done = sum(r.state == "done" for r in records)
@@ -168,6 +168,7 @@ class _ProgressReporter:
             self.console.print(
                 f"{len(records)} slides: {done} already done, {failed} failed before, {todo} to process"
             )
+        self.progress.start()
         self.task = self.progress.add_task("batch", total=todo, done=0, failed=0)
 
     def slide_finished(self, record) -> None:

@@ -89,6 +89,8 @@ def is_dicom_path(path: str | os.PathLike) -> bool:
         return True
     if path.suffix.lower() == DICOM_SUFFIX:
         return True
+    if not path.is_file():  # never open a FIFO or a device to look for the magic
+        return False
     try:
         with open(path, "rb") as handle:
             handle.seek(MAGIC_OFFSET)
@@ -98,10 +100,14 @@ def is_dicom_path(path: str | os.PathLike) -> bool:
 
 
 def read_instance(path: Path) -> DicomInstance:
-    """The header of one file; DicomInputError when it is not DICOM."""
+    """The header of one file; DicomInputError when it is not DICOM (or not a regular file: a FIFO
+    would block the read for ever)."""
     import pydicom
     from pydicom.errors import InvalidDicomError
 
+    from wsipipe.files import check_regular_file
+
+    check_regular_file(path, DicomInputError)
     try:
         ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=HEADER_TAGS)
     except (InvalidDicomError, OSError, EOFError, ValueError) as exc:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from wsipipe.errors import InvalidInputError, SlideOpenError
 from wsipipe.dicom.series import is_dicom_path
+from wsipipe.files import check_regular_file
 from wsipipe.slide.base import Level, SlideReader
 
 BACKENDS = ("openslide", "tiffslide", "wsidicom")
@@ -48,9 +49,9 @@ def open_slide(path: str | os.PathLike, backend: str | None = None, mpp_override
     path = Path(path)
     if backend is not None and backend not in BACKENDS:
         raise InvalidInputError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    if not path.exists():
-        raise SlideOpenError(f"{path}: no such file")
-    if not os.access(path, os.R_OK):
+    if not path.is_dir():  # a DICOM series may be a folder
+        check_regular_file(path, SlideOpenError)  # a FIFO would block the slide library for ever
+    elif not os.access(path, os.R_OK | os.X_OK):
         raise SlideOpenError(f"{path}: not readable (permission denied)")
     if is_dicom_path(path):
         reader = _open_dicom(path, backend, mpp_override)

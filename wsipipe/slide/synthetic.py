@@ -29,7 +29,7 @@ import imagecodecs
 import numpy as np
 
 from wsipipe.errors import InvalidInputError, OutputError, SlideOpenError
-from wsipipe.files import atomic_path
+from wsipipe.files import atomic_path, output_lock
 
 DEFAULT_SOURCE = Path(__file__).resolve().parents[2] / "examples" / "data" / "CMU-1-Small-Region.svs"
 # Stop adding pyramid levels once the level fits in this many pixels (longest side).
@@ -109,7 +109,8 @@ def write_synthetic_slide(
         check_ndpi_spec(spec)
     renderer = TileRenderer(spec)
     try:
-        with atomic_path(out) as temporary:
+        # The lock also deletes the temporaries a killed writer of ``out`` left beside it.
+        with output_lock(out, "another wsipipe run is writing this slide"), atomic_path(out) as temporary:
             if ndpi:
                 write_ndpi(temporary, spec, renderer, threads=threads, progress=progress)
             else:

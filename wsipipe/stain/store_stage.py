@@ -37,7 +37,8 @@ def normalize_store(
     """
     from wsipipe.stain import default_target, get_normalizer
     from wsipipe.stain.targets import load_target_image
-    from wsipipe.store import create_derived_store, open_tile_store
+    from wsipipe.files import output_lock
+    from wsipipe.store import check_output_location, create_derived_store, open_tile_store
 
     source = open_tile_store(source_path)
     earlier = source.meta.get(STAIN_KEY)
@@ -68,36 +69,38 @@ def normalize_store(
         "target": normalizer.target.to_dict(),
         "source": slide.to_dict(),
     }
-    writer = create_derived_store(
-        source,
-        out_path,
-        stage="normalize",
-        params={"method": method, "target_image": target_name, "seed": seed},
-        extra_meta={STAIN_KEY: stain_meta},
-        overwrite=overwrite,
-    )
-    if writer.already_complete:
-        return open_tile_store(out_path)
-    recorded = writer.store.meta[STAIN_KEY]  # a resumed run keeps the parameters it started with
-    normalizer.fit(StainParams.from_dict(recorded["target"]))
-    slide = StainParams.from_dict(recorded["source"])
-    pending = writer.pending_shards()
-    total = source.n_tiles
-    done = total - sum(source.shard_slice(i).stop - source.shard_slice(i).start for i in pending)
-    for index in pending:
-        rows = source.shard_slice(index)
-        tiles = source.tiles[rows]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # tiles left unchanged are background: expected
-            normalised = normalizer.transform(tiles, source=slide)
-        if source.masks is None:
-            writer.write_shard(index, normalised)
-        else:  # annotation masks travel with their tiles
-            writer.write_shard(index, normalised, source.masks[rows], source.label_fractions[rows])
-        done += len(tiles)
-        if on_progress is not None:
-            on_progress(done, total)
-    return writer.finish()
+    check_output_location(Path(out_path))
+    with output_lock(out_path, "another wsipipe run is writing this store"):  # see tile_slide
+        writer = create_derived_store(
+            source,
+            out_path,
+            stage="normalize",
+            params={"method": method, "target_image": target_name, "seed": seed},
+            extra_meta={STAIN_KEY: stain_meta},
+            overwrite=overwrite,
+        )
+        if writer.already_complete:
+            return open_tile_store(out_path)
+        recorded = writer.store.meta[STAIN_KEY]  # a resumed run keeps the parameters it started with
+        normalizer.fit(StainParams.from_dict(recorded["target"]))
+        slide = StainParams.from_dict(recorded["source"])
+        pending = writer.pending_shards()
+        total = source.n_tiles
+        done = total - sum(source.shard_slice(i).stop - source.shard_slice(i).start for i in pending)
+        for index in pending:
+            rows = source.shard_slice(index)
+            tiles = source.tiles[rows]
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # tiles left unchanged are background: expected
+                normalised = normalizer.transform(tiles, source=slide)
+            if source.masks is None:
+                writer.write_shard(index, normalised)
+            else:  # annotation masks travel with their tiles
+                writer.write_shard(index, normalised, source.masks[rows], source.label_fractions[rows])
+            done += len(tiles)
+            if on_progress is not None:
+                on_progress(done, total)
+        return writer.finish()
 
 
 @contextmanager

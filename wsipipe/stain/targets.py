@@ -12,6 +12,7 @@ from importlib import resources
 from pathlib import Path
 
 from wsipipe.errors import InvalidInputError
+from wsipipe.files import check_regular_file
 from wsipipe.stain.base import StainParams
 
 DEFAULT_TARGET_FILE = "stain_target_cmu1.json"
@@ -52,7 +53,7 @@ def load_target_image(path: Path):
     import numpy as np
     from PIL import Image, UnidentifiedImageError
 
-    path = Path(path)
+    path = Path(check_regular_file(path))  # a FIFO would block Image.open for ever
     try:
         with Image.open(path) as image:
             if image.mode in ("1", "L", "LA", "I", "I;16", "F"):
