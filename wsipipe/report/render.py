@@ -19,7 +19,7 @@ from wsipipe.errors import OutputError
 from wsipipe.files import write_atomic
 
 #: RGB per class index (class 0, background, is not drawn).
-CLASS_COLOURS = [(0, 0, 0), (230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180)]
+CLASS_COLOURS = [(0, 0, 0), (230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (255, 225, 25)]
 #: Heatmap colour stops (pale yellow -> orange -> dark red), low to high.
 HEAT_STOPS = np.array([(255, 255, 204), (253, 141, 60), (189, 0, 38)], np.float32)
 
