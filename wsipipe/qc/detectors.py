@@ -65,20 +65,22 @@ FOLD_MIN_AREA_UM2 = 10_000.0
 #: Bubble rims and dark debris: near-black (every channel below this), achromatic, not pen.
 DARK_MAX_RGB = 60
 DEBRIS_MIN_AREA_UM2 = 200.0
-#: Exposure is judged per window of this side (µm): a fraction of a scan stripe (about 1 mm), wide
-#: enough that dense tissue alone never fills it.
-EXPOSURE_WINDOW_UM = 256.0
-#: Over-exposure: the sensor clipped (a channel >= 254) while the pixel is still coloured (another
-#: channel <= 235, so it is not glass): stained tissue whose colour is cut off. A window is
-#: over-exposed when this share of it is clipped tissue.
-CLIPPED_LEVEL = 254
+#: Over-exposure: the sensor clipped (a channel >= 250 on the area-averaged thumbnail). A clipped pixel that is still coloured
+#: (another channel <= 235) is always clipped tissue; a white one is too when the slide's glass is
+#: not itself clipped (then nothing should reach full white). Clipped areas at least
+#: OVER_EXPOSED_MIN_UM across (after joining gaps of EXPOSURE_JOIN_UM: unclipped nuclei) are
+#: over-exposed.
+CLIPPED_LEVEL = 250
 CLIPPED_COLOURED_BELOW = 235
-OVER_EXPOSED_SHARE = 0.2
-#: Under-exposure: in a well-exposed brightfield scan every window holds some pixel near the
-#: lamp's white (glass, lumen, pale cytoplasm). A window whose brightest 1 % pass less than half
-#: the light (luminance < 128 of 255: 0.69 OD lost) is under-exposed.
+OVER_EXPOSED_MIN_UM = 64.0
+EXPOSURE_JOIN_UM = 16.0
+#: Under-exposure: in a well-exposed brightfield scan any area wider than a few cells holds some
+#: pixel near the lamp's white (glass, lumen, pale cytoplasm), and even dense H&E passes most of
+#: the light in one channel (haematoxylin and eosin both transmit blue). Areas at least
+#: UNDER_EXPOSED_MIN_UM across where no channel of any pixel passes half the light (< 128 of 255:
+#: 0.69 OD lost in every channel) are under-exposed.
 UNDER_EXPOSED_WHITE = 128
-UNDER_EXPOSED_PERCENTILE = 99.0
+UNDER_EXPOSED_MIN_UM = 256.0
 
 #: Dark background: in an epifluorescence scan the background is black, in brightfield the lamp.
 #: A slide whose brightest 10 % of thumbnail pixels have luminance below this is not brightfield.
@@ -176,33 +178,23 @@ def detect_fold(rgb: np.ndarray, mpp: float, tissue: np.ndarray, exclude: np.nda
     return keep_large(fold, math.ceil(FOLD_MIN_AREA_UM2 / mpp**2)), median
 
 
-def _windows(mask_or_values: np.ndarray, window: int, reduce) -> np.ndarray:
-    """``reduce`` over each ``window`` x ``window`` block (edge blocks partial), as a block grid."""
-    height, width = mask_or_values.shape[:2]
-    rows, cols = math.ceil(height / window), math.ceil(width / window)
-    out = np.zeros((rows, cols), np.float32)
-    for r in range(rows):
-        for c in range(cols):
-            out[r, c] = reduce(mask_or_values[r * window:(r + 1) * window, c * window:(c + 1) * window])
-    return out
-
-
-def _expand(grid: np.ndarray, window: int, shape: tuple[int, int]) -> np.ndarray:
-    return np.repeat(np.repeat(grid, window, axis=0), window, axis=1)[: shape[0], : shape[1]]
+def _open(mask: np.ndarray, um: float, mpp: float) -> np.ndarray:
+    """``mask`` reduced to the parts at least ``um`` across (a morphological opening)."""
+    side = _pixels(um, mpp)
+    return cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_OPEN, np.ones((side, side), np.uint8))
 
 
 def detect_exposure(rgb: np.ndarray, mpp: float, glass_rgb: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Over- and under-exposed masks, judged per ``EXPOSURE_WINDOW_UM`` window. Pixels of the
-    slide's own glass colour (``glass_rgb``) are left out of the over-exposed mask."""
-    window = _pixels(EXPOSURE_WINDOW_UM, mpp)
-    clipped = (rgb.max(axis=2) >= CLIPPED_LEVEL) & (rgb.min(axis=2) <= CLIPPED_COLOURED_BELOW)
-    over = _expand(_windows(clipped.astype(np.float32), window, np.mean) >= OVER_EXPOSED_SHARE, window, rgb.shape[:2])
-    if glass_rgb is not None:
-        over &= np.abs(rgb.astype(np.int16) - glass_rgb.astype(np.int16)).max(axis=2) > 6
-    luminance = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
-    white = _windows(luminance, window, lambda block: np.percentile(block, UNDER_EXPOSED_PERCENTILE))
-    under = _expand(white < UNDER_EXPOSED_WHITE, window, rgb.shape[:2])
-    return over.astype(np.uint8), under.astype(np.uint8)
+    """Over- and under-exposed masks; ``glass_rgb``: the slide's glass colour, if it has glass."""
+    clipped = rgb.max(axis=2) >= CLIPPED_LEVEL
+    glass_clipped = glass_rgb is None or float(np.max(glass_rgb)) >= CLIPPED_LEVEL
+    if glass_clipped:
+        clipped &= rgb.min(axis=2) <= CLIPPED_COLOURED_BELOW
+    clipped = cv2.morphologyEx(clipped.astype(np.uint8), cv2.MORPH_CLOSE, _disk(_pixels(EXPOSURE_JOIN_UM / 2, mpp)))
+    over = _open(clipped, OVER_EXPOSED_MIN_UM, mpp)
+    brightest_channel = cv2.medianBlur(rgb.max(axis=2), 3)  # dense purple tissue still passes blue
+    under = _open(brightest_channel < UNDER_EXPOSED_WHITE, UNDER_EXPOSED_MIN_UM, mpp)
+    return over, under
 
 
 def focus_ratio(rgb: np.ndarray) -> float:
