@@ -68,7 +68,7 @@ def usable_tissue(reader: SlideReader, option: str) -> UsableTissue | None:
 
 
 def restrict_tissue(tissue: np.ndarray, usable: UsableTissue | None, level0_px_per_mask_px: float,
-                    reader: SlideReader) -> tuple[np.ndarray, dict]:
+                    mpp_xy: tuple[float | None, float | None]) -> tuple[np.ndarray, dict]:
     """``tissue`` less what QC flagged (``usable`` resized to it), and what report.json says of it."""
     if usable is None:
         return tissue, {"mode": "off"}
@@ -76,10 +76,8 @@ def restrict_tissue(tissue: np.ndarray, usable: UsableTissue | None, level0_px_p
     resized = cv2.resize(usable.mask.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST)
     kept = (tissue > 0) & (resized > 0)
     left_out = int(np.count_nonzero(tissue)) - int(np.count_nonzero(kept))
-    try:
-        pixel_mm2 = (reader.mpp * level0_px_per_mask_px) * ((reader.mpp_y or reader.mpp) * level0_px_per_mask_px) / 1e6
-    except Exception:  # MppUnknownError: areas in mm² need µm/px
-        pixel_mm2 = None
+    mpp_x, mpp_y = mpp_xy
+    pixel_mm2 = mpp_x * (mpp_y or mpp_x) * level0_px_per_mask_px**2 / 1e6 if mpp_x else None
     summary = usable.summary
     report = {
         "mode": "auto" if usable.source == "auto" else "reused",
