@@ -52,7 +52,7 @@ BLACK_MAX_CHROMA = 15.0
 #: to dark debris when black).
 PEN_MIN_AREA_UM2 = 40_000.0
 #: Ink pixels are joined over gaps of about this size (µm) before their area is measured.
-PEN_CLOSE_UM = 12.0
+PEN_CLOSE_UM = 40.0
 
 # --- fold, debris, exposure ------------------------------------------------------------------------
 #: A fold is two layers of tissue: by Beer-Lambert its optical density is twice the section's.
@@ -73,7 +73,7 @@ DEBRIS_MIN_AREA_UM2 = 200.0
 CLIPPED_LEVEL = 250
 CLIPPED_COLOURED_BELOW = 235
 OVER_EXPOSED_MIN_UM = 64.0
-EXPOSURE_JOIN_UM = 16.0
+EXPOSURE_JOIN_UM = 32.0
 #: Under-exposure: in a well-exposed brightfield scan any area wider than a few cells holds some
 #: pixel near the lamp's white (glass, lumen, pale cytoplasm), and even dense H&E passes most of
 #: the light in one channel (haematoxylin and eosin both transmit blue). Areas at least
