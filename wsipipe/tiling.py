@@ -109,6 +109,7 @@ def tile_slide(
         coords, fractions = grid.select(tissue_threshold)
         meta = _provenance(reader, slide_path, grid, tissue_threshold, mpp_override, thumb_downsample, thumb_mpp)
         meta["qc"] = qc_report
+        meta["params"]["qc"] = qc  # a store is resumed only with the same QC
         if labels_meta is not None:
             meta["params"]["annotations"] = labels_meta["source"]
             meta["params"]["label_map"] = labels_meta["label_map"]

@@ -78,7 +78,7 @@ def test_stages_refuse_fluorescence(tmp_path, slides_dir, command, slide):
     line = result.output.strip()
     assert "\n" not in line
     wavelength = "387" if "DAPI" in slide else "560"
-    assert line.startswith(f"Error: {slides_dir / slide}: not brightfield (metadata ")
+    assert line.startswith(f"Error: {slides_dir / slide}: not brightfield (metadata 'hamamatsu.;NDP Shading Data' records ")
     assert f"records an excitation wavelength of {wavelength} nm" in line and line.endswith("pass --qc off to run anyway")
     assert not target.exists()
 

@@ -53,9 +53,7 @@ def usable_tissue(reader: SlideReader, option: str) -> UsableTissue | None:
                 f"--qc {option}: made for a {'x'.join(map(str, attrs.get('slide_size', ['?'])))} px slide, "
                 f"not this {reader.dimensions[0]}x{reader.dimensions[1]} px one"
             )
-        folder = path if path.is_dir() and (path / "qc.json").is_file() else path.parent
-        summary = json.loads((folder / "qc.json").read_text()) if (folder / "qc.json").is_file() else {}
-        found = UsableTissue(mask, summary, str(path))
+        found = UsableTissue(mask, _summary_beside(path), str(path))
     brightfield = found.summary.get("brightfield") or {}
     if brightfield.get("value") is False:
         raise NotBrightfieldHEError(f"{reader.path}: not brightfield ({brightfield['reason']}); pass --qc off to run anyway")
@@ -65,6 +63,20 @@ def usable_tissue(reader: SlideReader, option: str) -> UsableTissue | None:
             "pass --qc off to run anyway"
         )
     return found
+
+
+def _summary_beside(path: Path) -> dict:
+    """The qc.json of a qc folder (or beside its qc.zarr); empty when there is none."""
+    summary = (path if path.is_dir() and (path / "qc.json").is_file() else path.parent) / "qc.json"
+    if not summary.is_file():
+        return {}
+    try:
+        data = json.loads(summary.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidInputError(f"--qc {path}: {summary} is not readable JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise InvalidInputError(f"--qc {path}: {summary} is not a qc.json")
+    return data
 
 
 def restrict_tissue(tissue: np.ndarray, usable: UsableTissue | None, level0_px_per_mask_px: float,

@@ -94,7 +94,8 @@ STAIN_ANGLE_TOLERANCE = 15.0
 
 def thresholds() -> dict:
     """Every threshold above, by name, as qc.json records them."""
-    return {name.lower(): value for name, value in globals().items() if name.isupper()}
+    return {name.lower(): value for name, value in globals().items()
+            if name.isupper() and isinstance(value, (int, float, tuple))}
 
 
 def _pixels(um: float, mpp: float) -> int:

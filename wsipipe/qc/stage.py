@@ -54,6 +54,7 @@ def metadata_fluorescence(properties: dict) -> str | None:
     illumination), or None when it says nothing of the kind."""
     for key, value in sorted(properties.items()):
         text = str(value)
+        key = re.split(r"[\r\n]", key)[0]  # NDPI's shading record comes as one key with its first line
         excitation = _EXCITATION.search(text)
         if excitation and int(excitation.group(1)) > 0:
             name = _CHANNEL_NAME.search(text)
@@ -187,6 +188,20 @@ def _stain(tiles: list[np.ndarray]) -> dict:
     return out
 
 
+def _artefacts(thumbnail: np.ndarray, mpp: float, tissue: np.ndarray, tiles: _TileReader, downsample: float):
+    """Every artefact mask (by name) and the figures that come with them."""
+    pen, pen_colours = d.detect_pen(thumbnail, mpp)
+    bubble = d.detect_dark_debris(thumbnail, mpp, pen)
+    over, under = d.detect_exposure(thumbnail, mpp, _glass_colour(thumbnail, tissue))
+    fold, tissue_density = d.detect_fold(thumbnail, mpp, tissue, pen | bubble | under)
+    blur, focus, stain_tiles = _focus(tiles, tissue, mpp, downsample, pen | bubble | fold)
+    masks = {"out_of_focus": blur, "fold": fold, "over_exposed": over, "under_exposed": under,
+             "bubble": bubble, "pen": pen}
+    figures = {"pen_colours": pen_colours, "focus": focus, "fold_reference_od": tissue_density,
+               "stain": _stain(stain_tiles)}
+    return masks, figures
+
+
 def _verdict(brightfield: dict, stain: dict, tissue_mm2: float, usable_fraction: float | None) -> tuple[bool, str, str]:
     """(usable, the rule that decided, why): the first rule that fails, else all passed."""
     if not brightfield["value"]:
@@ -215,18 +230,14 @@ def run_qc(reader: SlideReader) -> QCResult:
     brightfield = judge_brightfield(reader.properties, thumbnail)
 
     tissue = detect_tissue(thumbnail, thumb_mpp)
-    pen, pen_colours = d.detect_pen(thumbnail, thumb_mpp)
-    bubble = d.detect_dark_debris(thumbnail, thumb_mpp, pen)
-    over, under = d.detect_exposure(thumbnail, thumb_mpp, _glass_colour(thumbnail, tissue))
-    fold, tissue_density = d.detect_fold(thumbnail, thumb_mpp, tissue, pen | bubble | under)
     tiles = _TileReader(reader, base_mpp)
-    blur, focus, stain_tiles = _focus(tiles, tissue, thumb_mpp, downsample, pen | bubble | fold)
-    stain = _stain(stain_tiles)
-    masks = {"out_of_focus": blur, "fold": fold, "over_exposed": over, "under_exposed": under,
-             "bubble": bubble, "pen": pen}
-    if not brightfield["value"]:  # H&E artefacts mean nothing on a dark background: the verdict says why
-        for mask in masks.values():
-            mask[:] = 0
+    if brightfield["value"]:
+        masks, figures = _artefacts(thumbnail, thumb_mpp, tissue, tiles, downsample)
+    else:  # H&E artefacts mean nothing on a dark background: the verdict says why
+        masks = {name: np.zeros_like(tissue) for name in ARTEFACTS}
+        figures = {"pen_colours": None, "focus": None, "fold_reference_od": None,
+                   "stain": {**_stain([]), "error": "not brightfield"}}
+    stain = figures["stain"]
     flagged = np.zeros_like(tissue)
     for mask in masks.values():
         flagged |= mask
@@ -259,10 +270,7 @@ def run_qc(reader: SlideReader) -> QCResult:
             }
             for name in ARTEFACTS
         },
-        "pen_colours": pen_colours,
-        "focus": focus,
-        "fold_reference_od": tissue_density,
-        "stain": stain,
+        **figures,
         "masks": {"path": "qc.zarr", "mpp": thumb_mpp, "downsample": downsample,
                   "names": ["tissue", *ARTEFACTS, "usable"]},
         "thresholds": {**d.thresholds(), "min_tissue_mm2": MIN_TISSUE_MM2,
@@ -283,7 +291,7 @@ COLUMNS = {
     "qc_usable_fraction": lambda s: s["usable_fraction"],
     **{f"qc_{name}": (lambda s, name=name: s["artefacts"][name]["fraction"]) for name in ARTEFACTS},
     "qc_stain_outlier": lambda s: s["stain"]["outlier_score"],
-    "qc_focus_median": lambda s: s["focus"]["ratio_median"],
+    "qc_focus_median": lambda s: (s["focus"] or {}).get("ratio_median"),
 }
 
 
