@@ -224,6 +224,15 @@ def test_fluorescence_slides_are_not_brightfield(slides_dir, name):
     assert (summary["usable"], summary["verdict_rule"]) == (False, "brightfield")
 
 
+def test_ihc_is_not_he(data_dir):
+    """DAB immunohistochemistry (the stain set's negative control) fails on its stain, not as pen."""
+    rgb = np.ascontiguousarray(cv2.imread(str(data_dir / "stain" / "skimage_ihc.png"), cv2.IMREAD_COLOR)[..., ::-1])
+    summary = run_qc(ArrayReader(rgb, 0.5)).summary
+    assert summary["brightfield"]["value"] is True
+    assert summary["stain"]["looks_like_he"] is False
+    assert (summary["usable"], summary["verdict_rule"]) == (False, "he_stain")
+
+
 def test_qc_is_deterministic(cmu):
     rgb, mpp = cmu
     first, second = run_qc(ArrayReader(rgb, mpp)), run_qc(ArrayReader(rgb, mpp))

@@ -12,9 +12,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from wsipipe.qc.stage import ARTEFACTS, COLUMNS, QCResult, qc_columns, run_qc
+from wsipipe.qc.stage import ARTEFACTS, QCResult, qc_columns, run_qc
 
-__all__ = ["ARTEFACTS", "COLUMNS", "QCResult", "qc_columns", "qc_slide", "run_qc"]
+__all__ = ["ARTEFACTS", "QCResult", "qc_columns", "qc_slide", "run_qc"]
 
 
 def qc_slide(slide_path: str | os.PathLike, outdir: str | os.PathLike, *, backend: str | None = None,

@@ -93,7 +93,8 @@ def _glass_colour(thumbnail: np.ndarray, tissue: np.ndarray) -> np.ndarray | Non
 
 
 class _TileReader:
-    """Tiles of a given side in µm at ``FOCUS_MPP`` (or the slide's own µm/px when coarser)."""
+    """Tiles of a given side in µm at ``FOCUS_MPP`` (or the slide's own µm/px when coarser); unlike
+    ``SlideReader.read_at_mpp`` it also reads a slide without µm/px (at the assumed µm/px)."""
 
     def __init__(self, reader: SlideReader, base_mpp: float):
         self.reader = reader
@@ -194,7 +195,11 @@ def _artefacts(thumbnail: np.ndarray, mpp: float, tissue: np.ndarray, tiles: _Ti
     bubble = d.detect_dark_debris(thumbnail, mpp, pen)
     over, under = d.detect_exposure(thumbnail, mpp, _glass_colour(thumbnail, tissue))
     fold, tissue_density = d.detect_fold(thumbnail, mpp, tissue, pen | bubble | under)
-    blur, focus, stain_tiles = _focus(tiles, tissue, mpp, downsample, pen | bubble | fold)
+    # "Ink" over most of the tissue is the stain itself off H&E's gamut (DAB, special stains): the
+    # stain estimate then sees it, and the verdict names the stain rather than the pen.
+    stain_is_off_gamut = np.count_nonzero(pen & tissue) > 0.5 * np.count_nonzero(tissue)
+    not_for_stain = bubble | fold if stain_is_off_gamut else bubble | fold | pen
+    blur, focus, stain_tiles = _focus(tiles, tissue, mpp, downsample, not_for_stain)
     masks = {"out_of_focus": blur, "fold": fold, "over_exposed": over, "under_exposed": under,
              "bubble": bubble, "pen": pen}
     figures = {"pen_colours": pen_colours, "focus": focus, "fold_reference_od": tissue_density,
