@@ -69,7 +69,9 @@ def test_qc_bad_input_is_one_line_and_leaves_nothing(tmp_path, slides_dir):
     assert blocker.read_text() == "x"
 
 
-@pytest.mark.parametrize("command, slide", [("tile", DAPI), ("segment", TRITC), ("nuclei", DAPI)])
+@pytest.mark.parametrize("command, slide", [
+    ("tile", DAPI), pytest.param("segment", TRITC, marks=pytest.mark.slow), ("nuclei", DAPI),  # segment loads its model first
+])
 def test_stages_refuse_fluorescence(tmp_path, slides_dir, command, slide):
     out = tmp_path / "out"
     target = out.with_suffix(".zarr") if command == "tile" else out
@@ -81,6 +83,25 @@ def test_stages_refuse_fluorescence(tmp_path, slides_dir, command, slide):
     assert line.startswith(f"Error: {slides_dir / slide}: not brightfield (metadata 'hamamatsu.;NDP Shading Data' records ")
     assert f"records an excitation wavelength of {wavelength} nm" in line and line.endswith("pass --qc off to run anyway")
     assert not target.exists()
+
+
+def test_nuclei_records_qc(tmp_path, slides_dir):
+    out = tmp_path / "nuclei"
+    result = runner.invoke(app, ["nuclei", str(slides_dir / "OS-1-detail.ome.tif"), "-o", str(out), "-q"])
+    assert result.exit_code == 0, result.output
+    qc = json.loads((out / "nuclei.json").read_text())["qc"]
+    assert (qc["mode"], qc["usable"], qc["left_out_fraction"]) == ("auto", True, 0.0)
+
+
+@pytest.mark.slow
+def test_segment_report_records_qc(tmp_path, slides_dir):
+    out = tmp_path / "segment"
+    result = runner.invoke(app, ["segment", str(slides_dir / "CMU-1-Small-Region.svs"), "-o", str(out), "-q"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["qc"]["mode"] == "auto" and report["qc"]["usable"] is True
+    assert report["qc"]["left_out_fraction"] < 0.03  # the bundled example is left (nearly) whole
+    assert "quality control" in (out / "report.html").read_text()
 
 
 def test_tile_with_qc_off_tiles_fluorescence(tmp_path, slides_dir):
