@@ -21,7 +21,8 @@ def qc(
     under-exposure, its stain and whether it is brightfield; write qc.json (figures, verdict,
     thresholds), qc.zarr (one mask per artefact and the usable tissue) and qc.png.
 
-    Exit 0 when QC ran (the verdict, usable or not, is in qc.json and printed); 2 for bad input.
+    Exit 0 when QC ran (the verdict, usable or not, is in qc.json and printed); 1 for an unreadable
+    slide or output folder; 2 for bad options.
     """
     from wsipipe.qc import qc_slide
 

@@ -13,10 +13,6 @@ import numpy as np
 from wsipipe.errors import InvalidInputError, NotBrightfieldHEError
 from wsipipe.slide.base import SlideReader
 
-QC_HELP = ("Slide quality control: 'auto' runs it (seconds) and leaves out-of-focus, pen, fold, bubble and "
-           "badly exposed areas out; a path reuses a `wsipipe qc` output folder or its qc.zarr; 'off' skips it. "
-           "A slide that is not brightfield H&E is refused unless 'off'.")
-
 
 @dataclass
 class UsableTissue:

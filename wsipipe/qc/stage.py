@@ -125,7 +125,7 @@ def _focus(tiles: _TileReader, tissue: np.ndarray, thumb_mpp: float, downsample:
     """Focus grid over the tissue: the out-of-focus mask, figures, and tissue tiles for the stain."""
     tissue_um2 = float(np.count_nonzero(tissue)) * thumb_mpp**2
     cell_um = max(d.FOCUS_MIN_CELL_UM, math.sqrt(tissue_um2 / d.FOCUS_MAX_TILES))
-    cell = max(1, math.ceil(cell_um / thumb_mpp))
+    cell = max(1, math.ceil(cell_um / thumb_mpp - 1e-6))  # at most FOCUS_MAX_TILES cells; no float dust
     side_um = min(d.FOCUS_TILE_UM, cell * thumb_mpp)
     height, width = tissue.shape
     rows, cols = math.ceil(height / cell), math.ceil(width / cell)
