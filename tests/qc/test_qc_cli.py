@@ -189,3 +189,22 @@ def test_batch_qc_over_an_archive(tmp_path, slides_dir):
     rows = (out / "summary.csv").read_text().splitlines()
     assert len(rows) == 3 and "qc_usable" in rows[0]
     assert (out / "qc_cohort.html").is_file()
+
+
+def test_nuclei_refuses_when_qc_leaves_no_tissue(tmp_path, slides_dir):
+    """A reused qc folder whose usable mask is empty: refused before any output, not run everywhere."""
+    from wsipipe.qc import run_qc
+    from wsipipe.qc.outputs import write_qc_outputs
+    from wsipipe.slide import open_slide
+
+    slide = slides_dir / "OS-1-detail.ome.tif"
+    with open_slide(slide) as reader:
+        result = run_qc(reader)
+    result.usable[:] = 0
+    (tmp_path / "qc").mkdir()
+    write_qc_outputs(result, tmp_path / "qc")
+    out = tmp_path / "nuclei"
+    outcome = runner.invoke(app, ["nuclei", str(slide), "-o", str(out), "-q", "--qc", str(tmp_path / "qc")])
+    assert outcome.exit_code == 2
+    assert outcome.output.strip().startswith(f"Error: {slide}: quality control left no usable tissue (")
+    assert outcome.output.strip().endswith("pass --qc off to run anyway") and not out.exists()

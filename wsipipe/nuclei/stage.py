@@ -276,7 +276,12 @@ def _quality_control(path: Path, qc: str, mpp_override: float | None, backend: s
     from wsipipe.slide import open_slide
 
     with open_slide(path, backend=backend, mpp_override=mpp_override) as reader:
-        return usable_tissue(reader, qc), {"mode": qc}, (reader.mpp_x, reader.mpp_y)
+        usable = usable_tissue(reader, qc)
+        if not usable.mask.any():  # else the no-tissue fallback below would segment every core
+            raise InvalidInputError(f"{path}: quality control left no usable tissue "
+                                    f"({usable.summary.get('verdict_reason', 'every area flagged')}); "
+                                    "pass --qc off to run anyway")
+        return usable, {"mode": qc}, (reader.mpp_x, reader.mpp_y)
 
 
 def _describe_mask(mask) -> str | None:
