@@ -137,7 +137,7 @@ def test_killed_run_resumes_to_an_identical_store(cmu, reference_store, tmp_path
         "t._ShardWork.__call__ = lambda *a: (time.sleep(0.3), real(*a))[1]\n"
         "from wsipipe.cli.main import app; app()\n"
     )
-    argv = ["tile", str(cmu), "-o", str(path), "--tile-size", "32", "--workers", "1", "--quiet"]
+    argv = ["tile", str(cmu), "-o", str(path), "--tile-size", "32", "--workers", "1", "--quiet", "--qc", "off"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     process = subprocess.Popen([sys.executable, "-c", slow, *argv], env=env, cwd=tmp_path)
     journal = tmp_path / "cmu.zarr.partial" / JOURNAL_NAME
@@ -158,7 +158,7 @@ def test_killed_run_resumes_to_an_identical_store(cmu, reference_store, tmp_path
 def test_complete_store_is_not_redone(reference_store, cmu):
     shard = next((reference_store / "tiles" / "c").iterdir())
     before = shard.stat().st_mtime_ns
-    argv = ["tile", str(cmu), "-o", str(reference_store), "--tile-size", "32", "--quiet"]
+    argv = ["tile", str(cmu), "-o", str(reference_store), "--tile-size", "32", "--quiet", "--qc", "off"]
     result = CliRunner().invoke(app, argv)
     assert result.exit_code == 0 and "already complete" in result.output
     assert shard.stat().st_mtime_ns == before

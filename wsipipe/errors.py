@@ -57,3 +57,7 @@ class SlidesFailedError(WsipipeError):
 
 class DeviceError(WsipipeError):
     """The compute device failed in a way a smaller batch cannot help (CUDA out of memory at one tile)."""
+
+
+class NotBrightfieldHEError(InvalidInputError):
+    """A slide quality control finds not to be brightfield H&E, refused by an H&E stage."""

@@ -84,6 +84,7 @@ class TilePlan:
     thumbnail: np.ndarray
     level0_size: tuple[int, int]  # (width, height) of the slide
     timings: dict[str, float] = field(default_factory=dict)
+    qc: dict = field(default_factory=lambda: {"mode": "off"})  # what quality control left out (report.json)
 
     def tissue(self, y0: int, y1: int, x0: int, x1: int, downsample: float | None = None) -> np.ndarray:
         """Which pixels of the block [y0, y1) x [x0, x1) of a grid of ``downsample`` level-0 px per
@@ -309,13 +310,15 @@ class SampledTiles:
 # --- planning ------------------------------------------------------------------------------------
 
 
-def plan_tiles(reader, model_mpp: float, tile: int, overlap: int, tiles_store=None) -> TilePlan:
+def plan_tiles(reader, model_mpp: float, tile: int, overlap: int, tiles_store=None, usable=None) -> TilePlan:
     """The tiles touching tissue on a grid at the model's µm/px, with the mask and thumbnail.
 
     With ``tiles_store`` (a ``wsipipe tile`` store at the model's µm/px and tile size) its
-    tissue mask, thumbnail and tiles are used instead of detecting and reading again.
+    tissue mask, thumbnail and tiles are used instead of detecting and reading again. With
+    ``usable`` (``wsipipe.qc.apply.usable_tissue``) the areas quality control flagged are left out.
     """
     from wsipipe.grid import build_grid
+    from wsipipe.qc.apply import restrict_tissue
     from wsipipe.tissue import detect_tissue, read_thumbnail, thumbnail_downsample
 
     started = time.perf_counter()
@@ -325,12 +328,15 @@ def plan_tiles(reader, model_mpp: float, tile: int, overlap: int, tiles_store=No
     if tiles_store is not None:
         thumbnail, mask = tiles_store.thumbnail, tiles_store.tissue_mask
         mask_downsample = float(tiles_store.meta["thumbnail_downsample"])
+        mask, qc = restrict_tissue(mask, usable, mask_downsample, (reader.mpp_x, reader.mpp_y))
         store_index = np.flatnonzero(np.asarray(tiles_store.tissue_fraction[:]) > 0)
         coords = np.asarray(tiles_store.coords[:], np.int64)[store_index]
     else:
         mask_downsample = thumbnail_downsample(reader)
         thumbnail = read_thumbnail(reader, mask_downsample)
-        mask = detect_tissue(thumbnail, reader.mpp * mask_downsample)
+        mask, qc = restrict_tissue(
+            detect_tissue(thumbnail, reader.mpp * mask_downsample), usable, mask_downsample, (reader.mpp_x, reader.mpp_y)
+        )
         grid = build_grid(
             reader, tile_size=tile, overlap=overlap, mpp=model_mpp, tissue_mask=mask, mask_downsample=mask_downsample
         )
@@ -339,7 +345,7 @@ def plan_tiles(reader, model_mpp: float, tile: int, overlap: int, tiles_store=No
     positions = [(int(x), int(y)) for x, y in np.rint(coords / scale).astype(np.int64)]
     plan = TilePlan(
         height, width, tile, overlap, scale, positions, coords, store_index, mask, mask_downsample, thumbnail,
-        (width0, height0),
+        (width0, height0), qc=qc,
     )
     plan.timings["tissue"] = time.perf_counter() - started
     return plan
@@ -420,6 +426,7 @@ def segment_slide(
     nuclei: bool = False,
     nuclei_model: str | os.PathLike | None = None,
     dicom_seg: str | None = None,
+    qc: str = "off",
     progress: bool = True,
     say: Callable[[str], None] | None = None,
 ) -> dict:
@@ -430,10 +437,13 @@ def segment_slide(
     ``nuclei``: also run the nuclei stage (classical, or the US-Net ``nuclei_model``, which
     implies ``nuclei``) with the predicted tumour as its tumour mask.
     ``dicom_seg``: binary, fractional or none (default: binary for a DICOM slide; see ``wsipipe.dicom.outputs``).
+    ``qc``: 'auto', 'off' or a ``wsipipe qc`` output; flagged areas are left out, and a slide that
+    is not brightfield H&E is refused before the output folder is made.
     """
     from wsipipe.dicom.outputs import resolve_dicom_seg
     from wsipipe.inference.sliding import check_overlap, default_overlap
     from wsipipe.nuclei.stage import check_nuclei_model, resolve_nuclei_model
+    from wsipipe.qc.apply import check_qc_option, usable_tissue
     from wsipipe.slide import open_slide
     from wsipipe.slide.built import LEVELS_FOLDER, with_level_for
 
@@ -446,6 +456,7 @@ def segment_slide(
         raise InvalidInputError(f"--normalize {normalize!r}: choose one of {', '.join(NORMALIZE_METHODS)}")
     if batch_size < 1 or workers < 0:
         raise InvalidInputError("--batch-size must be at least 1 and --workers at least 0")
+    check_qc_option(qc)
     slide_path = Path(slide_path)
     dicom_seg = resolve_dicom_seg(slide_path, dicom_seg)
     timings: dict[str, float] = {}
@@ -465,6 +476,9 @@ def segment_slide(
         reader.mpp  # noqa: B018 - a slide without µm/px fails here, naming --mpp-override
         # One clear error when the slide cannot give the model's µm/px, even through a built level.
         reader.check_mpp(info.bundle.mpp, buildable=True)
+        t0 = time.perf_counter()
+        usable = usable_tissue(reader, qc)  # refuses a slide that is not brightfield H&E
+        timings["qc"] = time.perf_counter() - t0
         outdir = make_output_folder(outdir)
         with folder_lock(outdir):
             levels = outdir / LEVELS_FOLDER
@@ -477,7 +491,7 @@ def segment_slide(
             try:
                 nuclei_options = {"model": nuclei_model, "mpp_override": mpp_override} if nuclei else None
                 report = _segment(slide_path, outdir, reader, pool, info, store, normalize, target, overlap,
-                                  batch_size, device, progress, say, timings, nuclei_options, dicom_seg)
+                                  batch_size, device, progress, say, timings, nuclei_options, dicom_seg, usable)
             finally:
                 if pool is not None:
                     pool.shutdown(wait=True, cancel_futures=True)
@@ -485,9 +499,10 @@ def segment_slide(
 
 
 def _segment(slide_path, outdir, reader, pool, info, store, normalize, target, overlap, batch_size, device,
-             progress, say, timings, nuclei_options, dicom_seg) -> dict:
+             progress, say, timings, nuclei_options, dicom_seg, usable=None) -> dict:
     """``store``: the opened ``--tiles`` store or None; ``overlap``: resolved and checked;
-    ``dicom_seg``: the DICOM Segmentation's type, or None for no DICOM outputs."""
+    ``dicom_seg``: the DICOM Segmentation's type, or None for no DICOM outputs; ``usable``: quality
+    control's usable tissue or None."""
     from wsipipe.inference.omezarr import (
         build_pyramid, create_prediction_store, is_complete, open_prediction_store, restrict_labels,
     )
@@ -496,9 +511,11 @@ def _segment(slide_path, outdir, reader, pool, info, store, normalize, target, o
     bundle = info.bundle
     normalize, target = model_normalisation(normalize, target, bundle.metadata)
     tile, classes = int(bundle.tile_size), list(bundle.classes)
-    plan = plan_tiles(reader, bundle.mpp, tile, overlap, store)
+    plan = plan_tiles(reader, bundle.mpp, tile, overlap, store, usable)
     timings["tissue"] = plan.timings["tissue"]
+    # the tissue mask too: the label map is restricted to it (quality control may change it)
     identity = repr((info.sha256, normalize, str(target), reader.mpp, reader.dimensions, overlap)).encode()
+    identity += hashlib.sha256(np.ascontiguousarray(plan.tissue_mask > 0).tobytes()).digest()
     fingerprint = hashlib.sha256(identity + np.asarray(plan.positions, np.int64).tobytes()).hexdigest()
 
     final = outdir / PREDICTION_NAME
@@ -685,6 +702,7 @@ def _write_outputs(slide_path, outdir, reader, plan, prediction, info, classes, 
                 "classes": classes,
             },
             "tissue_area_mm2": tissue_mm2,
+            "qc": plan.qc,
             "tumour_area_mm2": tumour_mm2,
             "tumour_fraction": tumour_mm2 / tissue_mm2 if tissue_mm2 > 0 else None,
             **(_nuclei_figures(nuclei) if nuclei is not None else {}),

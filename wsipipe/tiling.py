@@ -25,6 +25,7 @@ import numpy as np
 
 from wsipipe.errors import InvalidInputError
 from wsipipe.grid import TileGrid, build_grid, validate_tiling
+from wsipipe.qc.apply import restrict_tissue, usable_tissue
 from wsipipe.slide import open_slide
 from wsipipe.slide.base import SlideReader
 from wsipipe.files import output_lock
@@ -72,12 +73,14 @@ def tile_slide(
     annotations: str | os.PathLike | None = None,
     label_map: str | None = None,
     strict: bool = False,
+    qc: str = "off",
 ) -> TilingResult:
     """Tile ``slide_path`` at ``mpp`` µm/px (or pyramid ``level``, which takes precedence) into ``store_path``.
 
     With ``annotations`` (and optionally a ``label_map``) the store also gets each tile's label
     mask and label fractions. Resumes an interrupted run with the same parameters; returns at
-    once when the store is already complete (unless ``overwrite``).
+    once when the store is already complete (unless ``overwrite``). ``qc`` ('auto', 'off' or a qc
+    output): areas quality control flags are left out of the tissue mask, so out of the tiles.
     """
     started = time.perf_counter()
     validate_tiling(tile_size, overlap, tissue_threshold)
@@ -100,16 +103,20 @@ def tile_slide(
         rasteriser, labels_meta = (None, None)
         if annotations is not None:
             rasteriser, labels_meta = _annotation_index(Path(annotations), label_map, strict, reader)
+        usable = usable_tissue(reader, qc)
         thumb_downsample = thumbnail_downsample(reader)
         thumbnail = read_thumbnail(reader, thumb_downsample)
         thumb_mpp = reader.mpp_x * thumb_downsample if reader.mpp_x is not None else None
-        mask = detect_tissue(thumbnail, thumb_mpp)
+        mask, qc_report = restrict_tissue(detect_tissue(thumbnail, thumb_mpp), usable, thumb_downsample,
+                                         (reader.mpp_x, reader.mpp_y))
         grid = build_grid(
             reader, tile_size=tile_size, overlap=overlap, mpp=mpp, level=level,
             tissue_mask=mask, mask_downsample=thumb_downsample,
         )
         coords, fractions = grid.select(tissue_threshold)
         meta = _provenance(reader, slide_path, grid, tissue_threshold, mpp_override, thumb_downsample, thumb_mpp)
+        meta["qc"] = qc_report
+        meta["params"]["qc"] = qc  # a store is resumed only with the same QC
         if labels_meta is not None:
             meta["params"]["annotations"] = labels_meta["source"]
             meta["params"]["label_map"] = labels_meta["label_map"]

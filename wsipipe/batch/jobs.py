@@ -87,11 +87,18 @@ def _flag(value) -> bool:
     raise ValueError("must be true or false")
 
 
+def _qc_option(text) -> str:
+    """``--qc`` as a job option: auto, off, or a qc output (made absolute, for the workers)."""
+    text = str(text)
+    return text if text in ("auto", "off") else _absolute_path(text)
+
+
 def _prepare_segment(options: dict) -> dict:
     """Fail once, up front, on a model or normalisation that would fail every slide."""
     from wsipipe.segment import BUNDLED_MODEL, NORMALIZE_METHODS
 
     options = dict(options)
+    options.setdefault("qc", "auto")  # as `wsipipe segment`: each slide's QC verdict is recorded
     if options.get("model") is None:
         options["model"] = str(BUNDLED_MODEL)
     options["model"] = _absolute_path(str(options["model"]))
@@ -117,17 +124,21 @@ SEGMENT_OPTIONS: dict[str, Callable[[str], Any]] = {
     "mpp_override": _positive_float,
     "nuclei": _flag,
     "nuclei_model": _absolute_path,
+    "qc": _qc_option,
 }
 #: Figures of a segment report that go into the batch summary.
 SEGMENT_FIGURES = ("tumour_fraction", "tissue_area_mm2", "tumour_area_mm2", "n_tiles", "mpp")
 #: Figures the report has when the nuclei ran (``nuclei`` or ``nuclei_model``); summarised as well.
 NUCLEI_FIGURES = ("nuclei_count", "nuclei_per_mm2", "nuclei_per_mm2_tumour", "cellularity")
+#: A segment report's quality-control record, as summary columns (named as the qc job's).
+SEGMENT_QC_FIGURES = {"qc_usable": "usable", "qc_rule": "verdict_rule", "qc_left_out_fraction": "left_out_fraction"}
 
 JOBS: dict[str, JobSpec] = {
     "segment": JobSpec(
         "segment", "wsipipe.batch.jobs:segment_job", SEGMENT_OPTIONS, device_option="device", prepare=_prepare_segment
     ),
     "info": JobSpec("info", "wsipipe.batch.jobs:info_job", {"backend": str, "mpp_override": _positive_float}),
+    "qc": JobSpec("qc", "wsipipe.batch.jobs:qc_job", {"backend": str, "mpp_override": _positive_float}),
 }
 
 
@@ -163,10 +174,25 @@ def segment_job(slide_path: Path, workdir: Path, options: dict) -> dict:
     """
     from wsipipe.segment import segment_slide
 
+    from wsipipe.errors import NotBrightfieldHEError
+
     stage = {k: v for k, v in options.items() if k in SEGMENT_OPTIONS}
-    report = segment_slide(slide_path, workdir, workers=0, progress=False, **stage)
+    try:
+        report = segment_slide(slide_path, workdir, workers=0, progress=False, **stage)
+    except NotBrightfieldHEError as exc:  # QC's verdict, not a failure: the slide is left out, saying why
+        raise SkipSlide(str(exc)) from None
     names = SEGMENT_FIGURES + (NUCLEI_FIGURES if "nuclei_count" in report else ())
-    return {name: report.get(name) for name in names}
+    qc = report.get("qc") or {}
+    return {**{name: report.get(name) for name in names},
+            **{column: qc.get(key) for column, key in SEGMENT_QC_FIGURES.items() if qc.get("mode") != "off"}}
+
+
+def qc_job(slide_path: Path, workdir: Path, options: dict) -> dict:
+    """``wsipipe qc`` on one slide (outputs: qc.json, qc.zarr, qc.png); figures: the ``qc_*`` columns."""
+    from wsipipe.qc import qc_columns, qc_slide
+
+    summary = qc_slide(slide_path, workdir, backend=options.get("backend"), mpp_override=options.get("mpp_override"))
+    return qc_columns(summary)
 
 
 def info_job(slide_path: Path, workdir: Path, options: dict) -> dict:

@@ -40,6 +40,9 @@ def write_summary(outdir: Path, records: list[SlideRecord]) -> None:
     writer.writerows(rows)
     write_atomic(outdir / "summary.csv", buffer.getvalue())
     write_atomic(outdir / "summary.html", _html(header, rows))
+    from wsipipe.qc.cohort import write_cohort_page
+
+    write_cohort_page(outdir, records)
 
 
 def _text(value) -> str:

@@ -32,8 +32,9 @@ def batch(
         str,
         typer.Option(
             "--job",
-            help="Per-slide job: 'segment' (tumour segmentation, as 'wsipipe segment'), 'info' (open, "
-            "check and describe each slide) or your own function as package.module:function.",
+            help="Per-slide job: 'segment' (tumour segmentation, as 'wsipipe segment'), 'qc' (slide quality "
+            "control, as 'wsipipe qc'; adds qc_cohort.html), 'info' (open, check and describe each slide) or "
+            "your own function as package.module:function.",
         ),
     ] = "segment",
     pattern: Annotated[
@@ -81,6 +82,11 @@ def batch(
         Optional[Path],
         typer.Option("--nuclei-model", help=f"A US-Net nuclei model file ('bundled': the one shipped with wsipipe) instead of the classical method (implies --nuclei) {SEGMENT_ONLY}."),
     ] = None,
+    qc: Annotated[
+        Optional[str],
+        typer.Option("--qc", help=f"auto (default), off or a qc output, as 'segment --qc' {SEGMENT_ONLY}; a slide "
+                     "that is not brightfield H&E is skipped, saying why."),
+    ] = None,
     backend: BackendOpt = None,
     mpp_override: MppOverrideOpt = None,
     quiet: QuietOpt = False,
@@ -111,7 +117,7 @@ def batch(
             {
                 "model": model, "normalize": normalize, "target": target, "overlap": overlap,
                 "batch_size": batch_size, "device": device, "backend": backend, "mpp_override": mpp_override,
-                "nuclei": nuclei or None, "nuclei_model": nuclei_model,  # None: not given, not in the fingerprint
+                "nuclei": nuclei or None, "nuclei_model": nuclei_model, "qc": qc,  # None: not given, not in the fingerprint
             },  # fmt: skip
             workers=workers or os.cpu_count() or 1,
             scheduler=scheduler,

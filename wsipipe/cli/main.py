@@ -16,6 +16,7 @@ from wsipipe.cli import info as info_cmd
 from wsipipe.cli import models as models_cmd
 from wsipipe.cli import normalize as normalize_cmd
 from wsipipe.cli import nuclei as nuclei_cmd
+from wsipipe.cli import qc as qc_cmd
 from wsipipe.cli import segment as segment_cmd
 from wsipipe.cli import synth as synth_cmd
 from wsipipe.cli import tile as tile_cmd
@@ -84,6 +85,7 @@ def _global_options(
 app.command("info")(info_cmd.info)
 app.command("synth")(synth_cmd.synth)
 app.add_typer(annotations_cmd.app, name="annotations")
+app.command("qc")(qc_cmd.qc)
 app.command("tile")(tile_cmd.tile)
 app.command("normalize")(normalize_cmd.normalize)
 app.command("segment")(segment_cmd.segment)

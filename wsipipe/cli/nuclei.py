@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from wsipipe.cli.options import BackendOpt, DeviceOpt, MppOverrideOpt, QuietOpt
+from wsipipe.cli.options import BackendOpt, DeviceOpt, MppOverrideOpt, QcOpt, QuietOpt
 
 
 def nuclei(
@@ -47,11 +47,13 @@ def nuclei(
     mpp_override: MppOverrideOpt = None,
     backend: BackendOpt = None,
     device: DeviceOpt = "auto",
+    qc: QcOpt = "auto",
     quiet: QuietOpt = False,
 ) -> None:
     """Segment every nucleus; write nuclei.geojson (QuPath detections), nuclei.csv, labels.zarr
     and nuclei.json (nuclei_count, nuclei_per_mm2 of tissue and tumour, cellularity, per tile).
 
+    Quality control (--qc) applies to slides; plain images are not checked.
     Images without µm/px are assumed to be 40x (0.25 µm/px) with a warning; pass --mpp-override.
     """
     import logging
@@ -80,6 +82,7 @@ def nuclei(
             device=device,
             backend=backend,
             dicom=dicom,
+            qc=qc,
             progress=lambda done, total: bar.update(task, completed=done, total=total),
         )
     cellularity = summary["cellularity"]

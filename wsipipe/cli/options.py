@@ -36,6 +36,15 @@ WorkersOpt = Annotated[
 OverwriteOpt = Annotated[
     bool, typer.Option("--overwrite", help="Replace an existing output instead of resuming it.")
 ]
+QcOpt = Annotated[
+    str,
+    typer.Option(
+        "--qc",
+        help="Slide quality control: 'auto' runs it (seconds) and leaves out-of-focus, pen, fold, bubble and "
+        "badly exposed areas out; a path reuses a `wsipipe qc` output folder or its qc.zarr; 'off' skips "
+        "it. A slide that is not brightfield H&E is refused (exit 2) unless 'off'.",
+    ),
+]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 DeviceOpt = Annotated[
     str,

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from wsipipe.cli.options import DeviceOpt, MppOverrideOpt, QuietOpt, SlideArg
+from wsipipe.cli.options import DeviceOpt, MppOverrideOpt, QcOpt, QuietOpt, SlideArg
 
 NORMALIZE_HELP = (
     "Stain normalisation with the slide's own stain matrix: model (what the model file records it was "
@@ -61,6 +61,7 @@ def segment(
         ),
     ] = None,
     mpp_override: MppOverrideOpt = None,
+    qc: QcOpt = "auto",
     quiet: QuietOpt = False,
 ) -> None:
     """Segment tumour on a whole slide.
@@ -82,7 +83,7 @@ def segment(
     report = segment_slide(
         slide, outdir, model=model, tiles_store=tiles, normalize=normalize, target=target, overlap=overlap,
         batch_size=batch_size, device=device, workers=workers, mpp_override=mpp_override, nuclei=nuclei,
-        nuclei_model=nuclei_model, dicom_seg=dicom_seg, progress=not quiet, say=say,
+        nuclei_model=nuclei_model, dicom_seg=dicom_seg, qc=qc, progress=not quiet, say=say,
     )
     if report.get("message"):
         say(report["message"])

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from wsipipe.cli.options import (
-    BackendOpt, LabelMapOpt, MppOverrideOpt, OverwriteOpt, QuietOpt, SlideArg, StrictOpt, WorkersOpt,
+    BackendOpt, LabelMapOpt, MppOverrideOpt, OverwriteOpt, QcOpt, QuietOpt, SlideArg, StrictOpt, WorkersOpt,
 )
 
 
@@ -31,6 +31,7 @@ def tile(
     mpp_override: MppOverrideOpt = None,
     workers: WorkersOpt = 2,
     overwrite: OverwriteOpt = False,
+    qc: QcOpt = "auto",
     quiet: QuietOpt = False,
 ) -> None:
     """Detect tissue and write every tissue tile of SLIDE into a zarr v3 tile store.
@@ -48,7 +49,7 @@ def tile(
             slide, output, mpp=mpp, level=level, tile_size=tile_size, overlap=overlap,
             tissue_threshold=tissue_threshold, backend=backend, mpp_override=mpp_override,
             workers=workers, overwrite=overwrite, progress=not quiet,
-            annotations=annotations, label_map=label_map, strict=strict,
+            annotations=annotations, label_map=label_map, strict=strict, qc=qc,
         )
     if result.already_complete:
         typer.echo(f"{output} is already complete ({result.n_tiles} tiles, same parameters); nothing to do (use --overwrite to redo it)")

@@ -24,6 +24,7 @@ from wsipipe.nuclei import outputs
 from wsipipe.nuclei.classical import ClassicalParams, calibrate, haematoxylin_od, segment_nuclei
 from wsipipe.nuclei.data import WORKING_MPP, read_rgb, resample
 from wsipipe.nuclei.tiled import DEFAULT_MARGIN_UM, TileDone, core_tiles, segment_tiled
+from wsipipe.qc.apply import restrict_tissue
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +139,7 @@ def run_nuclei(
     device: str = "cpu",
     backend: str | None = None,
     dicom: bool | None = False,
+    qc: str = "off",
     progress: Callable[[int, int], None] | None = None,
 ) -> dict:
     """Segment the nuclei of ``input_path`` into ``outdir``; returns the summary written to nuclei.json.
@@ -146,7 +148,9 @@ def run_nuclei(
     network does (at the model's µm/px) and ``params`` is not used. ``tumour_mask`` is an image
     file or a boolean array, ``tissue_mask`` a boolean array (default: detected on a thumbnail);
     both cover the whole input at any resolution. ``dicom``: also write nuclei.ann.dcm (None: when
-    the input is a DICOM series; see ``wsipipe.dicom.outputs``).
+    the input is a DICOM series; see ``wsipipe.dicom.outputs``). ``qc`` ('auto', 'off' or a ``wsipipe qc`` output)
+    leaves the areas quality control flags out of the tissue of a slide (plain images are not
+    checked) and refuses a slide that is not brightfield H&E.
     """
     from wsipipe.dicom.outputs import dicom_outputs_wanted, write_dicom_outputs
     from wsipipe.tissue import detect_tissue
@@ -156,6 +160,7 @@ def run_nuclei(
     model = resolve_nuclei_model(model) if model is not None else None
     network = _load_nuclei_model(model, device) if model is not None else None
     mpp = network.mpp if network is not None else WORKING_MPP
+    usable, qc_report, slide_mpp = _quality_control(Path(input_path), qc, mpp_override, backend)
     source = open_source(Path(input_path), mpp_override, backend, mpp)
     tumour = tumour_mask.astype(bool) if isinstance(tumour_mask, np.ndarray) else read_tumour_mask(tumour_mask)
     with folder_lock(make_output_folder(outdir)):  # also deletes what a killed run left half-written
@@ -164,6 +169,8 @@ def run_nuclei(
             tissue = (
                 tissue_mask if tissue_mask is not None else detect_tissue(source.thumbnail, THUMBNAIL_MPP)
             ).astype(bool)
+            if usable is not None:
+                tissue, qc_report = restrict_tissue(tissue, usable, source.level0_shape[1] / tissue.shape[1], slide_mpp)
             cores = list(core_tiles(height, width, CORE_PX))
             tissue_fraction = {c: float(_scaled(tissue, source.shape, c).mean()) for c in cores}
             with_tissue = [c for c in cores if tissue_fraction[c] > 0]
@@ -253,6 +260,7 @@ def run_nuclei(
             "tumour_mask": _describe_mask(tumour_mask),
             "calibration": calibration.to_dict(),
             "input_stain": stain.to_dict() if stain is not None else None,
+            "qc": qc_report,
             **slide,
             "tiles": [t.figures() for t in tiles if t.tissue_mm2 > 0 or t.nuclei],
         }
@@ -260,6 +268,27 @@ def run_nuclei(
         if dicom:
             write_dicom_outputs(outdir)
         return summary
+
+
+def _quality_control(path: Path, qc: str, mpp_override: float | None, backend: str | None):
+    """(usable tissue or None, what nuclei.json says of QC, the slide's µm/px), before the output
+    folder is made."""
+    from wsipipe.qc.apply import check_qc_option, usable_tissue
+
+    check_qc_option(qc)
+    if qc == "off":
+        return None, {"mode": "off"}, (None, None)
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return None, {"mode": "not run: a plain image, not a slide"}, (None, None)
+    from wsipipe.slide import open_slide
+
+    with open_slide(path, backend=backend, mpp_override=mpp_override) as reader:
+        usable = usable_tissue(reader, qc)
+        if not usable.mask.any():  # else the no-tissue fallback below would segment every core
+            raise InvalidInputError(f"{path}: quality control left no usable tissue "
+                                    f"({usable.summary.get('verdict_reason', 'every area flagged')}); "
+                                    "pass --qc off to run anyway")
+        return usable, {"mode": qc}, (reader.mpp_x, reader.mpp_y)
 
 
 def _describe_mask(mask) -> str | None:

@@ -116,6 +116,11 @@ def _figure_rows(report: dict) -> list[tuple[str, str]]:
             ("nuclei per mm² of tumour", _fmt(report.get("nuclei_per_mm2_tumour"))),
             ("cellularity (malignant nuclei area / tumour area)", _fmt(report.get("cellularity"))),
         ]
+    qc = report.get("qc") or {}
+    if qc.get("mode", "off") != "off":
+        verdict = "usable" if qc.get("usable") else f"not usable ({qc.get('verdict_reason')})"
+        rows.append(("quality control", f"{verdict}; left out {_percent(qc.get('left_out_fraction'))} of the tissue "
+                                        f"({_fmt(qc.get('left_out_mm2'))} mm²)"))
     for key in ("normalize", "device", "regions"):
         if key in report:
             rows.append((key, json.dumps(report[key]) if isinstance(report[key], (dict, list)) else str(report[key])))

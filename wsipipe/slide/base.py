@@ -66,6 +66,11 @@ class SlideReader(ABC):
     @abstractmethod
     def associated_images(self) -> list[str]: ...
 
+    @property
+    def properties(self) -> dict[str, str]:
+        """The slide's raw metadata (vendor keys and values); empty when the backend has none."""
+        return {}
+
     @abstractmethod
     def _read_raw(self, x: int, y: int, level: int, width: int, height: int) -> np.ndarray:
         """Pixels of a region as (h, w, 3) RGB or (h, w, 4) RGBA with straight alpha.
@@ -292,6 +297,10 @@ class HandleReader(SlideReader):
     @property
     def associated_images(self) -> list[str]:
         return sorted(self._slide.associated_images)
+
+    @property
+    def properties(self) -> dict[str, str]:
+        return dict(self._props)
 
     def close(self) -> None:
         if self._direct_tiles is not None:

@@ -1,0 +1,305 @@
+"""``run_qc``: a slide's quality control from its thumbnail plus sampled tiles at 10x.
+
+Everything but focus works on the tissue thumbnail (``wsipipe.tissue``'s, about 4 µm/px, so its
+masks line up with the tissue masks of tile and segment); focus needs the slide's own pixels and
+reads at most ``FOCUS_MAX_TILES`` tiles of 128 µm at 1 µm/px over the tissue. Deterministic:
+no training, no random sampling beyond the seeded stain estimate.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+import warnings
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from wsipipe.qc import detectors as d
+from wsipipe.slide.base import SlideReader
+
+#: Artefact masks, in the order they are drawn (later ones on top) and reported.
+ARTEFACTS = ("out_of_focus", "fold", "over_exposed", "under_exposed", "bubble", "pen")
+#: µm/px assumed for level 0 when the slide records none (as ``wsipipe.tissue`` does).
+ASSUMED_MPP = 0.25
+#: Below this tissue area (mm²) a slide is unusable: nothing to analyse.
+MIN_TISSUE_MM2 = 0.01
+#: Below this share of usable tissue (of tissue and artefacts together) a slide is unusable.
+MIN_USABLE_FRACTION = 0.5
+#: Stain tiles pooled for the H&E estimate (a spread subset of the focus tiles).
+STAIN_TILES = 64
+
+_EXCITATION = re.compile(r"ExcitationWave[Ll]ength=(\d+)")
+_CHANNEL_NAME = re.compile(r";Name=([^\r;]*)")
+_OME_FLUORESCENCE = re.compile(r'IlluminationType="(?:Epi)?[Ff]luorescence"')
+
+
+@dataclass
+class QCResult:
+    """Masks (uint8, 1 = flagged) on the thumbnail grid, and the figures qc.json holds."""
+
+    thumbnail: np.ndarray
+    tissue: np.ndarray
+    masks: dict[str, np.ndarray]
+    usable: np.ndarray
+    downsample: float  # level-0 pixels per mask pixel
+    mask_mpp: float | None  # µm/px of the masks (None when the slide records no µm/px)
+    summary: dict = field(default_factory=dict)
+
+
+def metadata_fluorescence(properties: dict) -> str | None:
+    """Why the slide's metadata says fluorescence (an excitation wavelength, a fluorescence
+    illumination), or None when it says nothing of the kind."""
+    for key, value in sorted(properties.items()):
+        text = str(value)
+        key = re.split(r"[\r\n]", key)[0]  # NDPI's shading record comes as one key with its first line
+        excitation = _EXCITATION.search(text)
+        if excitation and int(excitation.group(1)) > 0:
+            name = _CHANNEL_NAME.search(text)
+            channel = f" (channel {name.group(1).strip()})" if name else ""
+            return f"metadata {key!r} records an excitation wavelength of {excitation.group(1)} nm{channel}"
+        if _OME_FLUORESCENCE.search(text):
+            return f"metadata {key!r} records fluorescence illumination"
+    return None
+
+
+def judge_brightfield(properties: dict, thumbnail: np.ndarray) -> dict:
+    """``brightfield`` true/false with the reason, from the metadata and from the pixels."""
+    from_metadata = metadata_fluorescence(properties)
+    dark, level = d.dark_background(thumbnail)
+    reasons = []
+    if from_metadata:
+        reasons.append(from_metadata)
+    if dark:
+        reasons.append(
+            f"dark background: {d.DARK_BACKGROUND_PERCENTILE:g}th percentile luminance {level:.0f} "
+            f"< {d.DARK_BACKGROUND_LUMINANCE}"
+        )
+    value = not reasons
+    reason = "; ".join(reasons) if reasons else (
+        f"bright background ({d.DARK_BACKGROUND_PERCENTILE:g}th percentile luminance {level:.0f}) and no "
+        "fluorescence in the metadata"
+    )
+    return {"value": value, "reason": reason, "metadata": from_metadata, "background_luminance": level}
+
+
+def _glass_colour(thumbnail: np.ndarray, tissue: np.ndarray) -> np.ndarray | None:
+    glass = (tissue == 0) & (thumbnail.min(axis=2) > 200)
+    if np.count_nonzero(glass) < 16:
+        return None
+    return np.median(thumbnail[glass], axis=0)
+
+
+class _TileReader:
+    """Tiles of a given side in µm at ``FOCUS_MPP`` (or the slide's own µm/px when coarser); unlike
+    ``SlideReader.read_at_mpp`` it also reads a slide without µm/px (at the assumed µm/px)."""
+
+    def __init__(self, reader: SlideReader, base_mpp: float):
+        self.reader = reader
+        self.base_mpp = base_mpp
+        self.mpp = max(d.FOCUS_MPP, base_mpp)
+        self.seconds = 0.0
+
+    def read(self, centre_x: float, centre_y: float, side_um: float) -> np.ndarray:
+        started = time.perf_counter()
+        size = max(8, round(side_um / self.mpp))
+        factor = self.mpp / self.base_mpp  # level-0 pixels per output pixel
+        level = 0
+        for index, lvl in enumerate(self.reader.levels):
+            if lvl.downsample <= factor * 1.01:
+                level = index
+        downsample = self.reader.levels[level].downsample
+        source = max(1, round(size * factor / downsample))
+        x0 = round(centre_x - size * factor / 2)
+        y0 = round(centre_y - size * factor / 2)
+        region = self.reader.read_region((max(0, x0), max(0, y0)), level, (source, source))
+        if source != size:
+            region = cv2.resize(region, (size, size), interpolation=cv2.INTER_AREA)
+        self.seconds += time.perf_counter() - started
+        return region
+
+
+def _focus(tiles: _TileReader, tissue: np.ndarray, thumb_mpp: float, downsample: float, exclude: np.ndarray):
+    """Focus grid over the tissue: the out-of-focus mask, figures, and tissue tiles for the stain."""
+    tissue_um2 = float(np.count_nonzero(tissue)) * thumb_mpp**2
+    cell_um = max(d.FOCUS_MIN_CELL_UM, math.sqrt(tissue_um2 / d.FOCUS_MAX_TILES))
+    cell = max(1, math.ceil(cell_um / thumb_mpp - 1e-6))  # at most FOCUS_MAX_TILES cells; no float dust
+    side_um = min(d.FOCUS_TILE_UM, cell * thumb_mpp)
+    height, width = tissue.shape
+    rows, cols = math.ceil(height / cell), math.ceil(width / cell)
+    flagged = np.zeros((rows, cols), np.uint8)
+    ratios, stain_tiles = [], []
+    for r in range(rows):
+        for c in range(cols):
+            block = tissue[r * cell:(r + 1) * cell, c * cell:(c + 1) * cell]
+            if block.mean() < d.FOCUS_MIN_TISSUE:
+                continue
+            centre = ((c * cell + block.shape[1] / 2) * downsample, (r * cell + block.shape[0] / 2) * downsample)
+            tile = tiles.read(*centre, side_um)
+            ratio = d.focus_ratio(tile)
+            ratios.append(ratio)
+            flagged[r, c] = ratio < d.FOCUS_RATIO_THRESHOLD
+            if not exclude[r * cell:(r + 1) * cell, c * cell:(c + 1) * cell].any() and not flagged[r, c]:
+                stain_tiles.append(tile)
+    mask = np.repeat(np.repeat(flagged, cell, axis=0), cell, axis=1)[:height, :width] & tissue
+    values = np.asarray(ratios, np.float64)
+    figures = {
+        "tiles": len(ratios),
+        "out_of_focus_tiles": int(flagged.sum()),
+        "cell_um": cell * thumb_mpp,
+        "tile_um": side_um,
+        "mpp": tiles.mpp,
+        "ratio_median": float(np.median(values)) if len(values) else None,
+        "ratio_p10": float(np.percentile(values, 10)) if len(values) else None,
+        "ratio_min": float(values.min()) if len(values) else None,
+    }
+    return mask.astype(np.uint8), figures, stain_tiles
+
+
+def _stain(tiles: list[np.ndarray]) -> dict:
+    """Macenko H and E vectors of the pooled tiles, their angles to the built-in reference, and an
+    outlier score (the larger angle over ``STAIN_ANGLE_TOLERANCE``: above 1 is unusual)."""
+    from wsipipe.errors import StainError
+    from wsipipe.stain import MacenkoNormalizer, StainWarning, default_target
+
+    reference = default_target("macenko")
+    out = {"method": "macenko", "reference": "built-in target (CMU-1-Small-Region, CC0)",
+           "h_vector": None, "e_vector": None, "h_angle_deg": None, "e_angle_deg": None,
+           "outlier_score": None, "looks_like_he": None, "error": None}
+    if not tiles:
+        out["error"] = "no sharp tissue tiles to estimate the stain from"
+        return out
+    step = max(1, len(tiles) // STAIN_TILES)
+    pooled = np.stack(tiles[::step][:STAIN_TILES])
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", StainWarning)
+            params = MacenkoNormalizer("cpu", seed=0).estimate(pooled)
+    except StainError as exc:
+        out["error"] = str(exc)
+        return out
+    matrix = params.array("stain_matrix")
+    h_angle, e_angle = d.stain_angles(matrix, reference.array("stain_matrix"))
+    out.update(h_vector=[round(float(v), 4) for v in matrix[0]], e_vector=[round(float(v), 4) for v in matrix[1]],
+               h_angle_deg=round(h_angle, 2), e_angle_deg=round(e_angle, 2),
+               outlier_score=round(max(h_angle, e_angle) / d.STAIN_ANGLE_TOLERANCE, 3),
+               looks_like_he=params.looks_like_he)
+    return out
+
+
+def _artefacts(thumbnail: np.ndarray, mpp: float, tissue: np.ndarray, tiles: _TileReader, downsample: float):
+    """Every artefact mask (by name) and the figures that come with them."""
+    pen, pen_colours = d.detect_pen(thumbnail, mpp)
+    bubble = d.detect_dark_debris(thumbnail, mpp, pen)
+    over, under = d.detect_exposure(thumbnail, mpp, _glass_colour(thumbnail, tissue))
+    fold, tissue_density = d.detect_fold(thumbnail, mpp, tissue, pen | bubble | under)
+    # "Ink" over most of the tissue is the stain itself off H&E's gamut (DAB, special stains): the
+    # stain estimate then sees it, and the verdict names the stain rather than the pen.
+    stain_is_off_gamut = np.count_nonzero(pen & tissue) > 0.5 * np.count_nonzero(tissue)
+    not_for_stain = bubble | fold if stain_is_off_gamut else bubble | fold | pen
+    blur, focus, stain_tiles = _focus(tiles, tissue, mpp, downsample, not_for_stain)
+    masks = {"out_of_focus": blur, "fold": fold, "over_exposed": over, "under_exposed": under,
+             "bubble": bubble, "pen": pen}
+    figures = {"pen_colours": pen_colours, "focus": focus, "fold_reference_od": tissue_density,
+               "stain": _stain(stain_tiles)}
+    return masks, figures
+
+
+def _verdict(brightfield: dict, stain: dict, tissue_mm2: float, usable_fraction: float | None) -> tuple[bool, str, str]:
+    """(usable, the rule that decided, why): the first rule that fails, else all passed."""
+    if not brightfield["value"]:
+        return False, "brightfield", f"not brightfield: {brightfield['reason']}"
+    if stain["looks_like_he"] is False:
+        return False, "he_stain", "the stain vectors are not haematoxylin and eosin"
+    if tissue_mm2 < MIN_TISSUE_MM2:
+        return False, "min_tissue_mm2", f"tissue {tissue_mm2:.3f} mm² < {MIN_TISSUE_MM2} mm²"
+    if usable_fraction is None or usable_fraction < MIN_USABLE_FRACTION:
+        return False, "min_usable_fraction", f"usable tissue {usable_fraction or 0:.1%} < {MIN_USABLE_FRACTION:.0%}"
+    return True, "all_passed", f"usable tissue {usable_fraction:.1%} >= {MIN_USABLE_FRACTION:.0%}, brightfield H&E"
+
+
+def run_qc(reader: SlideReader) -> QCResult:
+    """Quality control of an open slide: artefact masks, usable tissue, verdict and figures."""
+    from wsipipe import __version__
+    from wsipipe.tissue import detect_tissue, read_thumbnail, thumbnail_downsample
+
+    started = time.perf_counter()
+    downsample = thumbnail_downsample(reader)
+    thumbnail = read_thumbnail(reader, downsample)
+    thumbnail_s = time.perf_counter() - started
+    mpp_assumed = reader.mpp_x is None
+    base_mpp = ASSUMED_MPP if mpp_assumed else float(reader.mpp_x)
+    thumb_mpp = base_mpp * downsample
+    brightfield = judge_brightfield(reader.properties, thumbnail)
+
+    tissue = detect_tissue(thumbnail, thumb_mpp)
+    tiles = _TileReader(reader, base_mpp)
+    if brightfield["value"]:
+        masks, figures = _artefacts(thumbnail, thumb_mpp, tissue, tiles, downsample)
+    else:  # H&E artefacts mean nothing on a dark background: the verdict says why
+        masks = {name: np.zeros_like(tissue) for name in ARTEFACTS}
+        figures = {"pen_colours": None, "focus": None, "fold_reference_od": None,
+                   "stain": {**_stain([]), "error": "not brightfield"}}
+    stain = figures["stain"]
+    flagged = np.zeros_like(tissue)
+    for mask in masks.values():
+        flagged |= mask
+    usable = (tissue & (1 - flagged)).astype(np.uint8)
+    region = tissue | flagged
+
+    pixel_mm2 = thumb_mpp * (base_mpp if mpp_assumed else float(reader.mpp_y or base_mpp)) * downsample / 1e6
+    region_px = int(np.count_nonzero(region))
+    tissue_mm2 = np.count_nonzero(tissue) * pixel_mm2
+    usable_fraction = np.count_nonzero(usable) / region_px if region_px else None
+    ok, rule, why = _verdict(brightfield, stain, tissue_mm2, usable_fraction)
+    width, height = reader.dimensions
+    summary = {
+        "slide": str(reader.path),
+        "width": width,
+        "height": height,
+        "mpp": None if mpp_assumed else base_mpp,
+        "mpp_assumed": ASSUMED_MPP if mpp_assumed else None,
+        "usable": ok,
+        "verdict_rule": rule,
+        "verdict_reason": why,
+        "brightfield": brightfield,
+        "tissue_area_mm2": tissue_mm2,
+        "usable_area_mm2": np.count_nonzero(usable) * pixel_mm2,
+        "usable_fraction": usable_fraction,
+        "artefacts": {
+            name: {
+                "fraction": np.count_nonzero(masks[name] & region) / region_px if region_px else 0.0,
+                "area_mm2": np.count_nonzero(masks[name]) * pixel_mm2,
+            }
+            for name in ARTEFACTS
+        },
+        **figures,
+        "masks": {"path": "qc.zarr", "mpp": thumb_mpp, "downsample": downsample,
+                  "names": ["tissue", *ARTEFACTS, "usable"]},
+        "thresholds": {**d.thresholds(), "min_tissue_mm2": MIN_TISSUE_MM2,
+                       "min_usable_fraction": MIN_USABLE_FRACTION, "assumed_mpp": ASSUMED_MPP},
+        "timings_s": {"thumbnail": thumbnail_s, "focus_tiles_read": tiles.seconds,
+                      "reading": thumbnail_s + tiles.seconds, "total": time.perf_counter() - started},
+        "wsipipe_version": __version__,
+    }
+    return QCResult(thumbnail, tissue, masks, usable, downsample, None if mpp_assumed else thumb_mpp, summary)
+
+
+#: Stable batch-summary columns: name -> how to get it from a qc.json summary.
+COLUMNS = {
+    "qc_usable": lambda s: s["usable"],
+    "qc_rule": lambda s: s["verdict_rule"],
+    "qc_brightfield": lambda s: s["brightfield"]["value"],
+    "qc_tissue_mm2": lambda s: s["tissue_area_mm2"],
+    "qc_usable_fraction": lambda s: s["usable_fraction"],
+    **{f"qc_{name}": (lambda s, name=name: s["artefacts"][name]["fraction"]) for name in ARTEFACTS},
+    "qc_stain_outlier": lambda s: s["stain"]["outlier_score"],
+    "qc_focus_median": lambda s: (s["focus"] or {}).get("ratio_median"),
+}
+
+
+def qc_columns(summary: dict) -> dict:
+    """The stable ``qc_*`` figures of a qc.json summary (for batch summaries)."""
+    return {name: get(summary) for name, get in COLUMNS.items()}
