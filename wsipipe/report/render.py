@@ -123,6 +123,51 @@ def _figure_rows(report: dict) -> list[tuple[str, str]]:
     return rows
 
 
+#: Readable names of report.json's timing keys (the internal stage names stay out of reports).
+STAGE_NAMES = {
+    "load": "loading the model",
+    "tissue": "tissue detection",
+    "stain": "stain estimate",
+    "inference": "tumour model over the tiles",
+    "pyramid": "prediction levels",
+    "regions": "region outlines",
+    "nuclei": "nuclei",
+    "report": "report",
+    "total": "total",
+}
+
+
+def readable_figures(report: dict) -> list[tuple[str, str]]:
+    """(label, value) of the slide's figures, as a pathologist reads them: no JSON, no stage names."""
+    rows = [
+        ("tissue area", _unit(report.get("tissue_area_mm2"), "mm²")),
+        ("tumour area", _unit(report.get("tumour_area_mm2"), "mm²")),
+        ("tumour fraction of tissue", _percent(report.get("tumour_fraction"))),
+    ]
+    for name, count in (report.get("n_regions") or {}).items():
+        rows.append((f"{name} regions", str(count)))
+    if "nuclei_count" in report:
+        method = str(report.get("nuclei_method", ""))
+        method = "classical method" if method == "classical" else method.replace("usnet:", "US-Net model ")
+        rows += [
+            ("nuclei", f"{report['nuclei_count']} ({method})"),
+            ("nuclei inside tumour", _fmt(report.get("tumour_nuclei_count"))),
+            ("nuclei per mm² of tissue", _fmt(report.get("nuclei_per_mm2"))),
+            ("nuclei per mm² of tumour", _fmt(report.get("nuclei_per_mm2_tumour"))),
+            ("cellularity (malignant nuclei area / tumour area)", _percent(report.get("cellularity"))),
+        ]
+    rows += [
+        ("slide µm per pixel", _fmt(report.get("mpp"))),
+        ("stain normalisation", str(report.get("normalize", "–"))),
+        ("tiles analysed", _fmt(report.get("n_tiles"))),
+    ]
+    return rows
+
+
+def _unit(value, unit: str) -> str:
+    return "–" if value is None else f"{_fmt(float(value))} {unit}"
+
+
 def _fmt(value) -> str:
     if value is None:
         return "–"
