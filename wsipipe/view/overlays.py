@@ -23,7 +23,7 @@ from wsipipe.view.deepzoom import TileBox
 #: Level-0 px per bin of the polygon index.
 BIN_SIZE = 1024
 #: Nuclei are drawn where a tile pixel is at most this many µm (smaller ones are not legible).
-NUCLEI_MAX_UM_PER_PX = 1.0
+NUCLEI_MAX_UM_PER_PX = 0.5
 #: The largest side of a raster made from per-tile figures (the cellularity heatmap).
 HEATMAP_MAX_SIDE = 4096
 

@@ -18,7 +18,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote
 
 from wsipipe.errors import InvalidInputError, OutputError
 from wsipipe.view.deepzoom import LRUCache, encode_png
@@ -117,8 +117,8 @@ class ViewHandler(BaseHTTPRequestHandler):
     def _route(self):
         if not self._host_allowed():
             return self._error(HTTPStatus.FORBIDDEN, "unexpected Host header")
-        raw = urlsplit(self.path).path
-        path = unquote(raw)
+        # Not urlsplit: it would read "//host/..." as a host name.
+        path = unquote(self.path.split("?", 1)[0])
         if not path.startswith("/") or path.startswith("//") or not _SAFE_PATH.match(path) or any(
             part in (".", "..") for part in path.split("/")
         ):
@@ -190,7 +190,7 @@ class ViewHandler(BaseHTTPRequestHandler):
 def _redirect_page(target: str) -> bytes:
     return (
         f'<!DOCTYPE html><html><head><meta charset="utf-8"><meta http-equiv="refresh" content="0; url={target}">'
-        f'<title>wsipipe view</title></head><body><a href="{target}">open the viewer</a></body></html>'
+        f'<link rel="icon" href="data:,"><title>wsipipe view</title></head><body><a href="{target}">open the viewer</a></body></html>'
     ).encode()
 
 
@@ -205,7 +205,7 @@ def batch_page(sources: list[ViewSource]) -> bytes:
         cells = "".join(f"<td>{html.escape(_text(source.figures.get(c)))}</td>" for c in columns)
         rows.append(f'<tr><td><a href="/s/{index}/">{html.escape(source.name)}</a></td>{cells}</tr>')
     return (
-        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>wsipipe view: batch</title>'
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>wsipipe view: batch</title><link rel="icon" href="data:,">'
         '<link rel="stylesheet" href="/static/view.css"></head><body class="list">'
         f"<h1>Slides of the batch ({len(sources)})</h1><table><thead><tr>{head}</tr></thead><tbody>"
         + "".join(rows)
