@@ -39,6 +39,7 @@
       tileSources: "slide.dzi",
       drawer: "canvas",
       showNavigator: true,
+      autoHideControls: false,
       navigatorPosition: "TOP_RIGHT",
       maxZoomPixelRatio: 4,
       imageLoaderLimit: 8,
