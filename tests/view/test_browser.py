@@ -148,3 +148,31 @@ def test_report_html_renders_with_no_network_requests(browser, segment_out):
     urls = requested(browser)
     assert urls and all(u.startswith(("file://", "data:")) for u in urls), urls
     assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []
+
+
+def first_paint(browser, url: str) -> float:
+    """Seconds from asking for the page to the slide drawn whole at its first view."""
+    browser.get("about:blank")
+    started = time.perf_counter()
+    browser.get(url)
+    wait_for(browser, "const v = window.wsipipeView; return !!(v && v.viewer.world.getItemAt(0) && "
+             "v.viewer.world.getItemAt(0).getFullyLoaded());")
+    return time.perf_counter() - started
+
+
+@pytest.mark.parametrize("name", ["test3-DAPI-2-(387).ndpi", "OS-1-detail.ome.tif"])
+def test_shared_slides_paint_within_two_seconds(browser, serve, slides_dir, name):
+    seconds = first_paint(browser, serve(slides_dir / name).url)
+    assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []
+    assert seconds < 2.0
+
+
+@pytest.mark.slow
+def test_a_40000_px_synthetic_slide_paints_within_two_seconds(browser, serve, tmp_path):
+    from wsipipe.slide.synthetic import SyntheticSpec, write_synthetic_slide
+
+    slide = write_synthetic_slide(tmp_path / "wide.tif", SyntheticSpec(40000, 6000))
+    server = serve(slide)
+    seconds = first_paint(browser, server.url)
+    assert browser.execute_script("return window.wsipipeView.info.width;") == 40000
+    assert seconds < 2.0

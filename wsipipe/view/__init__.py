@@ -7,6 +7,7 @@ from ``overlays``, both rendered on request and cached.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 from wsipipe.view.server import DEFAULT_HOST, DEFAULT_PORT, ViewServer, start_server
@@ -28,4 +29,5 @@ def open_view(path: str | Path, *, slide: str | Path | None = None, host: str = 
         except BaseException:
             server.close()
             raise
+        threading.Thread(target=sources[0].warm_up, name="view-warm-up", daemon=True).start()
     return server

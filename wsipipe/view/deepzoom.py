@@ -22,6 +22,8 @@ from wsipipe.errors import InvalidInputError
 TILE_SIZE = 254
 OVERLAP = 1
 JPEG_QUALITY = 85
+#: The coarsest slide level is kept in memory when it has at most this many pixels.
+COARSEST_MAX_PIXELS = 4096 * 4096
 
 
 @dataclass(frozen=True)
@@ -104,9 +106,13 @@ class LRUCache:
                 self._bytes -= len(dropped)
 
 
-def read_tile(reader, grid: DeepZoomGrid, box: TileBox) -> np.ndarray:
+def read_tile(reader, grid: DeepZoomGrid, box: TileBox, coarsest: np.ndarray | None = None) -> np.ndarray:
     """RGB pixels of a Deep Zoom tile: the finest slide level no finer than the tile needs, read
-    with ``read_region`` and resized (area) to the tile, as openslide's DeepZoomGenerator does."""
+    with ``read_region`` and resized (area) to the tile, as openslide's DeepZoomGenerator does.
+
+    ``coarsest``: the slide's coarsest level, already read whole; the tiles it serves (every
+    Deep Zoom level below it) are cut from it instead of each reading it again.
+    """
     level = _best_level(reader, box.scale)
     downsample = reader.levels[level].downsample
     lvl = reader.levels[level]
@@ -116,7 +122,10 @@ def read_tile(reader, grid: DeepZoomGrid, box: TileBox) -> np.ndarray:
     lx, ly = math.floor(x0 / downsample), math.floor(y0 / downsample)
     read_w = max(1, min(math.ceil((x1 - x0) / downsample), lvl.width - lx))
     read_h = max(1, min(math.ceil((y1 - y0) / downsample), lvl.height - ly))
-    pixels = reader.read_region((x0, y0), level, (read_w, read_h))
+    if coarsest is not None and level == len(reader.levels) - 1:
+        pixels = coarsest[ly : ly + read_h, lx : lx + read_w]
+    else:
+        pixels = reader.read_region((x0, y0), level, (read_w, read_h))
     size = box.size
     if (read_w, read_h) != size:
         pixels = cv2.resize(pixels, size, interpolation=cv2.INTER_AREA)
@@ -155,6 +164,25 @@ class SlideTiles:
         self.cache = cache
         # A reader that may not serve threads at once is read under a lock; encoding runs outside it.
         self._lock = None if reader.thread_safe else threading.Lock()
+        self._coarsest: np.ndarray | None = None
+        self._coarsest_lock = threading.Lock()
+
+    def coarsest(self) -> np.ndarray | None:
+        """The slide's coarsest level, read once, when small enough to keep."""
+        last = self.reader.levels[-1]
+        if last.width * last.height > COARSEST_MAX_PIXELS:
+            return None
+        with self._coarsest_lock:
+            if self._coarsest is None:
+                self._coarsest = self._read(lambda: self.reader.read_region((0, 0), len(self.reader.levels) - 1,
+                                                                           (last.width, last.height)))
+            return self._coarsest
+
+    def _read(self, read):
+        if self._lock is None:
+            return read()
+        with self._lock:
+            return read()
 
     def tile(self, level: int, col: int, row: int) -> bytes | None:
         """The tile's JPEG bytes, or None when the slide has no such tile."""
@@ -165,11 +193,8 @@ class SlideTiles:
         cached = self.cache.get(key)
         if cached is not None:
             return cached
-        if self._lock is None:
-            pixels = read_tile(self.reader, self.grid, box)
-        else:
-            with self._lock:
-                pixels = read_tile(self.reader, self.grid, box)
+        coarsest = self.coarsest() if box.scale >= self.reader.levels[-1].downsample else None
+        pixels = self._read(lambda: read_tile(self.reader, self.grid, box, coarsest))
         data = encode_jpeg(pixels)
         self.cache.put(key, data)
         return data

@@ -28,6 +28,8 @@ PREDICTION = "prediction.zarr"
 SERVED_FILES = ("report.json", "regions.geojson", "nuclei.geojson")
 #: The tissue mask's colour (one the class palette does not use).
 TISSUE_COLOUR = (30, 144, 255)
+#: Prediction levels up to this many pixels are read whole, once.
+IN_MEMORY_PIXELS = 4096 * 4096
 #: Tile cache shared by every slide of a run (bytes).
 CACHE_BYTES = 256 * 1024 * 1024
 
@@ -68,6 +70,14 @@ class ViewSource:
                 self._tiles = SlideTiles(open_slide(self.slide, mpp_override=self.mpp_override), cache)
                 self.overlays = self._overlays()
             return self._tiles
+
+    def warm_up(self) -> None:
+        """Read ahead what the first page view needs (the slide's coarsest level, the overlays
+        shown at first), so the first tiles do not wait for it."""
+        self._tiles.coarsest()
+        for spec in self.overlays.values():
+            if spec.visible:
+                spec.build.get()
 
     def close(self) -> None:
         with self._lock:
@@ -124,9 +134,9 @@ class ViewSource:
         per_px = float(meta["mpp"]) / self.mpp()
         if labels:
             group = root["labels"]["classes"]
-            return RasterOverlay([group[str(k)] for k in range(n_levels)], per_px, class_palette())
+            return RasterOverlay([_in_memory(group[str(k)]) for k in range(n_levels)], per_px, class_palette())
         tumour = _tumour_classes(list(meta["class_names"]))
-        levels = [_ChannelSum(root[str(k)], tumour) for k in range(n_levels)]
+        levels = [_in_memory(_ChannelSum(root[str(k)], tumour)) for k in range(n_levels)]
         return RasterOverlay(levels, per_px, heat_palette())
 
     def _regions(self) -> PolygonOverlay:
@@ -239,6 +249,13 @@ class _ChannelSum:
     def __getitem__(self, key):
         values = np.asarray(self.array[(slice(None), *key)])[self.channels].astype(np.uint16).sum(axis=0)
         return np.minimum(values, 255).astype(np.uint8)
+
+
+def _in_memory(array):
+    """A small prediction level as a numpy array (one read instead of one per tile); a large one
+    stays in its store."""
+    height, width = array.shape[-2:]
+    return array[0:height, 0:width] if height * width <= IN_MEMORY_PIXELS else array
 
 
 def _nuclei_centres(path: Path) -> tuple[np.ndarray | None, np.ndarray | None]:

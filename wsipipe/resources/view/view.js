@@ -30,25 +30,31 @@
     return um >= 1000 ? +(um / 1000).toPrecision(6) + " mm" : +um.toPrecision(6) + " µm";
   }
 
+  // The viewer starts at once, in parallel with the page's figures (info.json).
+  const viewer = OpenSeadragon({
+    id: "viewer",
+    prefixUrl: "/static/images/",
+    tileSources: "slide.dzi",
+    drawer: "canvas",
+    showNavigator: true,
+    autoHideControls: false,
+    navigatorPosition: "TOP_RIGHT",
+    immediateRender: true,
+    maxZoomPixelRatio: 4,
+    imageLoaderLimit: 8,
+    timeout: 120000,
+    crossOriginPolicy: false,
+    animationTime: 0.6,
+  });
+  const opened = new Promise(function (resolve) { viewer.addOnceHandler("open", resolve); });
+  window.wsipipeView = { viewer: viewer, info: null, overlays: {}, ready: false };
+  viewer.addHandler("open-failed", function (event) { $("status").textContent = "the slide failed to open: " + event.message; });
+
   function start(info) {
     document.title = "wsipipe view: " + info.name;
     $("title").textContent = info.name;
-    const viewer = OpenSeadragon({
-      id: "viewer",
-      prefixUrl: "/static/images/",
-      tileSources: "slide.dzi",
-      drawer: "canvas",
-      showNavigator: true,
-      autoHideControls: false,
-      navigatorPosition: "TOP_RIGHT",
-      maxZoomPixelRatio: 4,
-      imageLoaderLimit: 8,
-      timeout: 120000,
-      crossOriginPolicy: false,
-      animationTime: 0.6,
-    });
-    const overlays = {};
-    window.wsipipeView = { viewer: viewer, info: info, overlays: overlays, ready: false };
+    const overlays = window.wsipipeView.overlays;
+    window.wsipipeView.info = info;
 
     function slideImage() { return viewer.world.getItemAt(0); }
 
@@ -65,7 +71,7 @@
       $("scalebar-label").textContent = lengthLabel(length);
     }
 
-    viewer.addHandler("open", function () {
+    opened.then(function () {
       info.overlays.forEach(function (spec, index) {
         viewer.addTiledImage({
           tileSource: "overlay/" + spec.key + ".dzi",
@@ -84,7 +90,6 @@
     viewer.addHandler("animation", updateScaleBar);
     viewer.addHandler("animation-finish", updateScaleBar);
     viewer.addHandler("resize", updateScaleBar);
-    viewer.addHandler("open-failed", function (event) { $("status").textContent = "the slide failed to open: " + event.message; });
 
     // Overlays: a checkbox and an opacity slider each.
     info.overlays.forEach(function (spec) {
