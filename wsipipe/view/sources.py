@@ -210,33 +210,9 @@ class ViewSource:
         }
 
     def region_table(self) -> list[dict]:
-        """Per region: class, level-0 bounds, area mm², nuclei whose centre lies inside and
-        cellularity (their area over the region's)."""
-        if not self.output_file("regions.geojson"):
-            return []
-        import shapely
+        from wsipipe.report.regions import region_rows
 
-        mpp = self.mpp()
-        polygons = geojson_polygons(self.outdir / "regions.geojson")
-        centres, areas = _nuclei_centres(self.outdir / "nuclei.csv")
-        rows = []
-        for number, item in enumerate(polygons):
-            polygon = shapely.Polygon(item["points"])
-            area_um2 = polygon.area * mpp * mpp
-            row = {
-                "name": item["properties"].get("name") or f"region {number + 1}",
-                "class": (item["properties"].get("classification") or {}).get("name"),
-                "bounds": [float(v) for v in polygon.bounds],
-                "area_mm2": area_um2 / 1e6,
-                "nuclei": None,
-                "cellularity": None,
-            }
-            if centres is not None:
-                inside = shapely.contains_xy(polygon, centres[:, 0], centres[:, 1]) if len(centres) else np.zeros(0, bool)
-                row["nuclei"] = int(inside.sum())
-                row["cellularity"] = float(areas[inside].sum() / area_um2) if area_um2 > 0 else None
-            rows.append(row)
-        return rows
+        return region_rows(self.outdir, self.mpp()) if self.outdir else []
 
 
 class _ChannelSum:
@@ -256,19 +232,6 @@ def _in_memory(array):
     stays in its store."""
     height, width = array.shape[-2:]
     return array[0:height, 0:width] if height * width <= IN_MEMORY_PIXELS else array
-
-
-def _nuclei_centres(path: Path) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """Level-0 centres (n, 2) and areas (µm²) of the nuclei in nuclei.csv; None when absent."""
-    if not path.is_file():
-        return None, None
-    import csv
-
-    with open(path, newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
-    centres = np.array([(float(r["centroid_x"]), float(r["centroid_y"])) for r in rows], np.float64).reshape(-1, 2)
-    areas = np.array([float(r["area_um2"]) for r in rows], np.float64)
-    return centres, areas
 
 
 def _hex(colour) -> str:
