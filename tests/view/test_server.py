@@ -218,3 +218,23 @@ def test_moved_slide_is_named_with_slide_option(tmp_path, segment_out, serve):
     assert done.stderr == f"Error: {moved}: the slide it was made from (/gone/CMU-1-Small-Region.svs) is not there; pass --slide\n"
     server = serve(moved, slide=EXAMPLE)
     assert fetch(server.url + "s/0/slide.dzi")[0] == 200
+
+
+def test_batch_folder_lists_its_slides_with_figures_and_links(tmp_path, serve):
+    import shutil
+
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    shutil.copy(EXAMPLE, archive / "a.svs")
+    done = subprocess.run([sys.executable, "-m", "wsipipe", "batch", str(archive), "-o", str(tmp_path / "out"),
+                           "--job", "info", "--quiet"], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert done.returncode == 0, done.stderr
+    server = serve(tmp_path / "out")
+    status, body, kind = fetch(server.url)
+    page = body.decode()
+    assert (status, kind) == (200, "text/html; charset=utf-8")
+    assert re.search(r'<a href="/s/0/">a-[0-9a-f]+</a></td><td>2967</td><td>1</td><td>0.499</td>', page), page
+    info = json.loads(fetch(server.url + "s/0/info.json")[1])
+    assert (info["width"], info["slide"]) == (2220, str(archive / "a.svs"))
+    assert fetch(server.url + "s/0/slide_files/12/0_0.jpeg")[0] == 200
+    assert fetch(server.url + "s/1/")[0] == 404
