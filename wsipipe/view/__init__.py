@@ -29,5 +29,6 @@ def open_view(path: str | Path, *, slide: str | Path | None = None, host: str = 
         except BaseException:
             server.close()
             raise
-        threading.Thread(target=sources[0].warm_up, name="view-warm-up", daemon=True).start()
+        server.warm_up = threading.Thread(target=sources[0].warm_up, name="view-warm-up", daemon=True)
+        server.warm_up.start()
     return server

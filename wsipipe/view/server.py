@@ -68,8 +68,7 @@ class ViewServer(ThreadingHTTPServer):
         self.mode = mode
         self.cache = LRUCache(cache_bytes)
         self.assets = packaged_assets()
-        self._blank: dict[tuple[int, int], bytes] = {}
-        self._blank_lock = threading.Lock()
+        self.warm_up: threading.Thread | None = None  # reading ahead (``open_view``); joined at close
         super().__init__(address, ViewHandler)
 
     @property
@@ -79,6 +78,8 @@ class ViewServer(ThreadingHTTPServer):
 
     def close(self) -> None:
         self.server_close()
+        if self.warm_up is not None:
+            self.warm_up.join()
         for source in self.sources:
             source.close()
 
