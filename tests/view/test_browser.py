@@ -145,6 +145,13 @@ def test_report_html_renders_with_no_network_requests(browser, segment_out):
     wait_for(browser, "return document.readyState === 'complete';")
     image = screenshot(browser)
     assert float(image.std()) > 10
+    pictures = browser.find_elements("css selector", ".picture")
+    assert len(pictures) == 3  # slide, predicted tumour, cellularity
+    for picture in pictures:  # each with its scale bar, drawn inside the picture
+        bar = picture.find_element("css selector", "svg.scale rect.bar")
+        assert 0 < bar.rect["width"] < picture.rect["width"] / 3
+    regions = browser.find_elements("xpath", "//h2[text()='Regions']/following-sibling::table[1]//tr")
+    assert [r.text.split()[:2] for r in regions[1:]] == [["tumour", "1"]]
     urls = requested(browser)
     assert urls and all(u.startswith(("file://", "data:")) for u in urls), urls
     assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []

@@ -205,6 +205,7 @@ class ViewSource:
             "heat": heat,
             "figures": readable_figures(report) if report else [],
             "model": report.get("model"),
+            "run": report.get("run"),
             "regions": self.region_table(),
             "files": [name for name in SERVED_FILES if self.output_file(name)],
         }

@@ -153,6 +153,8 @@
         ["classes", (model.classes || []).join(", ")],
       ];
       if (model.trained_on) rows.push(["trained on", model.trained_on]);
+      if (info.run && info.run.date) rows.push(["run date", info.run.date]);
+      if (info.run && info.run.command) rows.push(["command", info.run.command]);
       rows.forEach(function (pair) {
         $("model").tBodies[0].append(el("tr", {}, [el("th", { textContent: pair[0] }), el("td", { textContent: pair[1] })]));
       });
