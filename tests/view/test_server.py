@@ -238,3 +238,16 @@ def test_batch_folder_lists_its_slides_with_figures_and_links(tmp_path, serve):
     assert (info["width"], info["slide"]) == (2220, str(archive / "a.svs"))
     assert fetch(server.url + "s/0/slide_files/12/0_0.jpeg")[0] == 200
     assert fetch(server.url + "s/1/")[0] == 404
+
+
+def test_a_port_in_use_is_one_line(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run([sys.executable, "-m", "wsipipe", "view", str(EXAMPLE), "--no-browser", "--port", str(port)],
+                              capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert done.returncode == 1
+    assert done.stderr == f"Error: cannot listen on 127.0.0.1:{port} (Address already in use); choose another --port\n"

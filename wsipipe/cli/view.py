@@ -30,14 +30,9 @@ def view(
 ) -> None:
     """Look at a slide and its results in the browser: pan and zoom, overlays, regions, figures.
 
-    Serves Deep Zoom tiles made on request from the slide and overlays made from the output folder
-    (predicted classes and tumour probability from prediction.zarr, region outlines, nuclei, the
-    tissue mask, the cellularity heatmap), with a scale bar, legend, the report's figures, a region
-    table that zooms to each region, and the model's provenance. A batch output folder lists its
-    slides with their figures, each linking to its view.
+    Serves Deep Zoom tiles made on request from the slide, and overlays made from the output folder: predicted classes and tumour probability (prediction.zarr), region outlines, nuclei, the tissue mask and the cellularity heatmap; with a scale bar, legend, the report's figures, a region table that zooms to each region, and the model's provenance. A batch output folder lists its slides with their figures, each linking to its view.
 
-    Only what was given is served, on this machine only unless --host says otherwise; nothing is
-    fetched from the network. Stop with Ctrl-C (exit code 130).
+    Only what was given is served, on this machine only unless --host says otherwise; nothing is fetched from the network. Stop with Ctrl-C (exit code 130).
     """
     import webbrowser
 
