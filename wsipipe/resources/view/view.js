@@ -47,6 +47,16 @@
     animationTime: 0.6,
   });
   const opened = new Promise(function (resolve) { viewer.addOnceHandler("open", resolve); });
+  // Overlays are added once the slide is drawn (or after 3 s), so their first tiles do not
+  // delay the slide's.
+  const slideDrawn = opened.then(function () {
+    return new Promise(function (resolve) {
+      const image = viewer.world.getItemAt(0);
+      if (image.getFullyLoaded()) { resolve(); return; }
+      image.addOnceHandler("fully-loaded-change", resolve);
+      setTimeout(resolve, 3000);
+    });
+  });
   window.wsipipeView = { viewer: viewer, info: null, overlays: {}, ready: false };
   viewer.addHandler("open-failed", function (event) { $("status").textContent = "the slide failed to open: " + event.message; });
 
@@ -71,7 +81,8 @@
       $("scalebar-label").textContent = lengthLabel(length);
     }
 
-    opened.then(function () {
+    opened.then(updateScaleBar);
+    slideDrawn.then(function () {
       info.overlays.forEach(function (spec, index) {
         viewer.addTiledImage({
           tileSource: "overlay/" + spec.key + ".dzi",
