@@ -71,6 +71,13 @@ class ViewServer(ThreadingHTTPServer):
         self.warm_up: threading.Thread | None = None  # reading ahead (``open_view``); joined at close
         super().__init__(address, ViewHandler)
 
+    def handle_error(self, request, client_address) -> None:
+        """A browser drops tile requests it no longer needs while panning: not worth a traceback."""
+        import sys
+
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
     @property
     def url(self) -> str:
         host, port = self.server_address[:2]

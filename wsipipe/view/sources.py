@@ -140,11 +140,23 @@ class ViewSource:
         return RasterOverlay(levels, per_px, heat_palette())
 
     def _regions(self) -> PolygonOverlay:
-        polygons = geojson_polygons(self.outdir / "regions.geojson")
-        colours = [classification_colour(p["properties"], (230, 25, 75)) for p in polygons]
-        return PolygonOverlay([p["points"] for p in polygons], colours, thickness=3)
+        """Region outlines (exteriors and holes), read as the region table reads them."""
+        from shapely import get_parts
+
+        from wsipipe.annotations import read_annotations
+        from wsipipe.annotations.model import rgb
+
+        rings, colours = [], []
+        for region in read_annotations(self.outdir / "regions.geojson"):
+            for polygon in get_parts(region.geometry):
+                for ring in (polygon.exterior, *polygon.interiors):
+                    rings.append(np.asarray(ring.coords)[:, :2])
+                    colours.append(tuple(rgb(region.color) or (230, 25, 75)))
+        return PolygonOverlay(rings, colours, thickness=3)
 
     def _nuclei(self) -> PolygonOverlay:
+        # Outlines only, from our own file: read lightly (the annotations reader validates and
+        # repairs each of up to millions of polygons, which drawing does not need).
         polygons = geojson_polygons(self.outdir / "nuclei.geojson")
         colours = [classification_colour(p["properties"], (0, 0, 200)) for p in polygons]
         return PolygonOverlay([p["points"] for p in polygons], colours, thickness=1,
