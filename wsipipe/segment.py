@@ -22,6 +22,8 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import shlex
+import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -645,6 +647,7 @@ def _write_outputs(slide_path, outdir, reader, plan, prediction, info, classes, 
     from wsipipe.annotations import Annotation, AnnotationSet, Group, write_annotations
     from wsipipe.classes import display_name, hex_colour, palette
     from wsipipe.files import staged_outputs
+    from wsipipe.models.io import training_summary
     from wsipipe.postprocess.regions import RegionOptions, label_map_to_polygons
     from wsipipe.report import (
         class_pixel_counts, pixel_area_mm2, render_overlay, render_tile_heatmap, write_overlay_png, write_report_html,
@@ -700,7 +703,10 @@ def _write_outputs(slide_path, outdir, reader, plan, prediction, info, classes, 
                 "mpp": info.bundle.mpp,
                 "tile_size": plan.tile,
                 "classes": classes,
+                "trained_on": training_summary(info.bundle.metadata),
             },
+            "run": {"date": time.strftime("%Y-%m-%d %H:%M:%S %z"), "command": _command_line()},
+            "dimensions": [width0, height0],
             "tissue_area_mm2": tissue_mm2,
             "qc": plan.qc,
             "tumour_area_mm2": tumour_mm2,
@@ -794,6 +800,12 @@ def _run_nuclei(slide_path, outdir, tumour, tissue, device, progress, *, model, 
             model=Path(model) if model is not None else None, device=device,
             progress=lambda done, total: bar.update(task, completed=done, total=total),
         )
+
+
+def _command_line() -> str:
+    """The command this process runs, for the report ("wsipipe segment ..." from the CLI)."""
+    program = Path(sys.argv[0]).name
+    return shlex.join(["wsipipe" if program in ("wsipipe", "__main__.py") else program, *sys.argv[1:]])
 
 
 def _nuclei_figures(summary: dict) -> dict:

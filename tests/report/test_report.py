@@ -69,12 +69,16 @@ def _report(slide="slide <1>.svs"):
     return {
         "slide": slide,
         "mpp": 0.499,
-        "model": {"name": "toy", "sha256": "ab" * 32},
+        "model": {"name": "toy", "sha256": "ab" * 32, "mpp": 8.0, "classes": ["background", "tumour"],
+                  "trained_on": "7 images from lung"},
+        "run": {"date": "2026-12-06 07:00:00 +0000", "command": "wsipipe segment s.svs -o out"},
+        "prediction_shape": [2, 60, 80],
+        "normalize": "none",
         "tissue_area_mm2": 2.0,
         "tumour_area_mm2": 0.5,
         "tumour_fraction": 0.25,
         "n_tiles": 12,
-        "timings_s": {"tissue": 0.5, "inference": 2.0},
+        "timings_s": {"tissue": 0.5, "inference": 2.0, "inference_model": 1.5, "total": 2.5},
         "tiles_per_s": {"inference": 6.0},
     }
 
@@ -107,7 +111,17 @@ def test_report_files(tmp_path):
     assert np.array_equal(cv2.imread(str(tmp_path / "overlay.png"))[..., ::-1], overlay)
     page = (tmp_path / "report.html").read_text()
     assert "slide &lt;1&gt;.svs" in page and "<1>" not in page  # names are escaped
-    assert "25.0 %" in page and "<svg" in page
+    assert "25.0 %" in page
+    # A scale bar on each picture: 80 picture px across 80 prediction px of 8 µm -> 8 µm/px.
+    bars = re.findall(r'<svg class="scale" viewBox="0 0 80 60"[^>]*data-um="([0-9.]+)" data-px="([0-9.]+)"', page)
+    assert bars == [("100", "12.500")] * 2
+    assert page.count(">100 µm</text>") == 2
+    # Readable, once: no raw JSON, no internal stage names, each timing once.
+    assert "{" not in page.split("<body>")[1] and "inference_model" not in page and "timings_s" not in page
+    assert page.count("tumour model over the tiles") == 1 and page.count("2.50 s") == 1
+    for text in ("For research use only", f"wsipipe view {tmp_path}", "7 images from lung", "2026-12-06 07:00:00",
+                 "wsipipe segment s.svs -o out", "ab" * 32, "rgb(230, 25, 75)"):
+        assert text in page, text
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
     assert len(images) == 2
     decoded = cv2.imdecode(np.frombuffer(base64.b64decode(images[1]), np.uint8), cv2.IMREAD_COLOR)

@@ -21,6 +21,7 @@ from wsipipe.cli import segment as segment_cmd
 from wsipipe.cli import synth as synth_cmd
 from wsipipe.cli import tile as tile_cmd
 from wsipipe.cli import train as train_cmd
+from wsipipe.cli import view as view_cmd
 from wsipipe.errors import WsipipeError
 
 _state = {"debug": False}
@@ -95,6 +96,7 @@ app.add_typer(models_cmd.app, name="models")
 app.command("train")(train_cmd.train)
 app.command("evaluate")(evaluate_cmd.evaluate)
 app.command("predict")(evaluate_cmd.predict)
+app.command("view")(view_cmd.view)
 
 
 def run() -> None:

@@ -141,3 +141,20 @@ def load_model(path: str | Path, device: str = "cpu") -> ModelBundle:
         raise ModelError(f"{path}: weights do not match {meta['architecture']} ({type(exc).__name__})") from None
     model.float().to(device).eval()
     return ModelBundle(model=model, metadata=meta)
+
+
+def training_summary(metadata: dict[str, Any]) -> str | None:
+    """One line on what a model was trained on and how it scored, from its metadata (None when the
+    file records no training): for reports, which name the model a result came from."""
+    data = (metadata.get("training") or {}).get("data") or {}
+    if not data:
+        return None
+    items = data.get("images") or data.get("slides") or []
+    kind = "slides" if data.get("slides") else "images"
+    text = f"{len(items)} {kind} from {Path(str(data.get('dir', '?'))).name}"
+    if data.get("data_mpp"):
+        text += f" at {data['data_mpp']:g} µm/px"
+    validation = metadata.get("validation") or {}
+    if validation.get("miou") is not None:
+        text += f"; mean IoU {validation['miou']:.3f} ({validation.get('method', 'validation')})"
+    return text

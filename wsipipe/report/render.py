@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import math
 import os
 from pathlib import Path
 
@@ -98,33 +99,54 @@ def write_overlay_png(path: str | os.PathLike, overlay: np.ndarray) -> Path:
     return write_bytes_atomic(path, png_bytes(overlay))
 
 
-def _figure_rows(report: dict) -> list[tuple[str, str]]:
-    model = report.get("model") or {}
+#: Readable names of report.json's timing keys (the internal stage names stay out of reports).
+STAGE_NAMES = {
+    "load": "loading the model",
+    "tissue": "tissue detection",
+    "stain": "stain estimate",
+    "inference": "tumour model over the tiles",
+    "pyramid": "prediction levels",
+    "regions": "region outlines",
+    "nuclei": "nuclei",
+    "report": "report",
+    "total": "total",
+}
+
+
+def readable_figures(report: dict) -> list[tuple[str, str]]:
+    """(label, value) of the slide's figures, as a pathologist reads them: no JSON, no stage names."""
     rows = [
-        ("slide", str(report.get("slide"))),
-        ("µm/px (level 0)", _fmt(report.get("mpp"))),
-        ("model", f"{model.get('name')} (sha256 {str(model.get('sha256', ''))[:12]}…)"),
-        ("tissue area", f"{_fmt(report.get('tissue_area_mm2'))} mm²"),
-        ("tumour area", f"{_fmt(report.get('tumour_area_mm2'))} mm²"),
+        ("tissue area", _unit(report.get("tissue_area_mm2"), "mm²")),
+        ("tumour area", _unit(report.get("tumour_area_mm2"), "mm²")),
         ("tumour fraction of tissue", _percent(report.get("tumour_fraction"))),
-        ("tiles", str(report.get("n_tiles"))),
     ]
+    for name, count in (report.get("n_regions") or {}).items():
+        rows.append((f"{name} regions", str(count)))
     if "nuclei_count" in report:
+        method = str(report.get("nuclei_method", ""))
+        method = "classical method" if method == "classical" else method.replace("usnet:", "US-Net model ")
         rows += [
-            ("nuclei", f"{report['nuclei_count']} ({report.get('nuclei_method')})"),
+            ("nuclei", f"{report['nuclei_count']} ({method})"),
+            ("nuclei inside tumour", _fmt(report.get("tumour_nuclei_count"))),
             ("nuclei per mm² of tissue", _fmt(report.get("nuclei_per_mm2"))),
             ("nuclei per mm² of tumour", _fmt(report.get("nuclei_per_mm2_tumour"))),
-            ("cellularity (malignant nuclei area / tumour area)", _fmt(report.get("cellularity"))),
+            ("cellularity (malignant nuclei area / tumour area)", _percent(report.get("cellularity"))),
         ]
     qc = report.get("qc") or {}
     if qc.get("mode", "off") != "off":
         verdict = "usable" if qc.get("usable") else f"not usable ({qc.get('verdict_reason')})"
         rows.append(("quality control", f"{verdict}; left out {_percent(qc.get('left_out_fraction'))} of the tissue "
                                         f"({_fmt(qc.get('left_out_mm2'))} mm²)"))
-    for key in ("normalize", "device", "regions"):
-        if key in report:
-            rows.append((key, json.dumps(report[key]) if isinstance(report[key], (dict, list)) else str(report[key])))
+    rows += [
+        ("slide µm per pixel", _fmt(report.get("mpp"))),
+        ("stain normalisation", str(report.get("normalize", "–"))),
+        ("tiles analysed", _fmt(report.get("n_tiles"))),
+    ]
     return rows
+
+
+def _unit(value, unit: str) -> str:
+    return "–" if value is None else f"{_fmt(float(value))} {unit}"
 
 
 def _fmt(value) -> str:
@@ -137,26 +159,111 @@ def _percent(value) -> str:
     return "–" if value is None else f"{100 * value:.1f} %"
 
 
-def _timing_svg(timings: dict[str, float]) -> str:
-    """Horizontal bars, one per stage, as inline SVG (no plotting library, no external file)."""
+def picture_um_per_px(report: dict, picture_width: int) -> float | None:
+    """µm per pixel of a whole-slide picture ``picture_width`` px wide: the slide is as wide as the
+    prediction grid (``prediction_shape`` at the model's µm/px), to within one prediction pixel."""
+    shape, model_mpp = report.get("prediction_shape"), (report.get("model") or {}).get("mpp")
+    if not shape or not model_mpp or picture_width <= 0:
+        return None
+    return shape[-1] * float(model_mpp) / picture_width
+
+
+def nice_length(um_per_px: float, max_px: float) -> float:
+    """The longest 1, 2 or 5 x 10^n µm that is at most ``max_px`` pixels long."""
+    limit = um_per_px * max_px
+    exponent = math.floor(math.log10(limit))
+    return max(step * 10.0**e for e in (exponent - 1, exponent) for step in (1, 2, 5) if step * 10.0**e <= limit)
+
+
+def length_label(um: float) -> str:
+    return f"{um / 1000:g} mm" if um >= 1000 else f"{um:g} µm"
+
+
+def _scale_bar_svg(width: int, height: int, um_per_px: float) -> str:
+    """An SVG laid over a picture (its viewBox is the picture's pixels, so it scales with it)."""
+    length = nice_length(um_per_px, width / 4)
+    bar = length / um_per_px
+    font = max(10.0, width / 45)
+    x, y = font * 0.8, height - font * 0.9
+    return (
+        f'<svg class="scale" viewBox="0 0 {width} {height}" preserveAspectRatio="none" role="img" '
+        f'aria-label="scale bar {length_label(length)}" data-um="{length:g}" data-px="{bar:.3f}">'
+        f'<rect x="{x - font * 0.4:.1f}" y="{y - font * 1.6:.1f}" width="{bar + font * 0.8:.1f}" height="{font * 2.1:.1f}" '
+        f'fill="white" fill-opacity="0.8"/>'
+        f'<rect class="bar" x="{x:.1f}" y="{y - font * 0.25:.1f}" width="{bar:.3f}" height="{font * 0.3:.1f}" fill="black"/>'
+        f'<text x="{x:.1f}" y="{y - font * 0.5:.1f}" font-size="{font:.1f}">{length_label(length)}</text></svg>'
+    )
+
+
+def _timings_table(report: dict) -> str:
+    """Each stage once, by its readable name, with a bar for its share of the longest."""
+    timings = {k: v for k, v in (report.get("timings_s") or {}).items() if k in STAGE_NAMES and k != "total"}
     if not timings:
         return ""
     longest = max(timings.values()) or 1.0
-    bar_h, label_w, bar_w = 22, 150, 420
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{label_w + bar_w + 90}" '
-        f'height="{bar_h * len(timings) + 4}" role="img" aria-label="stage timings">'
+    rows = "".join(
+        f"<tr><th>{html.escape(STAGE_NAMES[stage])}</th><td>{seconds:.2f} s</td>"
+        f'<td><span class="bar" style="width:{12 * seconds / longest:.2f}em"></span></td></tr>'
+        for stage, seconds in timings.items()
+    )
+    total = (report.get("timings_s") or {}).get("total")
+    if total is not None:
+        rows += f"<tr><th>total</th><td>{total:.2f} s</td><td></td></tr>"
+    return f"<h2>Timings</h2><table>{rows}</table>"
+
+
+def _legend(report: dict, nuclei: bool) -> str:
+    from wsipipe.classes import display_name, palette
+
+    classes = (report.get("model") or {}).get("classes") or []
+    items = [
+        f'<span class="swatch" style="background:rgb{tuple(colour)}"></span>'
+        f"{html.escape(display_name(str(name)))}"
+        for i, (name, colour) in enumerate(zip(classes, palette(classes)))
+        if i
     ]
-    for row, (stage, seconds) in enumerate(timings.items()):
-        y = row * bar_h + 2
-        width = max(1.0, bar_w * seconds / longest)
-        parts.append(
-            f'<text x="0" y="{y + 15}" font-size="13">{html.escape(stage)}</text>'
-            f'<rect x="{label_w}" y="{y + 3}" width="{width:.1f}" height="{bar_h - 6}" fill="#4a78c2"/>'
-            f'<text x="{label_w + width + 6:.1f}" y="{y + 15}" font-size="13">{seconds:.2f} s</text>'
-        )
-    parts.append("</svg>")
-    return "".join(parts)
+    return f'<p class="legend">predicted: {" ".join(items)}</p>' if items else ""
+
+
+def _region_table(path: Path, report: dict) -> str:
+    from wsipipe.report.regions import region_rows
+
+    if not report.get("mpp"):
+        return ""
+    rows = region_rows(path.parent, float(report["mpp"]))
+    if not rows:
+        return ""
+    body = "".join(
+        f"<tr><td>{html.escape(row['name'])}</td><td>{row['area_mm2']:.4f}</td>"
+        f"<td>{'–' if row['nuclei'] is None else row['nuclei']}</td><td>{_percent(row['cellularity'])}</td></tr>"
+        for row in rows
+    )
+    return (
+        "<h2>Regions</h2><table><tr><th>region</th><th>area mm²</th><th>nuclei inside</th>"
+        f"<th>cellularity</th></tr>{body}</table>"
+    )
+
+
+def _provenance(report: dict) -> str:
+    model = report.get("model") or {}
+    run = report.get("run") or {}
+    rows = [
+        ("model", str(model.get("name", "–"))),
+        ("model SHA-256", str(model.get("sha256", "–"))),
+        ("architecture", str(model.get("architecture") or "–")),
+        ("model µm per pixel", _fmt(model.get("mpp"))),
+        ("classes", ", ".join(map(str, model.get("classes") or []))),
+    ]
+    if model.get("trained_on"):
+        rows.append(("trained on", str(model["trained_on"])))
+    if run.get("date"):
+        rows.append(("run date", str(run["date"])))
+    if run.get("command"):
+        rows.append(("command", str(run["command"])))
+    rows.append(("wsipipe version", str(report.get("wsipipe_version", "–"))))
+    return "<h2>Model and run</h2><table>" + "".join(
+        f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows
+    ) + "</table>"
 
 
 def write_report_html(
@@ -171,16 +278,17 @@ def write_report_html(
     ``heatmap``: the per-tile cellularity image and the value its darkest colour stands for.
     """
 
+    path = Path(path)
+    um_per_px = picture_um_per_px(report, thumbnail.shape[1])
+
     def img(rgb: np.ndarray, alt: str) -> str:
         data = base64.b64encode(png_bytes(rgb)).decode("ascii")
-        return f'<figure><img alt="{alt}" src="data:image/png;base64,{data}"><figcaption>{alt}</figcaption></figure>'
+        bar = _scale_bar_svg(rgb.shape[1], rgb.shape[0], um_per_px) if um_per_px else ""
+        return (f'<figure><div class="picture"><img alt="{alt}" src="data:image/png;base64,{data}">{bar}</div>'
+                f"<figcaption>{alt}</figcaption></figure>")
 
-    figures = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in _figure_rows(report))
-    timings = report.get("timings_s", {})
-    rates = report.get("tiles_per_s", {})
-    timing_rows = "".join(
-        f"<tr><th>{html.escape(stage)}</th><td>{seconds:.2f} s</td><td>{_fmt(rates.get(stage))}</td></tr>"
-        for stage, seconds in timings.items()
+    figures = "".join(
+        f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in readable_figures(report)
     )
     message = report.get("message")
     heat = ""
@@ -190,27 +298,37 @@ def write_report_html(
         heat = (
             img(image, "cellularity per tile (untinted: no tumour in the tile)")
             + f'<p>cellularity 0 <span style="display:inline-block;width:12em;height:0.9em;'
-            f'background:linear-gradient(to right, {stops})"></span> {vmax:.3g}</p>'
+            f'background:linear-gradient(to right, {stops})"></span> {_percent(vmax)}</p>'
         )
+    name = html.escape(Path(str(report.get("slide"))).name)
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
-<title>wsipipe segment: {html.escape(Path(str(report.get('slide'))).name)}</title>
+<title>wsipipe segment: {name}</title>
 <style>
 body {{ font-family: sans-serif; margin: 2em; color: #222; }}
 table {{ border-collapse: collapse; margin-bottom: 1.5em; }}
 th, td {{ text-align: left; padding: 0.25em 1em 0.25em 0; border-bottom: 1px solid #ddd; }}
 .images {{ display: flex; flex-wrap: wrap; gap: 1.5em; }}
-figure {{ margin: 0; }} img {{ max-width: 46vw; max-height: 70vh; border: 1px solid #ccc; }}
+figure {{ margin: 0; }} .picture {{ position: relative; display: inline-block; }}
+img {{ display: block; max-width: 46vw; max-height: 70vh; border: 1px solid #ccc; }}
+svg.scale {{ position: absolute; left: 0; top: 0; width: 100%; height: 100%; pointer-events: none; }}
 .note {{ background: #fff4d6; padding: 0.6em 1em; border-left: 4px solid #e0a800; }}
+.swatch {{ display: inline-block; width: 0.9em; height: 0.9em; margin: 0 0.3em 0 0.8em; vertical-align: middle; }}
+.bar {{ display: inline-block; height: 0.8em; background: #4a78c2; }}
+code {{ background: #f2f2f2; padding: 0.1em 0.3em; }}
 </style></head><body>
-<h1>Tumour segmentation: {html.escape(Path(str(report.get('slide'))).name)}</h1>
+<h1>Tumour segmentation: {name}</h1>
+<p class="note">For research use only: not for diagnosis. The figures come from an automated model and need a
+pathologist's review.</p>
 {f'<p class="note">{html.escape(str(message))}</p>' if message else ''}
+<p>To look at the slide with these results, zoomable, run <code>wsipipe view {html.escape(str(path.parent))}</code>.</p>
 <h2>Figures</h2><table>{figures}</table>
-<div class="images">{img(thumbnail, "thumbnail")}{img(overlay, "overlay: predicted tumour")}</div>
+{_legend(report, heatmap is not None)}
+<div class="images">{img(thumbnail, "slide")}{img(overlay, "predicted tumour")}</div>
 {f'<h2>Cellularity</h2><div class="images">{heat}</div>' if heat else ''}
-<h2>Timings</h2><table><tr><th>stage</th><th>time</th><th>tiles/s</th></tr>{timing_rows}</table>
-{_timing_svg(timings)}
-<p><small>wsipipe {html.escape(str(report.get('wsipipe_version', '')))}</small></p>
+{_region_table(path, report)}
+{_provenance(report)}
+{_timings_table(report)}
 </body></html>
 """
     return write_bytes_atomic(path, page.encode("utf-8"))
