@@ -120,7 +120,7 @@ def test_report_files(tmp_path):
     assert "{" not in page.split("<body>")[1] and "inference_model" not in page and "timings_s" not in page
     assert page.count("tumour model over the tiles") == 1 and page.count("2.50 s") == 1
     for text in ("For research use only", f"wsipipe view {tmp_path}", "7 images from lung", "2026-12-06 07:00:00",
-                 "wsipipe segment s.svs -o out", "ab" * 32, "rgb(230, 25, 75)"):
+                 "wsipipe segment s.svs -o out", "ab" * 32, "rgb(200, 0, 0)"):  # QuPath's Tumor colour
         assert text in page, text
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
     assert len(images) == 2

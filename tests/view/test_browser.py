@@ -151,7 +151,7 @@ def test_report_html_renders_with_no_network_requests(browser, segment_out):
         bar = picture.find_element("css selector", "svg.scale rect.bar")
         assert 0 < bar.rect["width"] < picture.rect["width"] / 3
     regions = browser.find_elements("xpath", "//h2[text()='Regions']/following-sibling::table[1]//tr")
-    assert [r.text.split()[:2] for r in regions[1:]] == [["tumour", "1"]]
+    assert [r.text.split()[:2] for r in regions[1:]] == [["Tumor", "1"]]  # QuPath's name (wsipipe.classes)
     urls = requested(browser)
     assert urls and all(u.startswith(("file://", "data:")) for u in urls), urls
     assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []
