@@ -50,6 +50,40 @@ def write_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
     return Path(path)
 
 
+class _Published(Exception):
+    """Raised inside ``staged_outputs``'s ``atomic_path`` once the outputs are in place, so that it
+    deletes the (then empty) staging folder instead of renaming it."""
+
+
+@contextmanager
+def staged_outputs(outdir: str | os.PathLike, last: str | None = None) -> Iterator[Path]:
+    """Yield a staging folder inside ``outdir`` for the outputs of one run, so that they appear
+    together or not at all.
+
+    On success every entry of the staging folder is moved into ``outdir``, replacing an old one of
+    the same name (folders too), and ``last`` (the file that says the run finished) is moved last.
+    On any error the staging folder is deleted and ``outdir``'s previous outputs are left as they
+    were. The folder is an ``atomic_path`` temporary, so a run killed outright leaves only what
+    ``remove_temporaries`` deletes (call it under ``folder_lock``).
+    """
+    outdir = Path(outdir)
+    try:
+        with atomic_path(outdir / "outputs") as staging:
+            staging.mkdir()
+            yield staging
+            entries = sorted(staging.iterdir(), key=lambda entry: entry.name == last)
+            for entry in entries:
+                target = outdir / entry.name
+                if os.path.lexists(target) and (entry.is_dir() or (target.is_dir() and not target.is_symlink())):
+                    # a folder cannot be renamed over a folder (nor over a file): the old entry goes
+                    # into the staging folder, which is deleted with it
+                    os.replace(target, staging / f".replaced.{entry.name}")
+                os.replace(entry, target)
+            raise _Published
+    except _Published:
+        pass
+
+
 def remove_temporaries(folder: str | os.PathLike) -> None:
     """Delete the temporaries that ``atomic_path`` left in ``folder`` when a SIGKILL cut it short.
 

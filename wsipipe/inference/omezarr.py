@@ -60,12 +60,12 @@ def _compressor():
     return numcodecs.Blosc(cname="zstd", clevel=5, shuffle=numcodecs.Blosc.BITSHUFFLE)
 
 
-def _create_array(group, name: str, shape: tuple[int, ...], chunks: tuple[int, ...]):
+def _create_array(group, name: str, shape: tuple[int, ...], chunks: tuple[int, ...], dtype: str = "uint8"):
     return group.create_array(
         name,
         shape=shape,
         chunks=chunks,
-        dtype="uint8",
+        dtype=dtype,
         fill_value=0,
         compressors=_compressor(),
         chunk_key_encoding={"name": "v2", "separator": "/"},
@@ -203,13 +203,16 @@ def downsample_mode(array: np.ndarray, out_shape: tuple[int, int], n_classes: in
     return best
 
 
-def _datasets(n_levels: int, mpp: float, with_channel: bool) -> list[dict]:
+def _datasets(n_levels: int, mpp: float, with_channel: bool, reference_mpp: float | None = None) -> list[dict]:
+    """Levels ``2**k`` times coarser than ``mpp``, placed under the pixel-centre convention against
+    the pixel centres of a ``reference_mpp`` grid with the same corner (default: level 0's)."""
+    reference = mpp if reference_mpp is None else reference_mpp
     datasets = []
     for level in range(n_levels):
         factor = 2**level
         scale = [mpp * factor, mpp * factor]
-        # A coarse pixel's centre lies between the fine pixels it averages.
-        shift = [(factor - 1) / 2 * mpp] * 2
+        # A coarse pixel's centre lies between the fine pixels it covers.
+        shift = [(mpp * factor - reference) / 2] * 2
         if with_channel:
             scale, shift = [1.0, *scale], [0.0, *shift]
         datasets.append(
