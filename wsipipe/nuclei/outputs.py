@@ -92,19 +92,18 @@ def write_csv(path: Path, nuclei: list[Nucleus], in_tumour: np.ndarray, scale: f
 
 def write_geojson(path: Path, nuclei: list[Nucleus], in_tumour: np.ndarray, scale: float, mpp: float) -> None:
     """QuPath detections: one Feature per nucleus, outline in level-0 px (a valid polygon, see
-    ``nucleus_outline``), class ("Tumor" or ``NON_TUMOUR_NUCLEUS``) and measurements."""
-    import shapely
-
+    ``nucleus_outlines``), class ("Tumor" or ``NON_TUMOUR_NUCLEUS``) and measurements."""
     classes = {
         True: {"name": "Tumor", "color": list(QUPATH_CLASSES["Tumor"])},
         False: {"name": NON_TUMOUR_NUCLEUS, "color": list(QUPATH_CLASSES[NON_TUMOUR_NUCLEUS])},
     }
     with atomic_path(path) as temporary, open(temporary, "w") as handle:
         handle.write('{"type": "FeatureCollection", "features": [\n')
-        for index, (nucleus, tumour) in enumerate(zip(nuclei, in_tumour)):
+        outlines = nucleus_outlines([nucleus.contour for nucleus in nuclei], scale)
+        for index, (nucleus, tumour, outline) in enumerate(zip(nuclei, in_tumour, outlines)):
             feature = {
                 "type": "Feature",
-                "geometry": shapely.geometry.mapping(nucleus_outline(nucleus.contour, scale)),
+                "geometry": _geojson_polygon(outline),
                 "properties": {
                     "objectType": "detection",
                     "classification": classes[bool(tumour)],
@@ -125,27 +124,46 @@ def write_json(path: Path, data: dict) -> None:
     write_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
-def nucleus_outline(contour: np.ndarray, scale: float):
-    """The outline of a nucleus's pixels in level-0 px as a valid shapely Polygon (QuPath refuses
-    rings of under 4 positions and self-intersecting ones).
+def nucleus_outlines(contours: list[np.ndarray], scale: float) -> np.ndarray:
+    """The outlines of nuclei's pixels in level-0 px: valid shapely Polygons (QuPath refuses rings
+    of under 4 positions and self-intersecting ones), coordinates rounded to ``OUTLINE_PRECISION``.
 
-    ``contour`` runs through the centres of the nucleus's border pixels (working px, ``scale``
+    Each contour runs through the centres of a nucleus's border pixels (working px, ``scale``
     level-0 px each). Grown by half a pixel with mitred corners it follows the pixels' outer edges,
     so the polygon's area is the pixel count's within a few per cent. A contour that encloses
     nothing (a thin nucleus: a line or a point) grows the same way, with square ends; one that
-    crosses itself is repaired first, and of several parts the largest is kept.
+    crosses itself is repaired first, and of several parts the largest is kept. The steps run on
+    all outlines at once (shapely's array functions): one by one they cost more than the segmentation.
     """
     import shapely
 
-    if len(contour) >= 3:
-        centre_line = shapely.make_valid(shapely.Polygon(contour))
-    elif len(contour) == 2:
-        centre_line = shapely.LineString(contour)
-    else:
-        centre_line = shapely.Point(contour[0])
-    pixels = shapely.buffer(centre_line, 0.5, cap_style="square", join_style="mitre")
-    level0 = shapely.transform(pixels, lambda xy: (xy + 0.5) * scale)  # pixel centres to level-0 corners
-    return _largest_polygon(shapely.set_precision(level0, OUTLINE_PRECISION))
+    sizes = np.array([len(contour) for contour in contours], dtype=np.int64)
+    centre_lines = np.empty(len(contours), dtype=object)
+    areal = np.flatnonzero(sizes >= 3)
+    if areal.size:
+        rings = shapely.linearrings(
+            np.concatenate([contours[i] for i in areal]), indices=np.repeat(np.arange(areal.size), sizes[areal])
+        )
+        centre_lines[areal] = shapely.polygons(rings)
+    for i in np.flatnonzero(sizes < 3):
+        centre_lines[i] = shapely.LineString(contours[i]) if sizes[i] == 2 else shapely.Point(contours[i][0])
+    invalid = ~shapely.is_valid(centre_lines)
+    centre_lines[invalid] = shapely.make_valid(centre_lines[invalid])
+    pixels = shapely.buffer(centre_lines, 0.5, cap_style="square", join_style="mitre")
+    parts = shapely.get_type_id(pixels) != shapely.GeometryType.POLYGON.value
+    pixels[parts] = [_largest_polygon(geometry) for geometry in pixels[parts]]
+    # pixel centres to level-0 pixel corners, rounded; shapely's set_precision, which keeps a
+    # polygon valid, is ten times slower, so it only mends the rare outline rounding made invalid
+    # (and those with holes)
+    simple = np.flatnonzero(shapely.get_num_interior_rings(pixels) == 0)
+    outlines = np.empty(len(contours), dtype=object)
+    if simple.size:
+        coordinates, index = shapely.get_coordinates(shapely.get_exterior_ring(pixels[simple]), return_index=True)
+        outlines[simple] = shapely.polygons(shapely.linearrings(np.round((coordinates + 0.5) * scale, 2), indices=index))
+    mend = np.flatnonzero(~shapely.is_valid(outlines) | shapely.is_missing(outlines))
+    level0 = shapely.transform(pixels[mend], lambda xy: (xy + 0.5) * scale)
+    outlines[mend] = [_largest_polygon(shapely.set_precision(g, OUTLINE_PRECISION)) for g in level0]
+    return outlines
 
 
 def _largest_polygon(geometry):
@@ -155,6 +173,13 @@ def _largest_polygon(geometry):
         return geometry
     parts = [part for part in shapely.get_parts(geometry) if isinstance(part, shapely.Polygon)]
     return max(parts, key=lambda part: part.area)
+
+
+def _geojson_polygon(polygon) -> dict:
+    import shapely
+
+    rings = (polygon.exterior, *polygon.interiors)
+    return {"type": "Polygon", "coordinates": [shapely.get_coordinates(ring).tolist() for ring in rings]}
 
 
 def create_label_store(path: Path, shape: tuple[int, int], chunk: int, attributes: dict):
