@@ -4,7 +4,9 @@ import re
 import pytest
 
 from wsipipe.errors import OutputError, SlideOpenError
-from wsipipe.files import atomic_path, check_regular_file, folder_lock, make_output_folder, output_lock
+from wsipipe.files import (
+    atomic_path, check_regular_file, folder_lock, make_output_folder, output_lock, remove_temporaries, staged_outputs,
+)
 
 
 def test_a_folder_lock_refuses_a_second_process_until_the_first_dies(tmp_path, hold_folder_lock):
@@ -116,3 +118,54 @@ def test_an_output_folder_is_made_or_refused_in_one_line(tmp_path):
     blocker.write_text("x")
     with pytest.raises(OutputError, match=f"^{blocker}/out: cannot create the output folder \\(Not a directory\\)$"):
         make_output_folder(blocker / "out")
+
+
+def _old_outputs(outdir):
+    (outdir / "labels.zarr" / "0").mkdir(parents=True)
+    (outdir / "labels.zarr" / "0" / "chunk").write_text("old")
+    (outdir / "nuclei.csv").write_text("old")
+    (outdir / "nuclei.json").write_text("old")
+    (outdir / "notes.txt").write_text("mine")
+
+
+def _contents(outdir):
+    return {str(p.relative_to(outdir)): p.read_text() for p in sorted(outdir.rglob("*")) if p.is_file()}
+
+
+def test_staged_outputs_move_in_together_the_last_one_last(tmp_path, monkeypatch):
+    _old_outputs(tmp_path)
+    moved = []
+    replace = os.replace
+    monkeypatch.setattr(os, "replace", lambda src, dst: (moved.append(os.path.basename(dst)), replace(src, dst)))
+    with staged_outputs(tmp_path, last="nuclei.json") as staging:
+        assert staging.parent == tmp_path and staging.is_dir() and not list(staging.iterdir())
+        (staging / "nuclei.json").write_text("new")
+        (staging / "labels.zarr" / "1").mkdir(parents=True)
+        (staging / "labels.zarr" / "1" / "chunk").write_text("new")
+        (staging / "nuclei.csv").write_text("new")
+    assert _contents(tmp_path) == {
+        "labels.zarr/1/chunk": "new", "nuclei.csv": "new", "nuclei.json": "new", "notes.txt": "mine"
+    }  # the old folder was replaced, not merged; other files are left alone
+    assert [name for name in moved if not name.startswith(".")][-1] == "nuclei.json"
+    assert not staging.exists()
+
+
+def test_staged_outputs_that_fail_leave_the_old_ones_and_no_staging(tmp_path):
+    _old_outputs(tmp_path)
+    before = _contents(tmp_path)
+    with pytest.raises(RuntimeError, match="disk full"):
+        with staged_outputs(tmp_path, last="nuclei.json") as staging:
+            (staging / "labels.zarr").mkdir()
+            (staging / "nuclei.csv").write_text("new")
+            raise RuntimeError("disk full")
+    assert _contents(tmp_path) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.zarr", "notes.txt", "nuclei.csv", "nuclei.json"]
+
+
+def test_a_staging_folder_a_killed_run_left_is_a_temporary(tmp_path):
+    with staged_outputs(tmp_path) as staging:
+        (staging / "nuclei.csv").write_text("half")
+        remove_temporaries(tmp_path)  # what the next run's folder_lock does after a kill -9
+        assert not staging.exists()
+        staging.mkdir()  # an empty staging folder: nothing to move
+    assert not list(tmp_path.iterdir())

@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+import shapely
 import tifffile
 import torch
 import zarr
@@ -20,6 +21,7 @@ from wsipipe.cli.main import app
 from wsipipe.inference import default_overlap
 from wsipipe.models import build_model
 from wsipipe.models.io import ModelBundle, model_metadata, save_model
+from wsipipe.nuclei.outputs import read_labels
 from wsipipe.segment import segment_slide
 
 MPP = 0.5  # level 0 of the synthetic slides
@@ -303,7 +305,7 @@ EXAMPLE_SLIDE = segment_module.BUNDLED_MODEL.parents[3] / "examples" / "data" / 
 def _nuclei_rows(outdir):
     import csv
 
-    with open(outdir / "nuclei.csv") as handle:
+    with open(outdir / "nuclei.csv", encoding="utf-8") as handle:
         return list(csv.DictReader(handle))
 
 
@@ -320,15 +322,21 @@ def test_cli_nuclei_figures_agree_with_the_nuclei_csv(tiny_model_file, tmp_path)
     assert not list(out.glob("*.partial")) and not list(out.glob(".*partial"))
     rows = _nuclei_rows(out)
     n = report["nuclei_count"]
-    assert n == len(rows) == zarr.open_array(str(out / "labels.zarr"), mode="r")[:].max() > 1000
-    assert len(json.loads((out / "nuclei.geojson").read_text())["features"]) == n
+    assert n == len(rows) == read_labels(out / "labels.zarr")[0][:].max() > 1000
+    features = json.loads((out / "nuclei.geojson").read_text())["features"]
+    assert len(features) == n
+    assert all(shapely.geometry.shape(f["geometry"]).is_valid for f in features)  # 24 of 2524 were not
     assert report["nuclei_method"] == "classical" and f"{n} nuclei" in result.output
     assert report["nuclei_per_mm2"] == pytest.approx(n / report["nuclei_tissue_mm2"], rel=1e-5)
     malignant = [r for r in rows if r["in_tumour"] == "1"]
     assert report["tumour_nuclei_count"] == len(malignant) > 0
     assert report["nuclei_per_mm2_tumour"] == pytest.approx(len(malignant) / report["nuclei_tumour_mm2"], rel=1e-5)
-    malignant_mm2 = sum(float(r["area_um2"]) for r in malignant) / 1e6
-    assert report["cellularity"] == pytest.approx(malignant_mm2 / report["nuclei_tumour_mm2"], rel=1e-4)
+    nuclei = json.loads((out / "nuclei.json").read_text())
+    assert report["cellularity"] == nuclei["cellularity"] and 0 < report["cellularity"] <= 1
+    tiles = [t for t in nuclei["tiles"] if t["cellularity"] is not None]
+    assert all(t["cellularity"] <= 1 for t in tiles)
+    assert sum(t["cellularity"] * t["tumour_mm2"] for t in tiles) == pytest.approx(
+        nuclei["cellularity"] * nuclei["tumour_mm2"], rel=1e-4)  # each nuclear pixel counted once
     assert report["nuclei_tissue_mm2"] == pytest.approx(report["tissue_area_mm2"], rel=0.02)  # segment's tissue
     page = (out / "report.html").read_text()
     assert "cellularity per tile" in page and page.count("data:image/png;base64") == 3

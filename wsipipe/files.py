@@ -62,26 +62,41 @@ def write_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
     return Path(path)
 
 
+class _Published(Exception):
+    """Raised inside ``staged_outputs``'s ``atomic_path`` once the outputs are in place, so that it
+    deletes the (then empty) staging folder instead of renaming it."""
+
+
 @contextmanager
-def staged_outputs(outdir: str | os.PathLike, last: str) -> Iterator[Path]:
-    """Yield a staging folder inside ``outdir`` for a run's outputs; when the block succeeds, move
-    each of its visible entries into ``outdir`` (replacing what is there, folders too), ``last``
-    last, so the set of outputs appears together: a reader that finds ``last`` finds the rest
-    of the same run. On any error the staging folder is deleted and ``outdir``'s earlier outputs
-    stay as they were. Hidden entries (locks, temporaries) are not moved."""
+def staged_outputs(outdir: str | os.PathLike, last: str | None = None) -> Iterator[Path]:
+    """Yield a staging folder inside ``outdir`` for the outputs of one run, so that they appear
+    together or not at all.
+
+    On success every entry of the staging folder is moved into ``outdir``, replacing an old one of
+    the same name (folders too), and ``last`` (the file that says the run finished) is moved last.
+    On any error the staging folder is deleted and ``outdir``'s previous outputs are left as they
+    were. Hidden entries (locks, temporaries) are not moved. The folder is an ``atomic_path`` temporary, so a run killed outright leaves only what
+    ``remove_temporaries`` deletes (call it under ``folder_lock``).
+    """
     outdir = Path(outdir)
-    staging = outdir / f".outputs.{_TEMPORARY_MARKER}{uuid.uuid4().hex[:8]}.tmp"  # atomic_path's naming: a killed run's is removed
-    staging.mkdir()
     try:
-        yield staging
-        entries = sorted((p for p in staging.iterdir() if not p.name.startswith(".")), key=lambda p: p.name == last)
-        for entry in entries:
-            target = outdir / entry.name
-            if target.is_dir() and not target.is_symlink():
-                shutil.rmtree(target)
-            os.replace(entry, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        with atomic_path(outdir / "outputs") as staging:
+            staging.mkdir()
+            yield staging
+            # hidden entries (a nested run's lock, temporaries) stay behind and go with the folder
+            entries = sorted((e for e in staging.iterdir() if not e.name.startswith(".")), key=lambda e: e.name == last)
+            for entry in entries:
+                target = outdir / entry.name
+                if os.path.lexists(target) and (entry.is_dir() or (target.is_dir() and not target.is_symlink())):
+                    # a folder cannot be renamed over a folder (nor over a file): the old entry goes
+                    # into the staging folder, which is deleted with it
+                    os.replace(target, staging / f".replaced.{entry.name}")
+                os.replace(entry, target)
+            raise _Published
+    except _Published:
+        pass
+
+
 
 
 def remove_temporaries(folder: str | os.PathLike, output: str | None = None) -> None:

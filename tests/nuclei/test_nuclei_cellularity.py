@@ -11,15 +11,22 @@ from wsipipe.nuclei.cellularity import cellularity_from_masks
 
 def test_cellularity_by_hand():
     instances = np.zeros((10, 10), dtype=np.int32)
-    instances[1:3, 1:3] = 1  # 4 px, centre (1.5, 1.5) -> rounds to (2, 2): inside
-    instances[6:9, 6:9] = 2  # 9 px, centre (7, 7): outside
-    instances[4, 4:6] = 3  # 2 px, centre (4, 4.5) -> (4, 4): inside
+    instances[1:3, 1:3] = 1  # 4 px, all inside
+    instances[6:9, 6:9] = 2  # 9 px, outside
+    instances[4, 4:6] = 3  # 2 px, (4, 4) inside, (4, 5) outside
     tumour = np.zeros((10, 10), dtype=bool)
     tumour[:5, :5] = True  # 25 px
-    # malignant area 4 + 2 = 6 over tumour 25
-    assert cellularity_from_masks(instances, tumour) == pytest.approx(6 / 25)
+    # nuclear pixels inside the tumour: 4 + 1 = 5, over 25
+    assert cellularity_from_masks(instances, tumour) == pytest.approx(5 / 25)
     assert cellularity_from_masks(instances, np.zeros_like(tumour)) is None
     assert cellularity_from_masks(np.zeros_like(instances), tumour) == 0.0
+    # a nucleus larger than the tumour it is centred in covers it, no more: 1, not 9
+    assert cellularity_from_masks(instances, instances == 2) == 1.0
+    one = np.zeros_like(tumour)
+    one[7, 7] = True
+    assert cellularity_from_masks(instances, one) == 1.0
+    # the whole image as tumour (training crops' scores): the nuclei area fraction, as before
+    assert cellularity_from_masks(instances, np.ones_like(tumour)) == pytest.approx(15 / 100)
 
 
 def test_regressor_learns_mask_cellularity_on_real_crops(data_dir):

@@ -20,7 +20,7 @@ from wsipipe.nuclei.classical import (
     segment_nuclei,
 )
 from wsipipe.nuclei.data import cpm15_magnifications, load_cpm15, load_monuseg, read_rgb
-from wsipipe.nuclei.tiled import segment_image_tiled
+from wsipipe.nuclei.tiled import segment_image_tiled, segment_tiled
 
 
 @pytest.fixture(scope="module")
@@ -143,6 +143,40 @@ def test_a_nucleus_on_a_tile_corner_is_counted_once():
     assert np.array_equal(labels > 0, disc)
     assert nuclei[0].area_px == disc.sum()
     assert (nuclei[0].centroid_x, nuclei[0].centroid_y) == pytest.approx((100, 100), abs=0.5)
+
+
+def _overlapping_nuclei(min_pixels):
+    """Two cores (x 0-99, 100-199) whose windows segment differently: the first finds nucleus A
+    (x 90-104, 300 px, centroid in core 0), the second nucleus B (x 100-111, 240 px, centroid in
+    core 1), overlapping A on x 100-104. B is painted where A left background: 7 x 20 = 140 px."""
+    rgb = np.zeros((100, 200, 3), np.uint8)
+    rgb[..., 1] = np.arange(200)  # each window knows where it is
+
+    def segment(window):
+        labels = np.zeros(window.shape[:2], np.int32)
+        x = window[..., 1].astype(int)
+        first = x.min() == 0
+        labels[40:60][(x[40:60] >= (90 if first else 100)) & (x[40:60] < (105 if first else 112))] = 1
+        return labels
+
+    out = np.zeros((100, 200), np.int32)
+    tiles = []
+    nuclei = segment_tiled(
+        lambda y0, x0, y1, x1: rgb[y0:y1, x0:x1], (100, 200), segment, lambda image: image[..., 0] / 255.0, out,
+        core=100, margin=30, on_tile=tiles.append, min_pixels=min_pixels,
+    )
+    return out, nuclei, tiles
+
+
+def test_a_nucleus_cut_below_the_minimum_by_its_neighbour_is_dropped():
+    out, nuclei, tiles = _overlapping_nuclei(min_pixels=150)
+    assert [n.area_px for n in nuclei] == [300] and out.max() == 1 and np.count_nonzero(out) == 300
+    out, nuclei, tiles = _overlapping_nuclei(min_pixels=140)  # at the minimum: kept
+    assert [n.area_px for n in nuclei] == [300, 140] and np.count_nonzero(out == 2) == 140
+    # each tile says where it painted, also beyond its core: A reaches 5 columns into core 1
+    first, second = tiles
+    assert first.painted.shape == (100, 130) and np.count_nonzero(first.painted[:, 100:]) == 100
+    assert second.window == (0, 70, 100, 200) and np.array_equal(second.painted, out[:, 70:] == 2)
 
 
 def test_cpm15_magnifications_and_resampling(data_dir, cpm15):

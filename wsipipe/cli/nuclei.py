@@ -31,8 +31,8 @@ def nuclei(
         Optional[Path],
         typer.Option(
             "--tumour-mask",
-            help="Image covering the whole input at any resolution, non-zero = tumour; nuclei inside "
-            "count as malignant for cellularity.",
+            help="Image covering the whole input at any resolution, non-zero = tumour; nuclei centred "
+            "inside count as malignant, and cellularity is the share of it (within tissue) that nuclei cover.",
         ),
     ] = None,
     dicom: Annotated[
@@ -51,7 +51,8 @@ def nuclei(
     quiet: QuietOpt = False,
 ) -> None:
     """Segment every nucleus; write nuclei.geojson (QuPath detections), nuclei.csv, labels.zarr
-    and nuclei.json (nuclei_count, nuclei_per_mm2 of tissue and tumour, cellularity, per tile).
+    (OME-Zarr label image) and nuclei.json (nuclei_count, nuclei_per_mm2 of tissue and tumour,
+    cellularity, per tile), all appearing together when the run ends.
 
     Quality control (--qc) applies to slides; plain images are not checked.
     Images without µm/px are assumed to be 40x (0.25 µm/px) with a warning; pass --mpp-override.

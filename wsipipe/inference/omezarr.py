@@ -53,12 +53,12 @@ def _compressor():
     return numcodecs.Blosc(cname="zstd", clevel=5, shuffle=numcodecs.Blosc.BITSHUFFLE)
 
 
-def _create_array(group, name: str, shape: tuple[int, ...], chunks: tuple[int, ...]):
+def _create_array(group, name: str, shape: tuple[int, ...], chunks: tuple[int, ...], dtype: str = "uint8"):
     return group.create_array(
         name,
         shape=shape,
         chunks=chunks,
-        dtype="uint8",
+        dtype=dtype,
         fill_value=0,
         compressors=_compressor(),
         chunk_key_encoding={"name": "v2", "separator": "/"},

@@ -52,7 +52,7 @@ def read_label_image(path: Path) -> np.ndarray:
 
 def read_prediction(path: Path, score_column: str | None = None) -> Prediction:
     """A nuclei output folder, a labels.zarr or a label image; scores from nuclei.csv's ``score_column``."""
-    import zarr
+    from wsipipe.nuclei.outputs import read_labels
 
     path = Path(path)
     if path.is_dir() and (path / "labels.zarr").is_dir():
@@ -66,18 +66,18 @@ def read_prediction(path: Path, score_column: str | None = None) -> Prediction:
         return Prediction(labels, labels.shape, None)
     else:
         raise InvalidInputError(f"{path}: not a nuclei output folder, labels.zarr or instance label image")
-    array = zarr.open_array(str(store), mode="r")
+    array, attributes = read_labels(store)
     scores = _read_scores(table, score_column) if score_column is not None else None
     labels = np.asarray(array[:]).astype(np.int64)
     # outputs written before level0_shape was recorded: the working grid times its scale
-    level0 = array.attrs.get("level0_shape") or [round(side * array.attrs["level0_px_per_px"]) for side in labels.shape]
+    level0 = attributes.get("level0_shape") or [round(side * attributes["level0_px_per_px"]) for side in labels.shape]
     return Prediction(labels, tuple(level0), scores)
 
 
 def _read_scores(table: Path, column: str) -> dict[int, float]:
     if not table.is_file():
         raise InvalidInputError(f"--score-column {column}: {table} does not exist")
-    with open(table, newline="") as handle:
+    with open(table, newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
         if column not in (reader.fieldnames or []):
             raise InvalidInputError(f"--score-column {column}: {table} has columns {', '.join(reader.fieldnames or [])}")

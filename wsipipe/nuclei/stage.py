@@ -5,7 +5,9 @@ model file) on core tiles with overlap (``wsipipe.nuclei.tiled``).
 Tissue comes from ``wsipipe.tissue.detect_tissue`` on a thumbnail (or a mask the caller already
 has); the tumour region from an optional mask covering the input (any resolution, non-zero =
 tumour): an image file, or the array ``wsipipe segment --nuclei`` derives from its prediction.
-Nuclei whose centroid lies in the tumour region count as malignant.
+Nuclei whose centroid lies in the tumour region count as malignant; cellularity is the share of
+the tumour region (tumour ∩ tissue) that nuclear pixels cover, each pixel counted in the core it
+lies in. The outputs are written to a staging folder and moved into OUTDIR together.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Callable
 import numpy as np
 
 from wsipipe.errors import InvalidInputError
-from wsipipe.files import atomic_path, folder_lock, make_output_folder
+from wsipipe.files import folder_lock, make_output_folder, staged_outputs
 from wsipipe.nuclei import outputs
 from wsipipe.nuclei.classical import ClassicalParams, calibrate, haematoxylin_od, segment_nuclei
 from wsipipe.nuclei.data import WORKING_MPP, read_rgb, resample
@@ -164,7 +166,7 @@ def run_nuclei(
     source = open_source(Path(input_path), mpp_override, backend, mpp)
     tumour = tumour_mask.astype(bool) if isinstance(tumour_mask, np.ndarray) else read_tumour_mask(tumour_mask)
     with folder_lock(make_output_folder(outdir)):  # also deletes what a killed run left half-written
-        with atomic_path(outdir / "labels.zarr") as labels_path:  # renamed into place after the CSV and GeoJSON
+        with staged_outputs(outdir, last="nuclei.json") as staging:
             height, width = source.shape
             tissue = (
                 tissue_mask if tissue_mask is not None else detect_tissue(source.thumbnail, THUMBNAIL_MPP)
@@ -188,46 +190,39 @@ def run_nuclei(
                 method = f"usnet:{Path(model).name}"
                 stain = input_stain(network.metadata, richest_pixels)
                 segment = usnet_segmenter(network, stain)
-                settings = {"model": str(model)}
+                settings = {"model": str(model), "instances": network.metadata.get("instances")}
+                min_pixels = split_views(network.metadata.get("instances"))[1].get("min_pixels", 0)
             else:
                 method = "classical"
                 segment = lambda rgb: segment_nuclei(rgb, mpp, calibration, params)  # noqa: E731
                 settings = vars(params)
+                min_pixels = params.min_area_um2 / (mpp * mpp)
             pixel_mm2 = (mpp / 1000.0) ** 2
             labels = outputs.create_label_store(
-                labels_path,
+                staging / "labels.zarr",
                 source.shape,
                 512,
                 {"mpp": mpp, "level0_px_per_px": source.scale, "level0_shape": list(source.level0_shape),
-                 "method": method, "params": settings},
+                 "method": method, "params": settings, "min_area_um2": min_pixels * mpp * mpp},
             )
-            tiles: list[outputs.TileSummary] = []
             in_tumour: list[bool] = []
+            counts = dict.fromkeys(cores, (0, 0))  # (nuclei, tumour nuclei) kept by each core
+            tumour_nuclear_px = dict.fromkeys(cores, 0)  # nuclear pixels in each core's tumour ∩ tissue
             done = 0
 
             def on_tile(tile: TileDone) -> None:
                 nonlocal done
-                cy0, cx0, cy1, cx1 = tile.core
-                core_tissue = _scaled(tissue, source.shape, tile.core)
-                core_tumour = _scaled(tumour, source.shape, tile.core) & core_tissue if tumour is not None else None
                 flags = [
                     tumour is not None and bool(_scaled(tumour, source.shape, _point_box(n))[0, 0]) for n in tile.nuclei
                 ]
                 in_tumour.extend(flags)
-                malignant_px = sum(n.area_px for n, f in zip(tile.nuclei, flags) if f)
-                tiles.append(
-                    outputs.TileSummary(
-                        round(cx0 * source.scale),
-                        round(cy0 * source.scale),
-                        round(cx1 * source.scale),
-                        round(cy1 * source.scale),
-                        len(tile.nuclei),
-                        int(sum(flags)),
-                        float(core_tissue.sum()) * pixel_mm2,
-                        float(core_tumour.sum()) * pixel_mm2 if core_tumour is not None else 0.0,
-                        malignant_px * pixel_mm2,
-                    )
-                )
+                counts[tile.core] = (len(tile.nuclei), int(sum(flags)))
+                if tumour is not None and tile.painted is not None:
+                    # a pixel counts in the core it lies in, whichever tile kept its nucleus
+                    for core, box, painted in _pieces_by_core(tile.painted, tile.window, source.shape):
+                        if painted.any():
+                            region = _scaled(tumour, source.shape, box) & _scaled(tissue, source.shape, box)
+                            tumour_nuclear_px[core] += int(np.count_nonzero(painted & region))
                 done += 1
                 if progress:
                     progress(done, len(cores))
@@ -242,31 +237,46 @@ def run_nuclei(
                 margin=round(DEFAULT_MARGIN_UM / mpp),
                 on_tile=on_tile,
                 skip=lambda *core: tissue_fraction[core] == 0,
+                min_pixels=min_pixels,
             )
+            outputs.finish_label_store(staging / "labels.zarr")
+            tiles = []
+            for core in cores:
+                core_tissue = _scaled(tissue, source.shape, core)
+                core_tumour = _scaled(tumour, source.shape, core) & core_tissue if tumour is not None else None
+                y0, x0, y1, x1 = (round(side * source.scale) for side in core)
+                tiles.append(
+                    outputs.TileSummary(
+                        x0, y0, x1, y1, *counts[core],
+                        float(core_tissue.sum()) * pixel_mm2,
+                        float(core_tumour.sum()) * pixel_mm2 if core_tumour is not None else 0.0,
+                        tumour_nuclear_px[core] * pixel_mm2,
+                    )
+                )
             flags = np.asarray(in_tumour, dtype=bool)
-            outputs.write_csv(outdir / "nuclei.csv", nuclei, flags, source.scale, mpp)
-            outputs.write_geojson(outdir / "nuclei.geojson", nuclei, flags, source.scale, mpp)
-        slide = outputs.summary_figures(
-            len(nuclei),
-            int(flags.sum()),
-            sum(t.tissue_mm2 for t in tiles),
-            sum(t.tumour_mm2 for t in tiles),
-            sum(t.malignant_nuclei_mm2 for t in tiles),
-        )
-        summary = {
-            "input": str(input_path),
-            "method": method,
-            "mpp": mpp,
-            "tumour_mask": _describe_mask(tumour_mask),
-            "calibration": calibration.to_dict(),
-            "input_stain": stain.to_dict() if stain is not None else None,
-            "qc": qc_report,
-            **slide,
-            "tiles": [t.figures() for t in tiles if t.tissue_mm2 > 0 or t.nuclei],
-        }
-        outputs.write_json(outdir / "nuclei.json", summary)
-        if dicom:
-            write_dicom_outputs(outdir)
+            outputs.write_csv(staging / "nuclei.csv", nuclei, flags, source.scale, mpp)
+            outputs.write_geojson(staging / "nuclei.geojson", nuclei, flags, source.scale, mpp)
+            slide = outputs.summary_figures(
+                len(nuclei),
+                int(flags.sum()),
+                sum(t.tissue_mm2 for t in tiles),
+                sum(t.tumour_mm2 for t in tiles),
+                sum(t.tumour_nuclear_mm2 for t in tiles),
+            )
+            summary = {
+                "input": str(input_path),
+                "method": method,
+                "mpp": mpp,
+                "tumour_mask": _describe_mask(tumour_mask),
+                "calibration": calibration.to_dict(),
+                "input_stain": stain.to_dict() if stain is not None else None,
+                "qc": qc_report,
+                **slide,
+                "tiles": [t.figures() for t in tiles if t.tissue_mm2 > 0 or t.nuclei],
+            }
+            outputs.write_json(staging / "nuclei.json", summary)
+            if dicom:
+                write_dicom_outputs(staging)
         return summary
 
 
@@ -289,6 +299,17 @@ def _quality_control(path: Path, qc: str, mpp_override: float | None, backend: s
                                     f"({usable.summary.get('verdict_reason', 'every area flagged')}); "
                                     "pass --qc off to run anyway")
         return usable, {"mode": qc}, (reader.mpp_x, reader.mpp_y)
+
+
+def _pieces_by_core(painted: np.ndarray, window: tuple[int, int, int, int], shape: tuple[int, int]):
+    """(core, box, the part of ``painted`` in box) for each core (of ``core_tiles(*shape, CORE_PX)``)
+    that ``window`` overlaps; box is the overlap, (y0, x0, y1, x1) in working pixels."""
+    wy0, wx0, wy1, wx1 = window
+    for row in range(wy0 // CORE_PX, (wy1 - 1) // CORE_PX + 1):
+        for col in range(wx0 // CORE_PX, (wx1 - 1) // CORE_PX + 1):
+            core = (row * CORE_PX, col * CORE_PX, min((row + 1) * CORE_PX, shape[0]), min((col + 1) * CORE_PX, shape[1]))
+            box = (max(core[0], wy0), max(core[1], wx0), min(core[2], wy1), min(core[3], wx1))
+            yield core, box, painted[box[0] - wy0 : box[2] - wy0, box[1] - wx0 : box[3] - wx0]
 
 
 def _describe_mask(mask) -> str | None:

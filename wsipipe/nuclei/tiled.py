@@ -4,8 +4,10 @@ The image is cut into square cores; each core is segmented with a margin of cont
 A nucleus is kept only by the tile whose core contains its centroid, and it is kept whole (its
 pixels in the margin too), so a nucleus cut by a core border is neither lost nor duplicated.
 Kept nuclei are painted into the output label map where it is still background and given ids
-1..n that are unique across the image. Per-nucleus measurements are taken on the tile where the
-nucleus was kept, so the whole label map never has to be in memory.
+1..n that are unique across the image; a nucleus left with fewer pixels than the method's minimum
+(another tile's nucleus already took the rest) is dropped, so none is smaller than the minimum the
+segmentation promised. Per-nucleus measurements are taken on the tile where the nucleus was kept,
+so the whole label map never has to be in memory.
 """
 
 from __future__ import annotations
@@ -38,12 +40,15 @@ class Nucleus:
 
 @dataclass(frozen=True)
 class TileDone:
-    """One processed core: its box and window (y0, x0, y1, x1), the window's RGB, its new nuclei."""
+    """One processed core: its box and window (y0, x0, y1, x1), the window's RGB, its new nuclei,
+    and which pixels of the window they were painted on (a kept nucleus may reach into a
+    neighbouring core: figures per core count its pixels there)."""
 
     core: tuple[int, int, int, int]
-    window: tuple[int, int, int, int] | None  # None (and rgb None) when the core was skipped
+    window: tuple[int, int, int, int] | None  # None (and rgb, painted None) when the core was skipped
     rgb: np.ndarray | None
     nuclei: list[Nucleus]
+    painted: np.ndarray | None  # bool, the window's shape
 
 
 def core_tiles(height: int, width: int, core: int) -> Iterator[tuple[int, int, int, int]]:
@@ -63,13 +68,15 @@ def segment_tiled(
     margin: int = 48,
     on_tile: Callable[[TileDone], None] | None = None,
     skip: Callable[[int, int, int, int], bool] | None = None,
+    min_pixels: float = 0,
 ) -> list[Nucleus]:
     """Segment ``shape`` = (H, W) pixels read by ``read(y0, x0, y1, x1) -> RGB`` into ``out``.
 
     ``segment(rgb) -> labels`` segments one window; ``haematoxylin(rgb) -> OD`` gives the
     per-pixel haematoxylin for the measurements. ``out`` is an (H, W) integer array (numpy or
     zarr) of zeros that receives the labels. ``skip(y0, x0, y1, x1)`` may leave out cores
-    (no tissue); ``on_tile`` hears of every core when done. Returns the nuclei in id order.
+    (no tissue); ``on_tile`` hears of every core when done. A nucleus with fewer than
+    ``min_pixels`` pixels left to paint is dropped. Returns the nuclei in id order.
     """
     height, width = shape
     nuclei: list[Nucleus] = []
@@ -77,7 +84,7 @@ def segment_tiled(
         core_box = (cy0, cx0, cy1, cx1)
         if skip is not None and skip(*core_box):
             if on_tile:
-                on_tile(TileDone(core_box, None, None, []))
+                on_tile(TileDone(core_box, None, None, [], None))
             continue
         wy0, wx0 = max(0, cy0 - margin), max(0, cx0 - margin)
         wy1, wx1 = min(height, cy1 + margin), min(width, cx1 + margin)
@@ -87,10 +94,12 @@ def segment_tiled(
         kept = _keep_centred(labels, (cy0 - wy0, cx0 - wx0, cy1 - wy0, cx1 - wx0))
         first = len(nuclei)
         if kept.size:
-            nuclei += _paint_and_measure(labels, kept, haematoxylin(rgb), window, first + 1, wx0, wy0)
+            nuclei += _paint_and_measure(labels, kept, haematoxylin(rgb), window, first + 1, wx0, wy0, min_pixels)
+        if len(nuclei) > first:
             out[wy0:wy1, wx0:wx1] = window
         if on_tile:
-            on_tile(TileDone(core_box, (wy0, wx0, wy1, wx1), rgb, nuclei[first:]))
+            painted = window > first  # ids of earlier tiles are at most ``first``
+            on_tile(TileDone(core_box, (wy0, wx0, wy1, wx1), rgb, nuclei[first:], painted))
     return nuclei
 
 
@@ -110,9 +119,10 @@ def _keep_centred(labels: np.ndarray, core: tuple[int, int, int, int]) -> np.nda
     return ids[inside]
 
 
-def _paint_and_measure(labels, kept, h_od, window, first_id, x_offset, y_offset) -> list[Nucleus]:
+def _paint_and_measure(labels, kept, h_od, window, first_id, x_offset, y_offset, min_pixels) -> list[Nucleus]:
     """Paint the kept nuclei into ``window`` where it is still background, ids from ``first_id`` in
-    ``kept`` order (a nucleus with no free pixel left is dropped), and measure what was painted.
+    ``kept`` order (a nucleus with fewer than ``min_pixels`` free pixels, or none, is dropped), and
+    measure what was painted.
 
     Kept nuclei never overlap one another, so all can be painted at once; the per-pixel sums come
     from one ``bincount`` each instead of one pass per nucleus.
@@ -123,9 +133,14 @@ def _paint_and_measure(labels, kept, h_od, window, first_id, x_offset, y_offset)
     order = np.zeros(int(labels.max()) + 1, dtype=np.int64)
     order[kept] = np.arange(1, kept.size + 1)
     painted = np.where(window == 0, order[labels], 0)  # kept-order index of each free kept pixel
+    area = np.bincount(painted.ravel(), minlength=kept.size + 1)
+    too_small = (area < max(min_pixels, 1)) & (area > 0)
+    too_small[0] = False
+    if too_small.any():
+        painted[too_small[painted]] = 0
+        area[too_small] = 0
     ys, xs = np.nonzero(painted)
     which = painted[ys, xs]
-    area = np.bincount(which, minlength=kept.size + 1)
     present = np.flatnonzero(area[1:]) + 1
     new_ids = np.zeros(kept.size + 1, dtype=np.int64)
     new_ids[present] = np.arange(first_id, first_id + present.size)
@@ -173,10 +188,13 @@ def _eccentricity(cxx: np.ndarray, cyy: np.ndarray, cxy: np.ndarray, area: np.nd
     return np.where(area >= 2, np.sqrt(np.clip(1 - ratio, 0, None)), 0.0)
 
 
-def segment_image_tiled(rgb: np.ndarray, segment, haematoxylin, core: int = 1024, margin: int = 48):
+def segment_image_tiled(
+    rgb: np.ndarray, segment, haematoxylin, core: int = 1024, margin: int = 48, min_pixels: float = 0
+):
     """``segment_tiled`` over an in-memory RGB image; returns (labels, nuclei)."""
     out = np.zeros(rgb.shape[:2], dtype=np.int32)
     nuclei = segment_tiled(
-        lambda y0, x0, y1, x1: rgb[y0:y1, x0:x1], rgb.shape[:2], segment, haematoxylin, out, core, margin
+        lambda y0, x0, y1, x1: rgb[y0:y1, x0:x1], rgb.shape[:2], segment, haematoxylin, out, core, margin,
+        min_pixels=min_pixels,
     )
     return out, nuclei
