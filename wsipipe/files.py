@@ -3,6 +3,7 @@ one writer at a time per output folder."""
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import re
@@ -12,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from wsipipe.errors import OutputError
+from wsipipe.errors import FolderBusyError, OutputError
 
 _TEMPORARY_NAME = re.compile(r"\..+\.[0-9a-f]{8}\.tmp")  # the names atomic_path gives them
 
@@ -36,6 +37,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         elif path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)  # a folder cannot be renamed over a folder; here the swap is not atomic
         os.replace(temporary, path)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            exc.filename = str(path)  # the output, not its temporary: what the "disk full" line names
+        raise
     finally:
         if temporary.is_dir():
             shutil.rmtree(temporary, ignore_errors=True)
@@ -86,7 +91,7 @@ _HELD: set[tuple[Path, str]] = set()
 def folder_lock(folder: str | os.PathLike, name: str = ".wsipipe.lock",
                 busy: str = "another wsipipe run is writing to this folder") -> Iterator[None]:
     """Hold an exclusive lock on ``folder`` (through the file ``name`` in it), or raise
-    ``OutputError`` "FOLDER: ``busy``" when another process holds it. Once it holds the lock, it
+    ``FolderBusyError`` "FOLDER: ``busy``" when another process holds it. Once it holds the lock, it
     deletes the temporaries an earlier, killed run left in ``folder`` (``remove_temporaries``).
 
     Two runs writing one folder would interleave their temporaries and renames. The kernel drops
@@ -105,7 +110,7 @@ def folder_lock(folder: str | os.PathLike, name: str = ".wsipipe.lock",
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise OutputError(f"{folder}: {busy}") from None
+            raise FolderBusyError(f"{folder}: {busy}") from None
         except OSError as exc:  # a file system without locks
             raise OutputError(f"{folder}: cannot lock the output folder ({exc.strerror or exc})") from None
         _HELD.add(key)

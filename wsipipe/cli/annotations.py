@@ -32,16 +32,19 @@ class _EchoWarnings(logging.Handler):
 
 
 @contextmanager
-def warnings_on_stderr():
-    """Print the annotation readers' warnings on stderr while a command runs."""
+def warnings_on_stderr(quiet: bool = False):
+    """Print the annotation readers' and writers' warnings on stderr while a command runs; with
+    ``quiet`` only errors."""
     logger = logging.getLogger("wsipipe.annotations")
     handler = _EchoWarnings(logging.WARNING)
+    level = logger.level
     logger.addHandler(handler)
-    logger.setLevel(logging.WARNING)
+    logger.setLevel(logging.ERROR if quiet else logging.WARNING)
     try:
         yield
     finally:
         logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 @contextmanager
@@ -83,10 +86,11 @@ def convert(
 
     fmt = output_format(output, to)
     _check_output(source, output, overwrite)
-    with warnings_on_stderr(), _status(f"reading {source.name}", quiet):
-        annotations = read_annotations(source, strict=strict)
-    with _status(f"writing {output.name}", quiet):
-        write_annotations(annotations, output, fmt)
+    with warnings_on_stderr(quiet):
+        with _status(f"reading {source.name}", quiet):
+            annotations = read_annotations(source, strict=strict)
+        with _status(f"writing {output.name}", quiet):
+            write_annotations(annotations, output, fmt)
     typer.echo(f"{output}: {len(annotations)} annotations from {annotations.format} written as {fmt}")
 
 
@@ -119,7 +123,7 @@ def mask(
         raise InvalidInputError(f"-o {output}: the mask must be a .png or .zarr file")
     _check_output(source, output, overwrite)
     labels = parse_label_map(label_map) if label_map is not None else None
-    with warnings_on_stderr():
+    with warnings_on_stderr(quiet):
         with _status(f"reading {source.name}", quiet):
             annotations = read_annotations(source, strict=strict)
         with open_slide(slide, backend=backend, mpp_override=mpp_override) as reader:
@@ -135,7 +139,7 @@ def mask(
         if out_width * out_height > MAX_MASK_PIXELS:
             raise InvalidInputError(f"--mpp {mpp} gives a {out_width} x {out_height} mask; choose a coarser --mpp")
         annotations.clip_to(width, height, strict=strict)
-        rasteriser = TileRasteriser(annotations, labels)
+        rasteriser = TileRasteriser(annotations, labels, strict=strict)
     with Progress(console=Console(stderr=True), disable=quiet, transient=True) as progress:
         task = progress.add_task("rasterising", total=out_height)
         result = rasteriser.slide_mask(width, height, out_width, out_height, on_rows=lambda n: progress.advance(task, n))

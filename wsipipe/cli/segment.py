@@ -61,17 +61,19 @@ def segment(
 
     With --nuclei also nuclei.geojson (QuPath detections), nuclei.csv, labels.zarr (nuclei instances) and nuclei.json, and a per-tile cellularity heatmap in report.html.
     """
+    from wsipipe.cli.annotations import warnings_on_stderr
     from wsipipe.segment import segment_slide
 
     def say(message: str) -> None:
         if not quiet:
             typer.echo(message, err=True)
 
-    report = segment_slide(
-        slide, outdir, model=model, tiles_store=tiles, normalize=normalize, target=target, overlap=overlap,
-        batch_size=batch_size, device=device, workers=workers, mpp_override=mpp_override, nuclei=nuclei,
-        nuclei_model=nuclei_model, progress=not quiet, say=say,
-    )
+    with warnings_on_stderr(quiet):  # regions.xml: one line for the holes ASAP cannot hold
+        report = segment_slide(
+            slide, outdir, model=model, tiles_store=tiles, normalize=normalize, target=target, overlap=overlap,
+            batch_size=batch_size, device=device, workers=workers, mpp_override=mpp_override, nuclei=nuclei,
+            nuclei_model=nuclei_model, progress=not quiet, say=say,
+        )
     if report.get("message"):
         say(report["message"])
     fraction, n_tiles = report["tumour_fraction"], report["n_tiles"]
