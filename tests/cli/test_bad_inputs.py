@@ -81,6 +81,7 @@ def _make_corpus(root: Path, slides: Path) -> None:
     (root / "pickle.safetensors").write_bytes(pickle.dumps({"weights": [1.0, 2.0]}))
     (root / "random.safetensors").write_bytes(os.urandom(4096))
     (root / "existing-file").write_text("keep me\n")
+    (root / "existing.geojson").write_text("keep me\n")
     (root / "manifest.csv").write_text(f"slide,colour\n{slides / GOOD},red\n")
     (root / "batch-in").mkdir()
     (root / "batch-in" / GOOD).symlink_to(slides / GOOD)
@@ -103,10 +104,10 @@ def _slide_cases() -> list[Case]:
     }
     commands = {
         "info": ("info", "{f}"),
-        "tile": ("tile", "{f}", "-o", "{o}/tiles.zarr", "-q"),
+        "tile": ("tile", "{f}", "-o", "{o}.zarr", "-q"),
         "segment": ("segment", "{f}", "-o", "{o}", "-q", "--device", "cpu"),
         "nuclei": ("nuclei", "{f}", "-o", "{o}", "-q"),
-        "mask": ("annotations", "mask", "{c}/tumor.geojson", "--slide", "{f}", "--mpp", "8", "-o", "{o}/m.png"),
+        "mask": ("annotations", "mask", "{c}/tumor.geojson", "--slide", "{f}", "--mpp", "8", "-o", "{o}.png"),
     }
     cases = []
     for kind, (name, needle) in files.items():
@@ -114,40 +115,40 @@ def _slide_cases() -> list[Case]:
         for command, argv in commands.items():
             cases.append(Case(f"{command}-{kind}", tuple(a.replace("{f}", path) for a in argv), BAD_INPUT, needle,
                               slow=command in ("segment", "nuclei") and kind not in ("missing", "broken")))
-    cases.append(Case("tile-truncated", ("tile", "{c}/truncated.svs", "-o", "{o}/t.zarr", "-q", "--workers", "1"),
+    cases.append(Case("tile-truncated", ("tile", "{c}/truncated.svs", "-o", "{o}.zarr", "-q", "--workers", "1"),
                       BAD_INPUT, "truncated.svs"))
     return cases
 
 
 CASES = _slide_cases() + [
     # annotations
-    Case("convert-missing", ("annotations", "convert", "{c}/none.xml", "{o}/x.geojson"), BAD_INPUT, "no such file"),
-    Case("convert-empty-xml", ("annotations", "convert", "{c}/empty.xml", "{o}/x.geojson"), BAD_INPUT, "the file is empty"),
-    Case("convert-billion-laughs", ("annotations", "convert", "{c}/laughs.xml", "{o}/x.geojson"), BAD_INPUT, "DOCTYPE"),
-    Case("convert-external-entity", ("annotations", "convert", "{c}/xxe.xml", "{o}/x.geojson"), BAD_INPUT, "DOCTYPE"),
-    Case("convert-malformed-geojson", ("annotations", "convert", "{c}/malformed.geojson", "{o}/x.xml"), BAD_INPUT,
+    Case("convert-missing", ("annotations", "convert", "{c}/none.xml", "{o}.geojson"), BAD_INPUT, "no such file"),
+    Case("convert-empty-xml", ("annotations", "convert", "{c}/empty.xml", "{o}.geojson"), BAD_INPUT, "the file is empty"),
+    Case("convert-billion-laughs", ("annotations", "convert", "{c}/laughs.xml", "{o}.geojson"), BAD_INPUT, "DOCTYPE"),
+    Case("convert-external-entity", ("annotations", "convert", "{c}/xxe.xml", "{o}.geojson"), BAD_INPUT, "DOCTYPE"),
+    Case("convert-malformed-geojson", ("annotations", "convert", "{c}/malformed.geojson", "{o}.xml"), BAD_INPUT,
          "malformed JSON"),
-    Case("convert-fifo", ("annotations", "convert", "{c}/pipe.svs", "{o}/x.xml"), BAD_INPUT, "pipe.svs"),
+    Case("convert-fifo", ("annotations", "convert", "{c}/pipe.svs", "{o}.xml"), BAD_INPUT, "pipe.svs"),
     Case("convert-output-folder-missing", ("annotations", "convert", "{c}/tumor.geojson", "{o}/no/x.xml"), BAD_INPUT,
          "does not exist"),
-    Case("convert-output-exists", ("annotations", "convert", "{c}/tumor.geojson", "{c}/existing-file"), BAD_INPUT,
+    Case("convert-output-exists", ("annotations", "convert", "{c}/tumor.geojson", "{c}/existing.geojson"), BAD_INPUT,
          "--overwrite"),
     Case("mask-strict-label-map-matches-nothing",
-         ("annotations", "mask", "{c}/tumor.geojson", "--slide", "{s}/" + GOOD, "--mpp", "8", "-o", "{o}/m.png",
+         ("annotations", "mask", "{c}/tumor.geojson", "--slide", "{s}/" + GOOD, "--mpp", "8", "-o", "{o}.png",
           "--label-map", "Stroma=1", "--strict"), BAD_INPUT, "no annotation matches the label map Stroma=1"),
     Case("mask-bad-label-map", ("annotations", "mask", "{c}/tumor.geojson", "--slide", "{s}/" + GOOD, "--mpp", "8",
-                                "-o", "{o}/m.png", "--label-map", "Tumor=x"), BAD_INPUT, "is not an integer"),
+                                "-o", "{o}.png", "--label-map", "Tumor=x"), BAD_INPUT, "is not an integer"),
     Case("mask-no-mpp", ("annotations", "mask", "{c}/tumor.geojson", "--slide", "{s}/" + NO_MPP, "--mpp", "8",
-                         "-o", "{o}/m.png"), BAD_INPUT, "--mpp-override"),
+                         "-o", "{o}.png"), BAD_INPUT, "--mpp-override"),
     Case("mask-output-is-a-folder-path", ("annotations", "mask", "{c}/tumor.geojson", "--slide", "{s}/" + GOOD,
                                           "--mpp", "8", "-o", "{c}/text.svs/m.png"), BAD_INPUT, "does not exist"),
     # tile
     Case("tile-strict-label-map-matches-nothing",
-         ("tile", "{s}/" + GOOD, "-o", "{o}/t.zarr", "-q", "--annotations", "{c}/tumor.geojson", "--label-map",
+         ("tile", "{s}/" + GOOD, "-o", "{o}.zarr", "-q", "--annotations", "{c}/tumor.geojson", "--label-map",
           "Stroma=1", "--strict"), BAD_INPUT, "no annotation matches the label map Stroma=1"),
-    Case("tile-bad-overlap", ("tile", "{s}/" + GOOD, "-o", "{o}/t.zarr", "--overlap", "300", "--tile-size", "512"),
+    Case("tile-bad-overlap", ("tile", "{s}/" + GOOD, "-o", "{o}.zarr", "--overlap", "300", "--tile-size", "512"),
          BAD_INPUT, "overlap"),
-    Case("tile-no-mpp", ("tile", "{s}/" + NO_MPP, "-o", "{o}/t.zarr", "-q"), BAD_INPUT,
+    Case("tile-no-mpp", ("tile", "{s}/" + NO_MPP, "-o", "{o}.zarr", "-q"), BAD_INPUT,
          "pass --mpp-override X (µm per pixel at level 0) or --level N"),
     Case("tile-output-is-a-file", ("tile", "{s}/" + GOOD, "-o", "{c}/existing-file", "-q"), BAD_INPUT,
          "existing-file"),
@@ -174,20 +175,20 @@ CASES = _slide_cases() + [
          BAD_INPUT, "not a safetensors model file"),
     Case("nuclei-model-missing", ("nuclei", "{s}/" + GOOD, "-o", "{o}", "--model", "{c}/model-missing.safetensors"),
          BAD_INPUT, "model-missing.safetensors"),
-    Case("nuclei-output-under-a-file", ("nuclei", "{c}/image.png", "-o", "{c}/text.svs/out"), BAD_INPUT, "text.svs"),
+    Case("nuclei-output-under-a-file", ("nuclei", "{c}/image.png", "-o", "{c}/text.svs/out", "--mpp-override", "0.5"), BAD_INPUT, "text.svs"),
     # normalize
-    Case("normalize-missing-store", ("normalize", "{c}/none.zarr", "-o", "{o}/n.zarr"), BAD_INPUT, "no such store"),
-    Case("normalize-store-is-a-slide", ("normalize", "{s}/" + GOOD, "-o", "{o}/n.zarr"), BAD_INPUT, GOOD),
+    Case("normalize-missing-store", ("normalize", "{c}/none.zarr", "-o", "{o}.zarr", "--device", "cpu"), BAD_INPUT, "no such store"),
+    Case("normalize-store-is-a-slide", ("normalize", "{s}/" + GOOD, "-o", "{o}.zarr", "--device", "cpu"), BAD_INPUT, GOOD),
     # batch
-    Case("batch-missing-input", ("batch", "{c}/none", "-o", "{o}"), BAD_INPUT, "none"),
-    Case("batch-manifest-unknown-column", ("batch", "{c}/manifest.csv", "-o", "{o}"), BAD_INPUT, "colour"),
-    Case("batch-cuda-without-gpu", ("batch", "{c}/batch-in", "-o", "{o}", "--device", "cuda"), BAD_INPUT, "cuda"),
-    Case("batch-model-pickle", ("batch", "{c}/batch-in", "-o", "{o}", "--model", "{c}/pickle.safetensors"), BAD_INPUT,
+    Case("batch-missing-input", ("batch", "{c}/none", "-o", "{o}", "-q"), BAD_INPUT, "none"),
+    Case("batch-manifest-unknown-column", ("batch", "{c}/manifest.csv", "-o", "{o}", "-q"), BAD_INPUT, "colour"),
+    Case("batch-cuda-without-gpu", ("batch", "{c}/batch-in", "-o", "{o}", "-q", "--device", "cuda"), BAD_INPUT, "cuda"),
+    Case("batch-model-pickle", ("batch", "{c}/batch-in", "-o", "{o}", "-q", "--model", "{c}/pickle.safetensors"), BAD_INPUT,
          "pickle.safetensors"),
     # evaluate, predict, models
     Case("evaluate-model-missing", ("evaluate", "{c}/model-missing.safetensors", "--data", "{c}"), BAD_INPUT,
          "no such model file"),
-    Case("predict-model-pickle", ("predict", "{c}/pickle.safetensors", "{c}/image.png", "-o", "{o}/p.png"),
+    Case("predict-model-pickle", ("predict", "{c}/pickle.safetensors", "{c}/image.png", "-o", "{o}.png"),
          BAD_INPUT, "not a safetensors model file"),
     Case("predict-output-folder-missing", ("predict", "{c}/random.safetensors", "{c}/image.png", "-o", "{o}/no/p.png"),
          BAD_INPUT, "does not exist"),
@@ -197,7 +198,7 @@ CASES = _slide_cases() + [
     # synth
     Case("synth-output-exists", ("synth", "{c}/existing-file", "--width", "64", "--height", "64"), BAD_INPUT,
          "--overwrite"),
-    Case("synth-bad-size", ("synth", "{o}/s.tif", "--width", "0", "--height", "64"), BAD_INPUT, "--width"),
+    Case("synth-bad-size", ("synth", "{o}.tif", "--width", "0", "--height", "64"), BAD_INPUT, "--width"),
     Case("synth-output-under-a-file", ("synth", "{c}/text.svs/s.tif", "--width", "64", "--height", "64"), BAD_INPUT,
          "text.svs"),
 ] + [
@@ -209,17 +210,17 @@ CASES = _slide_cases() + [
                           ("models-info", ("models", "info")), ("synth", ("synth",)), ("global", ())]
 ] + [
     Case(f"{name}-missing-argument", command, BAD_INPUT, "Missing")
-    for name, command in [("info", ("info", "--json")), ("tile", ("tile", "-o", "{o}/t.zarr")),
+    for name, command in [("info", ("info", "--json")), ("tile", ("tile", "-o", "{o}.zarr")),
                           ("segment", ("segment", "-o", "{o}")), ("nuclei", ("nuclei", "-o", "{o}")),
                           ("mask", ("annotations", "mask", "{c}/tumor.geojson")), ("batch", ("batch", "-o", "{o}")),
-                          ("synth", ("synth", "{o}/s.tif")), ("models-info", ("models", "info", "--json"))]
+                          ("synth", ("synth", "{o}.tif")), ("models-info", ("models", "info", "--json"))]
 ] + [Case("unknown-command", ("no-such-command",), BAD_INPUT, "No such command")]
 
 @dataclass
 class Outcome:
     returncode: int | None
     stderr: str
-    outdir_entries: list[str] | None  # None: the output location was not created
+    left_behind: list[str]
     left_running: list[str]
 
 
@@ -244,7 +245,7 @@ def _marked(marker: str) -> list[psutil.Process]:
 
 
 def _run(case: Case, corpus: Path, slides: Path, outroot: Path) -> Outcome:
-    out = outroot / case.id
+    out = outroot / case.id  # an output folder, or with a suffix an output file
     argv = [a.replace("{c}", str(corpus)).replace("{s}", str(slides)).replace("{o}", str(out)) for a in case.argv]
     marker = uuid.uuid4().hex
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
@@ -262,8 +263,17 @@ def _run(case: Case, corpus: Path, slides: Path, outroot: Path) -> Outcome:
     names = [" ".join(p.cmdline()[:4]) for p in left if p.is_running()]
     for process in left:
         process.kill()
-    entries = sorted(p.name for p in out.iterdir()) if out.is_dir() else None
-    return Outcome(returncode, stderr, entries, names)
+    return Outcome(returncode, stderr, _left_behind(outroot, case.id), names)
+
+
+def _left_behind(outroot: Path, name: str) -> list[str]:
+    """What a case left of its output ``name`` (a folder, or a file NAME.ext) and its temporaries;
+    an empty output folder counts as nothing."""
+    left = []
+    for path in outroot.iterdir():
+        if path.name.lstrip(".") == name or path.name.lstrip(".").startswith(name + "."):
+            left += [f"{path.name}/{p.name}" for p in path.iterdir()] if path.is_dir() else [path.name]
+    return left
 
 
 @pytest.fixture(scope="module")
@@ -302,7 +312,7 @@ def test_bad_input_gives_one_line_and_the_documented_code(case, outcomes):
     assert case.needle in lines[0], lines[0]
     assert outcome.returncode == case.code, lines[0]
     assert outcome.left_running == [], f"left running: {outcome.left_running}"
-    assert not outcome.outdir_entries, f"left in the output folder: {outcome.outdir_entries}"
+    assert outcome.left_behind == [], f"left behind: {outcome.left_behind}"
 
 
 def test_the_corpus_covers_what_the_issue_lists():

@@ -138,6 +138,8 @@ def test_slide_without_mpp_names_the_override_and_works_with_it(slides_dir, tmp_
     result = _tile(slide, tmp_path / "out.zarr", "--mpp-override", "0.25", "--tile-size", "256")
     assert result.exit_code == 0, result.output
     assert "wrote" in result.output and str(tmp_path / "out.zarr") in result.output
+    by_level = _tile(slide, tmp_path / "level.zarr", "--level", "1", "--tile-size", "512")  # the other way the error names
+    assert by_level.exit_code == 0 and "wrote" in by_level.output, by_level.output
     assert _sha(slide) == digest
 
 

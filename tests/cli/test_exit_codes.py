@@ -39,7 +39,7 @@ def test_a_full_disk_anywhere_in_the_causes_is_reported_as_such(data_dir, tmp_pa
 
     monkeypatch.setattr(annotations_cli, "_write_mask", _full_disk)
     result = CliRunner().invoke(app, [
-        "annotations", "mask", str(data_dir / "nuclei/monuseg_train/TCGA-18-5592-01Z-00-DX1.xml"), "--slide",
+        "annotations", "mask", str(data_dir / CAMELYON), "--slide",
         str(data_dir / "slides/CMU-1-Small-Region.svs"), "--mpp", "8", "-o", str(tmp_path / "m.png"), "-q",
     ])
     assert result.exit_code == 1, result.output

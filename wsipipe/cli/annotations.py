@@ -49,13 +49,15 @@ def warnings_on_stderr(quiet: bool = False):
 
 @contextmanager
 def _status(message: str, quiet: bool):
-    """A spinner on stderr while a file is read or written (large files take seconds)."""
-    if quiet:
-        yield
-        return
+    """A spinner on stderr while a file is read or written (large files take seconds); none in a
+    log (stderr not a terminal), where it would leave a blank line."""
     from rich.console import Console
 
-    with Console(stderr=True).status(message):
+    console = Console(stderr=True)
+    if quiet or not console.is_terminal:
+        yield
+        return
+    with console.status(message):
         yield
 
 
@@ -140,7 +142,8 @@ def mask(
             raise InvalidInputError(f"--mpp {mpp} gives a {out_width} x {out_height} mask; choose a coarser --mpp")
         annotations.clip_to(width, height, strict=strict)
         rasteriser = TileRasteriser(annotations, labels, strict=strict)
-    with Progress(console=Console(stderr=True), disable=quiet, transient=True) as progress:
+    console = Console(stderr=True)
+    with Progress(console=console, disable=quiet or not console.is_terminal, transient=True) as progress:
         task = progress.add_task("rasterising", total=out_height)
         result = rasteriser.slide_mask(width, height, out_width, out_height, on_rows=lambda n: progress.advance(task, n))
     _write_mask(result, output, {
