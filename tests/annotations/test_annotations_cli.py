@@ -126,7 +126,7 @@ def test_mask_zarr_on_a_real_slide_with_clipping_and_label_map(data_dir, tmp_pat
         (["-o", "{tmp}/m.tif"], 2, "must be a .png or .zarr"),
         (["-o", "{tmp}/m.png", "--label-map", "Tumor=x"], 2, "not an integer"),
         (["-o", "{tmp}/m.png", "--mpp", "0.01"], 2, "finer than the slide's level 0"),
-        (["-o", "{tmp}/m.png", "--slide", "{data}/slides/TCGA-CR-7395-01A-01-TS1.svs"], 1, "--mpp-override"),
+        (["-o", "{tmp}/m.png", "--slide", "{data}/slides/TCGA-CR-7395-01A-01-TS1.svs"], 2, "--mpp-override"),
         (["-o", "{tmp}/m.png", "--slide", "{data}/slides/broken.svs"], 2, "broken.svs"),
     ],
     ids=["suffix", "label-map", "too-fine", "no-mpp", "broken-slide"],

@@ -175,8 +175,8 @@ def write_asap(annotations: AnnotationSet, path: Path) -> None:
                     )
                     etree.SubElement(el, "Attributes")
                     xf.write(el, pretty_print=True)
-    if holes:  # once per file: a tumour outline can have dozens of holes
-        log.warning(
+    if holes:  # a note, once per file: a tumour outline can have dozens of holes
+        log.info(
             "%d hole%s of %d annotation%s written as polygons in group %r (ASAP has no holes)",
             holes, "" if holes == 1 else "s", len(holed), "" if len(holed) == 1 else "s", EXCLUSION_GROUP,
         )

@@ -28,18 +28,19 @@ MAX_MASK_PIXELS = 1 << 30  # a coarser --mpp is needed beyond this
 
 class _EchoWarnings(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
-        typer.echo(f"Warning: {record.getMessage()}", err=True)
+        kind = "Note" if record.levelno < logging.WARNING else "Warning"
+        typer.echo(f"{kind}: {record.getMessage()}", err=True)
 
 
 @contextmanager
 def warnings_on_stderr(quiet: bool = False):
-    """Print the annotation readers' and writers' warnings on stderr while a command runs; with
-    ``quiet`` only errors."""
+    """Print the annotation readers' and writers' warnings (what they skipped, repaired or clipped)
+    on stderr while a command runs, and their notes (how a format was mapped), except with ``quiet``."""
     logger = logging.getLogger("wsipipe.annotations")
-    handler = _EchoWarnings(logging.WARNING)
+    handler = _EchoWarnings(logging.WARNING if quiet else logging.INFO)
     level = logger.level
     logger.addHandler(handler)
-    logger.setLevel(logging.ERROR if quiet else logging.WARNING)
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
     try:
         yield
     finally:
