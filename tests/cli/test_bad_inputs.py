@@ -260,9 +260,13 @@ def _run(case: Case, corpus: Path, slides: Path, outroot: Path) -> Outcome:
     deadline = time.monotonic() + 5
     while (left := _marked(marker)) and time.monotonic() < deadline:
         time.sleep(0.2)
-    names = [" ".join(p.cmdline()[:4]) for p in left if p.is_running()]
+    names = []
     for process in left:
-        process.kill()
+        try:
+            names.append(" ".join(process.cmdline()[:4]))
+            process.kill()
+        except psutil.Error:  # it ended meanwhile
+            continue
     return Outcome(returncode, stderr, _left_behind(outroot, case.id), names)
 
 

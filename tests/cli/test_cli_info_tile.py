@@ -134,7 +134,7 @@ def test_non_store_directory_is_not_replaced(slides_dir, tmp_path):
 def test_slide_without_mpp_names_the_override_and_works_with_it(slides_dir, tmp_path):
     slide = slides_dir / "TCGA-CR-7395-01A-01-TS1.svs"
     digest = _sha(slide)
-    _assert_one_line_error(_tile(slide, tmp_path / "out.zarr"), 2, "--mpp-override or --level N")
+    _assert_one_line_error(_tile(slide, tmp_path / "out.zarr"), 2, "--mpp-override", "or --level N")
     result = _tile(slide, tmp_path / "out.zarr", "--mpp-override", "0.25", "--tile-size", "256")
     assert result.exit_code == 0, result.output
     assert "wrote" in result.output and str(tmp_path / "out.zarr") in result.output

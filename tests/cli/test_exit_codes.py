@@ -43,7 +43,8 @@ def test_a_full_disk_anywhere_in_the_causes_is_reported_as_such(data_dir, tmp_pa
         str(data_dir / "slides/CMU-1-Small-Region.svs"), "--mpp", "8", "-o", str(tmp_path / "m.png"), "-q",
     ])
     assert result.exit_code == 1, result.output
-    assert result.stderr == "Error: no space left on device while writing the outputs\n"
+    # (the lines before are warnings: the CAMELYON polygons lie outside this small slide)
+    assert result.stderr.splitlines()[-1] == "Error: no space left on device while writing the outputs"
 
 
 @pytest.mark.parametrize("argv, message", [
