@@ -149,7 +149,7 @@ CASES = _slide_cases() + [
     Case("tile-strict-label-map-matches-nothing",
          ("tile", "{s}/" + GOOD, "-o", "{o}.zarr", "-q", "--annotations", "{c}/tumor.geojson", "--label-map",
           "Stroma=1", "--strict"), BAD_INPUT, "no annotation matches the label map Stroma=1"),
-    Case("tile-bad-overlap", ("tile", "{s}/" + GOOD, "-o", "{o}.zarr", "--overlap", "300", "--tile-size", "512"),
+    Case("tile-bad-overlap", ("tile", "{s}/" + GOOD, "-o", "{o}.zarr", "--overlap", "512", "--tile-size", "512"),
          BAD_INPUT, "overlap"),
     Case("tile-no-mpp", ("tile", "{s}/" + NO_MPP, "-o", "{o}.zarr", "-q"), BAD_INPUT,
          "pass --mpp-override X (µm per pixel at level 0) or --level N"),
