@@ -221,8 +221,8 @@ def test_cli_errors_are_one_line(slide, tiny_model_file, tmp_path):
     corrupt = tmp_path / "corrupt.safetensors"
     corrupt.write_bytes(b"not a model at all")
     cases = [
-        (["--model", str(corrupt)], 1, "not a safetensors model file"),
-        (["--model", str(tmp_path / "missing.safetensors")], 1, "no such model file"),
+        (["--model", str(corrupt)], 2, "not a safetensors model file"),
+        (["--model", str(tmp_path / "missing.safetensors")], 2, "no such model file"),
         (["--model", str(tiny_model_file), "--device", "cuda"], 2, "no CUDA GPU"),
         (["--model", str(tiny_model_file), "--normalize", "sepia"], 2, "--normalize 'sepia'"),
         (["--model", str(tiny_model_file), "--overlap", "32"], 2, "--overlap 32"),
@@ -238,7 +238,7 @@ def test_cli_errors_are_one_line(slide, tiny_model_file, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
     result = runner.invoke(app, ["segment", str(slide), "-o", str(blocker / "out"), "--model", str(tiny_model_file)])
-    assert result.exit_code == 1 and "cannot create the output folder" in result.output
+    assert result.exit_code == 2 and "cannot create the output folder" in result.output
 
     fine = tmp_path / "fine.safetensors"
     save_model(fine, build_model("plain-unet", 2, {"base": 2}),
@@ -363,7 +363,7 @@ def test_nuclei_model_that_is_not_a_nuclei_model_is_refused_up_front(tiny_model_
     result = runner.invoke(
         app, ["segment", str(EXAMPLE_SLIDE), "-o", str(tmp_path / "out"), "--nuclei-model", str(tiny_model_file)]
     )
-    assert result.exit_code == 1 and "not a nuclei (usnet) model" in result.output
+    assert result.exit_code == 2 and "not a nuclei (usnet) model" in result.output
     assert not (tmp_path / "out").exists()
 
 

@@ -170,7 +170,7 @@ def test_other_parameters_are_refused_and_overwrite_replaces(cmu, tmp_path):
     base = ["tile", str(cmu), "-o", str(path), "--quiet", "--workers", "1"]
     assert runner.invoke(app, [*base, "--tile-size", "256"]).exit_code == 0
     refused = runner.invoke(app, [*base, "--tile-size", "512", "--tissue-threshold", "0.5"])
-    assert refused.exit_code == 1
+    assert refused.exit_code == 2
     assert "other parameters" in refused.output and "tile_size was 256, now 512" in refused.output
     assert "tissue_threshold was 0.1, now 0.5" in refused.output and "--overwrite" in refused.output
     assert open_tile_store(path).tile_size == 256

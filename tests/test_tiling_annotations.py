@@ -76,7 +76,7 @@ def test_changed_annotations_are_refused_unless_overwrite(monuseg, tmp_path):
     assert "already complete" in runner.invoke(app, args).output
     xml.write_text(xml.read_text() + "\n")
     result = runner.invoke(app, args)
-    assert result.exit_code == 1 and "annotations.sha256 was" in result.output and "--overwrite" in result.output
+    assert result.exit_code == 2 and "annotations.sha256 was" in result.output and "--overwrite" in result.output
     assert runner.invoke(app, [*args, "--overwrite"]).exit_code == 0
 
 

@@ -3,6 +3,11 @@
 Every failure a user can cause (bad path, bad option, corrupt file) is a ``WsipipeError``
 subclass; the CLI turns it into one line on stderr and its ``exit_code``. Anything else is a
 bug and keeps its traceback (shown with ``--debug``).
+
+Exit codes, one rule for every command: 2 when the inputs or options can never work (a missing,
+unreadable or unsupported file, a bad option value, an output location that cannot be used); 1
+when a run fails while working (no space left, another run holds the folder, slides failed in a
+batch, a bug); 130 when interrupted.
 """
 
 
@@ -21,30 +26,58 @@ class InvalidInputError(WsipipeError):
 class SlideOpenError(WsipipeError):
     """A file that does not exist, is not readable, or is not a supported slide."""
 
+    exit_code = 2
+
 
 class MppUnknownError(WsipipeError):
     """The slide's µm/px is unknown and the operation needs it."""
 
-    def __init__(self, path: str):
-        super().__init__(
-            f"{path}: the slide records no µm/px; pass --mpp-override X (µm per pixel at level 0)"
-        )
+    exit_code = 2
+
+    def __init__(self, path: str, level_option: bool = False):
+        """``level_option``: the command also takes ``--level N``, which needs no µm/px."""
+        self.path = path
+        remedy = "pass --mpp-override X (µm per pixel at level 0)"
+        if level_option:
+            remedy += " or --level N (tile a pyramid level at its own scale)"
+        super().__init__(f"{path}: the slide records no µm/px; {remedy}")
 
 
 class StoreError(WsipipeError):
     """A zarr store that is incomplete, made with other parameters, or not a wsipipe store."""
 
+    exit_code = 2
+
 
 class AnnotationError(WsipipeError):
     """An annotation file that cannot be read."""
+
+    exit_code = 2
 
 
 class ModelError(WsipipeError):
     """A model file that is missing, corrupt or not a wsipipe model."""
 
+    exit_code = 2
+
 
 class OutputError(WsipipeError):
     """An output location that cannot be written."""
+
+    exit_code = 2
+
+
+class FolderBusyError(OutputError):
+    """Another wsipipe run holds the output folder (it may be free later: a run-time failure)."""
+
+    exit_code = 1
+
+
+class DiskFullError(WsipipeError):
+    """The device ran out of space (or quota) while an output was written."""
+
+    def __init__(self, path: str | None):
+        super().__init__(f"no space left on device while writing {path or 'the outputs'}")
 
 
 class StainError(InvalidInputError):

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from wsipipe.errors import InvalidInputError, OutputError, WsipipeError
+from wsipipe.errors import FolderBusyError, InvalidInputError, OutputError, WsipipeError
 
 # atomic_path's temporaries are ".NAME.wsipipe-<8 hex>.tmp": the marker tells them from a user's
 # own ".X.<8 hex>.tmp" files, which remove_temporaries never touches.
@@ -48,6 +48,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         elif path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)  # a folder cannot be renamed over a folder; here the swap is not atomic
         os.replace(temporary, path)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            exc.filename = str(path)  # the output, not its temporary: what the "disk full" line names
+        raise
     finally:
         if temporary.is_dir():
             shutil.rmtree(temporary, ignore_errors=True)
@@ -138,7 +142,7 @@ _HELD: set[tuple[Path, str]] = set()
 def folder_lock(folder: str | os.PathLike, name: str = ".wsipipe.lock",
                 busy: str = "another wsipipe run is writing to this folder") -> Iterator[None]:
     """Hold an exclusive lock on ``folder`` (through the file ``name`` in it), or raise
-    ``OutputError`` "FOLDER: ``busy``" when another process holds it. Once it holds the lock, it
+    ``FolderBusyError`` "FOLDER: ``busy``" when another process holds it. Once it holds the lock, it
     deletes the temporaries an earlier, killed run left in ``folder`` (``remove_temporaries``).
 
     Two runs writing one folder would interleave their temporaries and renames. The kernel drops
@@ -194,7 +198,7 @@ def _exclusive(folder: Path, name: str, busy: str, subject: Path | None = None,
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(descriptor)
-            raise OutputError(f"{subject}: {busy}") from None
+            raise FolderBusyError(f"{subject}: {busy}") from None
         except OSError as exc:  # a file system without locks
             os.close(descriptor)
             raise OutputError(f"{subject}: {cannot} ({exc.strerror or exc})") from None

@@ -211,7 +211,10 @@ class DeviceRunner:
 _worker_reader = None
 
 
-def _open_worker(path: str, mpp_override: float | None, levels_cache: str | None) -> None:
+def _open_worker(path: str, mpp_override: float | None, levels_cache: str | None, parent_pid: int) -> None:
+    from wsipipe.processes import die_with_parent
+
+    die_with_parent(parent_pid)
     import cv2
 
     from wsipipe.slide import open_slide
@@ -236,21 +239,25 @@ def start_readers(slide_path: Path, mpp_override: float | None, workers: int, le
     """Reader processes, started early so their start-up overlaps model loading (None for 0 workers),
     each with the levels built for the slide in ``levels_cache`` (``wsipipe.slide.built``).
 
-    Spawned, not forked: the parent runs zarr's I/O thread and torch's thread pools.
+    Spawned, not forked: the parent runs zarr's I/O thread and torch's thread pools. They ignore
+    Ctrl-C (the parent shuts the pool down) and die with the parent, even on ``kill -9``.
     """
     if workers == 0:
         return None
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
+    from wsipipe.processes import helpers_ignore_ctrl_c
+
     pool = ProcessPoolExecutor(
         max_workers=workers,
         mp_context=multiprocessing.get_context("spawn"),
         initializer=_open_worker,
-        initargs=(str(slide_path), mpp_override, str(levels_cache) if levels_cache is not None else None),
+        initargs=(str(slide_path), mpp_override, str(levels_cache) if levels_cache is not None else None, os.getpid()),
     )
-    for _ in range(workers):
-        pool.submit(int)  # start every process now
+    with helpers_ignore_ctrl_c():
+        for _ in range(workers):
+            pool.submit(int)  # start every process now
     return pool
 
 

@@ -150,7 +150,9 @@ def _annotation_index(path: Path, label_map: str | None, strict: bool, reader: S
 
     annotation_set = read_annotations(path, strict=strict)
     annotation_set.clip_to(*reader.dimensions, strict=strict)
-    rasteriser = TileRasteriser(annotation_set, parse_label_map(label_map) if label_map is not None else None)
+    rasteriser = TileRasteriser(
+        annotation_set, parse_label_map(label_map) if label_map is not None else None, strict=strict
+    )
     stat = path.stat()
     digest = hashlib.sha256()
     with open(path, "rb") as handle:

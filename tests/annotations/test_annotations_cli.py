@@ -73,7 +73,7 @@ def test_convert_warns_on_bad_annotations_and_strict_fails(tmp_path):
     assert result.exit_code == 0
     assert f"Warning: {source}:1: annotation 'a' (Polygon) has 2 distinct points" in result.stderr
     result = _run("convert", source, tmp_path / "strict.geojson", "--strict")
-    assert result.exit_code == 1 and f"Error: {source}:1:" in result.stderr
+    assert result.exit_code == 2 and f"Error: {source}:1:" in result.stderr
     assert not (tmp_path / "strict.geojson").exists()
 
 
@@ -86,7 +86,7 @@ def test_convert_refuses_xxe_and_leaks_nothing(tmp_path):
         "<ASAP_Annotations><Annotations>&x;</Annotations></ASAP_Annotations>"
     )
     result = _run("convert", source, tmp_path / "out.geojson")
-    assert result.exit_code == 1 and "DOCTYPE" in result.output
+    assert result.exit_code == 2 and "DOCTYPE" in result.output
     assert "top-secret" not in result.output and not (tmp_path / "out.geojson").exists()
 
 
@@ -126,8 +126,8 @@ def test_mask_zarr_on_a_real_slide_with_clipping_and_label_map(data_dir, tmp_pat
         (["-o", "{tmp}/m.tif"], 2, "must be a .png or .zarr"),
         (["-o", "{tmp}/m.png", "--label-map", "Tumor=x"], 2, "not an integer"),
         (["-o", "{tmp}/m.png", "--mpp", "0.01"], 2, "finer than the slide's level 0"),
-        (["-o", "{tmp}/m.png", "--slide", "{data}/slides/TCGA-CR-7395-01A-01-TS1.svs"], 1, "--mpp-override"),
-        (["-o", "{tmp}/m.png", "--slide", "{data}/slides/broken.svs"], 1, "broken.svs"),
+        (["-o", "{tmp}/m.png", "--slide", "{data}/slides/TCGA-CR-7395-01A-01-TS1.svs"], 2, "--mpp-override"),
+        (["-o", "{tmp}/m.png", "--slide", "{data}/slides/broken.svs"], 2, "broken.svs"),
     ],
     ids=["suffix", "label-map", "too-fine", "no-mpp", "broken-slide"],
 )
@@ -152,4 +152,4 @@ def test_cli_in_a_subprocess(data_dir, tmp_path):
     empty.write_text("")
     done = subprocess.run([sys.executable, "-m", "wsipipe", "annotations", "convert", str(empty), str(tmp_path / "e.geojson")],
                           capture_output=True, text=True, timeout=120)
-    assert done.returncode == 1 and done.stderr.strip() == f"Error: {empty}: the file is empty"
+    assert done.returncode == 2 and done.stderr.strip() == f"Error: {empty}: the file is empty"

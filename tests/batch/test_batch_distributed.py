@@ -159,7 +159,7 @@ def test_segment_job_with_nuclei_set_per_slide_in_a_manifest(archive, scheduler,
 def test_segment_job_refuses_a_missing_model_before_anything_runs(archive, tmp_path):
     result = runner.invoke(app, ["batch", str(archive), "-o", str(tmp_path / "out"), "--job", "segment",
                                  "--model", str(tmp_path / "none.safetensors")])  # fmt: skip
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "none.safetensors: no such model file" in result.output
     assert not (tmp_path / "out").exists()
     result = runner.invoke(app, ["batch", str(archive), "-o", str(tmp_path / "out"), "--job", "info",
@@ -167,5 +167,5 @@ def test_segment_job_refuses_a_missing_model_before_anything_runs(archive, tmp_p
     assert result.exit_code == 2 and "--normalize does not apply to the 'info' job" in result.output
     result = runner.invoke(app, ["batch", str(archive), "-o", str(tmp_path / "out"), "--job", "segment",
                                  "--nuclei-model", str(archive / "notes.svs")])  # fmt: skip
-    assert result.exit_code == 1 and "notes.svs: not a safetensors model file" in result.output
+    assert result.exit_code == 2 and "notes.svs: not a safetensors model file" in result.output
     assert not (tmp_path / "out").exists()

@@ -66,7 +66,7 @@ def test_bad_slides_fail_with_one_line(slides_dir, tmp_path, request, make_input
     slide = request.getfixturevalue(make_input) if isinstance(make_input, str) else make_input(slides_dir, tmp_path)
     digest = _sha(slide) if slide.is_file() else None
     for result in (_tile(slide, tmp_path / "out.zarr"), CliRunner().invoke(app, ["info", str(slide)])):
-        _assert_one_line_error(result, 1, str(slide), needle)
+        _assert_one_line_error(result, 2, str(slide), needle)
     assert not (tmp_path / "out.zarr").exists() and not (tmp_path / "out.zarr.partial").exists()
     if digest:
         assert _sha(slide) == digest
@@ -75,7 +75,7 @@ def test_bad_slides_fail_with_one_line(slides_dir, tmp_path, request, make_input
 def test_text_file_is_refused(tmp_path):
     slide = tmp_path / "notes.txt"
     slide.write_text("not a slide\n")
-    _assert_one_line_error(_tile(slide, tmp_path / "out.zarr"), 1, "not a readable slide")
+    _assert_one_line_error(_tile(slide, tmp_path / "out.zarr"), 2, "not a readable slide")
     assert slide.read_text() == "not a slide\n"
 
 
@@ -101,9 +101,9 @@ def test_output_under_a_file_or_missing_directory(slides_dir, tmp_path):
     slide = slides_dir / "CMU-1-Small-Region.svs"
     blocker = tmp_path / "afile"
     blocker.write_text("x")
-    _assert_one_line_error(_tile(slide, blocker / "out.zarr"), 1, "is not a directory")
-    _assert_one_line_error(_tile(slide, tmp_path / "nodir" / "out.zarr"), 1, "does not exist")
-    _assert_one_line_error(_tile(slide, blocker), 1, "is a file")
+    _assert_one_line_error(_tile(slide, blocker / "out.zarr"), 2, "is not a directory")
+    _assert_one_line_error(_tile(slide, tmp_path / "nodir" / "out.zarr"), 2, "does not exist")
+    _assert_one_line_error(_tile(slide, blocker), 2, "is a file")
     assert blocker.read_text() == "x"
 
 
@@ -113,31 +113,33 @@ def test_unwritable_output_directory(slides_dir, tmp_path):
     locked.mkdir()
     locked.chmod(0o555)
     try:
-        _assert_one_line_error(_tile(slides_dir / "CMU-1-Small-Region.svs", locked / "out.zarr"), 1, "not writable")
+        _assert_one_line_error(_tile(slides_dir / "CMU-1-Small-Region.svs", locked / "out.zarr"), 2, "not writable")
     finally:
         locked.chmod(0o755)
 
 
 def test_unwritable_output_location(slides_dir):
     # /proc refuses new directories even to root.
-    _assert_one_line_error(_tile(slides_dir / "CMU-1-Small-Region.svs", Path("/proc/wsipipe-test.zarr")), 1, "cannot write")
+    _assert_one_line_error(_tile(slides_dir / "CMU-1-Small-Region.svs", Path("/proc/wsipipe-test.zarr")), 2, "cannot write")
 
 
 def test_non_store_directory_is_not_replaced(slides_dir, tmp_path):
     out = tmp_path / "out.zarr"
     out.mkdir()
     (out / "precious.txt").write_text("keep")
-    _assert_one_line_error(_tile(slides_dir / "CMU-1-Small-Region.svs", out, "--overwrite"), 1, "not a wsipipe tile store")
+    _assert_one_line_error(_tile(slides_dir / "CMU-1-Small-Region.svs", out, "--overwrite"), 2, "not a wsipipe tile store")
     assert (out / "precious.txt").read_text() == "keep"
 
 
 def test_slide_without_mpp_names_the_override_and_works_with_it(slides_dir, tmp_path):
     slide = slides_dir / "TCGA-CR-7395-01A-01-TS1.svs"
     digest = _sha(slide)
-    _assert_one_line_error(_tile(slide, tmp_path / "out.zarr"), 1, "--mpp-override")
+    _assert_one_line_error(_tile(slide, tmp_path / "out.zarr"), 2, "--mpp-override", "or --level N")
     result = _tile(slide, tmp_path / "out.zarr", "--mpp-override", "0.25", "--tile-size", "256")
     assert result.exit_code == 0, result.output
     assert "wrote" in result.output and str(tmp_path / "out.zarr") in result.output
+    by_level = _tile(slide, tmp_path / "level.zarr", "--level", "1", "--tile-size", "512")  # the other way the error names
+    assert by_level.exit_code == 0 and "wrote" in by_level.output, by_level.output
     assert _sha(slide) == digest
 
 
@@ -146,8 +148,8 @@ def test_subprocess_errors_have_no_traceback(slides_dir, tmp_path):
     header_only = tmp_path / "header-only.svs"  # tifffile finds its first page offset invalid and logs it
     header_only.write_bytes((slides_dir / "CMU-1-Small-Region.svs").read_bytes()[:3000])
     for args, code in (
-        (["tile", str(slides_dir / "broken.svs"), "-o", str(tmp_path / "a.zarr"), "-q"], 1),
-        (["tile", str(header_only), "-o", str(tmp_path / "a.zarr"), "-q"], 1),
+        (["tile", str(slides_dir / "broken.svs"), "-o", str(tmp_path / "a.zarr"), "-q"], 2),
+        (["tile", str(header_only), "-o", str(tmp_path / "a.zarr"), "-q"], 2),
         (["tile", str(slides_dir / "CMU-1-Small-Region.svs"), "-o", str(tmp_path / "a.zarr"), "--tile-size", "0"], 2),
     ):
         proc = subprocess.run([sys.executable, "-m", "wsipipe", *args], capture_output=True, text=True, env=env, timeout=120)

@@ -66,12 +66,12 @@ def test_evaluate_and_predict_agree_and_beat_the_tissue_baseline(one_image, tmp_
 def test_missing_or_corrupt_model_and_bad_data(one_image, tmp_path):
     runner = CliRunner()
     result = runner.invoke(app, ["evaluate", str(tmp_path / "none.safetensors"), "--data", str(one_image)])
-    assert result.exit_code == 1 and "no such model file" in result.output
+    assert result.exit_code == 2 and "no such model file" in result.output
     corrupt = tmp_path / "c.safetensors"
     corrupt.write_bytes(BUNDLED.read_bytes()[:1000])
     proc = subprocess.run([sys.executable, "-m", "wsipipe", "predict", str(corrupt), str(one_image / "images" / "lung_05.png"),
                            "-o", str(tmp_path / "x.png")], capture_output=True, text=True)
-    assert proc.returncode == 1 and "not a safetensors model file" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and "not a safetensors model file" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "x.png").exists()
     result = runner.invoke(app, ["evaluate", str(BUNDLED), "--data", str(tmp_path)])
     assert result.exit_code == 2 and "images/ and masks/" in result.output

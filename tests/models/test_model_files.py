@@ -89,5 +89,5 @@ def test_models_info_cli(model_file, tmp_path):
     bad = tmp_path / "bad.safetensors"
     bad.write_text("nope")
     proc = subprocess.run([sys.executable, "-m", "wsipipe", "models", "info", str(bad)], capture_output=True, text=True)
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "not a safetensors model file" in proc.stderr

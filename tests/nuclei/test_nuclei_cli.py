@@ -233,7 +233,7 @@ def test_usage_errors(tmp_path, data_dir):
     both = runner.invoke(app, ["nuclei", str(image), "-o", str(tmp_path / "o"), "--model", "m", "--classical"])
     assert both.exit_code == 2 and "choose one" in both.output
     model = runner.invoke(app, ["nuclei", str(image), "-o", str(tmp_path / "o"), "--model", str(image)])
-    assert model.exit_code == 1 and "not a safetensors model" in model.output
+    assert model.exit_code == 2 and "not a safetensors model" in model.output
     mask = runner.invoke(app, ["nuclei", str(image), "-o", str(tmp_path / "o"), "--tumour-mask", str(image) + "x"])
     assert mask.exit_code == 2 and "--tumour-mask" in mask.output
     assert not (tmp_path / "o").exists()
@@ -274,7 +274,7 @@ def test_usnet_model_file_runs_end_to_end(tmp_path, data_dir):
     wrong = save_model(tmp_path / "seg.safetensors", build_model("plain-unet", 2, {"base": 4}),
                        model_metadata("plain-unet", {"base": 4}, ["a", "b"], 0.5, 256))
     refused = CliRunner().invoke(app, ["nuclei", str(image), "-o", str(out), "--model", str(wrong), "--device", "cpu"])
-    assert refused.exit_code == 1 and "not a nuclei (usnet) model" in refused.output
+    assert refused.exit_code == 2 and "not a nuclei (usnet) model" in refused.output
 
 
 def test_a_folder_another_run_writes_to_is_refused(tmp_path, data_dir, hold_folder_lock):
@@ -292,5 +292,5 @@ def test_an_output_folder_that_cannot_be_made_is_one_line(tmp_path, data_dir):
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
     result = CliRunner().invoke(app, ["nuclei", str(image), "-o", str(blocker / "out"), "--mpp-override", "0.5"])
-    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.exit_code == 2 and "Traceback" not in result.output
     assert result.output.strip().endswith(f"{blocker / 'out'}: cannot create the output folder (Not a directory)")

@@ -138,13 +138,13 @@ def test_cli_writes_a_slide_and_refuses_bad_options(tmp_path):
     with openslide.OpenSlide(str(out)) as osr:
         assert osr.dimensions == (1000, 800) and float(osr.properties["openslide.mpp-x"]) == 0.3
     again = runner.invoke(app, ["synth", str(out), "--width", "1000", "--height", "800"])
-    assert again.exit_code == 1 and "--overwrite" in again.output
+    assert again.exit_code == 2 and "--overwrite" in again.output
     bad = runner.invoke(app, ["synth", str(tmp_path / "x.tif"), "--width", "100", "--height", "100", "--tile-size", "100"])
     assert bad.exit_code == 2 and "--tile-size" in bad.output
     missing = runner.invoke(
         app, ["synth", str(tmp_path / "y.tif"), "--width", "100", "--height", "100", "--source", str(tmp_path / "no.png")]
     )
-    assert missing.exit_code == 1 and "no.png" in missing.output
+    assert missing.exit_code == 2 and "no.png" in missing.output
     assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]  # no y.tif, no temporary left
 
 

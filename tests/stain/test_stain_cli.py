@@ -97,7 +97,7 @@ def test_normalising_twice_is_refused_unless_overwrite(source_store, tmp_path):
     once, twice = tmp_path / "once.zarr", tmp_path / "twice.zarr"
     assert _run(path, "-o", once, "--method", "reinhard", "--device", "cpu", "-q").exit_code == 0
     result = _run(once, "-o", twice, "--method", "reinhard", "--device", "cpu", "-q")
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "already stain-normalised (reinhard)" in result.output and "--overwrite" in result.output
     assert not twice.exists()
     assert _run(once, "-o", twice, "--method", "reinhard", "--device", "cpu", "-q", "--overwrite").exit_code == 0
@@ -152,7 +152,7 @@ def test_missing_store_through_the_console(tmp_path):
         text=True,
         timeout=120,
     )
-    assert completed.returncode == 1
+    assert completed.returncode == 2
     assert "nope.zarr: no such store" in completed.stderr
 
 

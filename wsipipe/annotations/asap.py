@@ -137,6 +137,7 @@ def _number(text: str | None) -> float:
 def write_asap(annotations: AnnotationSet, path: Path) -> None:
     """Write ASAP XML to ``path`` (the caller handles the temporary name)."""
     groups = dict(annotations.groups)
+    holes, holed = 0, set()
     with etree.xmlfile(str(path), encoding="utf-8") as xf:
         xf.write_declaration()
         with xf.element("ASAP_Annotations"):
@@ -144,7 +145,10 @@ def write_asap(annotations: AnnotationSet, path: Path) -> None:
             with xf.element("Annotations"):
                 xf.write("\n")
                 for index, ann in enumerate(annotations):
-                    for part_name, label, shape, coords in _asap_parts(ann, index):
+                    for part_name, label, shape, coords, hole in _asap_parts(ann, index):
+                        if hole:
+                            holes += 1
+                            holed.add(index)
                         if label and label not in groups:
                             color = ann.color if label == ann.label else "#000000"
                             groups[label] = Group(label, color, ann.group if label == ann.label else None)
@@ -171,27 +175,28 @@ def write_asap(annotations: AnnotationSet, path: Path) -> None:
                     )
                     etree.SubElement(el, "Attributes")
                     xf.write(el, pretty_print=True)
+    if holes:  # a note, once per file: a tumour outline can have dozens of holes
+        log.info(
+            "%d hole%s of %d annotation%s written as polygons in group %r (ASAP has no holes)",
+            holes, "" if holes == 1 else "s", len(holed), "" if len(holed) == 1 else "s", EXCLUSION_GROUP,
+        )
 
 
 def _asap_parts(ann: Annotation, index: int):
-    """(name, group, ASAP type, coordinates) for each ASAP annotation one object becomes."""
+    """(name, group, ASAP type, coordinates, is a hole) for each ASAP annotation one object becomes."""
     name = ann.name or f"Annotation {index}"
     geom = ann.geometry
     if isinstance(geom, Point):
-        yield name, ann.label, "Dot", [geom.coords[0]]
+        yield name, ann.label, "Dot", [geom.coords[0]], False
     elif isinstance(geom, MultiPoint):
-        yield name, ann.label, "PointSet", [p.coords[0] for p in geom.geoms]
+        yield name, ann.label, "PointSet", [p.coords[0] for p in geom.geoms], False
     elif isinstance(geom, (Polygon, MultiPolygon)):
         polygons = list(getattr(geom, "geoms", [geom]))
         shape = ann.shape if ann.shape in AREA_TYPES.values() else "Polygon"
         for k, polygon in enumerate(polygons):
             part = name if len(polygons) == 1 else f"{name} (part {k + 1})"
-            yield part, ann.label, shape, list(polygon.exterior.coords)[:-1]
+            yield part, ann.label, shape, list(polygon.exterior.coords)[:-1], False
             for h, hole in enumerate(polygon.interiors):
-                log.warning(
-                    "annotation %r has a hole; ASAP has none, so it is written as a polygon in group %r",
-                    name, EXCLUSION_GROUP,
-                )
-                yield f"{part} (hole {h + 1})", EXCLUSION_GROUP, "Polygon", list(hole.coords)[:-1]
+                yield f"{part} (hole {h + 1})", EXCLUSION_GROUP, "Polygon", list(hole.coords)[:-1], True
     else:
         log.warning("annotation %r is a %s, which ASAP cannot hold; not written", name, geom.geom_type)

@@ -1,7 +1,8 @@
 """GeoJSON as QuPath exports and imports it.
 
 A FeatureCollection, a bare list of Features or one Feature; Polygon and MultiPolygon (with
-holes), Point and MultiPoint; ``properties.classification.name`` is the label and its ``color``
+holes), Point and MultiPoint; ``properties.classification.name`` (or, as older QuPath versions
+wrote it, ``classification`` as a plain string) is the label and its ``color``
 (or QuPath 0.2's ``colorRGB``) the colour, ``properties.color`` an object's own colour,
 ``objectType`` annotation or detection. ASAP groups travel in a ``wsipipeGroups`` member (which
 QuPath ignores) and the ASAP shape type in ``properties.metadata.ASAP_Type``, so ASAP -> GeoJSON
@@ -97,7 +98,7 @@ def _read_feature(feature, index: int, problems: Problems) -> Annotation | None:
                 return None
             shape = polygons[0] if len(polygons) == 1 else MultiPolygon(polygons)
             if not shape.is_valid:
-                problems.repaired(None, f"{what} has overlapping parts; they were merged")
+                problems.repaired(None, f"{what} has overlapping parts", "they were merged")
                 shape = shape.buffer(0)
         elif geom_type == "Point":
             shape = make_points([_xy(coordinates)], problems, None, what)
@@ -112,7 +113,11 @@ def _read_feature(feature, index: int, problems: Problems) -> Annotation | None:
     if shape is None:
         return None
     classification = properties.get("classification") or {}
-    if not isinstance(classification, dict):
+    if isinstance(classification, str):  # older QuPath exports: the class name alone
+        classification = {"name": classification}
+    elif not isinstance(classification, dict):
+        problems.repaired(None, f"{what} has a 'classification' that is neither an object nor a name",
+                          "it is read as unclassified")
         classification = {}
     class_color = hex_color(classification.get("color")) or _argb(classification.get("colorRGB"))
     metadata = properties.get("metadata") if isinstance(properties.get("metadata"), dict) else {}

@@ -160,13 +160,13 @@ class Problems:
         if self.skipped <= self.SHOWN:
             log.warning("%s; skipped", message)
 
-    def repaired(self, line: int | None, what: str) -> None:
-        message = f"{self.where(line)}: {what}"
+    def repaired(self, line: int | None, what: str, repair: str) -> None:
+        """``what`` is wrong and was mended by ``repair`` (said in the warning; strict mends nothing)."""
         if self.strict:
-            raise AnnotationError(message)
+            raise AnnotationError(f"{self.where(line)}: {what} (refused by --strict)")
         self.repairs += 1
         if self.repairs <= self.SHOWN:
-            log.warning("%s", message)
+            log.warning("%s: %s; %s", self.where(line), what, repair)
 
     def finish(self) -> None:
         if self.skipped > self.SHOWN:
@@ -198,7 +198,7 @@ def make_polygon(rings: list, problems: Problems, line: int | None, what: str) -
         return None
     holes = [h for h in rings[1:] if len(h) >= 3 and _distinct(h) >= 3]
     if len(holes) < len(rings) - 1:
-        problems.repaired(line, f"{what} has a hole with fewer than 3 points; the hole was dropped")
+        problems.repaired(line, f"{what} has a hole with fewer than 3 points", "the hole was dropped")
     polygon = Polygon(exterior, holes) if holes else shapely.polygons(exterior)
     if shapely.is_valid(polygon):
         return polygon
@@ -210,7 +210,7 @@ def make_polygon(rings: list, problems: Problems, line: int | None, what: str) -
     if repaired is None or repaired.area == 0:
         problems.bad(line, f"{what} is invalid ({reason}) and has no area once repaired")
         return None
-    problems.repaired(line, f"{what} is invalid ({reason}); repaired with make_valid")
+    problems.repaired(line, f"{what} is invalid ({reason})", "repaired with make_valid")
     return repaired
 
 

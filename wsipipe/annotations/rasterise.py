@@ -21,6 +21,7 @@ from shapely.geometry import MultiPolygon, Polygon
 
 from wsipipe.annotations.labels import LabelMap, default_label_map, parse_label_map
 from wsipipe.annotations.model import AnnotationSet
+from wsipipe.errors import AnnotationError
 
 log = logging.getLogger("wsipipe.annotations")
 
@@ -34,7 +35,10 @@ class TileRasteriser:
     process, so tiler worker processes can each hold one.
     """
 
-    def __init__(self, annotations: AnnotationSet, label_map: LabelMap | str | dict | None = None):
+    def __init__(self, annotations: AnnotationSet, label_map: LabelMap | str | dict | None = None,
+                 strict: bool = False):
+        """``strict``: refuse (``AnnotationError``) a label map that no area annotation matches,
+        which would burn an all-zero mask."""
         self.label_map = (
             default_label_map(annotations.labels) if label_map is None else parse_label_map(label_map)
         )
@@ -49,8 +53,14 @@ class TileRasteriser:
                 continue
             for polygon in getattr(ann.geometry, "geoms", [ann.geometry]):
                 parts.append((priority, order, polygon))
+        listed = ", ".join(f"{label or '(unclassified)'!r} x{n}" for label, n in unmapped.items())
+        if strict and not parts:
+            found = f"its area annotations are labelled {listed}" if unmapped else "it holds no area annotations"
+            raise AnnotationError(
+                f"{annotations.source}: no annotation matches the label map {self.label_map} ({found}); "
+                "the mask would be empty"
+            )
         if unmapped:
-            listed = ", ".join(f"{label or '(unclassified)'!r} x{n}" for label, n in unmapped.items())
             log.warning("labels not in the label map %s are left out of masks: %s", self.label_map, listed)
         parts.sort(key=lambda part: part[:2])
         polygons = np.empty(len(parts), dtype=object)

@@ -104,6 +104,9 @@ def _prepare_segment(options: dict) -> dict:
     options["model"] = _absolute_path(str(options["model"]))
     if not Path(options["model"]).is_file():
         raise ModelError(f"--model {options['model']}: no such model file")
+    from wsipipe.models.io import read_metadata
+
+    read_metadata(options["model"])  # a pickle or another tool's file, refused once (header only)
     if options.get("normalize", "model") not in NORMALIZE_METHODS:
         raise InvalidInputError(f"--normalize {options['normalize']!r}: choose one of {', '.join(NORMALIZE_METHODS)}")
     if options.get("nuclei_model") is not None:

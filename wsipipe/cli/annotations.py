@@ -28,31 +28,37 @@ MAX_MASK_PIXELS = 1 << 30  # a coarser --mpp is needed beyond this
 
 class _EchoWarnings(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
-        typer.echo(f"Warning: {record.getMessage()}", err=True)
+        kind = "Note" if record.levelno < logging.WARNING else "Warning"
+        typer.echo(f"{kind}: {record.getMessage()}", err=True)
 
 
 @contextmanager
-def warnings_on_stderr():
-    """Print the annotation readers' warnings on stderr while a command runs."""
+def warnings_on_stderr(quiet: bool = False):
+    """Print the annotation readers' and writers' warnings (what they skipped, repaired or clipped)
+    on stderr while a command runs, and their notes (how a format was mapped), except with ``quiet``."""
     logger = logging.getLogger("wsipipe.annotations")
-    handler = _EchoWarnings(logging.WARNING)
+    handler = _EchoWarnings(logging.WARNING if quiet else logging.INFO)
+    level = logger.level
     logger.addHandler(handler)
-    logger.setLevel(logging.WARNING)
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
     try:
         yield
     finally:
         logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 @contextmanager
 def _status(message: str, quiet: bool):
-    """A spinner on stderr while a file is read or written (large files take seconds)."""
-    if quiet:
-        yield
-        return
+    """A spinner on stderr while a file is read or written (large files take seconds); none in a
+    log (stderr not a terminal), where it would leave a blank line."""
     from rich.console import Console
 
-    with Console(stderr=True).status(message):
+    console = Console(stderr=True)
+    if quiet or not console.is_terminal:
+        yield
+        return
+    with console.status(message):
         yield
 
 
@@ -83,10 +89,11 @@ def convert(
 
     fmt = output_format(output, to)
     _check_output(source, output, overwrite)
-    with warnings_on_stderr(), _status(f"reading {source.name}", quiet):
-        annotations = read_annotations(source, strict=strict)
-    with _status(f"writing {output.name}", quiet):
-        write_annotations(annotations, output, fmt)
+    with warnings_on_stderr(quiet):
+        with _status(f"reading {source.name}", quiet):
+            annotations = read_annotations(source, strict=strict)
+        with _status(f"writing {output.name}", quiet):
+            write_annotations(annotations, output, fmt)
     typer.echo(f"{output}: {len(annotations)} annotations from {annotations.format} written as {fmt}")
 
 
@@ -119,7 +126,7 @@ def mask(
         raise InvalidInputError(f"-o {output}: the mask must be a .png or .zarr file")
     _check_output(source, output, overwrite)
     labels = parse_label_map(label_map) if label_map is not None else None
-    with warnings_on_stderr():
+    with warnings_on_stderr(quiet):
         with _status(f"reading {source.name}", quiet):
             annotations = read_annotations(source, strict=strict)
         with open_slide(slide, backend=backend, mpp_override=mpp_override) as reader:
@@ -135,8 +142,9 @@ def mask(
         if out_width * out_height > MAX_MASK_PIXELS:
             raise InvalidInputError(f"--mpp {mpp} gives a {out_width} x {out_height} mask; choose a coarser --mpp")
         annotations.clip_to(width, height, strict=strict)
-        rasteriser = TileRasteriser(annotations, labels)
-    with Progress(console=Console(stderr=True), disable=quiet, transient=True) as progress:
+        rasteriser = TileRasteriser(annotations, labels, strict=strict)
+    console = Console(stderr=True)
+    with Progress(console=console, disable=quiet or not console.is_terminal, transient=True) as progress:
         task = progress.add_task("rasterising", total=out_height)
         result = rasteriser.slide_mask(width, height, out_width, out_height, on_rows=lambda n: progress.advance(task, n))
     _write_mask(result, output, {

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 
 import typer
+from typer._click.exceptions import ClickException, NoArgsIsHelpError
 from typer.core import TyperGroup
 
 from wsipipe import __version__
@@ -22,7 +24,7 @@ from wsipipe.cli import synth as synth_cmd
 from wsipipe.cli import tile as tile_cmd
 from wsipipe.cli import train as train_cmd
 from wsipipe.cli import view as view_cmd
-from wsipipe.errors import WsipipeError
+from wsipipe.errors import DiskFullError, WsipipeError
 
 _state = {"debug": False}
 
@@ -30,30 +32,57 @@ _state = {"debug": False}
 class _WsipipeGroup(TyperGroup):
     """Turns every failure into one line and an exit code; ``--debug`` keeps the traceback."""
 
+    def main(self, *args, standalone_mode: bool = True, **kwargs):
+        """Usage errors (unknown option or command, missing argument, bad value) as one line, exit 2."""
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except NoArgsIsHelpError as exc:  # the help is already printed
+            sys.exit(exc.exit_code)
+        except ClickException as exc:
+            typer.echo(f"Error: {exc.format_message()}", err=True)
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            typer.echo("Aborted.", err=True)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
     def invoke(self, ctx: typer.Context):
         try:
             return super().invoke(ctx)
         except (typer.Exit, typer.Abort, typer.TyperException):  # typer vendors click (>= 0.29): its usage errors are TyperExceptions
             raise
-        except WsipipeError as exc:
-            if _state["debug"]:
-                raise
-            typer.echo(f"Error: {exc}", err=True)
-            ctx.exit(exc.exit_code)
         except BrokenPipeError:  # output piped into e.g. `head`, which has closed: stop quietly
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             ctx.exit(0)
         except KeyboardInterrupt:
             typer.echo("Interrupted; run the same command again to resume.", err=True)
             ctx.exit(130)
-        except Exception as exc:  # a bug: one line unless --debug
+        except Exception as exc:
             if _state["debug"]:
                 raise
+            error = _disk_full(exc) or exc
+            if isinstance(error, WsipipeError):
+                typer.echo(f"Error: {error}", err=True)
+                ctx.exit(error.exit_code)
+            # a bug: one line unless --debug
             typer.echo(
                 f"Internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)",
                 err=True,
             )
             ctx.exit(1)
+
+
+def _disk_full(exc: BaseException) -> DiskFullError | None:
+    """A full disk (or quota) anywhere in ``exc``'s chain of causes, whatever wrapped it."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return DiskFullError(exc.filename)
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 app = typer.Typer(

@@ -42,7 +42,7 @@ def normalize(
     torch_device = resolve_device(device, notify=lambda message: console.print(message))
     with Progress(
         TextColumn("normalize"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-        console=console, disable=quiet,
+        console=console, disable=quiet or not console.is_terminal,  # no blank line in a log
     ) as progress:
         tasks = []  # the bar appears once the work starts, not before a refusal
 

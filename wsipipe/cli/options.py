@@ -53,7 +53,9 @@ DeviceOpt = Annotated[
 StrictOpt = Annotated[
     bool,
     typer.Option(
-        "--strict", help="Stop at the first bad annotation instead of skipping or repairing it with a warning."
+        "--strict",
+        help="Refuse a bad annotation (exit 2) instead of skipping or repairing it with a warning, "
+        "and a label map that matches no annotation.",
     ),
 ]
 LabelMapOpt = Annotated[

@@ -74,17 +74,19 @@ def segment(
 
     For a DICOM slide (a folder holding one series, or any .dcm file of it) also prediction.seg.dcm (DICOM Segmentation), regions.ann.dcm and, with --nuclei, nuclei.ann.dcm (Microscopy Bulk Simple Annotations), each referencing the slide's series.
     """
+    from wsipipe.cli.annotations import warnings_on_stderr
     from wsipipe.segment import segment_slide
 
     def say(message: str) -> None:
         if not quiet:
             typer.echo(message, err=True)
 
-    report = segment_slide(
-        slide, outdir, model=model, tiles_store=tiles, normalize=normalize, target=target, overlap=overlap,
-        batch_size=batch_size, device=device, workers=workers, mpp_override=mpp_override, nuclei=nuclei,
-        nuclei_model=nuclei_model, dicom_seg=dicom_seg, qc=qc, progress=not quiet, say=say,
-    )
+    with warnings_on_stderr(quiet):  # regions.xml: one line for the holes ASAP cannot hold
+        report = segment_slide(
+            slide, outdir, model=model, tiles_store=tiles, normalize=normalize, target=target, overlap=overlap,
+            batch_size=batch_size, device=device, workers=workers, mpp_override=mpp_override, nuclei=nuclei,
+            nuclei_model=nuclei_model, dicom_seg=dicom_seg, qc=qc, progress=not quiet, say=say,
+        )
     if report.get("message"):
         say(report["message"])
     fraction, n_tiles = report["tumour_fraction"], report["n_tiles"]

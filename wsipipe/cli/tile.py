@@ -39,18 +39,21 @@ def tile(
     Run the same command again after an interruption (Ctrl-C, kill) to resume; a complete store is left as it is unless --overwrite.
     """
     from wsipipe.cli.annotations import warnings_on_stderr
-    from wsipipe.errors import InvalidInputError
+    from wsipipe.errors import InvalidInputError, MppUnknownError
     from wsipipe.tiling import tile_slide
 
     if annotations is None and (label_map is not None or strict):
         raise InvalidInputError("--label-map and --strict need --annotations")
-    with warnings_on_stderr():
-        result = tile_slide(
-            slide, output, mpp=mpp, level=level, tile_size=tile_size, overlap=overlap,
-            tissue_threshold=tissue_threshold, backend=backend, mpp_override=mpp_override,
-            workers=workers, overwrite=overwrite, progress=not quiet,
-            annotations=annotations, label_map=label_map, strict=strict, qc=qc,
-        )
+    with warnings_on_stderr(quiet):
+        try:
+            result = tile_slide(
+                slide, output, mpp=mpp, level=level, tile_size=tile_size, overlap=overlap,
+                tissue_threshold=tissue_threshold, backend=backend, mpp_override=mpp_override,
+                workers=workers, overwrite=overwrite, progress=not quiet,
+                annotations=annotations, label_map=label_map, strict=strict, qc=qc,
+            )
+        except MppUnknownError as exc:  # this command can also tile a level at its own scale
+            raise MppUnknownError(exc.path, level_option=True) from None
     if result.already_complete:
         typer.echo(f"{output} is already complete ({result.n_tiles} tiles, same parameters); nothing to do (use --overwrite to redo it)")
         return
