@@ -57,15 +57,15 @@ def test_qc_writes_json_masks_and_picture(cmu_qc, slides_dir):
 def test_qc_bad_input_is_one_line_and_leaves_nothing(tmp_path, slides_dir):
     out = tmp_path / "broken"
     result = runner.invoke(app, ["qc", str(slides_dir / "broken.svs"), "-o", str(out)])
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # bad input
     assert result.output.count("\n") == 1 and result.output.startswith("Error: ") and "not a readable slide" in result.output
     assert not out.exists()
     result = runner.invoke(app, ["qc", str(tmp_path / "missing.svs"), "-o", str(out)])
-    assert (result.exit_code, result.output.strip()) == (1, f"Error: {tmp_path / 'missing.svs'}: no such file")
+    assert (result.exit_code, result.output.strip()) == (2, f"Error: {tmp_path / 'missing.svs'}: no such file")
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
     result = runner.invoke(app, ["qc", str(slides_dir / "CMU-1-Small-Region.svs"), "-o", str(blocker / "out"), "-q"])
-    assert result.exit_code == 1 and "cannot create the output folder" in result.output
+    assert result.exit_code == 2 and "cannot create the output folder" in result.output
     assert blocker.read_text() == "x"
 
 

@@ -251,5 +251,5 @@ def test_a_port_in_use_is_one_line(tmp_path):
         port = taken.getsockname()[1]
         done = subprocess.run([sys.executable, "-m", "wsipipe", "view", str(EXAMPLE), "--no-browser", "--port", str(port)],
                               capture_output=True, text=True, cwd=REPO, timeout=60)
-    assert done.returncode == 1
+    assert done.returncode == 2  # bad input: the user's --port
     assert done.stderr == f"Error: cannot listen on 127.0.0.1:{port} (Address already in use); choose another --port\n"

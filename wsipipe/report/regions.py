@@ -1,8 +1,9 @@
 """The per-region table of a segment output folder: each region's class, bounds, area in mm²,
-the nuclei whose centre lies inside and its cellularity (their area over the region's area).
+the nuclei whose centre lies inside and its cellularity: the nuclear area inside the region (the
+nuclei outlines cut to it) over the region's area, so at most 1, as the slide's cellularity.
 
-Read from the folder's own files (regions.geojson, nuclei.csv), so report.html and
-``wsipipe view`` show the same figures.
+Read from the folder's own files (regions.geojson, nuclei.csv, nuclei.geojson), so report.html
+and ``wsipipe view`` show the same figures.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from wsipipe.report.areas import UM2_PER_MM2
 
 REGIONS_FILE = "regions.geojson"
 NUCLEI_CSV = "nuclei.csv"
+NUCLEI_GEOJSON = "nuclei.geojson"
 
 
 def region_rows(outdir: Path, mpp: float) -> list[dict]:
@@ -28,7 +30,9 @@ def region_rows(outdir: Path, mpp: float) -> list[dict]:
     path = Path(outdir) / REGIONS_FILE
     if not path.is_file():
         return []
-    centres, areas = nuclei_centres(Path(outdir) / NUCLEI_CSV)
+    centres = nuclei_centres(Path(outdir) / NUCLEI_CSV)
+    outlines = nuclei_outlines(Path(outdir) / NUCLEI_GEOJSON)
+    tree = shapely.STRtree(outlines) if outlines is not None else None
     rows = []
     for number, region in enumerate(read_annotations(path)):
         area_um2 = region.geometry.area * mpp * mpp
@@ -41,19 +45,29 @@ def region_rows(outdir: Path, mpp: float) -> list[dict]:
             "cellularity": None,
         }
         if centres is not None:
-            inside = shapely.contains_xy(region.geometry, centres[:, 0], centres[:, 1])
-            row["nuclei"] = int(inside.sum())
-            row["cellularity"] = float(areas[inside].sum() / area_um2) if area_um2 > 0 else None
+            row["nuclei"] = int(shapely.contains_xy(region.geometry, centres[:, 0], centres[:, 1]).sum())
+        if tree is not None and region.geometry.area > 0:
+            near = outlines[tree.query(region.geometry)]
+            nuclear = float(shapely.area(shapely.intersection(near, region.geometry)).sum())
+            row["cellularity"] = nuclear / region.geometry.area
         rows.append(row)
     return rows
 
 
-def nuclei_centres(path: Path) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """Level-0 centres (n, 2) and areas (µm²) of the nuclei in a nuclei.csv; None when absent."""
+def nuclei_centres(path: Path) -> np.ndarray | None:
+    """Level-0 centres (n, 2) of the nuclei in a nuclei.csv; None when absent."""
     if not path.is_file():
-        return None, None
+        return None
     with open(path, newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
-    centres = np.array([(float(r["centroid_x"]), float(r["centroid_y"])) for r in rows], np.float64).reshape(-1, 2)
-    areas = np.array([float(r["area_um2"]) for r in rows], np.float64)
-    return centres, areas
+    return np.array([(float(r["centroid_x"]), float(r["centroid_y"])) for r in rows], np.float64).reshape(-1, 2)
+
+
+def nuclei_outlines(path: Path) -> np.ndarray | None:
+    """The nuclei outlines of a nuclei.geojson (shapely polygons, level-0 px); None when absent."""
+    import shapely
+
+    if not path.is_file():
+        return None
+    collection = shapely.from_geojson(path.read_text(encoding="utf-8"))
+    return np.asarray(shapely.get_parts(collection))
