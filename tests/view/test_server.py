@@ -216,7 +216,7 @@ def test_moved_slide_is_named_with_slide_option(tmp_path, segment_out, serve):
     (moved / "report.json").write_text(json.dumps(report))
     done = subprocess.run([sys.executable, "-m", "wsipipe", "view", str(moved), "--no-browser", "--port", "0"],
                           capture_output=True, text=True, cwd=REPO, timeout=60)
-    assert done.returncode == 1
+    assert done.returncode == 2  # a missing slide is bad input
     assert done.stderr == f"Error: {moved}: the slide it was made from (/gone/CMU-1-Small-Region.svs) is not there; pass --slide\n"
     server = serve(moved, slide=EXAMPLE)
     assert fetch(server.url + "s/0/slide.dzi")[0] == 200
