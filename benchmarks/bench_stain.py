@@ -35,6 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from wsipipe.stain import estimate_slide_stain, get_normalizer  # noqa: E402
+from wsipipe.store import open_tile_store  # noqa: E402
 
 DATA = Path(os.environ.get("WSIPIPE_DATA", REPO.parent / "shared" / "data"))
 
@@ -108,13 +109,16 @@ def _normalize_command_seconds(tiles: np.ndarray, repeats: int) -> float:
     with tempfile.TemporaryDirectory() as folder:
         store = Path(folder) / "slide.zarr"
         _tile_store(store, tiles)
-        command = [sys.executable, "-m", "wsipipe.cli.main", "normalize", str(store), "-o", str(Path(folder) / "out.zarr"),
-                   "--device", "cpu", "--quiet", "--overwrite"]
+        out = Path(folder) / "out.zarr"
+        command = [sys.executable, "-m", "wsipipe", "normalize", str(store), "-o", str(out), "--device", "cpu", "--quiet",
+                   "--overwrite"]
         times = []
         for _ in range(repeats):
             start = time.perf_counter()
             subprocess.run(command, check=True, env=env)
             times.append(time.perf_counter() - start)
+        normalised = open_tile_store(out)
+        assert normalised.complete and normalised.n_tiles == len(tiles), "normalize wrote no complete store"
     return statistics.median(times)
 
 

@@ -109,7 +109,10 @@ def composite_on_white(rgba: torch.Tensor) -> torch.Tensor:
 
 def tissue_mask(pixels: torch.Tensor, threshold: float = LUMINOSITY_THRESHOLD) -> torch.Tensor:
     """True where a uint8 RGB pixel (any leading shape, 3 channels last) is darker than the threshold."""
-    return luminance(pixels) < luminance_threshold(threshold)
+    y = luminance(pixels)
+    if y.device.type == "cpu":  # numpy's single pass: torch's threads only contend on a busy CPU
+        return torch.from_numpy(y.numpy() < luminance_threshold(threshold))
+    return y < luminance_threshold(threshold)
 
 
 def luminance(pixels: torch.Tensor) -> torch.Tensor:

@@ -63,15 +63,17 @@ def lab_to_rgb_torch(lab: torch.Tensor) -> torch.Tensor:
     return (srgb * 255).round_().clamp_(0, 255).to(torch.uint8)
 
 
-def lab_statistics(lab: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and standard deviation of each channel of ``lab`` (P, 3), float64."""
+def lab_statistics(lab: torch.Tensor, lightness_below: float) -> tuple[np.ndarray, np.ndarray, int]:
+    """Mean and standard deviation (float64) of each channel of ``lab`` (P, 3), and how many
+    pixels have L* below ``lightness_below``."""
     if lab.device.type != "cpu":
         std, mean = torch.std_mean(lab.double(), dim=0, correction=0)
-        return mean.cpu().numpy(), std.cpu().numpy()
+        return mean.cpu().numpy(), std.cpu().numpy(), int((lab[:, 0] < lightness_below).sum())
     import cv2
 
-    mean, std = cv2.meanStdDev(lab.numpy().reshape(1, -1, 3))
-    return mean.ravel(), std.ravel()
+    image = lab.numpy().reshape(1, -1, 3)
+    mean, std = cv2.meanStdDev(image)
+    return mean.ravel(), std.ravel(), int(np.count_nonzero(image[0, :, 0] < lightness_below))
 
 
 def scale_and_shift(lab: torch.Tensor, gain: np.ndarray, offset: np.ndarray) -> torch.Tensor:
@@ -105,9 +107,8 @@ class ReinhardNormalizer(StainNormalizer):
 
     def _statistics(self, lab: torch.Tensor) -> StainParams:
         # tissue: L* below the threshold (tissue_mask's rule, read off the L*a*b* at hand)
-        tissue = int((lab[:, 0] < 100.0 * self.luminosity_threshold).sum())
+        mean, std, tissue = lab_statistics(lab, 100.0 * self.luminosity_threshold)
         self._require_tissue(tissue, lab.shape[0])  # a target or tile without tissue is refused like the others
-        mean, std = lab_statistics(lab)
         return StainParams(self.method, {"mean": mean.tolist(), "std": std.tolist()})
 
     def _transfer(self, lab: torch.Tensor, source: StainParams) -> torch.Tensor:
