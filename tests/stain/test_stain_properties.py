@@ -170,3 +170,75 @@ def test_cpu_lookup_equals_the_gather_used_on_gpus():
     for table in (SRGB_LINEAR, _OD_LUT):
         gathered = torch.take(torch.as_tensor(table, dtype=torch.float32), pixels.long())
         assert torch.equal(lookup(pixels, table), gathered)
+
+
+def test_cpu_luminance_equals_the_torch_sum_used_on_gpus():
+    from wsipipe.stain._ops import SRGB_LINEAR, luminance, luminance_torch
+
+    pixels = torch.randint(0, 256, (4, 50, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(luminance(pixels), luminance_torch(pixels))
+    by_hand = SRGB_LINEAR[pixels.numpy()] @ np.array([0.212671, 0.715160, 0.072169])  # Y of sRGB (D65)
+    assert np.allclose(luminance(pixels).numpy(), by_hand, atol=1e-6)
+
+
+def test_cpu_lab_conversions_agree_with_the_cie_formulas_used_on_gpus():
+    from wsipipe.stain.reinhard import lab_to_rgb, lab_to_rgb_torch, rgb_to_lab, rgb_to_lab_torch
+
+    pixels = torch.randint(0, 256, (20000, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    cpu, cie = rgb_to_lab(pixels), rgb_to_lab_torch(pixels)
+    assert torch.all((cpu - cie).abs().max(dim=0).values <= torch.tensor([0.25, 0.5, 0.5]))  # OpenCV's float L*a*b*
+    assert torch.equal(lab_to_rgb_torch(cie), pixels)  # the formulas invert exactly
+    back = lab_to_rgb(cpu).int()
+    assert (back - pixels.int()).abs().max() <= 2 and (back == pixels.int()).all(dim=1).float().mean() > 0.97
+    white_black = torch.tensor([[255, 255, 255], [0, 0, 0]], dtype=torch.uint8)
+    assert torch.allclose(rgb_to_lab(white_black), torch.tensor([[100.0, 0, 0], [0, 0, 0]]), atol=0.01)
+
+
+def test_weighted_percentile_is_the_percentile_of_the_repeated_values():
+    from wsipipe.stain._ops import weighted_percentile
+
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        values, counts = rng.normal(size=(40, 2)).round(1), rng.integers(1, 6, 40)  # rounded: ties
+        repeated = np.repeat(values, counts, axis=0)
+        for q in (0.0, 1.0, rng.uniform(0, 100), 99.0, 100.0):
+            assert np.allclose(weighted_percentile(values, counts, q), np.percentile(repeated, q, axis=0))
+        assert np.allclose(weighted_percentile(values[:, 0], counts, [1.0, 99.0]), np.percentile(repeated[:, 0], [1.0, 99.0]))
+
+
+def test_stain_matrices_from_distinct_colours_equal_those_from_every_pixel(he_image):
+    """Estimation runs on each distinct colour weighted by its count: the same as on every pixel."""
+    from wsipipe.stain._ops import tissue_mask, unique_colours
+    from wsipipe.stain.macenko import macenko_stain_matrix
+    from wsipipe.stain.vahadane import vahadane_stain_matrix
+
+    pixels = torch.from_numpy(np.ascontiguousarray(he_image[:128, :128]).reshape(-1, 3))
+    colours, counts = unique_colours(pixels)
+    assert counts.sum() == len(pixels) and len(colours) == len(np.unique(pixels.numpy(), axis=0)) < len(pixels)
+    assert np.array_equal(np.sort(np.repeat(colours, counts, axis=0).view("V3").ravel()), np.sort(pixels.numpy().view("V3").ravel()))
+    tissue = tissue_mask(torch.from_numpy(colours)).numpy()
+    od_colours = optical_density(torch.from_numpy(colours[tissue])).double().numpy()
+    od_pixels = optical_density(pixels[tissue_mask(pixels)]).double().numpy()
+    for learn in (vahadane_stain_matrix, macenko_stain_matrix):
+        assert np.allclose(learn(od_colours, counts[tissue]), learn(od_pixels), atol=1e-6), learn.__name__
+
+
+def test_vahadane_matrix_is_a_minimum_of_its_objective(he_image):
+    """Turning either learned stain vector a little, any way, raises Vahadane's objective."""
+    from wsipipe.stain._ops import tissue_mask
+    from wsipipe.stain.vahadane import DICTIONARY_PENALTY, vahadane_stain_matrix
+
+    pixels = torch.from_numpy(np.ascontiguousarray(he_image[:256, :256]).reshape(-1, 3))
+    od = optical_density(pixels[tissue_mask(pixels)]).double()
+
+    def objective(stains):
+        codes = nonneg_lasso_2(od, torch.as_tensor(stains), DICTIONARY_PENALTY)
+        return float((0.5 * ((od - codes @ torch.as_tensor(stains)) ** 2).sum(1) + DICTIONARY_PENALTY * codes.sum(1)).mean())
+
+    learned = vahadane_stain_matrix(od.numpy())
+    best = objective(learned)
+    rng = np.random.default_rng(0)
+    for _ in range(12):
+        turned = learned + rng.normal(scale=0.01, size=(2, 3))  # about half a degree
+        turned /= np.linalg.norm(turned, axis=1, keepdims=True)
+        assert objective(turned) > best

@@ -20,6 +20,7 @@ from wsipipe.errors import StainError
 from wsipipe.stain._ops import (
     LUMINOSITY_THRESHOLD,
     MIN_TISSUE_PIXELS,
+    SAMPLE_PIXELS,
     for_each_chunk,
     nonneg_lasso_2,
     od_to_rgb,
@@ -27,6 +28,8 @@ from wsipipe.stain._ops import (
     sample_rows,
     tissue_mask,
     to_tile_batch,
+    unique_colours,
+    weighted_percentile,
 )
 
 
@@ -76,7 +79,7 @@ class StainNormalizer(ABC):
         *,
         seed: int = 0,
         luminosity_threshold: float = LUMINOSITY_THRESHOLD,
-        sample_pixels: int = 100_000,
+        sample_pixels: int = SAMPLE_PIXELS,
     ):
         self.device = torch.device(device)
         self.seed = seed
@@ -99,8 +102,8 @@ class StainNormalizer(ABC):
     def estimate(self, images: Any, sample_pixels: Optional[int] = None) -> StainParams:
         """Stain parameters of one image or of a batch of tiles pooled together (one estimate).
 
-        Statistics come from a seeded sample of ``sample_pixels`` pixels (default
-        ``self.sample_pixels``; all of them when fewer). Raises ``StainError`` when there is too
+        Statistics come from all the pixels, or from a seeded sample of ``sample_pixels`` of them
+        when there are more (default ``self.sample_pixels``). Raises ``StainError`` when there is too
         little tissue; warns (``StainWarning``) when the stains do not look like H&E.
         """
         batch, _ = to_tile_batch(images)
@@ -134,16 +137,18 @@ class StainNormalizer(ABC):
             return give_back(out)
         for index in torch.nonzero(has_tissue).squeeze(1).tolist():
             try:
-                own = self._estimate_sampled(flat[index], self.sample_pixels)
+                out[index] = self._normalise_alone(flat[index]).reshape(pixels.shape[1:])
             except StainError as exc:
                 warnings.warn(f"tile {index} left unchanged: {exc}", StainWarning, stacklevel=2)
-                continue
-            out[index] = self._apply(flat[index], own).reshape(pixels.shape[1:])
         return give_back(out)
+
+    def _normalise_alone(self, pixels: torch.Tensor) -> torch.Tensor:
+        """``pixels`` (one tile, (P, 3)) mapped with their own estimate; StainError when none."""
+        return self._apply(pixels, self._estimate_sampled(pixels, self.sample_pixels))
 
     def _estimate_sampled(self, pixels: torch.Tensor, sample_pixels: int) -> StainParams:
         rng = np.random.default_rng(self.seed)
-        params = self._estimate(sample_rows(pixels, sample_pixels, rng), rng)
+        params = self._estimate(sample_rows(pixels, sample_pixels, rng))
         if params.looks_like_he is False:
             warnings.warn(
                 f"{self.method}: the stain vectors are far from haematoxylin and eosin "
@@ -153,22 +158,20 @@ class StainNormalizer(ABC):
             )
         return params
 
-    def _tissue(self, pixels: torch.Tensor) -> torch.Tensor:
-        """The tissue pixels of ``pixels`` (P, 3); StainError when there are too few."""
-        tissue = pixels[tissue_mask(pixels, self.luminosity_threshold)]
-        if tissue.shape[0] < MIN_TISSUE_PIXELS:
+    def _require_tissue(self, tissue: int, total: int) -> None:
+        """StainError when fewer than ``MIN_TISSUE_PIXELS`` of ``total`` pixels are tissue."""
+        if tissue < MIN_TISSUE_PIXELS:
             raise StainError(
-                f"too little tissue: {tissue.shape[0]} of {pixels.shape[0]} pixels are darker than "
+                f"too little tissue: {tissue} of {total} pixels are darker than "
                 f"the luminosity threshold {self.luminosity_threshold} (need {MIN_TISSUE_PIXELS})"
             )
-        return tissue
 
     def _check_method(self, params: StainParams, role: str) -> None:
         if params.method != self.method:
             raise StainError(f"{role} parameters are for {params.method!r}, not {self.method!r}")
 
     @abstractmethod
-    def _estimate(self, pixels: torch.Tensor, rng: np.random.Generator) -> StainParams:
+    def _estimate(self, pixels: torch.Tensor) -> StainParams:
         """Parameters of the uint8 pixels ``(P, 3)``; StainError when they cannot be estimated."""
 
     @abstractmethod
@@ -179,33 +182,36 @@ class StainNormalizer(ABC):
 class TwoStainNormalizer(StainNormalizer):
     """Stain-matrix methods (Vahadane, Macenko): OD = concentrations x stain matrix.
 
-    A source is mapped by solving each pixel's concentrations against its own stain matrix
+    Estimation works on the distinct colours of the (sampled) pixels weighted by their counts:
+    the stain matrix is learned from all the tissue pixels and the 99th percentiles are taken
+    over all the pixels, exactly as on the pixels themselves. A source is mapped by solving each pixel's concentrations against its own stain matrix
     (non-negative lasso), scaling them so the 99th percentiles match the target's, and
     rebuilding the pixel with the target's stain matrix.
     """
 
     #: L1 penalty of the per-pixel concentrations (StainTools' ``get_concentrations``).
     concentration_penalty = 0.01
-    #: Tissue pixels used to learn the stain matrix (a seeded sample).
-    fit_pixels = 20_000
 
     @abstractmethod
-    def stain_matrix(self, od: np.ndarray) -> np.ndarray:
-        """2x3 unit stain vectors, haematoxylin first, from tissue optical densities (n, 3)."""
+    def stain_matrix(self, od: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        """2x3 unit stain vectors, haematoxylin first, from tissue optical densities (n, 3), each
+        standing for ``counts`` pixels."""
 
-    def _estimate(self, pixels: torch.Tensor, rng: np.random.Generator) -> StainParams:
-        tissue = sample_rows(self._tissue(pixels), self.fit_pixels, rng)
-        od = optical_density(tissue).cpu().double().numpy()
-        matrix = order_haematoxylin_first(self.stain_matrix(od))
+    def _estimate(self, pixels: torch.Tensor) -> StainParams:
+        colours, counts = unique_colours(pixels)
+        colours = torch.from_numpy(colours)
+        tissue = tissue_mask(colours, self.luminosity_threshold).numpy()
+        self._require_tissue(int(counts[tissue].sum()), int(counts.sum()))
+        od = optical_density(colours).double()
+        matrix = order_haematoxylin_first(self.stain_matrix(od[tissue].numpy(), counts[tissue]))
         separation = np.degrees(np.arccos(np.clip(matrix[0] @ matrix[1], -1.0, 1.0)))
         if not 1.0 <= separation <= 90.0:
             raise StainError(
                 f"could not separate two stains (vectors {separation:.2f} degrees apart); "
                 "is this stained tissue?"
             )
-        matrix_t = torch.as_tensor(matrix, dtype=torch.float32, device=pixels.device)
-        concentrations = self._concentrations(pixels, matrix_t).cpu().numpy()
-        max_concentrations = np.percentile(concentrations, 99.0, axis=0)
+        concentrations = nonneg_lasso_2(od, torch.from_numpy(matrix), self.concentration_penalty)
+        max_concentrations = weighted_percentile(concentrations.numpy(), counts, 99.0)
         if not np.all(max_concentrations > 0):
             raise StainError("a stain has no concentration above zero in 99% of the pixels")
         return StainParams(

@@ -11,6 +11,8 @@ from wsipipe.stain.base import StainNormalizer, StainParams
 
 #: Tiles pooled for a slide estimate: enough to cover the slide, few enough to read quickly.
 SLIDE_SAMPLE_TILES = 64
+#: Pooled pixels a slide estimate uses (a seeded sample of the up to 16.7 M of 64 tiles of 512 px).
+SLIDE_SAMPLE_PIXELS = 1_000_000
 
 
 def sample_tile_indices(count: int, max_tiles: int, seed: int) -> list[int]:
@@ -30,15 +32,15 @@ def estimate_slide_stain(
     normalizer: StainNormalizer,
     *,
     max_tiles: int = SLIDE_SAMPLE_TILES,
-    sample_pixels: int = 1_000_000,
+    sample_pixels: int = SLIDE_SAMPLE_PIXELS,
 ) -> StainParams:
     """The slide's stain parameters, estimated once from tiles pooled across the slide.
 
     ``tiles_or_sampler`` is either a sequence of tiles (``len()`` and ``[i]``: an (N, H, W, 3)
     numpy or zarr array, a list), of which ``max_tiles`` are sampled in strata (seeded by
     ``normalizer.seed``), or any other iterable of tiles, all of which are used (the caller
-    sampled them, e.g. regions read across a slide). The statistics use ``sample_pixels`` of the
-    pooled pixels (seeded). Reuse the result with
+    sampled them, e.g. regions read across a slide). The statistics use all the pooled pixels, or a
+    seeded sample of ``sample_pixels`` of them when more. Reuse the result with
     ``normalizer.transform(tiles, source=params)`` for every tile of the slide.
     """
     if hasattr(tiles_or_sampler, "__len__") and hasattr(tiles_or_sampler, "__getitem__"):

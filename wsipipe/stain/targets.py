@@ -1,8 +1,8 @@
 """The built-in target: stain parameters of the bundled CC0 example slide, shipped as JSON.
 
 ``wsipipe/resources/stain_target_cmu1.json`` holds, for each method, the parameters estimated from
-the whole of ``examples/data/CMU-1-Small-Region.svs`` (OpenSlide test data, CMU, CC0 1.0) at level 0
-with seed 0. ``write_default_target`` is how the file was made (a test recomputes it).
+every pixel of ``examples/data/CMU-1-Small-Region.svs`` (OpenSlide test data, CMU, CC0 1.0) at
+level 0. ``write_default_target`` is how the file was made (a test recomputes it).
 """
 
 from __future__ import annotations
@@ -35,10 +35,10 @@ def compute_default_target(slide_path: Path) -> dict:
         width, height = reader.dimensions
         image = reader.read_region((0, 0), 0, (width, height))
     return {
-        "source": "examples/data/CMU-1-Small-Region.svs, whole image at level 0, 1 000 000 pixels sampled with seed 0",
+        "source": "examples/data/CMU-1-Small-Region.svs, every pixel at level 0",
         "source_license": "CC0 1.0 (OpenSlide test data, Carnegie Mellon University)",
         "methods": {
-            method: cls("cpu", seed=0).estimate(image, sample_pixels=1_000_000).to_dict()
+            method: cls("cpu", seed=0).estimate(image, sample_pixels=width * height).to_dict()
             for method, cls in NORMALIZERS.items()
         },
     }
