@@ -9,23 +9,8 @@ from __future__ import annotations
 
 import signal
 import threading
-from contextlib import contextmanager
 
 from distributed import WorkerPlugin
-
-
-@contextmanager
-def ctrl_c_for_this_process_only():
-    """Ignore SIGINT while the local cluster starts: the worker processes it spawns inherit that
-    (``IgnoreCtrlC`` keeps it so in workers restarted later). A Ctrl-C in these seconds is lost."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 class IgnoreCtrlC(WorkerPlugin):

@@ -201,12 +201,13 @@ def _run_on_cluster(plans, records, outdir, job, workers, scheduler, reporter) -
     import dask
     from distributed import LocalCluster, as_completed
 
-    from wsipipe.batch.local_workers import IgnoreCtrlC, ctrl_c_for_this_process_only
+    from wsipipe.batch.local_workers import IgnoreCtrlC
+    from wsipipe.processes import helpers_ignore_ctrl_c
 
     by_key = {r.key: r for r in records}
     with dask.config.set({"distributed.scheduler.allowed-failures": ALLOWED_FAILURES}):
         if scheduler is None:
-            with ctrl_c_for_this_process_only():
+            with helpers_ignore_ctrl_c():  # the workers start ignoring Ctrl-C; a Ctrl-C in these seconds is lost
                 cluster = LocalCluster(
                     n_workers=min(workers, len(plans)),
                     threads_per_worker=1,
