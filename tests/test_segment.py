@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 from wsipipe import segment as segment_module
 from wsipipe.cli.main import app
+from wsipipe.errors import InvalidInputError
 from wsipipe.inference import default_overlap
 from wsipipe.models import build_model
 from wsipipe.models.io import ModelBundle, model_metadata, save_model
@@ -456,3 +457,11 @@ def test_label_map_and_areas_count_only_tissue_inside_the_slide(tmp_path):
     assert report["tumour_area_mm2"] == pytest.approx(report["tissue_area_mm2"])
     assert report["tumour_fraction"] == pytest.approx(1.0)
     assert report["tissue_area_mm2"] == pytest.approx(0.5 * 0.75, rel=0.05)
+
+
+def test_a_fifo_as_target_is_refused_before_the_output_folder(slide, tmp_path):
+    fifo = tmp_path / "target.png"
+    os.mkfifo(fifo)
+    with pytest.raises(InvalidInputError, match="named pipe"):
+        _run(slide, tmp_path / "out", normalize="reinhard", target=fifo)
+    assert not (tmp_path / "out").exists()

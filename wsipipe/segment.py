@@ -35,7 +35,7 @@ import numpy as np
 from wsipipe import __version__
 from wsipipe.device import resolve_device
 from wsipipe.errors import DeviceError, InvalidInputError, ModelError, StoreError
-from wsipipe.files import folder_lock, make_output_folder, remove_temporaries
+from wsipipe.files import check_regular_file, folder_lock, make_output_folder, remove_temporaries
 
 #: "model": the normalisation the model file records it was trained with (``none`` for the
 #: bundled model), so a slide reaches the network as its training images did.
@@ -466,6 +466,10 @@ def segment_slide(
     if batch_size < 1 or workers < 0:
         raise InvalidInputError("--batch-size must be at least 1 and --workers at least 0")
     check_qc_option(qc)
+    from wsipipe.stain import StainParams
+
+    if target is not None and not isinstance(target, StainParams):  # an image file
+        check_regular_file(target, InvalidInputError)  # a FIFO would block cv2.imread for ever
     slide_path = Path(slide_path)
     dicom_seg = resolve_dicom_seg(slide_path, dicom_seg)
     timings: dict[str, float] = {}
