@@ -465,3 +465,11 @@ def test_a_fifo_as_target_is_refused_before_the_output_folder(slide, tmp_path):
     with pytest.raises(InvalidInputError, match="named pipe"):
         _run(slide, tmp_path / "out", normalize="reinhard", target=fifo)
     assert not (tmp_path / "out").exists()
+
+
+def test_bad_input_with_the_default_device_is_the_only_line(tmp_path):
+    """The "no CUDA GPU" note of --device auto waits until the inputs are accepted."""
+    missing = tmp_path / "missing.svs"
+    result = runner.invoke(app, ["segment", str(missing), "-o", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert result.output == f"Error: {missing}: no such file\n"

@@ -475,8 +475,9 @@ def segment_slide(
     timings: dict[str, float] = {}
     started = time.perf_counter()
     # Every check that can refuse the inputs runs before the output folder exists, so a refused
-    # run leaves nothing behind.
-    device = str(resolve_device(device, say))
+    # run leaves nothing behind, and its error is the only line it prints (the device note waits).
+    notes: list[str] = []
+    device = str(resolve_device(device, notes.append))
     info = load_model_info(model, device)
     timings["load"] = time.perf_counter() - started
     tile = int(info.bundle.tile_size)
@@ -492,6 +493,8 @@ def segment_slide(
         t0 = time.perf_counter()
         usable = usable_tissue(reader, qc)  # refuses a slide that is not brightfield H&E
         timings["qc"] = time.perf_counter() - t0
+        for note in notes:
+            say(note)
         outdir = make_output_folder(outdir)
         with folder_lock(outdir):
             levels = outdir / LEVELS_FOLDER
