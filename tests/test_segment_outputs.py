@@ -110,3 +110,5 @@ def test_one_class_vocabulary_and_palette_in_every_output(run):
 def test_a_finished_output_folder_holds_no_journal_or_partial(run):
     out, _ = run
     assert not list(out.rglob("*journal*")) and not list(out.glob("*.partial")) and not list(out.glob(".*.tmp"))
+    page = (out / "report.html").read_text()
+    assert f"wsipipe view {out}</code>" in page and ".tmp" not in page  # the folder itself, not the staging one

@@ -761,7 +761,7 @@ def _write_outputs(slide_path, outdir, reader, plan, prediction, info, classes, 
             level0_per_px = width0 / thumbnail.shape[1]
             heatmap = (render_tile_heatmap(thumbnail, boxes, values, level0_per_px, vmax), vmax)
         write_report_json(staging / "report.json", report)
-        write_report_html(staging / "report.html", report, thumbnail, overlay, heatmap)
+        write_report_html(staging / "report.html", report, thumbnail, overlay, heatmap, outdir=outdir)
         if prediction.path != outdir / PREDICTION_NAME:
             os.replace(prediction.path, staging / PREDICTION_NAME)
             prediction.path = staging / PREDICTION_NAME

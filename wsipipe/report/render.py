@@ -272,10 +272,13 @@ def write_report_html(
     thumbnail: np.ndarray,
     overlay: np.ndarray,
     heatmap: tuple[np.ndarray, float] | None = None,
+    outdir: str | os.PathLike | None = None,
 ) -> Path:
     """One page, images embedded as base64 PNG, so it opens from disk with nothing else.
 
-    ``heatmap``: the per-tile cellularity image and the value its darkest colour stands for.
+    ``heatmap``: the per-tile cellularity image and the value its darkest colour stands for;
+    ``outdir``: the folder the report ends up in, which the ``wsipipe view`` line names (default:
+    ``path``'s folder; segment writes it in a staging folder first).
     """
 
     path = Path(path)
@@ -321,7 +324,7 @@ code {{ background: #f2f2f2; padding: 0.1em 0.3em; }}
 <p class="note">For research use only: not for diagnosis. The figures come from an automated model and need a
 pathologist's review.</p>
 {f'<p class="note">{html.escape(str(message))}</p>' if message else ''}
-<p>To look at the slide with these results, zoomable, run <code>wsipipe view {html.escape(str(path.parent))}</code>.</p>
+<p>To look at the slide with these results, zoomable, run <code>wsipipe view {html.escape(str(outdir or path.parent))}</code>.</p>
 <h2>Figures</h2><table>{figures}</table>
 {_legend(report, heatmap is not None)}
 <div class="images">{img(thumbnail, "slide")}{img(overlay, "predicted tumour")}</div>
