@@ -24,6 +24,7 @@ from wsipipe.models import build_model
 from wsipipe.models.io import ModelBundle, model_metadata, save_model
 from wsipipe.nuclei.outputs import read_labels
 from wsipipe.segment import segment_slide
+from toy_models import toy_threshold_bundle
 
 MPP = 0.5  # level 0 of the synthetic slides
 TISSUE = (200, 200, 2200, 1800)  # x0, y0, x1, y1 in level-0 px: 2000 x 1600 px = 0.8 mm²
@@ -45,21 +46,6 @@ def _write_slide(path, tissue: bool = True):
     return path
 
 
-def _toy_bundle(tile: int = 128, mpp: float = 1.0) -> ModelBundle:
-    """Per-pixel rule: tumour where the RGB mean is below 0.55 (purple), else background."""
-    net = torch.nn.Conv2d(3, 2, 1)
-    with torch.no_grad():
-        net.weight.zero_()
-        net.bias.zero_()
-        net.weight[1] = -40.0 / 3
-        net.bias[1] = 40.0 * 0.55
-    meta = {
-        "architecture": "toy-threshold", "name": "toy", "classes": ["background", "tumour"], "mpp": mpp,
-        "tile_size": tile, "input_normalisation": {"mean": [0.0] * 3, "std": [1.0] * 3},
-    }
-    return ModelBundle(net.eval(), meta)
-
-
 @pytest.fixture(scope="module")
 def slide(tmp_path_factory):
     return _write_slide(tmp_path_factory.mktemp("slide") / "synthetic.tif")
@@ -75,7 +61,7 @@ def tiny_model_file(tmp_path_factory):
 
 
 def _run(slide, outdir, **kwargs):
-    options = {"model": _toy_bundle(), "normalize": "none", "workers": 0, "progress": False, "batch_size": 8}
+    options = {"model": toy_threshold_bundle(), "normalize": "none", "workers": 0, "progress": False, "batch_size": 8}
     options.update(kwargs)
     return segment_slide(slide, outdir, **options)
 
@@ -377,7 +363,7 @@ def test_default_normalisation_is_what_the_model_records(data_dir, tmp_path):
     unrecorded = _run(real, tmp_path / "unrecorded", normalize="model")
     assert unrecorded["normalize"] == "none"
 
-    recorded = segment_slide(real, tmp_path / "recorded", model=_recording(_toy_bundle(), "reinhard"), workers=0,
+    recorded = segment_slide(real, tmp_path / "recorded", model=_recording(toy_threshold_bundle(), "reinhard"), workers=0,
                              progress=False, batch_size=8)  # the default --normalize
     explicit = _run(real, tmp_path / "explicit", normalize="reinhard")
     assert recorded["normalize"] == "reinhard"
@@ -443,7 +429,7 @@ def test_label_map_and_areas_count_only_tissue_inside_the_slide(tmp_path):
     path = tmp_path / "slide.tif"
     tifffile.imwrite(path, rgb, tile=(128, 128), resolution=(1e4, 1e4), resolutionunit="CENTIMETER",
                      photometric="rgb", metadata=None)
-    everything = _toy_bundle(tile=64, mpp=3.0)
+    everything = toy_threshold_bundle(tile=64, mpp=3.0)
     with torch.no_grad():
         everything.model.weight[1] = 0.0
         everything.model.bias[1] = 100.0  # tumour everywhere

@@ -644,13 +644,6 @@ def _open_tiles_store(path, bundle, overlap):
     return store
 
 
-def _regions_level(shapes: list[tuple[int, int]]) -> int:
-    for level, (height, width) in enumerate(shapes):
-        if height * width <= REGIONS_MAX_PIXELS:
-            return level
-    return len(shapes) - 1
-
-
 def _write_outputs(slide_path, outdir, reader, plan, prediction, info, classes, timings, *, normalize, device,
                    overlap, tiles_run, nuclei_options, dicom_seg, progress) -> dict:
     """Regions, nuclei, overlay and report from the finished, tissue-restricted label map, all
@@ -661,6 +654,7 @@ def _write_outputs(slide_path, outdir, reader, plan, prediction, info, classes, 
     from wsipipe.annotations import Annotation, AnnotationSet, Group, write_annotations
     from wsipipe.classes import display_name, hex_colour, palette
     from wsipipe.files import staged_outputs
+    from wsipipe.inference.omezarr import finest_level_within
     from wsipipe.models.io import training_summary
     from wsipipe.postprocess.regions import RegionOptions, label_map_to_polygons
     from wsipipe.report import (
@@ -674,7 +668,7 @@ def _write_outputs(slide_path, outdir, reader, plan, prediction, info, classes, 
         t0 = time.perf_counter()
         labels_group = zarr.open_group(str(prediction.path / "labels" / "classes"), mode="r", zarr_format=2)
         shapes = [tuple(labels_group[str(i)].shape) for i in range(len(labels_group.attrs["multiscales"][0]["datasets"]))]
-        level = _regions_level(shapes)
+        level = finest_level_within(shapes, REGIONS_MAX_PIXELS)
         label_map = labels_group[str(level)][:]
         downsample = plan.scale * 2**level
         options = RegionOptions()

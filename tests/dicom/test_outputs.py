@@ -13,7 +13,6 @@ import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
-import torch
 import zarr
 from pydicom.sr.codedict import codes
 from shapely.geometry import shape
@@ -23,31 +22,17 @@ from wsipipe.cli.main import app
 from wsipipe.dicom.outputs import SEG_MAX_PIXELS, seg_level
 from wsipipe.dicom.series import resolve_series
 from wsipipe.models import build_model
-from wsipipe.models.io import ModelBundle, model_metadata, save_model
+from wsipipe.models.io import model_metadata, save_model
 from wsipipe.segment import segment_slide
+from toy_models import toy_threshold_bundle
 
 runner = CliRunner()
 #: report.json keys that legitimately differ between two runs on the same pixels.
 RUN_KEYS = {"slide", "timings_s", "tiles_per_s", "outputs", "run"}
 
 
-def _toy_bundle() -> ModelBundle:
-    """Per-pixel rule: tumour where the RGB mean is below 0.55 (purple), else background."""
-    net = torch.nn.Conv2d(3, 2, 1)
-    with torch.no_grad():
-        net.weight.zero_()
-        net.bias.zero_()
-        net.weight[1] = -40.0 / 3
-        net.bias[1] = 40.0 * 0.55
-    meta = {
-        "architecture": "toy-threshold", "name": "toy", "classes": ["background", "tumour"], "mpp": 1.0,
-        "tile_size": 128, "input_normalisation": {"mean": [0.0] * 3, "std": [1.0] * 3},
-    }
-    return ModelBundle(net.eval(), meta)
-
-
 def _segment(slide, outdir, **options):
-    return segment_slide(slide, outdir, model=_toy_bundle(), normalize="none", workers=0, progress=False, **options)
+    return segment_slide(slide, outdir, model=toy_threshold_bundle(), normalize="none", workers=0, progress=False, **options)
 
 
 @pytest.fixture(scope="module")

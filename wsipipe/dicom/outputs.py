@@ -184,10 +184,9 @@ def _segmentation(prediction_path: Path, source, seg_type: str, algorithm):
 
 def seg_level(shapes: list[tuple[int, int]]) -> int:
     """The finest prediction level of at most SEG_MAX_PIXELS."""
-    for level, (height, width) in enumerate(shapes):
-        if height * width <= SEG_MAX_PIXELS:
-            return level
-    return len(shapes) - 1
+    from wsipipe.inference.omezarr import finest_level_within
+
+    return finest_level_within(shapes, SEG_MAX_PIXELS)
 
 
 def geojson_rings(path: Path) -> list[tuple[str, np.ndarray, float]]:

@@ -75,6 +75,15 @@ def level_shapes(height: int, width: int) -> list[tuple[int, int]]:
     return shapes
 
 
+def finest_level_within(shapes: list[tuple[int, int]], max_pixels: int) -> int:
+    """The finest of the levels ``shapes`` (finest first) with at most ``max_pixels`` pixels (the
+    coarsest when none is that small): what a reader that holds a whole level in memory takes."""
+    for level, (height, width) in enumerate(shapes):
+        if height * width <= max_pixels:
+            return level
+    return len(shapes) - 1
+
+
 def create_prediction_store(
     path: str | os.PathLike,
     *,
