@@ -47,7 +47,10 @@ class TileStoreDataset(torch.utils.data.Dataset):
         self.slide = name or _slide_name(meta, store.path)
         self.tile_size = store.tile_size
         self.mpp = store.mpp
-        self.label_names: list[str] | None = list(meta["labels"]["names"]) if "labels" in meta else None
+        labels = meta.get("labels")
+        #: The annotations' label names and the values masks hold for them (None without annotations).
+        self.label_names: list[str] | None = None if labels is None else list(labels["names"])
+        self.label_values: list[int] | None = None if labels is None else list(labels["values"])
         self.transform = transform
         self.coords = np.asarray(store.coords[...])
         self.tissue_fraction = np.asarray(store.tissue_fraction[...])
@@ -111,7 +114,7 @@ class TileStoresDataset(torch.utils.data.ConcatDataset):
                                      name=None if names is None else names[k]) for k, path in enumerate(paths)]
         first = datasets[0]
         for dataset in datasets[1:]:
-            for what, attribute in (("tile size", "tile_size"), ("µm/px", "mpp"), ("labels", "label_names")):
+            for what, attribute in (("tile size", "tile_size"), ("µm/px", "mpp"), ("labels", "label_names"), ("label values", "label_values")):
                 theirs, ours = getattr(dataset, attribute), getattr(first, attribute)
                 if theirs != ours:
                     raise InvalidInputError(
