@@ -36,10 +36,10 @@ def flip_together(item: dict) -> dict:
 
 def tiny_model(classes: int | None) -> nn.Module:
     """Per-pixel logits for ``classes`` labels, or one tissue fraction per tile when None."""
-    features = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1), nn.ReLU())
+    features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU())
     if classes is not None:
-        return nn.Sequential(features, nn.Conv2d(16, classes, 1))
-    return nn.Sequential(features, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 1), nn.Sigmoid(), nn.Flatten(0))
+        return nn.Sequential(features, nn.Conv2d(8, classes, 1))
+    return nn.Sequential(features, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 1), nn.Sigmoid(), nn.Flatten(0))
 
 
 def main(argv: list[str] | None = None) -> dict:

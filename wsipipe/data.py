@@ -175,12 +175,13 @@ class _ShardChunks:
         shard, position = divmod(index, self.per_shard)
         if shard != self._shard:
             self._load(shard)
-        out = np.zeros(self.item_shape, self.dtype)
         offset, nbytes = (int(v) for v in self._index[position])
-        if offset != _ABSENT:
-            import imagecodecs
+        if offset == _ABSENT:
+            return np.zeros(self.item_shape, self.dtype)
+        import imagecodecs
 
-            imagecodecs.blosc_decode(os.pread(self._file.fileno(), nbytes, offset), out=out.reshape(-1).view(np.uint8))
+        out = np.empty(self.item_shape, self.dtype)
+        imagecodecs.blosc_decode(os.pread(self._file.fileno(), nbytes, offset), out=out.reshape(-1).view(np.uint8))
         return out
 
     def _load(self, shard: int) -> None:
