@@ -16,6 +16,7 @@ import json
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch.utils.data
@@ -59,7 +60,7 @@ class TileStoreDataset(torch.utils.data.Dataset):
         self.indices = np.flatnonzero(self.tissue_fraction >= min_tissue)
         self._arrays = ("tiles", "masks") if self.label_names is not None and masks else ("tiles",)
         self._readers: dict | None = None  # opened in each process on its first read
-        self._pid = None
+        self._pid: int | None = None
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -101,8 +102,6 @@ class TileStoresDataset(torch.utils.data.ConcatDataset):
     the slide names, one per store. The other arguments are ``TileStoreDataset``'s.
     """
 
-    datasets: list[TileStoreDataset]
-
     def __init__(self, paths: Sequence[str | os.PathLike], *, names: Sequence[str] | None = None,
                  transform: Callable[[dict], object] | None = None, masks: bool = True, min_tissue: float = 0.0):
         paths = list(paths)
@@ -120,10 +119,7 @@ class TileStoresDataset(torch.utils.data.ConcatDataset):
                     raise InvalidInputError(
                         f"paths: {dataset.path} has {what} {theirs}, {first.path} {ours}: tile the stores alike")
         super().__init__(datasets)
-
-    @property
-    def slides(self) -> list[str]:
-        return [dataset.slide for dataset in self.datasets]
+        self.slides = [dataset.slide for dataset in datasets]
 
 
 def _slide_name(meta: dict, store_path: Path) -> str:
@@ -168,20 +164,21 @@ class _ShardChunks:
         self.dtype = np.dtype(meta["data_type"])
         self.per_shard = int(meta["chunk_grid"]["configuration"]["chunk_shape"][0])
         self._shard: int | None = None
-        self._file = None
-        self._index = None
+        self._file: BinaryIO | None = None  # None also when the shard has no file
+        self._index = np.full((self.per_shard, 2), _ABSENT, np.uint64)
 
     def read(self, index: int) -> np.ndarray:
         shard, position = divmod(index, self.per_shard)
         if shard != self._shard:
             self._load(shard)
         offset, nbytes = (int(v) for v in self._index[position])
-        if offset == _ABSENT:
+        if offset == _ABSENT or self._file is None:
             return np.zeros(self.item_shape, self.dtype)
         import imagecodecs
 
         out = np.empty(self.item_shape, self.dtype)
-        imagecodecs.blosc_decode(os.pread(self._file.fileno(), nbytes, offset), out=out.reshape(-1).view(np.uint8))
+        data = os.pread(self._file.fileno(), nbytes, offset)
+        imagecodecs.blosc_decode(data, out=out.reshape(-1).view(np.uint8))  # type: ignore[arg-type]
         return out
 
     def _load(self, shard: int) -> None:
@@ -193,15 +190,17 @@ class _ShardChunks:
         path = self.array_dir / "c" / str(shard) / "/".join("0" * len(self.item_shape))
         index_bytes = self.per_shard * 16
         try:
-            self._file = open(path, "rb")
+            file = open(path, "rb")  # noqa: SIM115 - kept open for the next items of this shard
         except FileNotFoundError:  # a shard whose chunks are all fill value need not exist
             self._index, self._shard = np.full((self.per_shard, 2), _ABSENT, np.uint64), shard
             return
-        size = os.fstat(self._file.fileno()).st_size
-        raw = os.pread(self._file.fileno(), index_bytes + 4, size - index_bytes - 4) if size >= index_bytes + 4 else b""
+        size = os.fstat(file.fileno()).st_size
+        raw = os.pread(file.fileno(), index_bytes + 4, size - index_bytes - 4) if size >= index_bytes + 4 else b""
         if len(raw) != index_bytes + 4 or google_crc32c.value(raw[:-4]) != int.from_bytes(raw[-4:], "little"):
+            file.close()
             raise StoreError(f"{path}: damaged shard (its chunk index fails its checksum)")
-        self._index, self._shard = np.frombuffer(raw[:-4], "<u8").reshape(self.per_shard, 2), shard
+        self._file, self._shard = file, shard
+        self._index = np.frombuffer(raw[:-4], "<u8").reshape(self.per_shard, 2)
 
 
 class _ZarrItems:
@@ -213,4 +212,4 @@ class _ZarrItems:
         self._array = zarr.open_array(store=str(array_dir), mode="r")
 
     def read(self, index: int) -> np.ndarray:
-        return self._array[index]
+        return np.asarray(self._array[index])
