@@ -44,7 +44,7 @@ class TileStoreDataset(torch.utils.data.Dataset):
             raise InvalidInputError(f"min_tissue must be between 0 and 1, got {min_tissue}")
         store = open_tile_store(path)
         meta = store.meta
-        self.path = store.path
+        self.path = store.path.absolute()  # a worker may start in another folder
         self.slide = name or _slide_name(meta, store.path)
         self.tile_size = store.tile_size
         self.mpp = store.mpp
@@ -112,8 +112,9 @@ class TileStoresDataset(torch.utils.data.ConcatDataset):
         datasets = [TileStoreDataset(path, transform=transform, masks=masks, min_tissue=min_tissue,
                                      name=None if names is None else names[k]) for k, path in enumerate(paths)]
         first = datasets[0]
+        agree = (("tile size", "tile_size"), ("µm/px", "mpp"), ("labels", "label_names"), ("label values", "label_values"))
         for dataset in datasets[1:]:
-            for what, attribute in (("tile size", "tile_size"), ("µm/px", "mpp"), ("labels", "label_names"), ("label values", "label_values")):
+            for what, attribute in agree:
                 theirs, ours = getattr(dataset, attribute), getattr(first, attribute)
                 if theirs != ours:
                     raise InvalidInputError(
@@ -129,6 +130,8 @@ def _slide_name(meta: dict, store_path: Path) -> str:
 
 
 def _item_reader(array_dir: Path):
+    """What reads the array's items one by one (``.read(index)``): straight from the shard files
+    when the array is laid out as wsipipe writes it, else through zarr."""
     with open(array_dir / "zarr.json", encoding="utf-8") as handle:
         meta = json.load(handle)
     if _one_chunk_per_item_shards(meta):
