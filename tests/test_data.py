@@ -211,11 +211,23 @@ def test_worker_processes_and_shuffling_give_the_same_items(stores):
         np.testing.assert_array_equal(batch["image"].numpy(), tiles[batch["index"].numpy()])
 
 
+def test_threads_reading_at_once_get_the_right_items(stores):
+    from concurrent.futures import ThreadPoolExecutor
+
+    dataset = TileStoreDataset(stores["annotated"])
+    tiles = zarr.open_group(str(stores["annotated"]), mode="r")["tiles"][:]
+    order = np.random.default_rng(1).permutation(len(dataset)).tolist()
+    with ThreadPoolExecutor(4) as pool:  # each thread switches shards under the others' reads
+        items = list(pool.map(dataset.__getitem__, order * 2))
+    for i, item in zip(order * 2, items):
+        np.testing.assert_array_equal(item["image"], tiles[i])
+
+
 def test_pickling_carries_no_open_file(stores):
     dataset = TileStoreDataset(stores["annotated"])
     first = dataset[70]["image"]  # opens the second shard's files
     state = dataset.__getstate__()
-    assert state["_readers"] is None and dataset._readers is not None
+    assert state["_local"] is None and dataset._local.readers
     copy = pickle.loads(pickle.dumps(dataset))
     np.testing.assert_array_equal(copy[70]["image"], first)
 
@@ -230,8 +242,8 @@ def test_other_array_layouts_are_read_through_zarr(stores, tmp_path):
     dataset = TileStoreDataset(copy)
     for i in (0, 64, len(tiles) - 1):
         np.testing.assert_array_equal(dataset[i]["image"], tiles[i])
-    assert type(dataset._readers["tiles"]).__name__ == "_ZarrItems"
-    assert type(dataset._readers["masks"]).__name__ == "_ShardChunks"
+    assert type(dataset._local.readers["tiles"]).__name__ == "_ZarrItems"
+    assert type(dataset._local.readers["masks"]).__name__ == "_ShardChunks"
 
 
 def test_a_shard_without_a_file_reads_as_zeros_as_through_zarr(stores, tmp_path):

@@ -6,14 +6,15 @@ shard of each array (sequential reads parse each index once). zarr's array API w
 bytes but costs about 2 ms of machinery per call, several times the decoding of a tile; arrays not
 laid out as ``store.ShardWriter`` writes them (a store rewritten by another tool) are read through
 zarr, one item per call. The small per-tile arrays (coordinates, tissue and label fractions) are
-held in memory. Nothing is open until a process reads its first item and nothing open is pickled,
-so ``DataLoader`` workers, forked or spawned, each open their own files.
+held in memory. Nothing is open until a process (or thread) reads its first item and nothing open
+is pickled, so ``DataLoader`` workers, forked or spawned, each open their own files.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import BinaryIO
@@ -59,7 +60,7 @@ class TileStoreDataset(torch.utils.data.Dataset):
         #: The store rows this dataset's items are, in order.
         self.indices = np.flatnonzero(self.tissue_fraction >= min_tissue)
         self._arrays = ("tiles", "masks") if self.label_names is not None and masks else ("tiles",)
-        self._readers: dict | None = None  # opened in each process on its first read
+        self._local: threading.local | None = None  # each process's and thread's readers, opened on first use
         self._pid: int | None = None
 
     def __len__(self) -> int:
@@ -84,14 +85,16 @@ class TileStoreDataset(torch.utils.data.Dataset):
         return item if self.transform is None else self.transform(item)
 
     def _open(self) -> dict:
-        """This process's readers (a forked worker inherits its parent's: it opens its own)."""
-        if self._readers is None or self._pid != os.getpid():
-            self._readers = {name: _item_reader(self.path / name) for name in self._arrays}
-            self._pid = os.getpid()
-        return self._readers
+        """This thread's readers (a forked worker inherits its parent's: it opens its own)."""
+        if self._local is None or self._pid != os.getpid():
+            self._local, self._pid = threading.local(), os.getpid()
+        readers = getattr(self._local, "readers", None)
+        if readers is None:
+            readers = self._local.readers = {name: _item_reader(self.path / name) for name in self._arrays}
+        return readers
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_readers": None, "_pid": None}
+        return {**self.__dict__, "_local": None, "_pid": None}
 
 
 class TileStoresDataset(torch.utils.data.ConcatDataset):
