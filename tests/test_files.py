@@ -1,3 +1,4 @@
+import hashlib
 import os
 import re
 
@@ -5,7 +6,7 @@ import pytest
 
 from wsipipe.errors import OutputError, SlideOpenError
 from wsipipe.files import (
-    atomic_path, check_regular_file, folder_lock, make_output_folder, output_lock, remove_temporaries, staged_outputs,
+    atomic_path, check_regular_file, file_sha256, folder_lock, make_output_folder, output_lock, remove_temporaries, staged_outputs,
 )
 
 
@@ -169,3 +170,12 @@ def test_a_staging_folder_a_killed_run_left_is_a_temporary(tmp_path):
         assert not staging.exists()
         staging.mkdir()  # an empty staging folder: nothing to move
     assert not list(tmp_path.iterdir())
+
+
+def test_file_sha256_streams_across_blocks_to_hashlibs_digest(tmp_path):
+    path = tmp_path / "data.bin"
+    data = os.urandom(3 * (1 << 20) + 17)  # three full 1 MiB blocks and a short one
+    path.write_bytes(data)
+    assert file_sha256(path) == hashlib.sha256(data).hexdigest()
+    (tmp_path / "empty").write_bytes(b"")
+    assert file_sha256(tmp_path / "empty") == hashlib.sha256(b"").hexdigest()

@@ -35,7 +35,7 @@ import numpy as np
 from wsipipe import __version__
 from wsipipe.device import resolve_device
 from wsipipe.errors import DeviceError, InvalidInputError, ModelError, StoreError
-from wsipipe.files import check_regular_file, folder_lock, make_output_folder, remove_temporaries
+from wsipipe.files import check_regular_file, file_sha256, folder_lock, make_output_folder, remove_temporaries
 
 #: "model": the normalisation the model file records it was trained with (``none`` for the
 #: bundled model), so a slide reaches the network as its training images did.
@@ -104,14 +104,6 @@ class TilePlan:
 
 
 # --- devices and models ------------------------------------------------------------------------
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def load_model_info(model, device: str) -> ModelInfo:

@@ -13,7 +13,6 @@ own resolution: no slide-sized mask is ever made.
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
 import threading
 import time
@@ -28,7 +27,7 @@ from wsipipe.grid import TileGrid, build_grid, validate_tiling
 from wsipipe.qc.apply import restrict_tissue, usable_tissue
 from wsipipe.slide import open_slide
 from wsipipe.slide.base import SlideReader
-from wsipipe.files import output_lock
+from wsipipe.files import file_sha256, output_lock
 from wsipipe.slide.built import LEVELS_FOLDER, BuiltLevelsReader, with_level_for
 from wsipipe.store import ShardWriter, StoreWriter, check_output_location, create_tile_store
 from wsipipe.tissue import detect_tissue, read_thumbnail, thumbnail_downsample
@@ -154,12 +153,8 @@ def _annotation_index(path: Path, label_map: str | None, strict: bool, reader: S
         annotation_set, parse_label_map(label_map) if label_map is not None else None, strict=strict
     )
     stat = path.stat()
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
     source = {"path": str(path.resolve()), "size_bytes": stat.st_size, "mtime": stat.st_mtime,
-              "sha256": digest.hexdigest(), "format": annotation_set.format}
+              "sha256": file_sha256(path), "format": annotation_set.format}
     names, values = list(rasteriser.label_map.names), list(rasteriser.label_map.values)
     return rasteriser, {"source": source, "label_map": str(rasteriser.label_map), "names": names, "values": values}
 
