@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from wsipipe.errors import InvalidInputError, MppUnknownError
-from wsipipe.grid import build_grid, grid_coords, tissue_fractions
+from wsipipe.grid import build_grid, grid_coords, sample_mask, tissue_fractions
 from wsipipe.slide import open_slide
 
 # CMU-1-Small-Region.svs: 2220 x 2967 px at 0.499 µm/px, one level.
@@ -105,3 +105,12 @@ def test_tissue_fraction_per_tile():
     np.testing.assert_allclose(fractions, [1.0, 0.0, 0.0, 0.0, 0.5])
     fractions = tissue_fractions(mask, 4.0, np.array([[20, 0]]), 40.0)
     np.testing.assert_allclose(fractions, [0.5])
+
+
+def test_sample_mask_takes_the_nearest_mask_pixel_of_each_level0_point():
+    mask = np.array([[1, 0], [0, 2]], np.uint8)  # covers a 4 x 6 (width x height) slide
+    centres_y = np.arange(6) + 0.5  # 3 level-0 rows per mask row
+    centres_x = np.array([0.5, 1.5, 2.5, 3.5, 9.5])  # the last lies past the slide
+    sampled = sample_mask(mask, (4, 6), centres_y, centres_x)
+    expected = np.array([[True, True, False, False, False]] * 3 + [[False, False, True, True, True]] * 3)
+    np.testing.assert_array_equal(sampled, expected)

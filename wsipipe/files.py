@@ -4,16 +4,16 @@ one writer at a time per output folder."""
 from __future__ import annotations
 
 import errno
-import hashlib
 import fcntl
+import hashlib
 import os
 import re
 import shutil
 import stat
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from wsipipe.errors import FolderBusyError, InvalidInputError, OutputError, WsipipeError
 

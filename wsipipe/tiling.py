@@ -23,11 +23,11 @@ from pathlib import Path
 import numpy as np
 
 from wsipipe.errors import InvalidInputError
+from wsipipe.files import file_sha256, output_lock
 from wsipipe.grid import TileGrid, build_grid, validate_tiling
 from wsipipe.qc.apply import restrict_tissue, usable_tissue
 from wsipipe.slide import open_slide
 from wsipipe.slide.base import SlideReader
-from wsipipe.files import file_sha256, output_lock
 from wsipipe.slide.built import LEVELS_FOLDER, BuiltLevelsReader, with_level_for
 from wsipipe.store import ShardWriter, StoreWriter, check_output_location, create_tile_store
 from wsipipe.tissue import detect_tissue, read_thumbnail, thumbnail_downsample
@@ -200,7 +200,7 @@ def _provenance(reader: SlideReader, slide_path: Path, grid: TileGrid, threshold
     }
 
 
-def _run_shards(writer: StoreWriter, coords: np.ndarray, work: "_ShardWork",
+def _run_shards(writer: StoreWriter, coords: np.ndarray, work: _ShardWork,
                 pool: ThreadPoolExecutor | None, workers: int, progress: bool) -> int:
     """Read and write every pending shard, journalling each once it is on disk."""
     store = writer.store

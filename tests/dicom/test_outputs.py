@@ -16,6 +16,7 @@ import pytest
 import zarr
 from pydicom.sr.codedict import codes
 from shapely.geometry import shape
+from toy_models import toy_threshold_bundle
 from typer.testing import CliRunner
 
 from wsipipe.cli.main import app
@@ -24,7 +25,6 @@ from wsipipe.dicom.series import resolve_series
 from wsipipe.models import build_model
 from wsipipe.models.io import model_metadata, save_model
 from wsipipe.segment import segment_slide
-from toy_models import toy_threshold_bundle
 
 runner = CliRunner()
 #: report.json keys that legitimately differ between two runs on the same pixels.

@@ -9,11 +9,11 @@ import torch
 from wsipipe.models import build_model, parameter_count
 from wsipipe.models.cellularity import cellularity_loss, load_segmentation_encoder
 from wsipipe.models.usnet import (
+    MIN_CORE_PIXELS,
     AnchorMatcher,
     USNetLoss,
-    decode,
-    MIN_CORE_PIXELS,
     centre_distance,
+    decode,
     encode,
     instance_boxes,
     usnet_instances,

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import openslide
 import pytest
-import tiffslide
 import tifffile
+import tiffslide
 from PIL import Image
 from typer.testing import CliRunner
 

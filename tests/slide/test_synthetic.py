@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import subprocess
-import time
 import sys
+import time
 import tracemalloc
 
 import cv2

@@ -9,7 +9,16 @@ from typer.testing import CliRunner
 from wsipipe.cli.main import app
 from wsipipe.errors import InvalidInputError
 from wsipipe.models.io import load_model
-from wsipipe.training.data import Dataset, LabelledImage, find_pairs, read_mask, read_pairs, regroup, split_folds, split_holdout
+from wsipipe.training.data import (
+    Dataset,
+    LabelledImage,
+    find_pairs,
+    read_mask,
+    read_pairs,
+    regroup,
+    split_folds,
+    split_holdout,
+)
 from wsipipe.training.trainer import TrainConfig, train
 
 

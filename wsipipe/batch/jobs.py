@@ -14,9 +14,10 @@ import importlib
 import json
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from wsipipe.errors import InvalidInputError, ModelError
 
@@ -175,9 +176,8 @@ def segment_job(slide_path: Path, workdir: Path, options: dict) -> dict:
 
     Tiles are read in the worker process itself (``workers=0``): the batch is parallel by slide.
     """
-    from wsipipe.segment import segment_slide
-
     from wsipipe.errors import NotBrightfieldHEError
+    from wsipipe.segment import segment_slide
 
     stage = {k: v for k, v in options.items() if k in SEGMENT_OPTIONS}
     try:

@@ -20,7 +20,7 @@ import traceback
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
@@ -412,4 +412,4 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _now(stamp: float | None = None) -> str:
-    return datetime.fromtimestamp(stamp if stamp is not None else time.time(), timezone.utc).isoformat(timespec="milliseconds")
+    return datetime.fromtimestamp(stamp if stamp is not None else time.time(), UTC).isoformat(timespec="milliseconds")

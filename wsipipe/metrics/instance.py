@@ -17,8 +17,8 @@ Two empty maps agree perfectly: every score is 1.0 then.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 import numpy as np
 

@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
-import cv2
 import numpy as np
 
 from wsipipe.errors import SlideOpenError

@@ -4,9 +4,9 @@ cross-validation by image or slide, the final fit, and the model file with its m
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 

@@ -98,13 +98,13 @@ class ViewHandler(BaseHTTPRequestHandler):
     # client's delayed ACK (~40 ms a tile on a keep-alive connection).
     disable_nagle_algorithm = True
 
-    def log_message(self, format, *args):  # noqa: A002 - the base class's name
+    def log_message(self, format, *args):  # the base class's name and signature
         """Quiet: a page load makes hundreds of tile requests."""
 
-    def do_HEAD(self):  # noqa: N802 - http.server's naming
+    def do_HEAD(self):  # http.server's naming
         self._answer(head=True)
 
-    def do_GET(self):  # noqa: N802
+    def do_GET(self):
         self._answer(head=False)
 
     def _answer(self, head: bool) -> None:

@@ -17,8 +17,15 @@ import numpy as np
 from wsipipe.errors import InvalidInputError, SlideOpenError
 from wsipipe.view.deepzoom import LRUCache, SlideTiles
 from wsipipe.view.overlays import (
-    NUCLEI_MAX_UM_PER_PX, Lazy, PolygonOverlay, RasterOverlay, class_palette, classification_colour,
-    geojson_polygons, heat_palette, heatmap_raster,
+    NUCLEI_MAX_UM_PER_PX,
+    Lazy,
+    PolygonOverlay,
+    RasterOverlay,
+    class_palette,
+    classification_colour,
+    geojson_polygons,
+    heat_palette,
+    heatmap_raster,
 )
 
 REPORT_JSON = "report.json"
@@ -249,7 +256,7 @@ def _in_memory(array):
 
 
 def _hex(colour) -> str:
-    return "#%02X%02X%02X" % tuple(int(round(float(c))) for c in colour[:3])
+    return "#{:02X}{:02X}{:02X}".format(*(round(float(c)) for c in colour[:3]))
 
 
 # --- finding what PATH is ------------------------------------------------------------------------
