@@ -80,6 +80,7 @@ def build_grid(
         tile_mpp = reader.mpp_x * downsample if reader.mpp_x is not None else None
         native = True
     else:
+        assert mpp is not None  # one of the two (checked above)
         reader.check_mpp(mpp)
         level = reader.level_for_mpp(mpp)
         downsample = mpp / reader.mpp

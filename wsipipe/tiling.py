@@ -19,6 +19,7 @@ import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -31,6 +32,9 @@ from wsipipe.slide.base import SlideReader
 from wsipipe.slide.built import LEVELS_FOLDER, BuiltLevelsReader, with_level_for
 from wsipipe.store import ShardWriter, StoreWriter, check_output_location, create_tile_store
 from wsipipe.tissue import detect_tissue, read_thumbnail, thumbnail_downsample
+
+if TYPE_CHECKING:
+    from wsipipe.annotations import TileRasteriser
 
 
 @dataclass(frozen=True)
@@ -203,7 +207,7 @@ def _provenance(reader: SlideReader, slide_path: Path, grid: TileGrid, threshold
 def _run_shards(writer: StoreWriter, coords: np.ndarray, work: _ShardWork,
                 pool: ThreadPoolExecutor | None, workers: int, progress: bool) -> int:
     """Read and write every pending shard, journalling each once it is on disk."""
-    store = writer.store
+    store = writer.building
     pending = writer.pending_shards()
     todo = sum(store.shard_slice(i).stop - store.shard_slice(i).start for i in pending)
     with _progress_bar(progress) as bar:
@@ -213,7 +217,7 @@ def _run_shards(writer: StoreWriter, coords: np.ndarray, work: _ShardWork,
                 bar.advance(task, work(index, coords[store.shard_slice(index)]))
                 writer.record_done(index)
             return todo
-        in_flight = {}
+        in_flight: dict = {}
 
         def collect(keep_at_most: int) -> None:
             while len(in_flight) > keep_at_most:
@@ -344,7 +348,7 @@ class _ShardWork:
     spec: _ReadSpec
     shard_writer: ShardWriter
     readers: _ThreadReaders
-    rasteriser: object | None  # wsipipe.annotations.TileRasteriser
+    rasteriser: TileRasteriser | None
 
     def __call__(self, index: int, coords: np.ndarray) -> int:
         spec, reader = self.spec, self.readers.get()
@@ -354,6 +358,7 @@ class _ShardWork:
             if spec.native:
                 reader.read_region((x, y), spec.level, size, out=tiles[i])
             else:
+                assert spec.mpp is not None  # a tile read at a µm/px has one (grid.build_grid)
                 reader.read_at_mpp((x, y), size, spec.mpp, out=tiles[i])
         if self.rasteriser is None:
             return self.shard_writer.write(index, tiles)

@@ -100,7 +100,7 @@ def run_training(
             "fold_miou": [f["miou"] for f in done],
             "per_image": {k: v for f in done for k, v in f["per_image"].items()},
         }
-        train_idx, val_idx = list(range(len(items))), []
+        train_idx, val_idx = list(range(len(items))), list[int]()
     else:
         train_idx, val_idx = split_holdout(groups, val_fraction, config.seed)
     result = train(config, [items[i] for i in train_idx], [items[i] for i in val_idx], fit_checkpoint(output), resume,
