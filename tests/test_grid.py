@@ -13,8 +13,8 @@ from wsipipe.slide import open_slide
 
 
 @pytest.fixture(scope="module")
-def cmu(slides_dir):
-    return open_slide(slides_dir / "CMU-1-Small-Region.svs")
+def cmu(cmu_small_svs):
+    return open_slide(cmu_small_svs)
 
 
 @pytest.mark.parametrize(
@@ -62,8 +62,8 @@ def test_every_pixel_lies_half_an_overlap_inside_a_tile(height, width, tile, ove
     assert all(b - a == tile - overlap for axis in (xs, ys) for a, b in zip(axis, axis[1:]))
 
 
-def test_grid_by_level_without_mpp(slides_dir):
-    reader = open_slide(slides_dir / "TCGA-CR-7395-01A-01-TS1.svs")
+def test_grid_by_level_without_mpp(jp2k_svs):
+    reader = open_slide(jp2k_svs)
     grid = build_grid(reader, tile_size=512, level=1)
     # level 1 downsample 2.0005: extent 1024.26; columns ceil(3418.74 / 1024.26) + 1 = 5, rows ceil(2542.74 / 1024.26) + 1 = 4
     assert len(grid.coords) == 20 and grid.native and grid.mpp is None
@@ -72,8 +72,8 @@ def test_grid_by_level_without_mpp(slides_dir):
         build_grid(reader, tile_size=512, mpp=0.5)
 
 
-def test_native_mpp_on_a_level(slides_dir):
-    reader = open_slide(slides_dir / "TCGA-CR-7395-01A-01-TS1.svs", mpp_override=0.25)
+def test_native_mpp_on_a_level(jp2k_svs):
+    reader = open_slide(jp2k_svs, mpp_override=0.25)
     grid = build_grid(reader, tile_size=256, mpp=0.25 * 2.0005055500659967)
     assert grid.level == 1 and grid.native
 

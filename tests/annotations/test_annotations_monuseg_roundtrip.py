@@ -27,9 +27,9 @@ class _Collect(logging.Handler):
 
 
 @pytest.fixture(scope="module")
-def monuseg(data_dir):
+def monuseg(monuseg_dir):
     """All 13 MoNuSeg images: (xml, annotations, warnings), read once."""
-    files = sorted((data_dir / "nuclei" / "monuseg_train").glob("*.xml"))
+    files = sorted(monuseg_dir.glob("*.xml"))
     assert len(files) == 13
     logger = logging.getLogger("wsipipe.annotations")
     result = []
@@ -109,8 +109,8 @@ def test_aperio_to_geojson_keeps_every_nucleus(monuseg, tmp_path):
         assert again.mpp == annotation_set.mpp
 
 
-def test_camelyon_asap_to_geojson_to_asap(data_dir, tmp_path):
-    original = read_annotations(data_dir / "annotations" / "camelyon17_patient_004_node_4.xml")
+def test_camelyon_asap_to_geojson_to_asap(tmp_path, camelyon_xml):
+    original = read_annotations(camelyon_xml)
     geojson = read_annotations(write_annotations(original, tmp_path / "c.geojson"))
     asap = read_annotations(write_annotations(geojson, tmp_path / "c.xml"))
     for copy in (geojson, asap):

@@ -121,13 +121,13 @@ def test_rerun_skips_done_and_failed(first_run, cluster_address):
         path.unlink()
 
 
-def test_changed_inputs_are_redone_and_failed_retried_only_on_request(first_run, cluster_address, slides_dir):
+def test_changed_inputs_are_redone_and_failed_retried_only_on_request(first_run, cluster_address, ome_tiff):
     outdir, _ = first_run
     archive = outdir.parent / "archive"
     before = read_status_csv(outdir)
     # A re-scanned slide (other content) and a failed entry replaced by a real slide.
-    shutil.copyfile(slides_dir / "OS-1-detail.ome.tif", archive / "ward A/CMU-1-Small-Region.svs")
-    shutil.copyfile(slides_dir / "OS-1-detail.ome.tif", archive / "notes.svs")
+    shutil.copyfile(ome_tiff, archive / "ward A/CMU-1-Small-Region.svs")
+    shutil.copyfile(ome_tiff, archive / "notes.svs")
     args = ["batch", str(archive), "-o", str(outdir), "--job", "info", "--scheduler", cluster_address]
     result = runner.invoke(app, args)
     assert result.exit_code == 1, result.output

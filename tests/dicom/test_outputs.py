@@ -186,8 +186,8 @@ def test_nuclei_command_writes_nuclei_annotations_equal_to_the_geojson(dicom_ser
     assert algorithm.AlgorithmName == "classical"
 
 
-def test_dicom_outputs_are_refused_for_a_non_dicom_slide(slides_dir, tmp_path):
-    slide = slides_dir / "CMU-1-Small-Region.svs"
+def test_dicom_outputs_are_refused_for_a_non_dicom_slide(tmp_path, cmu_small_svs):
+    slide = cmu_small_svs
     for args in (["segment", str(slide), "-o", str(tmp_path / "a"), "--dicom-seg", "binary"],
                  ["nuclei", str(slide), "-o", str(tmp_path / "a"), "--dicom"]):
         result = runner.invoke(app, args)

@@ -23,14 +23,14 @@ from wsipipe.training.trainer import TrainConfig, train
 
 
 @pytest.fixture(scope="module")
-def small_data(data_dir, tmp_path_factory):
+def small_data(tmp_path_factory, lung_dir):
     """Two 192 x 192 crops of real lung images with their masks."""
     root = tmp_path_factory.mktemp("lungsmall")
     for sub in ("images", "masks"):
         (root / sub).mkdir()
     for name in ("lung_01", "lung_02"):
         for sub in ("images", "masks"):
-            img = Image.open(data_dir / "lung" / sub / f"{name}.png")
+            img = Image.open(lung_dir / sub / f"{name}.png")
             img.crop((400, 400, 592, 592)).save(root / sub / f"{name}.png")
     return root
 
