@@ -150,6 +150,7 @@ def test_killed_run_resumes_and_gives_the_same_outputs(slide, tmp_path, monkeypa
     assert a == b
 
 
+@pytest.mark.slow
 def test_column_strips_give_the_same_prediction_and_resume_strip_by_strip(slide, tiny_model_file, tmp_path, monkeypatch):
     """Stitching strip by strip (memory bounded on wide slides) changes no pixel, even after a kill."""
     monkeypatch.setattr(segment_module, "CHUNK", 128)
@@ -235,6 +236,7 @@ def test_cli_errors_are_one_line(slide, tiny_model_file, tmp_path):
     assert not (tmp_path / "o2").exists()
 
 
+@pytest.mark.slow
 def test_cli_runs_end_to_end_in_a_subprocess(slide, tiny_model_file, tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "wsipipe", "segment", str(slide), "-o", str(tmp_path / "out"), "--model",
@@ -296,6 +298,7 @@ def _nuclei_rows(outdir):
         return list(csv.DictReader(handle))
 
 
+@pytest.mark.slow
 def test_cli_nuclei_figures_agree_with_the_nuclei_csv(tiny_model_file, tmp_path):
     out = tmp_path / "out"
     result = runner.invoke(
@@ -329,6 +332,7 @@ def test_cli_nuclei_figures_agree_with_the_nuclei_csv(tiny_model_file, tmp_path)
     assert "cellularity per tile" in page and page.count("data:image/png;base64") == 3
 
 
+@pytest.mark.slow
 def test_nuclei_in_the_predicted_tumour_are_the_malignant_ones(tmp_path):
     """The toy model calls dark (nuclei-rich) tissue tumour: part of the slide, so the flags must follow it."""
     report = _run(EXAMPLE_SLIDE, tmp_path, nuclei=True)
@@ -358,6 +362,7 @@ def _recording(bundle: ModelBundle, method: str) -> ModelBundle:
     return ModelBundle(bundle.model, {**bundle.metadata, "stain_normalisation": {"method": method, "target": None}})
 
 
+@pytest.mark.slow
 def test_default_normalisation_is_what_the_model_records(data_dir, tmp_path):
     real = data_dir / "slides" / "CMU-1-Small-Region.svs"
     unrecorded = _run(real, tmp_path / "unrecorded", normalize="model")
