@@ -212,7 +212,8 @@ def _compress(array: np.ndarray) -> bytes | bytearray:
     import imagecodecs
 
     return imagecodecs.blosc_encode(
-        np.ascontiguousarray(array),  # type: ignore[arg-type]  # its stubs say bytes; any buffer works level=BLOSC_CLEVEL, compressor=BLOSC_CNAME, shuffle=0,
+        np.ascontiguousarray(array),  # type: ignore[arg-type]  # its stubs say bytes; any buffer works
+        level=BLOSC_CLEVEL, compressor=BLOSC_CNAME, shuffle=0,
         typesize=array.dtype.itemsize, blocksize=0, numthreads=1,
     )
 
