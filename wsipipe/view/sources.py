@@ -247,7 +247,8 @@ class ViewSource:
     def region_table(self) -> list[dict]:
         from wsipipe.report.regions import region_rows
 
-        return region_rows(self.outdir, self._known_mpp()) if self.outdir else []
+        mpp = self.mpp()
+        return region_rows(self.outdir, mpp) if self.outdir and mpp else []
 
 
 class _ChannelSum:
