@@ -191,10 +191,10 @@ def test_slide_without_tissue_gives_a_report_saying_so(tmp_path):
     assert "No tissue" in (tmp_path / "out" / "report.html").read_text()
 
 
-def test_real_slide_with_slide_level_macenko_and_a_model_file(data_dir, tiny_model_file, tmp_path):
+def test_real_slide_with_slide_level_macenko_and_a_model_file(tiny_model_file, tmp_path, cmu_small_svs, stain_dir):
     report = segment_slide(
-        data_dir / "slides" / "CMU-1-Small-Region.svs", tmp_path, model=tiny_model_file, normalize="macenko",
-        target=data_dir / "stain" / "tiatoolbox_target.png", workers=0, progress=False, batch_size=16,
+        cmu_small_svs, tmp_path, model=tiny_model_file, normalize="macenko",
+        target=stain_dir / "tiatoolbox_target.png", workers=0, progress=False, batch_size=16,
     )
     assert report["n_tiles"] > 10 and 0.5 < report["tissue_area_mm2"] < 1.7  # the slide is 1.1 x 1.5 mm
     assert report["model"]["name"] == "tiny.safetensors" and report["normalize"] == "macenko"
@@ -363,8 +363,8 @@ def _recording(bundle: ModelBundle, method: str) -> ModelBundle:
 
 
 @pytest.mark.slow
-def test_default_normalisation_is_what_the_model_records(data_dir, tmp_path):
-    real = data_dir / "slides" / "CMU-1-Small-Region.svs"
+def test_default_normalisation_is_what_the_model_records(tmp_path, cmu_small_svs):
+    real = cmu_small_svs
     unrecorded = _run(real, tmp_path / "unrecorded", normalize="model")
     assert unrecorded["normalize"] == "none"
 
