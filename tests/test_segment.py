@@ -332,7 +332,6 @@ def test_cli_nuclei_figures_agree_with_the_nuclei_csv(tiny_model_file, tmp_path)
     assert "cellularity per tile" in page and page.count("data:image/png;base64") == 3
 
 
-@pytest.mark.slow
 def test_nuclei_in_the_predicted_tumour_are_the_malignant_ones(tmp_path):
     """The toy model calls dark (nuclei-rich) tissue tumour: part of the slide, so the flags must follow it."""
     report = _run(EXAMPLE_SLIDE, tmp_path, nuclei=True)
@@ -362,7 +361,6 @@ def _recording(bundle: ModelBundle, method: str) -> ModelBundle:
     return ModelBundle(bundle.model, {**bundle.metadata, "stain_normalisation": {"method": method, "target": None}})
 
 
-@pytest.mark.slow
 def test_default_normalisation_is_what_the_model_records(tmp_path, cmu_small_svs):
     real = cmu_small_svs
     unrecorded = _run(real, tmp_path / "unrecorded", normalize="model")

@@ -101,6 +101,7 @@ def test_normalize_keeps_the_masks(stores, tmp_path):
     assert np.array_equal(before.label_fractions[:], after.label_fractions[:])
 
 
+@pytest.mark.slow
 def test_train_and_evaluate_on_tile_stores_split_by_slide(stores, tmp_path):
     model = tmp_path / "m.safetensors"
     args = ["train", stores, "-o", model, "--model", "plain-unet", "--model-args", '{"base": 4}',

@@ -61,6 +61,7 @@ def test_every_region_is_one_nucleus(monuseg):
         assert all(a.geometry.is_valid and a.geometry.area > 0 for a in annotation_set)
 
 
+@pytest.mark.slow
 def test_masks_match_image_size_and_mark_every_nucleus(monuseg):
     for xml, annotation_set, _ in monuseg:
         width, height = Image.open(xml.with_suffix(".tif")).size
