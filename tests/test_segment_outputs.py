@@ -16,7 +16,6 @@ from shapely.geometry import shape
 from wsipipe.classes import QUPATH_CLASSES
 
 
-
 @pytest.fixture(scope="module")
 def run(dapi_ndpi, tmp_path_factory):
     """``segment --nuclei`` with the bundled models on the fluorescence NDPI (3968 x 4864 px: the
