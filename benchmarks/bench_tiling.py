@@ -32,6 +32,7 @@ source. Timings and RSS are medians of ``--repeats`` runs. The last line is one 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import math
@@ -99,10 +100,8 @@ class PeakRss:
                 return
             total = 0
             for proc in procs:
-                try:
+                with contextlib.suppress(psutil.NoSuchProcess):
                     total += proc.memory_info().rss
-                except psutil.NoSuchProcess:
-                    pass
             self.peak = max(self.peak, total)
             self._stop.wait(self._interval)
 

@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from wsipipe.inference.evaluate import evaluate_items
 from wsipipe.device import resolve_device
+from wsipipe.inference.evaluate import evaluate_items
 from wsipipe.inference.sliding import run_batches
 from wsipipe.metrics.semantic import ConfusionMatrix, summarise
 from wsipipe.models import build_model, parameter_count

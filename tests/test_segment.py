@@ -150,6 +150,7 @@ def test_killed_run_resumes_and_gives_the_same_outputs(slide, tmp_path, monkeypa
     assert a == b
 
 
+@pytest.mark.slow
 def test_column_strips_give_the_same_prediction_and_resume_strip_by_strip(slide, tiny_model_file, tmp_path, monkeypatch):
     """Stitching strip by strip (memory bounded on wide slides) changes no pixel, even after a kill."""
     monkeypatch.setattr(segment_module, "CHUNK", 128)
@@ -190,10 +191,10 @@ def test_slide_without_tissue_gives_a_report_saying_so(tmp_path):
     assert "No tissue" in (tmp_path / "out" / "report.html").read_text()
 
 
-def test_real_slide_with_slide_level_macenko_and_a_model_file(data_dir, tiny_model_file, tmp_path):
+def test_real_slide_with_slide_level_macenko_and_a_model_file(tiny_model_file, tmp_path, cmu_small_svs, stain_dir):
     report = segment_slide(
-        data_dir / "slides" / "CMU-1-Small-Region.svs", tmp_path, model=tiny_model_file, normalize="macenko",
-        target=data_dir / "stain" / "tiatoolbox_target.png", workers=0, progress=False, batch_size=16,
+        cmu_small_svs, tmp_path, model=tiny_model_file, normalize="macenko",
+        target=stain_dir / "tiatoolbox_target.png", workers=0, progress=False, batch_size=16,
     )
     assert report["n_tiles"] > 10 and 0.5 < report["tissue_area_mm2"] < 1.7  # the slide is 1.1 x 1.5 mm
     assert report["model"]["name"] == "tiny.safetensors" and report["normalize"] == "macenko"
@@ -235,6 +236,7 @@ def test_cli_errors_are_one_line(slide, tiny_model_file, tmp_path):
     assert not (tmp_path / "o2").exists()
 
 
+@pytest.mark.slow
 def test_cli_runs_end_to_end_in_a_subprocess(slide, tiny_model_file, tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "wsipipe", "segment", str(slide), "-o", str(tmp_path / "out"), "--model",
@@ -296,6 +298,7 @@ def _nuclei_rows(outdir):
         return list(csv.DictReader(handle))
 
 
+@pytest.mark.slow
 def test_cli_nuclei_figures_agree_with_the_nuclei_csv(tiny_model_file, tmp_path):
     out = tmp_path / "out"
     result = runner.invoke(
@@ -358,8 +361,8 @@ def _recording(bundle: ModelBundle, method: str) -> ModelBundle:
     return ModelBundle(bundle.model, {**bundle.metadata, "stain_normalisation": {"method": method, "target": None}})
 
 
-def test_default_normalisation_is_what_the_model_records(data_dir, tmp_path):
-    real = data_dir / "slides" / "CMU-1-Small-Region.svs"
+def test_default_normalisation_is_what_the_model_records(tmp_path, cmu_small_svs):
+    real = cmu_small_svs
     unrecorded = _run(real, tmp_path / "unrecorded", normalize="model")
     assert unrecorded["normalize"] == "none"
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from collections.abc import Callable
 
 from wsipipe.errors import InvalidInputError
 
 
-def resolve_device(name: str, notify: Optional[Callable[[str], None]] = None):
+def resolve_device(name: str, notify: Callable[[str], None] | None = None):
     """The torch device for ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
 
     ``auto`` takes CUDA when a GPU is visible and otherwise falls back to the CPU, calling

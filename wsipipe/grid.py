@@ -80,6 +80,7 @@ def build_grid(
         tile_mpp = reader.mpp_x * downsample if reader.mpp_x is not None else None
         native = True
     else:
+        assert mpp is not None  # one of the two (checked above)
         reader.check_mpp(mpp)
         level = reader.level_for_mpp(mpp)
         downsample = mpp / reader.mpp
@@ -121,3 +122,13 @@ def tissue_fractions(mask: np.ndarray, mask_downsample: float, coords: np.ndarra
     cx1, cy1 = np.clip(x1, 0, width), np.clip(y1, 0, height)
     inside = integral[cy1, cx1] - integral[cy0, cx1] - integral[cy1, cx0] + integral[cy0, cx0]
     return (inside / float(side * side)).astype(np.float32)
+
+
+def sample_mask(mask: np.ndarray, level0_size: tuple[int, int], centre_y: np.ndarray, centre_x: np.ndarray) -> np.ndarray:
+    """``mask`` (covering the whole slide of ``level0_size`` = (width, height), any resolution) at
+    the level-0 points ``centre_y`` x ``centre_x`` (nearest), as booleans; points past the slide take
+    the mask's last row or column."""
+    width0, height0 = level0_size
+    rows = np.clip((centre_y * (mask.shape[0] / height0)).astype(np.int64), 0, mask.shape[0] - 1)
+    cols = np.clip((centre_x * (mask.shape[1] / width0)).astype(np.int64), 0, mask.shape[1] - 1)
+    return mask[np.ix_(rows, cols)] > 0

@@ -35,7 +35,8 @@ import numpy as np
 from wsipipe import __version__
 from wsipipe.device import resolve_device
 from wsipipe.errors import DeviceError, InvalidInputError, ModelError, StoreError
-from wsipipe.files import check_regular_file, folder_lock, make_output_folder, remove_temporaries
+from wsipipe.files import check_regular_file, file_sha256, folder_lock, make_output_folder, remove_temporaries
+from wsipipe.grid import sample_mask
 
 #: "model": the normalisation the model file records it was trained with (``none`` for the
 #: bundled model), so a slide reaches the network as its training images did.
@@ -104,14 +105,6 @@ class TilePlan:
 
 
 # --- devices and models ------------------------------------------------------------------------
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def load_model_info(model, device: str) -> ModelInfo:
@@ -358,16 +351,6 @@ def plan_tiles(reader, model_mpp: float, tile: int, overlap: int, tiles_store=No
     )
     plan.timings["tissue"] = time.perf_counter() - started
     return plan
-
-
-def sample_mask(mask: np.ndarray, level0_size: tuple[int, int], centre_y: np.ndarray, centre_x: np.ndarray) -> np.ndarray:
-    """``mask`` (covering the whole slide of ``level0_size`` = (width, height), any resolution) at
-    the level-0 points ``centre_y`` x ``centre_x`` (nearest), as booleans; points past the slide take
-    the mask's last row or column."""
-    width0, height0 = level0_size
-    rows = np.clip((centre_y * (mask.shape[0] / height0)).astype(np.int64), 0, mask.shape[0] - 1)
-    cols = np.clip((centre_x * (mask.shape[1] / width0)).astype(np.int64), 0, mask.shape[1] - 1)
-    return mask[np.ix_(rows, cols)] > 0
 
 
 # --- the command ----------------------------------------------------------------------------------

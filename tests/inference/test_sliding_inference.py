@@ -19,8 +19,8 @@ def _tiny_net() -> nn.Module:
 
 
 @pytest.fixture(scope="module")
-def lung_crop(data_dir) -> np.ndarray:
-    image = np.array(Image.open(data_dir / "lung" / "images" / "lung_01.png").convert("RGB"))
+def lung_crop(lung_dir) -> np.ndarray:
+    image = np.array(Image.open(lung_dir / "images" / "lung_01.png").convert("RGB"))
     return image[200:501, 300:563]  # 301 x 263: not a multiple of anything
 
 

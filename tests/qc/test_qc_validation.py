@@ -48,8 +48,8 @@ class ArrayReader(SlideReader):
 
 
 @pytest.fixture(scope="module")
-def cmu(slides_dir):
-    with open_slide(slides_dir / "CMU-1-Small-Region.svs") as reader:
+def cmu(cmu_small_svs):
+    with open_slide(cmu_small_svs) as reader:
         return reader.read_region((0, 0), 0, reader.dimensions), reader.mpp
 
 
@@ -105,8 +105,8 @@ def test_pen_strokes_are_found(cmu, ink):
         "known miss (Dice 0.32): red ink over these dense purple crops darkens to hue 22-35 deg, chroma 32-72, "
         "inside the eosin / red-cell range"))),
 ])
-def test_pen_strokes_on_lung_crops_are_found(data_dir, ink):
-    path = data_dir / "lung" / "images" / "lung_02.png"
+def test_pen_strokes_on_lung_crops_are_found(ink, lung_dir):
+    path = lung_dir / "images" / "lung_02.png"
     rgb = np.ascontiguousarray(cv2.imread(str(path), cv2.IMREAD_COLOR)[..., ::-1])
     mpp = 2.0  # low-power crops whose scale is not recorded: a stroke 75 px wide is 150 µm here
     stroke = _stroke(rgb.shape[:2], (100, 900), (900, 150), round(150 / mpp))
@@ -205,9 +205,9 @@ def test_clean_slides_are_left_alone_and_brightfield(slides_dir, name):
 
 @pytest.mark.xfail(reason="known miss: lung_01's dense dark tumour reads as 3.5 % under-exposed (0.965 unflagged)",
                    strict=True)
-def test_lung_images_are_left_alone(data_dir):
+def test_lung_images_are_left_alone(lung_dir):
     shares = []
-    for path in sorted(glob.glob(str(data_dir / "lung" / "images" / "*.png"))):
+    for path in sorted(glob.glob(str(lung_dir / "images" / "*.png"))):
         rgb = np.ascontiguousarray(cv2.imread(path, cv2.IMREAD_COLOR)[..., ::-1])
         shares.append(_unflagged_share(run_qc(ArrayReader(rgb, 2.0, path))))  # low-power crops; scale unrecorded
     print("lung unflagged tissue", [round(s, 3) for s in shares])
@@ -224,9 +224,9 @@ def test_fluorescence_slides_are_not_brightfield(slides_dir, name):
     assert (summary["usable"], summary["verdict_rule"]) == (False, "brightfield")
 
 
-def test_ihc_is_not_he(data_dir):
+def test_ihc_is_not_he(stain_dir):
     """DAB immunohistochemistry (the stain set's negative control) fails on its stain, not as pen."""
-    rgb = np.ascontiguousarray(cv2.imread(str(data_dir / "stain" / "skimage_ihc.png"), cv2.IMREAD_COLOR)[..., ::-1])
+    rgb = np.ascontiguousarray(cv2.imread(str(stain_dir / "skimage_ihc.png"), cv2.IMREAD_COLOR)[..., ::-1])
     summary = run_qc(ArrayReader(rgb, 0.5)).summary
     assert summary["brightfield"]["value"] is True
     assert summary["stain"]["looks_like_he"] is False

@@ -20,8 +20,8 @@ TILE = 128
 
 
 @pytest.fixture(scope="module")
-def region(data_dir):
-    with open_slide(data_dir / "slides" / "CMU-1-Small-Region.svs") as reader:
+def region(cmu_small_svs):
+    with open_slide(cmu_small_svs) as reader:
         return reader.read_region((512, 768), 0, (4 * TILE, 3 * TILE))
 
 
@@ -104,9 +104,9 @@ def test_normalising_twice_is_refused_unless_overwrite(source_store, tmp_path):
     assert open_tile_store(twice).complete
 
 
-def test_target_image_option(source_store, tmp_path, data_dir):
+def test_target_image_option(source_store, tmp_path, stain_dir):
     path, _ = source_store
-    target = data_dir / "stain" / "warwick_target_p.png"
+    target = stain_dir / "warwick_target_p.png"
     result = _run(path, "-o", tmp_path / "t.zarr", "--target", target, "--device", "cpu", "-q")
     assert result.exit_code == 0, result.output
     stain = open_tile_store(tmp_path / "t.zarr").meta["stain"]
@@ -156,10 +156,10 @@ def test_missing_store_through_the_console(tmp_path):
     assert "nope.zarr: no such store" in completed.stderr
 
 
-def test_tile_then_normalize_end_to_end(data_dir, tmp_path):
+def test_tile_then_normalize_end_to_end(tmp_path, cmu_small_svs):
     tiles = tmp_path / "cmu.zarr"
     result = CliRunner().invoke(
-        app, ["tile", str(data_dir / "slides" / "CMU-1-Small-Region.svs"), "-o", str(tiles), "--tile-size", "256", "--quiet"]
+        app, ["tile", str(cmu_small_svs), "-o", str(tiles), "--tile-size", "256", "--quiet"]
     )
     assert result.exit_code == 0, result.output
     out = tmp_path / "cmu.norm.zarr"
@@ -170,9 +170,9 @@ def test_tile_then_normalize_end_to_end(data_dir, tmp_path):
     assert normalised.n_tiles == source.n_tiles and normalised.complete
 
 
-def test_ihc_target_is_warned_about(source_store, tmp_path, data_dir):
+def test_ihc_target_is_warned_about(source_store, tmp_path, stain_dir):
     path, _ = source_store
-    target = data_dir / "stain" / "skimage_ihc.png"
+    target = stain_dir / "skimage_ihc.png"
     result = _run(path, "-o", tmp_path / "ihc.zarr", "--target", target, "--device", "cpu", "-q")
     assert result.exit_code == 0, result.output
     assert f"Warning: --target {target}" in result.output and "probably not H&E" in result.output

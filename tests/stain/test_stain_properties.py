@@ -20,19 +20,19 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="session")
-def he_image(data_dir):
-    return np.asarray(Image.open(data_dir / "stain" / "tiatoolbox_target.png").convert("RGB"))[:512, :512]
+def he_image(stain_dir):
+    return np.asarray(Image.open(stain_dir / "tiatoolbox_target.png").convert("RGB"))[:512, :512]
 
 
 @pytest.fixture(scope="session")
-def target_image(data_dir):
-    return np.asarray(Image.open(data_dir / "stain" / "warwick_target_p.png").convert("RGB"))[:384, :384]
+def target_image(stain_dir):
+    return np.asarray(Image.open(stain_dir / "warwick_target_p.png").convert("RGB"))[:384, :384]
 
 
 @pytest.fixture(scope="session")
-def slide_tiles(data_dir):
+def slide_tiles(cmu_small_svs):
     """All 256 px tiles of a 2048 x 2816 region of CMU-1-Small-Region (a real H&E slide)."""
-    with open_slide(data_dir / "slides" / "CMU-1-Small-Region.svs") as reader:
+    with open_slide(cmu_small_svs) as reader:
         image = reader.read_region((0, 0), 0, (2048, 2816))
     tiles = image.reshape(11, 256, 8, 256, 3).swapaxes(1, 2).reshape(-1, 256, 256, 3)
     return np.ascontiguousarray(tiles), image

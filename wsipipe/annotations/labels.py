@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +30,7 @@ class LabelMap:
         if len(set(self.names)) != len(self.names):
             raise InvalidInputError(f"--label-map: a label is listed twice in {list(self.names)}")
 
-    def priority(self, label: str, ancestors: list[str] = ()) -> int | None:
+    def priority(self, label: str, ancestors: Sequence[str] = ()) -> int | None:
         """Index of the entry for ``label`` (or its nearest listed parent group), or None."""
         for name in (label, *ancestors):
             if name in self.names:

@@ -8,8 +8,8 @@ otherwise the shape is repaired or skipped and a warning names the file, line an
 from __future__ import annotations
 
 import logging
-from functools import lru_cache
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 import shapely

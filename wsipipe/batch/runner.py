@@ -20,7 +20,7 @@ import traceback
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
@@ -152,7 +152,8 @@ def _plan(
     previous = load_status(outdir)
     with ThreadPoolExecutor(FINGERPRINT_THREADS) as pool:
         prints = list(pool.map(lambda e: fingerprint(e.path), entries))
-    records, plans = [], []
+    records: list = []
+    plans: list = []
     for entry, converted, print_ in zip(entries, slide_options, prints):
         options = {**converted, "annotation": str(entry.annotation) if entry.annotation else None}
         config = hashlib.sha256(
@@ -352,7 +353,7 @@ def process_slide(job_ref: str, slide: str, name: str, outdir: str, options: dic
         workdir.mkdir()
         figures = _json_figures(load_job(job_ref)(Path(slide), workdir, dict(options)))
         outputs = sorted(p.relative_to(workdir).as_posix() for p in workdir.rglob("*") if p.is_file())
-        result = {**base, "state": "done", "figures": figures, "outputs": [*outputs, RESULT_FILE]}
+        result: dict[str, object] = {**base, "state": "done", "figures": figures, "outputs": [*outputs, RESULT_FILE]}
         result.update(finished=_now(), seconds=round(time.time() - started, 3), error="")
         (workdir / RESULT_FILE).write_text(json.dumps({**result, "stamp": stamp}, indent=1))
         _install(workdir, Path(outdir) / name, partial)
@@ -412,4 +413,4 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _now(stamp: float | None = None) -> str:
-    return datetime.fromtimestamp(stamp if stamp is not None else time.time(), timezone.utc).isoformat(timespec="milliseconds")
+    return datetime.fromtimestamp(stamp if stamp is not None else time.time(), UTC).isoformat(timespec="milliseconds")

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from wsipipe import __version__
-from wsipipe.errors import InvalidInputError
+from wsipipe.errors import InvalidInputError, OutputError
 
 SEG_TYPES = ("binary", "fractional")
 SEG_NAME = "prediction.seg.dcm"
@@ -81,7 +81,13 @@ def write_dicom_outputs(outdir: str | os.PathLike, seg_type: str = "binary",
     outdir = Path(outdir)
     report = _read_json(outdir / "report.json")  # segment's
     nuclei = _read_json(outdir / "nuclei.json")  # the nuclei stage's
-    series = resolve_series(report["slide"] if report else nuclei["input"])
+    if report:
+        slide = report["slide"]
+    elif nuclei:
+        slide = nuclei["input"]
+    else:
+        raise OutputError(f"{outdir}: neither report.json nor nuclei.json; nothing to write as DICOM")
+    series = resolve_series(slide)
     source = pydicom.dcmread(series.base.path, stop_before_pixels=True)
     objects = []
     prediction = Path(prediction) if prediction is not None else outdir / "prediction.zarr"

@@ -6,8 +6,8 @@ import logging
 import os
 from pathlib import Path
 
-from wsipipe.errors import InvalidInputError, SlideOpenError
 from wsipipe.dicom.series import is_dicom_path
+from wsipipe.errors import InvalidInputError, SlideOpenError
 from wsipipe.files import check_regular_file
 from wsipipe.slide.base import Level, SlideReader
 

@@ -183,7 +183,7 @@ def _encoded_tiles(renderer: TileRenderer, level: int, quality: int, threads: in
     positions = [(tx, ty) for ty in range(math.ceil(height / tile)) for tx in range(math.ceil(width / tile))]
     blank = imagecodecs.jpeg8_encode(renderer.blank_tile(), level=quality, subsampling=(2, 2))
 
-    def encode(position: tuple[int, int]) -> bytes:
+    def encode(position: tuple[int, int]) -> bytes | bytearray:
         pixels = renderer.render(level, *position)
         if pixels is None:
             return blank
@@ -353,6 +353,7 @@ def make_patch_pool(images: Sequence[np.ndarray], tile: int, count: int, rng: np
                 best, best_score = crop, score
         gain = 1.0 + rng.normal(0, 0.04, 3)
         shift = rng.normal(0, 4, 3)
+        assert best is not None  # every crop scores at least 0
         pool[index] = np.clip(best.astype(np.float32) * gain + shift + 0.5, 0, 255).astype(np.uint8)
     return pool
 

@@ -25,6 +25,7 @@ import threading
 from collections import OrderedDict
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -49,7 +50,7 @@ def direct_tiles_enabled() -> bool:
 class TiledPages:
     """Region reads of the levels of one TIFF file whose pages allow decoding tiles directly."""
 
-    def __init__(self, path: Path, pages: dict[int, object], tiff):
+    def __init__(self, path: Path, pages: dict[int, Any], tiff):
         self._tiff = tiff  # kept open: the pages' decoders belong to it
         self._pages = pages
         self._path = path

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Optional
 
 from wsipipe.errors import StainError, StoreError
+from wsipipe.files import file_sha256
 from wsipipe.stain.base import StainParams
 from wsipipe.stain.slide import estimate_slide_stain
 
@@ -57,7 +57,7 @@ def normalize_store(
                 normalizer.fit(load_target_image(target_image))
             except StainError as exc:
                 raise StainError(f"--target {target_image}: {exc}") from None
-            target_name = f"{target_image.name} sha256:{_sha256(target_image)}"
+            target_name = f"{target_image.name} sha256:{file_sha256(target_image)[:16]}"
     with _warnings_to(on_warning, str(source_path)):
         try:
             slide = estimate_slide_stain(source.tiles, normalizer)
@@ -112,11 +112,3 @@ def _warnings_to(on_warning: Optional[Callable[[str], None]], subject: str):
     for warning in caught:
         if on_warning is not None:
             on_warning(f"{subject}: {warning.message}")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]

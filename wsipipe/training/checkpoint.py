@@ -5,8 +5,9 @@ epoch loop the nuclei and cellularity trainers share."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch

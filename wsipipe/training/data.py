@@ -233,7 +233,7 @@ def sample_patch(
     if aug is not None:
         angle = 90.0 * rng.integers(4) + rng.uniform(-aug.max_rotation, aug.max_rotation)
         zoom = float(np.exp(rng.uniform(*np.log(aug.scale_range))))
-    matrix = cv2.getRotationMatrix2D((cx, cy), angle, zoom)
+    matrix = np.asarray(cv2.getRotationMatrix2D((cx, cy), angle, zoom), np.float64)
     matrix[:, 2] += (tile / 2 - cx, tile / 2 - cy)
     border = cv2.BORDER_REFLECT_101
     image = cv2.warpAffine(item.image, matrix, (tile, tile), flags=cv2.INTER_LINEAR, borderMode=border)
@@ -249,5 +249,7 @@ def sample_patch(
 
 
 def class_frequencies(items: list[LabelledImage], num_classes: int) -> np.ndarray:
-    counts = sum(np.bincount(i.mask.ravel(), minlength=num_classes)[:num_classes] for i in items)
+    counts = np.zeros(num_classes, np.int64)
+    for item in items:
+        counts += np.bincount(item.mask.ravel(), minlength=num_classes)[:num_classes]
     return counts / max(counts.sum(), 1)

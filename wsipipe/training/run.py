@@ -4,9 +4,9 @@ cross-validation by image or slide, the final fit, and the model file with its m
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -100,7 +100,7 @@ def run_training(
             "fold_miou": [f["miou"] for f in done],
             "per_image": {k: v for f in done for k, v in f["per_image"].items()},
         }
-        train_idx, val_idx = list(range(len(items))), []
+        train_idx, val_idx = list(range(len(items))), list[int]()
     else:
         train_idx, val_idx = split_holdout(groups, val_fraction, config.seed)
     result = train(config, [items[i] for i in train_idx], [items[i] for i in val_idx], fit_checkpoint(output), resume,
