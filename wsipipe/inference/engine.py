@@ -294,6 +294,8 @@ class Runner:
             x = self.bundle.preprocess(pixels)
             out = self._predict(x)
             if self.views > 1:
+                if x.shape[-1] != x.shape[-2]:
+                    raise ValueError(f"test-time views turn the tile: it must be square, not {tuple(x.shape[-2:])}")
                 sums = self._dense(out)
                 for turns, mirror in VIEWS[1:]:
                     view = torch.rot90(x.flip(-1) if mirror else x, turns, dims=(-2, -1))

@@ -86,9 +86,9 @@ def train(
     the epoch on them would inflate that figure.
     """
     from wsipipe.models import build_model
+    from wsipipe.models.io import IMAGENET_NORMALISATION, preprocess
     from wsipipe.training.checkpoint import load_checkpoint, save_checkpoint
     from wsipipe.training.losses import make_loss
-    from wsipipe.models.io import IMAGENET_NORMALISATION, preprocess
 
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
