@@ -224,3 +224,16 @@ def test_strips_bound_the_accumulator_by_the_strip_not_the_slide(tmp_path):
     assert np.array_equal(results["full"][0], results["strips"][0])
     assert np.array_equal(results["full"][1], results["strips"][1])
     assert results["strips"][2] * 3 <= results["full"][2]  # 3 chunk columns at most, against 8
+
+
+def test_strip_stitcher_takes_tiles_in_its_plan_order_only(tmp_path):
+    probs, labels, journal = _arrays(tmp_path, 2 * CHUNK, 4 * CHUNK)
+    stitcher = StripStitcher(probs, labels, journal, tile_size=TILE, overlap=OVERLAP, chunk=CHUNK, strip_width=2 * CHUNK)
+    order = stitcher.plan([(0, 0), (STRIDE, 0)])
+    tile = np.full((N_CLASSES, TILE, TILE), 1 / N_CLASSES, np.float32)
+    with pytest.raises(ValueError, match=r"tile at \(48, 0\) does not come next"):
+        stitcher.add(tile, STRIDE, 0)
+    for _, x, y, _ in order:
+        stitcher.add(tile, x, y)
+    with pytest.raises(ValueError, match="does not come next"):
+        stitcher.add(tile, 0, 0)

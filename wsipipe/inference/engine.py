@@ -278,10 +278,10 @@ class Runner:
         return self.outputs(raw)
 
     def _dense(self, out) -> dict:
-        """The outputs test-time augmentation averages, by name (None: a tensor output)."""
+        """The outputs test-time augmentation averages, by name (None: a tensor output), in float32."""
         if not isinstance(out, dict):
-            return {None: out}
-        return {name: out[name] for name in (self.averaged or ()) if name in out}
+            return {None: out.float()}
+        return {name: out[name].float() for name in (self.averaged or ()) if name in out}
 
     def forward(self, tiles: np.ndarray):
         """One batch through the device, without out-of-memory handling."""
