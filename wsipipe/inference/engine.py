@@ -47,7 +47,8 @@ from wsipipe.inference.sliding import GLASS, blend_window
 MAX_CUDA_READERS = 8
 #: Reader processes on the CPU, where the model needs the cores: reading is about a tenth of its time.
 CPU_READERS = 2
-#: Batches the reader processes decode ahead of the runner (bounded memory).
+#: Batches the reader processes decode ahead of the runner (bounded memory): at least this many,
+#: and one more than there are processes, so that none of them waits for work.
 READ_AHEAD = 4
 #: Test-time augmentation views: (quarter turns, mirrored), the identity first.
 VIEWS = [(turns, mirror) for turns in range(4) for mirror in (False, True)]
@@ -118,19 +119,21 @@ def start_readers(slide_path, mpp_override: float | None, workers: int, levels_c
     with helpers_ignore_ctrl_c():
         for _ in range(workers):
             pool.submit(int)  # start every process now
+    pool.readers = workers  # how many batches ``slide_batches`` keeps in flight follows it
     return pool
 
 
 def slide_batches(
     coords: np.ndarray, positions: list, *, tile: int, mpp: float, batch_size: int, reader=None, pool=None,
-    ahead: int = READ_AHEAD, device: str = "cpu",
+    ahead: int | None = None, device: str = "cpu",
 ) -> Iterator[Batch]:
     """A slide's tiles at level-0 ``coords``, ``positions`` being where each goes in the merger.
 
     With CUDA and a JPEG level ``gpu_jpeg`` serves, ``reader`` only slices compressed bytes and
     the tiles are decoded on the device (tensors there). Otherwise with ``pool``
-    (``start_readers``) the reader processes keep up to ``ahead`` batches decoded ahead of the
-    consumer; without, ``reader`` reads in this process.
+    (``start_readers``) the reader processes keep up to ``ahead`` batches (default: ``READ_AHEAD``,
+    or one more than the processes) decoded ahead of the consumer; without, ``reader`` reads in
+    this process.
     """
     if str(device).startswith("cuda") and reader is not None:
         from wsipipe.inference.gpu_jpeg import JpegLevelTiles, gpu_slide_batches
@@ -144,6 +147,7 @@ def slide_batches(
         for start in starts:
             yield positions[start : start + batch_size], read_tiles(reader, coords[start : start + batch_size], tile, mpp)
         return
+    ahead = ahead or max(READ_AHEAD, pool.readers + 1)
     pending: deque = deque()
 
     def submit(start: int) -> None:
