@@ -259,6 +259,8 @@ class ColourTable:
     def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The mapped images (a C-contiguous uint8 ``(N, H, W, 3)`` batch in, the same shape out),
         and for each image whether any of its pixels is flagged."""
+        import cv2
+
         codes = colour_codes(images)
         entries = self._entries[codes]
         if entries.min() < self._FILLED:
@@ -267,8 +269,6 @@ class ColourTable:
             entries[unfilled] = self._entries[codes[unfilled]]
         # every entry is filled now, so a flagged one is at least FILLED | FLAGGED
         flagged = entries.reshape(len(images), -1).max(axis=1) >= self._FILLED | self._FLAGGED
-        import cv2
-
         rgbx = entries.view(np.uint8).reshape(-1, images.shape[-2], 4)  # little-endian: R, G, B, flags
         return cv2.cvtColor(rgbx, cv2.COLOR_RGBA2RGB).reshape(images.shape), flagged  # one pass
 
