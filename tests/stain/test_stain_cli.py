@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from wsipipe.cli.main import app
 from wsipipe.slide import open_slide
-from wsipipe.stain import StainParams, default_target, get_normalizer
+from wsipipe.stain import StainParams, default_target, estimate_slide_stain, get_normalizer
 from wsipipe.store import create_tile_store, open_tile_store
 
 TILE = 128
@@ -66,6 +66,15 @@ def test_normalize_writes_a_store_with_the_same_coordinates_and_the_slide_stains
     normalizer = get_normalizer("vahadane").fit(default_target("vahadane"))
     assert np.array_equal(normalised.tiles[...], normalizer.transform(tiles, source=slide))
     assert not np.array_equal(normalised.tiles[...], tiles)
+
+
+def test_the_slide_estimate_samples_a_store_as_it_does_an_array(source_store):
+    """zarr arrays have a shape but no len(): a store's tiles are sampled, not all read."""
+    path, tiles = source_store
+    normalizer = get_normalizer("macenko").fit(default_target("macenko"))
+    from_store = estimate_slide_stain(open_tile_store(path).tiles, normalizer, max_tiles=3)
+    assert from_store == estimate_slide_stain(tiles, normalizer, max_tiles=3)
+    assert from_store != estimate_slide_stain(tiles, normalizer, max_tiles=len(tiles))
 
 
 def test_normalize_resumes_after_an_interruption(source_store, tmp_path):
