@@ -211,7 +211,8 @@ class DeviceRunner:
 _worker_reader = None
 
 
-def _open_worker(path: str, mpp_override: float | None, levels_cache: str | None, parent_pid: int) -> None:
+def _open_worker(path: str, mpp_override: float | None, levels_cache: str | None, parent_pid: int,
+                 backend: str | None = None) -> None:
     from wsipipe.processes import die_with_parent
 
     die_with_parent(parent_pid)
@@ -221,7 +222,7 @@ def _open_worker(path: str, mpp_override: float | None, levels_cache: str | None
 
     global _worker_reader
     cv2.setNumThreads(1)
-    _worker_reader = open_slide(path, mpp_override=mpp_override, levels_cache=levels_cache)
+    _worker_reader = open_slide(path, backend=backend, mpp_override=mpp_override, levels_cache=levels_cache)
 
 
 def _read_tiles(reader, coords: np.ndarray, tile: int, mpp: float) -> np.ndarray:
@@ -235,7 +236,8 @@ def _read_in_worker(coords: np.ndarray, tile: int, mpp: float) -> np.ndarray:
     return _read_tiles(_worker_reader, coords, tile, mpp)
 
 
-def start_readers(slide_path: Path, mpp_override: float | None, workers: int, levels_cache: Path | None = None):
+def start_readers(slide_path: Path, mpp_override: float | None, workers: int, levels_cache: Path | None = None,
+                  backend: str | None = None):
     """Reader processes, started early so their start-up overlaps model loading (None for 0 workers),
     each with the levels built for the slide in ``levels_cache`` (``wsipipe.slide.built``).
 
@@ -253,7 +255,8 @@ def start_readers(slide_path: Path, mpp_override: float | None, workers: int, le
         max_workers=workers,
         mp_context=multiprocessing.get_context("spawn"),
         initializer=_open_worker,
-        initargs=(str(slide_path), mpp_override, str(levels_cache) if levels_cache is not None else None, os.getpid()),
+        initargs=(str(slide_path), mpp_override, str(levels_cache) if levels_cache is not None else None, os.getpid(),
+                  backend),
     )
     with helpers_ignore_ctrl_c():
         for _ in range(workers):
@@ -431,6 +434,7 @@ def segment_slide(
     batch_size: int = 16,
     device: str = "auto",
     workers: int = 2,
+    backend: str | None = None,
     mpp_override: float | None = None,
     nuclei: bool = False,
     nuclei_model: str | os.PathLike | None = None,
@@ -442,7 +446,7 @@ def segment_slide(
     """Segment one slide into ``outdir``; returns the report (also written as report.json).
 
     ``model``: a model file, None for the bundled model, or a loaded ``ModelBundle``.
-    ``workers``: reader processes (0 reads in this process).
+    ``workers``: reader processes (0 reads in this process); ``backend``: their slide reader (``open_slide``).
     ``nuclei``: also run the nuclei stage (classical, or the US-Net ``nuclei_model``, which
     implies ``nuclei``) with the predicted tumour as its tumour mask.
     ``dicom_seg``: binary, fractional or none (default: binary for a DICOM slide; see ``wsipipe.dicom.outputs``).
@@ -486,7 +490,7 @@ def segment_slide(
         overlap = int(store.meta["overlap"])
     overlap = default_overlap(tile) if overlap is None else int(overlap)
     check_overlap(overlap, tile)
-    with open_slide(slide_path, mpp_override=mpp_override) as reader:
+    with open_slide(slide_path, backend=backend, mpp_override=mpp_override) as reader:
         reader.mpp  # noqa: B018 - a slide without µm/px fails here, naming --mpp-override
         # One clear error when the slide cannot give the model's µm/px, even through a built level.
         reader.check_mpp(info.bundle.mpp, buildable=True)
@@ -503,9 +507,9 @@ def segment_slide(
             if with_level is not reader:
                 timings["level"] = time.perf_counter() - t0
             reader = with_level
-            pool = None if store is not None else start_readers(slide_path, mpp_override, workers, levels)
+            pool = None if store is not None else start_readers(slide_path, mpp_override, workers, levels, backend)
             try:
-                nuclei_options = {"model": nuclei_model, "mpp_override": mpp_override} if nuclei else None
+                nuclei_options = {"model": nuclei_model, "mpp_override": mpp_override, "backend": backend} if nuclei else None
                 report = _segment(slide_path, outdir, reader, pool, info, store, normalize, target, overlap,
                                   batch_size, device, progress, say, timings, nuclei_options, dicom_seg, usable)
             finally:
@@ -790,7 +794,7 @@ def _nuclei_masks(plan: TilePlan, label_map: np.ndarray, tumour_ids: list[int], 
     return tissue[np.ix_(rows, cols)], tumour[np.ix_(rows, cols)]
 
 
-def _run_nuclei(slide_path, outdir, tumour, tissue, device, progress, *, model, mpp_override) -> dict:
+def _run_nuclei(slide_path, outdir, tumour, tissue, device, progress, *, model, mpp_override, backend) -> dict:
     """The nuclei stage over the slide into ``outdir`` (nuclei.* and labels.zarr), with a progress bar."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -805,7 +809,7 @@ def _run_nuclei(slide_path, outdir, tumour, tissue, device, progress, *, model, 
         task = bar.add_task("tiles", total=None)
         return run_nuclei(
             slide_path, outdir, mpp_override=mpp_override, tumour_mask=tumour, tissue_mask=tissue,
-            model=Path(model) if model is not None else None, device=device,
+            model=Path(model) if model is not None else None, device=device, backend=backend,
             progress=lambda done, total: bar.update(task, completed=done, total=total),
         )
 

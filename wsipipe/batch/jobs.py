@@ -124,6 +124,7 @@ SEGMENT_OPTIONS: dict[str, Callable[[str], Any]] = {
     "overlap": int,
     "batch_size": int,
     "device": str,
+    "backend": str,
     "mpp_override": _positive_float,
     "nuclei": _flag,
     "nuclei_model": _absolute_path,
