@@ -84,8 +84,8 @@ def tile_slide(
     """
     started = time.perf_counter()
     validate_tiling(tile_size, overlap, tissue_threshold)
-    if workers < 1:
-        raise InvalidInputError(f"--workers must be at least 1, got {workers}")
+    if workers < 0:
+        raise InvalidInputError(f"{{workers}} must be at least 0, got {workers}", parameter="workers")
     if level is not None:
         mpp = None
     slide_path, store_path = Path(slide_path), Path(store_path)
