@@ -68,7 +68,7 @@ def test_grid_by_level_without_mpp(slides_dir):
     # level 1 downsample 2.0005: extent 1024.26; columns ceil(3418.74 / 1024.26) + 1 = 5, rows ceil(2542.74 / 1024.26) + 1 = 4
     assert len(grid.coords) == 20 and grid.native and grid.mpp is None
     assert tuple(grid.coords[1]) == (1024, 0) and tuple(grid.coords[5]) == (0, 1024)
-    with pytest.raises(MppUnknownError, match="--mpp-override"):
+    with pytest.raises(MppUnknownError, match="pass mpp_override X"):
         build_grid(reader, tile_size=512, mpp=0.5)
 
 
