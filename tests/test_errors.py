@@ -41,4 +41,6 @@ def test_parameters_survive_pickling():
     assert copy.text({"tissue_threshold": "--tissue-threshold"}).startswith("--tissue-threshold must")
     no_mpp = pickle.loads(pickle.dumps(MppUnknownError("x.svs", level_option=True)))
     assert no_mpp.path == "x.svs" and no_mpp.parameters == ("mpp_override", "level")
-    assert str(no_mpp).endswith("pass mpp_override X (µm per pixel at level 0) or level N (tile a pyramid level at its own scale)")
+    assert str(no_mpp).endswith(
+        "pass mpp_override X (µm per pixel at level 0) or level N (tile a pyramid level at its own scale)"
+    )
