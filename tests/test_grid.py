@@ -81,12 +81,12 @@ def test_native_mpp_on_a_level(slides_dir):
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"tile_size": 0, "mpp": 0.5}, "--tile-size"),
-        ({"tile_size": 256, "overlap": 256, "mpp": 0.5}, "--overlap"),
-        ({"tile_size": 256, "overlap": -1, "mpp": 0.5}, "--overlap"),
+        ({"tile_size": 0, "mpp": 0.5}, "^tile_size must be positive"),
+        ({"tile_size": 256, "overlap": 256, "mpp": 0.5}, "^overlap must be at least 0 and less than tile_size"),
+        ({"tile_size": 256, "overlap": -1, "mpp": 0.5}, "^overlap must be at least 0"),
         ({"tile_size": 256, "mpp": 0.1}, "finer than the slide's level 0"),
         ({"tile_size": 256, "mpp": 1000.0}, "too coarse"),
-        ({"tile_size": 256, "level": 3}, "--level 3 does not exist"),
+        ({"tile_size": 256, "level": 3}, "^level 3 does not exist"),
     ],
 )
 def test_invalid_grids_are_usage_errors(cmu, kwargs, message):
