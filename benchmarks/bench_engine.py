@@ -168,7 +168,7 @@ def main() -> None:
                 command = [
                     sys.executable, "-m", "wsipipe", "segment", str(slide), "-o", str(out), "--model", str(model_path),
                     "--normalize", args.normalize, "--batch-size", str(args.batch_size), "--device", args.device,
-                    "--workers", str(workers), "--quiet",
+                    "--readers", str(workers), "--quiet",
                 ]
                 wall, peak, _ = peak_tree_rss(command, env)
                 report = json.loads((out / "report.json").read_text())

@@ -68,7 +68,7 @@ def test_grid_by_level_without_mpp(jp2k_svs):
     # level 1 downsample 2.0005: extent 1024.26; columns ceil(3418.74 / 1024.26) + 1 = 5, rows ceil(2542.74 / 1024.26) + 1 = 4
     assert len(grid.coords) == 20 and grid.native and grid.mpp is None
     assert tuple(grid.coords[1]) == (1024, 0) and tuple(grid.coords[5]) == (0, 1024)
-    with pytest.raises(MppUnknownError, match="--mpp-override"):
+    with pytest.raises(MppUnknownError, match="pass mpp_override X"):
         build_grid(reader, tile_size=512, mpp=0.5)
 
 
@@ -81,12 +81,12 @@ def test_native_mpp_on_a_level(jp2k_svs):
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"tile_size": 0, "mpp": 0.5}, "--tile-size"),
-        ({"tile_size": 256, "overlap": 256, "mpp": 0.5}, "--overlap"),
-        ({"tile_size": 256, "overlap": -1, "mpp": 0.5}, "--overlap"),
+        ({"tile_size": 0, "mpp": 0.5}, "^tile_size must be positive"),
+        ({"tile_size": 256, "overlap": 256, "mpp": 0.5}, "^overlap must be at least 0 and less than tile_size"),
+        ({"tile_size": 256, "overlap": -1, "mpp": 0.5}, "^overlap must be at least 0"),
         ({"tile_size": 256, "mpp": 0.1}, "finer than the slide's level 0"),
         ({"tile_size": 256, "mpp": 1000.0}, "too coarse"),
-        ({"tile_size": 256, "level": 3}, "--level 3 does not exist"),
+        ({"tile_size": 256, "level": 3}, "^level 3 does not exist"),
     ],
 )
 def test_invalid_grids_are_usage_errors(cmu, kwargs, message):

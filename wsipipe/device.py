@@ -27,13 +27,14 @@ def resolve_device(name: str, notify: Callable[[str], None] | None = None):
     if name == "cuda" or name.startswith("cuda:"):
         if not torch.cuda.is_available():
             raise InvalidInputError(
-                f"--device {name}: no CUDA GPU is available here (torch {torch.__version__}); "
-                "use --device cpu or --device auto"
+                f"{{device}} {name}: no CUDA GPU is available here (torch {torch.__version__}); "
+                "use {device} cpu or {device} auto",
+                parameter="device",
             )
         device = torch.device(name)
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise InvalidInputError(
-                f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) visible"
+                f"{{device}} {name}: only {torch.cuda.device_count()} CUDA device(s) visible", parameter="device"
             )
         return device
-    raise InvalidInputError(f"--device {name!r}: expected auto, cpu, cuda or cuda:N")
+    raise InvalidInputError(f"{{device}} {name!r}: expected auto, cpu, cuda or cuda:N", parameter="device")

@@ -8,13 +8,50 @@ Exit codes, one rule for every command: 2 when the inputs or options can never w
 unreadable or unsupported file, a bad option value, an output location that cannot be used); 1
 when a run fails while working (no space left, another run holds the folder, slides failed in a
 batch, a bug); 130 when interrupted.
+
+An error about a parameter names it in its message as a ``{name}`` placeholder (``parameter=``):
+``str(error)`` shows the Python name ("overlap 300: ..."), the CLI its flag ("--overlap 300: ...").
 """
+
+from __future__ import annotations
+
+from collections.abc import Mapping
 
 
 class WsipipeError(Exception):
     """A failure caused by the input or environment, reported as one line."""
 
     exit_code = 1
+
+    def __init__(self, message: str = "", *, parameter: str | tuple[str, ...] | None = None):
+        """``parameter``: the parameter the error is about (first) and any others ``message`` names,
+        each written ``{name}`` in it."""
+        self.template = message
+        self.parameters = (parameter,) if isinstance(parameter, str) else tuple(parameter or ())
+        super().__init__(self.text())
+
+    @property
+    def parameter(self) -> str | None:
+        """The parameter the error is about, if any."""
+        return self.parameters[0] if self.parameters else None
+
+    def text(self, spellings: Mapping[str, str] | None = None) -> str:
+        """The message with each parameter as ``spellings`` writes it (a CLI: its flag), else by name."""
+        text = self.template
+        for name in self.parameters:
+            text = text.replace("{" + name + "}", (spellings or {}).get(name, name))
+        return text
+
+    def __reduce__(self):
+        """Pickled whole (a Dask worker's error reaches the batch), whatever the subclass's arguments."""
+        return _rebuild, (type(self), self.args, self.__dict__)
+
+
+def _rebuild(cls: type[WsipipeError], args: tuple, state: dict) -> WsipipeError:
+    error = cls.__new__(cls)
+    Exception.__init__(error, *args)
+    error.__dict__.update(state)
+    return error
 
 
 class InvalidInputError(WsipipeError):
@@ -37,10 +74,11 @@ class MppUnknownError(WsipipeError):
     def __init__(self, path: str, level_option: bool = False):
         """``level_option``: the command also takes ``--level N``, which needs no µm/px."""
         self.path = path
-        remedy = "pass --mpp-override X (µm per pixel at level 0)"
+        remedy = "pass {mpp_override} X (µm per pixel at level 0)"
         if level_option:
-            remedy += " or --level N (tile a pyramid level at its own scale)"
-        super().__init__(f"{path}: the slide records no µm/px; {remedy}")
+            remedy += " or {level} N (tile a pyramid level at its own scale)"
+        super().__init__(f"{path}: the slide records no µm/px; {remedy}",
+                         parameter=("mpp_override", "level") if level_option else "mpp_override")
 
 
 class StoreError(WsipipeError):

@@ -48,11 +48,13 @@ class TileGrid:
 
 def validate_tiling(tile_size: int, overlap: int, tissue_threshold: float) -> None:
     if tile_size <= 0:
-        raise InvalidInputError(f"--tile-size must be positive, got {tile_size}")
+        raise InvalidInputError(f"{{tile_size}} must be positive, got {tile_size}", parameter="tile_size")
     if not 0 <= overlap < tile_size:
-        raise InvalidInputError(f"--overlap must be at least 0 and less than --tile-size ({tile_size}), got {overlap}")
+        raise InvalidInputError(f"{{overlap}} must be at least 0 and less than {{tile_size}} ({tile_size}), got {overlap}",
+                                parameter=("overlap", "tile_size"))
     if not 0 <= tissue_threshold <= 1:
-        raise InvalidInputError(f"--tissue-threshold must be between 0 and 1, got {tissue_threshold}")
+        raise InvalidInputError(f"{{tissue_threshold}} must be between 0 and 1, got {tissue_threshold}",
+                                parameter="tissue_threshold")
 
 
 def build_grid(
@@ -72,10 +74,11 @@ def build_grid(
     """
     validate_tiling(tile_size, overlap, 0.0)
     if (mpp is None) == (level is None):
-        raise InvalidInputError("give either a µm/px (--mpp) or a pyramid level (--level), not both")
+        raise InvalidInputError("give either a µm/px ({mpp}) or a pyramid level ({level}), not both", parameter=("mpp", "level"))
     if level is not None:
         if not 0 <= level < len(reader.levels):
-            raise InvalidInputError(f"--level {level} does not exist; the slide has levels 0 to {len(reader.levels) - 1}")
+            raise InvalidInputError(f"{{level}} {level} does not exist; the slide has levels 0 to {len(reader.levels) - 1}",
+                                    parameter="level")
         downsample = reader.levels[level].downsample
         tile_mpp = reader.mpp_x * downsample if reader.mpp_x is not None else None
         native = True

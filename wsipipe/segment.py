@@ -250,6 +250,7 @@ def segment_slide(
     batch_size: int = 16,
     device: str = "auto",
     workers: int | None = 2,
+    backend: str | None = None,
     mpp_override: float | None = None,
     nuclei: bool = False,
     nuclei_model: str | os.PathLike | None = None,
@@ -262,7 +263,7 @@ def segment_slide(
 
     ``model``: a model file, None for the bundled model, or a loaded ``ModelBundle``.
     ``workers``: reader processes (0 reads in this process; None: as many as the device needs,
-    ``wsipipe.inference.engine.reader_count``).
+    ``wsipipe.inference.engine.reader_count``); ``backend``: their slide reader (``open_slide``).
     ``nuclei``: also run the nuclei stage (classical, or the US-Net ``nuclei_model``, which
     implies ``nuclei``) with the predicted tumour as its tumour mask.
     ``dicom_seg``: binary, fractional or none (default: binary for a DICOM slide; see ``wsipipe.dicom.outputs``).
@@ -307,7 +308,7 @@ def segment_slide(
         overlap = int(store.meta["overlap"])
     overlap = default_overlap(tile) if overlap is None else int(overlap)
     check_overlap(overlap, tile)
-    with open_slide(slide_path, mpp_override=mpp_override) as reader:
+    with open_slide(slide_path, backend=backend, mpp_override=mpp_override) as reader:
         reader.mpp  # noqa: B018 - a slide without µm/px fails here, naming --mpp-override
         # One clear error when the slide cannot give the model's µm/px, even through a built level.
         reader.check_mpp(info.bundle.mpp, buildable=True)
@@ -324,9 +325,9 @@ def segment_slide(
             if with_level is not reader:
                 timings["level"] = time.perf_counter() - t0
             reader = with_level
-            pool = None if store is not None else start_readers(slide_path, mpp_override, workers, levels)
+            pool = None if store is not None else start_readers(slide_path, mpp_override, workers, levels, backend)
             try:
-                nuclei_options = {"model": nuclei_model, "mpp_override": mpp_override} if nuclei else None
+                nuclei_options = {"model": nuclei_model, "mpp_override": mpp_override, "backend": backend} if nuclei else None
                 report = _segment(slide_path, outdir, reader, pool, info, store, normalize, target, overlap,
                                   batch_size, device, progress, say, timings, nuclei_options, dicom_seg, usable)
             finally:
@@ -582,7 +583,7 @@ def _nuclei_masks(plan: TilePlan, label_map: np.ndarray, tumour_ids: list[int], 
     return tissue[np.ix_(rows, cols)], tumour[np.ix_(rows, cols)]
 
 
-def _run_nuclei(slide_path, outdir, tumour, tissue, device, progress, *, model, mpp_override) -> dict:
+def _run_nuclei(slide_path, outdir, tumour, tissue, device, progress, *, model, mpp_override, backend) -> dict:
     """The nuclei stage over the slide into ``outdir`` (nuclei.* and labels.zarr), with a progress bar."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -597,7 +598,7 @@ def _run_nuclei(slide_path, outdir, tumour, tissue, device, progress, *, model, 
         task = bar.add_task("tiles", total=None)
         return run_nuclei(
             slide_path, outdir, mpp_override=mpp_override, tumour_mask=tumour, tissue_mask=tissue,
-            model=Path(model) if model is not None else None, device=device,
+            model=Path(model) if model is not None else None, device=device, backend=backend,
             progress=lambda done, total: bar.update(task, completed=done, total=total),
         )
 

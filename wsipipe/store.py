@@ -384,7 +384,8 @@ def _refuse_other_params(path: Path, old: dict | None, new: dict) -> None:
     differences = _differences(old or {}, new)
     raise StoreError(
         f"{path}: made with other parameters ({'; '.join(differences[:4])}); "
-        "use --overwrite to replace it or choose another output"
+        "use {overwrite} to replace it or choose another output",
+        parameter="overwrite",
     )
 
 

@@ -84,11 +84,12 @@ def tile_slide(
     mask and label fractions. Resumes an interrupted run with the same parameters; returns at
     once when the store is already complete (unless ``overwrite``). ``qc`` ('auto', 'off' or a qc
     output): areas quality control flags are left out of the tissue mask, so out of the tiles.
+    ``workers``: reader threads (0 and 1 read in this thread).
     """
     started = time.perf_counter()
     validate_tiling(tile_size, overlap, tissue_threshold)
-    if workers < 1:
-        raise InvalidInputError(f"--workers must be at least 1, got {workers}")
+    if workers < 0:
+        raise InvalidInputError(f"{{workers}} must be at least 0, got {workers}", parameter="workers")
     if level is not None:
         mpp = None
     slide_path, store_path = Path(slide_path), Path(store_path)

@@ -152,7 +152,7 @@ def test_device_option(monkeypatch):
     assert resolve_device("auto", notify=messages.append) == torch.device("cpu")
     assert "No CUDA GPU found" in messages[0]
     assert resolve_device("cpu") == torch.device("cpu")
-    with pytest.raises(InvalidInputError, match="--device cuda: no CUDA GPU is available"):
+    with pytest.raises(InvalidInputError, match="device cuda: no CUDA GPU is available"):
         resolve_device("cuda")
     with pytest.raises(InvalidInputError, match="expected auto, cpu, cuda"):
         resolve_device("tpu")

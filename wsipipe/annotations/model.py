@@ -163,7 +163,7 @@ class Problems:
     def repaired(self, line: int | None, what: str, repair: str) -> None:
         """``what`` is wrong and was mended by ``repair`` (said in the warning; strict mends nothing)."""
         if self.strict:
-            raise AnnotationError(f"{self.where(line)}: {what} (refused by --strict)")
+            raise AnnotationError(f"{self.where(line)}: {what} (refused by {{strict}})", parameter="strict")
         self.repairs += 1
         if self.repairs <= self.SHOWN:
             log.warning("%s: %s; %s", self.where(line), what, repair)

@@ -104,12 +104,13 @@ def _prepare_segment(options: dict) -> dict:
         options["model"] = str(BUNDLED_MODEL)
     options["model"] = _absolute_path(str(options["model"]))
     if not Path(options["model"]).is_file():
-        raise ModelError(f"--model {options['model']}: no such model file")
+        raise ModelError(f"{{model}} {options['model']}: no such model file", parameter="model")
     from wsipipe.models.io import read_metadata
 
     read_metadata(options["model"])  # a pickle or another tool's file, refused once (header only)
     if options.get("normalize", "model") not in NORMALIZE_METHODS:
-        raise InvalidInputError(f"--normalize {options['normalize']!r}: choose one of {', '.join(NORMALIZE_METHODS)}")
+        raise InvalidInputError(f"{{normalize}} {options['normalize']!r}: choose one of {', '.join(NORMALIZE_METHODS)}",
+                                parameter="normalize")
     if options.get("nuclei_model") is not None:
         from wsipipe.nuclei.stage import check_nuclei_model, resolve_nuclei_model
 
@@ -125,6 +126,7 @@ SEGMENT_OPTIONS: dict[str, Callable[[str], Any]] = {
     "overlap": int,
     "batch_size": int,
     "device": str,
+    "backend": str,
     "mpp_override": _positive_float,
     "nuclei": _flag,
     "nuclei_model": _absolute_path,
@@ -154,7 +156,8 @@ def job_spec(name_or_ref: str) -> JobSpec:
         load_job(name_or_ref)  # fail now, in the caller, rather than once per slide on the workers
         return JobSpec(name_or_ref, name_or_ref, None)
     raise InvalidInputError(
-        f"--job {name_or_ref!r}: choose one of {', '.join(JOBS)} or give a function as module:function"
+        f"{{job}} {name_or_ref!r}: choose one of {', '.join(JOBS)} or give a function as module:function",
+        parameter="job",
     )
 
 
@@ -164,9 +167,9 @@ def load_job(ref: str) -> Callable[[Path, Path, dict], dict]:
     try:
         func = getattr(importlib.import_module(module_name), func_name)
     except (ImportError, AttributeError) as exc:
-        raise InvalidInputError(f"--job {ref}: cannot import it ({exc})") from exc
+        raise InvalidInputError(f"{{job}} {ref}: cannot import it ({exc})", parameter="job") from exc
     if not callable(func):
-        raise InvalidInputError(f"--job {ref}: not a function")
+        raise InvalidInputError(f"{{job}} {ref}: not a function", parameter="job")
     return func
 
 

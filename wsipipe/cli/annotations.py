@@ -9,7 +9,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from wsipipe.cli.options import BackendOpt, LabelMapOpt, MppOverrideOpt, OverwriteOpt, QuietOpt, StrictOpt
+from wsipipe.cli.options import (
+    BackendOpt, LabelMapOpt, MppOverrideOpt, OverwriteOpt, QuietOpt, StrictOpt, output_option,
+)
 from wsipipe.errors import InvalidInputError, OutputError
 from wsipipe.files import atomic_path
 
@@ -104,7 +106,7 @@ def mask(
         Path, typer.Option("--slide", help="The slide the annotations were drawn on (gives size and µm/px).")
     ],
     mpp: Annotated[float, typer.Option("--mpp", help="µm per pixel of the mask (e.g. 8).", min=1e-6)],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Mask file: .png or .zarr.")],
+    output: Annotated[Path, output_option("Mask file: .png or .zarr.")],
     label_map: LabelMapOpt = None,
     strict: StrictOpt = False,
     backend: BackendOpt = None,

@@ -7,15 +7,17 @@ from typing import Annotated, Optional
 
 import typer
 
-from wsipipe.cli.options import BackendOpt, MppOverrideOpt, QuietOpt
-
-SEGMENT_ONLY = "(segment job)"
+from wsipipe.cli.options import (
+    BackendOpt, BatchSizeOpt, DeviceOpt, ModelOpt, MppOverrideOpt, NormalizeOpt, NucleiModelOpt, NucleiOpt, OverlapOpt,
+    QcOpt, QuietOpt, TargetOpt, WorkersOpt, output_option, parameter_flags,
+)
 
 SUMMARY_TABLE_ROWS = 50
 TABLE_FIGURES = 2
 
 
 def batch(
+    ctx: typer.Context,
     input_path: Annotated[
         Path,
         typer.Argument(
@@ -25,9 +27,7 @@ def batch(
             show_default=False,
         ),
     ],
-    outdir: Annotated[
-        Path, typer.Option("--output", "-o", help="Output folder: one sub-folder per slide, status.csv, summary.*")
-    ],
+    outdir: Annotated[Path, output_option("Output folder: one sub-folder per slide, status.csv, summary.*")],
     job: Annotated[
         str,
         typer.Option(
@@ -45,12 +45,7 @@ def batch(
             "by DICOM series (one slide per series; other DICOM, such as a Segmentation, is left out).",
         ),
     ] = "*.ndpi,*.svs,*.tif,*.tiff,*.dcm",
-    workers: Annotated[
-        Optional[int],
-        typer.Option(
-            "--workers", "-w", help="Worker processes of the local cluster (default: one per CPU).", min=1
-        ),
-    ] = None,
+    workers: WorkersOpt = None,
     scheduler: Annotated[
         Optional[str],
         typer.Option("--scheduler", help="Use a running Dask cluster (tcp://HOST:PORT) instead of local workers."),
@@ -59,34 +54,15 @@ def batch(
     limit: Annotated[
         Optional[int], typer.Option("--limit", help="Process at most N slides in this run.", min=1)
     ] = None,
-    model: Annotated[
-        Optional[Path], typer.Option("--model", help=f"Model file (.safetensors) {SEGMENT_ONLY}; default: the bundled one.")
-    ] = None,
-    normalize: Annotated[
-        Optional[str], typer.Option("--normalize", help=f"model (what the model file records; default), vahadane, macenko, reinhard or none {SEGMENT_ONLY}.")
-    ] = None,
-    target: Annotated[Optional[Path], typer.Option("--target", help=f"Stain target image {SEGMENT_ONLY}.")] = None,
-    overlap: Annotated[Optional[int], typer.Option("--overlap", help=f"Tile overlap in px {SEGMENT_ONLY}.", min=0)] = None,
-    batch_size: Annotated[
-        Optional[int], typer.Option("--batch-size", help=f"Tiles per forward pass {SEGMENT_ONLY}.", min=1)
-    ] = None,
-    device: Annotated[
-        Optional[str],
-        typer.Option("--device", help=f"auto, cpu or cuda {SEGMENT_ONLY}; CUDA slides go to workers with a GPU."),
-    ] = None,
-    nuclei: Annotated[
-        bool,
-        typer.Option("--nuclei", help=f"Also find nuclei and report density and cellularity, as 'segment --nuclei' {SEGMENT_ONLY}."),
-    ] = False,
-    nuclei_model: Annotated[
-        Optional[Path],
-        typer.Option("--nuclei-model", help=f"A US-Net nuclei model file ('bundled': the one shipped with wsipipe) instead of the classical method (implies --nuclei) {SEGMENT_ONLY}."),
-    ] = None,
-    qc: Annotated[
-        Optional[str],
-        typer.Option("--qc", help=f"auto (default), off or a qc output, as 'segment --qc' {SEGMENT_ONLY}; a slide "
-                     "that is not brightfield H&E is skipped, saying why."),
-    ] = None,
+    model: ModelOpt = None,
+    normalize: NormalizeOpt = None,
+    target: TargetOpt = None,
+    overlap: OverlapOpt = None,
+    batch_size: BatchSizeOpt = None,
+    device: DeviceOpt = None,
+    nuclei: NucleiOpt = False,
+    nuclei_model: NucleiModelOpt = None,
+    qc: QcOpt = None,
     backend: BackendOpt = None,
     mpp_override: MppOverrideOpt = None,
     quiet: QuietOpt = False,
@@ -94,6 +70,10 @@ def batch(
     """Run a job over every slide of an archive, one slide per Dask task.
 
     Run it again to resume: done slides are kept unless their file changed.
+
+    The segment job takes --model, --normalize, --target, --overlap, --batch-size, --device, --nuclei,
+    --nuclei-model and --qc as 'wsipipe segment' does (default: segment's); CUDA slides go to workers with
+    a GPU, and a slide that quality control finds not brightfield H&E is skipped, saying why.
 
     Exit code 0 when no slide failed, 1 when any failed.
     """
@@ -124,6 +104,7 @@ def batch(
             retry_failed=retry_failed,
             limit=limit,
             reporter=reporter,
+            parameter_names=parameter_flags(ctx.find_root().command),  # a slide's error names flags, as here
         )
     counts = {state: sum(r.state == state for r in records) for state in ("done", "failed", "skipped", "pending")}
     if not quiet:

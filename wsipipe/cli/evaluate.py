@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from wsipipe.cli.options import DeviceOpt, QuietOpt
+from wsipipe.cli.options import BatchSizeOpt, DeviceOpt, OverlapOpt, QuietOpt, output_option
 from wsipipe.files import atomic_path, write_atomic
 
 ModelArg = Annotated[Path, typer.Argument(help="Model file (.safetensors).", show_default=False)]
@@ -16,8 +16,6 @@ ImagesMppOpt = Annotated[
     Optional[float],
     typer.Option("--mpp", help="µm/px of the images (default: the training data's, from the model's metadata).", min=1e-6),
 ]
-OverlapOpt = Annotated[Optional[int], typer.Option("--overlap", help="Tile overlap in px at the model's µm/px, less than half a tile (default: a quarter tile, as segment uses).", min=0)]
-BatchOpt = Annotated[int, typer.Option("--batch-size", min=1)]
 
 
 def _images_mpp(meta: dict, mpp: float | None, recorded: float | None = None) -> float:
@@ -54,7 +52,7 @@ def evaluate(
     ] = None,
     mpp: ImagesMppOpt = None,
     overlap: OverlapOpt = None,
-    batch_size: BatchOpt = 8,
+    batch_size: BatchSizeOpt = 8,
     device: DeviceOpt = "auto",
     quiet: QuietOpt = False,
 ) -> None:
@@ -135,10 +133,10 @@ def _evaluate_instances(predictions: Path, truths: Path, score_column, quiet) ->
 def predict(
     model: ModelArg,
     images: Annotated[list[Path], typer.Argument(metavar="IMAGE", help="RGB image(s) (PNG, JPEG, TIFF); one for a segmentation model.", show_default=False)],
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Segmentation: the mask PNG to write (class indices; 0/255 for two classes). Cellularity: a CSV of image,cellularity (optional; image paths relative to its folder).", show_default=False)] = None,
+    output: Annotated[Optional[Path], output_option("Segmentation: the mask PNG to write (class indices; 0/255 for two classes). Cellularity: a CSV of image,cellularity (optional; image paths relative to its folder).")] = None,
     mpp: ImagesMppOpt = None,
     overlap: OverlapOpt = None,
-    batch_size: BatchOpt = 8,
+    batch_size: BatchSizeOpt = 8,
     device: DeviceOpt = "auto",
 ) -> None:
     """Segment one image and write its mask; with a cellularity model, score each image (the mean

@@ -24,6 +24,7 @@ from wsipipe.cli import synth as synth_cmd
 from wsipipe.cli import tile as tile_cmd
 from wsipipe.cli import train as train_cmd
 from wsipipe.cli import view as view_cmd
+from wsipipe.cli.options import AliasedCommand, parameter_flags
 from wsipipe.errors import DiskFullError, WsipipeError
 
 _state = {"debug": False}
@@ -63,8 +64,8 @@ class _WsipipeGroup(TyperGroup):
             if _state["debug"]:
                 raise
             error = _disk_full(exc) or exc
-            if isinstance(error, WsipipeError):
-                typer.echo(f"Error: {error}", err=True)
+            if isinstance(error, WsipipeError):  # the parameters it names, as flags
+                typer.echo(f"Error: {error.text(parameter_flags(self))}", err=True)
                 ctx.exit(error.exit_code)
             # a bug: one line unless --debug
             typer.echo(
@@ -116,9 +117,9 @@ app.command("info")(info_cmd.info)
 app.command("synth")(synth_cmd.synth)
 app.add_typer(annotations_cmd.app, name="annotations")
 app.command("qc")(qc_cmd.qc)
-app.command("tile")(tile_cmd.tile)
+app.command("tile", cls=AliasedCommand)(tile_cmd.tile)
 app.command("normalize")(normalize_cmd.normalize)
-app.command("segment")(segment_cmd.segment)
+app.command("segment", cls=AliasedCommand)(segment_cmd.segment)
 app.command("nuclei")(nuclei_cmd.nuclei)
 app.command("batch")(batch_cmd.batch)
 app.add_typer(models_cmd.app, name="models")

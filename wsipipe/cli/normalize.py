@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
-from wsipipe.cli.options import DeviceOpt, OverwriteOpt, QuietOpt
+from wsipipe.cli.options import DeviceOpt, OverwriteOpt, QuietOpt, TargetOpt, output_option
 
 
 def normalize(
     store: Annotated[Path, typer.Argument(help="Tile store (.zarr) made by `wsipipe tile`.", show_default=False)],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Normalised tile store to write (.zarr).", show_default=False)],
+    output: Annotated[Path, output_option("Normalised tile store to write (.zarr).")],
     method: Annotated[str, typer.Option("--method", "-m", help="vahadane, macenko or reinhard.")] = "vahadane",
-    target: Annotated[
-        Optional[Path],
-        typer.Option("--target", help="Reference H&E image (PNG, JPEG, TIFF). Default: the built-in target (CMU-1-Small-Region)."),
-    ] = None,
+    target: TargetOpt = None,
     device: DeviceOpt = "auto",
     seed: Annotated[int, typer.Option("--seed", help="Seed of the pixel sampling (results are deterministic per seed).")] = 0,
     overwrite: OverwriteOpt = False,

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from wsipipe.cli.options import BackendOpt, DeviceOpt, MppOverrideOpt, QcOpt, QuietOpt
+from wsipipe.cli.options import BackendOpt, DeviceOpt, ModelOpt, MppOverrideOpt, QcOpt, QuietOpt, output_option
 
 
 def nuclei(
@@ -18,15 +18,12 @@ def nuclei(
             show_default=False,
         ),
     ],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Output directory.", show_default=False)],
+    output: Annotated[Path, output_option("Output folder.")],
     classical: Annotated[
         bool,
         typer.Option("--classical", help="Haematoxylin threshold + watershed, no model (the default)."),
     ] = False,
-    model: Annotated[
-        Optional[Path],
-        typer.Option("--model", help="A US-Net nuclei model file (.safetensors), or 'bundled' for the one shipped with wsipipe, instead of --classical."),
-    ] = None,
+    model: ModelOpt = None,
     tumour_mask: Annotated[
         Optional[Path],
         typer.Option(

@@ -7,12 +7,12 @@ from typing import Annotated
 
 import typer
 
-from wsipipe.cli.options import BackendOpt, MppOverrideOpt, QuietOpt, SlideArg
+from wsipipe.cli.options import BackendOpt, MppOverrideOpt, QuietOpt, SlideArg, output_option
 
 
 def qc(
     slide: SlideArg,
-    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder for qc.json, qc.zarr and qc.png.", show_default=False)],
+    output: Annotated[Path, output_option("Output folder for qc.json, qc.zarr and qc.png.")],
     backend: BackendOpt = None,
     mpp_override: MppOverrideOpt = None,
     quiet: QuietOpt = False,

@@ -7,49 +7,28 @@ from typing import Annotated, Optional
 
 import typer
 
-from wsipipe.cli.options import DeviceOpt, MppOverrideOpt, QcOpt, QuietOpt, SlideArg
-
-NORMALIZE_HELP = (
-    "Stain normalisation with the slide's own stain matrix: model (what the model file records it was "
-    "trained with; the bundled model: none), vahadane, macenko, reinhard or none."
+from wsipipe.cli.options import (
+    BackendOpt, BatchSizeOpt, DeviceOpt, ModelOpt, MppOverrideOpt, NormalizeOpt, NucleiModelOpt, NucleiOpt, OverlapOpt,
+    QcOpt, QuietOpt, ReadersOpt, SlideArg, TargetOpt, output_option,
 )
 
 
 def segment(
     slide: SlideArg,
-    outdir: Annotated[Path, typer.Option("--out", "-o", help="Output folder (created if missing).", show_default=False)],
-    model: Annotated[
-        Optional[Path], typer.Option("--model", help="Model file (.safetensors). Default: the bundled tumour model.")
-    ] = None,
+    outdir: Annotated[Path, output_option("Output folder (created if missing).")],
+    model: ModelOpt = None,
     tiles: Annotated[
         Optional[Path],
         typer.Option("--tiles", help="Reuse the tissue mask and thumbnail of a 'wsipipe tile' store at the model's µm/px."),
     ] = None,
-    normalize: Annotated[str, typer.Option("--normalize", help=NORMALIZE_HELP)] = "model",
-    target: Annotated[
-        Optional[Path], typer.Option("--target", help="Stain target image (default: the method's reference).")
-    ] = None,
-    overlap: Annotated[
-        Optional[int], typer.Option("--overlap", help="Tile overlap in px at the model's µm/px (default: a quarter tile, as evaluate and predict use).", min=0)
-    ] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Tiles per forward pass.", min=1)] = 16,
+    normalize: NormalizeOpt = "model",
+    target: TargetOpt = None,
+    overlap: OverlapOpt = None,
+    batch_size: BatchSizeOpt = 16,
     device: DeviceOpt = "auto",
-    workers: Annotated[
-        int, typer.Option("--workers", "-w", help="Tile reader processes (0: read in the main process).", min=0)
-    ] = 2,
-    nuclei: Annotated[
-        bool,
-        typer.Option(
-            "--nuclei",
-            help="Also find the nuclei over the tissue (classical method) and report nuclei count, density "
-            "per mm² of tissue and of tumour, and cellularity (malignant nuclei area / tumour area; nuclei "
-            "inside the predicted tumour count as malignant).",
-        ),
-    ] = False,
-    nuclei_model: Annotated[
-        Optional[Path],
-        typer.Option("--nuclei-model", help="A US-Net nuclei model file ('bundled': the one shipped with wsipipe) instead of the classical method (implies --nuclei)."),
-    ] = None,
+    readers: ReadersOpt = 2,
+    nuclei: NucleiOpt = False,
+    nuclei_model: NucleiModelOpt = None,
     dicom_seg: Annotated[
         Optional[str],
         typer.Option(
@@ -60,6 +39,7 @@ def segment(
             show_default=False,
         ),
     ] = None,
+    backend: BackendOpt = None,
     mpp_override: MppOverrideOpt = None,
     qc: QcOpt = "auto",
     quiet: QuietOpt = False,
@@ -68,7 +48,7 @@ def segment(
 
     Tiles the detected tissue at the model's µm/px with overlap, normalises stains on the device, runs the model in batches and blends the tiles seam-free.
 
-    Writes to OUTDIR: prediction.zarr (OME-Zarr: class probabilities and label map, several levels), regions.geojson (QuPath), regions.xml (ASAP), overlay.png, report.json and report.html. A killed run resumes when the same command is run again.
+    Writes to the output folder: prediction.zarr (OME-Zarr: class probabilities and label map, several levels), regions.geojson (QuPath), regions.xml (ASAP), overlay.png, report.json and report.html. A killed run resumes when the same command is run again.
 
     With --nuclei also nuclei.geojson (QuPath detections), nuclei.csv, labels.zarr (nuclei instances) and nuclei.json, and a per-tile cellularity heatmap in report.html.
 
@@ -84,7 +64,7 @@ def segment(
     with warnings_on_stderr(quiet):  # regions.xml: one line for the holes ASAP cannot hold
         report = segment_slide(
             slide, outdir, model=model, tiles_store=tiles, normalize=normalize, target=target, overlap=overlap,
-            batch_size=batch_size, device=device, workers=workers, mpp_override=mpp_override, nuclei=nuclei,
+            batch_size=batch_size, device=device, workers=readers, backend=backend, mpp_override=mpp_override, nuclei=nuclei,
             nuclei_model=nuclei_model, dicom_seg=dicom_seg, qc=qc, progress=not quiet, say=say,
         )
     if report.get("message"):

@@ -8,17 +8,18 @@ from typing import Annotated, Optional
 import typer
 
 from wsipipe.cli.options import (
-    BackendOpt, LabelMapOpt, MppOverrideOpt, OverwriteOpt, QcOpt, QuietOpt, SlideArg, StrictOpt, WorkersOpt,
+    BackendOpt, LabelMapOpt, MppOverrideOpt, OverlapOpt, OverwriteOpt, QcOpt, QuietOpt, ReadersOpt, SlideArg, StrictOpt,
+    output_option,
 )
 
 
 def tile(
     slide: SlideArg,
-    output: Annotated[Path, typer.Option("--output", "-o", help="Tile store to write (a .zarr directory).", show_default=False)],
+    output: Annotated[Path, output_option("Tile store to write (a .zarr directory).")],
     mpp: Annotated[float, typer.Option("--mpp", help="Tile scale in µm per pixel (ignored with --level).")] = 0.5,
     level: Annotated[Optional[int], typer.Option("--level", help="Tile at this pyramid level's own scale instead of --mpp.", min=0)] = None,
     tile_size: Annotated[int, typer.Option("--tile-size", help="Tile width and height in pixels at the tile scale.")] = 512,
-    overlap: Annotated[int, typer.Option("--overlap", help="Pixels (at the tile scale) shared by neighbouring tiles.")] = 0,
+    overlap: OverlapOpt = 0,
     tissue_threshold: Annotated[float, typer.Option("--tissue-threshold", help="Minimum tissue fraction for a tile to be kept (0 keeps all).")] = 0.1,
     annotations: Annotated[
         Optional[Path],
@@ -29,7 +30,7 @@ def tile(
     strict: StrictOpt = False,
     backend: BackendOpt = None,
     mpp_override: MppOverrideOpt = None,
-    workers: WorkersOpt = 2,
+    readers: ReadersOpt = 2,
     overwrite: OverwriteOpt = False,
     qc: QcOpt = "auto",
     quiet: QuietOpt = False,
@@ -49,7 +50,7 @@ def tile(
             result = tile_slide(
                 slide, output, mpp=mpp, level=level, tile_size=tile_size, overlap=overlap,
                 tissue_threshold=tissue_threshold, backend=backend, mpp_override=mpp_override,
-                workers=workers, overwrite=overwrite, progress=not quiet,
+                workers=readers, overwrite=overwrite, progress=not quiet,
                 annotations=annotations, label_map=label_map, strict=strict, qc=qc,
             )
         except MppUnknownError as exc:  # this command can also tile a level at its own scale

@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from wsipipe.cli.options import DeviceOpt, QuietOpt
+from wsipipe.cli.options import BatchSizeOpt, DeviceOpt, QuietOpt, output_option
 
 
 def train(
@@ -25,7 +25,7 @@ def train(
                                              "its folder), a score in [0, 1] ('cellularity', else the last column) and "
                                              "optionally a group column (e.g. the slide: kept in one fold).",
                                         show_default=False)],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Model file to write (.safetensors).", show_default=False)],
+    output: Annotated[Path, output_option("Model file to write (.safetensors).")],
     model: Annotated[str, typer.Option("--model", help="Architecture (wsipipe models list).")] = "unet",
     encoder: Annotated[Optional[str], typer.Option("--encoder", help="Encoder for unet/deeplabv3plus, e.g. resnet34, mobilenet_v2.")] = None,
     model_args: Annotated[Optional[str], typer.Option("--model-args", help='More architecture arguments as JSON, e.g. \'{"blocks": 4}\'.')] = None,
@@ -36,7 +36,7 @@ def train(
     tile_size: Annotated[int, typer.Option("--tile-size", help="Model input side in pixels (usnet: the training crop).", min=32)] = 256,
     epochs: Annotated[int, typer.Option("--epochs", min=1)] = 10,
     patches_per_epoch: Annotated[int, typer.Option("--patches-per-epoch", help="Random patches per epoch.", min=1)] = 64,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 8,
+    batch_size: BatchSizeOpt = 8,
     lr: Annotated[float, typer.Option("--lr", help="Base learning rate (poly decay).", min=0)] = 1e-3,
     optimizer: Annotated[str, typer.Option("--optimizer", help="adamw or sgd (momentum 0.9).")] = "adamw",
     loss: Annotated[str, typer.Option("--loss", help="dice-ce, weighted-ce or focal.")] = "dice-ce",

@@ -54,7 +54,8 @@ def dicom_outputs_wanted(slide_path: str | os.PathLike, requested: bool | None, 
         return False
     dicom = is_dicom_path(slide_path)
     if requested and not dicom:
-        raise InvalidInputError(f"{option}: DICOM outputs need a DICOM source; {slide_path} is not a DICOM series")
+        raise InvalidInputError(f"{{{option}}}: DICOM outputs need a DICOM source; {slide_path} is not a DICOM series",
+                                parameter=option)
     return dicom
 
 
@@ -62,8 +63,8 @@ def resolve_dicom_seg(slide_path: str | os.PathLike, requested: str | None) -> s
     """The SEG type ``--dicom-seg`` asks for (binary, fractional, none; None: binary for a DICOM
     source), or None when no DICOM outputs are to be written."""
     if requested is not None and requested not in (*SEG_TYPES, "none"):
-        raise InvalidInputError(f"--dicom-seg {requested!r}: choose {', '.join(SEG_TYPES)} or none")
-    wanted = dicom_outputs_wanted(slide_path, None if requested is None else requested != "none", "--dicom-seg")
+        raise InvalidInputError(f"{{dicom_seg}} {requested!r}: choose {', '.join(SEG_TYPES)} or none", parameter="dicom_seg")
+    wanted = dicom_outputs_wanted(slide_path, None if requested is None else requested != "none", "dicom_seg")
     return (requested or "binary") if wanted else None
 
 

@@ -114,16 +114,18 @@ def copy_segmentation_encoder(network, model_file: Path, seg_encoder: str) -> No
     try:
         meta = read_metadata(model_file)
     except ModelError as exc:
-        raise InvalidInputError(f"--init-from {exc}") from None
+        raise InvalidInputError(f"{{init_from}} {exc}", parameter="init_from") from None
     if meta["architecture"] != "deeplabv3plus":
-        raise InvalidInputError(f"--init-from {model_file}: a {meta['architecture']} model, not deeplabv3plus")
+        raise InvalidInputError(f"{{init_from}} {model_file}: a {meta['architecture']} model, not deeplabv3plus",
+                                parameter="init_from")
     encoder = meta["args"].get("encoder")
     if encoder != seg_encoder:
-        raise InvalidInputError(f"--init-from {model_file}: encoder {encoder}, the cellularity model's is {seg_encoder}")
+        raise InvalidInputError(f"{{init_from}} {model_file}: encoder {encoder}, the cellularity model's is {seg_encoder}",
+                                parameter="init_from")
     try:
         load_segmentation_encoder(network, {k: v.float() for k, v in load_file(str(model_file)).items()})
     except ValueError as exc:
-        raise InvalidInputError(f"--init-from {model_file}: {exc}") from None
+        raise InvalidInputError(f"{{init_from}} {model_file}: {exc}", parameter="init_from") from None
 
 
 def train_cellularity(

@@ -239,10 +239,11 @@ def run_nuclei_training(
     if not output.parent.is_dir():
         raise InvalidInputError(f"-o {output}: folder {output.parent} does not exist")
     if normalised_view not in NORMALISED_VIEW_METHODS:
-        raise InvalidInputError(f"--normalised-view {normalised_view!r}: expected one of {', '.join(NORMALISED_VIEW_METHODS)}")
+        raise InvalidInputError(f"{{normalised_view}} {normalised_view!r}: expected one of "
+                                f"{', '.join(NORMALISED_VIEW_METHODS)}", parameter="normalised_view")
     samples = load_nuclei_dataset(data_dir, config.mpp)
     if folds > len(samples):
-        raise InvalidInputError(f"--folds {folds}: only {len(samples)} images in {data_dir}")
+        raise InvalidInputError(f"{{folds}} {folds}: only {len(samples)} images in {data_dir}", parameter="folds")
     step = (lambda run: (lambda info: on_step(run, info))) if on_step else (lambda run: None)
     validation: dict = {}
     if folds >= 2:

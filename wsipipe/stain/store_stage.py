@@ -56,7 +56,7 @@ def normalize_store(
             try:
                 normalizer.fit(load_target_image(target_image))
             except StainError as exc:
-                raise StainError(f"--target {target_image}: {exc}") from None
+                raise StainError(f"{{target_image}} {target_image}: {exc.template}", parameter=("target_image", *exc.parameters)) from None
             target_name = f"{target_image.name} sha256:{file_sha256(target_image)[:16]}"
     with _warnings_to(on_warning, str(source_path)):
         try:

@@ -68,7 +68,7 @@ def run_training(
         dataset = regroup(dataset, groups_csv)
     if dataset.mpp is not None:
         if data_mpp is not None and abs(data_mpp - dataset.mpp) > 1e-6 * dataset.mpp:
-            raise InvalidInputError(f"--data-mpp {data_mpp}: the tile stores record {dataset.mpp} µm/px")
+            raise InvalidInputError(f"{{data_mpp}} {data_mpp}: the tile stores record {dataset.mpp} µm/px", parameter="data_mpp")
         data_mpp, mpp_assumed = dataset.mpp, False
     elif data_mpp is None:
         data_mpp = config.mpp
@@ -76,7 +76,8 @@ def run_training(
     groups = dataset.groups
     top = max(int(i.mask.max()) for i in items)
     if top >= len(config.classes):
-        raise InvalidInputError(f"{data_dir}: masks hold class {top} but --classes names only {len(config.classes)}")
+        raise InvalidInputError(f"{data_dir}: masks hold class {top} but {{classes}} names only {len(config.classes)}",
+                                parameter="classes")
     step = (lambda run: (lambda info: on_step(run, info))) if on_step else (lambda run: None)
     validation: dict = {}
     if folds >= 2:

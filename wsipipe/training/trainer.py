@@ -49,7 +49,7 @@ def make_optimizer(name: str, params, lr: float, weight_decay: float):
         return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
     if name == "adamw":
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    raise InvalidInputError(f"--optimizer {name!r}: choose one of {', '.join(OPTIMIZERS)}")
+    raise InvalidInputError(f"{{optimizer}} {name!r}: choose one of {', '.join(OPTIMIZERS)}", parameter="optimizer")
 
 
 def validate(model, items: list[LabelledImage], config: TrainConfig, batch_size: int) -> dict:
@@ -108,7 +108,8 @@ def train(
     if resume and checkpoint is not None and checkpoint.is_file():
         best_state, state = load_checkpoint(checkpoint, model, optimizer)
         if state.get("config") != asdict(config):
-            raise InvalidInputError(f"{checkpoint}: made with other training options; drop --resume to start over")
+            raise InvalidInputError(f"{checkpoint}: made with other training options; drop {{resume}} to start over",
+                                    parameter="resume")
         rng.bit_generator.state = state["numpy_rng"]
     for epoch in range(state["epoch"], config.epochs):
         model.train()

@@ -236,8 +236,9 @@ def _text(value) -> str:
 def start_server(sources: list[ViewSource], mode: str, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> ViewServer:
     """A bound server (not yet serving); port 0 picks a free one."""
     if not 0 <= port <= 65535:
-        raise InvalidInputError(f"--port {port}: choose 0 to 65535")
+        raise InvalidInputError(f"{{port}} {port}: choose 0 to 65535", parameter="port")
     try:
         return ViewServer((host, port), sources, mode)
     except OSError as exc:
-        raise OutputError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); choose another --port") from exc
+        raise OutputError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); choose another {{port}}",
+                          parameter="port") from exc

@@ -284,13 +284,13 @@ def sources_for(path: Path, slide: Path | None = None, mpp_override: float | Non
         raise InvalidInputError(f"{path}: no such file or folder")
     if path.is_file():
         if slide is not None:
-            raise InvalidInputError("--slide is for an output folder; PATH is already a slide")
+            raise InvalidInputError("{slide} is for an output folder; PATH is already a slide", parameter="slide")
         return "slide", [ViewSource(path.name, path, mpp_override=mpp_override)]
     from wsipipe.batch.state import STATUS_JSON, load_status
 
     if (path / STATUS_JSON).is_file():
         if slide is not None:
-            raise InvalidInputError("--slide is for one output folder; PATH is a batch output folder")
+            raise InvalidInputError("{slide} is for one output folder; PATH is a batch output folder", parameter="slide")
         sources = []
         for record in load_status(path).values():
             folder = path / record.name
@@ -313,7 +313,8 @@ def outdir_source(outdir: Path, slide: Path | None, mpp_override: float | None) 
     if slide is None:
         slide = _find_slide(outdir, str(recorded))
         if slide is None:
-            raise SlideOpenError(f"{outdir}: the slide it was made from ({recorded}) is not there; pass --slide")
+            raise SlideOpenError(f"{outdir}: the slide it was made from ({recorded}) is not there; pass {{slide}}",
+                                 parameter="slide")
     return ViewSource(Path(str(recorded or slide)).name, Path(slide), outdir, report or {}, mpp_override=mpp_override)
 
 
