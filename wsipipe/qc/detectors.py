@@ -14,17 +14,22 @@ import cv2
 import numpy as np
 
 # --- focus ---------------------------------------------------------------------------------------
-#: µm/px the focus measure works at (10x): fine enough to see chromatin and membranes, coarse
-#: enough that a tile of 128 µm is 128 px. Read from the slide's own pixels (never the thumbnail).
-FOCUS_MPP = 1.0
+#: The focus measure works at twice the slide's own µm/px (a 40x scan at 0.5 µm/px, a 20x one at
+#: 1 µm/px), never coarser than FOCUS_MAX_MPP (10x) nor finer than the slide. A blur of σ = 2 px at
+#: level 0 is then σ >= 1 px where it is measured, whatever the magnification: halving keeps the
+#: detail the optics resolve (a 40x objective resolves about 2 of its 0.25 µm pixels) and drops
+#: JPEG's 8-px blocks and the sensor's noise. Read from the slide's own pixels (never the thumbnail).
+FOCUS_PIXELS_PER_SAMPLE = 2.0
+FOCUS_MAX_MPP = 1.0
 #: Focus ratio (``focus_ratio``) below which a tile is out of focus. The ratio tends to 0.25 for an
 #: image with no detail finer than 2 px (a smooth surface: the Laplacian of a quadratic quadruples
-#: when the pixel doubles) and is 0.55-1.0 on sharp H&E at 1 µm/px (CMU-1, OS-1, TCGA, MoNuSeg and
-#: the lung crops, 1st percentile); a Gaussian blur of σ = 0.5 µm leaves about 0.53, σ = 1 µm
-#: about 0.38. 0.45 flags blur of σ ≳ 0.75 µm, the blur that erases detail at 10x sampling.
+#: when the pixel doubles); on sharp H&E measured at twice its µm/px it is 0.50-1.0 (1st
+#: percentiles of CMU-1, OS-1, TCGA, MoNuSeg, CPM-15 at 20x and 40x, the lung crops), and a blur of
+#: σ = 1 px where it is measured (σ = 2 px at level 0) leaves 0.35-0.41.
 FOCUS_RATIO_THRESHOLD = 0.45
-#: Focus tiles' side (µm) and the smallest spacing of the focus grid (µm): 64 µm is a few cells.
-FOCUS_TILE_UM = 128.0
+#: Focus tiles' side in pixels at the focus µm/px (64 µm at 0.5 µm/px, 128 µm at 1 µm/px: a few
+#: cells either way) and the smallest spacing of the focus grid (µm).
+FOCUS_TILE_PX = 128
 FOCUS_MIN_CELL_UM = 64.0
 #: At most this many focus tiles per slide (the grid coarsens on large slides: seconds, not minutes).
 FOCUS_MAX_TILES = 600
@@ -196,6 +201,11 @@ def detect_exposure(rgb: np.ndarray, mpp: float, glass_rgb: np.ndarray | None = 
     brightest_channel = cv2.medianBlur(rgb.max(axis=2), 3)  # dense purple tissue still passes blue
     under = _open(brightest_channel < UNDER_EXPOSED_WHITE, UNDER_EXPOSED_MIN_UM, mpp)
     return over, under
+
+
+def focus_mpp(slide_mpp: float) -> float:
+    """µm/px the focus measure reads a slide of ``slide_mpp`` at."""
+    return max(slide_mpp, min(FOCUS_MAX_MPP, FOCUS_PIXELS_PER_SAMPLE * slide_mpp))
 
 
 def focus_ratio(rgb: np.ndarray) -> float:

@@ -1,8 +1,9 @@
-"""``run_qc``: a slide's quality control from its thumbnail plus sampled tiles at 10x.
+"""``run_qc``: a slide's quality control from its thumbnail plus sampled tiles at 10-20x.
 
 Everything but focus works on the tissue thumbnail (``wsipipe.tissue``'s, about 4 µm/px, so its
 masks line up with the tissue masks of tile and segment); focus needs the slide's own pixels and
-reads at most ``FOCUS_MAX_TILES`` tiles of 128 µm at 1 µm/px over the tissue. Deterministic:
+reads at most ``FOCUS_MAX_TILES`` tiles of 128 px at twice the slide's µm/px (at most 1 µm/px) over
+the tissue. Deterministic:
 no training, no random sampling beyond the seeded stain estimate.
 """
 
@@ -93,28 +94,23 @@ def _glass_colour(thumbnail: np.ndarray, tissue: np.ndarray) -> np.ndarray | Non
 
 
 class _TileReader:
-    """Tiles of a given side in µm at ``FOCUS_MPP`` (or the slide's own µm/px when coarser); unlike
+    """Tiles of a given side in µm at ``focus_mpp`` of the slide's µm/px, area-averaged from level
+    0: pyramid levels are made by each scanner's own filter (JPEG 2000's wavelet levels are
+    smoother than an average), which would move the focus measure. Unlike
     ``SlideReader.read_at_mpp`` it also reads a slide without µm/px (at the assumed µm/px)."""
 
     def __init__(self, reader: SlideReader, base_mpp: float):
         self.reader = reader
         self.base_mpp = base_mpp
-        self.mpp = max(d.FOCUS_MPP, base_mpp)
+        self.mpp = d.focus_mpp(base_mpp)
         self.seconds = 0.0
 
     def read(self, centre_x: float, centre_y: float, side_um: float) -> np.ndarray:
         started = time.perf_counter()
         size = max(8, round(side_um / self.mpp))
-        factor = self.mpp / self.base_mpp  # level-0 pixels per output pixel
-        level = 0
-        for index, lvl in enumerate(self.reader.levels):
-            if lvl.downsample <= factor * 1.01:
-                level = index
-        downsample = self.reader.levels[level].downsample
-        source = max(1, round(size * factor / downsample))
-        x0 = round(centre_x - size * factor / 2)
-        y0 = round(centre_y - size * factor / 2)
-        region = self.reader.read_region((max(0, x0), max(0, y0)), level, (source, source))
+        source = max(1, round(side_um / self.base_mpp))  # at most 2 x size: focus_mpp <= 2 x base
+        x0, y0 = round(centre_x - source / 2), round(centre_y - source / 2)
+        region = self.reader.read_region((max(0, x0), max(0, y0)), 0, (source, source))
         if source != size:
             region = cv2.resize(region, (size, size), interpolation=cv2.INTER_AREA)
         self.seconds += time.perf_counter() - started
@@ -126,7 +122,7 @@ def _focus(tiles: _TileReader, tissue: np.ndarray, thumb_mpp: float, downsample:
     tissue_um2 = float(np.count_nonzero(tissue)) * thumb_mpp**2
     cell_um = max(d.FOCUS_MIN_CELL_UM, math.sqrt(tissue_um2 / d.FOCUS_MAX_TILES))
     cell = max(1, math.ceil(cell_um / thumb_mpp - 1e-6))  # at most FOCUS_MAX_TILES cells; no float dust
-    side_um = min(d.FOCUS_TILE_UM, cell * thumb_mpp)
+    side_um = min(d.FOCUS_TILE_PX * tiles.mpp, cell * thumb_mpp)
     height, width = tissue.shape
     rows, cols = math.ceil(height / cell), math.ceil(width / cell)
     flagged = np.zeros((rows, cols), np.uint8)
