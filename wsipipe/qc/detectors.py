@@ -70,21 +70,25 @@ FOLD_MIN_AREA_UM2 = 10_000.0
 #: Bubble rims and dark debris: near-black (every channel below this), achromatic, not pen.
 DARK_MAX_RGB = 60
 DEBRIS_MIN_AREA_UM2 = 200.0
-#: Over-exposure: the sensor clipped (a channel >= 250 on the area-averaged thumbnail). A clipped pixel that is still coloured
-#: (another channel <= 235) is always clipped tissue; a white one is too when the slide's glass is
-#: not itself clipped (then nothing should reach full white). Clipped areas at least
-#: OVER_EXPOSED_MIN_UM across (after joining gaps of EXPOSURE_JOIN_UM: unclipped nuclei) are
-#: over-exposed.
+#: Over-exposure: the sensor clipped (a channel >= 250 on the area-averaged thumbnail). A clipped
+#: pixel that is still coloured (another channel <= 235) is always clipped tissue; a white one is
+#: too when the slide's glass does not reach the clip even at the top of its noise (then nothing
+#: should reach full white). Clipped pixels are joined over gaps of EXPOSURE_JOIN_UM: what stays
+#: under the clip inside an over-exposed field is the densest tissue (nuclei, and epithelium up to
+#: about 100 µm thick); joined areas at least OVER_EXPOSED_MIN_UM across are over-exposed.
 CLIPPED_LEVEL = 250
 CLIPPED_COLOURED_BELOW = 235
 OVER_EXPOSED_MIN_UM = 64.0
-EXPOSURE_JOIN_UM = 32.0
+EXPOSURE_JOIN_UM = 128.0
 #: Under-exposure: in a well-exposed brightfield scan any area wider than a few cells holds some
 #: pixel near the lamp's white (glass, lumen, pale cytoplasm), and even dense H&E passes most of
-#: the light in one channel (haematoxylin and eosin both transmit blue). Areas at least
-#: UNDER_EXPOSED_MIN_UM across where no channel of any pixel passes half the light (< 128 of 255:
-#: 0.69 OD lost in every channel) are under-exposed.
+#: the light in one channel (haematoxylin and eosin both transmit blue). An area at least
+#: UNDER_EXPOSED_MIN_UM across is under-exposed when no channel of any pixel in it passes half the
+#: light of both the lamp (< 128 of 255: 0.69 OD lost in every channel) and the slide's typical
+#: tissue area of that size (the median over tissue of each area's brightest pixel): a slide of
+#: dense tumour seen at low power has few bright pixels anywhere, and is not under-exposed for it.
 UNDER_EXPOSED_WHITE = 128
+UNDER_EXPOSED_OF_TYPICAL = 0.5
 UNDER_EXPOSED_MIN_UM = 256.0
 
 #: Dark background: in an epifluorescence scan the background is black, in brightfield the lamp.
@@ -190,16 +194,22 @@ def _open(mask: np.ndarray, um: float, mpp: float) -> np.ndarray:
     return cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_OPEN, np.ones((side, side), np.uint8))
 
 
-def detect_exposure(rgb: np.ndarray, mpp: float, glass_rgb: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Over- and under-exposed masks; ``glass_rgb``: the slide's glass colour, if it has glass."""
+def detect_exposure(rgb: np.ndarray, mpp: float, tissue: np.ndarray,
+                    glass_level: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Over- and under-exposed masks; ``glass_level``: the top of the slide glass's brightest
+    channel (noise included), if it has glass."""
     clipped = rgb.max(axis=2) >= CLIPPED_LEVEL
-    glass_clipped = glass_rgb is None or float(np.max(glass_rgb)) >= CLIPPED_LEVEL
+    glass_clipped = glass_level is None or glass_level >= CLIPPED_LEVEL
     if glass_clipped:
         clipped &= rgb.min(axis=2) <= CLIPPED_COLOURED_BELOW
     clipped = cv2.morphologyEx(clipped.astype(np.uint8), cv2.MORPH_CLOSE, _disk(_pixels(EXPOSURE_JOIN_UM / 2, mpp)))
     over = _open(clipped, OVER_EXPOSED_MIN_UM, mpp)
     brightest_channel = cv2.medianBlur(rgb.max(axis=2), 3)  # dense purple tissue still passes blue
-    under = _open(brightest_channel < UNDER_EXPOSED_WHITE, UNDER_EXPOSED_MIN_UM, mpp)
+    side = _pixels(UNDER_EXPOSED_MIN_UM, mpp)
+    brightest_nearby = cv2.dilate(brightest_channel, np.ones((side, side), np.uint8))
+    typical = float(np.median(brightest_nearby[tissue > 0])) if tissue.any() else 255.0
+    level = min(UNDER_EXPOSED_WHITE, UNDER_EXPOSED_OF_TYPICAL * typical)
+    under = _open(brightest_channel < level, UNDER_EXPOSED_MIN_UM, mpp)
     return over, under
 
 

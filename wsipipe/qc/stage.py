@@ -86,11 +86,15 @@ def judge_brightfield(properties: dict, thumbnail: np.ndarray) -> dict:
     return {"value": value, "reason": reason, "metadata": from_metadata, "background_luminance": level}
 
 
-def _glass_colour(thumbnail: np.ndarray, tissue: np.ndarray) -> np.ndarray | None:
+def _glass_brightness(thumbnail: np.ndarray, tissue: np.ndarray) -> float | None:
+    """The slide glass's brightest channel, median plus three median absolute deviations (the top
+    of its noise), or None without glass. Robust to over-exposed glass under half of it."""
     glass = (tissue == 0) & (thumbnail.min(axis=2) > 200)
     if np.count_nonzero(glass) < 16:
         return None
-    return np.median(thumbnail[glass], axis=0)
+    brightest = thumbnail.max(axis=2)[glass].astype(np.float32)
+    median = float(np.median(brightest))
+    return median + 3 * float(np.median(np.abs(brightest - median)))
 
 
 class _TileReader:
@@ -189,7 +193,7 @@ def _artefacts(thumbnail: np.ndarray, mpp: float, tissue: np.ndarray, tiles: _Ti
     """Every artefact mask (by name) and the figures that come with them."""
     pen, pen_colours = d.detect_pen(thumbnail, mpp)
     bubble = d.detect_dark_debris(thumbnail, mpp, pen)
-    over, under = d.detect_exposure(thumbnail, mpp, _glass_colour(thumbnail, tissue))
+    over, under = d.detect_exposure(thumbnail, mpp, tissue, _glass_brightness(thumbnail, tissue))
     fold, tissue_density = d.detect_fold(thumbnail, mpp, tissue, pen | bubble | under)
     # "Ink" over most of the tissue is the stain itself off H&E's gamut (DAB, special stains): the
     # stain estimate then sees it, and the verdict names the stain rather than the pen.
