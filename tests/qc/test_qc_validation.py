@@ -99,12 +99,7 @@ def test_pen_strokes_are_found(cmu, ink):
     assert result.summary["pen_colours"][ink] == max(result.summary["pen_colours"].values())
 
 
-@pytest.mark.parametrize("ink", [
-    "black", "blue", "green",
-    pytest.param("red", marks=pytest.mark.xfail(strict=True, reason=(
-        "known miss (Dice 0.32): red ink over these dense purple crops darkens to hue 22-35 deg, chroma 32-72, "
-        "inside the eosin / red-cell range"))),
-])
+@pytest.mark.parametrize("ink", sorted(INKS))
 def test_pen_strokes_on_lung_crops_are_found(data_dir, ink):
     path = data_dir / "lung" / "images" / "lung_02.png"
     rgb = np.ascontiguousarray(cv2.imread(str(path), cv2.IMREAD_COLOR)[..., ::-1])

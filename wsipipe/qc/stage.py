@@ -158,13 +158,19 @@ def _focus(tiles: _TileReader, tissue: np.ndarray, thumb_mpp: float, downsample:
     return mask.astype(np.uint8), figures, stain_tiles
 
 
+def _reference_stains() -> np.ndarray:
+    """The built-in Macenko target's 2 x 3 H and E matrix (CMU-1-Small-Region, CC0)."""
+    from wsipipe.stain import default_target
+
+    return default_target("macenko").array("stain_matrix")
+
+
 def _stain(tiles: list[np.ndarray]) -> dict:
     """Macenko H and E vectors of the pooled tiles, their angles to the built-in reference, and an
     outlier score (the larger angle over ``STAIN_ANGLE_TOLERANCE``: above 1 is unusual)."""
     from wsipipe.errors import StainError
-    from wsipipe.stain import MacenkoNormalizer, StainWarning, default_target
+    from wsipipe.stain import MacenkoNormalizer, StainWarning
 
-    reference = default_target("macenko")
     out = {"method": "macenko", "reference": "built-in target (CMU-1-Small-Region, CC0)",
            "h_vector": None, "e_vector": None, "h_angle_deg": None, "e_angle_deg": None,
            "outlier_score": None, "looks_like_he": None, "error": None}
@@ -181,7 +187,7 @@ def _stain(tiles: list[np.ndarray]) -> dict:
         out["error"] = str(exc)
         return out
     matrix = params.array("stain_matrix")
-    h_angle, e_angle = d.stain_angles(matrix, reference.array("stain_matrix"))
+    h_angle, e_angle = d.stain_angles(matrix, _reference_stains())
     out.update(h_vector=[round(float(v), 4) for v in matrix[0]], e_vector=[round(float(v), 4) for v in matrix[1]],
                h_angle_deg=round(h_angle, 2), e_angle_deg=round(e_angle, 2),
                outlier_score=round(max(h_angle, e_angle) / d.STAIN_ANGLE_TOLERANCE, 3),
@@ -191,7 +197,7 @@ def _stain(tiles: list[np.ndarray]) -> dict:
 
 def _artefacts(thumbnail: np.ndarray, mpp: float, tissue: np.ndarray, tiles: _TileReader, downsample: float):
     """Every artefact mask (by name) and the figures that come with them."""
-    pen, pen_colours = d.detect_pen(thumbnail, mpp)
+    pen, pen_colours = d.detect_pen(thumbnail, mpp, tissue, _reference_stains())
     bubble = d.detect_dark_debris(thumbnail, mpp, pen)
     over, under = d.detect_exposure(thumbnail, mpp, tissue, _glass_brightness(thumbnail, tissue))
     fold, tissue_density = d.detect_fold(thumbnail, mpp, tissue, pen | bubble | under)
