@@ -188,11 +188,14 @@ def off_stain_plane(rgb: np.ndarray, tissue: np.ndarray, reference: np.ndarray) 
     return np.abs(density @ normal).reshape(rgb.shape[:2])
 
 
-def detect_pen(rgb: np.ndarray, mpp: float, tissue: np.ndarray,
-               reference: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
+def detect_pen(rgb: np.ndarray, mpp: float, tissue: np.ndarray, reference: np.ndarray,
+               under_exposed: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
     """Pen ink mask and the share of it in each ink colour: colours outside H&E's gamut, and ink
-    over tissue off the slide's stain plane (``off_stain_plane``; named by its hue)."""
-    colours = ink_colours(rgb, off_stain_plane(rgb, tissue, reference))
+    over tissue off the slide's stain plane (``off_stain_plane``; named by its hue), except in
+    ``under_exposed`` areas: the light lost there moves every colour off the plane towards grey."""
+    off_plane = off_stain_plane(rgb, tissue, reference)
+    off_plane[under_exposed > 0] = 0
+    colours = ink_colours(rgb, off_plane)
     ink = (colours > 0).astype(np.uint8)
     ink = cv2.morphologyEx(ink, cv2.MORPH_CLOSE, _disk(_pixels(PEN_CLOSE_UM / 2, mpp)))
     pen = keep_large(ink, math.ceil(PEN_MIN_AREA_UM2 / mpp**2))

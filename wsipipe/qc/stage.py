@@ -197,9 +197,9 @@ def _stain(tiles: list[np.ndarray]) -> dict:
 
 def _artefacts(thumbnail: np.ndarray, mpp: float, tissue: np.ndarray, tiles: _TileReader, downsample: float):
     """Every artefact mask (by name) and the figures that come with them."""
-    pen, pen_colours = d.detect_pen(thumbnail, mpp, tissue, _reference_stains())
-    bubble = d.detect_dark_debris(thumbnail, mpp, pen)
     over, under = d.detect_exposure(thumbnail, mpp, tissue, _glass_brightness(thumbnail, tissue))
+    pen, pen_colours = d.detect_pen(thumbnail, mpp, tissue, _reference_stains(), under)
+    bubble = d.detect_dark_debris(thumbnail, mpp, pen)
     fold, tissue_density = d.detect_fold(thumbnail, mpp, tissue, pen | bubble | under)
     # "Ink" over most of the tissue is the stain itself off H&E's gamut (DAB, special stains): the
     # stain estimate then sees it, and the verdict names the stain rather than the pen.
