@@ -234,10 +234,15 @@ def detect_fold(rgb: np.ndarray, mpp: float, tissue: np.ndarray, exclude: np.nda
     return keep_large(fold, math.ceil(FOLD_MIN_AREA_UM2 / mpp**2)), median
 
 
+def _square(um: float, mpp: float) -> np.ndarray:
+    """A square structuring element about ``um`` across, of odd side so that it is centred."""
+    side = _pixels(um, mpp) // 2 * 2 + 1
+    return np.ones((side, side), np.uint8)
+
+
 def _open(mask: np.ndarray, um: float, mpp: float) -> np.ndarray:
     """``mask`` reduced to the parts at least ``um`` across (a morphological opening)."""
-    side = _pixels(um, mpp)
-    return cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_OPEN, np.ones((side, side), np.uint8))
+    return cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_OPEN, _square(um, mpp))
 
 
 def detect_exposure(rgb: np.ndarray, mpp: float, tissue: np.ndarray,
@@ -251,8 +256,7 @@ def detect_exposure(rgb: np.ndarray, mpp: float, tissue: np.ndarray,
     clipped = cv2.morphologyEx(clipped.astype(np.uint8), cv2.MORPH_CLOSE, _disk(_pixels(EXPOSURE_JOIN_UM / 2, mpp)))
     over = _open(clipped, OVER_EXPOSED_MIN_UM, mpp)
     brightest_channel = cv2.medianBlur(rgb.max(axis=2), 3)  # dense purple tissue still passes blue
-    side = _pixels(UNDER_EXPOSED_MIN_UM, mpp)
-    brightest_nearby = cv2.dilate(brightest_channel, np.ones((side, side), np.uint8))
+    brightest_nearby = cv2.dilate(brightest_channel, _square(UNDER_EXPOSED_MIN_UM, mpp))
     typical = float(np.median(brightest_nearby[tissue > 0])) if tissue.any() else 255.0
     level = min(UNDER_EXPOSED_WHITE, UNDER_EXPOSED_OF_TYPICAL * typical)
     under = _open(brightest_channel < level, UNDER_EXPOSED_MIN_UM, mpp)
