@@ -72,6 +72,17 @@ def test_dense_tissue_is_not_under_exposed_but_light_loss_is():
     assert under[101:219, 101:219].all() and not (under & (1 - inside)).any()  # edges: the 3 px median
 
 
+def test_a_slide_dim_everywhere_is_under_exposed():
+    tissue = np.zeros((400, 400), np.uint8)
+    tissue[4:396, 4:396] = 1
+    rgb = np.full((400, 400, 3), 110, np.uint8)  # glass at 0.45 of the light: the whole scan is dim
+    rgb[tissue > 0] = (100, 70, 90)  # pink tissue at 0.45 of the light
+    _, under = d.detect_exposure(rgb, 4.0, tissue, None, 110.0)
+    assert under[tissue > 0].all()
+    _, under = d.detect_exposure(rgb, 4.0, tissue, None, 245.0)  # were the glass bright, typical tissue
+    assert not under.any()
+
+
 def test_glass_brightness_is_the_top_of_its_noise():
     thumbnail = np.zeros((10, 10, 3), np.uint8)
     thumbnail[...] = (230, 240, 247)

@@ -100,6 +100,8 @@ EXPOSURE_JOIN_UM = 128.0
 #: light of both the lamp (< 128 of 255: 0.69 OD lost in every channel) and the slide's typical
 #: tissue area of that size (the median over tissue of each area's brightest pixel): a slide of
 #: dense tumour seen at low power has few bright pixels anywhere, and is not under-exposed for it.
+#: Where the slide's background itself passes less than half the lamp's light the whole scan is
+#: dim, its typical tissue too, and the lamp alone is the reference.
 UNDER_EXPOSED_WHITE = 128
 UNDER_EXPOSED_OF_TYPICAL = 0.5
 UNDER_EXPOSED_MIN_UM = 256.0
@@ -245,10 +247,11 @@ def _open(mask: np.ndarray, um: float, mpp: float) -> np.ndarray:
     return cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_OPEN, _square(um, mpp))
 
 
-def detect_exposure(rgb: np.ndarray, mpp: float, tissue: np.ndarray,
-                    glass_level: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+def detect_exposure(rgb: np.ndarray, mpp: float, tissue: np.ndarray, glass_level: float | None = None,
+                    background_level: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Over- and under-exposed masks; ``glass_level``: the top of the slide glass's brightest
-    channel (noise included), if it has glass."""
+    channel (noise included), if it has glass; ``background_level``: the median brightest channel
+    off the tissue, if there is any."""
     clipped = rgb.max(axis=2) >= CLIPPED_LEVEL
     glass_clipped = glass_level is None or glass_level >= CLIPPED_LEVEL
     if glass_clipped:
@@ -258,7 +261,9 @@ def detect_exposure(rgb: np.ndarray, mpp: float, tissue: np.ndarray,
     brightest_channel = cv2.medianBlur(rgb.max(axis=2), 3)  # dense purple tissue still passes blue
     brightest_nearby = cv2.dilate(brightest_channel, _square(UNDER_EXPOSED_MIN_UM, mpp))
     typical = float(np.median(brightest_nearby[tissue > 0])) if tissue.any() else 255.0
-    level = min(UNDER_EXPOSED_WHITE, UNDER_EXPOSED_OF_TYPICAL * typical)
+    level = UNDER_EXPOSED_WHITE
+    if background_level is None or background_level >= UNDER_EXPOSED_WHITE:
+        level = min(level, UNDER_EXPOSED_OF_TYPICAL * typical)
     under = _open(brightest_channel < level, UNDER_EXPOSED_MIN_UM, mpp)
     return over, under
 

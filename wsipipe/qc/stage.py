@@ -97,6 +97,14 @@ def _glass_brightness(thumbnail: np.ndarray, tissue: np.ndarray) -> float | None
     return median + 3 * float(np.median(np.abs(brightest - median)))
 
 
+def _background_brightness(thumbnail: np.ndarray, tissue: np.ndarray) -> float | None:
+    """The median brightest channel off the tissue (glass, dim or not), or None without any."""
+    background = tissue == 0
+    if np.count_nonzero(background) < 16:
+        return None
+    return float(np.median(thumbnail.max(axis=2)[background]))
+
+
 class _TileReader:
     """Tiles of a given side in µm at ``focus_mpp`` of the slide's µm/px, area-averaged from level
     0: pyramid levels are made by each scanner's own filter (JPEG 2000's wavelet levels are
@@ -197,7 +205,8 @@ def _stain(tiles: list[np.ndarray]) -> dict:
 
 def _artefacts(thumbnail: np.ndarray, mpp: float, tissue: np.ndarray, tiles: _TileReader, downsample: float):
     """Every artefact mask (by name) and the figures that come with them."""
-    over, under = d.detect_exposure(thumbnail, mpp, tissue, _glass_brightness(thumbnail, tissue))
+    over, under = d.detect_exposure(thumbnail, mpp, tissue, _glass_brightness(thumbnail, tissue),
+                                    _background_brightness(thumbnail, tissue))
     pen, pen_colours = d.detect_pen(thumbnail, mpp, tissue, _reference_stains(), under)
     bubble = d.detect_dark_debris(thumbnail, mpp, pen)
     fold, tissue_density = d.detect_fold(thumbnail, mpp, tissue, pen | bubble | under)
