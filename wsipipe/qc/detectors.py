@@ -275,7 +275,7 @@ def focus_mpp(slide_mpp: float) -> float:
 
 def focus_ratio(rgb: np.ndarray) -> float:
     """Detail at the finest scale relative to the next: RMS Laplacian of the grey image over the
-    RMS Laplacian of the image halved (each in its own pixels). Sharp tissue 0.55-1; 0.25 = no
+    RMS Laplacian of the image halved (each in its own pixels). Sharp tissue 0.5-1; 0.25 = no
     detail finer than 2 px."""
     grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32)
     half = cv2.resize(grey, (max(1, grey.shape[1] // 2), max(1, grey.shape[0] // 2)), interpolation=cv2.INTER_AREA)

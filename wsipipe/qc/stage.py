@@ -3,8 +3,7 @@
 Everything but focus works on the tissue thumbnail (``wsipipe.tissue``'s, about 4 µm/px, so its
 masks line up with the tissue masks of tile and segment); focus needs the slide's own pixels and
 reads at most ``FOCUS_MAX_TILES`` tiles of 128 px at twice the slide's µm/px (at most 1 µm/px) over
-the tissue. Deterministic:
-no training, no random sampling beyond the seeded stain estimate.
+the tissue. Deterministic: no training, no random sampling beyond the seeded stain estimate.
 """
 
 from __future__ import annotations
