@@ -198,8 +198,7 @@ def detect_pen(rgb: np.ndarray, mpp: float, tissue: np.ndarray, reference: np.nd
     off_plane = off_stain_plane(rgb, tissue, reference)
     off_plane[under_exposed > 0] = 0
     colours = ink_colours(rgb, off_plane)
-    ink = (colours > 0).astype(np.uint8)
-    ink = cv2.morphologyEx(ink, cv2.MORPH_CLOSE, _disk(_pixels(PEN_CLOSE_UM / 2, mpp)))
+    ink = cv2.morphologyEx((colours > 0).astype(np.uint8), cv2.MORPH_CLOSE, _disk(_pixels(PEN_CLOSE_UM / 2, mpp)))
     pen = keep_large(ink, math.ceil(PEN_MIN_AREA_UM2 / mpp**2))
     total = int(pen.sum())
     shares = {name: (float(np.count_nonzero((colours == value) & (pen > 0))) / total if total else 0.0)
@@ -261,7 +260,7 @@ def detect_exposure(rgb: np.ndarray, mpp: float, tissue: np.ndarray, glass_level
     brightest_channel = cv2.medianBlur(rgb.max(axis=2), 3)  # dense purple tissue still passes blue
     brightest_nearby = cv2.dilate(brightest_channel, _square(UNDER_EXPOSED_MIN_UM, mpp))
     typical = float(np.median(brightest_nearby[tissue > 0])) if tissue.any() else 255.0
-    level = UNDER_EXPOSED_WHITE
+    level = float(UNDER_EXPOSED_WHITE)
     if background_level is None or background_level >= UNDER_EXPOSED_WHITE:
         level = min(level, UNDER_EXPOSED_OF_TYPICAL * typical)
     under = _open(brightest_channel < level, UNDER_EXPOSED_MIN_UM, mpp)
