@@ -93,3 +93,16 @@ def test_glass_brightness_is_the_top_of_its_noise():
     assert _glass_brightness(thumbnail, tissue) == pytest.approx(248 + 3 * 3)
     tissue[:] = 1
     assert _glass_brightness(thumbnail, tissue) is None
+
+
+def test_focus_tiles_move_into_one_stored_tile_when_their_cell_has_room():
+    from wsipipe.qc.stage import _stored_tile_side, _within_stored_tile
+
+    assert _stored_tile_side({"openslide.level[0].tile-width": "512", "openslide.level[0].tile-height": "512"}) == 512
+    assert _stored_tile_side({"openslide.level[0].tile-width": "512", "openslide.level[0].tile-height": "256"}) is None
+    assert _stored_tile_side({}) is None
+    # A 256 px read starting at 900 straddles the stored tiles 512-1023 and 1024-1535; its centre
+    # (1028) is in the second, so it moves right by 124 px, if its cell leaves that much room.
+    assert _within_stored_tile(900, 256, 512, room=200) == 1024
+    assert _within_stored_tile(900, 256, 512, room=100) == 900
+    assert _within_stored_tile(1100, 256, 512, room=0) == 1100  # already inside one

@@ -12,6 +12,7 @@ import math
 import re
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import cv2
@@ -28,6 +29,8 @@ ASSUMED_MPP = 0.25
 MIN_TISSUE_MM2 = 0.01
 #: Below this share of usable tissue (of tissue and artefacts together) a slide is unusable.
 MIN_USABLE_FRACTION = 0.5
+#: Focus tiles read at once from a reader that several threads may share (decoding releases the GIL).
+FOCUS_READ_THREADS = 4
 #: Stain tiles pooled for the H&E estimate (a spread subset of the focus tiles).
 STAIN_TILES = 64
 
@@ -114,18 +117,42 @@ class _TileReader:
         self.reader = reader
         self.base_mpp = base_mpp
         self.mpp = d.focus_mpp(base_mpp)
+        self.threads = FOCUS_READ_THREADS if reader.thread_safe else 1
+        self.stored_tile = _stored_tile_side(reader.properties)
+        #: Wall-clock seconds spent reading: reads run in threads beside the focus measure, so the
+        #: focus pass sets it, its wall time times the threads' share of time spent reading.
         self.seconds = 0.0
 
-    def read(self, centre_x: float, centre_y: float, side_um: float) -> np.ndarray:
-        started = time.perf_counter()
+    def read(self, centre_x: float, centre_y: float, side_um: float, room: float = 0.0) -> np.ndarray:
+        """The tile centred on (``centre_x``, ``centre_y``) in level-0 pixels, moved by up to
+        ``room`` of them to lie within one of the slide's stored tiles (one decode, not four)."""
         size = max(8, round(side_um / self.mpp))
         source = max(1, round(side_um / self.base_mpp))  # at most 2 x size: focus_mpp <= 2 x base
         x0, y0 = round(centre_x - source / 2), round(centre_y - source / 2)
+        if self.stored_tile and source <= self.stored_tile:
+            x0, y0 = (_within_stored_tile(start, source, self.stored_tile, room) for start in (x0, y0))
         region = self.reader.read_region((max(0, x0), max(0, y0)), 0, (source, source))
         if source != size:
             region = cv2.resize(region, (size, size), interpolation=cv2.INTER_AREA)
-        self.seconds += time.perf_counter() - started
         return region
+
+
+def _stored_tile_side(properties: dict) -> int | None:
+    """The side of level 0's stored tiles when the slide states it and they are square."""
+    sides = {key.rsplit(".", 1)[-1]: value for key, value in properties.items()
+             if key.endswith(("level[0].tile-width", "level[0].tile-height"))}
+    try:
+        width, height = int(sides["tile-width"]), int(sides["tile-height"])
+    except (KeyError, ValueError):
+        return None
+    return width if width == height and width > 0 else None
+
+
+def _within_stored_tile(start: int, length: int, tile: int, room: float) -> int:
+    """``start`` moved (by at most ``room``) so that [start, start + length) is in one stored tile."""
+    first = (start + length // 2) // tile * tile  # the stored tile holding the centre
+    moved = min(max(start, first), first + tile - length)
+    return moved if abs(moved - start) <= room else start
 
 
 def _focus(tiles: _TileReader, tissue: np.ndarray, thumb_mpp: float, downsample: float, exclude: np.ndarray):
@@ -137,19 +164,32 @@ def _focus(tiles: _TileReader, tissue: np.ndarray, thumb_mpp: float, downsample:
     height, width = tissue.shape
     rows, cols = math.ceil(height / cell), math.ceil(width / cell)
     flagged = np.zeros((rows, cols), np.uint8)
-    ratios, stain_tiles = [], []
+    cells = []
     for r in range(rows):
         for c in range(cols):
             block = tissue[r * cell:(r + 1) * cell, c * cell:(c + 1) * cell]
-            if block.mean() < d.FOCUS_MIN_TISSUE:
-                continue
-            centre = ((c * cell + block.shape[1] / 2) * downsample, (r * cell + block.shape[0] / 2) * downsample)
-            tile = tiles.read(*centre, side_um)
-            ratio = d.focus_ratio(tile)
+            if block.mean() >= d.FOCUS_MIN_TISSUE:
+                cells.append((r, c, (c * cell + block.shape[1] / 2) * downsample, (r * cell + block.shape[0] / 2) * downsample))
+
+    room = max(0.0, (cell * thumb_mpp - side_um) / 2 / tiles.base_mpp)  # level-0 px the tile may move in its cell
+
+    def measure(cell_centre):
+        started = time.perf_counter()
+        tile = tiles.read(cell_centre[2], cell_centre[3], side_um, room)
+        read = time.perf_counter() - started
+        return tile, d.focus_ratio(tile), read, time.perf_counter() - started
+
+    ratios, stain_tiles = [], []
+    reading = busy = 0.0
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=tiles.threads) as pool:  # map keeps the cells' order
+        for (r, c, _, _), (tile, ratio, read, spent) in zip(cells, pool.map(measure, cells)):
+            reading, busy = reading + read, busy + spent
             ratios.append(ratio)
             flagged[r, c] = ratio < d.FOCUS_RATIO_THRESHOLD
             if not exclude[r * cell:(r + 1) * cell, c * cell:(c + 1) * cell].any() and not flagged[r, c]:
                 stain_tiles.append(tile)
+    tiles.seconds = (time.perf_counter() - started) * reading / busy if busy else 0.0
     mask = np.repeat(np.repeat(flagged, cell, axis=0), cell, axis=1)[:height, :width] & tissue
     values = np.asarray(ratios, np.float64)
     figures = {
