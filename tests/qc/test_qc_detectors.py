@@ -83,6 +83,20 @@ def test_a_slide_dim_everywhere_is_under_exposed():
     assert not under.any()
 
 
+def test_over_exposure_spans_dense_tissue_in_a_clipped_field_but_not_sparse_specks():
+    tissue = np.ones((300, 300), np.uint8)
+    rgb = np.full((300, 300, 3), (230, 170, 200), np.uint8)  # pale pink tissue, nothing clipped
+    rgb[50:250:20, 50:250:20] = (255, 200, 230)  # clipped specks every 80 µm (4 µm/px)
+    over, _ = d.detect_exposure(rgb, 4.0, tissue, 245.0)
+    assert not over.any()
+    field = np.zeros((300, 300), bool)
+    field[50:250, 50:250] = True  # an 800 µm field, clipped ...
+    rgb[field] = (255, 200, 230)
+    rgb[50:250, 140:165] = (120, 60, 150)  # ... but for a band of dense tissue 100 µm wide
+    over, _ = d.detect_exposure(rgb, 4.0, tissue, 245.0)
+    assert over[60:240, 50:250].all() and not over[~field].any()  # the band's ends meet unclipped tissue
+
+
 def test_glass_brightness_is_the_top_of_its_noise():
     thumbnail = np.zeros((10, 10, 3), np.uint8)
     thumbnail[...] = (230, 240, 247)

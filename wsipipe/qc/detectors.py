@@ -86,13 +86,16 @@ DEBRIS_MIN_AREA_UM2 = 200.0
 #: Over-exposure: the sensor clipped (a channel >= 250 on the area-averaged thumbnail). A clipped
 #: pixel that is still coloured (another channel <= 235) is always clipped tissue; a white one is
 #: too when the slide's glass does not reach the clip even at the top of its noise (then nothing
-#: should reach full white). Clipped pixels are joined over gaps of EXPOSURE_JOIN_UM: what stays
-#: under the clip inside an over-exposed field is the densest tissue (nuclei, and epithelium up to
-#: about 100 µm thick); joined areas at least OVER_EXPOSED_MIN_UM across are over-exposed.
+#: should reach full white). Where clipping is dense (clipped pixels joined over gaps of
+#: EXPOSURE_JOIN_UM: unclipped nuclei, an area at least OVER_EXPOSED_MIN_UM across) a field is
+#: over-exposed; it extends over what stays under the clip within it, the densest tissue
+#: (epithelium up to about 100 µm thick), by joining clipped pixels over EXPOSURE_SPAN_UM. Sparse
+#: clipped specks of pale tissue are joined only when such a field holds them.
 CLIPPED_LEVEL = 250
 CLIPPED_COLOURED_BELOW = 235
 OVER_EXPOSED_MIN_UM = 64.0
-EXPOSURE_JOIN_UM = 128.0
+EXPOSURE_JOIN_UM = 32.0
+EXPOSURE_SPAN_UM = 128.0
 #: Under-exposure: in a well-exposed brightfield scan any area wider than a few cells holds some
 #: pixel near the lamp's white (glass, lumen, pale cytoplasm), and even dense H&E passes most of
 #: the light in one channel (haematoxylin and eosin both transmit blue). An area at least
@@ -246,6 +249,15 @@ def _open(mask: np.ndarray, um: float, mpp: float) -> np.ndarray:
     return cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_OPEN, _square(um, mpp))
 
 
+def _holding(mask: np.ndarray, seeds: np.ndarray) -> np.ndarray:
+    """The 8-connected components of ``mask`` that hold a pixel of ``seeds``."""
+    count, labels = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
+    keep = np.zeros(count, np.uint8)
+    keep[np.unique(labels[(seeds > 0) & (mask > 0)])] = 1
+    keep[0] = 0
+    return keep[labels]
+
+
 def detect_exposure(rgb: np.ndarray, mpp: float, tissue: np.ndarray, glass_level: float | None = None,
                     background_level: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Over- and under-exposed masks; ``glass_level``: the top of the slide glass's brightest
@@ -255,8 +267,12 @@ def detect_exposure(rgb: np.ndarray, mpp: float, tissue: np.ndarray, glass_level
     glass_clipped = glass_level is None or glass_level >= CLIPPED_LEVEL
     if glass_clipped:
         clipped &= rgb.min(axis=2) <= CLIPPED_COLOURED_BELOW
-    clipped = cv2.morphologyEx(clipped.astype(np.uint8), cv2.MORPH_CLOSE, _disk(_pixels(EXPOSURE_JOIN_UM / 2, mpp)))
-    over = _open(clipped, OVER_EXPOSED_MIN_UM, mpp)
+    clipped = clipped.astype(np.uint8)
+    fields = _open(cv2.morphologyEx(clipped, cv2.MORPH_CLOSE, _disk(_pixels(EXPOSURE_JOIN_UM / 2, mpp))),
+                   OVER_EXPOSED_MIN_UM, mpp)
+    spans = _open(cv2.morphologyEx(clipped, cv2.MORPH_CLOSE, _disk(_pixels(EXPOSURE_SPAN_UM / 2, mpp))),
+                  OVER_EXPOSED_MIN_UM, mpp)
+    over = _holding(spans, fields)
     brightest_channel = cv2.medianBlur(rgb.max(axis=2), 3)  # dense purple tissue still passes blue
     brightest_nearby = cv2.dilate(brightest_channel, _square(UNDER_EXPOSED_MIN_UM, mpp))
     typical = float(np.median(brightest_nearby[tissue > 0])) if tissue.any() else 255.0
