@@ -99,12 +99,7 @@ def test_pen_strokes_are_found(cmu, ink):
     assert result.summary["pen_colours"][ink] == max(result.summary["pen_colours"].values())
 
 
-@pytest.mark.parametrize("ink", [
-    "black", "blue", "green",
-    pytest.param("red", marks=pytest.mark.xfail(strict=True, reason=(
-        "known miss (Dice 0.32): red ink over these dense purple crops darkens to hue 22-35 deg, chroma 32-72, "
-        "inside the eosin / red-cell range"))),
-])
+@pytest.mark.parametrize("ink", sorted(INKS))
 def test_pen_strokes_on_lung_crops_are_found(ink, lung_dir):
     path = lung_dir / "images" / "lung_02.png"
     rgb = np.ascontiguousarray(cv2.imread(str(path), cv2.IMREAD_COLOR)[..., ::-1])
@@ -137,12 +132,12 @@ def test_synthetic_slide_blur_and_clean_tissue(synthetic):
     truth[region] = True
     expected = on_grid(truth, clean.tissue.shape) & (clean.tissue > 0)
     scores = {}
-    for sigma in (2.0, 4.0):  # 0.5 and 1 µm at 0.25 µm/px; the criterion is sigma >~ 0.75 µm
+    for sigma in (2.0, 4.0):  # 0.5 and 1 µm at 0.25 µm/px: focus is read at 0.5 µm/px, where they are 1 and 2 px
         burned = rgb.copy()
         burned[region] = cv2.GaussianBlur(rgb, (0, 0), sigma)[region]
         scores[sigma] = dice(run_qc(ArrayReader(burned, mpp)).masks["out_of_focus"], expected)
     print(f"synthetic unflagged {_unflagged_share(clean):.3f}; blur Dice sigma 2 px {scores[2.0]:.3f}, 4 px {scores[4.0]:.3f}")
-    assert scores[4.0] >= 0.8
+    assert scores[2.0] >= 0.8 and scores[4.0] >= 0.8
 
 
 def test_fold_is_found(cmu):
@@ -166,11 +161,7 @@ def test_fold_is_found(cmu):
     assert score >= 0.6
 
 
-@pytest.mark.parametrize("gain, artefact", [
-    pytest.param(1.8, "over_exposed", marks=pytest.mark.xfail(
-        reason="known miss: dense purple tissue is not clipped at gain 1.8 (recall 0.63 measured)", strict=True)),
-    (0.45, "under_exposed"),
-])
+@pytest.mark.parametrize("gain, artefact", [(1.8, "over_exposed"), (0.45, "under_exposed")])
 def test_exposure_is_found(cmu, gain, artefact):
     rgb, mpp = cmu
     region = (slice(1000, 2200), slice(200, 1400))  # 600 µm square
@@ -203,8 +194,6 @@ def test_clean_slides_are_left_alone_and_brightfield(slides_dir, name):
     assert result.summary["usable"] is True
 
 
-@pytest.mark.xfail(reason="known miss: lung_01's dense dark tumour reads as 3.5 % under-exposed (0.965 unflagged)",
-                   strict=True)
 def test_lung_images_are_left_alone(lung_dir):
     shares = []
     for path in sorted(glob.glob(str(lung_dir / "images" / "*.png"))):
