@@ -111,7 +111,7 @@ def test_killed_run_resumes_and_gives_the_same_outputs(slide, tmp_path, monkeypa
     monkeypatch.setattr(segment_module, "CHUNK", 128)  # several bands on this small slide
     reference = _run(slide, tmp_path / "reference")
     calls = {"n": 0}
-    original = segment_module.DeviceRunner.__call__
+    original = segment_module.Runner.__call__
 
     def dying(self, tiles):
         calls["n"] += 1
@@ -119,7 +119,7 @@ def test_killed_run_resumes_and_gives_the_same_outputs(slide, tmp_path, monkeypa
             raise KeyboardInterrupt
         return original(self, tiles)
 
-    monkeypatch.setattr(segment_module.DeviceRunner, "__call__", dying)
+    monkeypatch.setattr(segment_module.Runner, "__call__", dying)
     with pytest.raises(KeyboardInterrupt):
         _run(slide, tmp_path / "resumed")
     partial = tmp_path / "resumed" / "prediction.zarr.partial"
@@ -134,7 +134,7 @@ def test_killed_run_resumes_and_gives_the_same_outputs(slide, tmp_path, monkeypa
         seen["tiles"] += len(tiles)
         return original(self, tiles)
 
-    monkeypatch.setattr(segment_module.DeviceRunner, "__call__", counting)
+    monkeypatch.setattr(segment_module.Runner, "__call__", counting)
     resumed = _run(slide, tmp_path / "resumed")
     assert 0 < seen["tiles"] < reference["n_tiles"]  # finished bands were not run again
     assert not partial.exists()
@@ -156,7 +156,7 @@ def test_column_strips_give_the_same_prediction_and_resume_strip_by_strip(slide,
     options = {"model": tiny_model_file, "batch_size": 4, "overlap": 8}  # with this layout call 14 is in strip 2
     reference = _run(slide, tmp_path / "reference", **options)  # 600 px wide: one strip
     monkeypatch.setattr(segment_module, "STRIP_WIDTH", 256)  # three strips
-    original = segment_module.DeviceRunner.__call__
+    original = segment_module.Runner.__call__
     calls = {"n": 0}
 
     def dying(self, tiles):
@@ -165,14 +165,14 @@ def test_column_strips_give_the_same_prediction_and_resume_strip_by_strip(slide,
             raise KeyboardInterrupt
         return original(self, tiles)
 
-    monkeypatch.setattr(segment_module.DeviceRunner, "__call__", dying)
+    monkeypatch.setattr(segment_module.Runner, "__call__", dying)
     with pytest.raises(KeyboardInterrupt):
         _run(slide, tmp_path / "strips", **options)
     journals = sorted((tmp_path / "strips" / "prediction.zarr.partial").glob("stitch_journal-*.json"))
     assert [p.name for p in journals] == [f"stitch_journal-{a}-{b}.json" for a, b in ((0, 256), (256, 512), (512, 600))]
     first, second, third = (json.loads(p.read_text()) for p in journals)
     assert first["complete"] and not second["complete"] and third["done_rows"] == 0
-    monkeypatch.setattr(segment_module.DeviceRunner, "__call__", original)
+    monkeypatch.setattr(segment_module.Runner, "__call__", original)
     stripped = _run(slide, tmp_path / "strips", **options)
     for path in ("0", "1", "labels/classes/0", "labels/classes/1"):
         a = zarr.open_array(str(tmp_path / "reference" / "prediction.zarr" / path), mode="r")[:]
@@ -265,25 +265,6 @@ def test_tile_store_at_the_models_scale_is_reused(slide, tmp_path):
     tile_slide(slide, wrong, mpp=2.0, tile_size=128, overlap=0, workers=1, progress=False)
     with pytest.raises(segment_module.InvalidInputError, match="the model needs 128 px at 1 µm/px"):
         _run(slide, tmp_path / "bad", tiles_store=wrong)
-
-
-def test_out_of_memory_halves_the_batch_and_goes_on():
-    """The OOM path, exercised on the CPU with a model that fails on batches over 2 tiles."""
-
-    class Picky(torch.nn.Module):
-        def forward(self, x):
-            if x.shape[0] > 2:
-                raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
-            return torch.cat([x[:, :1] * 0, x[:, :1]], dim=1)
-
-    messages = []
-    runner = segment_module.DeviceRunner(Picky(), "cpu", [0.0] * 3, [1.0] * 3, batch_size=8, say=messages.append)
-    tiles = np.random.default_rng(0).integers(0, 256, (8, 16, 16, 3), dtype=np.uint8)
-    probs = runner(tiles)
-    assert probs.shape == (8, 2, 16, 16) and runner.batch_size == 2
-    expected = torch.softmax(torch.cat([torch.zeros(8, 1, 16, 16), torch.from_numpy(tiles[..., :1]).permute(0, 3, 1, 2) / 255.0], 1), 1)
-    assert np.allclose(probs, expected.numpy(), atol=1e-6)
-    assert messages == ["CUDA out of memory: batch size halved to 4", "CUDA out of memory: batch size halved to 2"]
 
 
 EXAMPLE_SLIDE = segment_module.BUNDLED_MODEL.parents[3] / "examples" / "data" / "CMU-1-Small-Region.svs"
@@ -406,13 +387,13 @@ def test_a_failure_while_writing_outputs_leaves_none_of_them_and_the_rerun_skips
     assert sorted(p.name for p in tmp_path.iterdir()) == [".wsipipe.lock", "prediction.zarr.partial"]
     monkeypatch.undo()
     seen = {"tiles": 0}
-    original = segment_module.DeviceRunner.__call__
+    original = segment_module.Runner.__call__
 
     def counting(self, tiles):
         seen["tiles"] += len(tiles)
         return original(self, tiles)
 
-    monkeypatch.setattr(segment_module.DeviceRunner, "__call__", counting)
+    monkeypatch.setattr(segment_module.Runner, "__call__", counting)
     report = _run(slide, tmp_path)
     assert seen["tiles"] == 0 and report["n_tiles_run"] == 0
     names = sorted(p.name for p in tmp_path.iterdir())

@@ -142,7 +142,7 @@ def train_cellularity(
 
     from wsipipe.models import build_model, resolve_args
     from wsipipe.models.cellularity import cellularity_loss
-    from wsipipe.models.io import IMAGENET_NORMALISATION, normalisation_tensors
+    from wsipipe.models.io import IMAGENET_NORMALISATION, preprocess
     from wsipipe.training.checkpoint import run_resumable_epochs
     from wsipipe.training.data import Augmentation, LabelledImage, sample_patch
     from wsipipe.training.trainer import poly_lr
@@ -156,7 +156,6 @@ def train_cellularity(
         copy_segmentation_encoder(network, Path(config.init_from), args["seg_encoder"])
     network.to(device).train()
     optimiser = torch.optim.AdamW(network.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    mean, std = normalisation_tensors(IMAGENET_NORMALISATION, device)
     # sample_patch crops image and mask together; the score has no mask, so an empty one rides along
     sources = [LabelledImage(s.name, s.image, np.zeros(s.image.shape[:2], np.uint8)) for s in samples]
     scores = torch.tensor([s.score for s in samples], dtype=torch.float32)
@@ -166,9 +165,9 @@ def train_cellularity(
     def train_step() -> float:
         picks = rng.integers(len(samples), size=config.batch_size)
         patches = np.stack([sample_patch(sources[i], config.tile_size, rng, augmentation)[0] for i in picks])
-        x = torch.as_tensor(patches, device=device).permute(0, 3, 1, 2).float() / 255
+        x = preprocess(torch.as_tensor(patches, device=device), IMAGENET_NORMALISATION)
         optimiser.zero_grad()
-        loss = cellularity_loss(network((x - mean) / std), scores[picks].to(device))
+        loss = cellularity_loss(network(x), scores[picks].to(device))
         loss.backward()
         optimiser.step()
         return float(loss.detach())

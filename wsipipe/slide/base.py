@@ -88,6 +88,11 @@ class SlideReader(ABC):
     def close(self) -> None:  # noqa: B027 - optional for backends
         """Release file handles."""
 
+    @property
+    def direct_tiles(self):
+        """The direct tile decoder (``tiff_tiles.TiledPages``) of this slide's levels, or None."""
+        return self._direct_tiles
+
     # --- derived ---------------------------------------------------------------------------
     def __enter__(self):
         return self
