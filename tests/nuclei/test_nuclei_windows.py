@@ -64,14 +64,15 @@ def bundle():
     return load_model(BUNDLED_NUCLEI_MODEL)
 
 
+@pytest.mark.slow  # minutes on a loaded 2-core machine: oneDNN compiles kernels for each window shape and turn
 def test_windows_in_batches_with_a_worker_pool_give_the_nuclei_of_one_window_at_a_time(bundle, data_dir):
     """Windows of several shapes (square and not, so the views turn both), batched two by two
     where they share a shape, the watershed in a worker process: label map and nuclei identical."""
-    rgb = np.ascontiguousarray(load_cpm15(data_dir / "nuclei" / "cpm15")[0].rgb[:176, :224])
+    rgb = np.ascontiguousarray(load_cpm15(data_dir / "nuclei" / "cpm15")[0].rgb[:96, :208])
     views, settings = split_views(bundle.metadata["instances"])
     stain = input_stain(bundle.metadata, rgb)
     haematoxylin = functools.partial(haematoxylin_od, stain_matrix=calibrate(rgb).stain_matrix)
-    core, margin = 112, 32
+    core, margin = 64, 16
     naive = one_window_alone(bundle, views, stain)
     expected = np.zeros(rgb.shape[:2], np.int32)
     expected_nuclei = segment_tiled(lambda y0, x0, y1, x1: rgb[y0:y1, x0:x1], rgb.shape[:2],
@@ -83,7 +84,8 @@ def test_windows_in_batches_with_a_worker_pool_give_the_nuclei_of_one_window_at_
     image = WindowedInput("crop", rgb.shape[:2], 1.0, rgb, rgb.shape[:2], 0.5, image=rgb)
     plan = plan_windows(image.shape, core, margin)
     windows = [window for _, window in plan]
-    assert len({(w[2] - w[0], w[3] - w[1]) for w in windows}) == 2 and any(w[2] - w[0] != w[3] - w[1] for w in windows)
+    shapes = [(w[2] - w[0], w[3] - w[1]) for w in windows]
+    assert len(set(shapes)) < len(shapes) and any(h != w for h, w in shapes)  # a batch of two; turned non-square views
     runner = UsnetWindows(bundle, "cpu", 1, views, True, settings["score_threshold"])
     got = np.zeros(rgb.shape[:2], np.int32)
     pool = start_workers(1)
