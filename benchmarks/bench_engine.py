@@ -139,8 +139,14 @@ def nuclei_figures(tmp: Path, side: int, device: str, workers: int, env: dict) -
     import torch
 
     from wsipipe.inference.engine import Runner
-    from wsipipe.nuclei.stage import BUNDLED_NUCLEI_MODEL, CORE_PX, normalised_view, open_input, split_views
-    from wsipipe.nuclei.stage import windows_per_batch
+    from wsipipe.nuclei.stage import (
+        BUNDLED_NUCLEI_MODEL,
+        CORE_PX,
+        normalised_view,
+        open_input,
+        split_views,
+        windows_per_batch,
+    )
     from wsipipe.nuclei.tiled import DEFAULT_MARGIN_UM, plan_windows
     from wsipipe.nuclei.windows import NormalisedView
 

@@ -15,9 +15,25 @@ from wsipipe.inference.engine import run
 from wsipipe.models.io import load_model
 from wsipipe.nuclei.classical import calibrate, haematoxylin_od
 from wsipipe.nuclei.data import load_cpm15
-from wsipipe.nuclei.stage import BUNDLED_NUCLEI_MODEL, input_stain, normalised_view, split_views
-from wsipipe.nuclei.tiled import WindowPainter, plan_windows, segment_tiled, start_workers
-from wsipipe.nuclei.windows import NormalisedView, UsnetWindows, WindowedInput, open_windowed, usnet_labels
+from wsipipe.nuclei.stage import (
+    BUNDLED_NUCLEI_MODEL,
+    input_stain,
+    normalised_view,
+    split_views,
+)
+from wsipipe.nuclei.tiled import (
+    WindowPainter,
+    plan_windows,
+    segment_tiled,
+    start_workers,
+)
+from wsipipe.nuclei.windows import (
+    NormalisedView,
+    UsnetWindows,
+    WindowedInput,
+    open_windowed,
+    usnet_labels,
+)
 
 torch = pytest.importorskip("torch")
 

@@ -16,20 +16,38 @@ import functools
 import inspect
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from wsipipe.errors import InvalidInputError
 from wsipipe.files import folder_lock, make_output_folder, staged_outputs
-from wsipipe.nuclei import outputs
-from wsipipe.nuclei.classical import ClassicalParams, calibrate, haematoxylin_od, segment_nuclei
 from wsipipe.inference.engine import per_tile, reader_count, run
+from wsipipe.nuclei import outputs
+from wsipipe.nuclei.classical import (
+    ClassicalParams,
+    calibrate,
+    haematoxylin_od,
+    segment_nuclei,
+)
 from wsipipe.nuclei.data import WORKING_MPP
-from wsipipe.nuclei.tiled import DEFAULT_MARGIN_UM, TileDone, WindowPainter, core_tiles, plan_windows, start_workers
-from wsipipe.nuclei.windows import (NormalisedView, UsnetWindows, WindowedInput, open_windowed, pixels_only,
-                                    usnet_labels)
+from wsipipe.nuclei.tiled import (
+    DEFAULT_MARGIN_UM,
+    TileDone,
+    WindowPainter,
+    core_tiles,
+    plan_windows,
+    start_workers,
+)
+from wsipipe.nuclei.windows import (
+    NormalisedView,
+    UsnetWindows,
+    WindowedInput,
+    open_windowed,
+    pixels_only,
+    usnet_labels,
+)
 from wsipipe.qc.apply import restrict_tissue
 
 log = logging.getLogger(__name__)
@@ -436,7 +454,8 @@ def usnet_segmenter(bundle, stain=None) -> Callable[[np.ndarray], np.ndarray]:
     """rgb window -> instance labels with a US-Net model bundle, with the instance settings its
     metadata records (``instances``: chosen when it was trained), else their defaults; ``stain``
     as ``usnet_forward``'s."""
-    
+    from wsipipe.models.usnet import usnet_instances
+
     views, settings = split_views(bundle.metadata.get("instances"))
     forward = usnet_forward(bundle, views, stain)
     return lambda rgb: usnet_instances(*forward(rgb), **settings)
