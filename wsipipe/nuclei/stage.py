@@ -208,7 +208,7 @@ def run_nuclei(
 
             plan = plan_windows(source.shape, CORE_PX, round(DEFAULT_MARGIN_UM / mpp),
                                 skip=lambda *core: tissue_fraction[core] == 0)
-            nuclei = _segment_windows(source, plan, network, stain, device, mpp, calibration, params, labels,
+            nuclei = _segment_windows(source, plan, network, stain, mpp, calibration, params, labels,
                                       on_tile, min_pixels)
             outputs.finish_label_store(staging / "labels.zarr")
             tiles = []
@@ -251,7 +251,7 @@ def run_nuclei(
         return summary
 
 
-def _segment_windows(source: WindowedInput, plan, network, stain, device: str, mpp: float, calibration,
+def _segment_windows(source: WindowedInput, plan, network, stain, mpp: float, calibration,
                      params: ClassicalParams, labels, on_tile, min_pixels: float):
     """Every planned window through the inference engine into ``labels``; the nuclei in id order.
 
@@ -275,7 +275,7 @@ def _segment_windows(source: WindowedInput, plan, network, stain, device: str, m
         label = functools.partial(_classical_labels, mpp=mpp, calibration=calibration, params=params)
         workers = instance_workers(None, len(windows))
     haematoxylin = functools.partial(haematoxylin_od, stain_matrix=calibration.stain_matrix)
-    readers = reader_count(device) if len(windows) > 1 else 0
+    readers = reader_count(model_device if network is not None else "cpu") if len(windows) > 1 else 0
     pool = start_workers(workers)
     try:
         painter = WindowPainter(plan, label, haematoxylin, labels, on_tile=on_tile, min_pixels=min_pixels, pool=pool,
