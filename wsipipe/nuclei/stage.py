@@ -275,7 +275,7 @@ def _segment_windows(source: WindowedInput, plan, network, stain, mpp: float, ca
         label = functools.partial(_classical_labels, mpp=mpp, calibration=calibration, params=params)
         workers = instance_workers(None, len(windows))
     haematoxylin = functools.partial(haematoxylin_od, stain_matrix=calibration.stain_matrix)
-    readers = reader_count(model_device if network is not None else "cpu") if len(windows) > 1 else 0
+    readers = window_readers(model_device if network is not None else "cpu") if len(windows) > 1 else 0
     pool = start_workers(workers)
     try:
         painter = WindowPainter(plan, label, haematoxylin, labels, on_tile=on_tile, min_pixels=min_pixels, pool=pool,
@@ -302,6 +302,13 @@ def windows_per_batch(device: str) -> int:
     """Windows a runner takes at once: one on the CPU, where a batch changes the sums (see
     ``UsnetWindows``) and gains nothing (a window is already a large input), more with CUDA."""
     return CUDA_WINDOWS_PER_BATCH if device.startswith("cuda") else 1
+
+
+def window_readers(device: str) -> int:
+    """Reader processes for the windows: the engine's count with CUDA; one on the CPU, where it
+    reads about fifty times as fast as the network runs the windows, and a second would only hold
+    memory."""
+    return reader_count(device) if device.startswith("cuda") else 1
 
 
 def instance_workers(device: str | None, windows: int) -> int:
