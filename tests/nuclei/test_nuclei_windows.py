@@ -80,7 +80,6 @@ def bundle():
     return load_model(BUNDLED_NUCLEI_MODEL)
 
 
-@pytest.mark.slow  # minutes on a loaded 2-core machine: oneDNN compiles kernels for each window shape and turn
 def test_windows_in_batches_with_a_worker_pool_give_the_nuclei_of_one_window_at_a_time(bundle, data_dir):
     """Windows of several shapes (square and not, so the views turn both), batched two by two
     where they share a shape, the watershed in a worker process: label map and nuclei identical."""
