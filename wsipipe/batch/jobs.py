@@ -193,10 +193,12 @@ def segment_job(slide_path: Path, workdir: Path, options: dict) -> dict:
 
 def qc_job(slide_path: Path, workdir: Path, options: dict) -> dict:
     """``wsipipe qc`` on one slide (outputs: qc.json, qc.zarr, qc.png); figures: the ``qc_*`` columns."""
-    from wsipipe.qc import qc_columns, qc_slide
+    from wsipipe.qc import qc_columns
+    from wsipipe.stages import QcConfig, qc
 
-    summary = qc_slide(slide_path, workdir, backend=options.get("backend"), mpp_override=options.get("mpp_override"))
-    return qc_columns(summary)
+    config = QcConfig(slide=slide_path, output=workdir, backend=options.get("backend"),
+                      mpp_override=options.get("mpp_override"))
+    return qc_columns(qc.run(config).to_json())
 
 
 def info_job(slide_path: Path, workdir: Path, options: dict) -> dict:
