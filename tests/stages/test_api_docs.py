@@ -6,8 +6,6 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import pytest
-
 REPO = Path(__file__).resolve().parents[2]
 #: An example: its marker comment (``<!-- example: NAME -->``) and the code block under it.
 EXAMPLE = re.compile(r"<!-- example: (.*?) -->\n```python\n(.*?)```", re.DOTALL)

@@ -23,7 +23,11 @@ def test_run_writes_qc_json_as_its_result_and_as_the_command(slides_dir, tmp_pat
     summary = json.loads(written)
     assert list(summary) == [field.name for field in dataclasses.fields(result) if field.name != "output"]
     assert (result.usable, result.verdict_rule, result.width, result.height) == (
-        summary["usable"], summary["verdict_rule"], 2220, 2967)
+        summary["usable"],
+        summary["verdict_rule"],
+        2220,
+        2967,
+    )
     assert result.brightfield["value"] is True and set(result.artefacts) == set(summary["artefacts"])
 
     cli = CliRunner().invoke(app, ["qc", str(slide), "-o", str(tmp_path / "cli"), "-q"])
@@ -34,7 +38,10 @@ def test_run_writes_qc_json_as_its_result_and_as_the_command(slides_dir, tmp_pat
     for name in ("usable", "tissue", "pen"):
         api = zarr.open_array(str(tmp_path / "api" / "qc.zarr" / name), mode="r")[...]
         assert np.array_equal(api, zarr.open_array(str(tmp_path / "cli" / "qc.zarr" / name), mode="r")[...])
-    flagged = ", ".join(f"{name} {figures['fraction']:.1%}" for name, figures in result.artefacts.items()
-                        if figures["fraction"] > 0)
-    assert cli.output == (f"CMU-1-Small-Region.svs: usable ({result.verdict_reason}); flagged: {flagged or 'nothing'} "
-                          f"-> {tmp_path / 'cli'}\n")
+    flagged = ", ".join(
+        f"{name} {figures['fraction']:.1%}" for name, figures in result.artefacts.items() if figures["fraction"] > 0
+    )
+    assert cli.output == (
+        f"CMU-1-Small-Region.svs: usable ({result.verdict_reason}); flagged: {flagged or 'nothing'} "
+        f"-> {tmp_path / 'cli'}\n"
+    )

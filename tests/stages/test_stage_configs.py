@@ -20,10 +20,21 @@ PATHS = {"slide": "a.svs", "output": "out"}
 #: (config, its required fields, bad values, the parameter named, the message after the parameter's name)
 BAD_VALUES = [
     (stages.TileConfig, PATHS, {"tile_size": 0}, "tile_size", "must be positive, got 0"),
-    (stages.TileConfig, PATHS, {"overlap": 512}, "overlap", "must be at least 0 and less than tile_size (512), got 512"),
+    (
+        stages.TileConfig,
+        PATHS,
+        {"overlap": 512},
+        "overlap",
+        "must be at least 0 and less than tile_size (512), got 512",
+    ),
     (stages.TileConfig, PATHS, {"overlap": -1}, "overlap", "must be at least 0 and less than tile_size (512), got -1"),
-    (stages.TileConfig, PATHS, {"tile_size": 64, "overlap": 64}, "overlap",
-     "must be at least 0 and less than tile_size (64), got 64"),
+    (
+        stages.TileConfig,
+        PATHS,
+        {"tile_size": 64, "overlap": 64},
+        "overlap",
+        "must be at least 0 and less than tile_size (64), got 64",
+    ),
     (stages.TileConfig, PATHS, {"tissue_threshold": 1.5}, "tissue_threshold", "must be between 0 and 1, got 1.5"),
     (stages.TileConfig, PATHS, {"mpp": 0.0}, "mpp", "must be a positive number, got 0.0"),
     (stages.TileConfig, PATHS, {"mpp_override": -0.25}, "mpp_override", "must be a positive number, got -0.25"),
@@ -31,14 +42,22 @@ BAD_VALUES = [
     (stages.TileConfig, PATHS, {"readers": -1}, "readers", "must be at least 0, got -1"),
     (stages.TileConfig, PATHS, {"label_map": "Tumor=1"}, "label_map", "and strict need annotations"),
     (stages.TileConfig, PATHS, {"strict": True}, "label_map", "and strict need annotations"),
-    (stages.NormalizeConfig, {"input": "a.zarr", "output": "b.zarr"}, {"method": "spams"}, "method",
-     "'spams': expected one of vahadane, macenko, reinhard"),
+    (
+        stages.NormalizeConfig,
+        {"input": "a.zarr", "output": "b.zarr"},
+        {"method": "spams"},
+        "method",
+        "'spams': expected one of vahadane, macenko, reinhard",
+    ),
     (stages.QcConfig, PATHS, {"mpp_override": 0}, "mpp_override", "must be a positive number, got 0"),
 ]
 
 
-@pytest.mark.parametrize(("config", "required", "bad", "parameter", "why"), BAD_VALUES,
-                         ids=[f"{c.__name__}-{'-'.join(b)}" for c, _, b, _, _ in BAD_VALUES])
+@pytest.mark.parametrize(
+    ("config", "required", "bad", "parameter", "why"),
+    BAD_VALUES,
+    ids=[f"{c.__name__}-{'-'.join(b)}" for c, _, b, _, _ in BAD_VALUES],
+)
 def test_each_check_names_its_parameter(config, required, bad, parameter, why):
     with pytest.raises(InvalidInputError) as caught:
         config(**required, **bad)
@@ -53,9 +72,18 @@ def test_each_check_names_its_parameter(config, required, bad, parameter, why):
 
 
 def test_good_values_pass_and_paths_become_paths(tmp_path):
-    config = stages.TileConfig(slide=str(tmp_path / "a.svs"), output=os.fspath(tmp_path / "a.zarr"),
-                               annotations=tmp_path / "a.geojson", label_map="Tumor=1", strict=True,
-                               tile_size=64, overlap=63, tissue_threshold=1.0, level=0, readers=0)
+    config = stages.TileConfig(
+        slide=str(tmp_path / "a.svs"),
+        output=os.fspath(tmp_path / "a.zarr"),
+        annotations=tmp_path / "a.geojson",
+        label_map="Tumor=1",
+        strict=True,
+        tile_size=64,
+        overlap=63,
+        tissue_threshold=1.0,
+        level=0,
+        readers=0,
+    )
     assert config.slide == tmp_path / "a.svs" and isinstance(config.slide, Path)
     assert isinstance(config.output, Path) and isinstance(config.annotations, Path)
     assert stages.NormalizeConfig(input="a.zarr", output="b.zarr", target="t.png").target == Path("t.png")
@@ -68,9 +96,11 @@ def test_good_values_pass_and_paths_become_paths(tmp_path):
 
 
 def test_batch_options_are_the_fields_but_the_slide_output_and_readers():
-    for config, left_out in ((stages.TileConfig, {"slide", "output", "readers"}),
-                             (stages.NormalizeConfig, {"input", "output"}),
-                             (stages.QcConfig, {"slide", "output"})):
+    for config, left_out in (
+        (stages.TileConfig, {"slide", "output", "readers"}),
+        (stages.NormalizeConfig, {"input", "output"}),
+        (stages.QcConfig, {"slide", "output"}),
+    ):
         fields = [field.name for field in dataclasses.fields(config)]
         assert list(config.batch_options()) == [name for name in fields if name not in left_out]
     assert list(stages.QcConfig.batch_options()) == ["backend", "mpp_override"]
@@ -81,29 +111,69 @@ def test_batch_options_convert_manifest_text(tmp_path, monkeypatch):
     (tmp_path / "real.geojson").write_text("{}")
     (tmp_path / "link.geojson").symlink_to(tmp_path / "real.geojson")
     convert = stages.TileConfig.batch_options()
-    cells = {"mpp": "0.25", "level": "2", "tile_size": "256", "overlap": "16", "tissue_threshold": "0.5",
-             "annotations": "link.geojson", "label_map": "Tumor=1", "strict": " Yes", "backend": "tiffslide",
-             "mpp_override": "0.2527", "overwrite": "0", "qc": "off"}
+    cells = {
+        "mpp": "0.25",
+        "level": "2",
+        "tile_size": "256",
+        "overlap": "16",
+        "tissue_threshold": "0.5",
+        "annotations": "link.geojson",
+        "label_map": "Tumor=1",
+        "strict": " Yes",
+        "backend": "tiffslide",
+        "mpp_override": "0.2527",
+        "overwrite": "0",
+        "qc": "off",
+    }
     options = {name: convert[name](text) for name, text in cells.items()}
-    assert options == {"mpp": 0.25, "level": 2, "tile_size": 256, "overlap": 16, "tissue_threshold": 0.5,
-                       "annotations": tmp_path / "real.geojson", "label_map": "Tumor=1", "strict": True,
-                       "backend": "tiffslide", "mpp_override": 0.2527, "overwrite": False, "qc": "off"}
+    assert options == {
+        "mpp": 0.25,
+        "level": 2,
+        "tile_size": 256,
+        "overlap": 16,
+        "tissue_threshold": 0.5,
+        "annotations": tmp_path / "real.geojson",
+        "label_map": "Tumor=1",
+        "strict": True,
+        "backend": "tiffslide",
+        "mpp_override": 0.2527,
+        "overwrite": False,
+        "qc": "off",
+    }
     assert options["annotations"].is_absolute()
     config = stages.TileConfig(slide="a.svs", output="a.zarr", **options)
     assert (config.tile_size, config.strict, config.annotations) == (256, True, tmp_path / "real.geojson")
     assert [convert["strict"](text) for text in ("true", "FALSE", "yes", "no", "1", "0", True)] == [
-        True, False, True, False, True, False, True]
-    for name, text, message in (("strict", "maybe", "must be true or false"),
-                                ("mpp", "0", "must be a positive number"),
-                                ("mpp_override", "-1", "must be a positive number"),
-                                ("overlap", "a quarter", "invalid literal")):
+        True,
+        False,
+        True,
+        False,
+        True,
+        False,
+        True,
+    ]
+    for name, text, message in (
+        ("strict", "maybe", "must be true or false"),
+        ("mpp", "0", "must be a positive number"),
+        ("mpp_override", "-1", "must be a positive number"),
+        ("overlap", "a quarter", "invalid literal"),
+    ):
         with pytest.raises(ValueError, match=message):
             convert[name](text)
 
 
 def test_results_as_json():
     result = stages.TileResult(output=Path("a.zarr"), n_tiles=3, n_written=2, already_complete=False, seconds=0.5)
-    assert result.to_json() == {"output": "a.zarr", "n_tiles": 3, "n_written": 2, "already_complete": False,
-                                "seconds": 0.5}
+    assert result.to_json() == {
+        "output": "a.zarr",
+        "n_tiles": 3,
+        "n_written": 2,
+        "already_complete": False,
+        "seconds": 0.5,
+    }
     assert list(stages.NormalizeResult(output=Path("n.zarr"), n_tiles=3, method="macenko", device="cpu").to_json()) == [
-        "output", "n_tiles", "method", "device"]
+        "output",
+        "n_tiles",
+        "method",
+        "device",
+    ]

@@ -18,6 +18,15 @@ from wsipipe.stages.qc import QcConfig, QcResult
 from wsipipe.stages.tile import TileConfig, TileResult
 
 __all__ = [
-    "NormalizeConfig", "NormalizeResult", "QcConfig", "QcResult", "StageConfig", "StageResult", "TileConfig",
-    "TileResult", "normalize", "qc", "tile",
+    "NormalizeConfig",
+    "NormalizeResult",
+    "QcConfig",
+    "QcResult",
+    "StageConfig",
+    "StageResult",
+    "TileConfig",
+    "TileResult",
+    "normalize",
+    "qc",
+    "tile",
 ]

@@ -45,8 +45,9 @@ class TileConfig(StageConfig):
         if self.readers < 0:
             raise InvalidInputError(f"{{readers}} must be at least 0, got {self.readers}", parameter="readers")
         if self.annotations is None and (self.label_map is not None or self.strict):
-            raise InvalidInputError("{label_map} and {strict} need {annotations}",
-                                    parameter=("label_map", "strict", "annotations"))
+            raise InvalidInputError(
+                "{label_map} and {strict} need {annotations}", parameter=("label_map", "strict", "annotations")
+            )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -8,10 +8,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from wsipipe.errors import StainError, StoreError
-from wsipipe.stain.base import StainParams
-from wsipipe.stain.slide import estimate_slide_stain
 from wsipipe.stages.base import Progress
 from wsipipe.stages.normalize import NormalizeConfig, NormalizeResult
+from wsipipe.stain.base import StainParams
+from wsipipe.stain.slide import estimate_slide_stain
 
 #: Attribute (inside the store's ``wsipipe`` attributes) holding the stain parameters used.
 STAIN_KEY = "stain"
