@@ -27,7 +27,7 @@ def test_run_writes_the_store_the_command_writes(slides_dir, tmp_path):
     slide = slides_dir / "CMU-1-Small-Region.svs"
     calls = []
     config = stages.TileConfig(
-        slide=slide, output=tmp_path / "api.zarr", tile_size=256, overlap=16, readers=2, qc="off"
+        slide=slide, output=tmp_path / "api.zarr", tile_size=128, overlap=16, readers=2, qc="off"
     )
     result = stages.tile.run(config, progress=lambda done, total: calls.append((done, total)))
     cli = CliRunner().invoke(
@@ -38,7 +38,7 @@ def test_run_writes_the_store_the_command_writes(slides_dir, tmp_path):
             "-o",
             str(tmp_path / "cli.zarr"),
             "--tile-size",
-            "256",
+            "128",
             "--overlap",
             "16",
             "--readers",
