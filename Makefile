@@ -1,5 +1,6 @@
 # make demo: set up .venv (if needed) and run the main job on the bundled example slide.
 # make test: same set-up, then the test suite (needs the shared data, see README).
+# make lint: ruff (lint and format) and mypy, as configured in pyproject.toml.
 SHELL := /bin/bash
 .SHELLFLAGS := -eo pipefail -c
 
@@ -9,7 +10,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.wsipipe-installed
 DEMO_OUT ?= demo-output
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test lint bench clean
 
 setup: $(STAMP)
 
@@ -32,6 +33,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 bench: $(STAMP)
 	for script in benchmarks/bench_*.py; do $(PY) $$script; done

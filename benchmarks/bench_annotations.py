@@ -31,7 +31,7 @@ import shapely
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from wsipipe.annotations import TileRasteriser, read_annotations  # noqa: E402
+from wsipipe.annotations import TileRasteriser, read_annotations
 
 SPACING = 100  # level-0 px between polygon centres
 RADIUS = 30

@@ -48,8 +48,9 @@ def bench_classical(samples, calibrations, repeats: int) -> dict:
         for sample, calibration in zip(samples, calibrations):
             _, nuclei = segment_image_tiled(
                 sample.rgb,
-                lambda rgb: classical.segment_nuclei(rgb, sample.mpp, calibration, params),
-                lambda rgb: haematoxylin_od(rgb, calibration.stain_matrix),
+                lambda rgb, sample=sample, calibration=calibration: classical.segment_nuclei(
+                    rgb, sample.mpp, calibration, params),
+                lambda rgb, calibration=calibration: haematoxylin_od(rgb, calibration.stain_matrix),
             )
             count += len(nuclei)
         total = time.perf_counter() - start
@@ -80,7 +81,7 @@ def bench_usnet(samples, calibrations, model: Path, device: str, repeats: int) -
         def segment(rgb):  # runs the current image's ``forward`` (set in the loop below)
             nonlocal front
             start = time.perf_counter()
-            outputs = forward(rgb)  # with a normalised view, the network's work doubles
+            outputs = forward(rgb)  # noqa: B023 - the image being segmented; a normalised view doubles the work
             if device.startswith("cuda"):
                 torch.cuda.synchronize()
             front += time.perf_counter() - start
@@ -90,7 +91,7 @@ def bench_usnet(samples, calibrations, model: Path, device: str, repeats: int) -
         count = 0
         for sample, calibration in zip(samples, calibrations):
             forward = usnet_forward(bundle, views, input_stain(bundle.metadata, sample.rgb))  # once per image, as per slide
-            _, nuclei = segment_image_tiled(sample.rgb, segment, lambda rgb: haematoxylin_od(rgb, calibration.stain_matrix))
+            _, nuclei = segment_image_tiled(sample.rgb, segment, lambda rgb, c=calibration: haematoxylin_od(rgb, c.stain_matrix))
             count += len(nuclei)
         total = time.perf_counter() - start
         rates.append(count / total)

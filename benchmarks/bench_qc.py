@@ -27,10 +27,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from wsipipe.qc import run_qc  # noqa: E402
-from wsipipe.slide import open_slide  # noqa: E402
-from wsipipe.slide.synthetic import SyntheticSpec, write_synthetic_slide  # noqa: E402
-from wsipipe.tissue import detect_tissue, read_thumbnail, thumbnail_downsample  # noqa: E402
+from wsipipe.qc import run_qc
+from wsipipe.slide import open_slide
+from wsipipe.slide.synthetic import SyntheticSpec, write_synthetic_slide
+from wsipipe.tissue import detect_tissue, read_thumbnail, thumbnail_downsample
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "data" / "CMU-1-Small-Region.svs"
 

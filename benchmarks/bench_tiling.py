@@ -32,6 +32,7 @@ source. Timings and RSS are medians of ``--repeats`` runs. The last line is one 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import math
@@ -99,10 +100,8 @@ class PeakRss:
                 return
             total = 0
             for proc in procs:
-                try:
+                with contextlib.suppress(psutil.NoSuchProcess):
                     total += proc.memory_info().rss
-                except psutil.NoSuchProcess:
-                    pass
             self.peak = max(self.peak, total)
             self._stop.wait(self._interval)
 
@@ -116,7 +115,7 @@ def run_command(slide: Path, store: Path, workers: int) -> tuple[float, int, flo
     """Seconds, peak RSS (bytes, all processes) and CPU seconds (all processes) of one ``wsipipe tile`` run."""
     command = [
         sys.executable, "-m", "wsipipe", "tile", str(slide), "-o", str(store),
-        "--mpp", str(TARGET_MPP), "--tile-size", str(TILE), "--workers", str(workers), "--quiet",
+        "--mpp", str(TARGET_MPP), "--tile-size", str(TILE), "--readers", str(workers), "--quiet",
     ]
     shutil.rmtree(store, ignore_errors=True)  # a new store each run: removing the last one is not tiling
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -222,7 +221,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=40000, help="Synthetic slide side (px).")
     parser.add_argument("--repeats", type=int, default=3, help="Timed runs per measurement (median).")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="wsipipe tile --workers.")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="wsipipe tile --readers.")
     parser.add_argument(
         "--no-scale-check", action="store_true", help="Skip comparing peak RSS on ~20k and ~80k px slides."
     )

@@ -35,8 +35,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from wsipipe.view import open_view  # noqa: E402
-from wsipipe.view.deepzoom import JPEG_QUALITY, OVERLAP, TILE_SIZE, DeepZoomGrid  # noqa: E402
+from wsipipe.view import open_view
+from wsipipe.view.deepzoom import JPEG_QUALITY, OVERLAP, TILE_SIZE, DeepZoomGrid
 
 WINDOW = (1280, 800)
 #: Views are drawn from the finest this many Deep Zoom levels (coarser ones are a few tiles).

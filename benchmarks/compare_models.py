@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from wsipipe.inference.evaluate import evaluate_items
 from wsipipe.device import resolve_device
-from wsipipe.inference.sliding import run_batches
+from wsipipe.inference.engine import Runner
+from wsipipe.inference.evaluate import evaluate_items
 from wsipipe.metrics.semantic import ConfusionMatrix, summarise
 from wsipipe.models import build_model, parameter_count
 from wsipipe.models.io import ModelBundle, model_metadata
@@ -53,12 +53,13 @@ def tissue_baseline(originals) -> dict:
 
 
 def inference_tiles_per_s(model, tile: int, batch: int, device: str, repeats: int = 3) -> float:
-    tiles = [np.random.default_rng(0).integers(0, 255, (tile, tile, 3), dtype=np.uint8)] * batch
-    list(run_batches(model, tiles, batch, device))  # warm-up
+    tiles = np.stack([np.random.default_rng(0).integers(0, 255, (tile, tile, 3), dtype=np.uint8)] * batch)
+    runner = Runner(ModelBundle(model, {"input_normalisation": {"mean": [0.0] * 3, "std": [1.0] * 3}}), device, batch)
+    runner(tiles)  # warm-up
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        list(run_batches(model, tiles, batch, device))
+        runner(tiles)
         times.append(time.perf_counter() - start)
     return batch / float(np.median(times))
 

@@ -21,7 +21,7 @@ from wsipipe.nuclei.evaluate import cross_validate
 
 
 def main() -> None:
-    root = Path(sys.argv[1] if len(sys.argv) > 1 else os.environ.get("WSIPIPE_DATA", "../shared/data")) 
+    root = Path(sys.argv[1] if len(sys.argv) > 1 else os.environ.get("WSIPIPE_DATA", "../shared/data"))
     root = root if (root / "cpm15").is_dir() else root / "nuclei"
     start = time.perf_counter()
     samples = load_nuclei_dataset(root, WORKING_MPP)

@@ -29,6 +29,76 @@ def slides_dir(data_dir) -> Path:
     return data_dir / "slides"
 
 
+# The shared data's files by what they are (data/README.md describes each), so a test names the
+# kind of input it needs, not a file name.
+
+
+@pytest.fixture(scope="session")
+def cmu_small_svs(slides_dir) -> Path:
+    """Aperio SVS, JPEG tiles, H&E, one level 2220 x 2967 at 0.499 µm/px."""
+    return slides_dir / "CMU-1-Small-Region.svs"
+
+
+@pytest.fixture(scope="session")
+def jp2k_svs(slides_dir) -> Path:
+    """Aperio SVS, JPEG 2000, H&E frozen section, two levels, no µm/px in its metadata."""
+    return slides_dir / "TCGA-CR-7395-01A-01-TS1.svs"
+
+
+@pytest.fixture(scope="session")
+def dapi_ndpi(slides_dir) -> Path:
+    """Hamamatsu NDPI, fluorescence (DAPI), 0.228 µm/px; the name holds parentheses."""
+    return slides_dir / "test3-DAPI-2-(387).ndpi"
+
+
+@pytest.fixture(scope="session")
+def tritc_ndpi(slides_dir) -> Path:
+    """Hamamatsu NDPI, fluorescence (TRITC); the name holds spaces and parentheses."""
+    return slides_dir / "test3-TRITC 2 (560).ndpi"
+
+
+@pytest.fixture(scope="session")
+def ome_tiff(slides_dir) -> Path:
+    """OME-TIFF, JPEG tiles, H&E, one level 1101 x 1101 at 0.227 µm/px."""
+    return slides_dir / "OS-1-detail.ome.tif"
+
+
+@pytest.fixture(scope="session")
+def broken_svs(slides_dir) -> Path:
+    """Not a TIFF: a corrupt file named like a slide."""
+    return slides_dir / "broken.svs"
+
+
+@pytest.fixture(scope="session")
+def camelyon_xml(data_dir) -> Path:
+    """ASAP XML: three tumour polygons of a CAMELYON17 slide (not here), level-0 float coordinates."""
+    return data_dir / "annotations" / "camelyon17_patient_004_node_4.xml"
+
+
+@pytest.fixture(scope="session")
+def lung_dir(data_dir) -> Path:
+    """``images/lung_NN.png`` H&E crops and ``masks/lung_NN.png`` tumour masks (0 / 255)."""
+    return data_dir / "lung"
+
+
+@pytest.fixture(scope="session")
+def cpm15_dir(data_dir) -> Path:
+    """CPM-15 nuclei: ``imageNN.png`` (RGBA) and ``imageNN_inst.png`` instance labels."""
+    return data_dir / "nuclei" / "cpm15"
+
+
+@pytest.fixture(scope="session")
+def monuseg_dir(data_dir) -> Path:
+    """MoNuSeg training images (``.tif``) and their nuclei outlines (ASAP-like ``.xml``)."""
+    return data_dir / "nuclei" / "monuseg_train"
+
+
+@pytest.fixture(scope="session")
+def stain_dir(data_dir) -> Path:
+    """Stain normalisation sources and targets (H&E PNG/JPEG, one IHC image)."""
+    return data_dir / "stain"
+
+
 @pytest.fixture()
 def hold_folder_lock():
     """``hold(folder)`` locks ``folder`` from another process, as a second wsipipe run would;

@@ -1,3 +1,4 @@
+import hashlib
 import os
 import re
 
@@ -5,38 +6,44 @@ import pytest
 
 from wsipipe.errors import OutputError, SlideOpenError
 from wsipipe.files import (
-    atomic_path, check_regular_file, folder_lock, make_output_folder, output_lock, remove_temporaries, staged_outputs,
+    atomic_path,
+    check_regular_file,
+    file_sha256,
+    folder_lock,
+    make_output_folder,
+    output_lock,
+    remove_temporaries,
+    staged_outputs,
 )
 
 
 def test_a_folder_lock_refuses_a_second_process_until_the_first_dies(tmp_path, hold_folder_lock):
     holder = hold_folder_lock(tmp_path)
-    with pytest.raises(OutputError, match=f"^{tmp_path}: another wsipipe run is writing to this folder$"):
-        with folder_lock(tmp_path):
-            pass
+    with (
+        pytest.raises(OutputError, match=f"^{tmp_path}: another wsipipe run is writing to this folder$"),
+        folder_lock(tmp_path),
+    ):
+        pass
     with folder_lock(tmp_path, ".other.lock"):  # another lock name is another lock
         pass
     holder.kill()  # as kill -9 would: the kernel drops the lock, nothing stays behind to clear by hand
     holder.wait()
-    with folder_lock(tmp_path):
-        with folder_lock(tmp_path):  # nested in one process (segment --nuclei runs the nuclei stage here)
-            pass
+    with folder_lock(tmp_path), folder_lock(tmp_path):  # nested in one process (segment --nuclei runs nuclei here)
+        pass
     hold_folder_lock(tmp_path)  # released after the nested uses
 
 
 def test_an_unwritable_folder_is_one_output_error(tmp_path):
-    with pytest.raises(OutputError, match="cannot lock the output folder"):
-        with folder_lock(tmp_path / "missing"):
-            pass
+    with pytest.raises(OutputError, match="cannot lock the output folder"), folder_lock(tmp_path / "missing"):
+        pass
 
 
 def test_atomic_path_keeps_the_old_content_when_writing_fails(tmp_path):
     target = tmp_path / "nuclei.csv"
     target.write_text("old")
-    with pytest.raises(RuntimeError):
-        with atomic_path(target) as temporary:
-            temporary.write_text("half")
-            raise RuntimeError("killed by a bug mid-write")
+    with pytest.raises(RuntimeError), atomic_path(target) as temporary:
+        temporary.write_text("half")
+        raise RuntimeError("killed by a bug mid-write")
     assert target.read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["nuclei.csv"]
     with atomic_path(target) as temporary:
@@ -56,11 +63,10 @@ def test_atomic_path_replaces_a_folder_with_a_folder(tmp_path):
 
 
 def test_the_lock_deletes_what_a_killed_writer_left_and_nothing_else(tmp_path):
-    with pytest.raises(KeyboardInterrupt):
-        with atomic_path(tmp_path / "nuclei.csv") as temporary:
-            temporary.write_text("half")
-            left = temporary.name
-            raise KeyboardInterrupt  # a SIGKILL here would leave the temporary; name it as it was
+    with pytest.raises(KeyboardInterrupt), atomic_path(tmp_path / "nuclei.csv") as temporary:
+        temporary.write_text("half")
+        left = temporary.name
+        raise KeyboardInterrupt  # a SIGKILL here would leave the temporary; name it as it was
     assert re.fullmatch(r"\.nuclei\.csv\.wsipipe-[0-9a-f]{8}\.tmp", left)
     (tmp_path / left).write_text("half")
     (tmp_path / ".mask.zarr.wsipipe-89abcdef.tmp").mkdir()
@@ -77,9 +83,11 @@ def test_an_output_lock_covers_one_output_and_its_own_temporaries(tmp_path, hold
     (tmp_path / ".k.tif.wsipipe-0123abcd.tmp").write_text("a killed synth's")
     (tmp_path / ".other.tif.wsipipe-89abcdef.tmp").write_text("another output's, maybe being written")
     holder = hold_folder_lock(tmp_path, ".k.tif.lock")
-    with pytest.raises(OutputError, match=f"^{tmp_path / 'k.tif'}: another wsipipe run is writing it$"):
-        with output_lock(tmp_path / "k.tif"):
-            pass
+    with (
+        pytest.raises(OutputError, match=f"^{tmp_path / 'k.tif'}: another wsipipe run is writing it$"),
+        output_lock(tmp_path / "k.tif"),
+    ):
+        pass
     with output_lock(tmp_path / "other2.tif"):  # another output of the same folder: not blocked
         pass
     holder.kill()
@@ -153,11 +161,10 @@ def test_staged_outputs_move_in_together_the_last_one_last(tmp_path, monkeypatch
 def test_staged_outputs_that_fail_leave_the_old_ones_and_no_staging(tmp_path):
     _old_outputs(tmp_path)
     before = _contents(tmp_path)
-    with pytest.raises(RuntimeError, match="disk full"):
-        with staged_outputs(tmp_path, last="nuclei.json") as staging:
-            (staging / "labels.zarr").mkdir()
-            (staging / "nuclei.csv").write_text("new")
-            raise RuntimeError("disk full")
+    with pytest.raises(RuntimeError, match="disk full"), staged_outputs(tmp_path, last="nuclei.json") as staging:
+        (staging / "labels.zarr").mkdir()
+        (staging / "nuclei.csv").write_text("new")
+        raise RuntimeError("disk full")
     assert _contents(tmp_path) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.zarr", "notes.txt", "nuclei.csv", "nuclei.json"]
 
@@ -169,3 +176,12 @@ def test_a_staging_folder_a_killed_run_left_is_a_temporary(tmp_path):
         assert not staging.exists()
         staging.mkdir()  # an empty staging folder: nothing to move
     assert not list(tmp_path.iterdir())
+
+
+def test_file_sha256_streams_across_blocks_to_hashlibs_digest(tmp_path):
+    path = tmp_path / "data.bin"
+    data = os.urandom(3 * (1 << 20) + 17)  # three full 1 MiB blocks and a short one
+    path.write_bytes(data)
+    assert file_sha256(path) == hashlib.sha256(data).hexdigest()
+    (tmp_path / "empty").write_bytes(b"")
+    assert file_sha256(tmp_path / "empty") == hashlib.sha256(b"").hexdigest()

@@ -6,15 +6,15 @@ import numpy as np
 import pytest
 
 from wsipipe.errors import InvalidInputError, MppUnknownError
-from wsipipe.grid import build_grid, grid_coords, tissue_fractions
+from wsipipe.grid import build_grid, grid_coords, sample_mask, tissue_fractions
 from wsipipe.slide import open_slide
 
 # CMU-1-Small-Region.svs: 2220 x 2967 px at 0.499 µm/px, one level.
 
 
 @pytest.fixture(scope="module")
-def cmu(slides_dir):
-    return open_slide(slides_dir / "CMU-1-Small-Region.svs")
+def cmu(cmu_small_svs):
+    return open_slide(cmu_small_svs)
 
 
 @pytest.mark.parametrize(
@@ -62,18 +62,18 @@ def test_every_pixel_lies_half_an_overlap_inside_a_tile(height, width, tile, ove
     assert all(b - a == tile - overlap for axis in (xs, ys) for a, b in zip(axis, axis[1:]))
 
 
-def test_grid_by_level_without_mpp(slides_dir):
-    reader = open_slide(slides_dir / "TCGA-CR-7395-01A-01-TS1.svs")
+def test_grid_by_level_without_mpp(jp2k_svs):
+    reader = open_slide(jp2k_svs)
     grid = build_grid(reader, tile_size=512, level=1)
     # level 1 downsample 2.0005: extent 1024.26; columns ceil(3418.74 / 1024.26) + 1 = 5, rows ceil(2542.74 / 1024.26) + 1 = 4
     assert len(grid.coords) == 20 and grid.native and grid.mpp is None
     assert tuple(grid.coords[1]) == (1024, 0) and tuple(grid.coords[5]) == (0, 1024)
-    with pytest.raises(MppUnknownError, match="--mpp-override"):
+    with pytest.raises(MppUnknownError, match="pass mpp_override X"):
         build_grid(reader, tile_size=512, mpp=0.5)
 
 
-def test_native_mpp_on_a_level(slides_dir):
-    reader = open_slide(slides_dir / "TCGA-CR-7395-01A-01-TS1.svs", mpp_override=0.25)
+def test_native_mpp_on_a_level(jp2k_svs):
+    reader = open_slide(jp2k_svs, mpp_override=0.25)
     grid = build_grid(reader, tile_size=256, mpp=0.25 * 2.0005055500659967)
     assert grid.level == 1 and grid.native
 
@@ -81,12 +81,12 @@ def test_native_mpp_on_a_level(slides_dir):
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"tile_size": 0, "mpp": 0.5}, "--tile-size"),
-        ({"tile_size": 256, "overlap": 256, "mpp": 0.5}, "--overlap"),
-        ({"tile_size": 256, "overlap": -1, "mpp": 0.5}, "--overlap"),
+        ({"tile_size": 0, "mpp": 0.5}, "^tile_size must be positive"),
+        ({"tile_size": 256, "overlap": 256, "mpp": 0.5}, "^overlap must be at least 0 and less than tile_size"),
+        ({"tile_size": 256, "overlap": -1, "mpp": 0.5}, "^overlap must be at least 0"),
         ({"tile_size": 256, "mpp": 0.1}, "finer than the slide's level 0"),
         ({"tile_size": 256, "mpp": 1000.0}, "too coarse"),
-        ({"tile_size": 256, "level": 3}, "--level 3 does not exist"),
+        ({"tile_size": 256, "level": 3}, "^level 3 does not exist"),
     ],
 )
 def test_invalid_grids_are_usage_errors(cmu, kwargs, message):
@@ -105,3 +105,12 @@ def test_tissue_fraction_per_tile():
     np.testing.assert_allclose(fractions, [1.0, 0.0, 0.0, 0.0, 0.5])
     fractions = tissue_fractions(mask, 4.0, np.array([[20, 0]]), 40.0)
     np.testing.assert_allclose(fractions, [0.5])
+
+
+def test_sample_mask_takes_the_nearest_mask_pixel_of_each_level0_point():
+    mask = np.array([[1, 0], [0, 2]], np.uint8)  # covers a 4 x 6 (width x height) slide
+    centres_y = np.arange(6) + 0.5  # 3 level-0 rows per mask row
+    centres_x = np.array([0.5, 1.5, 2.5, 3.5, 9.5])  # the last lies past the slide
+    sampled = sample_mask(mask, (4, 6), centres_y, centres_x)
+    expected = np.array([[True, True, False, False, False]] * 3 + [[False, False, True, True, True]] * 3)
+    np.testing.assert_array_equal(sampled, expected)

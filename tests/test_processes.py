@@ -61,11 +61,11 @@ def test_a_helper_ignores_ctrl_c():
     assert "KeyboardInterrupt" not in stderr
 
 
-def _segment_with_readers(slides_dir: Path, outdir: Path):
+def _segment_with_readers(slide: Path, outdir: Path):
     """A ``segment`` run in its own process group, once its two reader processes run; with every
     process it started so far."""
     run = subprocess.Popen(
-        [sys.executable, "-m", "wsipipe", "segment", str(slides_dir / "CMU-1-Small-Region.svs"), "-o", str(outdir),
+        [sys.executable, "-m", "wsipipe", "segment", str(slide), "-o", str(outdir),
          "-q", "--device", "cpu", "--workers", "2"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV, start_new_session=True,
     )
@@ -82,8 +82,8 @@ def _segment_with_readers(slides_dir: Path, outdir: Path):
 
 
 @pytest.mark.slow
-def test_ctrl_c_on_segment_is_one_line_and_exit_130(slides_dir, tmp_path):
-    run, children = _segment_with_readers(slides_dir, tmp_path / "out")
+def test_ctrl_c_on_segment_is_one_line_and_exit_130(cmu_small_svs, tmp_path):
+    run, children = _segment_with_readers(cmu_small_svs, tmp_path / "out")
     time.sleep(0.5)  # the readers are past their start-up
     os.killpg(run.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole foreground group
     _, stderr = run.communicate(timeout=120)
@@ -93,8 +93,8 @@ def test_ctrl_c_on_segment_is_one_line_and_exit_130(slides_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_kill_9_of_segment_takes_its_readers_and_the_resource_tracker_along(slides_dir, tmp_path):
-    run, children = _segment_with_readers(slides_dir, tmp_path / "out")
+def test_kill_9_of_segment_takes_its_readers_and_the_resource_tracker_along(cmu_small_svs, tmp_path):
+    run, children = _segment_with_readers(cmu_small_svs, tmp_path / "out")
     names = [" ".join(c.cmdline()) for c in children]
     assert any("resource_tracker" in name for name in names), names
     run.kill()

@@ -111,7 +111,7 @@ def test_killed_run_resumes_and_gives_the_same_outputs(slide, tmp_path, monkeypa
     monkeypatch.setattr(segment_module, "CHUNK", 128)  # several bands on this small slide
     reference = _run(slide, tmp_path / "reference")
     calls = {"n": 0}
-    original = segment_module.DeviceRunner.__call__
+    original = segment_module.Runner.__call__
 
     def dying(self, tiles):
         calls["n"] += 1
@@ -119,7 +119,7 @@ def test_killed_run_resumes_and_gives_the_same_outputs(slide, tmp_path, monkeypa
             raise KeyboardInterrupt
         return original(self, tiles)
 
-    monkeypatch.setattr(segment_module.DeviceRunner, "__call__", dying)
+    monkeypatch.setattr(segment_module.Runner, "__call__", dying)
     with pytest.raises(KeyboardInterrupt):
         _run(slide, tmp_path / "resumed")
     partial = tmp_path / "resumed" / "prediction.zarr.partial"
@@ -134,7 +134,7 @@ def test_killed_run_resumes_and_gives_the_same_outputs(slide, tmp_path, monkeypa
         seen["tiles"] += len(tiles)
         return original(self, tiles)
 
-    monkeypatch.setattr(segment_module.DeviceRunner, "__call__", counting)
+    monkeypatch.setattr(segment_module.Runner, "__call__", counting)
     resumed = _run(slide, tmp_path / "resumed")
     assert 0 < seen["tiles"] < reference["n_tiles"]  # finished bands were not run again
     assert not partial.exists()
@@ -150,13 +150,14 @@ def test_killed_run_resumes_and_gives_the_same_outputs(slide, tmp_path, monkeypa
     assert a == b
 
 
+@pytest.mark.slow
 def test_column_strips_give_the_same_prediction_and_resume_strip_by_strip(slide, tiny_model_file, tmp_path, monkeypatch):
     """Stitching strip by strip (memory bounded on wide slides) changes no pixel, even after a kill."""
     monkeypatch.setattr(segment_module, "CHUNK", 128)
     options = {"model": tiny_model_file, "batch_size": 4, "overlap": 8}  # with this layout call 14 is in strip 2
     reference = _run(slide, tmp_path / "reference", **options)  # 600 px wide: one strip
     monkeypatch.setattr(segment_module, "STRIP_WIDTH", 256)  # three strips
-    original = segment_module.DeviceRunner.__call__
+    original = segment_module.Runner.__call__
     calls = {"n": 0}
 
     def dying(self, tiles):
@@ -165,14 +166,14 @@ def test_column_strips_give_the_same_prediction_and_resume_strip_by_strip(slide,
             raise KeyboardInterrupt
         return original(self, tiles)
 
-    monkeypatch.setattr(segment_module.DeviceRunner, "__call__", dying)
+    monkeypatch.setattr(segment_module.Runner, "__call__", dying)
     with pytest.raises(KeyboardInterrupt):
         _run(slide, tmp_path / "strips", **options)
     journals = sorted((tmp_path / "strips" / "prediction.zarr.partial").glob("stitch_journal-*.json"))
     assert [p.name for p in journals] == [f"stitch_journal-{a}-{b}.json" for a, b in ((0, 256), (256, 512), (512, 600))]
     first, second, third = (json.loads(p.read_text()) for p in journals)
     assert first["complete"] and not second["complete"] and third["done_rows"] == 0
-    monkeypatch.setattr(segment_module.DeviceRunner, "__call__", original)
+    monkeypatch.setattr(segment_module.Runner, "__call__", original)
     stripped = _run(slide, tmp_path / "strips", **options)
     for path in ("0", "1", "labels/classes/0", "labels/classes/1"):
         a = zarr.open_array(str(tmp_path / "reference" / "prediction.zarr" / path), mode="r")[:]
@@ -190,10 +191,10 @@ def test_slide_without_tissue_gives_a_report_saying_so(tmp_path):
     assert "No tissue" in (tmp_path / "out" / "report.html").read_text()
 
 
-def test_real_slide_with_slide_level_macenko_and_a_model_file(data_dir, tiny_model_file, tmp_path):
+def test_real_slide_with_slide_level_macenko_and_a_model_file(tiny_model_file, tmp_path, cmu_small_svs, stain_dir):
     report = segment_slide(
-        data_dir / "slides" / "CMU-1-Small-Region.svs", tmp_path, model=tiny_model_file, normalize="macenko",
-        target=data_dir / "stain" / "tiatoolbox_target.png", workers=0, progress=False, batch_size=16,
+        cmu_small_svs, tmp_path, model=tiny_model_file, normalize="macenko",
+        target=stain_dir / "tiatoolbox_target.png", workers=0, progress=False, batch_size=16,
     )
     assert report["n_tiles"] > 10 and 0.5 < report["tissue_area_mm2"] < 1.7  # the slide is 1.1 x 1.5 mm
     assert report["model"]["name"] == "tiny.safetensors" and report["normalize"] == "macenko"
@@ -235,6 +236,7 @@ def test_cli_errors_are_one_line(slide, tiny_model_file, tmp_path):
     assert not (tmp_path / "o2").exists()
 
 
+@pytest.mark.slow
 def test_cli_runs_end_to_end_in_a_subprocess(slide, tiny_model_file, tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "wsipipe", "segment", str(slide), "-o", str(tmp_path / "out"), "--model",
@@ -267,25 +269,6 @@ def test_tile_store_at_the_models_scale_is_reused(slide, tmp_path):
         _run(slide, tmp_path / "bad", tiles_store=wrong)
 
 
-def test_out_of_memory_halves_the_batch_and_goes_on():
-    """The OOM path, exercised on the CPU with a model that fails on batches over 2 tiles."""
-
-    class Picky(torch.nn.Module):
-        def forward(self, x):
-            if x.shape[0] > 2:
-                raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
-            return torch.cat([x[:, :1] * 0, x[:, :1]], dim=1)
-
-    messages = []
-    runner = segment_module.DeviceRunner(Picky(), "cpu", [0.0] * 3, [1.0] * 3, batch_size=8, say=messages.append)
-    tiles = np.random.default_rng(0).integers(0, 256, (8, 16, 16, 3), dtype=np.uint8)
-    probs = runner(tiles)
-    assert probs.shape == (8, 2, 16, 16) and runner.batch_size == 2
-    expected = torch.softmax(torch.cat([torch.zeros(8, 1, 16, 16), torch.from_numpy(tiles[..., :1]).permute(0, 3, 1, 2) / 255.0], 1), 1)
-    assert np.allclose(probs, expected.numpy(), atol=1e-6)
-    assert messages == ["CUDA out of memory: batch size halved to 4", "CUDA out of memory: batch size halved to 2"]
-
-
 EXAMPLE_SLIDE = segment_module.BUNDLED_MODEL.parents[3] / "examples" / "data" / "CMU-1-Small-Region.svs"
 
 
@@ -296,6 +279,7 @@ def _nuclei_rows(outdir):
         return list(csv.DictReader(handle))
 
 
+@pytest.mark.slow
 def test_cli_nuclei_figures_agree_with_the_nuclei_csv(tiny_model_file, tmp_path):
     out = tmp_path / "out"
     result = runner.invoke(
@@ -358,8 +342,8 @@ def _recording(bundle: ModelBundle, method: str) -> ModelBundle:
     return ModelBundle(bundle.model, {**bundle.metadata, "stain_normalisation": {"method": method, "target": None}})
 
 
-def test_default_normalisation_is_what_the_model_records(data_dir, tmp_path):
-    real = data_dir / "slides" / "CMU-1-Small-Region.svs"
+def test_default_normalisation_is_what_the_model_records(tmp_path, cmu_small_svs):
+    real = cmu_small_svs
     unrecorded = _run(real, tmp_path / "unrecorded", normalize="model")
     assert unrecorded["normalize"] == "none"
 
@@ -406,13 +390,13 @@ def test_a_failure_while_writing_outputs_leaves_none_of_them_and_the_rerun_skips
     assert sorted(p.name for p in tmp_path.iterdir()) == [".wsipipe.lock", "prediction.zarr.partial"]
     monkeypatch.undo()
     seen = {"tiles": 0}
-    original = segment_module.DeviceRunner.__call__
+    original = segment_module.Runner.__call__
 
     def counting(self, tiles):
         seen["tiles"] += len(tiles)
         return original(self, tiles)
 
-    monkeypatch.setattr(segment_module.DeviceRunner, "__call__", counting)
+    monkeypatch.setattr(segment_module.Runner, "__call__", counting)
     report = _run(slide, tmp_path)
     assert seen["tiles"] == 0 and report["n_tiles_run"] == 0
     names = sorted(p.name for p in tmp_path.iterdir())

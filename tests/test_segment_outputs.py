@@ -15,17 +15,15 @@ from shapely.geometry import shape
 
 from wsipipe.classes import QUPATH_CLASSES
 
-DAPI = "test3-DAPI-2-(387).ndpi"
-
 
 @pytest.fixture(scope="module")
-def run(slides_dir, tmp_path_factory):
+def run(dapi_ndpi, tmp_path_factory):
     """``segment --nuclei`` with the bundled models on the fluorescence NDPI (3968 x 4864 px: the
     12 µm/px grid's last column and row overhang the slide), as a user runs it; quality control
     would refuse the slide (not brightfield), so it is off to reach the outputs."""
     out = tmp_path_factory.mktemp("segment") / "out"
     proc = subprocess.run(
-        [sys.executable, "-m", "wsipipe", "segment", str(slides_dir / DAPI), "-o", str(out), "--nuclei",
+        [sys.executable, "-m", "wsipipe", "segment", str(dapi_ndpi), "-o", str(out), "--nuclei",
          "--qc", "off", "--quiet"],
         capture_output=True, text=True, timeout=300,
     )

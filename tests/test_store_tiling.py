@@ -31,15 +31,10 @@ ARRAYS = ("tiles", "coords", "tissue_fraction", "thumbnail", "tissue_mask")
 
 
 @pytest.fixture(scope="module")
-def cmu(slides_dir):
-    return slides_dir / "CMU-1-Small-Region.svs"
-
-
-@pytest.fixture(scope="module")
-def reference_store(cmu, tmp_path_factory):
+def reference_store(cmu_small_svs, tmp_path_factory):
     """An uninterrupted run with two worker threads."""
     path = tmp_path_factory.mktemp("ref") / "cmu.zarr"
-    tile_run(TileConfig(slide=cmu, output=path, readers=2, **OPTIONS))
+    tile_run(TileConfig(slide=cmu_small_svs, output=path, readers=2, **OPTIONS))
     return path
 
 
@@ -51,7 +46,7 @@ def _assert_same_store(a: Path, b: Path) -> None:
     assert sorted(os.listdir(a)) == sorted(os.listdir(b))
 
 
-def test_store_layout_opens_with_plain_zarr(reference_store, cmu):
+def test_store_layout_opens_with_plain_zarr(reference_store, cmu_small_svs):
     group = zarr.open_group(str(reference_store), mode="r")
     tiles = group["tiles"]
     n = tiles.shape[0]
@@ -65,17 +60,17 @@ def test_store_layout_opens_with_plain_zarr(reference_store, cmu):
     assert group["thumbnail"].ndim == 3 and group["tissue_mask"].shape == group["thumbnail"].shape[:2]
     meta = group.attrs["wsipipe"]
     assert meta["complete"] is True
-    assert meta["slide"]["path"] == str(cmu.resolve())
-    assert meta["slide"]["size_bytes"] == cmu.stat().st_size
+    assert meta["slide"]["path"] == str(cmu_small_svs.resolve())
+    assert meta["slide"]["size_bytes"] == cmu_small_svs.stat().st_size
     assert meta["mpp"] == 0.5 and meta["tile_size"] == 32 and meta["overlap"] == 0 and meta["level"] == 0
     assert meta["downsample"] == pytest.approx(0.5 / 0.499)
     assert meta["params"]["tissue_threshold"] == 0.1 and meta["wsipipe_version"]
     assert not (reference_store.parent / "cmu.zarr.partial").exists()
 
 
-def test_tiles_coords_and_fractions_match_an_independent_read(reference_store, cmu):
+def test_tiles_coords_and_fractions_match_an_independent_read(reference_store, cmu_small_svs):
     store = open_tile_store(reference_store)
-    reader = open_slide(cmu)
+    reader = open_slide(cmu_small_svs)
     downsample = thumbnail_downsample(reader)
     mask = detect_tissue(read_thumbnail(reader, downsample), reader.mpp * downsample)
     grid = build_grid(reader, tile_size=32, mpp=0.5, tissue_mask=mask, mask_downsample=downsample)
@@ -88,10 +83,10 @@ def test_tiles_coords_and_fractions_match_an_independent_read(reference_store, c
         np.testing.assert_array_equal(store.tiles[index], reader.read_at_mpp((x, y), (32, 32), 0.5))
 
 
-def test_overlapping_tiles_start_half_an_overlap_out_with_white_beyond_the_slide(cmu, tmp_path):
-    tile_run(TileConfig(slide=cmu, output=tmp_path / "o.zarr", **{**OPTIONS, "tissue_threshold": 0.0, "overlap": 8}))
+def test_overlapping_tiles_start_half_an_overlap_out_with_white_beyond_the_slide(cmu_small_svs, tmp_path):
+    tile_run(TileConfig(slide=cmu_small_svs, output=tmp_path / "o.zarr", **{**OPTIONS, "tissue_threshold": 0.0, "overlap": 8}))
     store = open_tile_store(tmp_path / "o.zarr")
-    reader = open_slide(cmu)
+    reader = open_slide(cmu_small_svs)
     assert tuple(store.coords[0]) == (-4, -4)  # 4 tile px of 0.5 µm = round(4 * 0.5 / 0.499) level-0 px
     first = store.tiles[0]
     assert (first[:4] == 255).all() and (first[:, :4] == 255).all() and (first[4:, 4:] < 255).any()
@@ -102,7 +97,7 @@ def test_overlapping_tiles_start_half_an_overlap_out_with_white_beyond_the_slide
     assert x + 32 * 0.5 / 0.499 >= width + 4 and y + 32 * 0.5 / 0.499 >= height + 4  # half an overlap past the far edges
 
 
-def test_interrupted_run_resumes_to_an_identical_store(cmu, reference_store, tmp_path, monkeypatch):
+def test_interrupted_run_resumes_to_an_identical_store(cmu_small_svs, reference_store, tmp_path, monkeypatch):
     path = tmp_path / "cmu.zarr"
     real_shard = tiling._ShardWork.__call__
     calls = []
@@ -115,7 +110,7 @@ def test_interrupted_run_resumes_to_an_identical_store(cmu, reference_store, tmp
 
     monkeypatch.setattr(tiling._ShardWork, "__call__", interrupt_after_three)
     with pytest.raises(KeyboardInterrupt):
-        tile_run(TileConfig(slide=cmu, output=path, readers=1, **OPTIONS))
+        tile_run(TileConfig(slide=cmu_small_svs, output=path, readers=1, **OPTIONS))
     partial = tmp_path / "cmu.zarr.partial"
     assert not path.exists()
     assert (partial / JOURNAL_NAME).read_text().split() == ["0", "1", "2"]
@@ -123,14 +118,14 @@ def test_interrupted_run_resumes_to_an_identical_store(cmu, reference_store, tmp
         open_tile_store(path)
 
     monkeypatch.setattr(tiling._ShardWork, "__call__", lambda work, index, *args: (calls.append(index), real_shard(work, index, *args))[1])
-    result = tile_run(TileConfig(slide=cmu, output=path, readers=1, **OPTIONS))
+    result = tile_run(TileConfig(slide=cmu_small_svs, output=path, readers=1, **OPTIONS))
     n_shards = open_tile_store(path).n_shards
     assert calls[3:] == list(range(3, n_shards))  # only the unfinished shards were redone
     assert result.n_written == result.n_tiles - 3 * open_tile_store(path).tiles_per_shard
     _assert_same_store(path, reference_store)
 
 
-def test_killed_run_resumes_to_an_identical_store(cmu, reference_store, tmp_path):
+def test_killed_run_resumes_to_an_identical_store(cmu_small_svs, reference_store, tmp_path):
     """SIGKILL (no clean-up at all) a CLI run once a few shards are journalled, then rerun."""
     path = tmp_path / "cmu.zarr"
     slow = (
@@ -138,7 +133,7 @@ def test_killed_run_resumes_to_an_identical_store(cmu, reference_store, tmp_path
         "t._ShardWork.__call__ = lambda *a: (time.sleep(0.3), real(*a))[1]\n"
         "from wsipipe.cli.main import app; app()\n"
     )
-    argv = ["tile", str(cmu), "-o", str(path), "--tile-size", "32", "--workers", "1", "--quiet", "--qc", "off"]
+    argv = ["tile", str(cmu_small_svs), "-o", str(path), "--tile-size", "32", "--workers", "1", "--quiet", "--qc", "off"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     process = subprocess.Popen([sys.executable, "-c", slow, *argv], env=env, cwd=tmp_path)
     journal = tmp_path / "cmu.zarr.partial" / JOURNAL_NAME
@@ -156,19 +151,19 @@ def test_killed_run_resumes_to_an_identical_store(cmu, reference_store, tmp_path
     _assert_same_store(path, reference_store)
 
 
-def test_complete_store_is_not_redone(reference_store, cmu):
+def test_complete_store_is_not_redone(reference_store, cmu_small_svs):
     shard = next((reference_store / "tiles" / "c").iterdir())
     before = shard.stat().st_mtime_ns
-    argv = ["tile", str(cmu), "-o", str(reference_store), "--tile-size", "32", "--quiet", "--qc", "off"]
+    argv = ["tile", str(cmu_small_svs), "-o", str(reference_store), "--tile-size", "32", "--quiet", "--qc", "off"]
     result = CliRunner().invoke(app, argv)
     assert result.exit_code == 0 and "already complete" in result.output
     assert shard.stat().st_mtime_ns == before
 
 
-def test_other_parameters_are_refused_and_overwrite_replaces(cmu, tmp_path):
+def test_other_parameters_are_refused_and_overwrite_replaces(cmu_small_svs, tmp_path):
     path = tmp_path / "cmu.zarr"
     runner = CliRunner()
-    base = ["tile", str(cmu), "-o", str(path), "--quiet", "--workers", "1"]
+    base = ["tile", str(cmu_small_svs), "-o", str(path), "--quiet", "--workers", "1"]
     assert runner.invoke(app, [*base, "--tile-size", "256"]).exit_code == 0
     refused = runner.invoke(app, [*base, "--tile-size", "512", "--tissue-threshold", "0.5"])
     assert refused.exit_code == 2
@@ -182,9 +177,9 @@ def test_other_parameters_are_refused_and_overwrite_replaces(cmu, tmp_path):
     assert not (tmp_path / "cmu.zarr.partial").exists()
 
 
-def test_changed_slide_is_refused(cmu, tmp_path):
+def test_changed_slide_is_refused(cmu_small_svs, tmp_path):
     slide = tmp_path / "copy.svs"
-    slide.write_bytes(cmu.read_bytes())
+    slide.write_bytes(cmu_small_svs.read_bytes())
     path = tmp_path / "cmu.zarr"
     tile_run(TileConfig(slide=slide, output=path, readers=1, **OPTIONS))
     os.utime(slide, (time.time() + 100, time.time() + 100))
@@ -214,10 +209,10 @@ def test_derived_store_copies_geometry_and_resumes(reference_store, tmp_path):
     assert store.mpp == source.mpp and store.tile_size == source.tile_size
 
 
-def test_ctrl_c_with_worker_threads_exits_130_and_resumes(cmu, tmp_path):
+def test_ctrl_c_with_worker_threads_exits_130_and_resumes(cmu_small_svs, tmp_path):
     """SIGINT to the whole process group, as a terminal's Ctrl-C sends it."""
     path = tmp_path / "cmu.zarr"
-    argv = [sys.executable, "-m", "wsipipe", "tile", str(cmu), "-o", str(path), "--tile-size", "16",
+    argv = [sys.executable, "-m", "wsipipe", "tile", str(cmu_small_svs), "-o", str(path), "--tile-size", "16",
             "--tissue-threshold", "0", "--workers", "2", "--quiet"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     # A job started in the background (`cmd &`) inherits SIGINT ignored, and Python then keeps it
@@ -296,9 +291,9 @@ def test_store_files_written_directly_are_what_zarr_writes(tmp_path):
             assert a == b, relative
 
 
-def test_worker_threads_give_the_same_tiles_with_a_shared_or_a_per_thread_reader(slides_dir, tmp_path):
+def test_worker_threads_give_the_same_tiles_with_a_shared_or_a_per_thread_reader(tmp_path, cmu_small_svs):
     """openslide's reader is shared by the threads, tiffslide's is opened once per thread."""
-    slide = slides_dir / "CMU-1-Small-Region.svs"
+    slide = cmu_small_svs
     options = {"tile_size": 128, "level": 0, "tissue_threshold": 0.0, "qc": "off"}
     tile_run(TileConfig(slide=slide, output=tmp_path / "one.zarr", readers=1, backend="openslide", **options))
     tile_run(TileConfig(slide=slide, output=tmp_path / "shared.zarr", readers=2, backend="openslide", **options))
@@ -308,14 +303,14 @@ def test_worker_threads_give_the_same_tiles_with_a_shared_or_a_per_thread_reader
     assert open_tile_store(tmp_path / "per-thread.zarr").tiles[...].tobytes() == one.tobytes()
 
 
-def test_one_run_per_store_other_stores_go_on_and_no_stale_partial_stays(cmu, tmp_path, hold_folder_lock):
+def test_one_run_per_store_other_stores_go_on_and_no_stale_partial_stays(cmu_small_svs, tmp_path, hold_folder_lock):
     path = tmp_path / "cmu.zarr"
-    argv = ["tile", str(cmu), "-o", str(path), "--tile-size", "256", "--quiet", "--workers", "1"]
+    argv = ["tile", str(cmu_small_svs), "-o", str(path), "--tile-size", "256", "--quiet", "--workers", "1"]
     holder = hold_folder_lock(tmp_path, ".cmu.zarr.lock")  # as a run writing this store holds it
     busy = CliRunner().invoke(app, argv)
     assert busy.exit_code == 1 and busy.output.splitlines() == [f"Error: {path}: another wsipipe run is writing this store"]
     assert sorted(p.name for p in tmp_path.iterdir()) == [".cmu.zarr.lock"]
-    other = CliRunner().invoke(app, ["tile", str(cmu), "-o", str(tmp_path / "other.zarr"), "--tile-size", "256", "--quiet"])
+    other = CliRunner().invoke(app, ["tile", str(cmu_small_svs), "-o", str(tmp_path / "other.zarr"), "--tile-size", "256", "--quiet"])
     assert other.exit_code == 0, other.output  # another store of the same folder is not held up
     holder.kill()
     holder.wait()

@@ -22,12 +22,12 @@ TILE_ARGS = ["--mpp-override", "0.25", "--mpp", "0.5", "--tile-size", "64", "--t
 
 
 @pytest.fixture(scope="module")
-def monuseg(data_dir, tmp_path_factory):
+def monuseg(tmp_path_factory, monuseg_dir):
     """Two MoNuSeg images with their Aperio XML, copied so a test may change an XML."""
     folder = tmp_path_factory.mktemp("monuseg")
     for name in SLIDES:
         for suffix in (".tif", ".xml"):
-            shutil.copy(data_dir / "nuclei" / "monuseg_train" / f"{name}{suffix}", folder)
+            shutil.copy(monuseg_dir / f"{name}{suffix}", folder)
     return folder
 
 
@@ -101,6 +101,7 @@ def test_normalize_keeps_the_masks(stores, tmp_path):
     assert np.array_equal(before.label_fractions[:], after.label_fractions[:])
 
 
+@pytest.mark.slow
 def test_train_and_evaluate_on_tile_stores_split_by_slide(stores, tmp_path):
     model = tmp_path / "m.safetensors"
     args = ["train", stores, "-o", model, "--model", "plain-unet", "--model-args", '{"base": 4}',

@@ -18,9 +18,9 @@ def _thumbnail_and_mask(path, mpp_override=None):
     return thumb, detect_tissue(thumb, um)
 
 
-@pytest.mark.parametrize("name", ["CMU-1-Small-Region.svs", "TCGA-CR-7395-01A-01-TS1.svs"])
-def test_tissue_found_and_glass_not_tissue_on_he_slides(slides_dir, name):
-    thumb, mask = _thumbnail_and_mask(slides_dir / name)
+@pytest.mark.parametrize("slide", ["cmu_small_svs", "jp2k_svs"])
+def test_tissue_found_and_glass_not_tissue_on_he_slides(request, slide):
+    thumb, mask = _thumbnail_and_mask(request.getfixturevalue(slide))
     assert mask.shape == thumb.shape[:2] and mask.dtype == np.uint8
     assert 0.15 < mask.mean() < 0.9
     # Glass: bright, grey pixels (independent of the detector's own saturation threshold).
@@ -36,21 +36,21 @@ def test_tissue_found_and_glass_not_tissue_on_he_slides(slides_dir, name):
     assert mask[stained].mean() > 0.9
 
 
-def test_detail_image_of_tissue_is_mostly_tissue(slides_dir):
-    _, mask = _thumbnail_and_mask(slides_dir / "OS-1-detail.ome.tif")
+def test_detail_image_of_tissue_is_mostly_tissue(ome_tiff):
+    _, mask = _thumbnail_and_mask(ome_tiff)
     assert mask.mean() > 0.5
 
 
-def test_tcga_thumbnail_works_without_mpp(slides_dir):
-    thumb, mask = _thumbnail_and_mask(slides_dir / "TCGA-CR-7395-01A-01-TS1.svs")
+def test_tcga_thumbnail_works_without_mpp(jp2k_svs):
+    thumb, mask = _thumbnail_and_mask(jp2k_svs)
     # No µm/px: the thumbnail is 16 level-0 pixels per pixel.
     assert thumb.shape[:2] == (round(3567 / 16), round(4443 / 16))
     assert mask.any()
 
 
-@pytest.mark.parametrize("name", ["test3-DAPI-2-(387).ndpi", "test3-TRITC 2 (560).ndpi"])
-def test_fluorescence_slides_do_not_crash_and_black_background_is_not_tissue(slides_dir, name):
-    thumb, mask = _thumbnail_and_mask(slides_dir / name)
+@pytest.mark.parametrize("slide", ["dapi_ndpi", "tritc_ndpi"])
+def test_fluorescence_slides_do_not_crash_and_black_background_is_not_tissue(request, slide):
+    thumb, mask = _thumbnail_and_mask(request.getfixturevalue(slide))
     assert mask.shape == thumb.shape[:2]
     black = thumb.max(axis=2) < 20
     # closing may bridge the dark gaps between nuclei, but not the empty background

@@ -65,4 +65,4 @@ def palette(class_names: list[str]) -> list[tuple[int, int, int]]:
 
 
 def hex_colour(rgb: tuple[int, int, int]) -> str:
-    return "#%02X%02X%02X" % tuple(rgb)
+    return "#{:02X}{:02X}{:02X}".format(*rgb)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from collections.abc import Callable
 
 from wsipipe.errors import InvalidInputError
 
 
-def resolve_device(name: str, notify: Optional[Callable[[str], None]] = None):
+def resolve_device(name: str, notify: Callable[[str], None] | None = None):
     """The torch device for ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
 
     ``auto`` takes CUDA when a GPU is visible and otherwise falls back to the CPU, calling
@@ -27,13 +27,14 @@ def resolve_device(name: str, notify: Optional[Callable[[str], None]] = None):
     if name == "cuda" or name.startswith("cuda:"):
         if not torch.cuda.is_available():
             raise InvalidInputError(
-                f"--device {name}: no CUDA GPU is available here (torch {torch.__version__}); "
-                "use --device cpu or --device auto"
+                f"{{device}} {name}: no CUDA GPU is available here (torch {torch.__version__}); "
+                "use {device} cpu or {device} auto",
+                parameter="device",
             )
         device = torch.device(name)
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise InvalidInputError(
-                f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) visible"
+                f"{{device}} {name}: only {torch.cuda.device_count()} CUDA device(s) visible", parameter="device"
             )
         return device
-    raise InvalidInputError(f"--device {name!r}: expected auto, cpu, cuda or cuda:N")
+    raise InvalidInputError(f"{{device}} {name!r}: expected auto, cpu, cuda or cuda:N", parameter="device")

@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import os
 import re
 import shutil
 import stat
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from wsipipe.errors import FolderBusyError, InvalidInputError, OutputError, WsipipeError
 
@@ -217,6 +218,15 @@ def _exclusive(folder: Path, name: str, busy: str, subject: Path | None = None,
         if remove_on_release:
             lock_path.unlink(missing_ok=True)
         os.close(descriptor)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes (hex), read in 1 MiB blocks so a large file costs no memory."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def check_regular_file(path: str | os.PathLike, error: type[WsipipeError] = InvalidInputError) -> Path:

@@ -4,11 +4,11 @@ The slide streams through the pipeline and is never held at full resolution:
 
 1. tissue detection on a thumbnail; a regular grid of model-sized tiles at the model's µm/px,
    overlapping by ``overlap`` pixels, keeps the tiles that touch tissue;
-2. reader processes decode batches of tiles ahead of the model (bounded prefetch);
-3. on the device: stain normalisation with the slide's own stain matrix, the model's input
-   normalisation, the forward pass (CUDA: pinned memory, float16 autocast, channels-last;
-   out-of-memory halves the batch and goes on), softmax;
-4. the stitcher blends the overlapping tile probabilities band by band into the prediction
+2-4. the inference engine (``wsipipe.inference.engine``): reader processes decode batches of
+   tiles ahead of the model (bounded prefetch); its runner, on the device: stain normalisation with
+   the slide's own stain matrix, the model's input normalisation, the forward pass (CUDA: pinned
+   memory, float16 autocast, channels-last; out-of-memory halves the batch and goes on), softmax;
+   the strip stitcher blends the overlapping tile probabilities band by band into the prediction
    store (resumable: a killed run continues where its journal says);
 5. an OME-Zarr pyramid, polygons per class, areas, overlay and report;
 6. with ``nuclei``, the nuclei stage (``wsipipe.nuclei.stage``) over the tissue, with the
@@ -25,8 +25,7 @@ import os
 import shlex
 import sys
 import time
-from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,8 +33,10 @@ import numpy as np
 
 from wsipipe import __version__
 from wsipipe.device import resolve_device
-from wsipipe.errors import DeviceError, InvalidInputError, ModelError, StoreError
-from wsipipe.files import check_regular_file, folder_lock, make_output_folder, remove_temporaries
+from wsipipe.errors import InvalidInputError, ModelError, StoreError
+from wsipipe.files import check_regular_file, file_sha256, folder_lock, make_output_folder, remove_temporaries
+from wsipipe.grid import sample_mask
+from wsipipe.inference.engine import Runner, reader_count, run, slide_batches, start_readers, store_batches
 
 #: "model": the normalisation the model file records it was trained with (``none`` for the
 #: bundled model), so a slide reaches the network as its training images did.
@@ -106,14 +107,6 @@ class TilePlan:
 # --- devices and models ------------------------------------------------------------------------
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def load_model_info(model, device: str) -> ModelInfo:
     """``model``: a model file path, None (the bundled model) or an already loaded ModelBundle."""
     from wsipipe.models.io import ModelBundle, load_model
@@ -135,174 +128,7 @@ def load_model_info(model, device: str) -> ModelInfo:
     return ModelInfo(bundle, path.name, file_sha256(path))
 
 
-class DeviceRunner:
-    """uint8 RGB tile batches in, per-class probabilities (N, C, T, T) float32 out.
-
-    Everything after decoding happens on the device: the stain normaliser (a callable on uint8
-    RGB batches, NHWC, on the device), the model's mean/std, the forward pass and the softmax. On CUDA
-    the batch is staged through pinned memory, runs under float16 autocast in channels-last
-    layout, and an out-of-memory error halves the batch size and retries.
-    """
-
-    def __init__(self, model, device: str, mean, std, batch_size: int, stain: Callable | None = None, say=print):
-        import torch
-
-        self.model = model.to(device).eval()
-        self.device = torch.device(device)
-        self.cuda = self.device.type == "cuda"
-        self.batch_size = batch_size
-        self.stain = stain
-        self.say = say
-        self.mean = torch.tensor(list(mean), device=self.device, dtype=torch.float32).view(1, 3, 1, 1)
-        self.std = torch.tensor(list(std), device=self.device, dtype=torch.float32).view(1, 3, 1, 1)
-        if self.cuda:
-            self.model = self.model.to(memory_format=torch.channels_last)
-        self._pinned = None
-
-    def _to_device(self, tiles: np.ndarray):
-        import torch
-
-        host = torch.from_numpy(tiles)
-        if self.cuda:
-            if self._pinned is None or self._pinned.shape[0] < len(tiles) or self._pinned.shape[1:] != host.shape[1:]:
-                self._pinned = torch.empty(host.shape, dtype=torch.uint8).pin_memory()
-            staged = self._pinned[: len(tiles)]
-            staged.copy_(host)
-            return staged.to(self.device, non_blocking=True)
-        return host
-
-    def forward(self, tiles: np.ndarray) -> np.ndarray:
-        import torch
-
-        with torch.inference_mode():
-            pixels = self._to_device(tiles)
-            if self.stain is not None:
-                pixels = self.stain(pixels)
-            x = pixels.permute(0, 3, 1, 2).float().div_(255.0)
-            x = (x - self.mean) / self.std
-            if self.cuda:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast("cuda", dtype=torch.float16, enabled=self.cuda):
-                logits = self.model(x)
-            probs = torch.softmax(logits.float(), dim=1)
-            return probs.cpu().numpy()
-
-    def __call__(self, tiles: np.ndarray) -> np.ndarray:
-        import torch
-
-        out = []
-        start = 0
-        while start < len(tiles):
-            count = min(self.batch_size, len(tiles) - start)
-            try:
-                out.append(self.forward(tiles[start : start + count]))
-                start += count
-            except torch.cuda.OutOfMemoryError:
-                if count == 1:
-                    raise DeviceError("CUDA out of memory with a batch of one tile; use --device cpu") from None
-                torch.cuda.empty_cache()
-                self.batch_size = max(1, count // 2)
-                self.say(f"CUDA out of memory: batch size halved to {self.batch_size}")
-        return out[0] if len(out) == 1 else np.concatenate(out)
-
-
 # --- reading tiles -------------------------------------------------------------------------------
-
-_worker_reader = None
-
-
-def _open_worker(path: str, mpp_override: float | None, levels_cache: str | None, parent_pid: int,
-                 backend: str | None = None) -> None:
-    from wsipipe.processes import die_with_parent
-
-    die_with_parent(parent_pid)
-    import cv2
-
-    from wsipipe.slide import open_slide
-
-    global _worker_reader
-    cv2.setNumThreads(1)
-    _worker_reader = open_slide(path, backend=backend, mpp_override=mpp_override, levels_cache=levels_cache)
-
-
-def _read_tiles(reader, coords: np.ndarray, tile: int, mpp: float) -> np.ndarray:
-    batch = np.empty((len(coords), tile, tile, 3), np.uint8)
-    for index, (x, y) in enumerate(coords):
-        batch[index] = reader.read_at_mpp((int(x), int(y)), (tile, tile), mpp)
-    return batch
-
-
-def _read_in_worker(coords: np.ndarray, tile: int, mpp: float) -> np.ndarray:
-    return _read_tiles(_worker_reader, coords, tile, mpp)
-
-
-def start_readers(slide_path: Path, mpp_override: float | None, workers: int, levels_cache: Path | None = None,
-                  backend: str | None = None):
-    """Reader processes, started early so their start-up overlaps model loading (None for 0 workers),
-    each with the levels built for the slide in ``levels_cache`` (``wsipipe.slide.built``).
-
-    Spawned, not forked: the parent runs zarr's I/O thread and torch's thread pools. They ignore
-    Ctrl-C (the parent shuts the pool down) and die with the parent, even on ``kill -9``.
-    """
-    if workers == 0:
-        return None
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    from wsipipe.processes import helpers_ignore_ctrl_c
-
-    pool = ProcessPoolExecutor(
-        max_workers=workers,
-        mp_context=multiprocessing.get_context("spawn"),
-        initializer=_open_worker,
-        initargs=(str(slide_path), mpp_override, str(levels_cache) if levels_cache is not None else None, os.getpid(),
-                  backend),
-    )
-    with helpers_ignore_ctrl_c():
-        for _ in range(workers):
-            pool.submit(int)  # start every process now
-    return pool
-
-
-def read_batches(
-    coords: np.ndarray, *, tile: int, mpp: float, batch_size: int, reader=None, pool=None, ahead: int = 4
-) -> Iterator[tuple[int, np.ndarray]]:
-    """(start index, tiles) per batch of ``coords``, in order.
-
-    With ``pool`` the reader processes keep up to ``ahead`` batches decoded ahead of the
-    consumer (bounded memory); without, ``reader`` reads in this process.
-    """
-    starts = range(0, len(coords), batch_size)
-    if pool is None:
-        for start in starts:
-            yield start, _read_tiles(reader, coords[start : start + batch_size], tile, mpp)
-        return
-    pending: deque = deque()
-    queue = iter(starts)
-    for start in queue:
-        pending.append((start, pool.submit(_read_in_worker, coords[start : start + batch_size], tile, mpp)))
-        if len(pending) >= ahead:
-            break
-    try:
-        while pending:
-            start, future = pending.popleft()
-            tiles = future.result()
-            following = next(queue, None)
-            if following is not None:
-                pending.append(
-                    (following, pool.submit(_read_in_worker, coords[following : following + batch_size], tile, mpp))
-                )
-            yield start, tiles
-    finally:
-        for _, future in pending:
-            future.cancel()
-
-
-def store_batches(store, indices: np.ndarray, batch_size: int) -> Iterator[tuple[int, np.ndarray]]:
-    """(start index, tiles) per batch, read from a tile store's ``tiles`` array."""
-    for start in range(0, len(indices), batch_size):
-        chosen = indices[start : start + batch_size]
-        yield start, np.asarray(store.tiles.get_orthogonal_selection((chosen,)))
 
 
 class SampledTiles:
@@ -361,16 +187,6 @@ def plan_tiles(reader, model_mpp: float, tile: int, overlap: int, tiles_store=No
     )
     plan.timings["tissue"] = time.perf_counter() - started
     return plan
-
-
-def sample_mask(mask: np.ndarray, level0_size: tuple[int, int], centre_y: np.ndarray, centre_x: np.ndarray) -> np.ndarray:
-    """``mask`` (covering the whole slide of ``level0_size`` = (width, height), any resolution) at
-    the level-0 points ``centre_y`` x ``centre_x`` (nearest), as booleans; points past the slide take
-    the mask's last row or column."""
-    width0, height0 = level0_size
-    rows = np.clip((centre_y * (mask.shape[0] / height0)).astype(np.int64), 0, mask.shape[0] - 1)
-    cols = np.clip((centre_x * (mask.shape[1] / width0)).astype(np.int64), 0, mask.shape[1] - 1)
-    return mask[np.ix_(rows, cols)] > 0
 
 
 # --- the command ----------------------------------------------------------------------------------
@@ -433,7 +249,7 @@ def segment_slide(
     overlap: int | None = None,
     batch_size: int = 16,
     device: str = "auto",
-    workers: int = 2,
+    workers: int | None = 2,
     backend: str | None = None,
     mpp_override: float | None = None,
     nuclei: bool = False,
@@ -446,7 +262,8 @@ def segment_slide(
     """Segment one slide into ``outdir``; returns the report (also written as report.json).
 
     ``model``: a model file, None for the bundled model, or a loaded ``ModelBundle``.
-    ``workers``: reader processes (0 reads in this process); ``backend``: their slide reader (``open_slide``).
+    ``workers``: reader processes (0 reads in this process; None: as many as the device needs,
+    ``wsipipe.inference.engine.reader_count``); ``backend``: their slide reader (``open_slide``).
     ``nuclei``: also run the nuclei stage (classical, or the US-Net ``nuclei_model``, which
     implies ``nuclei``) with the predicted tumour as its tumour mask.
     ``dicom_seg``: binary, fractional or none (default: binary for a DICOM slide; see ``wsipipe.dicom.outputs``).
@@ -467,7 +284,7 @@ def segment_slide(
         nuclei = True
     if normalize not in NORMALIZE_METHODS:
         raise InvalidInputError(f"--normalize {normalize!r}: choose one of {', '.join(NORMALIZE_METHODS)}")
-    if batch_size < 1 or workers < 0:
+    if batch_size < 1 or (workers is not None and workers < 0):
         raise InvalidInputError("--batch-size must be at least 1 and --workers at least 0")
     check_qc_option(qc)
     from wsipipe.stain import StainParams
@@ -482,6 +299,7 @@ def segment_slide(
     # run leaves nothing behind, and its error is the only line it prints (the device note waits).
     notes: list[str] = []
     device = str(resolve_device(device, notes.append))
+    workers = reader_count(device) if workers is None else workers
     info = load_model_info(model, device)
     timings["load"] = time.perf_counter() - started
     tile = int(info.bundle.tile_size)
@@ -566,17 +384,15 @@ def _segment(slide_path, outdir, reader, pool, info, store, normalize, target, o
         order = stitcher.plan(plan.positions)
         todo = np.array([i for i, _, _, _ in order], np.int64)
         tiles_run = len(todo)
-        runner = DeviceRunner(
-            bundle.model, device, bundle.input_normalisation["mean"], bundle.input_normalisation["std"],
-            batch_size, stain=stain, say=say,
-        )
+        runner = Runner(bundle, device, batch_size, stain=stain, say=say)
+        positions = [(x, y) for _, x, y, _ in order]
         if store is not None:
-            batches = store_batches(store, plan.store_index[todo], batch_size)
+            batches = store_batches(store, plan.store_index[todo], positions, batch_size)
         else:
-            batches = read_batches(plan.coords[todo], tile=tile, mpp=bundle.mpp, batch_size=batch_size,
-                                   reader=reader, pool=pool)
+            batches = slide_batches(plan.coords[todo], positions, tile=tile, mpp=bundle.mpp, batch_size=batch_size,
+                                    reader=reader, pool=pool, device=device)
         t0 = time.perf_counter()
-        _run_tiles(batches, [(x, y, strip) for _, x, y, strip in order], len(order), runner, stitcher, progress, timings)
+        _run_tiles(batches, len(order), runner, stitcher, progress, timings)
         stitcher.finish()
         timings["inference"] = time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -590,46 +406,19 @@ def _segment(slide_path, outdir, reader, pool, info, store, normalize, target, o
                           nuclei_options=nuclei_options, dicom_seg=dicom_seg, progress=progress)
 
 
-def _run_tiles(batches, positions, total, runner, stitcher, progress, timings) -> None:
-    """Feed batches through the runner; a stitching thread blends each result while the next
-    batch runs (one thread keeps the tiles in order). Adds where the time went to ``timings``."""
-    from concurrent.futures import ThreadPoolExecutor
-
+def _run_tiles(batches, total, runner, stitcher, progress, timings) -> None:
+    """The engine's ``run`` under a progress bar of ``total`` tiles; adds where the time went to
+    ``timings``."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    spent = {"read_wait": 0.0, "model": 0.0, "stitch": 0.0}
-
-    def stitch(batch_positions, probabilities) -> None:
-        t0 = time.perf_counter()
-        for position, probs in zip(batch_positions, probabilities):
-            stitcher.add(probs, *position)
-        spent["stitch"] += time.perf_counter() - t0
-
-    pending: deque = deque()
     console = Console(stderr=True)
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="stitch") as blender, Progress(
+    with Progress(
         TextColumn("segment"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
         console=console, disable=not (progress and console.is_terminal), transient=True,  # no blank lines in logs
     ) as bar:
-        task = bar.add_task("tiles", total=total, completed=total - len(positions))
-        t0 = time.perf_counter()
-        try:
-            for start, tiles in batches:
-                t1 = time.perf_counter()
-                probabilities = runner(tiles)
-                spent["read_wait"] += t1 - t0
-                spent["model"] += time.perf_counter() - t1
-                pending.append(blender.submit(stitch, positions[start : start + len(tiles)], probabilities))
-                while len(pending) > 2 or (pending and pending[0].done()):
-                    pending.popleft().result()  # re-raises a stitching error here
-                bar.advance(task, len(tiles))
-                t0 = time.perf_counter()
-            while pending:
-                pending.popleft().result()
-        finally:
-            for future in pending:
-                future.cancel()
+        task = bar.add_task("tiles", total=total)
+        spent = run(batches, runner, stitcher, on_batch=lambda count: bar.advance(task, count))
     timings.update({f"inference_{name}": seconds for name, seconds in spent.items()})
 
 

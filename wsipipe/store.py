@@ -175,6 +175,8 @@ class ShardWriter:
         write_shard_file(root / "tiles" / "c" / str(index) / "0" / "0" / "0", tiles, self.tiles_per_shard)
         if masks is not None:
             write_shard_file(root / "masks" / "c" / str(index) / "0" / "0", masks, self.tiles_per_shard)
+            if label_fractions is None:
+                raise StoreError(f"{self.store_dir}: shard {index} has masks but no label fractions")
             padded = np.zeros((self.tiles_per_shard, label_fractions.shape[1]), "<f4")
             padded[: len(label_fractions)] = label_fractions
             path = root / "label_fractions" / "c" / str(index) / "0"
@@ -203,14 +205,15 @@ def write_shard_file(path: Path, chunks: np.ndarray, chunks_per_shard: int) -> N
         handle.write(raw_index + google_crc32c.value(raw_index).to_bytes(4, "little"))
 
 
-def _compress(array: np.ndarray) -> bytes:
+def _compress(array: np.ndarray) -> bytes | bytearray:
     """One chunk as zarr's Blosc codec (numcodecs) encodes it with the settings
     ``_write_array_meta`` declares, byte for byte (tested), through imagecodecs' build of the
     same c-blosc: imagecodecs is loaded already for decoding, numcodecs would cost ~15-60 ms to import."""
     import imagecodecs
 
     return imagecodecs.blosc_encode(
-        np.ascontiguousarray(array), level=BLOSC_CLEVEL, compressor=BLOSC_CNAME, shuffle=0,
+        np.ascontiguousarray(array),  # type: ignore[arg-type]  # its stubs say bytes; any buffer works
+        level=BLOSC_CLEVEL, compressor=BLOSC_CNAME, shuffle=0,
         typesize=array.dtype.itemsize, blocksize=0, numthreads=1,
     )
 
@@ -228,12 +231,19 @@ class StoreWriter:
     def already_complete(self) -> bool:
         return self.store is None
 
+    @property
+    def building(self) -> TileStore:
+        """The store being built (one that is complete already has nothing to write)."""
+        if self.store is None:
+            raise StoreError(f"{self.final_path}: the store is complete; there is nothing to write")
+        return self.store
+
     def pending_shards(self) -> list[int]:
         done = _read_journal(self.partial_path)
-        return [i for i in range(self.store.n_shards) if i not in done]
+        return [i for i in range(self.building.n_shards) if i not in done]
 
     def shard_writer(self) -> ShardWriter:
-        return ShardWriter(str(self.partial_path), self.store.tiles_per_shard)
+        return ShardWriter(str(self.partial_path), self.building.tiles_per_shard)
 
     def record_done(self, index: int) -> None:
         """Journal shard ``index`` as written (call only once its data is on disk)."""
@@ -253,7 +263,7 @@ class StoreWriter:
         missing = self.pending_shards()
         if missing:
             raise StoreError(f"{self.partial_path}: {len(missing)} shards not written yet")
-        meta = {**self.store.meta, "complete": True}
+        meta = {**self.building.meta, "complete": True}
         _write_group(self.partial_path, meta)
         (self.partial_path / JOURNAL_NAME).unlink(missing_ok=True)
         if self.final_path.exists():
@@ -374,7 +384,8 @@ def _refuse_other_params(path: Path, old: dict | None, new: dict) -> None:
     differences = _differences(old or {}, new)
     raise StoreError(
         f"{path}: made with other parameters ({'; '.join(differences[:4])}); "
-        "use --overwrite to replace it or choose another output"
+        "use {overwrite} to replace it or choose another output",
+        parameter="overwrite",
     )
 
 

@@ -14,26 +14,29 @@ own resolution: no slide-sized mask is ever made.
 from __future__ import annotations
 
 import functools
-import hashlib
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from wsipipe.errors import MppUnknownError
+from wsipipe.files import file_sha256, output_lock
 from wsipipe.grid import TileGrid, build_grid
 from wsipipe.qc.apply import restrict_tissue, usable_tissue
 from wsipipe.slide import open_slide
 from wsipipe.slide.base import SlideReader
-from wsipipe.files import output_lock
 from wsipipe.slide.built import LEVELS_FOLDER, BuiltLevelsReader, with_level_for
 from wsipipe.stages.base import Progress
 from wsipipe.stages.tile import TileConfig, TileResult
 from wsipipe.store import ShardWriter, StoreWriter, check_output_location, create_tile_store
 from wsipipe.tissue import detect_tissue, read_thumbnail, thumbnail_downsample
+
+if TYPE_CHECKING:
+    from wsipipe.annotations import TileRasteriser
 
 
 @dataclass(frozen=True)
@@ -131,12 +134,8 @@ def _annotation_index(path: Path, label_map: str | None, strict: bool, reader: S
         annotation_set, parse_label_map(label_map) if label_map is not None else None, strict=strict
     )
     stat = path.stat()
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
     source = {"path": str(path.resolve()), "size_bytes": stat.st_size, "mtime": stat.st_mtime,
-              "sha256": digest.hexdigest(), "format": annotation_set.format}
+              "sha256": file_sha256(path), "format": annotation_set.format}
     names, values = list(rasteriser.label_map.names), list(rasteriser.label_map.values)
     return rasteriser, {"source": source, "label_map": str(rasteriser.label_map), "names": names, "values": values}
 
@@ -182,10 +181,10 @@ def _provenance(reader: SlideReader, slide_path: Path, grid: TileGrid, threshold
     }
 
 
-def _run_shards(writer: StoreWriter, coords: np.ndarray, work: "_ShardWork",
+def _run_shards(writer: StoreWriter, coords: np.ndarray, work: _ShardWork,
                 pool: ThreadPoolExecutor | None, workers: int, progress: Progress | None) -> int:
     """Read and write every pending shard, journalling each once it is on disk."""
-    store = writer.store
+    store = writer.building
     pending = writer.pending_shards()
     todo = sum(store.shard_slice(i).stop - store.shard_slice(i).start for i in pending)
     done = store.n_tiles - todo
@@ -203,7 +202,7 @@ def _run_shards(writer: StoreWriter, coords: np.ndarray, work: "_ShardWork",
         for index in pending:
             finished(index, work(index, coords[store.shard_slice(index)]))
         return todo
-    in_flight = {}
+    in_flight: dict = {}
 
     def collect(keep_at_most: int) -> None:
         while len(in_flight) > keep_at_most:
@@ -294,7 +293,7 @@ class _ShardWork:
     spec: _ReadSpec
     shard_writer: ShardWriter
     readers: _ThreadReaders
-    rasteriser: object | None  # wsipipe.annotations.TileRasteriser
+    rasteriser: TileRasteriser | None
 
     def __call__(self, index: int, coords: np.ndarray) -> int:
         spec, reader = self.spec, self.readers.get()
@@ -304,6 +303,7 @@ class _ShardWork:
             if spec.native:
                 reader.read_region((x, y), spec.level, size, out=tiles[i])
             else:
+                assert spec.mpp is not None  # a tile read at a µm/px has one (grid.build_grid)
                 reader.read_at_mpp((x, y), size, spec.mpp, out=tiles[i])
         if self.rasteriser is None:
             return self.shard_writer.write(index, tiles)

@@ -27,9 +27,9 @@ class _Collect(logging.Handler):
 
 
 @pytest.fixture(scope="module")
-def monuseg(data_dir):
+def monuseg(monuseg_dir):
     """All 13 MoNuSeg images: (xml, annotations, warnings), read once."""
-    files = sorted((data_dir / "nuclei" / "monuseg_train").glob("*.xml"))
+    files = sorted(monuseg_dir.glob("*.xml"))
     assert len(files) == 13
     logger = logging.getLogger("wsipipe.annotations")
     result = []
@@ -47,35 +47,36 @@ def monuseg(data_dir):
 
 def test_every_region_is_one_nucleus(monuseg):
     """Regions counted by regex; the few with < 3 distinct vertices are skipped, each with a warning."""
-    for xml, annotations, warnings in monuseg:
+    for xml, annotation_set, warnings in monuseg:
         text = xml.read_text()
         regions = re.findall(r'<Region Id="(\d+)"(.*?)</Region>', text, re.S)
         assert len(regions) == len(re.findall(r"<Region\s", text)) > 100
         degenerate = [rid for rid, body in regions if len(set(re.findall(r'<Vertex X="([^"]+)" Y="([^"]+)"', body))) < 3]
-        assert len(annotations) == len(regions) - len(degenerate), xml.name
-        assert [a.name for a in annotations] == [f"Region {rid}" for rid, _ in regions if rid not in degenerate]
+        assert len(annotation_set) == len(regions) - len(degenerate), xml.name
+        assert [a.name for a in annotation_set] == [f"Region {rid}" for rid, _ in regions if rid not in degenerate]
         for rid in degenerate:
             assert any(f"Region Id={rid} has" in w and "skipped" in w for w in warnings), (xml.name, rid)
         declared = re.search(r'<Annotations MicronsPerPixel="([^"]+)"', text)
-        assert annotations.mpp == (float(declared.group(1)) if declared else None)
-        assert all(a.geometry.is_valid and a.geometry.area > 0 for a in annotations)
+        assert annotation_set.mpp == (float(declared.group(1)) if declared else None)
+        assert all(a.geometry.is_valid and a.geometry.area > 0 for a in annotation_set)
 
 
+@pytest.mark.slow
 def test_masks_match_image_size_and_mark_every_nucleus(monuseg):
-    for xml, annotations, _ in monuseg:
+    for xml, annotation_set, _ in monuseg:
         width, height = Image.open(xml.with_suffix(".tif")).size
         assert (width, height) == (1000, 1000)
-        mask = TileRasteriser(annotations).region_mask(0, 0, width, height, width, height)
+        mask = TileRasteriser(annotation_set).region_mask(0, 0, width, height, width, height)
         assert mask.shape == (height, width)
         # Independent reference: pixel centres inside the union of the nuclei, by shapely.
-        union = shapely.union_all([a.geometry for a in annotations])
+        union = shapely.union_all([a.geometry for a in annotation_set])
         ys, xs = np.mgrid[0:height, 0:width] + 0.5
         inside = shapely.contains_xy(union, xs, ys)
         differ = np.argwhere((mask > 0) != inside)
         # Only centres lying exactly on an outline may differ (the mask counts left/top edges in).
         assert np.allclose(shapely.distance(union, shapely.points(differ[:, 1] + 0.5, differ[:, 0] + 0.5)), 0)
         unmarked = 0
-        for annotation in annotations:
+        for annotation in annotation_set:
             # Every pixel whose centre is inside this nucleus (off its outline) is marked ...
             x0, y0, x1, y1 = (int(v) for v in annotation.geometry.bounds)
             cols, rows = np.meshgrid(np.arange(max(x0, 0), min(x1 + 1, width)), np.arange(max(y0, 0), min(y1 + 1, height)))
@@ -86,7 +87,7 @@ def test_masks_match_image_size_and_mark_every_nucleus(monuseg):
             # ... and the pixel under an interior point of it too, unless it is a sliver between centres.
             x, y = annotation.geometry.representative_point().coords[0]
             unmarked += mask[int(y), int(x)] == 0
-        assert unmarked <= 0.01 * len(annotations), xml.name
+        assert unmarked <= 0.01 * len(annotation_set), xml.name
 
 
 def _assert_same(first: AnnotationSet, second: AnnotationSet, *, names=True) -> None:
@@ -102,15 +103,15 @@ def _assert_same(first: AnnotationSet, second: AnnotationSet, *, names=True) -> 
 
 
 def test_aperio_to_geojson_keeps_every_nucleus(monuseg, tmp_path):
-    for xml, annotations, _ in monuseg[:4]:
-        out = write_annotations(annotations, tmp_path / f"{xml.stem}.geojson")
+    for xml, annotation_set, _ in monuseg[:4]:
+        out = write_annotations(annotation_set, tmp_path / f"{xml.stem}.geojson")
         again = read_annotations(out)
-        _assert_same(annotations, again)
-        assert again.mpp == annotations.mpp
+        _assert_same(annotation_set, again)
+        assert again.mpp == annotation_set.mpp
 
 
-def test_camelyon_asap_to_geojson_to_asap(data_dir, tmp_path):
-    original = read_annotations(data_dir / "annotations" / "camelyon17_patient_004_node_4.xml")
+def test_camelyon_asap_to_geojson_to_asap(tmp_path, camelyon_xml):
+    original = read_annotations(camelyon_xml)
     geojson = read_annotations(write_annotations(original, tmp_path / "c.geojson"))
     asap = read_annotations(write_annotations(geojson, tmp_path / "c.xml"))
     for copy in (geojson, asap):

@@ -12,11 +12,9 @@ from shapely.geometry import MultiPoint, MultiPolygon, Point, Polygon
 
 from wsipipe.annotations import detect_format, read_annotations
 
-CAMELYON = "annotations/camelyon17_patient_004_node_4.xml"
 
-
-def test_camelyon_asap_three_tumour_polygons(data_dir):
-    path = data_dir / CAMELYON
+def test_camelyon_asap_three_tumour_polygons(camelyon_xml):
+    path = camelyon_xml
     text = path.read_text()
     annotations = read_annotations(path)
     assert detect_format(path) == "asap"
@@ -109,11 +107,11 @@ def test_qupath_geojson_collections_holes_points_classes_and_object_types(tmp_pa
         assert isinstance(cells.geometry, MultiPoint) and cells.kind == "detection" and cells.color == "#010203"
 
 
-def test_format_is_detected_by_content_not_name(tmp_path, data_dir):
+def test_format_is_detected_by_content_not_name(tmp_path, camelyon_xml):
     geojson_named_xml = tmp_path / "really_geojson.xml"
     geojson_named_xml.write_text(json.dumps([_feature({"type": "Point", "coordinates": [1, 2]})]))
     asap_named_json = tmp_path / "really_asap.json"
-    asap_named_json.write_bytes((data_dir / CAMELYON).read_bytes())
+    asap_named_json.write_bytes(camelyon_xml.read_bytes())
     assert detect_format(geojson_named_xml) == "geojson"
     assert detect_format(asap_named_json) == "asap" and len(read_annotations(asap_named_json)) == 3
     assert shapely.get_num_coordinates(read_annotations(asap_named_json)[1].geometry) == 16

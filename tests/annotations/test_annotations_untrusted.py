@@ -134,7 +134,7 @@ def test_self_intersection_is_repaired_and_reported(tmp_path, caplog):
     assert "Self-intersection" in caplog.text and "make_valid" in caplog.text and f"{path}:4" in caplog.text
     with pytest.raises(AnnotationError, match="Self-intersection") as refused:
         read_annotations(path, strict=True)
-    assert str(refused.value).endswith("(refused by --strict)") and "repaired" not in str(refused.value)
+    assert str(refused.value).endswith("(refused by strict)") and "repaired" not in str(refused.value)
 
 
 def test_geojson_bad_features_are_skipped_with_their_index(tmp_path, caplog):

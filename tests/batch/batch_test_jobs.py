@@ -45,3 +45,11 @@ def sleepy_info_job(slide_path: Path, workdir: Path, options: dict) -> dict:
     """info_job after 3 s, so a batch can be interrupted with every worker busy."""
     time.sleep(3)
     return info_job(slide_path, workdir, {})
+
+
+def needs_mpp_job(slide_path: Path, workdir: Path, options: dict) -> dict:
+    """Fails on a slide without µm/px, as any job needing the scale does (the error names a parameter)."""
+    from wsipipe.slide import open_slide
+
+    with open_slide(slide_path) as reader:
+        return {"mpp": reader.mpp}

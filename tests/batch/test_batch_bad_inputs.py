@@ -27,10 +27,10 @@ def _batch(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=timeout)  # fmt: skip
 
 
-def test_link_loops_fifos_and_dangling_links_fail_alone(slides_dir, tmp_path):
+def test_link_loops_fifos_and_dangling_links_fail_alone(tmp_path, cmu_small_svs):
     archive = tmp_path / "archive"
     (archive / "sub").mkdir(parents=True)
-    shutil.copy(slides_dir / "CMU-1-Small-Region.svs", archive / "good.svs")
+    shutil.copy(cmu_small_svs, archive / "good.svs")
     os.symlink("loop2.svs", archive / "loop1.svs")
     os.symlink("loop1.svs", archive / "loop2.svs")
     os.symlink("gone.svs", archive / "dangling.svs")
@@ -96,11 +96,11 @@ def test_cuda_without_a_gpu_is_refused_before_any_slide(tmp_path):
 
 
 @pytest.mark.slow  # two local clusters and 3 s slides: about 20 s
-def test_ctrl_c_exits_130_with_one_line_no_process_left_and_the_rerun_resumes(slides_dir, tmp_path):
+def test_ctrl_c_exits_130_with_one_line_no_process_left_and_the_rerun_resumes(tmp_path, cmu_small_svs):
     archive = tmp_path / "archive"
     archive.mkdir()
     for index in range(4):
-        shutil.copy(slides_dir / "CMU-1-Small-Region.svs", archive / f"s{index}.svs")
+        shutil.copy(cmu_small_svs, archive / f"s{index}.svs")
     outdir = tmp_path / "out"
     argv = [sys.executable, "-m", "wsipipe", "batch", str(archive), "-o", str(outdir), "--job",
             "batch_test_jobs:sleepy_info_job", "--workers", "2", "--quiet"]  # fmt: skip

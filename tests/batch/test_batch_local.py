@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import tifffile
 from batch_archive import EXPECTED_STATES, UNICODE_NAME, build_archive, read_status_csv, read_summary_csv
-from skimage.filters import threshold_otsu
 from typer.testing import CliRunner
 
 from wsipipe.batch.naming import output_name
 from wsipipe.cli.main import app
+from wsipipe.tissue import detect_tissue
 
 runner = CliRunner()
 GOOD = sorted(k for k, s in EXPECTED_STATES.items() if s == "done")
@@ -77,9 +77,9 @@ def test_outputs_match_the_slides(first_run, archive):
         thumb = cv2.imread(str(folder / "thumbnail.png"))[..., ::-1]
         assert max(thumb.shape[:2]) == min(512, max(width, height))
         assert abs(thumb.shape[1] / thumb.shape[0] - width / height) < 0.01
-        # Tissue fraction: recomputed from the written thumbnail with scikit-image's Otsu.
-        saturation = cv2.cvtColor(np.ascontiguousarray(thumb), cv2.COLOR_RGB2HSV)[..., 1]
-        expected = float(np.mean(saturation > threshold_otsu(saturation)))
+        # Tissue fraction: the tissue detector tiling uses, on the written thumbnail at its µm/px.
+        shrink = max(1.0, max(width, height) / 512)
+        expected = float(np.mean(detect_tissue(np.ascontiguousarray(thumb), info["mpp_x"] and info["mpp_x"] * shrink)))
         assert float(summary[key]["tissue_fraction"]) == pytest.approx(expected, abs=0.02)
         assert int(summary[key]["width"]) == width and int(summary[key]["height"]) == height
         assert float(row["seconds"]) > 0
@@ -121,13 +121,13 @@ def test_rerun_skips_done_and_failed(first_run, cluster_address):
         path.unlink()
 
 
-def test_changed_inputs_are_redone_and_failed_retried_only_on_request(first_run, cluster_address, slides_dir):
+def test_changed_inputs_are_redone_and_failed_retried_only_on_request(first_run, cluster_address, ome_tiff):
     outdir, _ = first_run
     archive = outdir.parent / "archive"
     before = read_status_csv(outdir)
     # A re-scanned slide (other content) and a failed entry replaced by a real slide.
-    shutil.copyfile(slides_dir / "OS-1-detail.ome.tif", archive / "ward A/CMU-1-Small-Region.svs")
-    shutil.copyfile(slides_dir / "OS-1-detail.ome.tif", archive / "notes.svs")
+    shutil.copyfile(ome_tiff, archive / "ward A/CMU-1-Small-Region.svs")
+    shutil.copyfile(ome_tiff, archive / "notes.svs")
     args = ["batch", str(archive), "-o", str(outdir), "--job", "info", "--scheduler", cluster_address]
     result = runner.invoke(app, args)
     assert result.exit_code == 1, result.output

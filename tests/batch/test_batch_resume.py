@@ -83,7 +83,7 @@ def test_killed_batch_resumes_to_the_same_results(archive, tmp_path):
             assert row["finished"] == at_kill[key]["finished"]
     strip = lambda rows: {k: {c: v for c, v in r.items() if c != "seconds"} for k, r in rows.items()}  # noqa: E731
     assert strip(read_summary_csv(killed_out)) == strip(read_summary_csv(fresh_out))
-    for key, row in resumed_status.items():
+    for row in resumed_status.values():
         if row["state"] != "done":
             continue
         for name in ("info.json", "thumbnail.png"):

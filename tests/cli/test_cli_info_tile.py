@@ -34,9 +34,9 @@ def _assert_one_line_error(result, code: int, *needles: str) -> None:
 
 
 @pytest.fixture
-def truncated(slides_dir, tmp_path):
+def truncated(tmp_path, cmu_small_svs):
     path = tmp_path / "truncated.svs"
-    data = (slides_dir / "CMU-1-Small-Region.svs").read_bytes()
+    data = (cmu_small_svs).read_bytes()
     path.write_bytes(data[: int(len(data) * 0.6)])
     return path
 
@@ -91,14 +91,14 @@ def test_text_file_is_refused(tmp_path):
         (["--backend", "nope"], "unknown backend"),
     ],
 )
-def test_usage_errors_exit_2(slides_dir, tmp_path, extra, needle):
-    slide = slides_dir / "CMU-1-Small-Region.svs"
+def test_usage_errors_exit_2(tmp_path, extra, needle, cmu_small_svs):
+    slide = cmu_small_svs
     _assert_one_line_error(_tile(slide, tmp_path / "out.zarr", *extra), 2, needle)
     assert not list(tmp_path.iterdir())
 
 
-def test_output_under_a_file_or_missing_directory(slides_dir, tmp_path):
-    slide = slides_dir / "CMU-1-Small-Region.svs"
+def test_output_under_a_file_or_missing_directory(tmp_path, cmu_small_svs):
+    slide = cmu_small_svs
     blocker = tmp_path / "afile"
     blocker.write_text("x")
     _assert_one_line_error(_tile(slide, blocker / "out.zarr"), 2, "is not a directory")
@@ -108,31 +108,31 @@ def test_output_under_a_file_or_missing_directory(slides_dir, tmp_path):
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories")
-def test_unwritable_output_directory(slides_dir, tmp_path):
+def test_unwritable_output_directory(tmp_path, cmu_small_svs):
     locked = tmp_path / "locked"
     locked.mkdir()
     locked.chmod(0o555)
     try:
-        _assert_one_line_error(_tile(slides_dir / "CMU-1-Small-Region.svs", locked / "out.zarr"), 2, "not writable")
+        _assert_one_line_error(_tile(cmu_small_svs, locked / "out.zarr"), 2, "not writable")
     finally:
         locked.chmod(0o755)
 
 
-def test_unwritable_output_location(slides_dir):
+def test_unwritable_output_location(cmu_small_svs):
     # /proc refuses new directories even to root.
-    _assert_one_line_error(_tile(slides_dir / "CMU-1-Small-Region.svs", Path("/proc/wsipipe-test.zarr")), 2, "cannot write")
+    _assert_one_line_error(_tile(cmu_small_svs, Path("/proc/wsipipe-test.zarr")), 2, "cannot write")
 
 
-def test_non_store_directory_is_not_replaced(slides_dir, tmp_path):
+def test_non_store_directory_is_not_replaced(tmp_path, cmu_small_svs):
     out = tmp_path / "out.zarr"
     out.mkdir()
     (out / "precious.txt").write_text("keep")
-    _assert_one_line_error(_tile(slides_dir / "CMU-1-Small-Region.svs", out, "--overwrite"), 2, "not a wsipipe tile store")
+    _assert_one_line_error(_tile(cmu_small_svs, out, "--overwrite"), 2, "not a wsipipe tile store")
     assert (out / "precious.txt").read_text() == "keep"
 
 
-def test_slide_without_mpp_names_the_override_and_works_with_it(slides_dir, tmp_path):
-    slide = slides_dir / "TCGA-CR-7395-01A-01-TS1.svs"
+def test_slide_without_mpp_names_the_override_and_works_with_it(tmp_path, jp2k_svs):
+    slide = jp2k_svs
     digest = _sha(slide)
     _assert_one_line_error(_tile(slide, tmp_path / "out.zarr"), 2, "--mpp-override", "or --level N")
     result = _tile(slide, tmp_path / "out.zarr", "--mpp-override", "0.25", "--tile-size", "256")
@@ -143,14 +143,14 @@ def test_slide_without_mpp_names_the_override_and_works_with_it(slides_dir, tmp_
     assert _sha(slide) == digest
 
 
-def test_subprocess_errors_have_no_traceback(slides_dir, tmp_path):
+def test_subprocess_errors_have_no_traceback(tmp_path, broken_svs, cmu_small_svs):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     header_only = tmp_path / "header-only.svs"  # tifffile finds its first page offset invalid and logs it
-    header_only.write_bytes((slides_dir / "CMU-1-Small-Region.svs").read_bytes()[:3000])
+    header_only.write_bytes((cmu_small_svs).read_bytes()[:3000])
     for args, code in (
-        (["tile", str(slides_dir / "broken.svs"), "-o", str(tmp_path / "a.zarr"), "-q"], 2),
+        (["tile", str(broken_svs), "-o", str(tmp_path / "a.zarr"), "-q"], 2),
         (["tile", str(header_only), "-o", str(tmp_path / "a.zarr"), "-q"], 2),
-        (["tile", str(slides_dir / "CMU-1-Small-Region.svs"), "-o", str(tmp_path / "a.zarr"), "--tile-size", "0"], 2),
+        (["tile", str(cmu_small_svs), "-o", str(tmp_path / "a.zarr"), "--tile-size", "0"], 2),
     ):
         proc = subprocess.run([sys.executable, "-m", "wsipipe", *args], capture_output=True, text=True, env=env, timeout=120)
         assert proc.returncode == code, proc.stderr
@@ -158,11 +158,11 @@ def test_subprocess_errors_have_no_traceback(slides_dir, tmp_path):
         assert len(proc.stderr.strip().splitlines()) == 1
 
 
-def test_tile_subprocess_with_two_workers_writes_a_store(slides_dir, tmp_path):
+def test_tile_subprocess_with_two_workers_writes_a_store(tmp_path, ome_tiff):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     out = tmp_path / "cmu.zarr"
     proc = subprocess.run(
-        [sys.executable, "-m", "wsipipe", "tile", str(slides_dir / "OS-1-detail.ome.tif"), "-o", str(out), "--tile-size", "256", "--workers", "2"],
+        [sys.executable, "-m", "wsipipe", "tile", str(ome_tiff), "-o", str(out), "--tile-size", "256", "--workers", "2"],
         capture_output=True, text=True, env=env, timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
@@ -173,7 +173,7 @@ def test_tile_subprocess_with_two_workers_writes_a_store(slides_dir, tmp_path):
     assert group.attrs["wsipipe"]["complete"] and group["tiles"].shape[0] > 0
 
 
-def test_a_fifo_is_refused_in_one_line_without_blocking(slides_dir, tmp_path):
+def test_a_fifo_is_refused_in_one_line_without_blocking(tmp_path, cmu_small_svs):
     """A FIFO named like an input: opening it would wait for a writer for ever (the old code did)."""
     from wsipipe.errors import AnnotationError, ModelError, SlideOpenError
 
@@ -181,7 +181,7 @@ def test_a_fifo_is_refused_in_one_line_without_blocking(slides_dir, tmp_path):
     fifos = {name: tmp_path / name for name in ("pipe.svs", "pipe.geojson", "pipe.safetensors", "pipe.png")}
     for fifo in fifos.values():
         os.mkfifo(fifo)
-    slide, out = slides_dir / "CMU-1-Small-Region.svs", tmp_path / "out.zarr"
+    slide, out = cmu_small_svs, tmp_path / "out.zarr"
     store = tmp_path / "stores" / "cmu.zarr"
     store.parent.mkdir()
     assert _tile(slide, store, "--tile-size", "256").exit_code == 0

@@ -15,7 +15,6 @@ from typer.testing import CliRunner
 from wsipipe.cli.main import app
 
 REPO = Path(__file__).resolve().parents[2]
-CAMELYON = "annotations/camelyon17_patient_004_node_4.xml"
 
 
 def _full_disk(*args, **kwargs):
@@ -23,24 +22,24 @@ def _full_disk(*args, **kwargs):
 
 
 @pytest.mark.parametrize("out_name", ["out.geojson", "out.xml"])
-def test_a_full_disk_while_writing_an_output_is_one_line_naming_it(data_dir, tmp_path, monkeypatch, out_name):
+def test_a_full_disk_while_writing_an_output_is_one_line_naming_it(tmp_path, monkeypatch, out_name, camelyon_xml):
     """The disk fills up when the written file is flushed (``atomic_path``'s fsync)."""
     out = tmp_path / out_name
     monkeypatch.setattr(os, "fsync", _full_disk)
-    result = CliRunner().invoke(app, ["annotations", "convert", str(data_dir / CAMELYON), str(out), "-q"])
+    result = CliRunner().invoke(app, ["annotations", "convert", str(camelyon_xml), str(out), "-q"])
     assert result.exit_code == 1
     assert result.stderr == f"Error: no space left on device while writing {out}\n"
     assert sorted(os.listdir(tmp_path)) == []  # no output, no temporary
 
 
-def test_a_full_disk_anywhere_in_the_causes_is_reported_as_such(data_dir, tmp_path, monkeypatch):
+def test_a_full_disk_anywhere_in_the_causes_is_reported_as_such(tmp_path, monkeypatch, cmu_small_svs, camelyon_xml):
     """A write outside ``atomic_path`` (a zarr chunk, say) raises ENOSPC without a file name."""
     import wsipipe.cli.annotations as annotations_cli
 
     monkeypatch.setattr(annotations_cli, "_write_mask", _full_disk)
     result = CliRunner().invoke(app, [
-        "annotations", "mask", str(data_dir / CAMELYON), "--slide",
-        str(data_dir / "slides/CMU-1-Small-Region.svs"), "--mpp", "8", "-o", str(tmp_path / "m.png"), "-q",
+        "annotations", "mask", str(camelyon_xml), "--slide",
+        str(cmu_small_svs), "--mpp", "8", "-o", str(tmp_path / "m.png"), "-q",
     ])
     assert result.exit_code == 1, result.output
     # (the lines before are warnings: the CAMELYON polygons lie outside this small slide)

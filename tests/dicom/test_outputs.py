@@ -16,6 +16,7 @@ import pytest
 import zarr
 from pydicom.sr.codedict import codes
 from shapely.geometry import shape
+from toy_models import toy_threshold_bundle
 from typer.testing import CliRunner
 
 from wsipipe.cli.main import app
@@ -24,7 +25,6 @@ from wsipipe.dicom.series import resolve_series
 from wsipipe.models import build_model
 from wsipipe.models.io import model_metadata, save_model
 from wsipipe.segment import segment_slide
-from toy_models import toy_threshold_bundle
 
 runner = CliRunner()
 #: report.json keys that legitimately differ between two runs on the same pixels.
@@ -186,8 +186,8 @@ def test_nuclei_command_writes_nuclei_annotations_equal_to_the_geojson(dicom_ser
     assert algorithm.AlgorithmName == "classical"
 
 
-def test_dicom_outputs_are_refused_for_a_non_dicom_slide(slides_dir, tmp_path):
-    slide = slides_dir / "CMU-1-Small-Region.svs"
+def test_dicom_outputs_are_refused_for_a_non_dicom_slide(tmp_path, cmu_small_svs):
+    slide = cmu_small_svs
     for args in (["segment", str(slide), "-o", str(tmp_path / "a"), "--dicom-seg", "binary"],
                  ["nuclei", str(slide), "-o", str(tmp_path / "a"), "--dicom"]):
         result = runner.invoke(app, args)

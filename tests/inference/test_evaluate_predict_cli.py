@@ -18,11 +18,11 @@ BUNDLED = Path(wsipipe.__file__).parent / "resources" / "models" / "tumour-unet.
 
 
 @pytest.fixture(scope="module")
-def one_image(data_dir, tmp_path_factory) -> Path:
+def one_image(tmp_path_factory, lung_dir) -> Path:
     root = tmp_path_factory.mktemp("lung5")
     for sub in ("images", "masks"):
         (root / sub).mkdir()
-        (root / sub / "lung_05.png").symlink_to(data_dir / "lung" / sub / "lung_05.png")
+        (root / sub / "lung_05.png").symlink_to(lung_dir / sub / "lung_05.png")
     return root
 
 

@@ -5,8 +5,8 @@ from PIL import Image
 from torch import nn
 
 from wsipipe.grid import grid_coords
-from wsipipe.inference import Blender, predict_image
-from wsipipe.inference.sliding import blend_window, predict_tiled
+from wsipipe.inference import Blender, predict_image, predict_tiled
+from wsipipe.inference.sliding import blend_window
 from wsipipe.models.io import ModelBundle
 
 
@@ -19,9 +19,16 @@ def _tiny_net() -> nn.Module:
 
 
 @pytest.fixture(scope="module")
-def lung_crop(data_dir) -> np.ndarray:
-    image = np.array(Image.open(data_dir / "lung" / "images" / "lung_01.png").convert("RGB"))
+def lung_crop(lung_dir) -> np.ndarray:
+    image = np.array(Image.open(lung_dir / "images" / "lung_01.png").convert("RGB"))
     return image[200:501, 300:563]  # 301 x 263: not a multiple of anything
+
+
+def _tiled(net, image, overlap):
+    """``predict_tiled`` of a net taking [0, 1] inputs, 64 px tiles, batches of 4."""
+    bundle = ModelBundle(net, {"classes": ["a", "b"], "tile_size": 64,
+                               "input_normalisation": {"mean": [0] * 3, "std": [1] * 3}})
+    return predict_tiled(bundle, image, overlap, batch_size=4)
 
 
 def _whole_image_probs(net, image):
@@ -32,16 +39,16 @@ def _whole_image_probs(net, image):
 
 def test_blender_normalises_to_the_tile_values():
     blender = Blender(1, 100, 100, 64, 16)
-    for y, x in [(0, 0), (0, 36), (36, 0), (36, 36)]:
-        blender.add(np.full((1, 64, 64), 3.0, np.float32), y, x)
-    np.testing.assert_allclose(blender.result(), 3.0, rtol=1e-6)
+    for x, y in [(0, 0), (36, 0), (0, 36), (36, 36)]:
+        blender.add(np.full((1, 64, 64), 3.0, np.float32), x, y)
+    np.testing.assert_allclose(blender.finish(), 3.0, rtol=1e-6)
     assert blend_window(64, 16).min() > 0 and blend_window(64, 16)[16:48, 16:48].min() == 1
 
 
 def test_blended_equals_whole_image_forward_and_has_no_seams(lung_crop):
     net = _tiny_net()
     whole = _whole_image_probs(net, lung_crop)
-    blended = predict_tiled(net, lung_crop, 2, tile=64, overlap=32, batch_size=4)
+    blended = _tiled(net, lung_crop, overlap=32)
     assert blended.shape == whole.shape
     inner = (slice(None), slice(8, -8), slice(8, -8))
     assert np.abs(blended[inner] - whole[inner]).max() < 0.01
@@ -54,7 +61,7 @@ def test_blended_equals_whole_image_forward_and_has_no_seams(lung_crop):
     blended_borders = [x + 63 for x in grid_coords((263, 301), 64, 32, 1.0)[:, 0] if 0 < x + 63 < 262]
     assert seam_ratio(blended, sorted(set(blended_borders))) < 1.2
     # control: a mosaic of non-overlapping tiles does show its seams to the same measure
-    mosaic = predict_tiled(net, lung_crop, 2, tile=64, overlap=0, batch_size=4)
+    mosaic = _tiled(net, lung_crop, overlap=0)
     mosaic_borders = [x + 63 for x in grid_coords((263, 301), 64, 0, 1.0)[:, 0] if x + 63 < 262]
     assert seam_ratio(mosaic, sorted(set(mosaic_borders))) > 1.5
 
@@ -81,7 +88,7 @@ def test_beyond_the_image_edge_is_white_as_beyond_a_slide_edge(lung_crop):
     margin = 16  # half the overlap: the padding predict_tiled adds
     on_glass = np.pad(lung_crop, ((margin, margin), (margin, margin), (0, 0)), constant_values=255)
     expected = _whole_image_probs(net, on_glass)[:, margin:-margin, margin:-margin]
-    blended = predict_tiled(net, lung_crop, 2, tile=64, overlap=2 * margin, batch_size=4)
+    blended = _tiled(net, lung_crop, overlap=2 * margin)
     edge = np.zeros(lung_crop.shape[:2], bool)
     edge[:3], edge[-3:], edge[:, :3], edge[:, -3:] = True, True, True, True  # within the receptive field of the edge
     assert np.abs(blended[:, edge] - expected[:, edge]).max() < 0.01

@@ -10,7 +10,8 @@ import torch
 import zarr
 
 from wsipipe.errors import StoreError
-from wsipipe.inference.sliding import Blender, cosine_window
+from wsipipe.inference.engine import Blender
+from wsipipe.inference.sliding import cosine_window
 from wsipipe.inference.stitch import JOURNAL_NAME, Stitcher, StripStitcher
 
 TILE, OVERLAP, CHUNK = 64, 16, 32
@@ -100,10 +101,10 @@ def test_slide_stitching_blends_as_in_memory_inference_does(tmp_path):
     stitcher = Stitcher(probs, labels, journal, tile_size=TILE, overlap=OVERLAP, chunk=CHUNK)
     for y, x in positions:
         tile = rng.dirichlet(np.ones(N_CLASSES), size=(TILE, TILE)).transpose(2, 0, 1).astype(np.float32)
-        blender.add(tile, y, x)
+        blender.add(tile, x, y)
         stitcher.add(tile, x, y)
     stitcher.finish()
-    assert np.abs(probs[:].astype(int) - np.rint(blender.result() * 255)).max() <= 1
+    assert np.abs(probs[:].astype(int) - np.rint(blender.finish() * 255)).max() <= 1
 
 
 def test_stitched_equals_whole_image_inference_away_from_border(tmp_path):
@@ -216,10 +217,23 @@ def test_strips_bound_the_accumulator_by_the_strip_not_the_slide(tmp_path):
         else:
             stitcher = StripStitcher(probs, labels, journal, tile_size=TILE, overlap=OVERLAP, chunk=CHUNK,
                                      strip_width=2 * CHUNK)
-            for _, x, y, strip in stitcher.plan(positions):
-                stitcher.add(tile, x, y, strip)
+            for _, x, y, _ in stitcher.plan(positions):
+                stitcher.add(tile, x, y)
         stitcher.finish()
         results[name] = (probs[...], labels[...], stitcher.max_accumulator_bytes)
     assert np.array_equal(results["full"][0], results["strips"][0])
     assert np.array_equal(results["full"][1], results["strips"][1])
     assert results["strips"][2] * 3 <= results["full"][2]  # 3 chunk columns at most, against 8
+
+
+def test_strip_stitcher_takes_tiles_in_its_plan_order_only(tmp_path):
+    probs, labels, journal = _arrays(tmp_path, 2 * CHUNK, 4 * CHUNK)
+    stitcher = StripStitcher(probs, labels, journal, tile_size=TILE, overlap=OVERLAP, chunk=CHUNK, strip_width=2 * CHUNK)
+    order = stitcher.plan([(0, 0), (STRIDE, 0)])
+    tile = np.full((N_CLASSES, TILE, TILE), 1 / N_CLASSES, np.float32)
+    with pytest.raises(ValueError, match=r"tile at \(48, 0\) does not come next"):
+        stitcher.add(tile, STRIDE, 0)
+    for _, x, y, _ in order:
+        stitcher.add(tile, x, y)
+    with pytest.raises(ValueError, match="does not come next"):
+        stitcher.add(tile, 0, 0)

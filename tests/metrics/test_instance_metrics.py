@@ -117,8 +117,8 @@ def test_voc_envelope_ignores_a_dip():
     assert voc_all_point_ap(np.array([0.5, 1.0]), np.array([0.5, 2 / 3])) == pytest.approx(2 / 3)
 
 
-def test_real_map_against_itself_and_relabelled(data_dir):
-    inst = np.array(Image.open(data_dir / "nuclei" / "cpm15" / "image01_inst.png")).astype(np.int64)
+def test_real_map_against_itself_and_relabelled(cpm15_dir):
+    inst = np.array(Image.open(cpm15_dir / "image01_inst.png")).astype(np.int64)
     ids = np.unique(inst)[1:]
     shuffled = np.zeros(inst.max() + 1, dtype=np.int64)
     shuffled[ids] = np.random.default_rng(0).permutation(ids) + 1000

@@ -9,11 +9,11 @@ import torch
 from wsipipe.models import build_model, parameter_count
 from wsipipe.models.cellularity import cellularity_loss, load_segmentation_encoder
 from wsipipe.models.usnet import (
+    MIN_CORE_PIXELS,
     AnchorMatcher,
     USNetLoss,
-    decode,
-    MIN_CORE_PIXELS,
     centre_distance,
+    decode,
     encode,
     instance_boxes,
     usnet_instances,
@@ -72,10 +72,10 @@ def _dense_match(anchors, boxes):
     return labels, encode(boxes[best_box], anchors)
 
 
-def test_binned_matching_equals_the_full_iou_matrix(data_dir):
+def test_binned_matching_equals_the_full_iou_matrix(cpm15_dir):
     from wsipipe.nuclei.data import load_cpm15
 
-    samples = load_cpm15(data_dir / "nuclei" / "cpm15")
+    samples = load_cpm15(cpm15_dir)
     anchors = build_model("usnet", 1, {"base": 4}).anchors(128, 128)
     match = AnchorMatcher(anchors)
     rng = np.random.default_rng(0)
@@ -240,11 +240,11 @@ def test_cellularity_net_shapes_loss_and_encoder_initialisation():
         load_segmentation_encoder(model, wrong.state_dict())
 
 
-def test_usnet_learns_a_real_crop(data_dir):
+def test_usnet_learns_a_real_crop(cpm15_dir):
     """Smoke training: 15 Adam steps on one real CPM-15 crop lower the loss (seconds on CPU)."""
     from wsipipe.nuclei.data import load_cpm15
 
-    sample = load_cpm15(data_dir / "nuclei" / "cpm15")[0]
+    sample = load_cpm15(cpm15_dir)[0]
     rgb = torch.as_tensor(sample.rgb[:64, :64]).permute(2, 0, 1)[None].float() / 255
     labels = torch.as_tensor(sample.instances[:64, :64].astype(np.int64))[None]
     torch.manual_seed(0)

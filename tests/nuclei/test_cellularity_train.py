@@ -42,10 +42,10 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def scored(data_dir, tmp_path_factory):
+def scored(tmp_path_factory, cpm15_dir):
     """Eight 64 px crops of four CPM-15 images with scores.csv: the nuclei area of each crop."""
     cpm15 = tmp_path_factory.mktemp("cpm15")
-    source = data_dir / "nuclei" / "cpm15"
+    source = cpm15_dir
     shutil.copy(source / "README_challenge.txt", cpm15)
     for name in ("image01", "image02", "image03", "image04"):
         for suffix in (".png", "_inst.png"):

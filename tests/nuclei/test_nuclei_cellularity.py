@@ -29,13 +29,13 @@ def test_cellularity_by_hand():
     assert cellularity_from_masks(instances, np.ones_like(tumour)) == pytest.approx(15 / 100)
 
 
-def test_regressor_learns_mask_cellularity_on_real_crops(data_dir):
+def test_regressor_learns_mask_cellularity_on_real_crops(cpm15_dir):
     """10 steps of the network on CPM-15 crops against their mask cellularity lower the L1 loss."""
     from wsipipe.models import build_model
     from wsipipe.models.cellularity import cellularity_loss
     from wsipipe.nuclei.data import load_cpm15
 
-    samples = load_cpm15(data_dir / "nuclei" / "cpm15")[:3]
+    samples = load_cpm15(cpm15_dir)[:3]
     crops, scores = [], []
     for sample in samples:
         for y, x in ((0, 0), (96, 96)):

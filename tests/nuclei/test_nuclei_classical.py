@@ -24,12 +24,12 @@ from wsipipe.nuclei.tiled import segment_image_tiled, segment_tiled
 
 
 @pytest.fixture(scope="module")
-def cpm15(data_dir):
-    return load_cpm15(data_dir / "nuclei" / "cpm15")
+def cpm15(cpm15_dir):
+    return load_cpm15(cpm15_dir)
 
 
-def test_haematoxylin_is_skimage_rgb2hed_in_natural_od(data_dir):
-    rgb = read_rgb(data_dir / "nuclei" / "cpm15" / "image01.png")[:100, :100]
+def test_haematoxylin_is_skimage_rgb2hed_in_natural_od(cpm15_dir):
+    rgb = read_rgb(cpm15_dir / "image01.png")[:100, :100]
     # skimage divides ln(I) by ln(1e-6) (ours is -ln(I / 255)) and keeps its stain rows
     # unnormalised (ours are unit rows, which scales the concentration by the row's length)
     reference = rgb2hed(rgb)[..., 0] * -np.log(1e-6) * np.linalg.norm(rgb_from_hed[0])
@@ -124,11 +124,11 @@ def test_component_peaks_on_plateaus_and_crowded_labels():
     assert component_peaks(np.ones((4, 4)), np.zeros((4, 4), int), 2).shape == (0, 2)
 
 
-def test_tiles_give_the_same_nuclei_as_the_whole_image(cpm15, data_dir):
+def test_tiles_give_the_same_nuclei_as_the_whole_image(cpm15, monuseg_dir):
     # small cores (64 µm at 0.5 µm/px) so that many nuclei straddle core borders
     for sample in (cpm15[0], cpm15[12]):
         _tiled_matches_whole(sample, core=128, margin=48)
-    monuseg = load_monuseg(data_dir / "nuclei" / "monuseg_train", limit=1)
+    monuseg = load_monuseg(monuseg_dir, limit=1)
     _tiled_matches_whole(monuseg[0], core=160, margin=48)
 
 
@@ -179,20 +179,20 @@ def test_a_nucleus_cut_below_the_minimum_by_its_neighbour_is_dropped():
     assert second.window == (0, 70, 100, 200) and np.array_equal(second.painted, out[:, 70:] == 2)
 
 
-def test_cpm15_magnifications_and_resampling(data_dir, cpm15):
-    table = cpm15_magnifications(data_dir / "nuclei" / "cpm15" / "README_challenge.txt")
+def test_cpm15_magnifications_and_resampling(cpm15, cpm15_dir):
+    table = cpm15_magnifications(cpm15_dir / "README_challenge.txt")
     assert len(table) == 15 and table["image01"] == 20 and table["image15"] == 40
-    raw = read_rgb(data_dir / "nuclei" / "cpm15" / "image15.png")
+    raw = read_rgb(cpm15_dir / "image15.png")
     resampled = cpm15[14]
     assert resampled.rgb.shape[:2] == (round(raw.shape[0] / 2), round(raw.shape[1] / 2))
     assert resampled.instances.shape == resampled.rgb.shape[:2]
-    assert cpm15[0].rgb.shape[:2] == read_rgb(data_dir / "nuclei" / "cpm15" / "image01.png").shape[:2]
+    assert cpm15[0].rgb.shape[:2] == read_rgb(cpm15_dir / "image01.png").shape[:2]
 
 
-def test_monuseg_outlines_become_instances(data_dir):
+def test_monuseg_outlines_become_instances(monuseg_dir):
     import re
 
-    xml = sorted((data_dir / "nuclei" / "monuseg_train").glob("*.xml"))[0]
+    xml = sorted((monuseg_dir).glob("*.xml"))[0]
     sample = load_monuseg(xml.parent, limit=1)[0]
     assert sample.rgb.shape[:2] == (505, 505)  # 1000 px at 0.2527 µm/px -> 505.4 px at 0.5 µm/px
     regions = len(re.findall(r"<Region\s", xml.read_text()))

@@ -22,10 +22,10 @@ from wsipipe.nuclei.outputs import AREA, read_labels
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, data_dir):
+def run(tmp_path_factory, cpm15_dir):
     """image14 (40x, 0.25 µm/px) with the left half of it marked as tumour."""
     tmp = tmp_path_factory.mktemp("nuclei")
-    image = data_dir / "nuclei" / "cpm15" / "image14.png"
+    image = cpm15_dir / "image14.png"
     raw = read_rgb(image)
     mask = np.zeros(raw.shape[:2], np.uint8)
     mask[:, : raw.shape[1] // 2] = 255
@@ -144,14 +144,14 @@ def test_labels_are_an_ome_zarr_label_image(run):
     assert attributes["params"]["min_area_um2"] == attributes["min_area_um2"] == 8.0
 
 
-def test_a_fluorescence_slide_all_tumour(tmp_path, slides_dir):
+def test_a_fluorescence_slide_all_tumour(tmp_path, dapi_ndpi):
     """Issue 25's slide with a whole-slide tumour mask: cellularity was 1.095 (one tile 1.89), nuclei
     of 0.5 µm² were written under the 8 µm² minimum, and two outlines had rings of 2 and 3 positions."""
     mask = tmp_path / "tumour.png"
     Image.fromarray(np.full((62, 76), 255, np.uint8)).save(mask)
     out = tmp_path / "out"
     result = CliRunner().invoke(
-        app, ["nuclei", str(slides_dir / "test3-DAPI-2-(387).ndpi"), "-o", str(out), "--tumour-mask", str(mask), "--qc", "off",
+        app, ["nuclei", str(dapi_ndpi), "-o", str(out), "--tumour-mask", str(mask), "--qc", "off",
               "--quiet"]  # quality control would refuse the slide: not brightfield
     )
     assert result.exit_code == 0, result.output
@@ -197,7 +197,7 @@ def test_same_nuclei_as_the_whole_image(run):
     assert labels.max() == whole.max()
 
 
-def test_a_run_that_fails_midway_leaves_the_previous_outputs(run, tmp_path, monkeypatch, data_dir):
+def test_a_run_that_fails_midway_leaves_the_previous_outputs(run, tmp_path, monkeypatch, cpm15_dir):
     import shutil
 
     out = tmp_path / "out"
@@ -210,15 +210,15 @@ def test_a_run_that_fails_midway_leaves_the_previous_outputs(run, tmp_path, monk
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(outputs, "write_geojson", disk_full)
-    image = data_dir / "nuclei" / "cpm15" / "image14.png"  # no tumour mask this time: other figures
+    image = cpm15_dir / "image14.png"  # no tumour mask this time: other figures
     result = CliRunner().invoke(app, ["nuclei", str(image), "-o", str(out), "--mpp-override", "0.25", "--quiet"])
     assert result.exit_code == 1 and "no space left on device while writing" in result.output
     assert staged == ["labels.zarr", "nuclei.csv"]  # written, then abandoned
     assert {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
 
-def test_image_without_mpp_warns(tmp_path, data_dir):
-    image = data_dir / "nuclei" / "cpm15" / "image15.png"
+def test_image_without_mpp_warns(tmp_path, cpm15_dir):
+    image = cpm15_dir / "image15.png"
     result = CliRunner().invoke(app, ["nuclei", str(image), "-o", str(tmp_path / "o"), "--quiet"])
     assert result.exit_code == 0, result.output
     assert "--mpp-override" in result.output
@@ -226,8 +226,8 @@ def test_image_without_mpp_warns(tmp_path, data_dir):
     assert not list((tmp_path / "o").glob(".*partial"))
 
 
-def test_usage_errors(tmp_path, data_dir):
-    image = data_dir / "nuclei" / "cpm15" / "image15.png"
+def test_usage_errors(tmp_path, cpm15_dir):
+    image = cpm15_dir / "image15.png"
     runner = CliRunner()
     missing = runner.invoke(app, ["nuclei", str(tmp_path / "none.png"), "-o", str(tmp_path / "o")])
     assert missing.exit_code == 2 and "no such file" in missing.output
@@ -245,7 +245,7 @@ def test_help_through_python_m():
     assert result.returncode == 0 and "--mpp-override" in result.stdout and "cellularity" in result.stdout
 
 
-def test_usnet_model_file_runs_end_to_end(tmp_path, data_dir):
+def test_usnet_model_file_runs_end_to_end(tmp_path, cpm15_dir):
     """An untrained tiny US-Net saved as a model file: the plumbing, not the accuracy."""
     import torch
 
@@ -260,7 +260,7 @@ def test_usnet_model_file_runs_end_to_end(tmp_path, data_dir):
     metadata = model_metadata("usnet", args, ["nucleus"], 0.5, 256)
     metadata["instances"] = {"min_pixels": 40}  # the model's minimum: 40 px of 0.25 µm² each
     path = save_model(tmp_path / "nuclei.safetensors", network, metadata)
-    image = data_dir / "nuclei" / "cpm15" / "image14.png"
+    image = cpm15_dir / "image14.png"
     out = tmp_path / "out"
     result = CliRunner().invoke(
         app, ["nuclei", str(image), "-o", str(out), "--model", str(path), "--mpp-override", "0.25", "--device", "cpu", "--quiet"]
@@ -278,8 +278,8 @@ def test_usnet_model_file_runs_end_to_end(tmp_path, data_dir):
     assert refused.exit_code == 2 and "not a nuclei (usnet) model" in refused.output
 
 
-def test_a_folder_another_run_writes_to_is_refused(tmp_path, data_dir, hold_folder_lock):
-    image = data_dir / "nuclei" / "cpm15" / "image01.png"
+def test_a_folder_another_run_writes_to_is_refused(tmp_path, hold_folder_lock, cpm15_dir):
+    image = cpm15_dir / "image01.png"
     outdir = tmp_path / "out"
     outdir.mkdir()
     hold_folder_lock(outdir)
@@ -288,8 +288,8 @@ def test_a_folder_another_run_writes_to_is_refused(tmp_path, data_dir, hold_fold
     assert "Traceback" not in result.output and sorted(p.name for p in outdir.iterdir()) == [".wsipipe.lock"]
 
 
-def test_an_output_folder_that_cannot_be_made_is_one_line(tmp_path, data_dir):
-    image = data_dir / "nuclei" / "cpm15" / "image01.png"
+def test_an_output_folder_that_cannot_be_made_is_one_line(tmp_path, cpm15_dir):
+    image = cpm15_dir / "image01.png"
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
     result = CliRunner().invoke(app, ["nuclei", str(image), "-o", str(blocker / "out"), "--mpp-override", "0.5"])

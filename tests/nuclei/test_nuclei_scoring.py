@@ -95,21 +95,21 @@ def test_usage_errors(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def cpm15_run(tmp_path_factory, data_dir):
+def cpm15_run(tmp_path_factory, cpm15_dir):
     out = tmp_path_factory.mktemp("cpm") / "image14"
-    image = data_dir / "nuclei" / "cpm15" / "image14.png"
+    image = cpm15_dir / "image14.png"
     result = runner.invoke(app, ["nuclei", str(image), "-o", str(out), "--mpp-override", "0.25", "--quiet"])
     assert result.exit_code == 0, result.output
     return out
 
 
-def test_real_cpm15_image_scores_as_the_cross_validation_does(cpm15_run, data_dir, tmp_path):
-    truth = data_dir / "nuclei" / "cpm15" / "image14_inst.png"
+def test_real_cpm15_image_scores_as_the_cross_validation_does(cpm15_run, tmp_path, cpm15_dir):
+    truth = cpm15_dir / "image14_inst.png"
     _evaluate("--task", "instances", cpm15_run, truth, "--json", tmp_path / "r.json", "-q",
               "--score-column", HAEMATOXYLIN)
     figures = json.loads((tmp_path / "r.json").read_text())
     # the same figures as the benchmark's: truth resampled to 0.5 µm/px with the images
-    sample = next(s for s in load_cpm15(data_dir / "nuclei" / "cpm15") if s.name == "cpm15/image14")
+    sample = next(s for s in load_cpm15(cpm15_dir) if s.name == "cpm15/image14")
     labels = read_labels(cpm15_run / "labels.zarr")[0][:]
     row = figures["per_image"]["image14_inst"]
     assert row["aji"] == pytest.approx(aji(sample.instances, labels))
@@ -117,8 +117,8 @@ def test_real_cpm15_image_scores_as_the_cross_validation_does(cpm15_run, data_di
     assert 0.3 < row["aji"] < 0.9 and 0 < figures["ap"] < 1 and figures["ap_scores"] == HAEMATOXYLIN
 
 
-def test_real_monuseg_outlines(tmp_path, data_dir):
-    root = data_dir / "nuclei" / "monuseg_train"
+def test_real_monuseg_outlines(tmp_path, monuseg_dir):
+    root = monuseg_dir
     xml = sorted(root.glob("*.xml"))[0]
     out = tmp_path / xml.stem
     mpp = read_annotations(xml).mpp  # MicronsPerPixel of the outlines, 0.2527

@@ -23,11 +23,11 @@ TINY = {"base": 4, "depth": 3, "anchor_sizes": [[24, 34], [12, 17], [6, 8.5]]}
 
 
 @pytest.fixture(scope="module")
-def nuclei_dir(data_dir, tmp_path_factory):
+def nuclei_dir(tmp_path_factory, cpm15_dir):
     """A nuclei folder with four CPM-15 images (the README's magnification table kept whole)."""
     root = tmp_path_factory.mktemp("nuclei") / "nuclei"
     (root / "cpm15").mkdir(parents=True)
-    source = data_dir / "nuclei" / "cpm15"
+    source = cpm15_dir
     shutil.copy(source / "README_challenge.txt", root / "cpm15")
     for name in ("image01", "image02", "image03", "image04"):
         for suffix in (".png", "_inst.png"):

@@ -34,8 +34,8 @@ def test_bundled_model_records_how_it_was_made(bundle):
         assert validation[key] == pytest.approx(np.mean(validation[f"fold_{key}"]))
 
 
-def test_eight_views_make_the_segmentation_turn_with_the_image(bundle, data_dir):
-    rgb = load_cpm15(data_dir / "nuclei" / "cpm15")[0].rgb[:128, :128]  # square, a multiple of the network's
+def test_eight_views_make_the_segmentation_turn_with_the_image(bundle, cpm15_dir):
+    rgb = load_cpm15(cpm15_dir)[0].rgb[:128, :128]  # square, a multiple of the network's
     turned = np.ascontiguousarray(np.rot90(rgb))
     single, eight = usnet_forward(bundle), usnet_forward(bundle, 8)
     seg, boxes, scores, _ = eight(rgb)
@@ -65,7 +65,7 @@ def test_a_distance_model_turns_its_distance_with_the_image_too():
     np.testing.assert_allclose(np.rot90(eight(square)[3]), eight(np.ascontiguousarray(np.rot90(square)))[3], atol=1e-5)
 
 
-def test_a_normalised_view_averages_the_input_as_it_is_and_mapped_onto_the_target(data_dir, caplog):
+def test_a_normalised_view_averages_the_input_as_it_is_and_mapped_onto_the_target(caplog, cpm15_dir):
     """Every output is the mean of the network's on the window as it is and on the window mapped
     with the parameters given (a slide's), else with the window's own; a model without the record
     sees the window once, as it is."""
@@ -77,7 +77,7 @@ def test_a_normalised_view_averages_the_input_as_it_is_and_mapped_onto_the_targe
     torch = pytest.importorskip("torch")
     torch.manual_seed(0)
     network = build_model("usnet", 1, {"base": 4, "depth": 3, "anchor_sizes": [[16, 24], [8, 12], [4, 6]], "distance": True}).eval()
-    first, second = (s.rgb[:64, :96] for s in load_cpm15(data_dir / "nuclei" / "cpm15")[:2])
+    first, second = (s.rgb[:64, :96] for s in load_cpm15(cpm15_dir)[:2])
     target = ReinhardNormalizer().estimate(first)
     plain = ModelBundle(network, {"input_normalisation": IMAGENET_NORMALISATION})
     viewing = ModelBundle(network, {"input_normalisation": IMAGENET_NORMALISATION,
@@ -111,21 +111,21 @@ def _tiled_matches_whole(sample, segment, core):
     assert match(whole, tiled, threshold=0.9).tp >= 0.99 * n_whole
 
 
-def test_tiles_give_the_same_nuclei_as_the_whole_image(bundle, data_dir):
+def test_tiles_give_the_same_nuclei_as_the_whole_image(bundle, cpm15_dir, monuseg_dir):
     # small cores (128 µm) so that many nuclei straddle core borders; every tile normalised with the
     # image's stain parameters, as `wsipipe nuclei` does with a slide's
-    for sample in (load_cpm15(data_dir / "nuclei" / "cpm15")[0], load_monuseg(data_dir / "nuclei" / "monuseg_train", limit=1)[0]):
+    for sample in (load_cpm15(cpm15_dir)[0], load_monuseg(monuseg_dir, limit=1)[0]):
         _tiled_matches_whole(sample, usnet_segmenter(bundle, input_stain(bundle.metadata, sample.rgb)), core=256)
 
 
-def test_nuclei_command_runs_the_bundled_model_by_name(data_dir, tmp_path):
+def test_nuclei_command_runs_the_bundled_model_by_name(tmp_path, cpm15_dir):
     import json
 
     from typer.testing import CliRunner
 
     from wsipipe.cli.main import app
 
-    image = data_dir / "nuclei" / "cpm15" / "image02.png"  # a 20x image: 0.5 µm/px
+    image = cpm15_dir / "image02.png"  # a 20x image: 0.5 µm/px
     result = CliRunner().invoke(app, ["nuclei", str(image), "-o", str(tmp_path), "--model", "bundled",
                                       "--mpp-override", "0.5", "--quiet"])
     assert result.exit_code == 0, result.output

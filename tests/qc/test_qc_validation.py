@@ -48,8 +48,8 @@ class ArrayReader(SlideReader):
 
 
 @pytest.fixture(scope="module")
-def cmu(slides_dir):
-    with open_slide(slides_dir / "CMU-1-Small-Region.svs") as reader:
+def cmu(cmu_small_svs):
+    with open_slide(cmu_small_svs) as reader:
         return reader.read_region((0, 0), 0, reader.dimensions), reader.mpp
 
 
@@ -99,14 +99,9 @@ def test_pen_strokes_are_found(cmu, ink):
     assert result.summary["pen_colours"][ink] == max(result.summary["pen_colours"].values())
 
 
-@pytest.mark.parametrize("ink", [
-    "black", "blue", "green",
-    pytest.param("red", marks=pytest.mark.xfail(strict=True, reason=(
-        "known miss (Dice 0.32): red ink over these dense purple crops darkens to hue 22-35 deg, chroma 32-72, "
-        "inside the eosin / red-cell range"))),
-])
-def test_pen_strokes_on_lung_crops_are_found(data_dir, ink):
-    path = data_dir / "lung" / "images" / "lung_02.png"
+@pytest.mark.parametrize("ink", sorted(INKS))
+def test_pen_strokes_on_lung_crops_are_found(ink, lung_dir):
+    path = lung_dir / "images" / "lung_02.png"
     rgb = np.ascontiguousarray(cv2.imread(str(path), cv2.IMREAD_COLOR)[..., ::-1])
     mpp = 2.0  # low-power crops whose scale is not recorded: a stroke 75 px wide is 150 µm here
     stroke = _stroke(rgb.shape[:2], (100, 900), (900, 150), round(150 / mpp))
@@ -137,12 +132,12 @@ def test_synthetic_slide_blur_and_clean_tissue(synthetic):
     truth[region] = True
     expected = on_grid(truth, clean.tissue.shape) & (clean.tissue > 0)
     scores = {}
-    for sigma in (2.0, 4.0):  # 0.5 and 1 µm at 0.25 µm/px; the criterion is sigma >~ 0.75 µm
+    for sigma in (2.0, 4.0):  # 0.5 and 1 µm at 0.25 µm/px: focus is read at 0.5 µm/px, where they are 1 and 2 px
         burned = rgb.copy()
         burned[region] = cv2.GaussianBlur(rgb, (0, 0), sigma)[region]
         scores[sigma] = dice(run_qc(ArrayReader(burned, mpp)).masks["out_of_focus"], expected)
     print(f"synthetic unflagged {_unflagged_share(clean):.3f}; blur Dice sigma 2 px {scores[2.0]:.3f}, 4 px {scores[4.0]:.3f}")
-    assert scores[4.0] >= 0.8
+    assert scores[2.0] >= 0.8 and scores[4.0] >= 0.8
 
 
 def test_fold_is_found(cmu):
@@ -166,11 +161,7 @@ def test_fold_is_found(cmu):
     assert score >= 0.6
 
 
-@pytest.mark.parametrize("gain, artefact", [
-    pytest.param(1.8, "over_exposed", marks=pytest.mark.xfail(
-        reason="known miss: dense purple tissue is not clipped at gain 1.8 (recall 0.63 measured)", strict=True)),
-    (0.45, "under_exposed"),
-])
+@pytest.mark.parametrize("gain, artefact", [(1.8, "over_exposed"), (0.45, "under_exposed")])
 def test_exposure_is_found(cmu, gain, artefact):
     rgb, mpp = cmu
     region = (slice(1000, 2200), slice(200, 1400))  # 600 µm square
@@ -203,11 +194,9 @@ def test_clean_slides_are_left_alone_and_brightfield(slides_dir, name):
     assert result.summary["usable"] is True
 
 
-@pytest.mark.xfail(reason="known miss: lung_01's dense dark tumour reads as 3.5 % under-exposed (0.965 unflagged)",
-                   strict=True)
-def test_lung_images_are_left_alone(data_dir):
+def test_lung_images_are_left_alone(lung_dir):
     shares = []
-    for path in sorted(glob.glob(str(data_dir / "lung" / "images" / "*.png"))):
+    for path in sorted(glob.glob(str(lung_dir / "images" / "*.png"))):
         rgb = np.ascontiguousarray(cv2.imread(path, cv2.IMREAD_COLOR)[..., ::-1])
         shares.append(_unflagged_share(run_qc(ArrayReader(rgb, 2.0, path))))  # low-power crops; scale unrecorded
     print("lung unflagged tissue", [round(s, 3) for s in shares])
@@ -224,9 +213,9 @@ def test_fluorescence_slides_are_not_brightfield(slides_dir, name):
     assert (summary["usable"], summary["verdict_rule"]) == (False, "brightfield")
 
 
-def test_ihc_is_not_he(data_dir):
+def test_ihc_is_not_he(stain_dir):
     """DAB immunohistochemistry (the stain set's negative control) fails on its stain, not as pen."""
-    rgb = np.ascontiguousarray(cv2.imread(str(data_dir / "stain" / "skimage_ihc.png"), cv2.IMREAD_COLOR)[..., ::-1])
+    rgb = np.ascontiguousarray(cv2.imread(str(stain_dir / "skimage_ihc.png"), cv2.IMREAD_COLOR)[..., ::-1])
     summary = run_qc(ArrayReader(rgb, 0.5)).summary
     assert summary["brightfield"]["value"] is True
     assert summary["stain"]["looks_like_he"] is False

@@ -83,10 +83,10 @@ def _report(slide="slide <1>.svs"):
     }
 
 
-def test_overlay_tints_and_outlines_the_mask_on_a_real_slide_thumbnail(slides_dir):
+def test_overlay_tints_and_outlines_the_mask_on_a_real_slide_thumbnail(cmu_small_svs):
     from wsipipe.slide import open_slide
 
-    with open_slide(slides_dir / "CMU-1-Small-Region.svs") as reader:
+    with open_slide(cmu_small_svs) as reader:
         thumbnail = reader.thumbnail_at_mpp(8.0)
     labels = np.zeros((thumbnail.shape[0] // 2, thumbnail.shape[1] // 2), np.uint8)
     labels[20:60, 20:60] = 1  # coarser than the thumbnail: resized (nearest) onto it

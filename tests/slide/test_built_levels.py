@@ -19,9 +19,6 @@ from wsipipe.slide import built, open_slide
 from wsipipe.slide.built import LEVELS_FOLDER, with_level_for
 from wsipipe.slide.synthetic import SyntheticSpec, write_synthetic_slide
 
-OME = "OS-1-detail.ome.tif"  # one level, 0.227 µm/px, 1101 x 1101
-SVS = "CMU-1-Small-Region.svs"  # one level, 0.499 µm/px
-
 
 def _level0(path) -> np.ndarray:
     """Level 0 as RGB, read by the format's own library (not through wsipipe)."""
@@ -42,9 +39,9 @@ def _area_average(level0: np.ndarray, x: int, y: int, size: tuple[int, int], dow
     return cv2.resize(region, size, interpolation=cv2.INTER_AREA)
 
 
-@pytest.mark.parametrize(("name", "mpp"), [(OME, 12.0), (SVS, 24.0)])
-def test_built_level_is_the_area_average_of_level_0(slides_dir, tmp_path, name, mpp):
-    path = slides_dir / name
+@pytest.mark.parametrize(("name", "mpp"), [("ome_tiff", 12.0), ("cmu_small_svs", 24.0)])  # one level each
+def test_built_level_is_the_area_average_of_level_0(request, tmp_path, name, mpp):
+    path = request.getfixturevalue(name)
     level0 = _level0(path)
     with open_slide(path) as reader:
         with pytest.raises(InvalidInputError, match="without building a coarser level"):
@@ -68,8 +65,8 @@ def test_built_level_is_the_area_average_of_level_0(slides_dir, tmp_path, name, 
             assert diff.max() <= 3 and diff.mean() < 0.3, (kx, ky)
 
 
-def test_a_rerun_and_other_readers_reuse_the_level(slides_dir, tmp_path, monkeypatch):
-    path = slides_dir / OME
+def test_a_rerun_and_other_readers_reuse_the_level(tmp_path, monkeypatch, cmu_small_svs, ome_tiff):
+    path = ome_tiff
     with open_slide(path) as reader:
         first = with_level_for(reader, 12.0, tmp_path)
         pixels = first.read_at_mpp((-100, 50), (30, 30), 12.0)
@@ -86,12 +83,12 @@ def test_a_rerun_and_other_readers_reuse_the_level(slides_dir, tmp_path, monkeyp
         assert other.levels == first.levels
         assert np.array_equal(other.read_at_mpp((-100, 50), (30, 30), 12.0), pixels)
     assert stored.stat().st_mtime_ns == modified
-    with open_slide(slides_dir / SVS, levels_cache=tmp_path) as unrelated:
+    with open_slide(cmu_small_svs, levels_cache=tmp_path) as unrelated:
         assert len(unrelated.levels) == 1  # a level is found only by its own slide
 
 
-def test_a_failed_build_leaves_no_level_behind(slides_dir, tmp_path, monkeypatch):
-    with open_slide(slides_dir / SVS) as reader:
+def test_a_failed_build_leaves_no_level_behind(tmp_path, monkeypatch, cmu_small_svs):
+    with open_slide(cmu_small_svs) as reader:
         calls = []
 
         def failing_read(*args, **kwargs):
@@ -106,8 +103,8 @@ def test_a_failed_build_leaves_no_level_behind(slides_dir, tmp_path, monkeypatch
     assert [p.name for p in (tmp_path / "levels").iterdir()] == [".wsipipe.lock"]
 
 
-def test_impossible_scales_are_refused_before_anything_is_made(slides_dir, tmp_path):
-    with open_slide(slides_dir / OME) as reader:
+def test_impossible_scales_are_refused_before_anything_is_made(tmp_path, ome_tiff):
+    with open_slide(ome_tiff) as reader:
         coarsest = reader.mpp * max(reader.dimensions) / 8  # the whole slide 8 px across
         message = (f"1000.0 µm/px is too coarse for this slide: at most {coarsest:.4g} can be read "
                    "(the slide is then 8 px across)")
@@ -141,11 +138,11 @@ def test_building_a_level_of_a_20000_px_slide_keeps_memory_bounded(tmp_path):
 
 
 @pytest.mark.slow  # the bundled model and a reader process: ~15-25 s on a shared 2-core machine
-def test_segment_on_a_single_level_ome_tiff(slides_dir, tmp_path):
+def test_segment_on_a_single_level_ome_tiff(tmp_path, ome_tiff):
     """The bundled model (12 µm/px) on a slide whose only level is 0.227 µm/px; the reader process
     reads the built level too."""
     out = tmp_path / "out"
-    args = ["segment", str(slides_dir / OME), "-o", str(out), "--device", "cpu", "--quiet"]
+    args = ["segment", str(ome_tiff), "-o", str(out), "--device", "cpu", "--quiet"]
     result = CliRunner().invoke(app, [*args, "--workers", "1"])
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
@@ -157,8 +154,8 @@ def test_segment_on_a_single_level_ome_tiff(slides_dir, tmp_path):
     assert level.stat().st_mtime_ns == modified
 
 
-def test_tile_on_a_single_level_ome_tiff(slides_dir, tmp_path):
-    path = slides_dir / OME
+def test_tile_on_a_single_level_ome_tiff(tmp_path, ome_tiff):
+    path = ome_tiff
     store = tmp_path / "tiles.zarr"
     result = CliRunner().invoke(app, ["tile", str(path), "-o", str(store), "--mpp", "12", "--tile-size", "8",
                                       "--tissue-threshold", "0", "--workers", "2", "--quiet"])
@@ -176,10 +173,10 @@ def test_tile_on_a_single_level_ome_tiff(slides_dir, tmp_path):
 
 
 @pytest.mark.slow  # a Dask worker running the bundled model: ~30 s
-def test_batch_segment_over_a_folder_with_a_single_level_ome_tiff(slides_dir, tmp_path):
+def test_batch_segment_over_a_folder_with_a_single_level_ome_tiff(tmp_path, ome_tiff):
     archive = tmp_path / "archive"
     archive.mkdir()
-    (archive / OME).symlink_to(slides_dir / OME)
+    (archive / ome_tiff.name).symlink_to(ome_tiff)
     out = tmp_path / "out"
     result = CliRunner().invoke(app, ["batch", str(archive), "-o", str(out), "--job", "segment", "--device", "cpu",
                                       "--quiet"])

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import openslide
 import pytest
-import tiffslide
 import tifffile
+import tiffslide
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -87,26 +87,27 @@ def test_native_level_reads_equal_openslide_read_region(slides_dir):
     assert checked >= 3 * (1 + 2 + 7 + 7)
 
 
-def test_edge_tile_is_white_beyond_the_slide(slides_dir):
-    reader = open_slide(slides_dir / "CMU-1-Small-Region.svs")
+def test_edge_tile_is_white_beyond_the_slide(cmu_small_svs):
+    reader = open_slide(cmu_small_svs)
     width, height = reader.dimensions
     tile = reader.read_region((width - 10, height - 20), 0, (64, 64))
     assert (tile[20:, :] == 255).all() and (tile[:, 10:] == 255).all()
     assert (tile[:20, :10] != 255).any()
 
 
-@pytest.mark.parametrize("name", ["CMU-1-Small-Region.svs", "TCGA-CR-7395-01A-01-TS1.svs", "test3-DAPI-2-(387).ndpi"])
-def test_tiffslide_backend_matches_openslide_at_level_0(slides_dir, name):
-    ref = openslide.OpenSlide(str(slides_dir / name))
-    reader = open_slide(slides_dir / name, backend="tiffslide")
+@pytest.mark.parametrize("name", ["cmu_small_svs", "jp2k_svs", "dapi_ndpi"])
+def test_tiffslide_backend_matches_openslide_at_level_0(request, name):
+    path = request.getfixturevalue(name)
+    ref = openslide.OpenSlide(str(path))
+    reader = open_slide(path, backend="tiffslide")
     assert reader.backend == "tiffslide"
     for location in _positions(*ref.dimensions):
         expected = _openslide_on_white(ref, location, 0, (256, 200))
         np.testing.assert_array_equal(reader.read_region(location, 0, (256, 200)), expected, err_msg=f"{name} {location}")
 
 
-def test_ome_tiff_reads_equal_tifffile_pixels(slides_dir):
-    path = slides_dir / "OS-1-detail.ome.tif"
+def test_ome_tiff_reads_equal_tifffile_pixels(ome_tiff):
+    path = ome_tiff
     reader = open_slide(path)
     assert reader.backend == "tiffslide"
     pixels = tifffile.imread(path)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import subprocess
-import time
 import sys
+import time
 import tracemalloc
 
 import cv2
@@ -148,9 +148,9 @@ def test_cli_writes_a_slide_and_refuses_bad_options(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]  # no y.tif, no temporary left
 
 
-def test_cli_subprocess_with_extra_source(tmp_path, data_dir):
+def test_cli_subprocess_with_extra_source(tmp_path, stain_dir):
     out = tmp_path / "lung.tif"
-    source = data_dir / "stain" / "tiatoolbox_target.png"
+    source = stain_dir / "tiatoolbox_target.png"
     result = subprocess.run(
         [sys.executable, "-m", "wsipipe", "synth", str(out), "--width", "800", "--height", "600",
          "--source", str(source), "--levels", "2", "--quiet"],

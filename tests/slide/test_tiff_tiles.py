@@ -19,10 +19,6 @@ def synthetic_slide(tmp_path_factory):
     return path
 
 
-def _slide_path(name, slides_dir, synthetic_slide):
-    return synthetic_slide if name == "synthetic" else slides_dir / name
-
-
 def _openslide_reference(path, x, y, level, width, height):
     """openslide's own read_region, composited on white by hand (alpha is all-or-nothing here)."""
     with openslide.OpenSlide(str(path)) as slide:
@@ -50,12 +46,12 @@ def _regions(reader, level):
 
 
 # (slide, levels the fast path must serve): CMU is JPEG, TCGA is Aperio JPEG 2000 (RGB).
-OPENSLIDE_CASES = [("CMU-1-Small-Region.svs", [0]), ("TCGA-CR-7395-01A-01-TS1.svs", [0, 1]), ("synthetic", [0, 1, 2])]
+OPENSLIDE_CASES = [("cmu_small_svs", [0]), ("jp2k_svs", [0, 1]), ("synthetic_slide", [0, 1, 2])]
 
 
 @pytest.mark.parametrize(("name", "levels"), OPENSLIDE_CASES)
-def test_openslide_backend_equals_openslide(name, levels, slides_dir, synthetic_slide):
-    path = _slide_path(name, slides_dir, synthetic_slide)
+def test_openslide_backend_equals_openslide(name, levels, request):
+    path = request.getfixturevalue(name)
     with open_slide(path, backend="openslide") as reader:
         assert [i for i in range(len(reader.levels)) if reader._direct_tiles.covers(i)] == levels
         for level in levels:
@@ -66,9 +62,9 @@ def test_openslide_backend_equals_openslide(name, levels, slides_dir, synthetic_
                 np.testing.assert_array_equal(reader.read_region((x, y), level, (w, h)), expected)
 
 
-@pytest.mark.parametrize(("name", "levels"), [*OPENSLIDE_CASES, ("OS-1-detail.ome.tif", [0])])
-def test_tiffslide_backend_equals_tiffslide_and_openslide(name, levels, slides_dir, synthetic_slide, monkeypatch):
-    path = _slide_path(name, slides_dir, synthetic_slide)
+@pytest.mark.parametrize(("name", "levels"), [*OPENSLIDE_CASES, ("ome_tiff", [0])])
+def test_tiffslide_backend_equals_tiffslide_and_openslide(name, levels, request, monkeypatch):
+    path = request.getfixturevalue(name)
     monkeypatch.setenv(ENV_SWITCH, "0")
     plain = open_slide(path, backend="tiffslide")
     assert plain._direct_tiles is None
@@ -79,13 +75,13 @@ def test_tiffslide_backend_equals_tiffslide_and_openslide(name, levels, slides_d
             for x, y, w, h in _regions(reader, level):
                 fast = reader.read_region((x, y), level, (w, h))
                 np.testing.assert_array_equal(fast, plain.read_region((x, y), level, (w, h)))
-                if name != "OS-1-detail.ome.tif" and (x / reader.levels[level].downsample).is_integer():
+                if name != "ome_tiff" and (x / reader.levels[level].downsample).is_integer():
                     np.testing.assert_array_equal(fast, _openslide_reference(path, x, y, level, w, h))
 
 
-def test_fractional_level_position_is_left_to_openslide(slides_dir):
+def test_fractional_level_position_is_left_to_openslide(jp2k_svs):
     """At a level-0 position that is not a whole level pixel openslide resamples; so do we."""
-    path = slides_dir / "TCGA-CR-7395-01A-01-TS1.svs"
+    path = jp2k_svs
     with open_slide(path, backend="openslide") as reader:
         assert reader._direct_tiles.covers(1)
         x, y = 1001, 777
@@ -123,13 +119,13 @@ def test_switch_turns_the_fast_path_off(synthetic_slide, monkeypatch):
         assert reader._direct_tiles is None
 
 
-def test_corrupt_tile_is_a_clear_error(tmp_path, slides_dir):
+def test_corrupt_tile_is_a_clear_error(tmp_path, cmu_small_svs):
     """Garbage in one tile's bytes: a one-line SlideOpenError naming the file, not a codec trace."""
     import tifffile
 
     from wsipipe.errors import SlideOpenError
 
-    source = slides_dir / "CMU-1-Small-Region.svs"
+    source = cmu_small_svs
     broken = tmp_path / "corrupt.svs"
     data = bytearray(source.read_bytes())
     with tifffile.TiffFile(source) as tif:
@@ -168,16 +164,16 @@ def _count_general_decodes(monkeypatch):
 
 
 # JPEG tiles in each colour-space case: Aperio RGB without JFIF (CMU), JFIF RGB (OME-TIFF), YCbCr (synthetic).
-IN_PLACE_CASES = [("CMU-1-Small-Region.svs", "openslide"), ("CMU-1-Small-Region.svs", "tiffslide"),
-                  ("synthetic", "openslide"), ("synthetic", "tiffslide"), ("OS-1-detail.ome.tif", "tiffslide")]
+IN_PLACE_CASES = [("cmu_small_svs", "openslide"), ("cmu_small_svs", "tiffslide"),
+                  ("synthetic_slide", "openslide"), ("synthetic_slide", "tiffslide"), ("ome_tiff", "tiffslide")]
 
 
 @pytest.mark.parametrize(("name", "backend"), IN_PLACE_CASES)
-def test_whole_jpeg_tiles_decoded_in_place_equal_the_backend(name, backend, slides_dir, synthetic_slide, monkeypatch):
+def test_whole_jpeg_tiles_decoded_in_place_equal_the_backend(name, backend, request, monkeypatch):
     """Every whole tile of every JPEG level, read into a buffer, is decoded in place (no general
     decode) and equals openslide's read_region (tiffslide's for the OME-TIFF, which openslide
     does not read)."""
-    path = _slide_path(name, slides_dir, synthetic_slide)
+    path = request.getfixturevalue(name)
     monkeypatch.setenv(ENV_SWITCH, "0")
     plain = open_slide(path, backend=backend)
     monkeypatch.delenv(ENV_SWITCH)
@@ -191,7 +187,7 @@ def test_whole_jpeg_tiles_decoded_in_place_equal_the_backend(name, backend, slid
             out = np.empty((height, width, 3), np.uint8)
             for x, y in positions:
                 assert reader.read_region((x, y), level, (width, height), out=out) is out
-                if backend == "openslide" or name == "OS-1-detail.ome.tif":
+                if backend == "openslide" or name == "ome_tiff":
                     expected = plain.read_region((x, y), level, (width, height))
                 else:
                     expected = _openslide_reference(path, x, y, level, width, height)

@@ -16,8 +16,8 @@ METHODS = ["vahadane", "macenko", "reinhard"]
 
 
 @pytest.fixture(scope="module")
-def he_image(data_dir):
-    return np.asarray(Image.open(data_dir / "stain" / "stardist_histo.jpg").convert("RGB"))
+def he_image(stain_dir):
+    return np.asarray(Image.open(stain_dir / "stardist_histo.jpg").convert("RGB"))
 
 
 @pytest.fixture(scope="module", params=METHODS)
@@ -90,9 +90,9 @@ def test_unusable_arrays_are_refused_clearly(fitted, image, message):
         normalizer.transform(image)
 
 
-def test_rgba_is_composited_on_white(fitted, data_dir):
+def test_rgba_is_composited_on_white(fitted, cpm15_dir):
     normalizer, slide = fitted
-    rgba = np.asarray(Image.open(data_dir / "nuclei" / "cpm15" / "image01.png"))[:128, :128]
+    rgba = np.asarray(Image.open(cpm15_dir / "image01.png"))[:128, :128]
     assert rgba.shape[-1] == 4
     rgba = rgba.copy()
     rgba[:8, :8, 3] = 0  # a transparent corner reads as white background

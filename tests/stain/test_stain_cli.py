@@ -13,15 +13,15 @@ from typer.testing import CliRunner
 
 from wsipipe.cli.main import app
 from wsipipe.slide import open_slide
-from wsipipe.stain import StainParams, default_target, get_normalizer
+from wsipipe.stain import StainParams, default_target, estimate_slide_stain, get_normalizer
 from wsipipe.store import create_tile_store, open_tile_store
 
 TILE = 128
 
 
 @pytest.fixture(scope="module")
-def region(data_dir):
-    with open_slide(data_dir / "slides" / "CMU-1-Small-Region.svs") as reader:
+def region(cmu_small_svs):
+    with open_slide(cmu_small_svs) as reader:
         return reader.read_region((512, 768), 0, (4 * TILE, 3 * TILE))
 
 
@@ -68,6 +68,15 @@ def test_normalize_writes_a_store_with_the_same_coordinates_and_the_slide_stains
     assert not np.array_equal(normalised.tiles[...], tiles)
 
 
+def test_the_slide_estimate_samples_a_store_as_it_does_an_array(source_store):
+    """zarr arrays have a shape but no len(): a store's tiles are sampled, not all read."""
+    path, tiles = source_store
+    normalizer = get_normalizer("macenko").fit(default_target("macenko"))
+    from_store = estimate_slide_stain(open_tile_store(path).tiles, normalizer, max_tiles=3)
+    assert from_store == estimate_slide_stain(tiles, normalizer, max_tiles=3)
+    assert from_store != estimate_slide_stain(tiles, normalizer, max_tiles=len(tiles))
+
+
 def test_normalize_resumes_after_an_interruption(source_store, tmp_path):
     from wsipipe.stages import NormalizeConfig, normalize
 
@@ -104,9 +113,9 @@ def test_normalising_twice_is_refused_unless_overwrite(source_store, tmp_path):
     assert open_tile_store(twice).complete
 
 
-def test_target_image_option(source_store, tmp_path, data_dir):
+def test_target_image_option(source_store, tmp_path, stain_dir):
     path, _ = source_store
-    target = data_dir / "stain" / "warwick_target_p.png"
+    target = stain_dir / "warwick_target_p.png"
     result = _run(path, "-o", tmp_path / "t.zarr", "--target", target, "--device", "cpu", "-q")
     assert result.exit_code == 0, result.output
     stain = open_tile_store(tmp_path / "t.zarr").meta["stain"]
@@ -156,10 +165,10 @@ def test_missing_store_through_the_console(tmp_path):
     assert "nope.zarr: no such store" in completed.stderr
 
 
-def test_tile_then_normalize_end_to_end(data_dir, tmp_path):
+def test_tile_then_normalize_end_to_end(tmp_path, cmu_small_svs):
     tiles = tmp_path / "cmu.zarr"
     result = CliRunner().invoke(
-        app, ["tile", str(data_dir / "slides" / "CMU-1-Small-Region.svs"), "-o", str(tiles), "--tile-size", "256", "--quiet"]
+        app, ["tile", str(cmu_small_svs), "-o", str(tiles), "--tile-size", "256", "--quiet"]
     )
     assert result.exit_code == 0, result.output
     out = tmp_path / "cmu.norm.zarr"
@@ -170,9 +179,9 @@ def test_tile_then_normalize_end_to_end(data_dir, tmp_path):
     assert normalised.n_tiles == source.n_tiles and normalised.complete
 
 
-def test_ihc_target_is_warned_about(source_store, tmp_path, data_dir):
+def test_ihc_target_is_warned_about(source_store, tmp_path, stain_dir):
     path, _ = source_store
-    target = data_dir / "stain" / "skimage_ihc.png"
+    target = stain_dir / "skimage_ihc.png"
     result = _run(path, "-o", tmp_path / "ihc.zarr", "--target", target, "--device", "cpu", "-q")
     assert result.exit_code == 0, result.output
     assert f"Warning: --target {target}" in result.output and "probably not H&E" in result.output

@@ -49,13 +49,13 @@ def staintools_converged():
 
 
 @pytest.fixture(scope="session")
-def target(data_dir):
-    return _rgb(data_dir / "stain" / TARGET)
+def target(stain_dir):
+    return _rgb(stain_dir / TARGET)
 
 
 @pytest.fixture(scope="session")
-def images(data_dir):
-    return {name: _crop(_rgb(data_dir / "stain" / name), 512) for name in HE_IMAGES}
+def images(stain_dir):
+    return {name: _crop(_rgb(stain_dir / name), 512) for name in HE_IMAGES}
 
 
 @pytest.mark.slow  # SPAMS learns to convergence: about 30 s on a loaded machine
@@ -82,8 +82,8 @@ def test_macenko_matches_staintools(images, staintools_converged):
         assert max(angle(ours[0], theirs[0]), angle(ours[1], theirs[1])) <= 3.0, name
 
 
-def test_ihc_is_flagged_not_he_and_still_normalised(data_dir, target):
-    ihc = _rgb(data_dir / "stain" / "skimage_ihc.png")
+def test_ihc_is_flagged_not_he_and_still_normalised(target, stain_dir):
+    ihc = _rgb(stain_dir / "skimage_ihc.png")
     normalizer = get_normalizer("vahadane").fit(target)
     with pytest.warns(StainWarning, match="not H&E"):
         params = normalizer.estimate(ihc)

@@ -20,19 +20,19 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="session")
-def he_image(data_dir):
-    return np.asarray(Image.open(data_dir / "stain" / "tiatoolbox_target.png").convert("RGB"))[:512, :512]
+def he_image(stain_dir):
+    return np.asarray(Image.open(stain_dir / "tiatoolbox_target.png").convert("RGB"))[:512, :512]
 
 
 @pytest.fixture(scope="session")
-def target_image(data_dir):
-    return np.asarray(Image.open(data_dir / "stain" / "warwick_target_p.png").convert("RGB"))[:384, :384]
+def target_image(stain_dir):
+    return np.asarray(Image.open(stain_dir / "warwick_target_p.png").convert("RGB"))[:384, :384]
 
 
 @pytest.fixture(scope="session")
-def slide_tiles(data_dir):
+def slide_tiles(cmu_small_svs):
     """All 256 px tiles of a 2048 x 2816 region of CMU-1-Small-Region (a real H&E slide)."""
-    with open_slide(data_dir / "slides" / "CMU-1-Small-Region.svs") as reader:
+    with open_slide(cmu_small_svs) as reader:
         image = reader.read_region((0, 0), 0, (2048, 2816))
     tiles = image.reshape(11, 256, 8, 256, 3).swapaxes(1, 2).reshape(-1, 256, 256, 3)
     return np.ascontiguousarray(tiles), image
@@ -152,7 +152,7 @@ def test_device_option(monkeypatch):
     assert resolve_device("auto", notify=messages.append) == torch.device("cpu")
     assert "No CUDA GPU found" in messages[0]
     assert resolve_device("cpu") == torch.device("cpu")
-    with pytest.raises(InvalidInputError, match="--device cuda: no CUDA GPU is available"):
+    with pytest.raises(InvalidInputError, match="device cuda: no CUDA GPU is available"):
         resolve_device("cuda")
     with pytest.raises(InvalidInputError, match="expected auto, cpu, cuda"):
         resolve_device("tpu")
@@ -242,3 +242,34 @@ def test_vahadane_matrix_is_a_minimum_of_its_objective(he_image):
         turned = learned + rng.normal(scale=0.01, size=(2, 3))  # about half a degree
         turned /= np.linalg.norm(turned, axis=1, keepdims=True)
         assert objective(turned) > best
+
+
+@pytest.mark.parametrize("method", ["vahadane", "macenko", "reinhard"])
+def test_colour_table_gives_what_each_pixel_computed_alone_gives(method, slide_tiles, target_image):
+    """On the CPU a slide's tiles are mapped through a table of their distinct colours: the same
+    uint8 values as mapping every pixel, tiles without tissue left as they are."""
+    all_tiles, _ = slide_tiles
+    normalizer = get_normalizer(method).fit(target_image)
+    slide = estimate_slide_stain(all_tiles, normalizer)
+    threads = torch.get_num_threads()
+    tiles = all_tiles[all_tiles.mean(axis=(1, 2, 3)) < 215]  # tissue tiles
+    batch = np.ascontiguousarray(np.concatenate([tiles[:6], np.full((1, 256, 256, 3), 240, np.uint8)]))
+    out = normalizer.transform(batch, source=slide)
+    per_pixel = normalizer._apply(torch.from_numpy(batch).reshape(-1, 3), slide).numpy().reshape(batch.shape)
+    assert np.array_equal(out[:6], per_pixel[:6])
+    assert np.array_equal(out[6], batch[6]) and not np.array_equal(per_pixel[6], batch[6])
+    assert np.array_equal(normalizer.transform(tiles[3], source=slide), per_pixel[3])  # colours already in the table
+    assert torch.get_num_threads() == threads  # estimation ran on one thread, then gave the others back
+    other = normalizer.estimate(tiles[10])  # another source: another table
+    alone = normalizer._apply(torch.from_numpy(tiles[3]).reshape(-1, 3), other).numpy().reshape(tiles[3].shape)
+    assert np.array_equal(normalizer.transform(tiles[3], source=other), alone)
+    assert not np.array_equal(alone, per_pixel[3])
+
+
+def test_colour_codes_pack_each_pixel_and_unpack():
+    from wsipipe.stain._ops import colour_codes, colours_of
+
+    pixels = np.array([[[1, 2, 3], [255, 0, 128]], [[0, 0, 0], [255, 255, 255]]], dtype=np.uint8)
+    codes = colour_codes(pixels)
+    assert codes.tolist() == [1 + 2 * 256 + 3 * 65536, 255 + 128 * 65536, 0, (1 << 24) - 1]
+    assert np.array_equal(colours_of(codes), pixels.reshape(-1, 3))

@@ -19,9 +19,9 @@ TILE = 128
 
 
 @pytest.fixture(scope="module")
-def slide(data_dir, tmp_path_factory):
+def slide(tmp_path_factory, lung_dir):
     """lung_01 (1024 x 1024 real H&E with background) as a two-level pyramidal TIFF, lossless."""
-    image = np.asarray(Image.open(data_dir / "lung" / "images" / "lung_01.png").convert("RGB"))
+    image = np.asarray(Image.open(lung_dir / "images" / "lung_01.png").convert("RGB"))
     path = tmp_path_factory.mktemp("slide") / "lung_01.tif"
     with tifffile.TiffWriter(path) as tif:
         for level in (image, np.asarray(Image.fromarray(image).resize((512, 512), Image.BILINEAR))):
@@ -44,9 +44,9 @@ def _reassemble(store) -> np.ndarray:
 
 
 @pytest.mark.parametrize("method", ["vahadane", "macenko", "reinhard"])
-def test_tile_and_normalize_equal_the_whole_image_fit(slide, method, data_dir, tmp_path):
+def test_tile_and_normalize_equal_the_whole_image_fit(slide, method, tmp_path, stain_dir):
     path, image = slide
-    target = data_dir / "stain" / "warwick_target_p.png"
+    target = stain_dir / "warwick_target_p.png"
     tiles, out = tmp_path / "tiles.zarr", tmp_path / "normalised.zarr"
     runner = CliRunner()
     result = runner.invoke(app, ["tile", str(path), "-o", str(tiles), "--mpp", str(MPP), "--tile-size", str(TILE),

@@ -9,19 +9,28 @@ from typer.testing import CliRunner
 from wsipipe.cli.main import app
 from wsipipe.errors import InvalidInputError
 from wsipipe.models.io import load_model
-from wsipipe.training.data import Dataset, LabelledImage, find_pairs, read_mask, read_pairs, regroup, split_folds, split_holdout
+from wsipipe.training.data import (
+    Dataset,
+    LabelledImage,
+    find_pairs,
+    read_mask,
+    read_pairs,
+    regroup,
+    split_folds,
+    split_holdout,
+)
 from wsipipe.training.trainer import TrainConfig, train
 
 
 @pytest.fixture(scope="module")
-def small_data(data_dir, tmp_path_factory):
+def small_data(tmp_path_factory, lung_dir):
     """Two 192 x 192 crops of real lung images with their masks."""
     root = tmp_path_factory.mktemp("lungsmall")
     for sub in ("images", "masks"):
         (root / sub).mkdir()
     for name in ("lung_01", "lung_02"):
         for sub in ("images", "masks"):
-            img = Image.open(data_dir / "lung" / sub / f"{name}.png")
+            img = Image.open(lung_dir / sub / f"{name}.png")
             img.crop((400, 400, 592, 592)).save(root / sub / f"{name}.png")
     return root
 

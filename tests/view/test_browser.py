@@ -167,11 +167,11 @@ def first_paint(browser, url: str) -> float:
     return time.perf_counter() - started
 
 
-@pytest.mark.parametrize("name", ["test3-DAPI-2-(387).ndpi", "OS-1-detail.ome.tif"])
-def test_shared_slides_paint_within_two_seconds(browser, serve, slides_dir, name):
+@pytest.mark.parametrize("name", ["dapi_ndpi", "ome_tiff"])
+def test_shared_slides_paint_within_two_seconds(browser, serve, request, name):
     # The better of two visits, each to a fresh server (empty tile cache): the first also pays for
     # the browser parsing OpenSeadragon, on a machine shared with other jobs.
-    seconds = min(first_paint(browser, serve(slides_dir / name).url) for _ in range(2))
+    seconds = min(first_paint(browser, serve(request.getfixturevalue(name)).url) for _ in range(2))
     assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []
     assert seconds < 2.0
 

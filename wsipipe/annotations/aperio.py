@@ -24,7 +24,8 @@ ELLIPSE_VERTICES = 64
 def read_aperio(path: Path, strict: bool = False) -> AnnotationSet:
     problems = Problems(str(path), strict)
     result = AnnotationSet(source=str(path), format="aperio")
-    layer, layer_style = None, ("", None)  # lxml keeps one proxy per element while referenced
+    layer = None  # lxml keeps one proxy per element while referenced
+    layer_style: tuple[str, str | None] = ("", None)
     root_seen = False
     for _, elem in iter_xml(path, ("Region", "Annotation")):
         if not root_seen:

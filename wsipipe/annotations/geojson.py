@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 from shapely.geometry import MultiPolygon, mapping
 
@@ -44,6 +45,7 @@ def read_geojson(path: Path, text: str, strict: bool = False) -> AnnotationSet:
         raise AnnotationError(f"{path}:{exc.lineno}: malformed JSON: {exc.msg}") from None
     problems = Problems(str(path), strict)
     result = AnnotationSet(source=str(path), format="geojson")
+    features: Any  # checked where it is read
     if isinstance(data, list):
         features = data
     elif isinstance(data, dict) and data.get("type") == "FeatureCollection":
@@ -87,7 +89,7 @@ def _read_feature(feature, index: int, problems: Problems) -> Annotation | None:
     if name:
         what += f" ({name!r})"
     geom_type = geometry.get("type")
-    coordinates = geometry.get("coordinates")
+    coordinates: Any = geometry.get("coordinates")  # malformed ones: the except below
     try:
         if geom_type == "Polygon":
             shape = make_polygon(_rings(coordinates), problems, None, what)
@@ -120,7 +122,9 @@ def _read_feature(feature, index: int, problems: Problems) -> Annotation | None:
                           "it is read as unclassified")
         classification = {}
     class_color = hex_color(classification.get("color")) or _argb(classification.get("colorRGB"))
-    metadata = properties.get("metadata") if isinstance(properties.get("metadata"), dict) else {}
+    metadata = properties.get("metadata")
+    if not isinstance(metadata, dict):
+        metadata = {}
     object_type = str(properties.get("objectType") or feature.get("id") or ANNOTATION).lower()
     return Annotation(
         geometry=shape,

@@ -71,13 +71,14 @@ def output_format(path: str | os.PathLike, to: str | None = None) -> str:
     """The writer for ``path``: ``to`` when given, else from the extension."""
     if to is not None:
         if to not in WRITERS:
-            raise InvalidInputError(f"--to {to!r}: choose one of {', '.join(WRITERS)}")
+            raise InvalidInputError(f"{{to}} {to!r}: choose one of {', '.join(WRITERS)}", parameter="to")
         return to
     suffix = Path(path).suffix.lower()
     if suffix not in EXTENSIONS:
         raise InvalidInputError(
             f"{path}: cannot tell the output format from the extension {suffix or '(none)'!r}; "
-            "use .geojson/.json or .xml, or pass --to geojson|asap"
+            "use .geojson/.json or .xml, or pass {to} geojson|asap",
+            parameter="to",
         )
     return EXTENSIONS[suffix]
 

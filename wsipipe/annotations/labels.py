@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,9 +28,9 @@ class LabelMap:
 
     def __post_init__(self):
         if len(set(self.names)) != len(self.names):
-            raise InvalidInputError(f"--label-map: a label is listed twice in {list(self.names)}")
+            raise InvalidInputError(f"{{label_map}}: a label is listed twice in {list(self.names)}", parameter="label_map")
 
-    def priority(self, label: str, ancestors: list[str] = ()) -> int | None:
+    def priority(self, label: str, ancestors: Sequence[str] = ()) -> int | None:
         """Index of the entry for ``label`` (or its nearest listed parent group), or None."""
         for name in (label, *ancestors):
             if name in self.names:
@@ -59,21 +60,22 @@ def parse_label_map(spec) -> LabelMap:
     if isinstance(spec, LabelMap):
         return spec
     if isinstance(spec, dict):
-        return _from_pairs(list(spec.items()), "--label-map")
-    text, where = str(spec), "--label-map"
+        return _from_pairs(list(spec.items()), "{label_map}")
+    text, where = str(spec), "{label_map}"
     path = Path(text)
     if "=" not in text or (len(text) < 4096 and path.is_file()):
         if not path.is_file():
-            raise InvalidInputError(f"--label-map {text!r}: neither 'name=value,...' nor an existing file")
+            raise InvalidInputError(f"{{label_map}} {text!r}: neither 'name=value,...' nor an existing file",
+                                    parameter="label_map")
         if path.stat().st_size > 1 << 20:
-            raise InvalidInputError(f"--label-map {path}: file is larger than 1 MB")
-        where = f"--label-map {path}"
+            raise InvalidInputError(f"{{label_map}} {path}: file is larger than 1 MB", parameter="label_map")
+        where = f"{{label_map}} {path}"
         text = path.read_text(encoding="utf-8", errors="replace")
         if text.lstrip().startswith("{"):
             try:
                 data = json.loads(text)
             except json.JSONDecodeError as exc:
-                raise InvalidInputError(f"{where}:{exc.lineno}: malformed JSON: {exc.msg}") from None
+                raise InvalidInputError(f"{where}:{exc.lineno}: malformed JSON: {exc.msg}", parameter="label_map") from None
             return _from_pairs(list(data.items()), where)
         entries = [line.split("#", 1)[0].strip() for line in text.splitlines()]
     else:
@@ -82,22 +84,24 @@ def parse_label_map(spec) -> LabelMap:
     for entry in filter(None, entries):
         name, sep, value = entry.rpartition("=")
         if not sep or not name.strip():
-            raise InvalidInputError(f"{where}: {entry!r} is not 'name=value'")
+            raise InvalidInputError(f"{where}: {entry!r} is not 'name=value'", parameter="label_map")
         pairs.append((name.strip(), value.strip()))
     return _from_pairs(pairs, where)
 
 
 def _from_pairs(pairs: list[tuple], where: str) -> LabelMap:
     if not pairs:
-        raise InvalidInputError(f"{where}: no entries")
+        raise InvalidInputError(f"{where}: no entries", parameter="label_map")
     names, values = [], []
     for name, value in pairs:
         try:
             number = int(value)
         except (TypeError, ValueError):
-            raise InvalidInputError(f"{where}: value {value!r} for {name!r} is not an integer") from None
+            raise InvalidInputError(f"{where}: value {value!r} for {name!r} is not an integer",
+                                    parameter="label_map") from None
         if not 0 <= number <= 255 or isinstance(value, bool):
-            raise InvalidInputError(f"{where}: value {value!r} for {name!r} must be 0-255 (a uint8 mask)")
+            raise InvalidInputError(f"{where}: value {value!r} for {name!r} must be 0-255 (a uint8 mask)",
+                                    parameter="label_map")
         names.append(str(name))
         values.append(number)
     return LabelMap(tuple(names), tuple(values))

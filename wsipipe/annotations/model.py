@@ -8,8 +8,8 @@ otherwise the shape is repaired or skipped and a warning names the file, line an
 from __future__ import annotations
 
 import logging
-from functools import lru_cache
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 import shapely
@@ -163,7 +163,7 @@ class Problems:
     def repaired(self, line: int | None, what: str, repair: str) -> None:
         """``what`` is wrong and was mended by ``repair`` (said in the warning; strict mends nothing)."""
         if self.strict:
-            raise AnnotationError(f"{self.where(line)}: {what} (refused by --strict)")
+            raise AnnotationError(f"{self.where(line)}: {what} (refused by {{strict}})", parameter="strict")
         self.repairs += 1
         if self.repairs <= self.SHOWN:
             log.warning("%s: %s; %s", self.where(line), what, repair)

@@ -26,7 +26,7 @@ def xml_root_name(path: Path, head: str) -> tuple[str, int]:
     """
     pos = 0
     while True:
-        pos = _SPACE.match(head, pos).end()
+        pos = _SPACE.match(head, pos).end()  # type: ignore[union-attr]  # "*": it always matches
         line = head.count("\n", 0, pos) + 1
         if head.startswith(("<!DOCTYPE", "<!ENTITY"), pos):
             raise AnnotationError(

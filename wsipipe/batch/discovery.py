@@ -45,10 +45,10 @@ def parse_patterns(pattern: str) -> list[str]:
     """``"*.svs, *.NDPI"`` -> ``["*.svs", "*.ndpi"]`` (matching ignores case)."""
     patterns = [p.strip().lower() for p in pattern.split(",") if p.strip()]
     if not patterns:
-        raise InvalidInputError("--pattern is empty; give file-name patterns such as '*.svs,*.ndpi'")
+        raise InvalidInputError("{pattern} is empty; give file-name patterns such as '*.svs,*.ndpi'", parameter="pattern")
     for p in patterns:
         if "/" in p or os.sep in p:
-            raise InvalidInputError(f"--pattern {p!r}: patterns match file names, not paths")
+            raise InvalidInputError(f"{{pattern}} {p!r}: patterns match file names, not paths", parameter="pattern")
     return patterns
 
 
@@ -60,7 +60,7 @@ def discover(input_path: Path, pattern: str = DEFAULT_PATTERN, exclude: Path | N
     if input_path.is_dir():
         entries = _from_folder(_real(input_path), parse_patterns(pattern), exclude)
         if not entries:
-            raise InvalidInputError(f"{input_path}: no file matches --pattern {pattern!r}")
+            raise InvalidInputError(f"{input_path}: no file matches {{pattern}} {pattern!r}", parameter="pattern")
         return entries
     if input_path.suffix.lower() == ".csv":
         return _from_manifest(input_path)

@@ -14,9 +14,10 @@ import importlib
 import json
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from wsipipe.errors import InvalidInputError, ModelError
 from wsipipe.stages import QcConfig
@@ -104,12 +105,13 @@ def _prepare_segment(options: dict) -> dict:
         options["model"] = str(BUNDLED_MODEL)
     options["model"] = _absolute_path(str(options["model"]))
     if not Path(options["model"]).is_file():
-        raise ModelError(f"--model {options['model']}: no such model file")
+        raise ModelError(f"{{model}} {options['model']}: no such model file", parameter="model")
     from wsipipe.models.io import read_metadata
 
     read_metadata(options["model"])  # a pickle or another tool's file, refused once (header only)
     if options.get("normalize", "model") not in NORMALIZE_METHODS:
-        raise InvalidInputError(f"--normalize {options['normalize']!r}: choose one of {', '.join(NORMALIZE_METHODS)}")
+        raise InvalidInputError(f"{{normalize}} {options['normalize']!r}: choose one of {', '.join(NORMALIZE_METHODS)}",
+                                parameter="normalize")
     if options.get("nuclei_model") is not None:
         from wsipipe.nuclei.stage import check_nuclei_model, resolve_nuclei_model
 
@@ -155,7 +157,8 @@ def job_spec(name_or_ref: str) -> JobSpec:
         load_job(name_or_ref)  # fail now, in the caller, rather than once per slide on the workers
         return JobSpec(name_or_ref, name_or_ref, None)
     raise InvalidInputError(
-        f"--job {name_or_ref!r}: choose one of {', '.join(JOBS)} or give a function as module:function"
+        f"{{job}} {name_or_ref!r}: choose one of {', '.join(JOBS)} or give a function as module:function",
+        parameter="job",
     )
 
 
@@ -165,9 +168,9 @@ def load_job(ref: str) -> Callable[[Path, Path, dict], dict]:
     try:
         func = getattr(importlib.import_module(module_name), func_name)
     except (ImportError, AttributeError) as exc:
-        raise InvalidInputError(f"--job {ref}: cannot import it ({exc})") from exc
+        raise InvalidInputError(f"{{job}} {ref}: cannot import it ({exc})", parameter="job") from exc
     if not callable(func):
-        raise InvalidInputError(f"--job {ref}: not a function")
+        raise InvalidInputError(f"{{job}} {ref}: not a function", parameter="job")
     return func
 
 
@@ -177,9 +180,8 @@ def segment_job(slide_path: Path, workdir: Path, options: dict) -> dict:
 
     Tiles are read in the worker process itself (``workers=0``): the batch is parallel by slide.
     """
-    from wsipipe.segment import segment_slide
-
     from wsipipe.errors import NotBrightfieldHEError
+    from wsipipe.segment import segment_slide
 
     stage = {k: v for k, v in options.items() if k in SEGMENT_OPTIONS}
     try:
@@ -205,23 +207,26 @@ def info_job(slide_path: Path, workdir: Path, options: dict) -> dict:
     """Open the slide, decode a thumbnail and a grid of level-0 regions; write info.json + thumbnail.png.
 
     The cheapest job that still catches corrupt and truncated slides, since it touches every
-    pyramid level it reads from and spots spread over level 0.
+    pyramid level it reads from and spots spread over level 0. The tissue fraction is
+    ``wsipipe.tissue``'s detector on the thumbnail, the one tiling and segment use.
     """
     import cv2
     import numpy as np
 
     from wsipipe.slide import open_slide
+    from wsipipe.tissue import detect_tissue, read_thumbnail
 
     with open_slide(slide_path, backend=options.get("backend"), mpp_override=options.get("mpp_override")) as reader:
         meta = reader.info()
-        thumbnail = _thumbnail(reader)
         width, height = reader.dimensions
+        shrink = max(1.0, max(width, height) / THUMBNAIL_MAX_SIDE)
+        thumbnail = read_thumbnail(reader, shrink)
         for gy in range(SAMPLE_GRID):
             for gx in range(SAMPLE_GRID):
                 x = round((gx + 0.5) * width / SAMPLE_GRID - SAMPLE_SIZE / 2)
                 y = round((gy + 0.5) * height / SAMPLE_GRID - SAMPLE_SIZE / 2)
                 reader.read_region((max(x, 0), max(y, 0)), 0, (SAMPLE_SIZE, SAMPLE_SIZE))
-    fraction = tissue_fraction(thumbnail)
+    fraction = float(detect_tissue(thumbnail, meta["mpp_x"] and meta["mpp_x"] * shrink).mean())
     meta["tissue_fraction"] = fraction
     meta["annotation"] = options.get("annotation")
     (workdir / "info.json").write_text(json.dumps(meta, indent=2))
@@ -234,31 +239,3 @@ def info_job(slide_path: Path, workdir: Path, options: dict) -> dict:
         "mpp": meta["mpp_x"],
         "tissue_fraction": round(fraction, 4),
     }
-
-
-def _thumbnail(reader) -> "np.ndarray":
-    """The whole slide with its longest side at most THUMBNAIL_MAX_SIDE pixels."""
-    import cv2
-
-    width, height = reader.dimensions
-    shrink = max(1.0, max(width, height) / THUMBNAIL_MAX_SIDE)
-    if reader.mpp_x is not None:
-        return reader.thumbnail_at_mpp(reader.mpp * shrink)
-    # No µm/px: the same picture from the smallest level, scaled by pixel counts alone.
-    last = len(reader.levels) - 1
-    lvl = reader.levels[last]
-    region = reader.read_region((0, 0), last, (lvl.width, lvl.height))
-    size = (max(1, round(width / shrink)), max(1, round(height / shrink)))
-    return cv2.resize(region, size, interpolation=cv2.INTER_AREA)
-
-
-def tissue_fraction(rgb: "np.ndarray") -> float:
-    """Share of pixels whose HSV saturation is above its Otsu threshold (0 for a flat image)."""
-    import cv2
-    import numpy as np
-
-    saturation = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)[..., 1]
-    if int(saturation.max()) == int(saturation.min()):
-        return 0.0
-    threshold, _ = cv2.threshold(saturation, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-    return float(np.count_nonzero(saturation > threshold)) / saturation.size

@@ -18,9 +18,10 @@ import socket
 import time
 import traceback
 import uuid
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
@@ -75,18 +76,21 @@ def run_batch(
     retry_failed: bool = False,
     limit: int | None = None,
     reporter: Reporter | None = None,
+    parameter_names: Mapping[str, str] | None = None,
 ) -> list[SlideRecord]:
     """Process every slide not yet done; return all slides' records (also in OUTDIR/status.*).
 
     ``options`` are batch-wide job options (None values ignored), overridden per slide by the
     manifest's. Without ``scheduler`` a LocalCluster of ``workers`` processes is started.
+    ``parameter_names``: how a slide's recorded error writes the parameters it names (the CLI: as flags).
     """
     if scheduler is not None and "://" not in scheduler:
-        raise InvalidInputError(f"--scheduler {scheduler!r}: give an address such as tcp://HOST:8786")
+        raise InvalidInputError(f"{{scheduler}} {scheduler!r}: give an address such as tcp://HOST:8786",
+                                parameter="scheduler")
     batch_options = {k: v for k, v in (options or {}).items() if v is not None}
     for key in batch_options:
         if job.options is not None and key not in job.options:
-            raise InvalidInputError(f"--{key.replace('_', '-')} does not apply to the {job.name!r} job")
+            raise InvalidInputError(f"{{{key}}} does not apply to the {job.name!r} job", parameter=key)
     if job.prepare is not None:
         batch_options = job.prepare(batch_options)
     # Every manifest cell and device is checked before OUTDIR is made: a refused batch leaves nothing.
@@ -112,7 +116,7 @@ def run_batch(
                 reporter.start(records, len(plans))
             try:
                 if plans:
-                    _run_on_cluster(plans, records, outdir, job, workers, scheduler, reporter)
+                    _run_on_cluster(plans, records, outdir, job, workers, scheduler, reporter, parameter_names)
             finally:
                 save_status(outdir, records, job.ref)
                 write_summary(outdir, records)
@@ -152,7 +156,8 @@ def _plan(
     previous = load_status(outdir)
     with ThreadPoolExecutor(FINGERPRINT_THREADS) as pool:
         prints = list(pool.map(lambda e: fingerprint(e.path), entries))
-    records, plans = [], []
+    records: list = []
+    plans: list = []
     for entry, converted, print_ in zip(entries, slide_options, prints):
         options = {**converted, "annotation": str(entry.annotation) if entry.annotation else None}
         config = hashlib.sha256(
@@ -197,7 +202,7 @@ def _adopt_finished(record: SlideRecord, outdir: Path, stamp: dict) -> bool:
     return True
 
 
-def _run_on_cluster(plans, records, outdir, job, workers, scheduler, reporter) -> None:
+def _run_on_cluster(plans, records, outdir, job, workers, scheduler, reporter, parameter_names) -> None:
     import dask
     from distributed import LocalCluster, as_completed
 
@@ -237,7 +242,7 @@ def _run_on_cluster(plans, records, outdir, job, workers, scheduler, reporter) -
                         record.started = _now()
                         future = client.submit(
                             process_slide, job.ref, str(plan.entry.path), plan.entry.name, str(outdir),
-                            plan.options, plan.stamp,
+                            plan.options, plan.stamp, parameter_names,
                             key=f"wsipipe-slide-{plan.entry.name}-{uuid.uuid4().hex[:8]}",
                             pure=False, resources=resources,
                         )  # fmt: skip
@@ -252,7 +257,7 @@ def _run_on_cluster(plans, records, outdir, job, workers, scheduler, reporter) -
                 for future in finished:
                     plan = in_flight.pop(future.key)
                     record = by_key[plan.entry.key]
-                    _apply_result(record, _result_of(future, scheduler), outdir)
+                    _apply_result(record, _result_of(future, scheduler, parameter_names), outdir)
                     future.release()
                     if time.monotonic() - saved >= STATUS_INTERVAL_S:
                         save_status(outdir, records, job.ref)
@@ -293,12 +298,13 @@ def _wants_gpu(job: JobSpec, plans: list[Plan], client) -> bool:
     if "cuda" in devices and not has_gpu:
         raise WsipipeError(
             "the job runs on CUDA but no worker of the scheduler declares a GPU: start workers with "
-            "'dask worker ... --resources GPU=1' or pass --device cpu"
+            "'dask worker ... --resources GPU=1' or pass {device} cpu",
+            parameter="device",
         )
     return has_gpu
 
 
-def _result_of(future, scheduler: str | None) -> dict:
+def _result_of(future, scheduler: str | None, parameter_names: Mapping[str, str] | None = None) -> dict:
     """The task's result; a dead worker or a lost scheduler becomes a failure or a clear error."""
     from distributed import KilledWorker
     from distributed.client import FutureCancelledError
@@ -315,7 +321,7 @@ def _result_of(future, scheduler: str | None) -> dict:
         where = scheduler or "the local cluster"
         raise WsipipeError(f"lost the Dask scheduler ({where}); run the same command again to resume") from exc
     except Exception as exc:  # the task could not run at all (e.g. the job cannot be imported there)
-        return _failure(_one_line(exc), traceback.format_exc())
+        return _failure(_one_line(exc, parameter_names), traceback.format_exc())
 
 
 def _apply_result(record: SlideRecord, result: dict, outdir: Path) -> None:
@@ -333,7 +339,8 @@ def _apply_result(record: SlideRecord, result: dict, outdir: Path) -> None:
         record.traceback = ""
 
 
-def process_slide(job_ref: str, slide: str, name: str, outdir: str, options: dict, stamp: dict) -> dict:
+def process_slide(job_ref: str, slide: str, name: str, outdir: str, options: dict, stamp: dict,
+                  parameter_names: Mapping[str, str] | None = None) -> dict:
     """One slide on a worker: run the job in a fresh folder, rename it into place when it is complete.
 
     Never raises for the slide's own failures: they come back as ``state: failed`` with the
@@ -352,7 +359,7 @@ def process_slide(job_ref: str, slide: str, name: str, outdir: str, options: dic
         workdir.mkdir()
         figures = _json_figures(load_job(job_ref)(Path(slide), workdir, dict(options)))
         outputs = sorted(p.relative_to(workdir).as_posix() for p in workdir.rglob("*") if p.is_file())
-        result = {**base, "state": "done", "figures": figures, "outputs": [*outputs, RESULT_FILE]}
+        result: dict[str, object] = {**base, "state": "done", "figures": figures, "outputs": [*outputs, RESULT_FILE]}
         result.update(finished=_now(), seconds=round(time.time() - started, 3), error="")
         (workdir / RESULT_FILE).write_text(json.dumps({**result, "stamp": stamp}, indent=1))
         _install(workdir, Path(outdir) / name, partial)
@@ -360,7 +367,8 @@ def process_slide(job_ref: str, slide: str, name: str, outdir: str, options: dic
     except SkipSlide as exc:
         return {**base, **_failure(str(exc), ""), "state": "skipped", "seconds": round(time.time() - started, 3)}
     except Exception as exc:
-        return {**base, **_failure(_one_line(exc), traceback.format_exc()), "seconds": round(time.time() - started, 3)}
+        return {**base, **_failure(_one_line(exc, parameter_names), traceback.format_exc()),
+                "seconds": round(time.time() - started, 3)}
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -406,10 +414,10 @@ def _failure(message: str, trace: str) -> dict:
     return {"state": "failed", "error": message, "traceback": trace, "finished": _now(), "figures": {}, "outputs": []}
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc) if isinstance(exc, WsipipeError) else f"{type(exc).__name__}: {exc}"
+def _one_line(exc: BaseException, parameter_names: Mapping[str, str] | None = None) -> str:
+    text = exc.text(parameter_names) if isinstance(exc, WsipipeError) else f"{type(exc).__name__}: {exc}"
     return " ".join(text.split())[:MAX_ERROR_CHARS]
 
 
 def _now(stamp: float | None = None) -> str:
-    return datetime.fromtimestamp(stamp if stamp is not None else time.time(), timezone.utc).isoformat(timespec="milliseconds")
+    return datetime.fromtimestamp(stamp if stamp is not None else time.time(), UTC).isoformat(timespec="milliseconds")

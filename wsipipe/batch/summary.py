@@ -5,7 +5,9 @@ from __future__ import annotations
 import csv
 import html
 import io
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from wsipipe.batch.state import SlideRecord
 from wsipipe.files import write_atomic
@@ -15,7 +17,8 @@ PREFERRED_FIGURES = ("tumour_fraction", "nuclei_count", "nuclei_per_mm2", "cellu
 BASE_COLUMNS = ("name", "key", "state", "seconds")
 
 
-def figure_columns(records: list[SlideRecord]) -> list[str]:
+def figure_columns(records: Sequence[Any]) -> list[str]:
+    """The figure columns of ``records`` (anything with a ``figures`` dict), the preferred ones first."""
     names = {k for r in records for k in r.figures}
     return [f for f in PREFERRED_FIGURES if f in names] + sorted(names - set(PREFERRED_FIGURES))
 
@@ -54,7 +57,7 @@ def _text(value) -> str:
 
 
 def _html(header: list[str], rows: list[list[str]]) -> str:
-    counts = {}
+    counts: dict[str, int] = {}
     state_col = header.index("state")
     for row in rows:
         counts[row[state_col]] = counts.get(row[state_col], 0) + 1

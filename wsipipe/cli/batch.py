@@ -9,7 +9,7 @@ import typer
 
 from wsipipe.cli.options import (
     BackendOpt, BatchSizeOpt, DeviceOpt, ModelOpt, MppOverrideOpt, NormalizeOpt, NucleiModelOpt, NucleiOpt, OverlapOpt,
-    QcOpt, QuietOpt, TargetOpt, WorkersOpt, output_option,
+    QcOpt, QuietOpt, TargetOpt, WorkersOpt, output_option, parameter_flags,
 )
 
 SUMMARY_TABLE_ROWS = 50
@@ -17,6 +17,7 @@ TABLE_FIGURES = 2
 
 
 def batch(
+    ctx: typer.Context,
     input_path: Annotated[
         Path,
         typer.Argument(
@@ -103,6 +104,7 @@ def batch(
             retry_failed=retry_failed,
             limit=limit,
             reporter=reporter,
+            parameter_names=parameter_flags(ctx.find_root().command),  # a slide's error names flags, as here
         )
     counts = {state: sum(r.state == state for r in records) for state in ("done", "failed", "skipped", "pending")}
     if not quiet:

@@ -180,6 +180,7 @@ LIBRARY_NAMES = {
     "target_image": "target",
     "tiles_store": "tiles",
     "groups_csv": "groups",
+    "sources": "source",
 }
 
 

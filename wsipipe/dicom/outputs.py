@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from wsipipe import __version__
-from wsipipe.errors import InvalidInputError
+from wsipipe.errors import InvalidInputError, OutputError
 
 SEG_TYPES = ("binary", "fractional")
 SEG_NAME = "prediction.seg.dcm"
@@ -54,7 +54,8 @@ def dicom_outputs_wanted(slide_path: str | os.PathLike, requested: bool | None, 
         return False
     dicom = is_dicom_path(slide_path)
     if requested and not dicom:
-        raise InvalidInputError(f"{option}: DICOM outputs need a DICOM source; {slide_path} is not a DICOM series")
+        raise InvalidInputError(f"{{{option}}}: DICOM outputs need a DICOM source; {slide_path} is not a DICOM series",
+                                parameter=option)
     return dicom
 
 
@@ -62,8 +63,8 @@ def resolve_dicom_seg(slide_path: str | os.PathLike, requested: str | None) -> s
     """The SEG type ``--dicom-seg`` asks for (binary, fractional, none; None: binary for a DICOM
     source), or None when no DICOM outputs are to be written."""
     if requested is not None and requested not in (*SEG_TYPES, "none"):
-        raise InvalidInputError(f"--dicom-seg {requested!r}: choose {', '.join(SEG_TYPES)} or none")
-    wanted = dicom_outputs_wanted(slide_path, None if requested is None else requested != "none", "--dicom-seg")
+        raise InvalidInputError(f"{{dicom_seg}} {requested!r}: choose {', '.join(SEG_TYPES)} or none", parameter="dicom_seg")
+    wanted = dicom_outputs_wanted(slide_path, None if requested is None else requested != "none", "dicom_seg")
     return (requested or "binary") if wanted else None
 
 
@@ -81,7 +82,13 @@ def write_dicom_outputs(outdir: str | os.PathLike, seg_type: str = "binary",
     outdir = Path(outdir)
     report = _read_json(outdir / "report.json")  # segment's
     nuclei = _read_json(outdir / "nuclei.json")  # the nuclei stage's
-    series = resolve_series(report["slide"] if report else nuclei["input"])
+    if report:
+        slide = report["slide"]
+    elif nuclei:
+        slide = nuclei["input"]
+    else:
+        raise OutputError(f"{outdir}: neither report.json nor nuclei.json; nothing to write as DICOM")
+    series = resolve_series(slide)
     source = pydicom.dcmread(series.base.path, stop_before_pixels=True)
     objects = []
     prediction = Path(prediction) if prediction is not None else outdir / "prediction.zarr"

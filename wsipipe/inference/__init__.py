@@ -1,10 +1,11 @@
-"""In-memory sliding-window inference: split into overlapping tiles, run in batches, blend.
+"""Inference: one engine (``engine``: tile sources, runner, mergers) for every model wsipipe runs.
 
-Whole-slide inference (``wsipipe.segment``) uses the same tile grid (``wsipipe.grid``), runner
-(``run_batches``) and blending window (``blend_window``, in its band-wise ``Stitcher``);
-``predict_image`` is the whole chain for one RGB image.
+Whole-slide inference (``wsipipe.segment``) and in-memory images (``predict_image``) use the same
+tile grid (``wsipipe.grid``), runner (``engine.Runner``) and blending window (``blend_window``, in
+``engine.Blender`` and the band-wise ``stitch.Stitcher``).
 """
 
-from wsipipe.inference.sliding import Blender, blend_window, default_overlap, predict_image, run_batches
+from wsipipe.inference.engine import Blender, Runner, predict_tiled
+from wsipipe.inference.sliding import blend_window, default_overlap, predict_image
 
-__all__ = ["Blender", "blend_window", "default_overlap", "predict_image", "run_batches"]
+__all__ = ["Blender", "Runner", "blend_window", "default_overlap", "predict_image", "predict_tiled"]

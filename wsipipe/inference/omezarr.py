@@ -282,7 +282,7 @@ def _write_metadata(root, store: PredictionStore, n_levels: int, complete: bool)
                 "channels": [
                     {
                         "label": display_name(name),
-                        "color": "%02X%02X%02X" % colours[i] if i else "808080",
+                        "color": "{:02X}{:02X}{:02X}".format(*colours[i]) if i else "808080",
                         "window": {"min": 0, "max": 255, "start": 0, "end": 255},
                         "active": i > 0,
                     }

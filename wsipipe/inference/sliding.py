@@ -1,8 +1,9 @@
-"""Splitter, batched runner and blender for sliding-window segmentation."""
+"""Sliding-window settings every inference shares (overlap, blending window) and ``predict_image``.
+
+The tiles, the runner and the blender are ``wsipipe.inference.engine``'s.
+"""
 
 from __future__ import annotations
-
-from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -61,67 +62,9 @@ def cosine_window(size: int, overlap: int, margin: int | None = None, floor: flo
 
 def blend_window(tile: int, overlap: int, margin: int | None = None) -> np.ndarray:
     """The (tile, tile) weight of one tile's output: ``cosine_window`` in y times in x. The
-    in-memory ``Blender`` and the slide ``Stitcher`` both weight tiles with it."""
+    in-memory ``engine.Blender`` and the slide ``Stitcher`` both weight tiles with it."""
     line = cosine_window(tile, overlap, margin)
     return np.outer(line, line)
-
-
-class Blender:
-    """Weighted accumulation of per-tile outputs into a (channels, height, width) canvas."""
-
-    def __init__(self, channels: int, height: int, width: int, tile: int, overlap: int):
-        self.sums = np.zeros((channels, height, width), dtype=np.float32)
-        self.weights = np.zeros((height, width), dtype=np.float32)
-        self.window = blend_window(tile, overlap)
-
-    def add(self, values: np.ndarray, y: int, x: int) -> None:
-        """``values``: (channels, tile, tile) for the tile whose top-left corner is (y, x)."""
-        h, w = values.shape[-2:]
-        window = self.window[:h, :w]
-        self.sums[:, y : y + h, x : x + w] += values * window
-        self.weights[y : y + h, x : x + w] += window
-
-    def result(self) -> np.ndarray:
-        return self.sums / np.maximum(self.weights, np.finfo(np.float32).tiny)
-
-
-def run_batches(
-    model,
-    tiles: Iterable[np.ndarray],
-    batch_size: int,
-    device: str = "cpu",
-    mean: Iterable[float] = (0.0, 0.0, 0.0),
-    std: Iterable[float] = (1.0, 1.0, 1.0),
-    channels_last: bool = False,
-) -> Iterator[np.ndarray]:
-    """Yield softmax probabilities (classes, h, w) per uint8 RGB (h, w, 3) tile, in order.
-
-    Tiles are stacked into batches of ``batch_size``; on CUDA the forward pass runs under float16
-    autocast (and channels-last memory layout when asked).
-    """
-    import torch
-
-    use_cuda = str(device).startswith("cuda")
-    mean_t = torch.tensor(list(mean), device=device).view(1, 3, 1, 1)
-    std_t = torch.tensor(list(std), device=device).view(1, 3, 1, 1)
-
-    def forward(batch: list[np.ndarray]) -> np.ndarray:
-        x = torch.from_numpy(np.stack(batch)).to(device).permute(0, 3, 1, 2).float().div_(255)
-        x = (x - mean_t) / std_t
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=use_cuda):
-            probs = torch.softmax(model(x).float(), dim=1)
-        return probs.cpu().numpy()
-
-    batch: list[np.ndarray] = []
-    for tile in tiles:
-        batch.append(tile)
-        if len(batch) == batch_size:
-            yield from forward(batch)
-            batch = []
-    if batch:
-        yield from forward(batch)
 
 
 def _resize(array: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -135,39 +78,6 @@ def _resize(array: np.ndarray, height: int, width: int) -> np.ndarray:
     return out.reshape(height, width, -1)
 
 
-def predict_tiled(
-    model,
-    image: np.ndarray,
-    num_classes: int,
-    tile: int,
-    overlap: int,
-    batch_size: int = 8,
-    device: str = "cpu",
-    mean=(0.0, 0.0, 0.0),
-    std=(1.0, 1.0, 1.0),
-) -> np.ndarray:
-    """Class probabilities (classes, h, w) for an RGB image at the model's own scale.
-
-    The tiles lie where ``wsipipe segment`` puts them on a slide holding this image
-    (``wsipipe.grid.grid_coords``: from half an overlap before its corner to half an overlap past
-    its far edges), white beyond the image as beyond a slide's edge, and are blended with the
-    window segment's stitcher uses; so the result is what segment gives.
-    """
-    from wsipipe.grid import grid_coords
-
-    height, width = image.shape[:2]
-    coords = grid_coords((width, height), tile, overlap, 1.0)
-    left, top = -int(coords[:, 0].min()), -int(coords[:, 1].min())
-    right, bottom = int(coords[:, 0].max()) + tile - width, int(coords[:, 1].max()) + tile - height
-    padded = np.pad(image, ((top, bottom), (left, right), (0, 0)), constant_values=GLASS)
-    positions = [(int(y) + top, int(x) + left) for x, y in coords]
-    blender = Blender(num_classes, padded.shape[0], padded.shape[1], tile, overlap)
-    tiles = (padded[y : y + tile, x : x + tile] for y, x in positions)
-    for (y, x), probs in zip(positions, run_batches(model, tiles, batch_size, device, mean, std)):
-        blender.add(probs, y, x)
-    return blender.result()[:, top : top + height, left : left + width]
-
-
 def predict_image(
     model_bundle,
     image_rgb: np.ndarray,
@@ -179,8 +89,11 @@ def predict_image(
     """Per-class probabilities (classes, H, W) for an RGB image of any size at ``mpp_of_image``.
 
     The image is resized to the model's µm/px, segmented tile by tile (``overlap`` defaults to a
-    quarter tile) and the probabilities are resized back to the image's own pixels.
+    quarter tile; ``wsipipe.inference.engine.predict_tiled``) and the probabilities are resized
+    back to the image's own pixels.
     """
+    from wsipipe.inference.engine import predict_tiled
+
     device = str(resolve_device(device))
     tile = model_bundle.tile_size
     overlap = default_overlap(tile) if overlap is None else overlap
@@ -189,17 +102,6 @@ def predict_image(
     scale = mpp_of_image / model_bundle.mpp
     scaled_h, scaled_w = max(1, round(height * scale)), max(1, round(width * scale))
     scaled = _resize(np.ascontiguousarray(image_rgb[..., :3]), scaled_h, scaled_w)
-    model_bundle.model.to(device).eval()
-    probs = predict_tiled(
-        model_bundle.model,
-        scaled,
-        len(model_bundle.classes),
-        tile,
-        overlap,
-        batch_size,
-        device,
-        model_bundle.input_normalisation["mean"],
-        model_bundle.input_normalisation["std"],
-    )
+    probs = predict_tiled(model_bundle, scaled, overlap, batch_size, device)
     back = _resize(np.ascontiguousarray(probs.transpose(1, 2, 0)), height, width)
     return np.ascontiguousarray(back.transpose(2, 0, 1))

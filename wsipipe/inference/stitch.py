@@ -231,7 +231,8 @@ class StripStitcher:
     """Stitches a prediction one column strip at a time, so that memory depends on the strip's
     width, not the slide's.
 
-    Tiles are fed strip by strip (``plan`` gives the order), each strip in row order; a tile that
+    Tiles are fed strip by strip (``plan`` gives the order, ``add`` takes them in it), each strip
+    in row order; a tile that
     crosses a strip border is fed to both strips (its prediction counts once per strip, clipped
     to the strip), so every pixel gets exactly the contributions a single full-width stitcher
     would give it, added in the same order. Each strip keeps its own resume journal.
@@ -246,23 +247,30 @@ class StripStitcher:
             for x0 in range(0, width, strip_width)
         ]
         self._current = 0
+        self._order: list[tuple[int, int, int, int]] = []
+        self._next = 0
         self.max_accumulator_bytes = 0
 
     def plan(self, positions: list[tuple[int, int]]) -> list[tuple[int, int, int, int]]:
         """(index into ``positions``, x, y, strip) of every tile still to stitch, strip after
-        strip; a tile crossing a strip border is listed once per strip, finished rows are left out."""
+        strip: the order ``add`` takes them in. A tile crossing a strip border is listed once per
+        strip, finished rows are left out."""
         tile = self.strips[0].layout.tile_size
         order = []
         for k, strip in enumerate(self.strips):
             x0, x1 = strip.layout.col0, strip.layout.col1
             order += [(i, x, y, k) for i, (x, y) in enumerate(positions)
                       if x < x1 and x + tile > x0 and not strip.is_done(y)]
+        self._order, self._next = order, 0
         return order
 
-    def add(self, probabilities: np.ndarray, x: int, y: int, strip: int) -> None:
-        """One tile of the ``plan`` order; strips before ``strip`` are finished (and freed) first."""
-        if strip < self._current:
-            raise ValueError(f"tiles must arrive strip by strip: strip {strip} after strip {self._current}")
+    def add(self, probabilities: np.ndarray, x: int, y: int) -> None:
+        """The next tile of the ``plan`` order, whose top-left pixel is (x, y); strips before its
+        strip are finished (and freed) first."""
+        if self._next >= len(self._order) or self._order[self._next][1:3] != (x, y):
+            raise ValueError(f"tile at ({x}, {y}) does not come next in the stitcher's plan")
+        strip = self._order[self._next][3]
+        self._next += 1
         while self._current < strip:
             self.strips[self._current].finish()
             self._current += 1

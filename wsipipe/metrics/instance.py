@@ -17,8 +17,9 @@ Two empty maps agree perfectly: every score is 1.0 then.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -201,12 +202,13 @@ def average_precision(
     predicted object must have a score. Ranked by score, a prediction is a true positive when its
     best-IoU still unmatched true object overlaps it by IoU > ``threshold``, else a false positive.
     """
-    if isinstance(true, np.ndarray):
-        true, pred, scores = [true], [pred], [scores]
+    images: list[tuple[Any, Any, Any]] = (
+        [(true, pred, scores)] if isinstance(true, np.ndarray) else list(zip(true, pred, scores, strict=True))
+    )
     ranked = []  # (score, image, pred index)
     candidates = []  # per image: IoU matrix
     n_true = 0
-    for image, (t, p, s) in enumerate(zip(true, pred, scores, strict=True)):
+    for image, (t, p, s) in enumerate(images):
         ov = overlaps(t, p)
         candidates.append(ov.iou)
         n_true += ov.true_area.size

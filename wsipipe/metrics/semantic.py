@@ -17,7 +17,7 @@ class ConfusionMatrix:
         self.num_classes = num_classes
         self.counts = np.zeros((num_classes, num_classes), dtype=np.int64)
 
-    def update(self, prediction: np.ndarray, truth: np.ndarray, ignore_index: int | None = None) -> "ConfusionMatrix":
+    def update(self, prediction: np.ndarray, truth: np.ndarray, ignore_index: int | None = None) -> ConfusionMatrix:
         prediction = np.asarray(prediction).ravel().astype(np.int64)
         truth = np.asarray(truth).ravel().astype(np.int64)
         if prediction.shape != truth.shape:
@@ -30,7 +30,7 @@ class ConfusionMatrix:
         self.counts += np.bincount(truth * n + prediction, minlength=n * n).reshape(n, n)
         return self
 
-    def __iadd__(self, other: "ConfusionMatrix") -> "ConfusionMatrix":
+    def __iadd__(self, other: ConfusionMatrix) -> ConfusionMatrix:
         self.counts += other.counts
         return self
 

@@ -7,6 +7,7 @@ tool) is refused with a ``ModelError`` naming the file.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from dataclasses import dataclass
@@ -45,13 +46,38 @@ class ModelBundle:
     def input_normalisation(self) -> dict[str, list[float]]:
         return self.metadata["input_normalisation"]
 
+    def preprocess(self, pixels):
+        """What the network takes for uint8 RGB tiles (NHWC, numpy or a tensor on any device):
+        float32 NCHW in [0, 1], normalised by the model's own mean and std (``preprocess``)."""
+        return preprocess(pixels, self.input_normalisation)
 
-def normalisation_tensors(normalisation: dict, device=None):
-    """(mean, std) of an input normalisation as (1, 3, 1, 1) tensors that broadcast over NCHW batches."""
+
+def preprocess(pixels, normalisation: dict):
+    """uint8 RGB NHWC (numpy or a tensor, on its device) -> float32 NCHW ``(x / 255 - mean) / std``.
+
+    The one place tiles become network inputs: inference (``wsipipe.inference.engine``), training
+    and validation all call it, so a model sees at run time exactly what it was trained on.
+    """
     import torch
 
-    return tuple(torch.tensor(list(normalisation[key]), dtype=torch.float32, device=device).view(1, 3, 1, 1)
-                 for key in ("mean", "std"))
+    pixels = torch.as_tensor(pixels)
+    mean, std = normalisation_tensors(normalisation, pixels.device)
+    x = pixels.permute(0, 3, 1, 2).float().div_(255.0)
+    return (x - mean) / std
+
+
+def normalisation_tensors(normalisation: dict, device=None):
+    """(mean, std) of an input normalisation as (1, 3, 1, 1) tensors that broadcast over NCHW
+    batches; made once per device (no host-to-device copy per batch)."""
+    return _normalisation_tensors(tuple(normalisation["mean"]), tuple(normalisation["std"]), str(device or "cpu"))
+
+
+@functools.lru_cache(maxsize=16)
+def _normalisation_tensors(mean: tuple, std: tuple, device: str):
+    import torch
+
+    with torch.inference_mode(False):  # usable in training too, when first made during inference
+        return tuple(torch.tensor(list(values), dtype=torch.float32, device=device).view(1, 3, 1, 1) for values in (mean, std))
 
 
 def model_metadata(

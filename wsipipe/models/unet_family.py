@@ -54,7 +54,7 @@ class UNetDecoder(nn.Module):
         self.blocks = nn.ModuleList()
         for deep, shallow in zip(widths[:0:-1], widths[-2::-1]):
             self.ups.append(nn.ConvTranspose2d(deep, shallow, 2, stride=2))
-            if attention:
+            if self.gates is not None:
                 self.gates.append(AttentionGate(shallow, deep, max(shallow // 2, 1)))
             self.blocks.append(conv_blocks(2 * shallow, shallow, blocks))
         self.head = nn.Conv2d(widths[0], num_classes, 1)
@@ -98,6 +98,7 @@ class _Transition(nn.Module):
         super().__init__()
         self.scale = 2 ** (source - target)
         cin, cout = widths[source], widths[target]
+        self.body: nn.Module
         if source == target:
             self.body = ConvBlock(cin, cout)
         elif source < target:
@@ -128,8 +129,8 @@ class _FusionStage(nn.Module):
     def forward(self, branches: list[torch.Tensor]) -> list[torch.Tensor]:
         out = []
         for transitions, blocks in zip(self.transitions, self.blocks):
-            fused = sum(transition(x) for transition, x in zip(transitions, branches))
-            out.append(blocks(F.relu(fused)))
+            fused = sum(transition(x) for transition, x in zip(transitions, branches))  # type: ignore[call-overload]
+            out.append(blocks(F.relu(fused)))  # type: ignore[arg-type]  # a sum of tensors
         return out
 
 

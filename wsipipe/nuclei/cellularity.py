@@ -41,21 +41,18 @@ def predict_cellularity(bundle, rgb: np.ndarray, device: str = "cpu", batch_size
     import cv2
     import torch
 
-    from wsipipe.models.io import normalisation_tensors
-
     tile = bundle.tile_size
     pad_y, pad_x = max(0, tile - rgb.shape[0]), max(0, tile - rgb.shape[1])
     if pad_y or pad_x:
         rgb = cv2.copyMakeBorder(rgb, pad_y // 2, pad_y - pad_y // 2, pad_x // 2, pad_x - pad_x // 2,
                                  cv2.BORDER_REFLECT_101)
     crops = [rgb[y : y + tile, x : x + tile] for y in crop_grid(rgb.shape[0], tile) for x in crop_grid(rgb.shape[1], tile)]
-    mean, std = normalisation_tensors(bundle.input_normalisation, device)
     model = bundle.model.to(device).eval()
     predictions = []
     with torch.inference_mode():
         for start in range(0, len(crops), batch_size):
-            x = torch.as_tensor(np.stack(crops[start : start + batch_size]), device=device).permute(0, 3, 1, 2)
-            predictions.append(model((x.float() / 255 - mean) / std).cpu())
+            x = torch.as_tensor(np.stack(crops[start : start + batch_size]), device=device)
+            predictions.append(model(bundle.preprocess(x)).cpu())
     return float(torch.cat(predictions).mean())
 
 

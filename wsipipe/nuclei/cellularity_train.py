@@ -114,16 +114,18 @@ def copy_segmentation_encoder(network, model_file: Path, seg_encoder: str) -> No
     try:
         meta = read_metadata(model_file)
     except ModelError as exc:
-        raise InvalidInputError(f"--init-from {exc}") from None
+        raise InvalidInputError(f"{{init_from}} {exc}", parameter="init_from") from None
     if meta["architecture"] != "deeplabv3plus":
-        raise InvalidInputError(f"--init-from {model_file}: a {meta['architecture']} model, not deeplabv3plus")
+        raise InvalidInputError(f"{{init_from}} {model_file}: a {meta['architecture']} model, not deeplabv3plus",
+                                parameter="init_from")
     encoder = meta["args"].get("encoder")
     if encoder != seg_encoder:
-        raise InvalidInputError(f"--init-from {model_file}: encoder {encoder}, the cellularity model's is {seg_encoder}")
+        raise InvalidInputError(f"{{init_from}} {model_file}: encoder {encoder}, the cellularity model's is {seg_encoder}",
+                                parameter="init_from")
     try:
         load_segmentation_encoder(network, {k: v.float() for k, v in load_file(str(model_file)).items()})
     except ValueError as exc:
-        raise InvalidInputError(f"--init-from {model_file}: {exc}") from None
+        raise InvalidInputError(f"{{init_from}} {model_file}: {exc}", parameter="init_from") from None
 
 
 def train_cellularity(
@@ -142,7 +144,7 @@ def train_cellularity(
 
     from wsipipe.models import build_model, resolve_args
     from wsipipe.models.cellularity import cellularity_loss
-    from wsipipe.models.io import IMAGENET_NORMALISATION, normalisation_tensors
+    from wsipipe.models.io import IMAGENET_NORMALISATION, preprocess
     from wsipipe.training.checkpoint import run_resumable_epochs
     from wsipipe.training.data import Augmentation, LabelledImage, sample_patch
     from wsipipe.training.trainer import poly_lr
@@ -156,7 +158,6 @@ def train_cellularity(
         copy_segmentation_encoder(network, Path(config.init_from), args["seg_encoder"])
     network.to(device).train()
     optimiser = torch.optim.AdamW(network.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    mean, std = normalisation_tensors(IMAGENET_NORMALISATION, device)
     # sample_patch crops image and mask together; the score has no mask, so an empty one rides along
     sources = [LabelledImage(s.name, s.image, np.zeros(s.image.shape[:2], np.uint8)) for s in samples]
     scores = torch.tensor([s.score for s in samples], dtype=torch.float32)
@@ -166,9 +167,9 @@ def train_cellularity(
     def train_step() -> float:
         picks = rng.integers(len(samples), size=config.batch_size)
         patches = np.stack([sample_patch(sources[i], config.tile_size, rng, augmentation)[0] for i in picks])
-        x = torch.as_tensor(patches, device=device).permute(0, 3, 1, 2).float() / 255
+        x = preprocess(torch.as_tensor(patches, device=device), IMAGENET_NORMALISATION)
         optimiser.zero_grad()
-        loss = cellularity_loss(network((x - mean) / std), scores[picks].to(device))
+        loss = cellularity_loss(network(x), scores[picks].to(device))
         loss.backward()
         optimiser.step()
         return float(loss.detach())

@@ -64,8 +64,7 @@ def read_rgb(path: Path) -> np.ndarray:
     from PIL import Image
 
     with Image.open(path) as image:
-        image = image.convert("RGBA")
-        rgba = np.asarray(image).astype(np.int32)
+        rgba = np.asarray(image.convert("RGBA")).astype(np.int32)
     alpha = rgba[..., 3:]
     return ((rgba[..., :3] * alpha + 255 * (255 - alpha) + 127) // 255).astype(np.uint8)
 

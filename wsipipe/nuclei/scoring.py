@@ -61,7 +61,8 @@ def read_prediction(path: Path, score_column: str | None = None) -> Prediction:
         store, table = path, path.parent / "nuclei.csv"
     elif path.is_file() and path.suffix.lower() in LABEL_SUFFIXES:
         if score_column is not None:
-            raise InvalidInputError(f"--score-column: {path} is a label image; scores come from a nuclei output's nuclei.csv")
+            raise InvalidInputError(f"{{score_column}}: {path} is a label image; scores come from a nuclei output's "
+                                    "nuclei.csv", parameter="score_column")
         labels = read_label_image(path)
         return Prediction(labels, labels.shape, None)
     else:
@@ -76,11 +77,12 @@ def read_prediction(path: Path, score_column: str | None = None) -> Prediction:
 
 def _read_scores(table: Path, column: str) -> dict[int, float]:
     if not table.is_file():
-        raise InvalidInputError(f"--score-column {column}: {table} does not exist")
+        raise InvalidInputError(f"{{score_column}} {column}: {table} does not exist", parameter="score_column")
     with open(table, newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
         if column not in (reader.fieldnames or []):
-            raise InvalidInputError(f"--score-column {column}: {table} has columns {', '.join(reader.fieldnames or [])}")
+            raise InvalidInputError(f"{{score_column}} {column}: {table} has columns {', '.join(reader.fieldnames or [])}",
+                                    parameter="score_column")
         return {int(row["id"]): float(row[column]) for row in reader}
 
 

@@ -22,11 +22,13 @@ import numpy as np
 
 from wsipipe.errors import InvalidInputError
 from wsipipe.files import folder_lock, make_output_folder, staged_outputs
+from wsipipe.grid import sample_mask
 from wsipipe.nuclei import outputs
 from wsipipe.nuclei.classical import ClassicalParams, calibrate, haematoxylin_od, segment_nuclei
 from wsipipe.nuclei.data import WORKING_MPP, read_rgb, resample
 from wsipipe.nuclei.tiled import DEFAULT_MARGIN_UM, TileDone, core_tiles, segment_tiled
 from wsipipe.qc.apply import restrict_tissue
+from wsipipe.tissue import THUMBNAIL_MPP
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +40,6 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
 DEFAULT_IMAGE_MPP = 0.25
 #: Core tile side at the working µm/px (512 µm).
 CORE_PX = 1024
-#: Thumbnail µm/px for tissue detection.
-THUMBNAIL_MPP = 4.0
 #: Cores used to calibrate a slide's stain matrix and threshold (the most tissue-rich ones).
 CALIBRATION_CORES = 8
 
@@ -123,10 +123,7 @@ def read_tumour_mask(path: Path | None) -> np.ndarray | None:
 def _scaled(mask: np.ndarray, shape: tuple[int, int], box: tuple[int, int, int, int]) -> np.ndarray:
     """The part of a whole-input mask under working-pixel ``box`` (y0, x0, y1, x1), nearest sampled."""
     y0, x0, y1, x1 = box
-    sy, sx = mask.shape[0] / shape[0], mask.shape[1] / shape[1]
-    rows = np.minimum(((np.arange(y0, y1) + 0.5) * sy).astype(int), mask.shape[0] - 1)
-    cols = np.minimum(((np.arange(x0, x1) + 0.5) * sx).astype(int), mask.shape[1] - 1)
-    return mask[np.ix_(rows, cols)]
+    return sample_mask(mask, (shape[1], shape[0]), np.arange(y0, y1) + 0.5, np.arange(x0, x1) + 0.5)
 
 
 def run_nuclei(

@@ -87,7 +87,7 @@ def train_usnet(
     import torch
 
     from wsipipe.models import build_model, resolve_args
-    from wsipipe.models.io import IMAGENET_NORMALISATION, normalisation_tensors
+    from wsipipe.models.io import IMAGENET_NORMALISATION, preprocess
     from wsipipe.models.usnet import USNetLoss
     from wsipipe.training.checkpoint import run_resumable_epochs
     from wsipipe.training.data import STAIN_JITTER
@@ -100,16 +100,15 @@ def train_usnet(
     anchors = network.anchors(config.crop, config.crop, device=device)
     loss_fn = USNetLoss(alpha=config.alpha, beta=config.beta)
     optimiser = torch.optim.Adam(network.parameters(), lr=config.lr)
-    mean, std = normalisation_tensors(IMAGENET_NORMALISATION, device)
     identity = {"config": asdict(config), "images": [s.name for s in samples]}
 
     def train_step() -> float:
         crops = [_crop(samples[int(rng.integers(len(samples)))], config.crop, rng) for _ in range(config.batch_size)]
         rgb = STAIN_JITTER.apply(np.stack([c[0] for c in crops]), rng)
-        x = torch.as_tensor(rgb, device=device).permute(0, 3, 1, 2).float() / 255
+        x = preprocess(torch.as_tensor(rgb, device=device), IMAGENET_NORMALISATION)
         labels = torch.as_tensor(np.stack([c[1] for c in crops]).astype(np.int64), device=device)
         optimiser.zero_grad()
-        loss = loss_fn(network((x - mean) / std), labels, anchors)["loss"]
+        loss = loss_fn(network(x), labels, anchors)["loss"]
         loss.backward()
         optimiser.step()
         return float(loss.detach())
@@ -240,10 +239,11 @@ def run_nuclei_training(
     if not output.parent.is_dir():
         raise InvalidInputError(f"-o {output}: folder {output.parent} does not exist")
     if normalised_view not in NORMALISED_VIEW_METHODS:
-        raise InvalidInputError(f"--normalised-view {normalised_view!r}: expected one of {', '.join(NORMALISED_VIEW_METHODS)}")
+        raise InvalidInputError(f"{{normalised_view}} {normalised_view!r}: expected one of "
+                                f"{', '.join(NORMALISED_VIEW_METHODS)}", parameter="normalised_view")
     samples = load_nuclei_dataset(data_dir, config.mpp)
     if folds > len(samples):
-        raise InvalidInputError(f"--folds {folds}: only {len(samples)} images in {data_dir}")
+        raise InvalidInputError(f"{{folds}} {folds}: only {len(samples)} images in {data_dir}", parameter="folds")
     step = (lambda run: (lambda info: on_step(run, info))) if on_step else (lambda run: None)
     validation: dict = {}
     if folds >= 2:

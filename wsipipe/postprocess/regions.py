@@ -61,7 +61,8 @@ def label_map_to_polygons(
     result: dict[int, list] = {}
     for class_id in class_ids:
         mask = np.pad(labels == class_id, 1).astype(np.float32)
-        outers, holes = [], []
+        outers: list = []
+        holes: list = []
         for contour in find_contours(mask, 0.5):
             if len(contour) < 4:
                 continue

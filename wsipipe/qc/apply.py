@@ -25,7 +25,7 @@ class UsableTissue:
 
 def check_qc_option(option: str) -> None:
     if option not in ("auto", "off") and not Path(option).exists():
-        raise InvalidInputError(f"--qc {option}: not 'auto', 'off' or an existing qc output folder or qc.zarr")
+        raise InvalidInputError(f"{{qc}} {option}: not 'auto', 'off' or an existing qc output folder or qc.zarr", parameter="qc")
 
 
 def usable_tissue(reader: SlideReader, option: str) -> UsableTissue | None:
@@ -69,9 +69,9 @@ def _summary_beside(path: Path) -> dict:
     try:
         data = json.loads(summary.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidInputError(f"--qc {path}: {summary} is not readable JSON ({exc})") from None
+        raise InvalidInputError(f"{{qc}} {path}: {summary} is not readable JSON ({exc})", parameter="qc") from None
     if not isinstance(data, dict):
-        raise InvalidInputError(f"--qc {path}: {summary} is not a qc.json")
+        raise InvalidInputError(f"{{qc}} {path}: {summary} is not a qc.json", parameter="qc")
     return data
 
 

@@ -90,5 +90,5 @@ def read_qc_masks(path: Path) -> tuple[dict, np.ndarray]:
         attrs = dict(group.attrs["wsipipe_qc"])
         usable = np.asarray(group["usable"][...], np.uint8)
     except Exception:  # zarr raises many kinds for a folder that is not a qc.zarr
-        raise InvalidInputError(f"--qc {path}: not a wsipipe qc output folder or qc.zarr") from None
+        raise InvalidInputError(f"{{qc}} {path}: not a wsipipe qc output folder or qc.zarr", parameter="qc") from None
     return attrs, usable

@@ -1,9 +1,9 @@
-"""``run_qc``: a slide's quality control from its thumbnail plus sampled tiles at 10x.
+"""``run_qc``: a slide's quality control from its thumbnail plus sampled tiles at 10-20x.
 
 Everything but focus works on the tissue thumbnail (``wsipipe.tissue``'s, about 4 µm/px, so its
 masks line up with the tissue masks of tile and segment); focus needs the slide's own pixels and
-reads at most ``FOCUS_MAX_TILES`` tiles of 128 µm at 1 µm/px over the tissue. Deterministic:
-no training, no random sampling beyond the seeded stain estimate.
+reads at most ``FOCUS_MAX_TILES`` tiles of 128 px at twice the slide's µm/px (at most 1 µm/px) over
+the tissue. Deterministic: no training, no random sampling beyond the seeded stain estimate.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import math
 import re
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import cv2
@@ -28,6 +29,8 @@ ASSUMED_MPP = 0.25
 MIN_TISSUE_MM2 = 0.01
 #: Below this share of usable tissue (of tissue and artefacts together) a slide is unusable.
 MIN_USABLE_FRACTION = 0.5
+#: Focus tiles read at once from a reader that several threads may share (decoding releases the GIL).
+FOCUS_READ_THREADS = 4
 #: Stain tiles pooled for the H&E estimate (a spread subset of the focus tiles).
 STAIN_TILES = 64
 
@@ -85,40 +88,71 @@ def judge_brightfield(properties: dict, thumbnail: np.ndarray) -> dict:
     return {"value": value, "reason": reason, "metadata": from_metadata, "background_luminance": level}
 
 
-def _glass_colour(thumbnail: np.ndarray, tissue: np.ndarray) -> np.ndarray | None:
+def _glass_brightness(thumbnail: np.ndarray, tissue: np.ndarray) -> float | None:
+    """The slide glass's brightest channel, median plus three median absolute deviations (the top
+    of its noise), or None without glass. Robust to over-exposed glass under half of it."""
     glass = (tissue == 0) & (thumbnail.min(axis=2) > 200)
     if np.count_nonzero(glass) < 16:
         return None
-    return np.median(thumbnail[glass], axis=0)
+    brightest = thumbnail.max(axis=2)[glass].astype(np.float32)
+    median = float(np.median(brightest))
+    return median + 3 * float(np.median(np.abs(brightest - median)))
+
+
+def _background_brightness(thumbnail: np.ndarray, tissue: np.ndarray) -> float | None:
+    """The median brightest channel off the tissue (glass, dim or not), or None without any."""
+    background = tissue == 0
+    if np.count_nonzero(background) < 16:
+        return None
+    return float(np.median(thumbnail.max(axis=2)[background]))
 
 
 class _TileReader:
-    """Tiles of a given side in µm at ``FOCUS_MPP`` (or the slide's own µm/px when coarser); unlike
+    """Tiles of a given side in µm at ``focus_mpp`` of the slide's µm/px, area-averaged from level
+    0: pyramid levels are made by each scanner's own filter (JPEG 2000's wavelet levels are
+    smoother than an average), which would move the focus measure. Unlike
     ``SlideReader.read_at_mpp`` it also reads a slide without µm/px (at the assumed µm/px)."""
 
     def __init__(self, reader: SlideReader, base_mpp: float):
         self.reader = reader
         self.base_mpp = base_mpp
-        self.mpp = max(d.FOCUS_MPP, base_mpp)
+        self.mpp = d.focus_mpp(base_mpp)
+        self.threads = FOCUS_READ_THREADS if reader.thread_safe else 1
+        self.stored_tile = _stored_tile_side(reader.properties)
+        #: Wall-clock seconds spent reading: reads run in threads beside the focus measure, so the
+        #: focus pass sets it, its wall time times the threads' share of time spent reading.
         self.seconds = 0.0
 
-    def read(self, centre_x: float, centre_y: float, side_um: float) -> np.ndarray:
-        started = time.perf_counter()
+    def read(self, centre_x: float, centre_y: float, side_um: float, room: float = 0.0) -> np.ndarray:
+        """The tile centred on (``centre_x``, ``centre_y``) in level-0 pixels, moved by up to
+        ``room`` of them to lie within one of the slide's stored tiles (one decode, not four)."""
         size = max(8, round(side_um / self.mpp))
-        factor = self.mpp / self.base_mpp  # level-0 pixels per output pixel
-        level = 0
-        for index, lvl in enumerate(self.reader.levels):
-            if lvl.downsample <= factor * 1.01:
-                level = index
-        downsample = self.reader.levels[level].downsample
-        source = max(1, round(size * factor / downsample))
-        x0 = round(centre_x - size * factor / 2)
-        y0 = round(centre_y - size * factor / 2)
-        region = self.reader.read_region((max(0, x0), max(0, y0)), level, (source, source))
+        source = max(1, round(side_um / self.base_mpp))  # at most 2 x size: focus_mpp <= 2 x base
+        x0, y0 = round(centre_x - source / 2), round(centre_y - source / 2)
+        if self.stored_tile and source <= self.stored_tile:
+            x0, y0 = (_within_stored_tile(start, source, self.stored_tile, room) for start in (x0, y0))
+        region = self.reader.read_region((max(0, x0), max(0, y0)), 0, (source, source))
         if source != size:
             region = cv2.resize(region, (size, size), interpolation=cv2.INTER_AREA)
-        self.seconds += time.perf_counter() - started
         return region
+
+
+def _stored_tile_side(properties: dict) -> int | None:
+    """The side of level 0's stored tiles when the slide states it and they are square."""
+    sides = {key.rsplit(".", 1)[-1]: value for key, value in properties.items()
+             if key.endswith(("level[0].tile-width", "level[0].tile-height"))}
+    try:
+        width, height = int(sides["tile-width"]), int(sides["tile-height"])
+    except (KeyError, ValueError):
+        return None
+    return width if width == height and width > 0 else None
+
+
+def _within_stored_tile(start: int, length: int, tile: int, room: float) -> int:
+    """``start`` moved (by at most ``room``) so that [start, start + length) is in one stored tile."""
+    first = (start + length // 2) // tile * tile  # the stored tile holding the centre
+    moved = min(max(start, first), first + tile - length)
+    return moved if abs(moved - start) <= room else start
 
 
 def _focus(tiles: _TileReader, tissue: np.ndarray, thumb_mpp: float, downsample: float, exclude: np.ndarray):
@@ -126,23 +160,36 @@ def _focus(tiles: _TileReader, tissue: np.ndarray, thumb_mpp: float, downsample:
     tissue_um2 = float(np.count_nonzero(tissue)) * thumb_mpp**2
     cell_um = max(d.FOCUS_MIN_CELL_UM, math.sqrt(tissue_um2 / d.FOCUS_MAX_TILES))
     cell = max(1, math.ceil(cell_um / thumb_mpp - 1e-6))  # at most FOCUS_MAX_TILES cells; no float dust
-    side_um = min(d.FOCUS_TILE_UM, cell * thumb_mpp)
+    side_um = min(d.FOCUS_TILE_PX * tiles.mpp, cell * thumb_mpp)
     height, width = tissue.shape
     rows, cols = math.ceil(height / cell), math.ceil(width / cell)
     flagged = np.zeros((rows, cols), np.uint8)
-    ratios, stain_tiles = [], []
+    cells = []
     for r in range(rows):
         for c in range(cols):
             block = tissue[r * cell:(r + 1) * cell, c * cell:(c + 1) * cell]
-            if block.mean() < d.FOCUS_MIN_TISSUE:
-                continue
-            centre = ((c * cell + block.shape[1] / 2) * downsample, (r * cell + block.shape[0] / 2) * downsample)
-            tile = tiles.read(*centre, side_um)
-            ratio = d.focus_ratio(tile)
+            if block.mean() >= d.FOCUS_MIN_TISSUE:
+                cells.append((r, c, (c * cell + block.shape[1] / 2) * downsample, (r * cell + block.shape[0] / 2) * downsample))
+
+    room = max(0.0, (cell * thumb_mpp - side_um) / 2 / tiles.base_mpp)  # level-0 px the tile may move in its cell
+
+    def measure(cell_centre):
+        started = time.perf_counter()
+        tile = tiles.read(cell_centre[2], cell_centre[3], side_um, room)
+        read = time.perf_counter() - started
+        return tile, d.focus_ratio(tile), read, time.perf_counter() - started
+
+    ratios, stain_tiles = [], []
+    reading = busy = 0.0
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=tiles.threads) as pool:  # map keeps the cells' order
+        for (r, c, _, _), (tile, ratio, read, spent) in zip(cells, pool.map(measure, cells)):
+            reading, busy = reading + read, busy + spent
             ratios.append(ratio)
             flagged[r, c] = ratio < d.FOCUS_RATIO_THRESHOLD
             if not exclude[r * cell:(r + 1) * cell, c * cell:(c + 1) * cell].any() and not flagged[r, c]:
                 stain_tiles.append(tile)
+    tiles.seconds = (time.perf_counter() - started) * reading / busy if busy else 0.0
     mask = np.repeat(np.repeat(flagged, cell, axis=0), cell, axis=1)[:height, :width] & tissue
     values = np.asarray(ratios, np.float64)
     figures = {
@@ -158,13 +205,19 @@ def _focus(tiles: _TileReader, tissue: np.ndarray, thumb_mpp: float, downsample:
     return mask.astype(np.uint8), figures, stain_tiles
 
 
+def _reference_stains() -> np.ndarray:
+    """The built-in Macenko target's 2 x 3 H and E matrix (CMU-1-Small-Region, CC0)."""
+    from wsipipe.stain import default_target
+
+    return default_target("macenko").array("stain_matrix")
+
+
 def _stain(tiles: list[np.ndarray]) -> dict:
     """Macenko H and E vectors of the pooled tiles, their angles to the built-in reference, and an
     outlier score (the larger angle over ``STAIN_ANGLE_TOLERANCE``: above 1 is unusual)."""
     from wsipipe.errors import StainError
-    from wsipipe.stain import MacenkoNormalizer, StainWarning, default_target
+    from wsipipe.stain import MacenkoNormalizer, StainWarning
 
-    reference = default_target("macenko")
     out = {"method": "macenko", "reference": "built-in target (CMU-1-Small-Region, CC0)",
            "h_vector": None, "e_vector": None, "h_angle_deg": None, "e_angle_deg": None,
            "outlier_score": None, "looks_like_he": None, "error": None}
@@ -181,7 +234,7 @@ def _stain(tiles: list[np.ndarray]) -> dict:
         out["error"] = str(exc)
         return out
     matrix = params.array("stain_matrix")
-    h_angle, e_angle = d.stain_angles(matrix, reference.array("stain_matrix"))
+    h_angle, e_angle = d.stain_angles(matrix, _reference_stains())
     out.update(h_vector=[round(float(v), 4) for v in matrix[0]], e_vector=[round(float(v), 4) for v in matrix[1]],
                h_angle_deg=round(h_angle, 2), e_angle_deg=round(e_angle, 2),
                outlier_score=round(max(h_angle, e_angle) / d.STAIN_ANGLE_TOLERANCE, 3),
@@ -191,9 +244,10 @@ def _stain(tiles: list[np.ndarray]) -> dict:
 
 def _artefacts(thumbnail: np.ndarray, mpp: float, tissue: np.ndarray, tiles: _TileReader, downsample: float):
     """Every artefact mask (by name) and the figures that come with them."""
-    pen, pen_colours = d.detect_pen(thumbnail, mpp)
+    over, under = d.detect_exposure(thumbnail, mpp, tissue, _glass_brightness(thumbnail, tissue),
+                                    _background_brightness(thumbnail, tissue))
+    pen, pen_colours = d.detect_pen(thumbnail, mpp, tissue, _reference_stains(), under)
     bubble = d.detect_dark_debris(thumbnail, mpp, pen)
-    over, under = d.detect_exposure(thumbnail, mpp, _glass_colour(thumbnail, tissue))
     fold, tissue_density = d.detect_fold(thumbnail, mpp, tissue, pen | bubble | under)
     # "Ink" over most of the tissue is the stain itself off H&E's gamut (DAB, special stains): the
     # stain estimate then sees it, and the verdict names the stain rather than the pen.

@@ -46,7 +46,7 @@ def region_rows(outdir: Path, mpp: float) -> list[dict]:
         }
         if centres is not None:
             row["nuclei"] = int(shapely.contains_xy(region.geometry, centres[:, 0], centres[:, 1]).sum())
-        if tree is not None and region.geometry.area > 0:
+        if outlines is not None and tree is not None and region.geometry.area > 0:
             near = outlines[tree.query(region.geometry)]
             nuclear = float(shapely.area(shapely.intersection(near, region.geometry)).sum())
             row["cellularity"] = nuclear / region.geometry.area

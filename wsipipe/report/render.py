@@ -297,7 +297,7 @@ def write_report_html(
     heat = ""
     if heatmap is not None:
         image, vmax = heatmap
-        stops = ", ".join("rgb(%d,%d,%d)" % tuple(int(c) for c in stop) for stop in HEAT_STOPS)
+        stops = ", ".join("rgb({},{},{})".format(*(int(c) for c in stop)) for stop in HEAT_STOPS)
         heat = (
             img(image, "cellularity per tile (untinted: no tumour in the tile)")
             + f'<p>cellularity 0 <span style="display:inline-block;width:12em;height:0.9em;'

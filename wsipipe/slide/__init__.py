@@ -6,8 +6,8 @@ import logging
 import os
 from pathlib import Path
 
-from wsipipe.errors import InvalidInputError, SlideOpenError
 from wsipipe.dicom.series import is_dicom_path
+from wsipipe.errors import InvalidInputError, SlideOpenError
 from wsipipe.files import check_regular_file
 from wsipipe.slide.base import Level, SlideReader
 
@@ -56,7 +56,7 @@ def open_slide(path: str | os.PathLike, backend: str | None = None, mpp_override
     if is_dicom_path(path):
         reader = _open_dicom(path, backend, mpp_override)
     elif backend == "wsidicom":
-        raise InvalidInputError(f"{path}: --backend wsidicom reads DICOM series only")
+        raise InvalidInputError(f"{path}: {{backend}} wsidicom reads DICOM series only", parameter="backend")
     else:
         reader = _open_with(path, path, [backend] if backend else FILE_BACKENDS, mpp_override, SlideOpenError)
     if levels_cache is None:
@@ -70,7 +70,8 @@ def _open_dicom(path: Path, backend: str | None, mpp_override: float | None) -> 
     from wsipipe.dicom.series import DicomInputError, resolve_series
 
     if backend is not None and backend not in DICOM_BACKENDS:
-        raise InvalidInputError(f"{path}: a DICOM series; choose --backend {' or '.join(DICOM_BACKENDS)}")
+        raise InvalidInputError(f"{path}: a DICOM series; choose {{backend}} {' or '.join(DICOM_BACKENDS)}",
+                                parameter="backend")
     series = resolve_series(path)
     # openslide takes one file of the series (it finds the others beside it); wsidicom the series.
     targets = {"openslide": series.base.path, "wsidicom": path}

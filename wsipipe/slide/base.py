@@ -11,11 +11,15 @@ import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
 from wsipipe.errors import InvalidInputError, MppUnknownError
+
+if TYPE_CHECKING:
+    from wsipipe.slide.tiff_tiles import TiledPages
 
 # How much coarser than the pyramid's smallest level a read may go by resizing alone.
 MAX_EXTRA_DOWNSAMPLE = 32.0
@@ -83,10 +87,15 @@ class SlideReader(ABC):
     _in_bounds_only = False
     #: Direct tile decoder for levels stored as plain tiled TIFF pages (``tiff_tiles.TiledPages``),
     #: set by backends where it gives the backend's own pixels; None reads through the backend.
-    _direct_tiles = None
+    _direct_tiles: TiledPages | None = None
 
     def close(self) -> None:  # noqa: B027 - optional for backends
         """Release file handles."""
+
+    @property
+    def direct_tiles(self):
+        """The direct tile decoder (``tiff_tiles.TiledPages``) of this slide's levels, or None."""
+        return self._direct_tiles
 
     # --- derived ---------------------------------------------------------------------------
     def __enter__(self):

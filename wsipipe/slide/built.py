@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
-import cv2
 import numpy as np
 
 from wsipipe.errors import SlideOpenError
@@ -128,7 +128,7 @@ def _area_weights(start: int, stop: int, factor: float) -> tuple[np.ndarray, int
     return (np.clip(high - low, 0, None) / factor).astype(np.float32), first
 
 
-def attach_built_levels(reader: SlideReader, cache: str | Path, fingerprint: str | None = None) -> SlideReader:
+def attach_built_levels(reader: SlideReader, cache: str | os.PathLike, fingerprint: str | None = None) -> SlideReader:
     """``reader`` with every level built for its slide in ``cache`` (itself when there is none)."""
     import zarr
 

@@ -11,7 +11,6 @@ from wsipipe.errors import SlideOpenError
 from wsipipe.slide.base import HandleReader
 from wsipipe.slide.tiff_tiles import TiledPages
 
-
 # Formats whose levels openslide reads as whole TIFF pages, tile by tile, without overlaps,
 # so decoding the page's tiles directly yields openslide's pixels.
 DIRECT_TILE_VENDORS = {"aperio", "generic-tiff"}

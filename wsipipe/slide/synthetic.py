@@ -68,20 +68,23 @@ class SyntheticSpec:
 
     def validate(self) -> None:
         if self.width < 1 or self.height < 1:
-            raise InvalidInputError(f"--width/--height must be positive, got {self.width}x{self.height}")
+            raise InvalidInputError(f"{{width}}/{{height}} must be positive, got {self.width}x{self.height}",
+                                    parameter=("width", "height"))
         if self.tile_size < 16 or self.tile_size % 16:
-            raise InvalidInputError(f"--tile-size must be a multiple of 16 (JPEG MCUs), got {self.tile_size}")
+            raise InvalidInputError(f"{{tile_size}} must be a multiple of 16 (JPEG MCUs), got {self.tile_size}",
+                                    parameter="tile_size")
         if not 1 <= self.quality <= 100:
-            raise InvalidInputError(f"--quality must be within 1..100, got {self.quality}")
+            raise InvalidInputError(f"{{quality}} must be within 1..100, got {self.quality}", parameter="quality")
         if not (math.isfinite(self.mpp) and self.mpp > 0):
-            raise InvalidInputError(f"--mpp must be a positive number, got {self.mpp}")
+            raise InvalidInputError(f"{{mpp}} must be a positive number, got {self.mpp}", parameter="mpp")
         count = self.level_count()
         if count < 1:
-            raise InvalidInputError(f"--levels must be at least 1, got {count}")
+            raise InvalidInputError(f"{{levels}} must be at least 1, got {count}", parameter="levels")
         if (self.tile_size >> (count - 1)) < 1:
             raise InvalidInputError(
-                f"--levels {count} is too many for --tile-size {self.tile_size} "
-                f"(at most {int(math.log2(self.tile_size)) + 1})"
+                f"{{levels}} {count} is too many for {{tile_size}} {self.tile_size} "
+                f"(at most {int(math.log2(self.tile_size)) + 1})",
+                parameter=("levels", "tile_size"),
             )
 
 
@@ -183,7 +186,7 @@ def _encoded_tiles(renderer: TileRenderer, level: int, quality: int, threads: in
     positions = [(tx, ty) for ty in range(math.ceil(height / tile)) for tx in range(math.ceil(width / tile))]
     blank = imagecodecs.jpeg8_encode(renderer.blank_tile(), level=quality, subsampling=(2, 2))
 
-    def encode(position: tuple[int, int]) -> bytes:
+    def encode(position: tuple[int, int]) -> bytes | bytearray:
         pixels = renderer.render(level, *position)
         if pixels is None:
             return blank
@@ -311,8 +314,8 @@ def load_source(path: Path) -> np.ndarray:
     """RGB uint8 pixels of an H&E source image (a slide's level 0, a PNG or a JPEG)."""
     path = Path(path)
     if not path.is_file():
-        hint = " (the default source ships with the repository; pass --source IMAGE)" if path == DEFAULT_SOURCE else ""
-        raise SlideOpenError(f"{path}: source image not found{hint}")
+        hint = " (the default source ships with the repository; pass {sources} IMAGE)" if path == DEFAULT_SOURCE else ""
+        raise SlideOpenError(f"{path}: source image not found{hint}", parameter="sources")
     try:
         if path.suffix.lower() in {".svs", ".tif", ".tiff"}:
             import tifffile
@@ -353,6 +356,7 @@ def make_patch_pool(images: Sequence[np.ndarray], tile: int, count: int, rng: np
                 best, best_score = crop, score
         gain = 1.0 + rng.normal(0, 0.04, 3)
         shift = rng.normal(0, 4, 3)
+        assert best is not None  # every crop scores at least 0
         pool[index] = np.clip(best.astype(np.float32) * gain + shift + 0.5, 0, 255).astype(np.uint8)
     return pool
 

@@ -45,12 +45,14 @@ def check_ndpi_spec(spec) -> None:
     step_h = MCU_H << (levels - 1)
     if spec.width % step_w or spec.height % step_h:
         raise InvalidInputError(
-            f"--ndpi with {levels} levels and --tile-size {spec.tile_size} needs --width a multiple of "
-            f"{step_w} and --height a multiple of {step_h} (e.g. {math.ceil(spec.width / step_w) * step_w} x "
-            f"{math.ceil(spec.height / step_h) * step_h})"
+            f"{{ndpi}} with {levels} levels and {{tile_size}} {spec.tile_size} needs {{width}} a multiple of "
+            f"{step_w} and {{height}} a multiple of {step_h} (e.g. {math.ceil(spec.width / step_w) * step_w} x "
+            f"{math.ceil(spec.height / step_h) * step_h})",
+            parameter=("ndpi", "tile_size", "width", "height"),
         )
     if max(spec.width, spec.height) > JPEG_MAX_SIDE:
-        raise InvalidInputError(f"--ndpi slides are at most {JPEG_MAX_SIDE} px a side (one JPEG per level)")
+        raise InvalidInputError(f"{{ndpi}} slides are at most {JPEG_MAX_SIDE} px a side (one JPEG per level)",
+                                parameter="ndpi")
 
 
 def write_ndpi(path: Path, spec, renderer, *, progress=None, threads: int = 2) -> None:
@@ -65,7 +67,7 @@ def write_ndpi(path: Path, spec, renderer, *, progress=None, threads: int = 2) -
             levels.append((level, offset, fh.tell() - offset, starts))
         first_ifd = _write_ifds(fh, spec, levels)
         if fh.tell() >= 2**32:
-            raise OutputError(f"{path}: --ndpi output would exceed 4 GiB (classic TIFF offsets)")
+            raise OutputError(f"{path}: {{ndpi}} output would exceed 4 GiB (classic TIFF offsets)", parameter="ndpi")
         fh.seek(4)
         fh.write(struct.pack("<I", first_ifd))
 

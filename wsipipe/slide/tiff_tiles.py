@@ -25,6 +25,7 @@ import threading
 from collections import OrderedDict
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -49,7 +50,7 @@ def direct_tiles_enabled() -> bool:
 class TiledPages:
     """Region reads of the levels of one TIFF file whose pages allow decoding tiles directly."""
 
-    def __init__(self, path: Path, pages: dict[int, object], tiff):
+    def __init__(self, path: Path, pages: dict[int, Any], tiff):
         self._tiff = tiff  # kept open: the pages' decoders belong to it
         self._pages = pages
         self._path = path
@@ -91,6 +92,22 @@ class TiledPages:
 
     def covers(self, level: int) -> bool:
         return level in self._pages
+
+    def page(self, level: int):
+        """The TIFF page (tifffile) holding ``level``."""
+        return self._pages[level]
+
+    def jpeg_colorspaces(self, level: int) -> tuple[int | None, int] | None:
+        """(JPEG, output) colour spaces of a JPEG level's tiles (``_jpeg_colorspaces``); None for another codec."""
+        return self._jpeg_colorspaces.get(level)
+
+    def jpeg_stream(self, level: int, index: int) -> bytes:
+        """Tile ``index`` of a JPEG level as a complete JPEG (the page's shared tables spliced in
+        after its start marker), for a decoder that takes whole JPEG files (nvJPEG)."""
+        page = self._pages[level]
+        with self._reading_tile(index):
+            data = self._tile_bytes(page, index)
+        return page.jpegtables[:-2] + data[2:] if page.jpegtables else data
 
     def read(self, level: int, x: int, y: int, width: int, height: int, out: np.ndarray | None = None) -> np.ndarray:
         """RGB (height, width, 3) of the region at level coordinates (x, y), into ``out`` when

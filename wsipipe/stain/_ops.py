@@ -7,6 +7,7 @@ pooled sample of a whole slide go through the same code.
 from __future__ import annotations
 
 import warnings
+from contextlib import contextmanager
 from typing import Any, Callable
 
 import numpy as np
@@ -179,10 +180,8 @@ def unique_colours(pixels: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     distinct colours weighted by their counts give the statistics of all the pixels exactly, with
     fewer rows (a 1000 x 1000 H&E image has about 17 000 to 330 000 colours).
     """
-    rgb = pixels.reshape(-1, 3).cpu().numpy().astype(np.int32)
-    codes, counts = np.unique((rgb[:, 0] << 16) | (rgb[:, 1] << 8) | rgb[:, 2], return_counts=True)
-    colours = np.stack([codes >> 16, (codes >> 8) & 255, codes & 255], axis=1).astype(np.uint8)
-    return colours, counts
+    codes, counts = np.unique(colour_codes(np.ascontiguousarray(pixels.cpu().numpy())), return_counts=True)
+    return colours_of(codes), counts
 
 
 def weighted_percentile(values: np.ndarray, counts: np.ndarray, q) -> np.ndarray:
@@ -218,3 +217,86 @@ def for_each_chunk(pixels: torch.Tensor, step: Callable[[torch.Tensor], torch.Te
     for start in range(0, pixels.shape[0], CHUNK_PIXELS):
         out[start : start + CHUNK_PIXELS] = step(pixels[start : start + CHUNK_PIXELS])
     return out
+
+
+def colour_codes(pixels: np.ndarray) -> np.ndarray:
+    """Each pixel of a C-contiguous uint8 RGB array ``(..., 3)`` as one uint32, R | G << 8 | B << 16."""
+    flat = pixels.reshape(-1)
+    count = flat.size // 3
+    codes = np.empty(count, np.uint32)
+    # the little-endian 4-byte word at each pixel holds its 3 bytes and the next pixel's first
+    words = np.ndarray((count - 1,), dtype="<u4", buffer=flat, strides=(3,))
+    np.bitwise_and(words, 0xFFFFFF, out=codes[:-1])
+    red, green, blue = (int(value) for value in flat[-3:])
+    codes[-1] = red | green << 8 | blue << 16
+    return codes
+
+
+def colours_of(codes: np.ndarray) -> np.ndarray:
+    """``colour_codes`` back to uint8 RGB ``(n, 3)``."""
+    return np.stack([codes & 255, (codes >> 8) & 255, codes >> 16], axis=1).astype(np.uint8)
+
+
+class ColourTable:
+    """A function of each uint8 RGB pixel's colour alone, evaluated once per distinct colour.
+
+    Normalising with fixed stain parameters maps every pixel by its colour, so a slide's hundreds
+    of millions of pixels share a few hundred thousand results: on the CPU, looking them up in a
+    table over the 2^24 colours is several times faster than recomputing them per pixel, and gives
+    the same values (the same function of the same colours). An entry holds the mapped colour in
+    its low 24 bits, then whether the colour is flagged (e.g. tissue), then whether it is filled.
+    The table takes 64 MB, of memory pages only touched where colours occur.
+    """
+
+    _FLAGGED = np.uint32(1 << 24)
+    _FILLED = np.uint32(1 << 25)
+
+    def __init__(self, mapping: Callable[[torch.Tensor], torch.Tensor], flag: Callable[[torch.Tensor], torch.Tensor]):
+        self._mapping = mapping  # (n, 3) uint8 -> (n, 3) uint8
+        self._flag = flag  # (n, 3) uint8 -> (n,) bool
+        self._entries = np.zeros(1 << 24, np.uint32)
+
+    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The mapped images (a C-contiguous uint8 ``(N, H, W, 3)`` batch in, the same shape out),
+        and for each image whether any of its pixels is flagged."""
+        import cv2
+
+        codes = colour_codes(images)
+        entries = self._entries[codes]
+        if entries.min() < self._FILLED:
+            unfilled = entries < self._FILLED
+            self._fill(codes[unfilled])
+            entries[unfilled] = self._entries[codes[unfilled]]
+        # every entry is filled now, so a flagged one is at least FILLED | FLAGGED
+        flagged = entries.reshape(len(images), -1).max(axis=1) >= self._FILLED | self._FLAGGED
+        rgbx = entries.view(np.uint8).reshape(-1, images.shape[-2], 4)  # little-endian: R, G, B, flags
+        return cv2.cvtColor(rgbx, cv2.COLOR_RGBA2RGB).reshape(images.shape), flagged  # one pass
+
+    def _fill(self, codes: np.ndarray) -> None:
+        seen = np.zeros(1 << 24, bool)
+        seen[codes] = True
+        new = np.flatnonzero(seen).astype(np.uint32)  # distinct, without sorting millions of codes
+        colours = torch.from_numpy(colours_of(new))
+        with torch_threads(1):
+            mapped = self._mapping(colours).cpu().numpy()
+            flagged = self._flag(colours).cpu().numpy()
+        self._entries[new] = colour_codes(np.ascontiguousarray(mapped)) | np.where(flagged, self._FLAGGED, 0) | self._FILLED
+
+
+@contextmanager
+def torch_threads(count: int):
+    """Torch's intra-op threads set to ``count`` inside, restored after.
+
+    The per-colour passes of estimation (a few hundred thousand rows) are too small to share out,
+    and on a busy CPU each parallel pass waits for its slowest thread: measured 30x slower on two
+    threads than on one on this project's shared machine.
+    """
+    before = torch.get_num_threads()
+    if before == count:
+        yield
+        return
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

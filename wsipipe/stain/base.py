@@ -21,6 +21,7 @@ from wsipipe.stain._ops import (
     LUMINOSITY_THRESHOLD,
     MIN_TISSUE_PIXELS,
     SAMPLE_PIXELS,
+    ColourTable,
     for_each_chunk,
     nonneg_lasso_2,
     od_to_rgb,
@@ -28,6 +29,7 @@ from wsipipe.stain._ops import (
     sample_rows,
     tissue_mask,
     to_tile_batch,
+    torch_threads,
     unique_colours,
     weighted_percentile,
 )
@@ -86,6 +88,7 @@ class StainNormalizer(ABC):
         self.luminosity_threshold = luminosity_threshold
         self.sample_pixels = sample_pixels
         self.target: Optional[StainParams] = None
+        self._colour_table: Optional[tuple] = None  # ((source, target, threshold), ColourTable)
 
     def fit(self, target: Any) -> "StainNormalizer":
         """Set the target from a reference image (uint8 RGB) or from stored ``StainParams``."""
@@ -122,6 +125,8 @@ class StainNormalizer(ABC):
         if source is not None:
             self._check_method(source, "source")
         batch, give_back = to_tile_batch(tiles)
+        if source is not None and self.device.type == "cpu":
+            return give_back(self._map_by_colour(batch, source))
         pixels = batch.to(self.device, non_blocking=True)
         count = pixels.shape[0]
         flat = pixels.reshape(count, -1, 3)
@@ -142,13 +147,29 @@ class StainNormalizer(ABC):
                 warnings.warn(f"tile {index} left unchanged: {exc}", StainWarning, stacklevel=2)
         return give_back(out)
 
+    def _map_by_colour(self, batch: torch.Tensor, source: StainParams) -> torch.Tensor:
+        """``transform(batch, source)`` on the CPU, through a table of the colours seen so far
+        (kept while the source, the target and the threshold stay the same): the same result."""
+        key = (source, self.target, self.luminosity_threshold)
+        if self._colour_table is None or self._colour_table[0] != key:
+            table = ColourTable(
+                lambda colours: self._apply(colours, source),
+                lambda colours: tissue_mask(colours, self.luminosity_threshold),
+            )
+            self._colour_table = (key, table)
+        pixels = np.ascontiguousarray(batch.cpu().numpy())
+        mapped, has_tissue = self._colour_table[1](pixels)
+        mapped[~has_tissue] = pixels[~has_tissue]  # tiles without tissue stay as they are
+        return torch.from_numpy(mapped)
+
     def _normalise_alone(self, pixels: torch.Tensor) -> torch.Tensor:
         """``pixels`` (one tile, (P, 3)) mapped with their own estimate; StainError when none."""
         return self._apply(pixels, self._estimate_sampled(pixels, self.sample_pixels))
 
     def _estimate_sampled(self, pixels: torch.Tensor, sample_pixels: int) -> StainParams:
         rng = np.random.default_rng(self.seed)
-        params = self._estimate(sample_rows(pixels, sample_pixels, rng))
+        with torch_threads(1):
+            params = self._estimate(sample_rows(pixels, sample_pixels, rng))
         if params.looks_like_he is False:
             warnings.warn(
                 f"{self.method}: the stain vectors are far from haematoxylin and eosin "

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence, Union
+from typing import Any, Iterable, Optional, Sequence, Union
 
 import numpy as np
 
@@ -36,15 +36,16 @@ def estimate_slide_stain(
 ) -> StainParams:
     """The slide's stain parameters, estimated once from tiles pooled across the slide.
 
-    ``tiles_or_sampler`` is either a sequence of tiles (``len()`` and ``[i]``: an (N, H, W, 3)
-    numpy or zarr array, a list), of which ``max_tiles`` are sampled in strata (seeded by
+    ``tiles_or_sampler`` is either a sequence of tiles (``[i]`` and ``len()`` or ``shape``: an
+    (N, H, W, 3) numpy or zarr array, a list), of which ``max_tiles`` are sampled in strata (seeded by
     ``normalizer.seed``), or any other iterable of tiles, all of which are used (the caller
     sampled them, e.g. regions read across a slide). The statistics use all the pooled pixels, or a
     seeded sample of ``sample_pixels`` of them when more. Reuse the result with
     ``normalizer.transform(tiles, source=params)`` for every tile of the slide.
     """
-    if hasattr(tiles_or_sampler, "__len__") and hasattr(tiles_or_sampler, "__getitem__"):
-        picked = sample_tile_indices(len(tiles_or_sampler), max_tiles, normalizer.seed)
+    count = _length(tiles_or_sampler)
+    if count is not None:
+        picked = sample_tile_indices(count, max_tiles, normalizer.seed)
         tiles = [np.asarray(tiles_or_sampler[i]) for i in picked]
     else:
         tiles = [np.asarray(tile) for tile in tiles_or_sampler]
@@ -55,3 +56,13 @@ def estimate_slide_stain(
         raise StainError("slide tiles must all be (H, W, 3) or all (H, W, 4) images")
     pooled = np.concatenate([tile.reshape(-1, tile.shape[-1]) for tile in tiles])
     return normalizer.estimate(pooled[:, None, :], sample_pixels=sample_pixels)
+
+
+def _length(tiles: Any) -> Optional[int]:
+    """How many tiles a sequence holds (zarr arrays have a shape but no ``len()``); None for an iterable."""
+    if not hasattr(tiles, "__getitem__"):
+        return None
+    if hasattr(tiles, "__len__"):
+        return len(tiles)
+    shape = getattr(tiles, "shape", None)
+    return int(shape[0]) if shape else None

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
 from wsipipe.errors import StainError, StoreError
+from wsipipe.files import file_sha256
 from wsipipe.stages.base import Progress
 from wsipipe.stages.normalize import NormalizeConfig, NormalizeResult
 from wsipipe.stain.base import StainParams
@@ -47,8 +47,8 @@ def normalize_store(config: NormalizeConfig, device, progress: Progress | None =
             try:
                 normalizer.fit(load_target_image(target_image))
             except StainError as exc:
-                raise StainError(f"--target {target_image}: {exc}") from None
-            target_name = f"{target_image.name} sha256:{_sha256(target_image)}"
+                raise StainError(f"{{target}} {target_image}: {exc.template}", parameter=("target", *exc.parameters)) from None
+            target_name = f"{target_image.name} sha256:{file_sha256(target_image)[:16]}"
     with _warnings_about(str(source_path)):
         try:
             slide = estimate_slide_stain(source.tiles, normalizer)
@@ -106,11 +106,3 @@ def _warnings_about(subject: str):
         yield
     for warning in caught:
         warnings.warn(f"{subject}: {warning.message}", warning.category, stacklevel=3)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]

@@ -5,8 +5,9 @@ epoch loop the nuclei and cellularity trainers share."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -84,7 +85,8 @@ def run_resumable_epochs(
     if resume and checkpoint is not None and checkpoint.is_file():
         _, state = load_checkpoint(checkpoint, network, optimizer)
         if state.get("identity") != identity:
-            raise InvalidInputError(f"{checkpoint}: made with other training options; drop --resume to start over")
+            raise InvalidInputError(f"{checkpoint}: made with other training options; drop {{resume}} to start over",
+                                    parameter="resume")
         first_epoch = state["epochs_done"]
         rng.bit_generator.state = state["numpy_rng"]
     for epoch in range(first_epoch, epochs):

@@ -84,18 +84,21 @@ def regroup(dataset: Dataset, groups_csv: Path) -> Dataset:
             rows = list(reader)
             header = reader.fieldnames or []
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise InvalidInputError(f"--groups {groups_csv}: cannot read ({exc})") from None
+        raise InvalidInputError(f"{{groups_csv}} {groups_csv}: cannot read ({exc})", parameter="groups_csv") from None
     if not {"image", "group"} <= set(header):
-        raise InvalidInputError(f"--groups {groups_csv}: needs columns 'image' and 'group' (has {', '.join(header) or 'none'})")
+        raise InvalidInputError(f"{{groups_csv}} {groups_csv}: needs columns 'image' and 'group' (has "
+                                f"{', '.join(header) or 'none'})", parameter="groups_csv")
     known = {item.source for item in dataset.items}
     mapping: dict[str, str] = {}
     for row in rows:
         name, group = (row["image"] or "").strip(), (row["group"] or "").strip()
         name = Path(name).stem if name not in known else name
         if name not in known:
-            raise InvalidInputError(f"--groups {groups_csv}: {row['image']!r} is not one of the data's images or slides")
+            raise InvalidInputError(f"{{groups_csv}} {groups_csv}: {row['image']!r} is not one of the data's images or "
+                                    "slides", parameter="groups_csv")
         if not group:
-            raise InvalidInputError(f"--groups {groups_csv}: {row['image']!r} has an empty group")
+            raise InvalidInputError(f"{{groups_csv}} {groups_csv}: {row['image']!r} has an empty group",
+                                    parameter="groups_csv")
         mapping[name] = group
     items = [LabelledImage(it.name, it.image, it.mask, it.source, mapping.get(it.source, it.group)) for it in dataset.items]
     return Dataset(items, dataset.mpp, dataset.kind)
@@ -180,7 +183,8 @@ def split_folds(groups: list[str], folds: int, seed: int) -> list[list[int]]:
     a group's items are never on both sides; fold sizes in groups differ by at most one."""
     names = list(dict.fromkeys(groups))
     if not 2 <= folds <= len(names):
-        raise InvalidInputError(f"--folds {folds}: needs 2 <= K <= the number of images or slides ({len(names)})")
+        raise InvalidInputError(f"{{folds}} {folds}: needs 2 <= K <= the number of images or slides ({len(names)})",
+                                parameter="folds")
     order = np.random.default_rng(seed).permutation(len(names))
     fold_of = {names[g]: k % folds for k, g in enumerate(order)}
     return [[i for i, g in enumerate(groups) if fold_of[g] == k] for k in range(folds)]
@@ -233,7 +237,7 @@ def sample_patch(
     if aug is not None:
         angle = 90.0 * rng.integers(4) + rng.uniform(-aug.max_rotation, aug.max_rotation)
         zoom = float(np.exp(rng.uniform(*np.log(aug.scale_range))))
-    matrix = cv2.getRotationMatrix2D((cx, cy), angle, zoom)
+    matrix = np.asarray(cv2.getRotationMatrix2D((cx, cy), angle, zoom), np.float64)
     matrix[:, 2] += (tile / 2 - cx, tile / 2 - cy)
     border = cv2.BORDER_REFLECT_101
     image = cv2.warpAffine(item.image, matrix, (tile, tile), flags=cv2.INTER_LINEAR, borderMode=border)
@@ -249,5 +253,7 @@ def sample_patch(
 
 
 def class_frequencies(items: list[LabelledImage], num_classes: int) -> np.ndarray:
-    counts = sum(np.bincount(i.mask.ravel(), minlength=num_classes)[:num_classes] for i in items)
+    counts = np.zeros(num_classes, np.int64)
+    for item in items:
+        counts += np.bincount(item.mask.ravel(), minlength=num_classes)[:num_classes]
     return counts / max(counts.sum(), 1)

@@ -49,4 +49,4 @@ def make_loss(name: str, frequencies=None, gamma: float = 2.0):
         return lambda logits, target: F.cross_entropy(logits.float(), target.long(), weight=weights.to(logits.device))
     if name == "focal":
         return lambda logits, target: focal_loss(logits, target, gamma)
-    raise InvalidInputError(f"--loss {name!r}: choose one of {', '.join(LOSSES)}")
+    raise InvalidInputError(f"{{loss}} {name!r}: choose one of {', '.join(LOSSES)}", parameter="loss")

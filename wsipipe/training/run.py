@@ -4,9 +4,9 @@ cross-validation by image or slide, the final fit, and the model file with its m
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -68,7 +68,7 @@ def run_training(
         dataset = regroup(dataset, groups_csv)
     if dataset.mpp is not None:
         if data_mpp is not None and abs(data_mpp - dataset.mpp) > 1e-6 * dataset.mpp:
-            raise InvalidInputError(f"--data-mpp {data_mpp}: the tile stores record {dataset.mpp} µm/px")
+            raise InvalidInputError(f"{{data_mpp}} {data_mpp}: the tile stores record {dataset.mpp} µm/px", parameter="data_mpp")
         data_mpp, mpp_assumed = dataset.mpp, False
     elif data_mpp is None:
         data_mpp = config.mpp
@@ -76,7 +76,8 @@ def run_training(
     groups = dataset.groups
     top = max(int(i.mask.max()) for i in items)
     if top >= len(config.classes):
-        raise InvalidInputError(f"{data_dir}: masks hold class {top} but --classes names only {len(config.classes)}")
+        raise InvalidInputError(f"{data_dir}: masks hold class {top} but {{classes}} names only {len(config.classes)}",
+                                parameter="classes")
     step = (lambda run: (lambda info: on_step(run, info))) if on_step else (lambda run: None)
     validation: dict = {}
     if folds >= 2:
@@ -100,7 +101,7 @@ def run_training(
             "fold_miou": [f["miou"] for f in done],
             "per_image": {k: v for f in done for k, v in f["per_image"].items()},
         }
-        train_idx, val_idx = list(range(len(items))), []
+        train_idx, val_idx = list(range(len(items))), list[int]()
     else:
         train_idx, val_idx = split_holdout(groups, val_fraction, config.seed)
     result = train(config, [items[i] for i in train_idx], [items[i] for i in val_idx], fit_checkpoint(output), resume,

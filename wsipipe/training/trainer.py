@@ -49,22 +49,22 @@ def make_optimizer(name: str, params, lr: float, weight_decay: float):
         return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
     if name == "adamw":
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    raise InvalidInputError(f"--optimizer {name!r}: choose one of {', '.join(OPTIMIZERS)}")
+    raise InvalidInputError(f"{{optimizer}} {name!r}: choose one of {', '.join(OPTIMIZERS)}", parameter="optimizer")
 
 
 def validate(model, items: list[LabelledImage], config: TrainConfig, batch_size: int) -> dict:
     """Sliding-window inference on whole validation images at the model's scale."""
-    from wsipipe.inference.sliding import default_overlap, predict_tiled
+    from wsipipe.inference.engine import predict_tiled
+    from wsipipe.inference.sliding import default_overlap
     from wsipipe.metrics.semantic import ConfusionMatrix
-    from wsipipe.models.io import IMAGENET_NORMALISATION
+    from wsipipe.models.io import IMAGENET_NORMALISATION, ModelBundle
 
     model.eval()
+    bundle = ModelBundle(model, {"classes": config.classes, "tile_size": config.tile_size,
+                                 "input_normalisation": IMAGENET_NORMALISATION})
     cm = ConfusionMatrix(len(config.classes))
     for item in items:
-        probs = predict_tiled(
-            model, item.image, len(config.classes), config.tile_size, default_overlap(config.tile_size), batch_size,
-            config.device, IMAGENET_NORMALISATION["mean"], IMAGENET_NORMALISATION["std"],
-        )
+        probs = predict_tiled(bundle, item.image, default_overlap(config.tile_size), batch_size, config.device)
         cm.update(probs.argmax(0), item.mask)
     return cm.summary(config.classes)
 
@@ -86,9 +86,9 @@ def train(
     the epoch on them would inflate that figure.
     """
     from wsipipe.models import build_model
+    from wsipipe.models.io import IMAGENET_NORMALISATION, preprocess
     from wsipipe.training.checkpoint import load_checkpoint, save_checkpoint
     from wsipipe.training.losses import make_loss
-    from wsipipe.models.io import IMAGENET_NORMALISATION, normalisation_tensors
 
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
@@ -102,14 +102,14 @@ def train(
     scaler = torch.amp.GradScaler("cuda", enabled=use_cuda)
     steps_per_epoch = max(1, math.ceil(config.patches_per_epoch / config.batch_size))
     max_steps = config.epochs * steps_per_epoch
-    mean, std = normalisation_tensors(IMAGENET_NORMALISATION, device)
     aug = Augmentation() if config.augment else None
 
     best_state, state = None, {"epoch": 0, "history": [], "best": None, "train_seconds": 0.0, "images": 0}
     if resume and checkpoint is not None and checkpoint.is_file():
         best_state, state = load_checkpoint(checkpoint, model, optimizer)
         if state.get("config") != asdict(config):
-            raise InvalidInputError(f"{checkpoint}: made with other training options; drop --resume to start over")
+            raise InvalidInputError(f"{checkpoint}: made with other training options; drop {{resume}} to start over",
+                                    parameter="resume")
         rng.bit_generator.state = state["numpy_rng"]
     for epoch in range(state["epoch"], config.epochs):
         model.train()
@@ -119,8 +119,8 @@ def train(
             for group in optimizer.param_groups:
                 group["lr"] = poly_lr(config.lr, global_step, max_steps)
             patches = [sample_patch(train_items[rng.integers(len(train_items))], config.tile_size, rng, aug) for _ in range(config.batch_size)]
-            images = torch.from_numpy(np.stack([p[0] for p in patches])).to(device).permute(0, 3, 1, 2).float().div_(255)
-            images = ((images - mean) / std).contiguous(memory_format=memory_format)
+            images = torch.from_numpy(np.stack([p[0] for p in patches])).to(device)
+            images = preprocess(images, IMAGENET_NORMALISATION).contiguous(memory_format=memory_format)
             masks = torch.from_numpy(np.stack([p[1] for p in patches])).to(device).long()
             with torch.autocast("cuda", dtype=torch.float16, enabled=use_cuda):
                 loss = loss_fn(model(images), masks)

@@ -104,7 +104,7 @@ class PolygonOverlay:
         margin = self.thickness * box.scale
         x0, y0 = box.x0 * box.scale - margin, box.y0 * box.scale - margin
         x1, y1 = box.x1 * box.scale + margin, box.y1 * box.scale + margin
-        chosen = set()
+        chosen: set[int] = set()
         for bx in range(int(x0 // BIN_SIZE), int(x1 // BIN_SIZE) + 1):
             for by in range(int(y0 // BIN_SIZE), int(y1 // BIN_SIZE) + 1):
                 chosen.update(self.bins.get((bx, by), ()))
@@ -136,7 +136,8 @@ def geojson_polygons(path: Path) -> list[dict]:
 def classification_colour(properties: dict, fallback: tuple[int, int, int]) -> tuple[int, int, int]:
     colour = (properties.get("classification") or {}).get("color")
     if isinstance(colour, list) and len(colour) == 3:
-        return tuple(int(c) for c in colour)
+        r, g, b = (int(c) for c in colour)
+        return r, g, b
     return fallback
 
 

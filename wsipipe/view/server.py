@@ -80,7 +80,7 @@ class ViewServer(ThreadingHTTPServer):
 
     @property
     def url(self) -> str:
-        host, port = self.server_address[:2]
+        host, port = str(self.server_address[0]), self.server_address[1]
         return f"http://{'[' + host + ']' if ':' in host else host}:{port}/"
 
     def close(self) -> None:
@@ -98,13 +98,13 @@ class ViewHandler(BaseHTTPRequestHandler):
     # client's delayed ACK (~40 ms a tile on a keep-alive connection).
     disable_nagle_algorithm = True
 
-    def log_message(self, format, *args):  # noqa: A002 - the base class's name
+    def log_message(self, format, *args):  # the base class's name and signature
         """Quiet: a page load makes hundreds of tile requests."""
 
-    def do_HEAD(self):  # noqa: N802 - http.server's naming
+    def do_HEAD(self):  # http.server's naming
         self._answer(head=True)
 
-    def do_GET(self):  # noqa: N802
+    def do_GET(self):
         self._answer(head=False)
 
     def _answer(self, head: bool) -> None:
@@ -193,7 +193,10 @@ class ViewHandler(BaseHTTPRequestHandler):
         key = (id(source), overlay, level, col, row)
         data = self.server.cache.get(key)
         if data is None:
-            data = encode_png(source.render_overlay(overlay, box))
+            rgba = source.render_overlay(overlay, box)
+            if rgba is None:
+                return self._error(HTTPStatus.NOT_FOUND, "no such tile")
+            data = encode_png(rgba)
             self.server.cache.put(key, data)
         return HTTPStatus.OK, "image/png", data
 
@@ -233,8 +236,9 @@ def _text(value) -> str:
 def start_server(sources: list[ViewSource], mode: str, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> ViewServer:
     """A bound server (not yet serving); port 0 picks a free one."""
     if not 0 <= port <= 65535:
-        raise InvalidInputError(f"--port {port}: choose 0 to 65535")
+        raise InvalidInputError(f"{{port}} {port}: choose 0 to 65535", parameter="port")
     try:
         return ViewServer((host, port), sources, mode)
     except OSError as exc:
-        raise OutputError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); choose another --port") from exc
+        raise OutputError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); choose another {{port}}",
+                          parameter="port") from exc

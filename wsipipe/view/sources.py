@@ -17,8 +17,15 @@ import numpy as np
 from wsipipe.errors import InvalidInputError, SlideOpenError
 from wsipipe.view.deepzoom import LRUCache, SlideTiles
 from wsipipe.view.overlays import (
-    NUCLEI_MAX_UM_PER_PX, Lazy, PolygonOverlay, RasterOverlay, class_palette, classification_colour,
-    geojson_polygons, heat_palette, heatmap_raster,
+    NUCLEI_MAX_UM_PER_PX,
+    Lazy,
+    PolygonOverlay,
+    RasterOverlay,
+    class_palette,
+    classification_colour,
+    geojson_polygons,
+    heat_palette,
+    heatmap_raster,
 )
 
 REPORT_JSON = "report.json"
@@ -74,6 +81,7 @@ class ViewSource:
     def warm_up(self) -> None:
         """Read ahead what the first page view needs (the slide's coarsest level, the overlays
         shown at first), so the first tiles do not wait for it."""
+        assert self._tiles is not None, "tiles() opens the slide first"
         self._tiles.coarsest()
         for spec in self.overlays.values():
             if spec.visible:
@@ -90,6 +98,18 @@ class ViewSource:
 
     def mpp(self) -> float | None:
         return self.report.get("mpp") or self.reader.mpp_x
+
+    def _known_mpp(self) -> float:
+        """µm/px where the outputs need one (segment and nuclei record the one they ran at)."""
+        mpp = self.mpp()
+        assert mpp is not None, "outputs made at a µm/px record it in report.json"
+        return mpp
+
+    @property
+    def _outputs(self) -> Path:
+        """The output folder (the overlays that read from it are offered only when there is one)."""
+        assert self.outdir is not None, "no output folder: its overlays are not offered"
+        return self.outdir
 
     # --- output files --------------------------------------------------------------------------
     def output_file(self, name: str) -> Path | None:
@@ -127,11 +147,11 @@ class ViewSource:
 
         from wsipipe.segment import _tumour_classes
 
-        root = zarr.open_group(str(self.outdir / PREDICTION), mode="r", zarr_format=2)
+        root = zarr.open_group(str(self._outputs / PREDICTION), mode="r", zarr_format=2)
         meta = root.attrs["wsipipe"]
         n_levels = len(root.attrs["multiscales"][0]["datasets"])
         # Prediction pixel i covers level-0 [i * per_px, (i + 1) * per_px) (segment's tile plan).
-        per_px = float(meta["mpp"]) / self.mpp()
+        per_px = float(meta["mpp"]) / self._known_mpp()
         if labels:
             group = root["labels"]["classes"]
             palette = class_palette(list(meta["class_names"]))
@@ -148,20 +168,21 @@ class ViewSource:
         from wsipipe.annotations.model import rgb
 
         rings, colours = [], []
-        for region in read_annotations(self.outdir / "regions.geojson"):
+        for region in read_annotations(self._outputs / "regions.geojson"):
+            r, g, b = rgb(region.color) or (230, 25, 75)
             for polygon in get_parts(region.geometry):
                 for ring in (polygon.exterior, *polygon.interiors):
                     rings.append(np.asarray(ring.coords)[:, :2])
-                    colours.append(tuple(rgb(region.color) or (230, 25, 75)))
+                    colours.append((r, g, b))
         return PolygonOverlay(rings, colours, thickness=3)
 
     def _nuclei(self) -> PolygonOverlay:
         # Outlines only, from our own file: read lightly (the annotations reader validates and
         # repairs each of up to millions of polygons, which drawing does not need).
-        polygons = geojson_polygons(self.outdir / "nuclei.geojson")
+        polygons = geojson_polygons(self._outputs / "nuclei.geojson")
         colours = [classification_colour(p["properties"], (0, 0, 200)) for p in polygons]
         return PolygonOverlay([p["points"] for p in polygons], colours, thickness=1,
-                              max_scale=NUCLEI_MAX_UM_PER_PX / self.mpp())
+                              max_scale=NUCLEI_MAX_UM_PER_PX / self._known_mpp())
 
     def _tissue(self) -> RasterOverlay:
         """The tissue mask segment and nuclei use (the same detection on the same thumbnail)."""
@@ -190,7 +211,7 @@ class ViewSource:
         reader = self.reader
         report = self.report
         classes = (report.get("model") or {}).get("classes") or []
-        legend = [{"label": display_name(name), "colour": _hex(colour)}
+        legend: list[dict] = [{"label": display_name(name), "colour": _hex(colour)}
                   for i, (name, colour) in enumerate(zip(classes, palette(classes))) if i]
         if "nuclei" in self.overlays:
             legend += [
@@ -226,7 +247,8 @@ class ViewSource:
     def region_table(self) -> list[dict]:
         from wsipipe.report.regions import region_rows
 
-        return region_rows(self.outdir, self.mpp()) if self.outdir else []
+        mpp = self.mpp()
+        return region_rows(self.outdir, mpp) if self.outdir and mpp else []
 
 
 class _ChannelSum:
@@ -249,7 +271,7 @@ def _in_memory(array):
 
 
 def _hex(colour) -> str:
-    return "#%02X%02X%02X" % tuple(int(round(float(c))) for c in colour[:3])
+    return "#{:02X}{:02X}{:02X}".format(*(round(float(c)) for c in colour[:3]))
 
 
 # --- finding what PATH is ------------------------------------------------------------------------
@@ -262,13 +284,13 @@ def sources_for(path: Path, slide: Path | None = None, mpp_override: float | Non
         raise InvalidInputError(f"{path}: no such file or folder")
     if path.is_file():
         if slide is not None:
-            raise InvalidInputError("--slide is for an output folder; PATH is already a slide")
+            raise InvalidInputError("{slide} is for an output folder; PATH is already a slide", parameter="slide")
         return "slide", [ViewSource(path.name, path, mpp_override=mpp_override)]
     from wsipipe.batch.state import STATUS_JSON, load_status
 
     if (path / STATUS_JSON).is_file():
         if slide is not None:
-            raise InvalidInputError("--slide is for one output folder; PATH is a batch output folder")
+            raise InvalidInputError("{slide} is for one output folder; PATH is a batch output folder", parameter="slide")
         sources = []
         for record in load_status(path).values():
             folder = path / record.name
@@ -291,7 +313,8 @@ def outdir_source(outdir: Path, slide: Path | None, mpp_override: float | None) 
     if slide is None:
         slide = _find_slide(outdir, str(recorded))
         if slide is None:
-            raise SlideOpenError(f"{outdir}: the slide it was made from ({recorded}) is not there; pass --slide")
+            raise SlideOpenError(f"{outdir}: the slide it was made from ({recorded}) is not there; pass {{slide}}",
+                                 parameter="slide")
     return ViewSource(Path(str(recorded or slide)).name, Path(slide), outdir, report or {}, mpp_override=mpp_override)
 
 
