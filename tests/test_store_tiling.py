@@ -20,9 +20,9 @@ from wsipipe.cli.main import app
 from wsipipe.errors import StoreError
 from wsipipe.grid import build_grid
 from wsipipe.slide import open_slide
-from wsipipe.store import JOURNAL_NAME, create_derived_store, open_tile_store
 from wsipipe.stages import TileConfig
 from wsipipe.stages.tile import run as tile_run
+from wsipipe.store import JOURNAL_NAME, create_derived_store, open_tile_store
 from wsipipe.tissue import detect_tissue, read_thumbnail, thumbnail_downsample
 
 REPO = Path(__file__).resolve().parents[1]

@@ -84,15 +84,22 @@ def _tile(config: TileConfig, progress: Progress | None) -> TileResult:
         thumb_downsample = thumbnail_downsample(reader)
         thumbnail = read_thumbnail(reader, thumb_downsample)
         thumb_mpp = reader.mpp_x * thumb_downsample if reader.mpp_x is not None else None
-        mask, qc_report = restrict_tissue(detect_tissue(thumbnail, thumb_mpp), usable, thumb_downsample,
-                                         (reader.mpp_x, reader.mpp_y))
+        mask, qc_report = restrict_tissue(
+            detect_tissue(thumbnail, thumb_mpp), usable, thumb_downsample, (reader.mpp_x, reader.mpp_y)
+        )
         grid = build_grid(
-            reader, tile_size=config.tile_size, overlap=config.overlap, mpp=mpp, level=config.level,
-            tissue_mask=mask, mask_downsample=thumb_downsample,
+            reader,
+            tile_size=config.tile_size,
+            overlap=config.overlap,
+            mpp=mpp,
+            level=config.level,
+            tissue_mask=mask,
+            mask_downsample=thumb_downsample,
         )
         coords, fractions = grid.select(config.tissue_threshold)
-        meta = _provenance(reader, slide_path, grid, config.tissue_threshold, config.mpp_override, thumb_downsample,
-                           thumb_mpp)
+        meta = _provenance(
+            reader, slide_path, grid, config.tissue_threshold, config.mpp_override, thumb_downsample, thumb_mpp
+        )
         meta["qc"] = qc_report
         meta["params"]["qc"] = config.qc  # a store is resumed only with the same QC
         if labels_meta is not None:
@@ -105,12 +112,23 @@ def _tile(config: TileConfig, progress: Progress | None) -> TileResult:
         # renamed it into place, write a stale one beside it.
         with output_lock(store_path, "another wsipipe run is writing this store"):
             writer = create_tile_store(
-                store_path, coords=coords, tissue_fraction=fractions, thumbnail=thumbnail,
-                tissue_mask=mask, tile_size=config.tile_size, meta=meta, overwrite=config.overwrite,
+                store_path,
+                coords=coords,
+                tissue_fraction=fractions,
+                thumbnail=thumbnail,
+                tissue_mask=mask,
+                tile_size=config.tile_size,
+                meta=meta,
+                overwrite=config.overwrite,
             )
             if writer.already_complete:
-                return TileResult(output=store_path, n_tiles=len(coords), n_written=0, already_complete=True,
-                                  seconds=time.perf_counter() - started)
+                return TileResult(
+                    output=store_path,
+                    n_tiles=len(coords),
+                    n_written=0,
+                    already_complete=True,
+                    seconds=time.perf_counter() - started,
+                )
             spec = _ReadSpec(config.tile_size, grid.level, grid.native, grid.mpp, config.tile_size * grid.downsample)
             work = _ShardWork(spec, writer.shard_writer(), readers, rasteriser)
             written = _run_shards(writer, coords, work, pool, workers, progress)
@@ -120,8 +138,13 @@ def _tile(config: TileConfig, progress: Progress | None) -> TileResult:
             # After Ctrl-C or a failure: running shards finish, queued ones are dropped.
             pool.shutdown(wait=True, cancel_futures=True)
         readers.close()
-    return TileResult(output=store_path, n_tiles=len(coords), n_written=written, already_complete=False,
-                      seconds=time.perf_counter() - started)
+    return TileResult(
+        output=store_path,
+        n_tiles=len(coords),
+        n_written=written,
+        already_complete=False,
+        seconds=time.perf_counter() - started,
+    )
 
 
 def _annotation_index(path: Path, label_map: str | None, strict: bool, reader: SlideReader):
@@ -134,14 +157,26 @@ def _annotation_index(path: Path, label_map: str | None, strict: bool, reader: S
         annotation_set, parse_label_map(label_map) if label_map is not None else None, strict=strict
     )
     stat = path.stat()
-    source = {"path": str(path.resolve()), "size_bytes": stat.st_size, "mtime": stat.st_mtime,
-              "sha256": file_sha256(path), "format": annotation_set.format}
+    source = {
+        "path": str(path.resolve()),
+        "size_bytes": stat.st_size,
+        "mtime": stat.st_mtime,
+        "sha256": file_sha256(path),
+        "format": annotation_set.format,
+    }
     names, values = list(rasteriser.label_map.names), list(rasteriser.label_map.values)
     return rasteriser, {"source": source, "label_map": str(rasteriser.label_map), "names": names, "values": values}
 
 
-def _provenance(reader: SlideReader, slide_path: Path, grid: TileGrid, threshold: float,
-                mpp_override: float | None, thumb_downsample: float, thumb_mpp: float | None) -> dict:
+def _provenance(
+    reader: SlideReader,
+    slide_path: Path,
+    grid: TileGrid,
+    threshold: float,
+    mpp_override: float | None,
+    thumb_downsample: float,
+    thumb_mpp: float | None,
+) -> dict:
     stat = slide_path.stat()
     resolved = str(slide_path.resolve())
     params = {
@@ -181,8 +216,14 @@ def _provenance(reader: SlideReader, slide_path: Path, grid: TileGrid, threshold
     }
 
 
-def _run_shards(writer: StoreWriter, coords: np.ndarray, work: _ShardWork,
-                pool: ThreadPoolExecutor | None, workers: int, progress: Progress | None) -> int:
+def _run_shards(
+    writer: StoreWriter,
+    coords: np.ndarray,
+    work: _ShardWork,
+    pool: ThreadPoolExecutor | None,
+    workers: int,
+    progress: Progress | None,
+) -> int:
     """Read and write every pending shard, journalling each once it is on disk."""
     store = writer.building
     pending = writer.pending_shards()
@@ -266,8 +307,9 @@ class _ThreadReaders:
         reader = getattr(self._local, "reader", None)
         if reader is None:
             path, backend, mpp_override, levels = self._args
-            reader = self._local.reader = open_slide(path, backend=backend, mpp_override=mpp_override,
-                                                     levels_cache=levels)
+            reader = self._local.reader = open_slide(
+                path, backend=backend, mpp_override=mpp_override, levels_cache=levels
+            )
             with self._lock:
                 self._opened.append(reader)
         return reader

@@ -6,31 +6,38 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import typer
 
+from wsipipe.stages.base import Progress
+
+if TYPE_CHECKING:
+    from rich.progress import Progress as ProgressBar
+    from rich.progress import TaskID
+
 
 @contextmanager
-def stage_progress(make_bar: Callable[[], object] | None, description: str) -> Iterator[Callable[[int, int], None]]:
+def stage_progress(make_bar: Callable[[], ProgressBar] | None, description: str) -> Iterator[Progress]:
     """The ``progress`` callback for a stage's ``run``: a bar (``make_bar()``, a rich ``Progress``) made
     on the first call, so a refused run or an output already complete shows none; None: no bar."""
-    bar, task = None, None
+    shown: list[tuple[ProgressBar, TaskID]] = []  # the bar, once made
 
     def progress(done: int, total: int) -> None:
-        nonlocal bar, task
         if make_bar is None:
             return
-        if bar is None:
+        if not shown:
             bar = make_bar()
             bar.start()
-            task = bar.add_task(description, total=total, completed=done)
+            shown.append((bar, bar.add_task(description, total=total, completed=done)))
         else:
+            bar, task = shown[0]
             bar.update(task, completed=done, total=total)
 
     try:
         yield progress
     finally:
-        if bar is not None:
+        for bar, _ in shown:
             bar.stop()
 
 

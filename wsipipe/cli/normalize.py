@@ -16,7 +16,9 @@ def normalize(
     method: Annotated[str, typer.Option("--method", "-m", help="vahadane, macenko or reinhard.")] = "vahadane",
     target: TargetOpt = None,
     device: DeviceOpt = "auto",
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the pixel sampling (results are deterministic per seed).")] = 0,
+    seed: Annotated[
+        int, typer.Option("--seed", help="Seed of the pixel sampling (results are deterministic per seed).")
+    ] = 0,
     overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -39,8 +41,14 @@ def normalize(
     console = Console(stderr=True, quiet=quiet)
 
     def bar() -> Progress:
-        return Progress(TextColumn("normalize"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                        console=console, disable=quiet or not console.is_terminal)  # no blank line in a log
+        return Progress(
+            TextColumn("normalize"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            disable=quiet or not console.is_terminal,
+        )  # no blank line in a log
 
     with warnings_as_lines(), stage_progress(bar, "tiles") as progress:
         result = stages.normalize.run(config, progress=progress, say=console.print)

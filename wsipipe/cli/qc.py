@@ -34,6 +34,8 @@ def qc(
 
         with Console(stderr=True).status("quality control", spinner="dots"):
             result = stages.qc.run(config)
-    flagged = ", ".join(f"{name} {fig['fraction']:.1%}" for name, fig in result.artefacts.items() if fig["fraction"] > 0)
+    flagged = ", ".join(
+        f"{name} {fig['fraction']:.1%}" for name, fig in result.artefacts.items() if fig["fraction"] > 0
+    )
     verdict = "usable" if result.usable else "NOT usable"
     typer.echo(f"{slide.name}: {verdict} ({result.verdict_reason}); flagged: {flagged or 'nothing'} -> {output}")

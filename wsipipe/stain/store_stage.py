@@ -25,9 +25,9 @@ def normalize_store(config: NormalizeConfig, device, progress: Progress | None =
     ``wsipipe.stain``; a resumed run reuses the recorded ones. ``progress(done, total)`` is called in
     tiles after each shard.
     """
+    from wsipipe.files import output_lock
     from wsipipe.stain import default_target, get_normalizer
     from wsipipe.stain.targets import load_target_image
-    from wsipipe.files import output_lock
     from wsipipe.store import check_output_location, create_derived_store, open_tile_store
 
     source_path, out_path, target_image = config.input, config.output, config.target
@@ -47,7 +47,9 @@ def normalize_store(config: NormalizeConfig, device, progress: Progress | None =
             try:
                 normalizer.fit(load_target_image(target_image))
             except StainError as exc:
-                raise StainError(f"{{target}} {target_image}: {exc.template}", parameter=("target", *exc.parameters)) from None
+                raise StainError(
+                    f"{{target}} {target_image}: {exc.template}", parameter=("target", *exc.parameters)
+                ) from None
             target_name = f"{target_image.name} sha256:{file_sha256(target_image)[:16]}"
     with _warnings_about(str(source_path)):
         try:
