@@ -84,3 +84,18 @@ def test_a_target_that_is_not_he_is_a_python_warning(tiles, tmp_path, data_dir):
     messages = [str(warning.message) for warning in caught]
     assert any(m.startswith(f"--target {target}: ") and "probably not H&E" in m for m in messages), messages
     assert open_tile_store(tmp_path / "n.zarr").meta["stain"]["target"]["looks_like_he"] is False
+
+
+def test_a_bad_target_is_named_as_the_field(tiles, tmp_path):
+    from PIL import Image
+
+    from wsipipe.errors import InvalidInputError
+
+    grey = tmp_path / "grey.png"
+    Image.fromarray(np.full((64, 64), 120, dtype=np.uint8)).save(grey)
+    config = stages.NormalizeConfig(input=tiles, output=tmp_path / "n.zarr", target=grey, device="cpu")
+    with pytest.raises(InvalidInputError) as caught:
+        stages.normalize.run(config)
+    assert caught.value.parameter == "target"
+    assert str(caught.value) == f"target {grey}: greyscale image; a colour H&E image is needed"
+    assert not (tmp_path / "n.zarr").exists()
