@@ -132,12 +132,12 @@ def run_command(slide: Path, store: Path, workers: int) -> tuple[float, int, flo
 
 
 def run_stage(slide: Path, store: Path, workers: int) -> tuple[float, float]:
-    """Wall and CPU seconds (this process) of ``tile_slide``, the work of one ``wsipipe tile --quiet`` run."""
-    from wsipipe.tiling import tile_slide
+    """Wall and CPU seconds (this process) of the tile stage, the work of one ``wsipipe tile --quiet --qc off`` run."""
+    from wsipipe.stages import TileConfig, tile
 
     shutil.rmtree(store, ignore_errors=True)
     start, cpu = time.perf_counter(), time.process_time()
-    tile_slide(slide, store, mpp=TARGET_MPP, tile_size=TILE, workers=workers, progress=False)
+    tile.run(TileConfig(slide=slide, output=store, mpp=TARGET_MPP, tile_size=TILE, readers=workers, qc="off"))
     return time.perf_counter() - start, time.process_time() - cpu
 
 

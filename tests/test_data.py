@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 
 from wsipipe.data import TileStoreDataset, TileStoresDataset
 from wsipipe.errors import InvalidInputError, StoreError
-from wsipipe.tiling import tile_slide
+from wsipipe.stages import TileConfig, tile
 
 REPO = Path(__file__).resolve().parents[1]
 SLIDE = REPO / "examples" / "data" / "CMU-1-Small-Region.svs"
@@ -46,10 +46,10 @@ def stores(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("stores")
     geojson = _geojson(folder / "rectangles.geojson")
     label_map = ",".join(f"{name}={value}" for name, (value, _) in RECTANGLES.items())
-    common = {"level": 0, "progress": False}
-    tile_slide(SLIDE, folder / "annotated.zarr", tile_size=TILE, annotations=geojson, label_map=label_map, **common)
-    tile_slide(SLIDE, folder / "plain.zarr", tile_size=TILE, tissue_threshold=0.5, **common)
-    tile_slide(SLIDE, folder / "large.zarr", tile_size=2 * TILE, **common)
+    common = {"slide": SLIDE, "level": 0, "qc": "off"}
+    tile.run(TileConfig(output=folder / "annotated.zarr", tile_size=TILE, annotations=geojson, label_map=label_map, **common))
+    tile.run(TileConfig(output=folder / "plain.zarr", tile_size=TILE, tissue_threshold=0.5, **common))
+    tile.run(TileConfig(output=folder / "large.zarr", tile_size=2 * TILE, **common))
     return {name: folder / f"{name}.zarr" for name in ("annotated", "plain", "large")}
 
 

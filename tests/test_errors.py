@@ -9,14 +9,14 @@ import pytest
 
 from wsipipe.errors import InvalidInputError, MppUnknownError, WsipipeError
 from wsipipe.grid import validate_tiling
-from wsipipe.tiling import tile_slide
+from wsipipe.stages import TileConfig, tile
 
 GOOD = "CMU-1-Small-Region.svs"
 
 
 def test_a_library_call_names_its_parameters(slides_dir, tmp_path):
     with pytest.raises(InvalidInputError) as raised:
-        tile_slide(slides_dir / GOOD, tmp_path / "t.zarr", tile_size=512, overlap=512, progress=False)
+        tile.run(TileConfig(slide=slides_dir / GOOD, output=tmp_path / "t.zarr", tile_size=512, overlap=512))
     error = raised.value
     assert str(error) == "overlap must be at least 0 and less than tile_size (512), got 512"
     assert error.parameter == "overlap" and error.parameters == ("overlap", "tile_size")

@@ -252,10 +252,10 @@ def test_cli_runs_end_to_end_in_a_subprocess(slide, tiny_model_file, tmp_path):
 
 
 def test_tile_store_at_the_models_scale_is_reused(slide, tmp_path):
-    from wsipipe.tiling import tile_slide
+    from wsipipe.stages import TileConfig, tile
 
     store = tmp_path / "tiles.zarr"
-    tile_slide(slide, store, mpp=1.0, tile_size=128, overlap=default_overlap(128), tissue_threshold=0.0, workers=1, progress=False)
+    tile.run(TileConfig(slide=slide, output=store, mpp=1.0, tile_size=128, overlap=default_overlap(128), tissue_threshold=0.0, readers=1, qc="off"))
     fresh = _run(slide, tmp_path / "fresh")
     reused = _run(slide, tmp_path / "reused", tiles_store=store, workers=2)  # readers are not started
     assert reused["n_tiles"] == fresh["n_tiles"]
@@ -264,7 +264,7 @@ def test_tile_store_at_the_models_scale_is_reused(slide, tmp_path):
         b = zarr.open_array(str(tmp_path / "reused" / "prediction.zarr" / path), mode="r")[:]
         assert np.array_equal(a, b)
     wrong = tmp_path / "wrong.zarr"
-    tile_slide(slide, wrong, mpp=2.0, tile_size=128, overlap=0, workers=1, progress=False)
+    tile.run(TileConfig(slide=slide, output=wrong, mpp=2.0, tile_size=128, overlap=0, readers=1, qc="off"))
     with pytest.raises(segment_module.InvalidInputError, match="the model needs 128 px at 1 µm/px"):
         _run(slide, tmp_path / "bad", tiles_store=wrong)
 

@@ -20,12 +20,13 @@ from wsipipe.cli.main import app
 from wsipipe.errors import StoreError
 from wsipipe.grid import build_grid
 from wsipipe.slide import open_slide
+from wsipipe.stages import TileConfig
+from wsipipe.stages.tile import run as tile_run
 from wsipipe.store import JOURNAL_NAME, create_derived_store, open_tile_store
-from wsipipe.tiling import tile_slide
 from wsipipe.tissue import detect_tissue, read_thumbnail, thumbnail_downsample
 
 REPO = Path(__file__).resolve().parents[1]
-OPTIONS = {"tile_size": 32, "mpp": 0.5, "tissue_threshold": 0.1, "progress": False}
+OPTIONS = {"tile_size": 32, "mpp": 0.5, "tissue_threshold": 0.1, "qc": "off"}
 ARRAYS = ("tiles", "coords", "tissue_fraction", "thumbnail", "tissue_mask")
 
 
@@ -33,7 +34,7 @@ ARRAYS = ("tiles", "coords", "tissue_fraction", "thumbnail", "tissue_mask")
 def reference_store(cmu_small_svs, tmp_path_factory):
     """An uninterrupted run with two worker threads."""
     path = tmp_path_factory.mktemp("ref") / "cmu.zarr"
-    tile_slide(cmu_small_svs, path, workers=2, **OPTIONS)
+    tile_run(TileConfig(slide=cmu_small_svs, output=path, readers=2, **OPTIONS))
     return path
 
 
@@ -83,7 +84,7 @@ def test_tiles_coords_and_fractions_match_an_independent_read(reference_store, c
 
 
 def test_overlapping_tiles_start_half_an_overlap_out_with_white_beyond_the_slide(cmu_small_svs, tmp_path):
-    tile_slide(cmu_small_svs, tmp_path / "o.zarr", **{**OPTIONS, "tissue_threshold": 0.0, "overlap": 8})
+    tile_run(TileConfig(slide=cmu_small_svs, output=tmp_path / "o.zarr", **{**OPTIONS, "tissue_threshold": 0.0, "overlap": 8}))
     store = open_tile_store(tmp_path / "o.zarr")
     reader = open_slide(cmu_small_svs)
     assert tuple(store.coords[0]) == (-4, -4)  # 4 tile px of 0.5 µm = round(4 * 0.5 / 0.499) level-0 px
@@ -109,7 +110,7 @@ def test_interrupted_run_resumes_to_an_identical_store(cmu_small_svs, reference_
 
     monkeypatch.setattr(tiling._ShardWork, "__call__", interrupt_after_three)
     with pytest.raises(KeyboardInterrupt):
-        tile_slide(cmu_small_svs, path, workers=1, **OPTIONS)
+        tile_run(TileConfig(slide=cmu_small_svs, output=path, readers=1, **OPTIONS))
     partial = tmp_path / "cmu.zarr.partial"
     assert not path.exists()
     assert (partial / JOURNAL_NAME).read_text().split() == ["0", "1", "2"]
@@ -117,7 +118,7 @@ def test_interrupted_run_resumes_to_an_identical_store(cmu_small_svs, reference_
         open_tile_store(path)
 
     monkeypatch.setattr(tiling._ShardWork, "__call__", lambda work, index, *args: (calls.append(index), real_shard(work, index, *args))[1])
-    result = tile_slide(cmu_small_svs, path, workers=1, **OPTIONS)
+    result = tile_run(TileConfig(slide=cmu_small_svs, output=path, readers=1, **OPTIONS))
     n_shards = open_tile_store(path).n_shards
     assert calls[3:] == list(range(3, n_shards))  # only the unfinished shards were redone
     assert result.n_written == result.n_tiles - 3 * open_tile_store(path).tiles_per_shard
@@ -180,10 +181,10 @@ def test_changed_slide_is_refused(cmu_small_svs, tmp_path):
     slide = tmp_path / "copy.svs"
     slide.write_bytes(cmu_small_svs.read_bytes())
     path = tmp_path / "cmu.zarr"
-    tile_slide(slide, path, workers=1, **OPTIONS)
+    tile_run(TileConfig(slide=slide, output=path, readers=1, **OPTIONS))
     os.utime(slide, (time.time() + 100, time.time() + 100))
     with pytest.raises(StoreError, match="slide_mtime"):
-        tile_slide(slide, path, workers=1, **OPTIONS)
+        tile_run(TileConfig(slide=slide, output=path, readers=1, **OPTIONS))
 
 
 def test_derived_store_copies_geometry_and_resumes(reference_store, tmp_path):
@@ -293,10 +294,10 @@ def test_store_files_written_directly_are_what_zarr_writes(tmp_path):
 def test_worker_threads_give_the_same_tiles_with_a_shared_or_a_per_thread_reader(tmp_path, cmu_small_svs):
     """openslide's reader is shared by the threads, tiffslide's is opened once per thread."""
     slide = cmu_small_svs
-    options = {"tile_size": 128, "level": 0, "tissue_threshold": 0.0, "progress": False}
-    tile_slide(slide, tmp_path / "one.zarr", workers=1, backend="openslide", **options)
-    tile_slide(slide, tmp_path / "shared.zarr", workers=2, backend="openslide", **options)
-    tile_slide(slide, tmp_path / "per-thread.zarr", workers=2, backend="tiffslide", **options)
+    options = {"tile_size": 128, "level": 0, "tissue_threshold": 0.0, "qc": "off"}
+    tile_run(TileConfig(slide=slide, output=tmp_path / "one.zarr", readers=1, backend="openslide", **options))
+    tile_run(TileConfig(slide=slide, output=tmp_path / "shared.zarr", readers=2, backend="openslide", **options))
+    tile_run(TileConfig(slide=slide, output=tmp_path / "per-thread.zarr", readers=2, backend="tiffslide", **options))
     one = open_tile_store(tmp_path / "one.zarr").tiles[...]
     assert open_tile_store(tmp_path / "shared.zarr").tiles[...].tobytes() == one.tobytes()
     assert open_tile_store(tmp_path / "per-thread.zarr").tiles[...].tobytes() == one.tobytes()

@@ -1,4 +1,5 @@
-"""``tile_slide``: a slide into a resumable zarr tile store of its tissue tiles.
+"""``tile_slide``: a slide into a resumable zarr tile store of its tissue tiles (the ``tile`` stage; its
+public door, config and result are ``wsipipe.stages.tile``).
 
 The main thread detects tissue, lays out the grid and creates (or resumes) the store; worker
 threads, each with its own handle on the slide, read one shard of tiles at a time and write
@@ -13,7 +14,6 @@ own resolution: no slide-sized mask is ever made.
 from __future__ import annotations
 
 import functools
-import os
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
@@ -23,28 +23,20 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from wsipipe.errors import InvalidInputError
+from wsipipe.errors import MppUnknownError
 from wsipipe.files import file_sha256, output_lock
-from wsipipe.grid import TileGrid, build_grid, validate_tiling
+from wsipipe.grid import TileGrid, build_grid
 from wsipipe.qc.apply import restrict_tissue, usable_tissue
 from wsipipe.slide import open_slide
 from wsipipe.slide.base import SlideReader
 from wsipipe.slide.built import LEVELS_FOLDER, BuiltLevelsReader, with_level_for
+from wsipipe.stages.base import Progress
+from wsipipe.stages.tile import TileConfig, TileResult
 from wsipipe.store import ShardWriter, StoreWriter, check_output_location, create_tile_store
 from wsipipe.tissue import detect_tissue, read_thumbnail, thumbnail_downsample
 
 if TYPE_CHECKING:
     from wsipipe.annotations import TileRasteriser
-
-
-@dataclass(frozen=True)
-class TilingResult:
-    store_path: Path
-    n_tiles: int
-    #: Tiles written by this run (0 when the store was already complete).
-    n_written: int
-    already_complete: bool
-    seconds: float
 
 
 @dataclass(frozen=True)
@@ -59,41 +51,22 @@ class _ReadSpec:
     extent: float
 
 
-def tile_slide(
-    slide_path: str | os.PathLike,
-    store_path: str | os.PathLike,
-    *,
-    mpp: float | None = 0.5,
-    level: int | None = None,
-    tile_size: int = 512,
-    overlap: int = 0,
-    tissue_threshold: float = 0.1,
-    backend: str | None = None,
-    mpp_override: float | None = None,
-    workers: int = 2,
-    overwrite: bool = False,
-    progress: bool = True,
-    annotations: str | os.PathLike | None = None,
-    label_map: str | None = None,
-    strict: bool = False,
-    qc: str = "off",
-) -> TilingResult:
-    """Tile ``slide_path`` at ``mpp`` µm/px (or pyramid ``level``, which takes precedence) into ``store_path``.
+def tile_slide(config: TileConfig, progress: Progress | None = None) -> TileResult:
+    """Tile ``config.slide`` into ``config.output`` (``wsipipe.stages.tile.run``, which says what).
 
-    With ``annotations`` (and optionally a ``label_map``) the store also gets each tile's label
-    mask and label fractions. Resumes an interrupted run with the same parameters; returns at
-    once when the store is already complete (unless ``overwrite``). ``qc`` ('auto', 'off' or a qc
-    output): areas quality control flags are left out of the tissue mask, so out of the tiles.
-    ``workers``: reader threads (0 and 1 read in this thread).
+    ``progress(done, total)`` is called in tiles, once before the first shard and after each one.
     """
+    try:
+        return _tile(config, progress)
+    except MppUnknownError as exc:  # this stage can also tile a level at its own scale
+        raise MppUnknownError(exc.path, level_option=True) from None
+
+
+def _tile(config: TileConfig, progress: Progress | None) -> TileResult:
     started = time.perf_counter()
-    validate_tiling(tile_size, overlap, tissue_threshold)
-    if workers < 0:
-        raise InvalidInputError(f"{{workers}} must be at least 0, got {workers}", parameter="workers")
-    if level is not None:
-        mpp = None
-    slide_path, store_path = Path(slide_path), Path(store_path)
-    reader = open_slide(slide_path, backend=backend, mpp_override=mpp_override)
+    mpp = None if config.level is not None else config.mpp
+    slide_path, store_path, workers = config.slide, config.output, max(1, config.readers)
+    reader = open_slide(slide_path, backend=config.backend, mpp_override=config.mpp_override)
     if mpp is not None:
         try:
             # A slide without a level near ``mpp`` gets one, built once beside the store.
@@ -101,26 +74,34 @@ def tile_slide(
         except BaseException:
             reader.close()
             raise
-    readers = _ThreadReaders(reader, mpp_override)
+    readers = _ThreadReaders(reader, config.mpp_override)
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="wsipipe-tile") if workers > 1 else None
     try:
         rasteriser, labels_meta = (None, None)
-        if annotations is not None:
-            rasteriser, labels_meta = _annotation_index(Path(annotations), label_map, strict, reader)
-        usable = usable_tissue(reader, qc)
+        if config.annotations is not None:
+            rasteriser, labels_meta = _annotation_index(config.annotations, config.label_map, config.strict, reader)
+        usable = usable_tissue(reader, config.qc)
         thumb_downsample = thumbnail_downsample(reader)
         thumbnail = read_thumbnail(reader, thumb_downsample)
         thumb_mpp = reader.mpp_x * thumb_downsample if reader.mpp_x is not None else None
-        mask, qc_report = restrict_tissue(detect_tissue(thumbnail, thumb_mpp), usable, thumb_downsample,
-                                         (reader.mpp_x, reader.mpp_y))
-        grid = build_grid(
-            reader, tile_size=tile_size, overlap=overlap, mpp=mpp, level=level,
-            tissue_mask=mask, mask_downsample=thumb_downsample,
+        mask, qc_report = restrict_tissue(
+            detect_tissue(thumbnail, thumb_mpp), usable, thumb_downsample, (reader.mpp_x, reader.mpp_y)
         )
-        coords, fractions = grid.select(tissue_threshold)
-        meta = _provenance(reader, slide_path, grid, tissue_threshold, mpp_override, thumb_downsample, thumb_mpp)
+        grid = build_grid(
+            reader,
+            tile_size=config.tile_size,
+            overlap=config.overlap,
+            mpp=mpp,
+            level=config.level,
+            tissue_mask=mask,
+            mask_downsample=thumb_downsample,
+        )
+        coords, fractions = grid.select(config.tissue_threshold)
+        meta = _provenance(
+            reader, slide_path, grid, config.tissue_threshold, config.mpp_override, thumb_downsample, thumb_mpp
+        )
         meta["qc"] = qc_report
-        meta["params"]["qc"] = qc  # a store is resumed only with the same QC
+        meta["params"]["qc"] = config.qc  # a store is resumed only with the same QC
         if labels_meta is not None:
             meta["params"]["annotations"] = labels_meta["source"]
             meta["params"]["label_map"] = labels_meta["label_map"]
@@ -131,12 +112,24 @@ def tile_slide(
         # renamed it into place, write a stale one beside it.
         with output_lock(store_path, "another wsipipe run is writing this store"):
             writer = create_tile_store(
-                store_path, coords=coords, tissue_fraction=fractions, thumbnail=thumbnail,
-                tissue_mask=mask, tile_size=tile_size, meta=meta, overwrite=overwrite,
+                store_path,
+                coords=coords,
+                tissue_fraction=fractions,
+                thumbnail=thumbnail,
+                tissue_mask=mask,
+                tile_size=config.tile_size,
+                meta=meta,
+                overwrite=config.overwrite,
             )
             if writer.already_complete:
-                return TilingResult(store_path, len(coords), 0, True, time.perf_counter() - started)
-            spec = _ReadSpec(tile_size, grid.level, grid.native, grid.mpp, tile_size * grid.downsample)
+                return TileResult(
+                    output=store_path,
+                    n_tiles=len(coords),
+                    n_written=0,
+                    already_complete=True,
+                    seconds=time.perf_counter() - started,
+                )
+            spec = _ReadSpec(config.tile_size, grid.level, grid.native, grid.mpp, config.tile_size * grid.downsample)
             work = _ShardWork(spec, writer.shard_writer(), readers, rasteriser)
             written = _run_shards(writer, coords, work, pool, workers, progress)
             writer.finish()
@@ -145,7 +138,13 @@ def tile_slide(
             # After Ctrl-C or a failure: running shards finish, queued ones are dropped.
             pool.shutdown(wait=True, cancel_futures=True)
         readers.close()
-    return TilingResult(store_path, len(coords), written, False, time.perf_counter() - started)
+    return TileResult(
+        output=store_path,
+        n_tiles=len(coords),
+        n_written=written,
+        already_complete=False,
+        seconds=time.perf_counter() - started,
+    )
 
 
 def _annotation_index(path: Path, label_map: str | None, strict: bool, reader: SlideReader):
@@ -158,14 +157,26 @@ def _annotation_index(path: Path, label_map: str | None, strict: bool, reader: S
         annotation_set, parse_label_map(label_map) if label_map is not None else None, strict=strict
     )
     stat = path.stat()
-    source = {"path": str(path.resolve()), "size_bytes": stat.st_size, "mtime": stat.st_mtime,
-              "sha256": file_sha256(path), "format": annotation_set.format}
+    source = {
+        "path": str(path.resolve()),
+        "size_bytes": stat.st_size,
+        "mtime": stat.st_mtime,
+        "sha256": file_sha256(path),
+        "format": annotation_set.format,
+    }
     names, values = list(rasteriser.label_map.names), list(rasteriser.label_map.values)
     return rasteriser, {"source": source, "label_map": str(rasteriser.label_map), "names": names, "values": values}
 
 
-def _provenance(reader: SlideReader, slide_path: Path, grid: TileGrid, threshold: float,
-                mpp_override: float | None, thumb_downsample: float, thumb_mpp: float | None) -> dict:
+def _provenance(
+    reader: SlideReader,
+    slide_path: Path,
+    grid: TileGrid,
+    threshold: float,
+    mpp_override: float | None,
+    thumb_downsample: float,
+    thumb_mpp: float | None,
+) -> dict:
     stat = slide_path.stat()
     resolved = str(slide_path.resolve())
     params = {
@@ -205,43 +216,55 @@ def _provenance(reader: SlideReader, slide_path: Path, grid: TileGrid, threshold
     }
 
 
-def _run_shards(writer: StoreWriter, coords: np.ndarray, work: _ShardWork,
-                pool: ThreadPoolExecutor | None, workers: int, progress: bool) -> int:
+def _run_shards(
+    writer: StoreWriter,
+    coords: np.ndarray,
+    work: _ShardWork,
+    pool: ThreadPoolExecutor | None,
+    workers: int,
+    progress: Progress | None,
+) -> int:
     """Read and write every pending shard, journalling each once it is on disk."""
     store = writer.building
     pending = writer.pending_shards()
     todo = sum(store.shard_slice(i).stop - store.shard_slice(i).start for i in pending)
-    with _progress_bar(progress) as bar:
-        task = bar.add_task("tiling", total=store.n_tiles, completed=store.n_tiles - todo)
-        if pool is None:
-            for index in pending:
-                bar.advance(task, work(index, coords[store.shard_slice(index)]))
+    done = store.n_tiles - todo
+
+    def finished(index: int, n_tiles: int) -> None:
+        nonlocal done
+        writer.record_done(index)
+        done += n_tiles
+        if progress is not None:
+            progress(done, store.n_tiles)
+
+    if progress is not None:
+        progress(done, store.n_tiles)
+    if pool is None:
+        for index in pending:
+            finished(index, work(index, coords[store.shard_slice(index)]))
+        return todo
+    in_flight: dict = {}
+
+    def collect(keep_at_most: int) -> None:
+        while len(in_flight) > keep_at_most:
+            completed, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+            for future in completed:
+                finished(in_flight.pop(future), future.result())
+                _release_freed_memory()
+
+    try:
+        for index in pending:
+            collect(2 * workers - 1)
+            shard_coords = coords[store.shard_slice(index)]
+            in_flight[pool.submit(work, index, shard_coords)] = index
+        collect(0)
+    except BaseException:
+        # Journal the shards that were running and finish, so a rerun skips them too.
+        pool.shutdown(wait=True, cancel_futures=True)
+        for future, index in in_flight.items():
+            if future.done() and not future.cancelled() and future.exception() is None:
                 writer.record_done(index)
-            return todo
-        in_flight: dict = {}
-
-        def collect(keep_at_most: int) -> None:
-            while len(in_flight) > keep_at_most:
-                done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
-                for future in done:
-                    index = in_flight.pop(future)
-                    bar.advance(task, future.result())
-                    writer.record_done(index)
-                    _release_freed_memory()
-
-        try:
-            for index in pending:
-                collect(2 * workers - 1)
-                shard_coords = coords[store.shard_slice(index)]
-                in_flight[pool.submit(work, index, shard_coords)] = index
-            collect(0)
-        except BaseException:
-            # Journal the shards that were running and finish, so a rerun skips them too.
-            pool.shutdown(wait=True, cancel_futures=True)
-            for future, index in in_flight.items():
-                if future.done() and not future.cancelled() and future.exception() is None:
-                    writer.record_done(index)
-            raise
+        raise
     return todo
 
 
@@ -265,44 +288,6 @@ def _libc():
     return libc
 
 
-class _NoProgress:
-    """Stands in for rich's Progress with ``--quiet``: importing rich alone costs ~0.1 s."""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def add_task(self, *args, **kwargs) -> int:
-        return 0
-
-    def advance(self, *args) -> None:
-        pass
-
-
-def _progress_bar(enabled: bool):
-    if not enabled:
-        return _NoProgress()
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
-    from rich.text import Text
-
-    class TilesPerSecond(ProgressColumn):
-        def render(self, task) -> Text:
-            speed = task.finished_speed or task.speed
-            return Text(f"{speed:.1f} tiles/s" if speed else "- tiles/s", style="progress.data.speed")
-
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TilesPerSecond(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-    )
-
-
 class _ThreadReaders:
     """The slide for the worker threads: the planning reader itself when its backend is
     thread-safe (the slide's tile index is then held once), else one reader per thread, opened
@@ -322,8 +307,9 @@ class _ThreadReaders:
         reader = getattr(self._local, "reader", None)
         if reader is None:
             path, backend, mpp_override, levels = self._args
-            reader = self._local.reader = open_slide(path, backend=backend, mpp_override=mpp_override,
-                                                     levels_cache=levels)
+            reader = self._local.reader = open_slide(
+                path, backend=backend, mpp_override=mpp_override, levels_cache=levels
+            )
             with self._lock:
                 self._opened.append(reader)
         return reader

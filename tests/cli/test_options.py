@@ -92,6 +92,6 @@ def test_the_cli_prints_the_flags_a_library_error_names(slides_dir, tmp_path):
 
 
 def test_a_library_name_the_cli_spells_otherwise_gets_the_cli_flag(tmp_path):
-    """normalize_store's ``target_image`` is the CLI's --target."""
+    """The training data's ``groups_csv`` is the CLI's --groups."""
     flags = parameter_flags(ROOT)
-    assert flags["target_image"] == "--target" and flags["outdir"] == "--output" and flags["workers"] == "--workers"
+    assert flags["groups_csv"] == "--groups" and flags["outdir"] == "--output" and flags["workers"] == "--workers"

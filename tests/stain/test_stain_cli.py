@@ -78,25 +78,25 @@ def test_the_slide_estimate_samples_a_store_as_it_does_an_array(source_store):
 
 
 def test_normalize_resumes_after_an_interruption(source_store, tmp_path):
-    from wsipipe.stain.store_stage import normalize_store
+    from wsipipe.stages import NormalizeConfig, normalize
 
     path, _ = source_store
     reference, resumed = tmp_path / "ref.zarr", tmp_path / "resumed.zarr"
-    normalize_store(path, reference, method="macenko", target_image=None, device="cpu")
+    normalize.run(NormalizeConfig(input=path, output=reference, method="macenko", device="cpu"))
 
     def interrupt(done, total):
         if done >= 4:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        normalize_store(path, resumed, method="macenko", target_image=None, device="cpu", on_progress=interrupt)
+        normalize.run(NormalizeConfig(input=path, output=resumed, method="macenko", device="cpu"), progress=interrupt)
     assert not resumed.exists() and (tmp_path / "resumed.zarr.partial").exists()
     written = []
-    result = normalize_store(
-        path, resumed, method="macenko", target_image=None, device="cpu", on_progress=lambda d, t: written.append(d)
-    )
+    result = normalize.run(NormalizeConfig(input=path, output=resumed, method="macenko", device="cpu"),
+                           progress=lambda d, t: written.append(d))
     per_shard = open_tile_store(reference).tiles_per_shard
     assert written[0] == 4 + per_shard and written[-1] == 12  # only the missing shards were redone
+    result = open_tile_store(result.output)
     assert np.array_equal(result.tiles[...], open_tile_store(reference).tiles[...])
     assert result.meta["stain"] == open_tile_store(reference).meta["stain"]
 

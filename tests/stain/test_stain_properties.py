@@ -159,7 +159,7 @@ def test_device_option(monkeypatch):
 
 
 def test_unknown_method():
-    with pytest.raises(InvalidInputError, match="--method 'spams'"):
+    with pytest.raises(InvalidInputError, match="^method 'spams': expected one of vahadane, macenko, reinhard$"):
         get_normalizer("spams")
 
 

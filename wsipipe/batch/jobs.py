@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from wsipipe.errors import InvalidInputError, ModelError
+from wsipipe.stages import QcConfig
 
 # Longest side of the thumbnail info_job writes, in pixels.
 THUMBNAIL_MAX_SIDE = 512
@@ -144,7 +145,7 @@ JOBS: dict[str, JobSpec] = {
         "segment", "wsipipe.batch.jobs:segment_job", SEGMENT_OPTIONS, device_option="device", prepare=_prepare_segment
     ),
     "info": JobSpec("info", "wsipipe.batch.jobs:info_job", {"backend": str, "mpp_override": _positive_float}),
-    "qc": JobSpec("qc", "wsipipe.batch.jobs:qc_job", {"backend": str, "mpp_override": _positive_float}),
+    "qc": JobSpec("qc", "wsipipe.batch.jobs:qc_job", QcConfig.batch_options()),
 }
 
 
@@ -195,10 +196,11 @@ def segment_job(slide_path: Path, workdir: Path, options: dict) -> dict:
 
 def qc_job(slide_path: Path, workdir: Path, options: dict) -> dict:
     """``wsipipe qc`` on one slide (outputs: qc.json, qc.zarr, qc.png); figures: the ``qc_*`` columns."""
-    from wsipipe.qc import qc_columns, qc_slide
+    from wsipipe.qc import qc_columns
+    from wsipipe.stages import qc
 
-    summary = qc_slide(slide_path, workdir, backend=options.get("backend"), mpp_override=options.get("mpp_override"))
-    return qc_columns(summary)
+    stage = {name: options[name] for name in QcConfig.batch_options() if name in options}
+    return qc_columns(qc.run(QcConfig(slide=slide_path, output=workdir, **stage)).to_json())
 
 
 def info_job(slide_path: Path, workdir: Path, options: dict) -> dict:

@@ -16,7 +16,9 @@ def normalize(
     method: Annotated[str, typer.Option("--method", "-m", help="vahadane, macenko or reinhard.")] = "vahadane",
     target: TargetOpt = None,
     device: DeviceOpt = "auto",
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the pixel sampling (results are deterministic per seed).")] = 0,
+    seed: Annotated[
+        int, typer.Option("--seed", help="Seed of the pixel sampling (results are deterministic per seed).")
+    ] = 0,
     overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -30,34 +32,25 @@ def normalize(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from wsipipe.device import resolve_device
-    from wsipipe.stain import get_normalizer
-    from wsipipe.stain.store_stage import normalize_store
+    from wsipipe import stages
+    from wsipipe.cli.feedback import stage_progress, warnings_as_lines
 
+    config = stages.NormalizeConfig(
+        input=store, output=output, method=method, target=target, device=device, seed=seed, overwrite=overwrite
+    )
     console = Console(stderr=True, quiet=quiet)
-    get_normalizer(method)  # a bad --method fails before any work
-    torch_device = resolve_device(device, notify=lambda message: console.print(message))
-    with Progress(
-        TextColumn("normalize"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-        console=console, disable=quiet or not console.is_terminal,  # no blank line in a log
-    ) as progress:
-        tasks = []  # the bar appears once the work starts, not before a refusal
 
-        def on_progress(done: int, total: int) -> None:
-            if not tasks:
-                tasks.append(progress.add_task("tiles", total=total))
-            progress.update(tasks[0], completed=done, total=total)
+    def bar() -> Progress:
+        return Progress(
+            TextColumn("normalize"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            disable=quiet or not console.is_terminal,
+        )  # no blank line in a log
 
-        result = normalize_store(
-            store,
-            output,
-            method=method,
-            target_image=target,
-            device=torch_device,
-            seed=seed,
-            overwrite=overwrite,
-            on_progress=on_progress,
-            on_warning=lambda message: typer.echo(f"Warning: {message}", err=True),
-        )
+    with warnings_as_lines(), stage_progress(bar, "tiles") as progress:
+        result = stages.normalize.run(config, progress=progress, say=console.print)
     if not quiet:
-        console.print(f"{result.n_tiles} tiles normalised ({method}, {torch_device}) -> {result.path}")
+        console.print(f"{result.n_tiles} tiles normalised ({result.method}, {result.device}) -> {result.output}")

@@ -177,7 +177,6 @@ def _unalias(arg: str, aliases: dict[str, str]) -> str:
 
 #: Library parameter names that a command spells otherwise: the command's parameter for each.
 LIBRARY_NAMES = {
-    "target_image": "target",
     "tiles_store": "tiles",
     "groups_csv": "groups",
     "sources": "source",

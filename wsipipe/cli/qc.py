@@ -24,15 +24,18 @@ def qc(
     Exit 0 when QC ran (the verdict, usable or not, is in qc.json and printed); 1 for an unreadable
     slide or output folder; 2 for bad options.
     """
-    from wsipipe.qc import qc_slide
+    from wsipipe import stages
 
+    config = stages.QcConfig(slide=slide, output=output, backend=backend, mpp_override=mpp_override)
     if quiet:
-        summary = qc_slide(slide, output, backend=backend, mpp_override=mpp_override)
+        result = stages.qc.run(config)
     else:
         from rich.console import Console
 
         with Console(stderr=True).status("quality control", spinner="dots"):
-            summary = qc_slide(slide, output, backend=backend, mpp_override=mpp_override)
-    flagged = ", ".join(f"{name} {fig['fraction']:.1%}" for name, fig in summary["artefacts"].items() if fig["fraction"] > 0)
-    verdict = "usable" if summary["usable"] else "NOT usable"
-    typer.echo(f"{slide.name}: {verdict} ({summary['verdict_reason']}); flagged: {flagged or 'nothing'} -> {output}")
+            result = stages.qc.run(config)
+    flagged = ", ".join(
+        f"{name} {fig['fraction']:.1%}" for name, fig in result.artefacts.items() if fig["fraction"] > 0
+    )
+    verdict = "usable" if result.usable else "NOT usable"
+    typer.echo(f"{slide.name}: {verdict} ({result.verdict_reason}); flagged: {flagged or 'nothing'} -> {output}")

@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from wsipipe.cli.options import (
-    BackendOpt, LabelMapOpt, MppOverrideOpt, OverlapOpt, OverwriteOpt, QcOpt, QuietOpt, ReadersOpt, SlideArg, StrictOpt,
+    BackendOpt,
+    LabelMapOpt,
+    MppOverrideOpt,
+    OverlapOpt,
+    OverwriteOpt,
+    QcOpt,
+    QuietOpt,
+    ReadersOpt,
+    SlideArg,
+    StrictOpt,
     output_option,
 )
 
@@ -17,14 +26,24 @@ def tile(
     slide: SlideArg,
     output: Annotated[Path, output_option("Tile store to write (a .zarr directory).")],
     mpp: Annotated[float, typer.Option("--mpp", help="Tile scale in µm per pixel (ignored with --level).")] = 0.5,
-    level: Annotated[Optional[int], typer.Option("--level", help="Tile at this pyramid level's own scale instead of --mpp.", min=0)] = None,
-    tile_size: Annotated[int, typer.Option("--tile-size", help="Tile width and height in pixels at the tile scale.")] = 512,
+    level: Annotated[
+        int | None, typer.Option("--level", help="Tile at this pyramid level's own scale instead of --mpp.", min=0)
+    ] = None,
+    tile_size: Annotated[
+        int, typer.Option("--tile-size", help="Tile width and height in pixels at the tile scale.")
+    ] = 512,
     overlap: OverlapOpt = 0,
-    tissue_threshold: Annotated[float, typer.Option("--tissue-threshold", help="Minimum tissue fraction for a tile to be kept (0 keeps all).")] = 0.1,
+    tissue_threshold: Annotated[
+        float, typer.Option("--tissue-threshold", help="Minimum tissue fraction for a tile to be kept (0 keeps all).")
+    ] = 0.1,
     annotations: Annotated[
-        Optional[Path],
-        typer.Option("--annotations", help="ASAP XML, Aperio XML or GeoJSON drawn on SLIDE: adds a label mask per "
-                     "tile (masks) and per-tile label fractions to the store, for training.", show_default=False),
+        Path | None,
+        typer.Option(
+            "--annotations",
+            help="ASAP XML, Aperio XML or GeoJSON drawn on SLIDE: adds a label mask per "
+            "tile (masks) and per-tile label fractions to the store, for training.",
+            show_default=False,
+        ),
     ] = None,
     label_map: LabelMapOpt = None,
     strict: StrictOpt = False,
@@ -39,24 +58,56 @@ def tile(
 
     Run the same command again after an interruption (Ctrl-C, kill) to resume; a complete store is left as it is unless --overwrite.
     """
+    from wsipipe import stages
     from wsipipe.cli.annotations import warnings_on_stderr
-    from wsipipe.errors import InvalidInputError, MppUnknownError
-    from wsipipe.tiling import tile_slide
+    from wsipipe.cli.feedback import stage_progress
 
-    if annotations is None and (label_map is not None or strict):
-        raise InvalidInputError("--label-map and --strict need --annotations")
-    with warnings_on_stderr(quiet):
-        try:
-            result = tile_slide(
-                slide, output, mpp=mpp, level=level, tile_size=tile_size, overlap=overlap,
-                tissue_threshold=tissue_threshold, backend=backend, mpp_override=mpp_override,
-                workers=readers, overwrite=overwrite, progress=not quiet,
-                annotations=annotations, label_map=label_map, strict=strict, qc=qc,
-            )
-        except MppUnknownError as exc:  # this command can also tile a level at its own scale
-            raise MppUnknownError(exc.path, level_option=True) from None
+    config = stages.TileConfig(
+        slide=slide,
+        output=output,
+        mpp=mpp,
+        level=level,
+        tile_size=tile_size,
+        overlap=overlap,
+        tissue_threshold=tissue_threshold,
+        annotations=annotations,
+        label_map=label_map,
+        strict=strict,
+        backend=backend,
+        mpp_override=mpp_override,
+        readers=readers,
+        overwrite=overwrite,
+        qc=qc,
+    )
+    with warnings_on_stderr(quiet), stage_progress(None if quiet else _tiles_bar, "tiling") as progress:
+        result = stages.tile.run(config, progress=progress)
     if result.already_complete:
-        typer.echo(f"{output} is already complete ({result.n_tiles} tiles, same parameters); nothing to do (use --overwrite to redo it)")
+        typer.echo(
+            f"{result.output} is already complete ({result.n_tiles} tiles, same parameters); nothing to do (use --overwrite to redo it)"
+        )
         return
     rate = result.n_written / result.seconds if result.seconds > 0 else 0.0
-    typer.echo(f"wrote {result.n_tiles} tiles to {output} ({result.n_written} this run, {result.seconds:.1f} s, {rate:.1f} tiles/s)")
+    typer.echo(
+        f"wrote {result.n_tiles} tiles to {result.output} ({result.n_written} this run, {result.seconds:.1f} s, {rate:.1f} tiles/s)"
+    )
+
+
+def _tiles_bar():
+    """The tiling bar on stderr, with tiles/s (kept in a log too: its last state is printed there)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
+    from rich.text import Text
+
+    class TilesPerSecond(ProgressColumn):
+        def render(self, task) -> Text:
+            speed = task.finished_speed or task.speed
+            return Text(f"{speed:.1f} tiles/s" if speed else "- tiles/s", style="progress.data.speed")
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TilesPerSecond(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+    )

@@ -2,24 +2,22 @@
 and under-exposure), a stain estimate, brightfield or not, and a usable verdict.
 
     result = run_qc(reader)                 # QCResult: masks on the tissue-thumbnail grid + summary
-    summary = qc_slide(path, outdir)        # wsipipe qc: qc.json, qc.zarr, qc.png
+    result = qc_slide(QcConfig(slide=path, output=outdir))   # wsipipe qc: qc.json, qc.zarr, qc.png
 
 The detectors (``wsipipe.qc.detectors``) are small functions on numpy images with sizes in µm.
 """
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 from wsipipe.qc.stage import ARTEFACTS, QCResult, qc_columns, run_qc
+from wsipipe.stages.qc import QcConfig, QcResult
 
 __all__ = ["ARTEFACTS", "QCResult", "qc_columns", "qc_slide", "run_qc"]
 
 
-def qc_slide(slide_path: str | os.PathLike, outdir: str | os.PathLike, *, backend: str | None = None,
-             mpp_override: float | None = None) -> dict:
-    """Run QC on a slide and write qc.json, qc.zarr and qc.png into ``outdir``; returns the summary.
+def qc_slide(config: QcConfig) -> QcResult:
+    """Run QC on ``config.slide`` and write qc.json, qc.zarr and qc.png into ``config.output``
+    (``wsipipe.stages.qc.run``, which says what).
 
     The slide is opened and checked before the folder is made, and every file is written under a
     temporary name, so a refused or failed run leaves nothing half-written.
@@ -28,9 +26,9 @@ def qc_slide(slide_path: str | os.PathLike, outdir: str | os.PathLike, *, backen
     from wsipipe.qc.outputs import write_qc_outputs
     from wsipipe.slide import open_slide
 
-    with open_slide(Path(slide_path), backend=backend, mpp_override=mpp_override) as reader:
-        result = run_qc(reader)
-    outdir = make_output_folder(outdir)
+    with open_slide(config.slide, backend=config.backend, mpp_override=config.mpp_override) as reader:
+        found = run_qc(reader)
+    outdir = make_output_folder(config.output)
     with folder_lock(outdir):
-        write_qc_outputs(result, outdir)
-    return result.summary
+        write_qc_outputs(found, outdir)
+    return QcResult(output=outdir, **found.summary)

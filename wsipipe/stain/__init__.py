@@ -25,7 +25,7 @@ def get_normalizer(method: str, device="cpu", *, seed: int = 0) -> StainNormaliz
         return NORMALIZERS[method](device, seed=seed)
     except KeyError:
         raise InvalidInputError(
-            f"--method {method!r}: expected one of {', '.join(NORMALIZERS)}"
+            f"{{method}} {method!r}: expected one of {', '.join(NORMALIZERS)}", parameter="method"
         ) from None
 
 

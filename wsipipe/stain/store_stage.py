@@ -5,10 +5,11 @@ from __future__ import annotations
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Optional
 
 from wsipipe.errors import StainError, StoreError
 from wsipipe.files import file_sha256
+from wsipipe.stages.base import Progress
+from wsipipe.stages.normalize import NormalizeConfig, NormalizeResult
 from wsipipe.stain.base import StainParams
 from wsipipe.stain.slide import estimate_slide_stain
 
@@ -16,55 +17,47 @@ from wsipipe.stain.slide import estimate_slide_stain
 STAIN_KEY = "stain"
 
 
-def normalize_store(
-    source_path: Path,
-    out_path: Path,
-    *,
-    method: str,
-    target_image: Optional[Path],
-    device,
-    seed: int = 0,
-    overwrite: bool = False,
-    on_progress: Optional[Callable[[int, int], None]] = None,
-    on_warning: Optional[Callable[[str], None]] = None,
-):
-    """Normalise every tile of ``source_path`` into ``out_path``; returns the finished ``TileStore``.
+def normalize_store(config: NormalizeConfig, device, progress: Progress | None = None) -> NormalizeResult:
+    """Normalise every tile of ``config.input`` into ``config.output`` on the torch ``device``
+    (``wsipipe.stages.normalize.run``, which says what).
 
-    The slide's stain parameters are estimated once (tiles sampled across the whole store) and
-    recorded, with the target's, in the output's attributes under ``wsipipe.stain``; a resumed run
-    reuses the recorded ones. A store that is itself the output of ``normalize`` is refused unless
-    ``overwrite``. ``on_progress(done, total)`` is called in tiles after each shard.
+    The stain parameters are recorded, with the target's, in the output's attributes under
+    ``wsipipe.stain``; a resumed run reuses the recorded ones. ``progress(done, total)`` is called in
+    tiles after each shard.
     """
+    from wsipipe.files import output_lock
     from wsipipe.stain import default_target, get_normalizer
     from wsipipe.stain.targets import load_target_image
-    from wsipipe.files import output_lock
     from wsipipe.store import check_output_location, create_derived_store, open_tile_store
 
+    source_path, out_path, target_image = config.input, config.output, config.target
     source = open_tile_store(source_path)
     earlier = source.meta.get(STAIN_KEY)
-    if earlier is not None and not overwrite:
+    if earlier is not None and not config.overwrite:
         raise StoreError(
             f"{source_path}: already stain-normalised ({earlier['method']}); normalising twice "
             "distorts colours; pass --overwrite to do it anyway"
         )
-    normalizer = get_normalizer(method, device, seed=seed)
-    with _warnings_to(on_warning, f"--target {target_image or '(built-in)'}"):
+    normalizer = get_normalizer(config.method, device, seed=config.seed)
+    with _warnings_about(f"--target {target_image or '(built-in)'}"):
         if target_image is None:
-            normalizer.fit(default_target(method))
+            normalizer.fit(default_target(config.method))
             target_name = "built-in (CMU-1-Small-Region.svs)"
         else:
             try:
                 normalizer.fit(load_target_image(target_image))
             except StainError as exc:
-                raise StainError(f"{{target_image}} {target_image}: {exc.template}", parameter=("target_image", *exc.parameters)) from None
+                raise StainError(
+                    f"{{target}} {target_image}: {exc.template}", parameter=("target", *exc.parameters)
+                ) from None
             target_name = f"{target_image.name} sha256:{file_sha256(target_image)[:16]}"
-    with _warnings_to(on_warning, str(source_path)):
+    with _warnings_about(str(source_path)):
         try:
             slide = estimate_slide_stain(source.tiles, normalizer)
         except StainError as exc:
             raise StainError(f"{source_path}: cannot estimate the slide's stains: {exc}") from None
     stain_meta = {
-        "method": method,
+        "method": config.method,
         "target_image": target_name,
         "target": normalizer.target.to_dict(),
         "source": slide.to_dict(),
@@ -75,12 +68,12 @@ def normalize_store(
             source,
             out_path,
             stage="normalize",
-            params={"method": method, "target_image": target_name, "seed": seed},
+            params={"method": config.method, "target_image": target_name, "seed": config.seed},
             extra_meta={STAIN_KEY: stain_meta},
-            overwrite=overwrite,
+            overwrite=config.overwrite,
         )
         if writer.already_complete:
-            return open_tile_store(out_path)
+            return _result(config, open_tile_store(out_path), device)
         recorded = writer.store.meta[STAIN_KEY]  # a resumed run keeps the parameters it started with
         normalizer.fit(StainParams.from_dict(recorded["target"]))
         slide = StainParams.from_dict(recorded["source"])
@@ -98,17 +91,20 @@ def normalize_store(
             else:  # annotation masks travel with their tiles
                 writer.write_shard(index, normalised, source.masks[rows], source.label_fractions[rows])
             done += len(tiles)
-            if on_progress is not None:
-                on_progress(done, total)
-        return writer.finish()
+            if progress is not None:
+                progress(done, total)
+        return _result(config, writer.finish(), device)
+
+
+def _result(config: NormalizeConfig, store, device) -> NormalizeResult:
+    return NormalizeResult(output=store.path, n_tiles=store.n_tiles, method=config.method, device=str(device))
 
 
 @contextmanager
-def _warnings_to(on_warning: Optional[Callable[[str], None]], subject: str):
-    """Hand the warnings raised inside to ``on_warning``, prefixed with what they are about."""
+def _warnings_about(subject: str):
+    """Re-issue the warnings raised inside prefixed with what they are about (the target, the store)."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         yield
     for warning in caught:
-        if on_warning is not None:
-            on_warning(f"{subject}: {warning.message}")
+        warnings.warn(f"{subject}: {warning.message}", warning.category, stacklevel=3)

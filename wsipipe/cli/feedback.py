@@ -1,0 +1,51 @@
+"""How a command shows a stage at work: its ``progress(done, total)`` as a rich bar and its Python
+warnings as ``Warning: ...`` lines on stderr."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+import typer
+
+from wsipipe.stages.base import Progress
+
+if TYPE_CHECKING:
+    from rich.progress import Progress as ProgressBar
+    from rich.progress import TaskID
+
+
+@contextmanager
+def stage_progress(make_bar: Callable[[], ProgressBar] | None, description: str) -> Iterator[Progress]:
+    """The ``progress`` callback for a stage's ``run``: a bar (``make_bar()``, a rich ``Progress``) made
+    on the first call, so a refused run or an output already complete shows none; None: no bar."""
+    shown: list[tuple[ProgressBar, TaskID]] = []  # the bar, once made
+
+    def progress(done: int, total: int) -> None:
+        if make_bar is None:
+            return
+        if not shown:
+            bar = make_bar()
+            bar.start()
+            shown.append((bar, bar.add_task(description, total=total, completed=done)))
+        else:
+            bar, task = shown[0]
+            bar.update(task, completed=done, total=total)
+
+    try:
+        yield progress
+    finally:
+        for bar, _ in shown:
+            bar.stop()
+
+
+@contextmanager
+def warnings_as_lines() -> Iterator[None]:
+    """Each Python warning raised inside (a stage's: a target that is probably not H&E) as one
+    ``Warning: MESSAGE`` line on stderr, when it is raised."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = lambda message, *args, **kwargs: typer.echo(f"Warning: {message}", err=True)
+        yield
