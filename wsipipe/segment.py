@@ -19,13 +19,13 @@ Every output is written under a temporary name and renamed when complete.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import os
 import shlex
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,9 +34,12 @@ import numpy as np
 from wsipipe import __version__
 from wsipipe.device import resolve_device
 from wsipipe.errors import InvalidInputError, ModelError, StoreError
-from wsipipe.files import check_regular_file, file_sha256, folder_lock, make_output_folder, remove_temporaries
+from wsipipe.files import file_sha256, folder_lock, make_output_folder, remove_temporaries
 from wsipipe.grid import sample_mask
 from wsipipe.inference.engine import Runner, reader_count, run, slide_batches, start_readers, store_batches
+from wsipipe.stages.base import Progress, Say
+from wsipipe.stages.nuclei import NucleiConfig, NucleiResult
+from wsipipe.stages.segment import SegmentConfig, SegmentResult
 
 #: "model": the normalisation the model file records it was trained with (``none`` for the
 #: bundled model), so a slide reaches the network as its training images did.
@@ -200,7 +203,7 @@ def _tumour_classes(classes: list[str]) -> list[int]:
 
 
 def model_normalisation(normalize: str, target, metadata: dict):
-    """(method, target) that ``--normalize``/``--target`` mean for a model: ``model`` takes the
+    """(method, target) that ``normalize``/``target`` mean for a model: ``model`` takes the
     method and target parameters the model file records (a model without a record: none)."""
     if normalize != "model":
         return normalize, target
@@ -209,7 +212,8 @@ def model_normalisation(normalize: str, target, metadata: dict):
     recorded = metadata.get("stain_normalisation") or {}
     method = recorded.get("method") or "none"
     if method not in NORMALIZE_METHODS or method == "model":
-        raise ModelError(f"the model records an unknown stain normalisation {method!r}; pass --normalize")
+        raise ModelError(f"the model records an unknown stain normalisation {method!r}; pass {{normalize}}",
+                         parameter="normalize")
     if target is None and isinstance(recorded.get("target"), dict):
         target = StainParams.from_dict(dict(recorded["target"]))
     return method, target
@@ -231,146 +235,121 @@ def _stain_normaliser(method: str, target, reader, plan: TilePlan, mpp: float, d
     else:
         image = cv2.imread(str(target), cv2.IMREAD_COLOR)
         if image is None:
-            raise InvalidInputError(f"--target {target}: not a readable image")
+            raise InvalidInputError(f"{{target}} {target}: not a readable image", parameter="target")
         reference = np.ascontiguousarray(image[..., ::-1])
     normaliser = get_normalizer(method, device=device).fit(reference)
     slide_stain = estimate_slide_stain(SampledTiles(reader, plan.coords, plan.tile, mpp), normaliser)
     return lambda pixels: normaliser.transform(pixels, source=slide_stain)
 
 
-def segment_slide(
-    slide_path: str | os.PathLike,
-    outdir: str | os.PathLike,
-    *,
-    model=None,
-    tiles_store: str | os.PathLike | None = None,
-    normalize: str = "model",
-    target: str | os.PathLike | None = None,
-    overlap: int | None = None,
-    batch_size: int = 16,
-    device: str = "auto",
-    workers: int | None = 2,
-    backend: str | None = None,
-    mpp_override: float | None = None,
-    nuclei: bool = False,
-    nuclei_model: str | os.PathLike | None = None,
-    dicom_seg: str | None = None,
-    qc: str = "off",
-    progress: bool = True,
-    say: Callable[[str], None] | None = None,
-) -> dict:
-    """Segment one slide into ``outdir``; returns the report (also written as report.json).
+@dataclass
+class _Run:
+    """One run's settings as resolved before the output folder is made, and what it opened."""
 
-    ``model``: a model file, None for the bundled model, or a loaded ``ModelBundle``.
-    ``workers``: reader processes (0 reads in this process; None: as many as the device needs,
-    ``wsipipe.inference.engine.reader_count``); ``backend``: their slide reader (``open_slide``).
-    ``nuclei``: also run the nuclei stage (classical, or the US-Net ``nuclei_model``, which
-    implies ``nuclei``) with the predicted tumour as its tumour mask.
-    ``dicom_seg``: binary, fractional or none (default: binary for a DICOM slide; see ``wsipipe.dicom.outputs``).
-    ``qc``: 'auto', 'off' or a ``wsipipe qc`` output; flagged areas are left out, and a slide that
-    is not brightfield H&E is refused before the output folder is made.
+    config: SegmentConfig
+    outdir: Path
+    info: ModelInfo
+    device: str  # resolved ("cpu", "cuda:0")
+    overlap: int  # resolved and checked
+    dicom_seg: str | None  # the DICOM Segmentation's type, or None for no DICOM outputs
+    store: object | None  # the opened ``tiles`` store
+    usable: object | None  # quality control's usable tissue
+    progress: Progress | None
+    say: Say
+    timings: dict[str, float]
+    reader: object = None  # the slide, with a built level where it lacks the model's
+    pool: object = None  # the reader processes
+
+
+def segment_slide(config: SegmentConfig, *, progress: Progress | None = None, say: Say | None = None) -> SegmentResult:
+    """Segment ``config.slide`` into ``config.output`` (``wsipipe.stages.segment.run``); the result
+    is also written as report.json.
+
+    Every check that can refuse the inputs runs before the output folder is made, so a refused run
+    leaves nothing behind and its error is the only line it prints (the device note waits); a
+    slide that is not brightfield H&E is refused by quality control then too.
     """
     from wsipipe.dicom.outputs import resolve_dicom_seg
     from wsipipe.inference.sliding import check_overlap, default_overlap
-    from wsipipe.nuclei.stage import check_nuclei_model, resolve_nuclei_model
-    from wsipipe.qc.apply import check_qc_option, usable_tissue
+    from wsipipe.qc.apply import usable_tissue
     from wsipipe.slide import open_slide
     from wsipipe.slide.built import LEVELS_FOLDER, with_level_for
 
     say = say or (lambda message: None)
-    if nuclei_model is not None:
-        nuclei_model = resolve_nuclei_model(nuclei_model)
-        check_nuclei_model(nuclei_model)  # before hours of segmentation, not after
-        nuclei = True
-    if normalize not in NORMALIZE_METHODS:
-        raise InvalidInputError(f"--normalize {normalize!r}: choose one of {', '.join(NORMALIZE_METHODS)}")
-    if batch_size < 1 or (workers is not None and workers < 0):
-        raise InvalidInputError("--batch-size must be at least 1 and --workers at least 0")
-    check_qc_option(qc)
-    from wsipipe.stain import StainParams
-
-    if target is not None and not isinstance(target, StainParams):  # an image file
-        check_regular_file(target, InvalidInputError)  # a FIFO would block cv2.imread for ever
-    slide_path = Path(slide_path)
-    dicom_seg = resolve_dicom_seg(slide_path, dicom_seg)
+    dicom_seg = resolve_dicom_seg(config.slide, config.dicom_seg)
     timings: dict[str, float] = {}
     started = time.perf_counter()
-    # Every check that can refuse the inputs runs before the output folder exists, so a refused
-    # run leaves nothing behind, and its error is the only line it prints (the device note waits).
     notes: list[str] = []
-    device = str(resolve_device(device, notes.append))
-    workers = reader_count(device) if workers is None else workers
-    info = load_model_info(model, device)
+    device = str(resolve_device(config.device, notes.append))
+    readers = reader_count(device) if config.readers is None else config.readers
+    info = load_model_info(config.model, device)
     timings["load"] = time.perf_counter() - started
     tile = int(info.bundle.tile_size)
-    store = _open_tiles_store(tiles_store, info.bundle, overlap) if tiles_store else None
-    if store is not None:
-        overlap = int(store.meta["overlap"])
+    store = _open_tiles_store(config.tiles, info.bundle, config.overlap) if config.tiles else None
+    overlap = int(store.meta["overlap"]) if store is not None else config.overlap
     overlap = default_overlap(tile) if overlap is None else int(overlap)
     check_overlap(overlap, tile)
-    with open_slide(slide_path, backend=backend, mpp_override=mpp_override) as reader:
-        reader.mpp  # noqa: B018 - a slide without µm/px fails here, naming --mpp-override
+    with open_slide(config.slide, backend=config.backend, mpp_override=config.mpp_override) as reader:
+        reader.mpp  # noqa: B018 - a slide without µm/px fails here, naming mpp_override
         # One clear error when the slide cannot give the model's µm/px, even through a built level.
         reader.check_mpp(info.bundle.mpp, buildable=True)
         t0 = time.perf_counter()
-        usable = usable_tissue(reader, qc)  # refuses a slide that is not brightfield H&E
+        usable = usable_tissue(reader, config.qc)  # refuses a slide that is not brightfield H&E
         timings["qc"] = time.perf_counter() - t0
         for note in notes:
             say(note)
-        outdir = make_output_folder(outdir)
+        outdir = make_output_folder(config.output)
         with folder_lock(outdir):
             levels = outdir / LEVELS_FOLDER
             t0 = time.perf_counter()
             with_level = with_level_for(reader, info.bundle.mpp, levels, say)  # built once for a slide lacking one
             if with_level is not reader:
                 timings["level"] = time.perf_counter() - t0
-            reader = with_level
-            pool = None if store is not None else start_readers(slide_path, mpp_override, workers, levels, backend)
+            pool = None if store is not None else start_readers(
+                config.slide, config.mpp_override, readers, levels, config.backend)
+            run_ = _Run(config, outdir, info, device, overlap, dicom_seg, store, usable, progress, say, timings,
+                        with_level, pool)
             try:
-                nuclei_options = {"model": nuclei_model, "mpp_override": mpp_override, "backend": backend} if nuclei else None
-                report = _segment(slide_path, outdir, reader, pool, info, store, normalize, target, overlap,
-                                  batch_size, device, progress, say, timings, nuclei_options, dicom_seg, usable)
+                result = _segment(run_)
             finally:
                 if pool is not None:
                     pool.shutdown(wait=True, cancel_futures=True)
-    return report
+    return result
 
 
-def _segment(slide_path, outdir, reader, pool, info, store, normalize, target, overlap, batch_size, device,
-             progress, say, timings, nuclei_options, dicom_seg, usable=None) -> dict:
-    """``store``: the opened ``--tiles`` store or None; ``overlap``: resolved and checked;
-    ``dicom_seg``: the DICOM Segmentation's type, or None for no DICOM outputs; ``usable``: quality
-    control's usable tissue or None."""
+def _segment(run_: _Run) -> SegmentResult:
+    """The prediction store (made, resumed or found complete), then the outputs."""
     from wsipipe.inference.omezarr import (
         build_pyramid, create_prediction_store, is_complete, open_prediction_store, restrict_labels,
     )
     from wsipipe.inference.stitch import StripStitcher, remove_journals
 
-    bundle = info.bundle
-    normalize, target = model_normalisation(normalize, target, bundle.metadata)
+    config, reader, timings, overlap, store = run_.config, run_.reader, run_.timings, run_.overlap, run_.store
+    bundle = run_.info.bundle
+    normalize, target = model_normalisation(config.normalize, config.target, bundle.metadata)
     tile, classes = int(bundle.tile_size), list(bundle.classes)
-    plan = plan_tiles(reader, bundle.mpp, tile, overlap, store, usable)
+    plan = plan_tiles(reader, bundle.mpp, tile, overlap, store, run_.usable)
     timings["tissue"] = plan.timings["tissue"]
     # the tissue mask too: the label map is restricted to it (quality control may change it)
-    identity = repr((info.sha256, normalize, str(target), reader.mpp, reader.dimensions, overlap)).encode()
+    identity = repr((run_.info.sha256, normalize, str(target), reader.mpp, reader.dimensions, overlap)).encode()
     identity += hashlib.sha256(np.ascontiguousarray(plan.tissue_mask > 0).tobytes()).digest()
     fingerprint = hashlib.sha256(identity + np.asarray(plan.positions, np.int64).tobytes()).hexdigest()
 
-    final = outdir / PREDICTION_NAME
-    partial = outdir / (PREDICTION_NAME + PARTIAL_SUFFIX)
+    final = run_.outdir / PREDICTION_NAME
+    partial = run_.outdir / (PREDICTION_NAME + PARTIAL_SUFFIX)
     tiles_run = 0
     if final.exists():
         prediction = open_prediction_store(final)
         if prediction.fingerprint != fingerprint:
             raise StoreError(f"{final}: made from another slide, model or settings; remove it or use another -o")
-        say(f"{final} is complete; writing the regions and report again from it")
+        run_.say(f"{final} is complete; writing the regions and report again from it")
     elif is_complete(partial) and open_prediction_store(partial).fingerprint == fingerprint:
         prediction = open_prediction_store(partial)  # finished, but killed before its outputs were written
     else:
         stain = None
         if plan.positions:
             t0 = time.perf_counter()
-            stain = _stain_normaliser(normalize, target, reader, plan, bundle.mpp, device)
+            stain = _stain_normaliser(normalize, target, reader, plan, bundle.mpp, run_.device)
             timings["stain"] = time.perf_counter() - t0
         remove_temporaries(partial)  # journal rewrites a kill cut short; they would end up in the store
         prediction = create_prediction_store(
@@ -384,15 +363,15 @@ def _segment(slide_path, outdir, reader, pool, info, store, normalize, target, o
         order = stitcher.plan(plan.positions)
         todo = np.array([i for i, _, _, _ in order], np.int64)
         tiles_run = len(todo)
-        runner = Runner(bundle, device, batch_size, stain=stain, say=say)
+        runner = Runner(bundle, run_.device, config.batch_size, stain=stain, say=run_.say)
         positions = [(x, y) for _, x, y, _ in order]
         if store is not None:
-            batches = store_batches(store, plan.store_index[todo], positions, batch_size)
+            batches = store_batches(store, plan.store_index[todo], positions, config.batch_size)
         else:
-            batches = slide_batches(plan.coords[todo], positions, tile=tile, mpp=bundle.mpp, batch_size=batch_size,
-                                    reader=reader, pool=pool, device=device)
+            batches = slide_batches(plan.coords[todo], positions, tile=tile, mpp=bundle.mpp,
+                                    batch_size=config.batch_size, reader=reader, pool=run_.pool, device=run_.device)
         t0 = time.perf_counter()
-        _run_tiles(batches, len(order), runner, stitcher, progress, timings)
+        _run_tiles(batches, len(order), runner, stitcher, run_.progress, timings)
         stitcher.finish()
         timings["inference"] = time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -401,24 +380,20 @@ def _segment(slide_path, outdir, reader, pool, info, store, normalize, target, o
         build_pyramid(prediction)
         timings["pyramid"] = time.perf_counter() - t0
         prediction = open_prediction_store(partial)
-    return _write_outputs(slide_path, outdir, reader, plan, prediction, info, classes, timings,
-                          normalize=normalize, device=device, overlap=overlap, tiles_run=tiles_run,
-                          nuclei_options=nuclei_options, dicom_seg=dicom_seg, progress=progress)
+    return _write_outputs(run_, plan, prediction, normalize, tiles_run)
 
 
-def _run_tiles(batches, total, runner, stitcher, progress, timings) -> None:
-    """The engine's ``run`` under a progress bar of ``total`` tiles; adds where the time went to
-    ``timings``."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+def _run_tiles(batches, total, runner, stitcher, progress: Progress | None, timings) -> None:
+    """The engine's ``run``, telling ``progress`` of each batch; adds where the time went to ``timings``."""
+    done = 0
 
-    console = Console(stderr=True)
-    with Progress(
-        TextColumn("segment"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-        console=console, disable=not (progress and console.is_terminal), transient=True,  # no blank lines in logs
-    ) as bar:
-        task = bar.add_task("tiles", total=total)
-        spent = run(batches, runner, stitcher, on_batch=lambda count: bar.advance(task, count))
+    def on_batch(count: int) -> None:
+        nonlocal done
+        done += count
+        if progress is not None:
+            progress(done, total)
+
+    spent = run(batches, runner, stitcher, on_batch=on_batch)
     timings.update({f"inference_{name}": seconds for name, seconds in spent.items()})
 
 
@@ -429,19 +404,20 @@ def _open_tiles_store(path, bundle, overlap):
     store = open_tile_store(path)
     if store.mpp is None or abs(store.mpp - bundle.mpp) > 0.01 * bundle.mpp or store.tile_size != bundle.tile_size:
         raise InvalidInputError(
-            f"--tiles {path}: tiles of {store.tile_size} px at {store.mpp} µm/px; the model needs "
-            f"{bundle.tile_size} px at {bundle.mpp:g} µm/px (run 'wsipipe tile' with those, or leave out --tiles)"
+            f"{{tiles}} {path}: tiles of {store.tile_size} px at {store.mpp} µm/px; the model needs "
+            f"{bundle.tile_size} px at {bundle.mpp:g} µm/px (run 'wsipipe tile' with those, or leave out {{tiles}})",
+            parameter="tiles",
         )
     if overlap is not None and overlap != int(store.meta["overlap"]):
-        raise InvalidInputError(f"--overlap {overlap}: the store at --tiles was made with overlap {store.meta['overlap']}")
+        raise InvalidInputError(f"{{overlap}} {overlap}: the store at {{tiles}} was made with overlap "
+                                f"{store.meta['overlap']}", parameter=("overlap", "tiles"))
     return store
 
 
-def _write_outputs(slide_path, outdir, reader, plan, prediction, info, classes, timings, *, normalize, device,
-                   overlap, tiles_run, nuclei_options, dicom_seg, progress) -> dict:
+def _write_outputs(run_: _Run, plan: TilePlan, prediction, normalize: str, tiles_run: int) -> SegmentResult:
     """Regions, nuclei, overlay and report from the finished, tissue-restricted label map, all
     written together (``files.staged_outputs``, report.json last); a prediction store still under
-    its partial name moves into place with them."""
+    its partial name moves into place with them. ``normalize``: the method that ran."""
     import zarr
 
     from wsipipe.annotations import Annotation, AnnotationSet, Group, write_annotations
@@ -455,6 +431,8 @@ def _write_outputs(slide_path, outdir, reader, plan, prediction, info, classes, 
         write_report_json,
     )
 
+    reader, info, timings, outdir, slide_path = run_.reader, run_.info, run_.timings, run_.outdir, run_.config.slide
+    classes = list(info.bundle.classes)
     names, colours = [display_name(name) for name in classes], palette(classes)
     width0, height0 = reader.dimensions
     with staged_outputs(outdir, last="report.json") as staging:
@@ -481,10 +459,10 @@ def _write_outputs(slide_path, outdir, reader, plan, prediction, info, classes, 
 
         tumour_ids = _tumour_classes(classes)
         nuclei = None
-        if nuclei_options is not None:
+        if run_.config.nuclei:
             t0 = time.perf_counter()
             tissue, tumour = _nuclei_masks(plan, label_map, tumour_ids, downsample)
-            nuclei = _run_nuclei(slide_path, staging, tumour, tissue, device, progress, **nuclei_options)
+            nuclei = _run_nuclei(run_, staging, tumour, tissue)
             timings["nuclei"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -494,10 +472,11 @@ def _write_outputs(slide_path, outdir, reader, plan, prediction, info, classes, 
         tumour_mm2 = float(sum(counts[i] for i in tumour_ids) * pixel_mm2)
         n_tiles = len(plan.positions)
         inference_s = timings.get("inference", 0.0)
-        report = {
-            "slide": str(slide_path),
-            "mpp": reader.mpp,
-            "model": {
+        result = SegmentResult(
+            output=outdir,
+            slide=str(slide_path),
+            mpp=reader.mpp,
+            model={
                 "name": info.name,
                 "sha256": info.sha256,
                 "architecture": info.bundle.metadata.get("architecture"),
@@ -506,34 +485,33 @@ def _write_outputs(slide_path, outdir, reader, plan, prediction, info, classes, 
                 "classes": classes,
                 "trained_on": training_summary(info.bundle.metadata),
             },
-            "run": {"date": time.strftime("%Y-%m-%d %H:%M:%S %z"), "command": _command_line()},
-            "dimensions": [width0, height0],
-            "tissue_area_mm2": tissue_mm2,
-            "qc": plan.qc,
-            "tumour_area_mm2": tumour_mm2,
-            "tumour_fraction": tumour_mm2 / tissue_mm2 if tissue_mm2 > 0 else None,
+            run={"date": time.strftime("%Y-%m-%d %H:%M:%S %z"), "command": _command_line()},
+            dimensions=[width0, height0],
+            tissue_area_mm2=tissue_mm2,
+            qc=plan.qc,
+            tumour_area_mm2=tumour_mm2,
+            tumour_fraction=tumour_mm2 / tissue_mm2 if tissue_mm2 > 0 else None,
             **(_nuclei_figures(nuclei) if nuclei is not None else {}),
-            "class_areas_mm2": {names[i]: float(counts[i] * pixel_mm2) for i in range(1, len(classes))},
-            "n_tiles": n_tiles,
-            "n_regions": {names[c]: len(p) for c, p in polygons.items()},
+            class_areas_mm2={names[i]: float(counts[i] * pixel_mm2) for i in range(1, len(classes))},
+            n_tiles=n_tiles,
+            n_regions={names[c]: len(p) for c, p in polygons.items()},
             # the polygons' own area: regions leave out islands and fill holes under min_area_um2
-            "regions_area_mm2": {names[c]: sum(p.area for p in polys) * reader.mpp * reader.mpp_y / 1e6
-                                 for c, polys in polygons.items()},
-            "regions": {"min_area_um2": options.min_area_um2,
-                        "simplify_um": options.simplify_um if options.simplify_um is not None else reader.mpp * downsample},
-            "normalize": normalize,
-            "device": device,
-            "overlap_px": overlap,
-            "prediction_shape": [len(classes), plan.height, plan.width],
-            "timings_s": timings,
-            "n_tiles_run": tiles_run,  # fewer than n_tiles when a killed run was resumed
-            "tiles_per_s": {"inference": tiles_run / inference_s if inference_s > 0 else None},
-            "outputs": [PREDICTION_NAME, "regions.geojson", "regions.xml", "overlay.png", "report.json", "report.html",
-                        *(NUCLEI_OUTPUTS if nuclei is not None else [])],
-            "wsipipe_version": __version__,
-        }
-        if n_tiles == 0:
-            report["message"] = "No tissue was detected on this slide: nothing was segmented."
+            regions_area_mm2={names[c]: sum(p.area for p in polys) * reader.mpp * reader.mpp_y / 1e6
+                              for c, polys in polygons.items()},
+            regions={"min_area_um2": options.min_area_um2,
+                     "simplify_um": options.simplify_um if options.simplify_um is not None else reader.mpp * downsample},
+            normalize=normalize,
+            device=run_.device,
+            overlap_px=run_.overlap,
+            prediction_shape=[len(classes), plan.height, plan.width],
+            timings_s=timings,
+            n_tiles_run=tiles_run,
+            tiles_per_s={"inference": tiles_run / inference_s if inference_s > 0 else None},
+            outputs=[PREDICTION_NAME, "regions.geojson", "regions.xml", "overlay.png", "report.json", "report.html",
+                     *(NUCLEI_OUTPUTS if nuclei is not None else [])],
+            wsipipe_version=__version__,
+            message="No tissue was detected on this slide: nothing was segmented." if n_tiles == 0 else None,
+        )
         thumbnail = _shrink(plan.thumbnail, THUMBNAIL_MAX_SIDE)
         overlay_level = min(len(shapes) - 1, _overlay_level(shapes, thumbnail.shape[:2]))
         overlay = render_overlay(thumbnail, labels_group[str(overlay_level)][:], colours)
@@ -542,22 +520,23 @@ def _write_outputs(slide_path, outdir, reader, plan, prediction, info, classes, 
         timings["total"] = sum(v for k, v in timings.items() if k != "total" and not k.startswith("inference_"))
         heatmap = None
         if nuclei is not None:
-            boxes = [tile["box_level0"] for tile in nuclei["tiles"]]
-            values = [tile["cellularity"] for tile in nuclei["tiles"]]
+            boxes = [tile["box_level0"] for tile in nuclei.tiles]
+            values = [tile["cellularity"] for tile in nuclei.tiles]
             vmax = max((v for v in values if v is not None), default=0.0) or 1.0
             level0_per_px = width0 / thumbnail.shape[1]
             heatmap = (render_tile_heatmap(thumbnail, boxes, values, level0_per_px, vmax), vmax)
-        write_report_json(staging / "report.json", report)
-        write_report_html(staging / "report.html", report, thumbnail, overlay, heatmap, outdir=outdir)
+        write_report_json(staging / "report.json", result.to_json())
+        write_report_html(staging / "report.html", result, thumbnail, overlay, heatmap, outdir=outdir)
         if prediction.path != outdir / PREDICTION_NAME:
             os.replace(prediction.path, staging / PREDICTION_NAME)
             prediction.path = staging / PREDICTION_NAME
-        if dicom_seg is not None:
+        if run_.dicom_seg is not None:
             from wsipipe.dicom.outputs import write_dicom_outputs
 
-            report["outputs"] += write_dicom_outputs(staging, dicom_seg, prediction=prediction.path)
-            write_report_json(staging / "report.json", report)
-    return report
+            written = write_dicom_outputs(staging, run_.dicom_seg, prediction=prediction.path)
+            result = dataclasses.replace(result, outputs=result.outputs + written)
+            write_report_json(staging / "report.json", result.to_json())
+    return result
 
 
 def _tissue_pixels(plan: TilePlan) -> int:
@@ -583,24 +562,17 @@ def _nuclei_masks(plan: TilePlan, label_map: np.ndarray, tumour_ids: list[int], 
     return tissue[np.ix_(rows, cols)], tumour[np.ix_(rows, cols)]
 
 
-def _run_nuclei(slide_path, outdir, tumour, tissue, device, progress, *, model, mpp_override, backend) -> dict:
-    """The nuclei stage over the slide into ``outdir`` (nuclei.* and labels.zarr), with a progress bar."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
+def _run_nuclei(run_: _Run, outdir: Path, tumour: np.ndarray, tissue: np.ndarray) -> NucleiResult:
+    """The nuclei stage over the slide into ``outdir`` (nuclei.* and labels.zarr), on the device
+    segment runs on, with the predicted tumour and the tissue as its masks."""
     from wsipipe.nuclei.stage import run_nuclei
 
-    console = Console(stderr=True)
-    with Progress(
-        TextColumn("nuclei"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-        console=console, disable=not (progress and console.is_terminal), transient=True,  # no blank lines in logs
-    ) as bar:
-        task = bar.add_task("tiles", total=None)
-        return run_nuclei(
-            slide_path, outdir, mpp_override=mpp_override, tumour_mask=tumour, tissue_mask=tissue,
-            model=Path(model) if model is not None else None, device=device, backend=backend,
-            progress=lambda done, total: bar.update(task, completed=done, total=total),
-        )
+    config = run_.config
+    nuclei_config = NucleiConfig(
+        input=config.slide, output=outdir, model=config.nuclei_model, mpp_override=config.mpp_override,
+        backend=config.backend, device=run_.device, dicom=False, qc="off",  # segment's QC is in ``tissue``, its DICOM later
+    )
+    return run_nuclei(nuclei_config, tumour_mask=tumour, tissue_mask=tissue, progress=run_.progress)
 
 
 def _command_line() -> str:
@@ -609,17 +581,17 @@ def _command_line() -> str:
     return shlex.join(["wsipipe" if program in ("wsipipe", "__main__.py") else program, *sys.argv[1:]])
 
 
-def _nuclei_figures(summary: dict) -> dict:
-    """The nuclei stage's slide figures as report.json keys; the areas are the ones its densities divide by."""
+def _nuclei_figures(nuclei: NucleiResult) -> dict:
+    """The nuclei stage's slide figures as the report's fields; the areas are the ones its densities divide by."""
     return {
-        "nuclei_method": summary["method"],
-        "nuclei_count": summary["nuclei_count"],
-        "tumour_nuclei_count": summary["tumour_nuclei_count"],
-        "nuclei_tissue_mm2": summary["tissue_mm2"],
-        "nuclei_tumour_mm2": summary["tumour_mm2"],
-        "nuclei_per_mm2": summary["nuclei_per_mm2"],
-        "nuclei_per_mm2_tumour": summary["nuclei_per_mm2_tumour"],
-        "cellularity": summary["cellularity"],
+        "nuclei_method": nuclei.method,
+        "nuclei_count": nuclei.nuclei_count,
+        "tumour_nuclei_count": nuclei.tumour_nuclei_count,
+        "nuclei_tissue_mm2": nuclei.tissue_mm2,
+        "nuclei_tumour_mm2": nuclei.tumour_mm2,
+        "nuclei_per_mm2": nuclei.nuclei_per_mm2,
+        "nuclei_per_mm2_tumour": nuclei.nuclei_per_mm2_tumour,
+        "cellularity": nuclei.cellularity,
     }
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from wsipipe.errors import InvalidInputError, ModelError
-from wsipipe.stages import QcConfig
+from wsipipe.stages import QcConfig, SegmentConfig
+from wsipipe.stages.base import absolute_path
 
 # Longest side of the thumbnail info_job writes, in pixels.
 THUMBNAIL_MAX_SIDE = 512
@@ -66,73 +66,23 @@ class JobSpec:
         return converted
 
 
-def _positive_float(text) -> float:
-    value = float(text)
-    if not value > 0:
-        raise ValueError("must be a positive number")
-    return value
-
-
-def _absolute_path(path) -> str:
-    return os.path.realpath(Path(path).expanduser())  # no RuntimeError on a link loop (Path.resolve)
-
-
-def _flag(value) -> bool:
-    """A switch given on the command line (a bool) or in a manifest cell (true/false, yes/no, 1/0)."""
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("true", "yes", "1"):
-        return True
-    if text in ("false", "no", "0"):
-        return False
-    raise ValueError("must be true or false")
-
-
-def _qc_option(text) -> str:
-    """``--qc`` as a job option: auto, off, or a qc output (made absolute, for the workers)."""
-    text = str(text)
-    return text if text in ("auto", "off") else _absolute_path(text)
-
-
 def _prepare_segment(options: dict) -> dict:
-    """Fail once, up front, on a model or normalisation that would fail every slide."""
-    from wsipipe.segment import BUNDLED_MODEL, NORMALIZE_METHODS
+    """Fail once, up front, on options that would fail every slide: the config's own checks (on a
+    stand-in slide and output, which are each slide's), and the model file's header."""
+    from wsipipe.models.io import read_metadata
+    from wsipipe.segment import BUNDLED_MODEL
 
     options = dict(options)
-    options.setdefault("qc", "auto")  # as `wsipipe segment`: each slide's QC verdict is recorded
-    if options.get("model") is None:
-        options["model"] = str(BUNDLED_MODEL)
-    options["model"] = _absolute_path(str(options["model"]))
-    if not Path(options["model"]).is_file():
+    options["model"] = absolute_path(options.get("model") or BUNDLED_MODEL)
+    if not options["model"].is_file():
         raise ModelError(f"{{model}} {options['model']}: no such model file", parameter="model")
-    from wsipipe.models.io import read_metadata
-
     read_metadata(options["model"])  # a pickle or another tool's file, refused once (header only)
-    if options.get("normalize", "model") not in NORMALIZE_METHODS:
-        raise InvalidInputError(f"{{normalize}} {options['normalize']!r}: choose one of {', '.join(NORMALIZE_METHODS)}",
-                                parameter="normalize")
-    if options.get("nuclei_model") is not None:
-        from wsipipe.nuclei.stage import check_nuclei_model, resolve_nuclei_model
-
-        options["nuclei_model"] = _absolute_path(str(resolve_nuclei_model(options["nuclei_model"])))
-        check_nuclei_model(Path(options["nuclei_model"]))
+    config = SegmentConfig(slide=".", output=".", **options)
+    if config.nuclei_model is not None:
+        options["nuclei_model"] = absolute_path(config.nuclei_model)  # 'bundled' resolved
     return options
 
 
-SEGMENT_OPTIONS: dict[str, Callable[[str], Any]] = {
-    "model": _absolute_path,
-    "normalize": str,
-    "target": _absolute_path,
-    "overlap": int,
-    "batch_size": int,
-    "device": str,
-    "backend": str,
-    "mpp_override": _positive_float,
-    "nuclei": _flag,
-    "nuclei_model": _absolute_path,
-    "qc": _qc_option,
-}
 #: Figures of a segment report that go into the batch summary.
 SEGMENT_FIGURES = ("tumour_fraction", "tissue_area_mm2", "tumour_area_mm2", "n_tiles", "mpp")
 #: Figures the report has when the nuclei ran (``nuclei`` or ``nuclei_model``); summarised as well.
@@ -142,9 +92,14 @@ SEGMENT_QC_FIGURES = {"qc_usable": "usable", "qc_rule": "verdict_rule", "qc_left
 
 JOBS: dict[str, JobSpec] = {
     "segment": JobSpec(
-        "segment", "wsipipe.batch.jobs:segment_job", SEGMENT_OPTIONS, device_option="device", prepare=_prepare_segment
+        "segment",
+        "wsipipe.batch.jobs:segment_job",
+        SegmentConfig.batch_options(),
+        device_option="device",
+        prepare=_prepare_segment,
     ),
-    "info": JobSpec("info", "wsipipe.batch.jobs:info_job", {"backend": str, "mpp_override": _positive_float}),
+    # how the slide is opened, which is all qc's options are
+    "info": JobSpec("info", "wsipipe.batch.jobs:info_job", QcConfig.batch_options()),
     "qc": JobSpec("qc", "wsipipe.batch.jobs:qc_job", QcConfig.batch_options()),
 }
 
@@ -178,20 +133,19 @@ def segment_job(slide_path: Path, workdir: Path, options: dict) -> dict:
     """``wsipipe segment`` on one slide (outputs: prediction.zarr, regions, overlay, report.*; nuclei.*
     and labels.zarr with the nuclei options).
 
-    Tiles are read in the worker process itself (``workers=0``): the batch is parallel by slide.
+    Tiles are read in the worker process itself (``readers=0``): the batch is parallel by slide.
     """
     from wsipipe.errors import NotBrightfieldHEError
-    from wsipipe.segment import segment_slide
+    from wsipipe.stages import segment
 
-    stage = {k: v for k, v in options.items() if k in SEGMENT_OPTIONS}
+    stage = {name: options[name] for name in SegmentConfig.batch_options() if name in options}
     try:
-        report = segment_slide(slide_path, workdir, workers=0, progress=False, **stage)
+        result = segment.run(SegmentConfig(slide=slide_path, output=workdir, readers=0, **stage))
     except NotBrightfieldHEError as exc:  # QC's verdict, not a failure: the slide is left out, saying why
         raise SkipSlide(str(exc)) from None
-    names = SEGMENT_FIGURES + (NUCLEI_FIGURES if "nuclei_count" in report else ())
-    qc = report.get("qc") or {}
-    return {**{name: report.get(name) for name in names},
-            **{column: qc.get(key) for column, key in SEGMENT_QC_FIGURES.items() if qc.get("mode") != "off"}}
+    names = SEGMENT_FIGURES + (NUCLEI_FIGURES if result.nuclei_ran else ())
+    return {**{name: getattr(result, name) for name in names},
+            **{column: result.qc.get(key) for column, key in SEGMENT_QC_FIGURES.items() if result.qc.get("mode") != "off"}}
 
 
 def qc_job(slide_path: Path, workdir: Path, options: dict) -> dict:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -25,7 +26,7 @@ def nuclei(
     ] = False,
     model: ModelOpt = None,
     tumour_mask: Annotated[
-        Optional[Path],
+        Path | None,
         typer.Option(
             "--tumour-mask",
             help="Image covering the whole input at any resolution, non-zero = tumour; nuclei centred "
@@ -33,7 +34,7 @@ def nuclei(
         ),
     ] = None,
     dicom: Annotated[
-        Optional[bool],
+        bool | None,
         typer.Option(
             "--dicom/--no-dicom",
             help="Also write nuclei.ann.dcm (DICOM Microscopy Bulk Simple Annotations referencing the slide). "
@@ -58,36 +59,30 @@ def nuclei(
 
     from rich.console import Console
     from rich.logging import RichHandler
-    from rich.progress import Progress
 
-    from wsipipe.errors import InvalidInputError
-    from wsipipe.nuclei.stage import run_nuclei
+    from wsipipe import stages
+    from wsipipe.cli.feedback import stage_progress
 
-    if model is not None and classical:
-        raise InvalidInputError("--model and --classical: choose one")
+    config = stages.NucleiConfig(
+        input=input_path, output=output, model=model, classical=classical, tumour_mask=tumour_mask, dicom=dicom,
+        mpp_override=mpp_override, backend=backend, device=device, qc=qc,
+    )
     console = Console(stderr=True)
     logger = logging.getLogger("wsipipe.nuclei")
     if not logger.handlers:
         logger.addHandler(RichHandler(console=console, show_time=False, show_path=False))
-    with Progress(console=console, disable=quiet or not console.is_terminal, transient=True) as bar:
-        task = bar.add_task("nuclei", total=None)
-        summary = run_nuclei(
-            input_path,
-            output,
-            mpp_override=mpp_override,
-            tumour_mask=tumour_mask,
-            model=model,
-            device=device,
-            backend=backend,
-            dicom=dicom,
-            qc=qc,
-            progress=lambda done, total: bar.update(task, completed=done, total=total),
-        )
-    cellularity = summary["cellularity"]
-    density = summary["nuclei_per_mm2"]
+    with stage_progress(None if quiet else functools.partial(_bar, console), "nuclei") as progress:
+        result = stages.nuclei.run(config, progress=progress)
+    cellularity, density = result.cellularity, result.nuclei_per_mm2
     typer.echo(
-        f"{summary['nuclei_count']} nuclei"
+        f"{result.nuclei_count} nuclei"
         + (f", {density:.0f} per mm² of tissue" if density is not None else "")
         + (f", cellularity {cellularity:.3f}" if cellularity is not None else "")
         + f" -> {output}"
     )
+
+
+def _bar(console):
+    from rich.progress import Progress
+
+    return Progress(console=console, disable=not console.is_terminal, transient=True)

@@ -3,13 +3,26 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from wsipipe.cli.options import (
-    BackendOpt, BatchSizeOpt, DeviceOpt, ModelOpt, MppOverrideOpt, NormalizeOpt, NucleiModelOpt, NucleiOpt, OverlapOpt,
-    QcOpt, QuietOpt, ReadersOpt, SlideArg, TargetOpt, output_option,
+    BackendOpt,
+    BatchSizeOpt,
+    DeviceOpt,
+    ModelOpt,
+    MppOverrideOpt,
+    NormalizeOpt,
+    NucleiModelOpt,
+    NucleiOpt,
+    OverlapOpt,
+    QcOpt,
+    QuietOpt,
+    ReadersOpt,
+    SlideArg,
+    TargetOpt,
+    output_option,
 )
 
 
@@ -18,7 +31,7 @@ def segment(
     outdir: Annotated[Path, output_option("Output folder (created if missing).")],
     model: ModelOpt = None,
     tiles: Annotated[
-        Optional[Path],
+        Path | None,
         typer.Option("--tiles", help="Reuse the tissue mask and thumbnail of a 'wsipipe tile' store at the model's µm/px."),
     ] = None,
     normalize: NormalizeOpt = "model",
@@ -30,7 +43,7 @@ def segment(
     nuclei: NucleiOpt = False,
     nuclei_model: NucleiModelOpt = None,
     dicom_seg: Annotated[
-        Optional[str],
+        str | None,
         typer.Option(
             "--dicom-seg",
             help="For a DICOM slide: the DICOM Segmentation written beside prediction.zarr, 'binary' (one bit per "
@@ -54,26 +67,41 @@ def segment(
 
     For a DICOM slide (a folder holding one series, or any .dcm file of it) also prediction.seg.dcm (DICOM Segmentation), regions.ann.dcm and, with --nuclei, nuclei.ann.dcm (Microscopy Bulk Simple Annotations), each referencing the slide's series.
     """
+    from wsipipe import stages
     from wsipipe.cli.annotations import warnings_on_stderr
-    from wsipipe.segment import segment_slide
+    from wsipipe.cli.feedback import stage_progress
 
     def say(message: str) -> None:
         if not quiet:
             typer.echo(message, err=True)
 
-    with warnings_on_stderr(quiet):  # regions.xml: one line for the holes ASAP cannot hold
-        report = segment_slide(
-            slide, outdir, model=model, tiles_store=tiles, normalize=normalize, target=target, overlap=overlap,
-            batch_size=batch_size, device=device, workers=readers, backend=backend, mpp_override=mpp_override, nuclei=nuclei,
-            nuclei_model=nuclei_model, dicom_seg=dicom_seg, qc=qc, progress=not quiet, say=say,
-        )
-    if report.get("message"):
-        say(report["message"])
-    fraction, n_tiles = report["tumour_fraction"], report["n_tiles"]
+    config = stages.SegmentConfig(
+        slide=slide, output=outdir, model=model, tiles=tiles, normalize=normalize, target=target, overlap=overlap,
+        batch_size=batch_size, device=device, readers=readers, backend=backend, mpp_override=mpp_override,
+        nuclei=nuclei, nuclei_model=nuclei_model, dicom_seg=dicom_seg, qc=qc,
+    )
+    # regions.xml: one line for the holes ASAP cannot hold
+    with warnings_on_stderr(quiet), stage_progress(None if quiet else _tiles_bar, "tiles") as progress:
+        result = stages.segment.run(config, progress=progress, say=say)
+    if result.message:
+        say(result.message)
+    fraction, n_tiles = result.tumour_fraction, result.n_tiles
     typer.echo(
-        f"{n_tiles} tile{'' if n_tiles == 1 else 's'}; tissue {report['tissue_area_mm2']:.3f} mm², tumour {report['tumour_area_mm2']:.3f} mm²"
+        f"{n_tiles} tile{'' if n_tiles == 1 else 's'}; tissue {result.tissue_area_mm2:.3f} mm², tumour {result.tumour_area_mm2:.3f} mm²"
         + (f" ({100 * fraction:.1f} % of tissue)" if fraction is not None else "")
-        + (f"; {report['nuclei_count']} nuclei" if "nuclei_count" in report else "")
-        + (f", cellularity {report['cellularity']:.3f}" if report.get("cellularity") is not None else "")
+        + (f"; {result.nuclei_count} nuclei" if result.nuclei_count is not None else "")
+        + (f", cellularity {result.cellularity:.3f}" if result.cellularity is not None else "")
         + f"; outputs in {outdir}"
+    )
+
+
+def _tiles_bar():
+    """A bar of the tiles done on stderr (the segmentation's, then the nuclei stage's); none in a log."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    console = Console(stderr=True)
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        console=console, disable=not console.is_terminal, transient=True,
     )

@@ -334,7 +334,7 @@ class Runner:
                 start += count
             except torch.cuda.OutOfMemoryError:
                 if count == 1:
-                    raise DeviceError("CUDA out of memory with a batch of one tile; use --device cpu") from None
+                    raise DeviceError("CUDA out of memory with a batch of one tile; use {device} cpu", parameter="device") from None
                 torch.cuda.empty_cache()
                 self.batch_size = max(1, count // 2)
                 self.say(f"CUDA out of memory: batch size halved to {self.batch_size}")

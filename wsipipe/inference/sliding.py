@@ -28,7 +28,9 @@ def default_overlap(tile: int) -> int:
 def check_overlap(overlap: int, tile: int) -> None:
     """Refuse an overlap the band-wise stitcher cannot blend (half a tile or more) with one line."""
     if not 0 <= overlap < tile // 2:
-        raise InvalidInputError(f"--overlap {overlap}: must be at least 0 and less than half the tile ({tile} px)")
+        raise InvalidInputError(
+            f"{{overlap}} {overlap}: must be at least 0 and less than half the tile ({tile} px)", parameter="overlap"
+        )
 
 
 def window_margin(overlap: int) -> int:

@@ -50,6 +50,7 @@ from wsipipe.nuclei.windows import (
     usnet_labels,
 )
 from wsipipe.qc.apply import restrict_tissue
+from wsipipe.stages.nuclei import NucleiConfig, NucleiResult
 from wsipipe.tissue import THUMBNAIL_MPP
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ log = logging.getLogger(__name__)
 BUNDLED_NUCLEI_MODEL = Path(__file__).resolve().parents[1] / "resources" / "models" / "nuclei-usnet.safetensors"
 #: Plain images, read whole (anything else is opened as a slide).
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
-#: µm/px assumed for an image without --mpp-override (a 40x scan), with a warning.
+#: µm/px assumed for an image without ``mpp_override`` (a 40x scan), with a warning.
 DEFAULT_IMAGE_MPP = 0.25
 #: Core tile side at the working µm/px (512 µm).
 CORE_PX = 1024
@@ -91,14 +92,14 @@ def read_tumour_mask(path: Path | None) -> np.ndarray | None:
     if path is None:
         return None
     if not path.is_file():
-        raise InvalidInputError(f"--tumour-mask {path}: no such file")
+        raise InvalidInputError(f"{{tumour_mask}} {path}: no such file", parameter="tumour_mask")
     from PIL import Image
 
     try:
         with Image.open(path) as image:
             return np.asarray(image.convert("L")) > 0
     except Exception as exc:
-        raise InvalidInputError(f"--tumour-mask {path}: not a readable image ({exc})") from None
+        raise InvalidInputError(f"{{tumour_mask}} {path}: not a readable image ({exc})", parameter="tumour_mask") from None
 
 
 def _scaled(mask: np.ndarray, shape: tuple[int, int], box: tuple[int, int, int, int]) -> np.ndarray:
@@ -108,41 +109,36 @@ def _scaled(mask: np.ndarray, shape: tuple[int, int], box: tuple[int, int, int, 
 
 
 def run_nuclei(
-    input_path: Path,
-    outdir: Path,
+    config: NucleiConfig,
     *,
-    mpp_override: float | None = None,
-    tumour_mask: Path | np.ndarray | None = None,
+    tumour_mask: np.ndarray | None = None,
     tissue_mask: np.ndarray | None = None,
     params: ClassicalParams = ClassicalParams(),
-    model: Path | None = None,
-    device: str = "cpu",
-    backend: str | None = None,
-    dicom: bool | None = False,
-    qc: str = "off",
     progress: Callable[[int, int], None] | None = None,
-) -> dict:
-    """Segment the nuclei of ``input_path`` into ``outdir``; returns the summary written to nuclei.json.
+    say: Callable[[str], None] | None = None,
+) -> NucleiResult:
+    """Segment the nuclei of ``config.input`` into ``config.output`` (``wsipipe.stages.nuclei.run``);
+    the result is also written as nuclei.json.
 
-    Without ``model`` the classical method runs with ``params``; with a US-Net model file the
-    network does (at the model's µm/px) and ``params`` is not used. ``tumour_mask`` is an image
-    file or a boolean array, ``tissue_mask`` a boolean array (default: detected on a thumbnail);
-    both cover the whole input at any resolution. ``dicom``: also write nuclei.ann.dcm (None: when
-    the input is a DICOM series; see ``wsipipe.dicom.outputs``). ``qc`` ('auto', 'off' or a ``wsipipe qc`` output)
-    leaves the areas quality control flags out of the tissue of a slide (plain images are not
-    checked) and refuses a slide that is not brightfield H&E.
+    Without a model the classical method runs with ``params``; with a US-Net model file the
+    network does (at the model's µm/px) and ``params`` is not used. ``tumour_mask`` (instead of
+    ``config.tumour_mask``'s file) and ``tissue_mask`` (default: detected on a thumbnail) are boolean
+    arrays covering the whole input at any resolution, as ``wsipipe segment --nuclei`` has them.
+    Quality control leaves the areas it flags out of the tissue of a slide (plain images are not
+    checked) and refuses a slide that is not brightfield H&E. ``say``: the stage's notes (default:
+    this module's logger's warnings).
     """
     from wsipipe.dicom.outputs import dicom_outputs_wanted, write_dicom_outputs
     from wsipipe.tissue import detect_tissue
 
-    dicom = dicom_outputs_wanted(input_path, dicom, "--dicom")
-
-    model = resolve_nuclei_model(model) if model is not None else None
-    network = _load_nuclei_model(model, device) if model is not None else None
+    say = say or log.warning
+    input_path, outdir, model = config.input, config.output, config.model
+    dicom = dicom_outputs_wanted(input_path, config.dicom, "dicom")
+    network = _load_nuclei_model(model, config.device, say) if model is not None else None
     mpp = network.mpp if network is not None else WORKING_MPP
-    usable, qc_report, slide_mpp = _quality_control(Path(input_path), qc, mpp_override, backend)
-    source = open_input(Path(input_path), mpp_override, backend, mpp)
-    tumour = tumour_mask.astype(bool) if isinstance(tumour_mask, np.ndarray) else read_tumour_mask(tumour_mask)
+    usable, qc_report, slide_mpp = _quality_control(input_path, config.qc, config.mpp_override, config.backend)
+    source = open_input(input_path, config.mpp_override, config.backend, mpp)
+    tumour = tumour_mask.astype(bool) if tumour_mask is not None else read_tumour_mask(config.tumour_mask)
     with folder_lock(make_output_folder(outdir)):  # also deletes what a killed run left half-written
         with staged_outputs(outdir, last="nuclei.json") as staging:
             height, width = source.shape
@@ -155,7 +151,7 @@ def run_nuclei(
             tissue_fraction = {c: float(_scaled(tissue, source.shape, c).mean()) for c in cores}
             with_tissue = [c for c in cores if tissue_fraction[c] > 0]
             if not with_tissue:
-                log.warning("%s: no tissue found; every core is segmented", source.name)
+                say(f"{source.name}: no tissue found; every core is segmented")
                 with_tissue = cores
                 tissue = np.ones_like(tissue)
                 tissue_fraction = dict.fromkeys(cores, 1.0)
@@ -231,21 +227,22 @@ def run_nuclei(
                 sum(t.tumour_mm2 for t in tiles),
                 sum(t.tumour_nuclear_mm2 for t in tiles),
             )
-            summary = {
-                "input": str(input_path),
-                "method": method,
-                "mpp": mpp,
-                "tumour_mask": _describe_mask(tumour_mask),
-                "calibration": calibration.to_dict(),
-                "input_stain": stain.to_dict() if stain is not None else None,
-                "qc": qc_report,
+            result = NucleiResult(
+                output=outdir,
+                input=str(input_path),
+                method=method,
+                mpp=mpp,
+                tumour_mask="array" if tumour_mask is not None else _describe_mask(config.tumour_mask),
+                calibration=calibration.to_dict(),
+                input_stain=stain.to_dict() if stain is not None else None,
+                qc=qc_report,
                 **slide,
-                "tiles": [t.figures() for t in tiles if t.tissue_mm2 > 0 or t.nuclei],
-            }
-            outputs.write_json(staging / "nuclei.json", summary)
+                tiles=[t.figures() for t in tiles if t.tissue_mm2 > 0 or t.nuclei],
+            )
+            outputs.write_json(staging / "nuclei.json", result.to_json())
             if dicom:
                 write_dicom_outputs(staging)
-        return summary
+        return result
 
 
 def _segment_windows(source: WindowedInput, plan, network, stain, mpp: float, calibration,
@@ -345,7 +342,7 @@ def _quality_control(path: Path, qc: str, mpp_override: float | None, backend: s
         if not usable.mask.any():  # else the no-tissue fallback below would segment every core
             raise InvalidInputError(f"{path}: quality control left no usable tissue "
                                     f"({usable.summary.get('verdict_reason', 'every area flagged')}); "
-                                    "pass --qc off to run anyway")
+                                    "pass {qc} off to run anyway", parameter="qc")
         return usable, {"mode": qc}, (reader.mpp_x, reader.mpp_y)
 
 
@@ -360,10 +357,8 @@ def _pieces_by_core(painted: np.ndarray, window: tuple[int, int, int, int], shap
             yield core, box, painted[box[0] - wy0 : box[2] - wy0, box[1] - wx0 : box[3] - wx0]
 
 
-def _describe_mask(mask) -> str | None:
-    if mask is None:
-        return None
-    return "array" if isinstance(mask, np.ndarray) else str(mask)
+def _describe_mask(mask: Path | None) -> str | None:
+    return None if mask is None else str(mask)
 
 
 def resolve_nuclei_model(model: str | Path) -> Path:
@@ -381,12 +376,12 @@ def check_nuclei_model(path: Path) -> None:
         raise ModelError(f"{path}: a {architecture} model, not a nuclei (usnet) model")
 
 
-def _load_nuclei_model(path: Path, device: str):
+def _load_nuclei_model(path: Path, device: str, say: Callable[[str], None]):
     from wsipipe.device import resolve_device
     from wsipipe.models.io import load_model
 
     check_nuclei_model(path)
-    return load_model(path, resolve_device(device, log.warning))
+    return load_model(path, resolve_device(device, say))
 
 
 def usnet_forward(

@@ -13,11 +13,15 @@ import json
 import math
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from wsipipe.errors import OutputError
 from wsipipe.files import write_atomic
+
+if TYPE_CHECKING:
+    from wsipipe.stages.segment import SegmentResult
 
 #: Heatmap colour stops (pale yellow -> orange -> dark red), low to high.
 HEAT_STOPS = np.array([(255, 255, 204), (253, 141, 60), (189, 0, 38)], np.float32)
@@ -113,34 +117,34 @@ STAGE_NAMES = {
 }
 
 
-def readable_figures(report: dict) -> list[tuple[str, str]]:
+def readable_figures(result: SegmentResult) -> list[tuple[str, str]]:
     """(label, value) of the slide's figures, as a pathologist reads them: no JSON, no stage names."""
     rows = [
-        ("tissue area", _unit(report.get("tissue_area_mm2"), "mm²")),
-        ("tumour area", _unit(report.get("tumour_area_mm2"), "mm²")),
-        ("tumour fraction of tissue", _percent(report.get("tumour_fraction"))),
+        ("tissue area", _unit(result.tissue_area_mm2, "mm²")),
+        ("tumour area", _unit(result.tumour_area_mm2, "mm²")),
+        ("tumour fraction of tissue", _percent(result.tumour_fraction)),
     ]
-    for name, count in (report.get("n_regions") or {}).items():
+    for name, count in result.n_regions.items():
         rows.append((f"{name} regions", str(count)))
-    if "nuclei_count" in report:
-        method = str(report.get("nuclei_method", ""))
+    if result.nuclei_count is not None:
+        method = str(result.nuclei_method)
         method = "classical method" if method == "classical" else method.replace("usnet:", "US-Net model ")
         rows += [
-            ("nuclei", f"{report['nuclei_count']} ({method})"),
-            ("nuclei inside tumour", _fmt(report.get("tumour_nuclei_count"))),
-            ("nuclei per mm² of tissue", _fmt(report.get("nuclei_per_mm2"))),
-            ("nuclei per mm² of tumour", _fmt(report.get("nuclei_per_mm2_tumour"))),
-            ("cellularity (malignant nuclei area / tumour area)", _percent(report.get("cellularity"))),
+            ("nuclei", f"{result.nuclei_count} ({method})"),
+            ("nuclei inside tumour", _fmt(result.tumour_nuclei_count)),
+            ("nuclei per mm² of tissue", _fmt(result.nuclei_per_mm2)),
+            ("nuclei per mm² of tumour", _fmt(result.nuclei_per_mm2_tumour)),
+            ("cellularity (malignant nuclei area / tumour area)", _percent(result.cellularity)),
         ]
-    qc = report.get("qc") or {}
+    qc = result.qc
     if qc.get("mode", "off") != "off":
         verdict = "usable" if qc.get("usable") else f"not usable ({qc.get('verdict_reason')})"
         rows.append(("quality control", f"{verdict}; left out {_percent(qc.get('left_out_fraction'))} of the tissue "
                                         f"({_fmt(qc.get('left_out_mm2'))} mm²)"))
     rows += [
-        ("slide µm per pixel", _fmt(report.get("mpp"))),
-        ("stain normalisation", str(report.get("normalize", "–"))),
-        ("tiles analysed", _fmt(report.get("n_tiles"))),
+        ("slide µm per pixel", _fmt(result.mpp)),
+        ("stain normalisation", str(result.normalize)),
+        ("tiles analysed", _fmt(result.n_tiles)),
     ]
     return rows
 
@@ -159,10 +163,10 @@ def _percent(value) -> str:
     return "–" if value is None else f"{100 * value:.1f} %"
 
 
-def picture_um_per_px(report: dict, picture_width: int) -> float | None:
+def picture_um_per_px(result: SegmentResult, picture_width: int) -> float | None:
     """µm per pixel of a whole-slide picture ``picture_width`` px wide: the slide is as wide as the
     prediction grid (``prediction_shape`` at the model's µm/px), to within one prediction pixel."""
-    shape, model_mpp = report.get("prediction_shape"), (report.get("model") or {}).get("mpp")
+    shape, model_mpp = result.prediction_shape, result.model.get("mpp")
     if not shape or not model_mpp or picture_width <= 0:
         return None
     return shape[-1] * float(model_mpp) / picture_width
@@ -195,9 +199,9 @@ def _scale_bar_svg(width: int, height: int, um_per_px: float) -> str:
     )
 
 
-def _timings_table(report: dict) -> str:
+def _timings_table(result: SegmentResult) -> str:
     """Each stage once, by its readable name, with a bar for its share of the longest."""
-    timings = {k: v for k, v in (report.get("timings_s") or {}).items() if k in STAGE_NAMES and k != "total"}
+    timings = {k: v for k, v in result.timings_s.items() if k in STAGE_NAMES and k != "total"}
     if not timings:
         return ""
     longest = max(timings.values()) or 1.0
@@ -206,16 +210,16 @@ def _timings_table(report: dict) -> str:
         f'<td><span class="bar" style="width:{12 * seconds / longest:.2f}em"></span></td></tr>'
         for stage, seconds in timings.items()
     )
-    total = (report.get("timings_s") or {}).get("total")
+    total = result.timings_s.get("total")
     if total is not None:
         rows += f"<tr><th>total</th><td>{total:.2f} s</td><td></td></tr>"
     return f"<h2>Timings</h2><table>{rows}</table>"
 
 
-def _legend(report: dict, nuclei: bool) -> str:
+def _legend(result: SegmentResult, nuclei: bool) -> str:
     from wsipipe.classes import display_name, palette
 
-    classes = (report.get("model") or {}).get("classes") or []
+    classes = result.model.get("classes") or []
     items = [
         f'<span class="swatch" style="background:rgb{tuple(colour)}"></span>'
         f"{html.escape(display_name(str(name)))}"
@@ -225,12 +229,12 @@ def _legend(report: dict, nuclei: bool) -> str:
     return f'<p class="legend">predicted: {" ".join(items)}</p>' if items else ""
 
 
-def _region_table(path: Path, report: dict) -> str:
+def _region_table(path: Path, result: SegmentResult) -> str:
     from wsipipe.report.regions import region_rows
 
-    if not report.get("mpp"):
+    if not result.mpp:
         return ""
-    rows = region_rows(path.parent, float(report["mpp"]))
+    rows = region_rows(path.parent, float(result.mpp))
     if not rows:
         return ""
     body = "".join(
@@ -244,9 +248,9 @@ def _region_table(path: Path, report: dict) -> str:
     )
 
 
-def _provenance(report: dict) -> str:
-    model = report.get("model") or {}
-    run = report.get("run") or {}
+def _provenance(result: SegmentResult) -> str:
+    model = result.model
+    run = result.run
     rows = [
         ("model", str(model.get("name", "–"))),
         ("model SHA-256", str(model.get("sha256", "–"))),
@@ -260,7 +264,7 @@ def _provenance(report: dict) -> str:
         rows.append(("run date", str(run["date"])))
     if run.get("command"):
         rows.append(("command", str(run["command"])))
-    rows.append(("wsipipe version", str(report.get("wsipipe_version", "–"))))
+    rows.append(("wsipipe version", str(result.wsipipe_version)))
     return "<h2>Model and run</h2><table>" + "".join(
         f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows
     ) + "</table>"
@@ -268,7 +272,7 @@ def _provenance(report: dict) -> str:
 
 def write_report_html(
     path: str | os.PathLike,
-    report: dict,
+    result: SegmentResult,
     thumbnail: np.ndarray,
     overlay: np.ndarray,
     heatmap: tuple[np.ndarray, float] | None = None,
@@ -282,7 +286,7 @@ def write_report_html(
     """
 
     path = Path(path)
-    um_per_px = picture_um_per_px(report, thumbnail.shape[1])
+    um_per_px = picture_um_per_px(result, thumbnail.shape[1])
 
     def img(rgb: np.ndarray, alt: str) -> str:
         data = base64.b64encode(png_bytes(rgb)).decode("ascii")
@@ -291,9 +295,9 @@ def write_report_html(
                 f"<figcaption>{alt}</figcaption></figure>")
 
     figures = "".join(
-        f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in readable_figures(report)
+        f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in readable_figures(result)
     )
-    message = report.get("message")
+    message = result.message
     heat = ""
     if heatmap is not None:
         image, vmax = heatmap
@@ -303,7 +307,7 @@ def write_report_html(
             + f'<p>cellularity 0 <span style="display:inline-block;width:12em;height:0.9em;'
             f'background:linear-gradient(to right, {stops})"></span> {_percent(vmax)}</p>'
         )
-    name = html.escape(Path(str(report.get("slide"))).name)
+    name = html.escape(Path(str(result.slide)).name)
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <title>wsipipe segment: {name}</title>
@@ -326,12 +330,12 @@ pathologist's review.</p>
 {f'<p class="note">{html.escape(str(message))}</p>' if message else ''}
 <p>To look at the slide with these results, zoomable, run <code>wsipipe view {html.escape(str(outdir or path.parent))}</code>.</p>
 <h2>Figures</h2><table>{figures}</table>
-{_legend(report, heatmap is not None)}
+{_legend(result, heatmap is not None)}
 <div class="images">{img(thumbnail, "slide")}{img(overlay, "predicted tumour")}</div>
 {f'<h2>Cellularity</h2><div class="images">{heat}</div>' if heat else ''}
-{_region_table(path, report)}
-{_provenance(report)}
-{_timings_table(report)}
+{_region_table(path, result)}
+{_provenance(result)}
+{_timings_table(result)}
 </body></html>
 """
     return write_bytes_atomic(path, page.encode("utf-8"))

@@ -207,6 +207,7 @@ class ViewSource:
         """Everything the page shows besides tiles (JSON)."""
         from wsipipe.classes import NON_TUMOUR_NUCLEUS, QUPATH_CLASSES, display_name, palette
         from wsipipe.report.render import HEAT_STOPS, readable_figures
+        from wsipipe.stages.segment import SegmentResult
 
         reader = self.reader
         report = self.report
@@ -237,7 +238,7 @@ class ViewSource:
             "nuclei_max_um_per_px": NUCLEI_MAX_UM_PER_PX,
             "legend": legend,
             "heat": heat,
-            "figures": readable_figures(report) if report else [],
+            "figures": readable_figures(SegmentResult.from_json(report, self._outputs)) if report else [],
             "model": report.get("model"),
             "run": report.get("run"),
             "regions": self.region_table(),
