@@ -23,7 +23,7 @@ from wsipipe.inference import default_overlap
 from wsipipe.models import build_model
 from wsipipe.models.io import ModelBundle, model_metadata, save_model
 from wsipipe.nuclei.outputs import read_labels
-from wsipipe.segment import segment_slide
+from wsipipe.stages import SegmentConfig, segment
 from toy_models import toy_threshold_bundle
 
 MPP = 0.5  # level 0 of the synthetic slides
@@ -61,9 +61,9 @@ def tiny_model_file(tmp_path_factory):
 
 
 def _run(slide, outdir, **kwargs):
-    options = {"model": toy_threshold_bundle(), "normalize": "none", "workers": 0, "progress": False, "batch_size": 8}
+    options = {"model": toy_threshold_bundle(), "normalize": "none", "readers": 0, "batch_size": 8, "qc": "off"}
     options.update(kwargs)
-    return segment_slide(slide, outdir, **options)
+    return segment.run(SegmentConfig(slide=slide, output=outdir, **options)).to_json()
 
 
 def test_known_tumour_and_tissue_areas_and_all_outputs(slide, tmp_path):
@@ -100,7 +100,7 @@ def test_known_tumour_and_tissue_areas_and_all_outputs(slide, tmp_path):
 
 def test_reader_processes_give_the_same_prediction(slide, tmp_path):
     _run(slide, tmp_path / "inline")
-    _run(slide, tmp_path / "procs", workers=2)
+    _run(slide, tmp_path / "procs", readers=2)
     for path in ("0", "labels/classes/0"):
         a = zarr.open_array(str(tmp_path / "inline" / "prediction.zarr" / path), mode="r")[:]
         b = zarr.open_array(str(tmp_path / "procs" / "prediction.zarr" / path), mode="r")[:]
@@ -192,10 +192,8 @@ def test_slide_without_tissue_gives_a_report_saying_so(tmp_path):
 
 
 def test_real_slide_with_slide_level_macenko_and_a_model_file(tiny_model_file, tmp_path, cmu_small_svs, stain_dir):
-    report = segment_slide(
-        cmu_small_svs, tmp_path, model=tiny_model_file, normalize="macenko",
-        target=stain_dir / "tiatoolbox_target.png", workers=0, progress=False, batch_size=16,
-    )
+    report = _run(cmu_small_svs, tmp_path, model=tiny_model_file, normalize="macenko",
+                  target=stain_dir / "tiatoolbox_target.png", batch_size=16)
     assert report["n_tiles"] > 10 and 0.5 < report["tissue_area_mm2"] < 1.7  # the slide is 1.1 x 1.5 mm
     assert report["model"]["name"] == "tiny.safetensors" and report["normalize"] == "macenko"
     assert report["prediction_shape"] == [2, 741, 554]  # 2967 x 2220 px at 0.499 -> 2.0 µm/px, rounded up
@@ -257,7 +255,7 @@ def test_tile_store_at_the_models_scale_is_reused(slide, tmp_path):
     store = tmp_path / "tiles.zarr"
     tile.run(TileConfig(slide=slide, output=store, mpp=1.0, tile_size=128, overlap=default_overlap(128), tissue_threshold=0.0, readers=1, qc="off"))
     fresh = _run(slide, tmp_path / "fresh")
-    reused = _run(slide, tmp_path / "reused", tiles_store=store, workers=2)  # readers are not started
+    reused = _run(slide, tmp_path / "reused", tiles=store, readers=2)  # readers are not started
     assert reused["n_tiles"] == fresh["n_tiles"]
     for path in ("0", "labels/classes/0"):
         a = zarr.open_array(str(tmp_path / "fresh" / "prediction.zarr" / path), mode="r")[:]
@@ -266,7 +264,7 @@ def test_tile_store_at_the_models_scale_is_reused(slide, tmp_path):
     wrong = tmp_path / "wrong.zarr"
     tile.run(TileConfig(slide=slide, output=wrong, mpp=2.0, tile_size=128, overlap=0, readers=1, qc="off"))
     with pytest.raises(segment_module.InvalidInputError, match="the model needs 128 px at 1 µm/px"):
-        _run(slide, tmp_path / "bad", tiles_store=wrong)
+        _run(slide, tmp_path / "bad", tiles=wrong)
 
 
 EXAMPLE_SLIDE = segment_module.BUNDLED_MODEL.parents[3] / "examples" / "data" / "CMU-1-Small-Region.svs"
@@ -347,8 +345,8 @@ def test_default_normalisation_is_what_the_model_records(tmp_path, cmu_small_svs
     unrecorded = _run(real, tmp_path / "unrecorded", normalize="model")
     assert unrecorded["normalize"] == "none"
 
-    recorded = segment_slide(real, tmp_path / "recorded", model=_recording(toy_threshold_bundle(), "reinhard"), workers=0,
-                             progress=False, batch_size=8)  # the default --normalize
+    recorded = _run(real, tmp_path / "recorded", model=_recording(toy_threshold_bundle(), "reinhard"),
+                    normalize="model")  # the default --normalize
     explicit = _run(real, tmp_path / "explicit", normalize="reinhard")
     assert recorded["normalize"] == "reinhard"
     assert recorded["class_areas_mm2"] == explicit["class_areas_mm2"]

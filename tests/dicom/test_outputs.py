@@ -24,7 +24,7 @@ from wsipipe.dicom.outputs import SEG_MAX_PIXELS, seg_level
 from wsipipe.dicom.series import resolve_series
 from wsipipe.models import build_model
 from wsipipe.models.io import model_metadata, save_model
-from wsipipe.segment import segment_slide
+from wsipipe.stages import SegmentConfig, segment
 
 runner = CliRunner()
 #: report.json keys that legitimately differ between two runs on the same pixels.
@@ -32,7 +32,9 @@ RUN_KEYS = {"slide", "timings_s", "tiles_per_s", "outputs", "run"}
 
 
 def _segment(slide, outdir, **options):
-    return segment_slide(slide, outdir, model=toy_threshold_bundle(), normalize="none", workers=0, progress=False, **options)
+    config = SegmentConfig(slide=slide, output=outdir, model=toy_threshold_bundle(), normalize="none", readers=0, qc="off",
+                           **options)
+    return segment.run(config).to_json()
 
 
 @pytest.fixture(scope="module")

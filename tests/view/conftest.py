@@ -19,10 +19,10 @@ CHROMEDRIVER = Path("/usr/bin/chromedriver")
 @pytest.fixture(scope="session")
 def segment_out(tmp_path_factory) -> Path:
     """OUTDIR of ``segment --nuclei`` on the bundled example."""
-    from wsipipe.segment import segment_slide
+    from wsipipe.stages import SegmentConfig, segment
 
     outdir = tmp_path_factory.mktemp("view") / "cmu1"
-    segment_slide(EXAMPLE, outdir, nuclei=True, workers=0, progress=False)
+    segment.run(SegmentConfig(slide=EXAMPLE, output=outdir, nuclei=True, readers=0, qc="off"))
     return outdir
 
 
