@@ -23,6 +23,7 @@ from wsipipe.report import (
     write_report_html,
     write_report_json,
 )
+from wsipipe.stages import SegmentResult
 
 
 def test_rectangle_area_in_mm2():
@@ -80,7 +81,23 @@ def _report(slide="slide <1>.svs"):
         "n_tiles": 12,
         "timings_s": {"tissue": 0.5, "inference": 2.0, "inference_model": 1.5, "total": 2.5},
         "tiles_per_s": {"inference": 6.0},
+        "dimensions": [640, 480],
+        "qc": {"mode": "off"},
+        "class_areas_mm2": {"Tumor": 0.5},
+        "n_regions": {},
+        "regions_area_mm2": {},
+        "regions": {"min_area_um2": 1000.0, "simplify_um": 8.0},
+        "device": "cpu",
+        "overlap_px": 16,
+        "n_tiles_run": 12,
+        "outputs": [],
+        "wsipipe_version": "0.1.0",
     }
+
+
+def _result(tmp_path, **changes):
+    """The report as segment hands it to the page."""
+    return SegmentResult.from_json({**_report(), **changes}, tmp_path)
 
 
 def test_overlay_tints_and_outlines_the_mask_on_a_real_slide_thumbnail(cmu_small_svs):
@@ -106,7 +123,7 @@ def test_report_files(tmp_path):
     overlay = render_overlay(thumbnail, labels, palette(["background", "tumour"]))
     write_report_json(tmp_path / "report.json", _report())
     write_overlay_png(tmp_path / "overlay.png", overlay)
-    write_report_html(tmp_path / "report.html", _report(), thumbnail, overlay)
+    write_report_html(tmp_path / "report.html", _result(tmp_path), thumbnail, overlay)
     assert json.loads((tmp_path / "report.json").read_text())["tumour_fraction"] == 0.25
     assert np.array_equal(cv2.imread(str(tmp_path / "overlay.png"))[..., ::-1], overlay)
     page = (tmp_path / "report.html").read_text()
@@ -144,7 +161,7 @@ def test_tile_heatmap_tints_each_box_by_its_value(tmp_path):
     low, high = heat[5, 10].astype(int), heat[5, 30].astype(int)
     assert (heat[:20, :20] == heat[5, 10]).all() and (heat[:20, 20:40] == heat[5, 30]).all()
     assert high.sum() < low.sum() and high[0] - high[2] > low[0] - low[2]  # darker and redder
-    write_report_html(tmp_path / "r.html", {**_report(), "nuclei_count": 7, "cellularity": 0.25}, thumbnail,
+    write_report_html(tmp_path / "r.html", _result(tmp_path, nuclei_count=7, cellularity=0.25), thumbnail,
                       thumbnail, (heat, 0.4))
     page = (tmp_path / "r.html").read_text()
     assert "cellularity per tile" in page and len(re.findall(r'src="data:image/png;base64,', page)) == 3

@@ -127,7 +127,7 @@ def readable_figures(result: SegmentResult) -> list[tuple[str, str]]:
     for name, count in result.n_regions.items():
         rows.append((f"{name} regions", str(count)))
     if result.nuclei_count is not None:
-        method = str(result.nuclei_method)
+        method = result.nuclei_method or ""
         method = "classical method" if method == "classical" else method.replace("usnet:", "US-Net model ")
         rows += [
             ("nuclei", f"{result.nuclei_count} ({method})"),
