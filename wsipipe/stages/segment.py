@@ -65,10 +65,10 @@ class SegmentConfig(StageConfig):
             raise InvalidInputError(
                 f"{{normalize}} {self.normalize!r}: choose one of {', '.join(NORMALIZE_METHODS)}", parameter="normalize"
             )
-        if self.batch_size < 1 or (self.readers is not None and self.readers < 0):
-            raise InvalidInputError(
-                "{batch_size} must be at least 1 and {readers} at least 0", parameter=("batch_size", "readers")
-            )
+        if self.batch_size < 1:
+            raise InvalidInputError(f"{{batch_size}} must be at least 1, got {self.batch_size}", parameter="batch_size")
+        if self.readers is not None and self.readers < 0:
+            raise InvalidInputError(f"{{readers}} must be at least 0, got {self.readers}", parameter="readers")
         check_qc_option(self.qc)
         if self.target is not None:  # an image file; a FIFO would block cv2.imread for ever
             check_regular_file(self.target, InvalidInputError)
