@@ -6,6 +6,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 #: An example: its marker comment (``<!-- example: NAME -->``) and the code block under it.
 EXAMPLE = re.compile(r"<!-- example: (.*?) -->\n```python\n(.*?)```", re.DOTALL)
@@ -23,6 +25,7 @@ def test_every_stage_has_an_example():
     assert {"tile", "normalize", "segment", "nuclei", "qc"} <= set(names)
 
 
+@pytest.mark.slow  # segment with the nuclei, and the nuclei alone, on the bundled slide: about a minute
 def test_the_examples_run_and_print_what_they_say(tmp_path, monkeypatch, capsys):
     (tmp_path / "examples").symlink_to(REPO / "examples")  # the bundled slide, as from the repository's root
     monkeypatch.chdir(tmp_path)
@@ -37,5 +40,6 @@ def test_the_examples_run_and_print_what_they_say(tmp_path, monkeypatch, capsys)
         for expected in PRINTS_COMMENT.findall(code):
             assert expected in printed, (name, expected, printed)
         ran.append(name)
-    assert ran == ["tile", "tile-errors", "normalize", "qc"]
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["cmu-qc", "cmu.norm.zarr", "cmu.zarr", "examples"]
+    assert ran == ["tile", "tile-errors", "normalize", "segment", "nuclei", "qc"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == [
+        "cmu-nuclei", "cmu-qc", "cmu-segment", "cmu.norm.zarr", "cmu.zarr", "examples"]
