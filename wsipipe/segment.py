@@ -28,6 +28,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -40,6 +41,9 @@ from wsipipe.inference.engine import Runner, reader_count, run, slide_batches, s
 from wsipipe.stages.base import Progress, Say
 from wsipipe.stages.nuclei import NucleiConfig, NucleiResult
 from wsipipe.stages.segment import SegmentConfig, SegmentResult
+
+if TYPE_CHECKING:
+    from wsipipe.models.io import ModelBundle
 
 #: "model": the normalisation the model file records it was trained with (``none`` for the
 #: bundled model), so a slide reaches the network as its training images did.
@@ -68,7 +72,7 @@ NUCLEI_OUTPUTS = ["nuclei.geojson", "nuclei.csv", "labels.zarr", "nuclei.json"]
 class ModelInfo:
     """A loaded model and what the report says about it."""
 
-    bundle: object  # wsipipe.models.io.ModelBundle
+    bundle: ModelBundle
     name: str
     sha256: str
 
@@ -252,13 +256,13 @@ class _Run:
     device: str  # resolved ("cpu", "cuda:0")
     overlap: int  # resolved and checked
     dicom_seg: str | None  # the DICOM Segmentation's type, or None for no DICOM outputs
-    store: object | None  # the opened ``tiles`` store
-    usable: object | None  # quality control's usable tissue
+    store: Any  # the opened ``tiles`` store (a ``wsipipe.store.TileStore``) or None
+    usable: Any  # quality control's usable tissue (``wsipipe.qc.apply.UsableTissue``) or None
     progress: Progress | None
     say: Say
     timings: dict[str, float]
-    reader: object = None  # the slide, with a built level where it lacks the model's
-    pool: object = None  # the reader processes
+    reader: Any = None  # the slide (a ``SlideReader``), with a built level where it lacks the model's
+    pool: Any = None  # the reader processes
 
 
 def segment_slide(config: SegmentConfig, *, progress: Progress | None = None, say: Say | None = None) -> SegmentResult:
@@ -365,7 +369,7 @@ def _segment(run_: _Run) -> SegmentResult:
         tiles_run = len(todo)
         runner = Runner(bundle, run_.device, config.batch_size, stain=stain, say=run_.say)
         positions = [(x, y) for _, x, y, _ in order]
-        if store is not None:
+        if plan.store_index is not None:  # the tiles of the ``tiles`` store
             batches = store_batches(store, plan.store_index[todo], positions, config.batch_size)
         else:
             batches = slide_batches(plan.coords[todo], positions, tile=tile, mpp=bundle.mpp,

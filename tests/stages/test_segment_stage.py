@@ -22,7 +22,11 @@ PATHS = {"slide": "a.svs", "output": "out"}
 @pytest.mark.parametrize(
     ("bad", "parameter", "message"),
     [
-        ({"normalize": "sepia"}, "normalize", "normalize 'sepia': choose one of model, vahadane, macenko, reinhard, none"),
+        (
+            {"normalize": "sepia"},
+            "normalize",
+            "normalize 'sepia': choose one of model, vahadane, macenko, reinhard, none",
+        ),
         ({"batch_size": 0}, "batch_size", "batch_size must be at least 1, got 0"),
         ({"readers": -1}, "readers", "readers must be at least 0, got -1"),
         ({"mpp_override": 0.0}, "mpp_override", "mpp_override must be a positive number, got 0.0"),
@@ -38,7 +42,9 @@ def test_segment_config_checks_name_their_parameter(bad, parameter, message):
 def test_segment_config_refuses_a_fifo_target_and_a_tumour_model_as_nuclei_model(tmp_path):
     fifo = tmp_path / "target.png"
     os.mkfifo(fifo)
-    with pytest.raises(InvalidInputError, match="is a named pipe \\(FIFO\\), not a regular file"):  # would block cv2.imread for ever
+    with pytest.raises(
+        InvalidInputError, match="is a named pipe \\(FIFO\\), not a regular file"
+    ):  # would block cv2.imread for ever
         stages.SegmentConfig(**PATHS, target=fifo)
     with pytest.raises(ModelError, match="not a nuclei \\(usnet\\) model"):
         stages.SegmentConfig(**PATHS, nuclei_model=BUNDLED_MODEL)
@@ -58,8 +64,19 @@ def test_nuclei_config_checks_name_their_parameters():
 
 def test_segment_batch_options_are_the_per_slide_fields(tmp_path, monkeypatch):
     options = stages.SegmentConfig.batch_options()
-    assert list(options) == ["model", "normalize", "target", "overlap", "batch_size", "device", "backend",
-                             "mpp_override", "nuclei", "nuclei_model", "qc"]
+    assert list(options) == [
+        "model",
+        "normalize",
+        "target",
+        "overlap",
+        "batch_size",
+        "device",
+        "backend",
+        "mpp_override",
+        "nuclei",
+        "nuclei_model",
+        "qc",
+    ]
     monkeypatch.chdir(tmp_path)
     assert options["qc"]("auto") == "auto" and options["qc"]("qc-out") == str(tmp_path / "qc-out")
     assert options["nuclei"]("yes") is True and options["overlap"]("16") == 16
@@ -72,7 +89,10 @@ def test_run_on_the_bundled_slide_writes_its_results(tmp_path):
     assert written == json.dumps(result.to_json(), indent=2) + "\n"  # byte-identical, key order included
     report = json.loads(written)
     assert (result.n_tiles, result.nuclei_count, result.tumour_fraction) == (
-        report["n_tiles"], report["nuclei_count"], report["tumour_fraction"])
+        report["n_tiles"],
+        report["nuclei_count"],
+        report["tumour_fraction"],
+    )
     assert result.nuclei_ran and 0 < result.tumour_fraction < 1 and result.output == tmp_path / "seg"
     assert list(report).index("nuclei_method") == list(report).index("tumour_fraction") + 1
     without = dataclasses.replace(result, **dict.fromkeys(stages.segment.NUCLEI_KEYS))

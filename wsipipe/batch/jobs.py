@@ -77,7 +77,7 @@ def _prepare_segment(options: dict) -> dict:
     if not options["model"].is_file():
         raise ModelError(f"{{model}} {options['model']}: no such model file", parameter="model")
     read_metadata(options["model"])  # a pickle or another tool's file, refused once (header only)
-    config = SegmentConfig(slide=".", output=".", **options)
+    config = SegmentConfig(slide=Path(), output=Path(), **options)
     if config.nuclei_model is not None:
         options["nuclei_model"] = absolute_path(config.nuclei_model)  # 'bundled' resolved
     return options

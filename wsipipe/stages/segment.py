@@ -91,8 +91,14 @@ def _qc_option(value: Any) -> str:
 
 #: report.json's keys that only a run with the nuclei has.
 NUCLEI_KEYS = (
-    "nuclei_method", "nuclei_count", "tumour_nuclei_count", "nuclei_tissue_mm2", "nuclei_tumour_mm2",
-    "nuclei_per_mm2", "nuclei_per_mm2_tumour", "cellularity",
+    "nuclei_method",
+    "nuclei_count",
+    "tumour_nuclei_count",
+    "nuclei_tissue_mm2",
+    "nuclei_tumour_mm2",
+    "nuclei_per_mm2",
+    "nuclei_per_mm2_tumour",
+    "cellularity",
 )
 
 
