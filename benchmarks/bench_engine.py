@@ -15,7 +15,11 @@ In one run, with one model file and one batch size:
 
 Prints the figures (medians over ``--repeats`` end-to-end runs) and ends with one JSON line.
 GPU: ``--arch unet --tile 512 --batch-size 64 --device cuda`` (U-Net ResNet-34, random weights).
-The nuclei figures (``nuclei --model``) go in the section marked NUCLEI below.
+
+Nuclei (``nuclei_figures``; ``--only nuclei`` runs that part alone): ``wsipipe nuclei --model
+bundled`` end to end on a synthetic slide at 0.5 µm/px (``--nuclei-size``), windows/s against the
+model-only ceiling over the same windows (both passes of the normalised view, eight views each),
+the window readers alone with 1 and N processes, and peak RSS.
 """
 
 from __future__ import annotations
@@ -125,6 +129,80 @@ def reader_tiles_per_s(slide: Path, model_path: Path, overlap: int, workers: int
                 pool.shutdown(wait=True, cancel_futures=True)
 
 
+def nuclei_figures(tmp: Path, side: int, device: str, workers: int, env: dict) -> dict:
+    """``nuclei --model bundled`` on a synthetic slide at the model's 0.5 µm/px: end-to-end
+    windows/s (wall clock, start-up included), the model-only ceiling over the same windows
+    (random pixels already on the device, forward only: both passes of the normalised view, each
+    with the model's eight views), their ratio (post-processing included), reader-only windows/s
+    with 1 and ``workers`` processes (the normalised view's mapping included, pool start-up
+    included), and peak RSS."""
+    import torch
+
+    from wsipipe.inference.engine import Runner
+    from wsipipe.nuclei.stage import (
+        BUNDLED_NUCLEI_MODEL,
+        CORE_PX,
+        normalised_view,
+        open_input,
+        split_views,
+        windows_per_batch,
+    )
+    from wsipipe.nuclei.tiled import DEFAULT_MARGIN_UM, plan_windows
+    from wsipipe.nuclei.windows import NormalisedView
+
+    bundle = load_model(BUNDLED_NUCLEI_MODEL, device=device)
+    slide_path = write_synthetic_slide(tmp / "nuclei.tif", SyntheticSpec(width=side, height=side, mpp=bundle.mpp, seed=2))
+    out = tmp / "out-nuclei"
+    command = [sys.executable, "-m", "wsipipe", "nuclei", str(slide_path), "-o", str(out), "--model", "bundled",
+               "--device", device, "--quiet"]
+    wall, peak, _ = peak_tree_rss(command, env)
+    summary = json.loads((out / "nuclei.json").read_text())
+    windows_run = sum(1 for tile in summary["tiles"] if tile["tissue_mm2"] > 0)
+
+    slide = open_input(slide_path, None, None, bundle.mpp)
+    margin = round(DEFAULT_MARGIN_UM / bundle.mpp)
+    windows = [w for _, w in plan_windows(slide.shape, CORE_PX, margin)][: max(1, windows_run)]
+    views, _ = split_views(bundle.metadata.get("instances"))
+    normaliser = normalised_view(bundle.metadata)
+    passes = 2 if normaliser is not None else 1
+    batch = windows_per_batch(device)
+    runner = Runner(bundle, device, batch, outputs=lambda raw: raw, views=views, averaged=("segmentation", "distance"))
+    generator = torch.Generator().manual_seed(0)
+    inputs = [torch.randint(0, 256, (1, w[2] - w[0], w[3] - w[1], 3), generator=generator, dtype=torch.uint8).to(device)
+              for w in windows]
+    runner(inputs[0])  # warm-up
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for x in inputs:
+        for _ in range(passes):
+            runner(x)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    ceiling = len(inputs) / (time.perf_counter() - t0)
+
+    prepare = NormalisedView(normaliser, None) if normaliser is not None else None
+    readers = {}
+    for n in sorted({1, workers}):
+        t0 = time.perf_counter()
+        count = sum(len(tiles) for _, tiles in slide.batches(windows, batch, prepare, readers=n))
+        readers[str(n)] = count / passes / (time.perf_counter() - t0)
+    end_to_end = windows_run / wall
+    figures = {
+        "slide_side": side, "windows": windows_run, "window_px": CORE_PX + 2 * margin, "views": views,
+        "passes": passes, "wall_s": round(wall, 2), "end_to_end_windows_per_s": round(end_to_end, 4),
+        "ceiling_windows_per_s": round(ceiling, 4), "ratio": round(end_to_end / ceiling, 3),
+        "readers_windows_per_s": {n: round(rate, 3) for n, rate in readers.items()},
+        "peak_rss_mib": round(peak / 2**20, 1), "nuclei": summary["nuclei_count"],
+    }
+    print(f"nuclei: {windows_run} windows of up to {figures['window_px']} px in {wall:.1f} s = {end_to_end:.4f} "
+          f"windows/s end to end; model-only ceiling {ceiling:.4f} windows/s ({views} views x {passes} passes); "
+          f"ratio {figures['ratio']:.2f} (target >= 0.7 on the CPU, 0.6 with CUDA); readers alone "
+          + ", ".join(f"{n} process(es) {rate:.2f} windows/s" for n, rate in readers.items())
+          + f"; peak RSS {figures['peak_rss_mib']:.0f} MiB", file=sys.stderr)
+    return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=12288, help="small slide side (level-0 px); the big one is 2x")
@@ -139,11 +217,18 @@ def main() -> None:
     parser.add_argument("--normalize", default="none")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--ceiling-batches", type=int, default=8)
+    parser.add_argument("--nuclei-size", type=int, default=2048, help="side of the nuclei slide (0.5 µm/px)")
+    parser.add_argument("--only", choices=("segment", "nuclei"), default=None, help="run one part")
     args = parser.parse_args()
     workers = reader_count(args.device) if args.workers is None else args.workers
 
     with tempfile.TemporaryDirectory(prefix="bench-engine-") as tmp:
         tmp = Path(tmp)
+        if args.only == "nuclei":
+            env = {**os.environ, "PYTHONPATH": str(REPO)}
+            print(json.dumps({"benchmark": "engine", "device": args.device, "workers": workers,
+                              "nuclei": nuclei_figures(tmp, args.nuclei_size, args.device, workers, env)}))
+            return
         model_path = tmp / "model.safetensors"
         net = build_model(args.arch, 2, ARCH_ARGS[args.arch])
         save_model(model_path, net, model_metadata(args.arch, ARCH_ARGS[args.arch], ["background", "tumour"],
@@ -201,7 +286,7 @@ def main() -> None:
 
         # --- NUCLEI: the nuclei stage's figures (nuclei --model end to end, its model-only
         # ceiling, their ratio, post-processing included) go here, into ``nuclei`` -------------
-        nuclei = None
+        nuclei = nuclei_figures(tmp, args.nuclei_size, args.device, workers, env) if args.only is None else None
         ratio = results["big"]["tiles_per_s"] / ceiling
         ratio_inference = results["big"]["inference_tiles_per_s"] / ceiling
         print(f"model-only ceiling: {ceiling:.2f} tiles/s; end-to-end / ceiling = {ratio:.2f} "

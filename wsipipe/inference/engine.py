@@ -71,7 +71,8 @@ def reader_count(device: str, cores: int | None = None) -> int:
 _worker_reader = None
 
 
-def _open_worker(path: str, mpp_override: float | None, levels_cache: str | None, parent_pid: int) -> None:
+def _open_worker(path: str, mpp_override: float | None, levels_cache: str | None, parent_pid: int,
+                 backend: str | None = None) -> None:
     from wsipipe.processes import die_with_parent
 
     die_with_parent(parent_pid)
@@ -81,7 +82,7 @@ def _open_worker(path: str, mpp_override: float | None, levels_cache: str | None
 
     global _worker_reader
     cv2.setNumThreads(1)
-    _worker_reader = open_slide(path, mpp_override=mpp_override, levels_cache=levels_cache)
+    _worker_reader = open_slide(path, backend=backend, mpp_override=mpp_override, levels_cache=levels_cache)
 
 
 def read_tiles(reader, coords: np.ndarray, tile: int, mpp: float) -> np.ndarray:
@@ -96,7 +97,17 @@ def _read_in_worker(coords: np.ndarray, tile: int, mpp: float) -> np.ndarray:
     return read_tiles(_worker_reader, coords, tile, mpp)
 
 
-def start_readers(slide_path, mpp_override: float | None, workers: int, levels_cache=None):
+def submit_to_reader(pool, function: Callable, *args):
+    """``function(slide, *args)`` in one of ``pool``'s reader processes (``start_readers``), on its
+    open slide: for reads other than square tiles (the nuclei stage's windows). A future."""
+    return pool.submit(_call_with_reader, function, *args)
+
+
+def _call_with_reader(function: Callable, *args):
+    return function(_worker_reader, *args)
+
+
+def start_readers(slide_path, mpp_override: float | None, workers: int, levels_cache=None, backend: str | None = None):
     """Reader processes, started early so their start-up overlaps model loading (None for 0 workers),
     each with the levels built for the slide in ``levels_cache`` (``wsipipe.slide.built``).
 
@@ -114,7 +125,8 @@ def start_readers(slide_path, mpp_override: float | None, workers: int, levels_c
         max_workers=workers,
         mp_context=multiprocessing.get_context("spawn"),
         initializer=_open_worker,
-        initargs=(str(slide_path), mpp_override, str(levels_cache) if levels_cache is not None else None, os.getpid()),
+        initargs=(str(slide_path), mpp_override, str(levels_cache) if levels_cache is not None else None, os.getpid(),
+                  backend),
     )
     with helpers_ignore_ctrl_c():
         for _ in range(workers):
@@ -298,8 +310,6 @@ class Runner:
             x = self.bundle.preprocess(pixels)
             out = self._predict(x)
             if self.views > 1:
-                if x.shape[-1] != x.shape[-2]:
-                    raise ValueError(f"test-time views turn the tile: it must be square, not {tuple(x.shape[-2:])}")
                 sums = self._dense(out)
                 for turns, mirror in VIEWS[1:]:
                     view = torch.rot90(x.flip(-1) if mirror else x, turns, dims=(-2, -1))

@@ -137,6 +137,33 @@ def decode(offsets: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
     )
 
 
+def usnet_heads(network: USNet):
+    """A ``wsipipe.inference.engine.Runner``'s ``outputs`` for ``network``: its raw batch output ->
+    segmentation and distance (N, 1, H, W), each anchor's decoded box (N, A, 4) and score (N, A),
+    float32. Boxes and scores are decoded one tile at a time, as one tile alone would be: a batch
+    gives each tile the numbers it gets by itself."""
+
+    def heads(raw: dict) -> dict:
+        height, width = raw["segmentation"].shape[-2:]
+        anchors = _cached_anchors(network, height, width, raw["segmentation"].device)
+        offsets, scores = raw["offsets"].float(), raw["scores"].float()
+        out = {name: raw[name].float() for name in ("segmentation", "distance") if name in raw}
+        out["boxes"] = torch.stack([decode(offsets[index], anchors) for index in range(len(offsets))])
+        out["scores"] = torch.stack([torch.sigmoid(scores[index]) for index in range(len(scores))])
+        return out
+
+    return heads
+
+
+def _cached_anchors(network: USNet, height: int, width: int, device) -> torch.Tensor:
+    """``network.anchors`` for a canvas size, made once (every window of a slide shares a few sizes)."""
+    cache = network.__dict__.setdefault("_anchor_cache", {})
+    key = (height, width, str(device))
+    if key not in cache:
+        cache[key] = network.anchors(height, width, device=device)
+    return cache[key]
+
+
 def instance_boxes(labels: np.ndarray) -> np.ndarray:
     """(n, 4) (cx, cy, w, h) boxes of the objects of a label map (pixel extents)."""
     from scipy import ndimage

@@ -12,21 +12,43 @@ lies in. The outputs are written to a staging folder and moved into OUTDIR toget
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
-import math
-from dataclasses import dataclass
+import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from wsipipe.errors import InvalidInputError
 from wsipipe.files import folder_lock, make_output_folder, staged_outputs
 from wsipipe.grid import sample_mask
+from wsipipe.inference.engine import per_tile, reader_count, run
 from wsipipe.nuclei import outputs
-from wsipipe.nuclei.classical import ClassicalParams, calibrate, haematoxylin_od, segment_nuclei
-from wsipipe.nuclei.data import WORKING_MPP, read_rgb, resample
-from wsipipe.nuclei.tiled import DEFAULT_MARGIN_UM, TileDone, core_tiles, segment_tiled
+from wsipipe.nuclei.classical import (
+    ClassicalParams,
+    calibrate,
+    haematoxylin_od,
+    segment_nuclei,
+)
+from wsipipe.nuclei.data import WORKING_MPP
+from wsipipe.nuclei.tiled import (
+    DEFAULT_MARGIN_UM,
+    TileDone,
+    WindowPainter,
+    core_tiles,
+    plan_windows,
+    start_workers,
+)
+from wsipipe.nuclei.windows import (
+    NormalisedView,
+    UsnetWindows,
+    WindowedInput,
+    open_windowed,
+    pixels_only,
+    usnet_labels,
+)
 from wsipipe.qc.apply import restrict_tissue
 from wsipipe.tissue import THUMBNAIL_MPP
 
@@ -44,35 +66,13 @@ CORE_PX = 1024
 CALIBRATION_CORES = 8
 
 
-@dataclass
-class Source:
-    """The input at the working µm/px: its size and a reader of (y0, x0, y1, x1) windows."""
-
-    name: str
-    shape: tuple[int, int]  # working pixels (H, W)
-    scale: float  # level-0 pixels per working pixel
-    read: Callable[[int, int, int, int], np.ndarray]
-    thumbnail: np.ndarray  # RGB at about THUMBNAIL_MPP
-    level0_shape: tuple[int, int]  # (H, W) of the input itself
-
-
-def open_source(path: Path, mpp_override: float | None, backend: str | None = None, mpp: float = WORKING_MPP) -> Source:
-    """The input as seen at ``mpp`` µm/px."""
-    if path.suffix.lower() in IMAGE_SUFFIXES or (
+def open_input(path: Path, mpp_override: float | None, backend: str | None = None, mpp: float = WORKING_MPP
+               ) -> WindowedInput:
+    """The input as seen at ``mpp`` µm/px: a plain image read whole, else a slide."""
+    as_image = path.suffix.lower() in IMAGE_SUFFIXES or (
         path.suffix.lower() in {".tif", ".tiff"} and mpp_override is None and _is_plain_tiff(path)
-    ):
-        return _image_source(path, mpp_override, mpp)
-    from wsipipe.slide import open_slide
-
-    reader = open_slide(path, backend=backend, mpp_override=mpp_override)
-    scale = mpp / reader.mpp
-    width, height = reader.dimensions
-    shape = (max(1, math.floor(height / scale)), max(1, math.floor(width / scale)))
-
-    def read(y0, x0, y1, x1):
-        return reader.read_at_mpp((x0 * scale, y0 * scale), (x1 - x0, y1 - y0), mpp)
-
-    return Source(path.name, shape, scale, read, reader.thumbnail_at_mpp(THUMBNAIL_MPP), (height, width))
+    )
+    return open_windowed(path, mpp_override, backend, mpp, as_image, DEFAULT_IMAGE_MPP, THUMBNAIL_MPP)
 
 
 def _is_plain_tiff(path: Path) -> bool:
@@ -85,25 +85,6 @@ def _is_plain_tiff(path: Path) -> bool:
             return len(tif.pages) == 1 and not page.is_tiled and "ImageDescription" not in page.tags
     except Exception:  # not a TIFF tifffile understands: let the slide readers say why
         return False
-
-
-def _image_source(path: Path, mpp_override: float | None, working_mpp: float) -> Source:
-    if not path.is_file():
-        raise InvalidInputError(f"{path}: no such file")
-    try:
-        rgb = read_rgb(path)
-    except Exception as exc:
-        raise InvalidInputError(f"{path}: not a readable image ({exc})") from None
-    mpp = mpp_override
-    if mpp is None:
-        mpp = DEFAULT_IMAGE_MPP
-        log.warning("%s: an image records no µm/px; assuming %s (40x); pass --mpp-override X", path, mpp)
-    working, _ = resample(rgb, None, mpp, working_mpp)
-    thumbnail, _ = resample(rgb, None, mpp, THUMBNAIL_MPP)
-    return Source(
-        path.name, working.shape[:2], working_mpp / mpp, lambda y0, x0, y1, x1: working[y0:y1, x0:x1], thumbnail,
-        rgb.shape[:2],
-    )
 
 
 def read_tumour_mask(path: Path | None) -> np.ndarray | None:
@@ -160,7 +141,7 @@ def run_nuclei(
     network = _load_nuclei_model(model, device) if model is not None else None
     mpp = network.mpp if network is not None else WORKING_MPP
     usable, qc_report, slide_mpp = _quality_control(Path(input_path), qc, mpp_override, backend)
-    source = open_source(Path(input_path), mpp_override, backend, mpp)
+    source = open_input(Path(input_path), mpp_override, backend, mpp)
     tumour = tumour_mask.astype(bool) if isinstance(tumour_mask, np.ndarray) else read_tumour_mask(tumour_mask)
     with folder_lock(make_output_folder(outdir)):  # also deletes what a killed run left half-written
         with staged_outputs(outdir, last="nuclei.json") as staging:
@@ -179,19 +160,17 @@ def run_nuclei(
                 tissue = np.ones_like(tissue)
                 tissue_fraction = dict.fromkeys(cores, 1.0)
             richest = sorted(with_tissue, key=lambda c: -tissue_fraction[c])[:CALIBRATION_CORES]
-            richest_pixels = np.concatenate([source.read(*c).reshape(-1, 3) for c in richest])[None]
+            richest_pixels = np.concatenate([source.read(c).reshape(-1, 3) for c in richest])[None]
             calibration = calibrate(richest_pixels)
 
             stain = None  # the input's stain parameters, for a model's normalised view
             if network is not None:
                 method = f"usnet:{Path(model).name}"
                 stain = input_stain(network.metadata, richest_pixels)
-                segment = usnet_segmenter(network, stain)
                 settings = {"model": str(model), "instances": network.metadata.get("instances")}
                 min_pixels = split_views(network.metadata.get("instances"))[1].get("min_pixels", 0)
             else:
                 method = "classical"
-                segment = lambda rgb: segment_nuclei(rgb, mpp, calibration, params)  # noqa: E731
                 settings = vars(params)
                 min_pixels = params.min_area_um2 / (mpp * mpp)
             pixel_mm2 = (mpp / 1000.0) ** 2
@@ -224,18 +203,10 @@ def run_nuclei(
                 if progress:
                     progress(done, len(cores))
 
-            nuclei = segment_tiled(
-                source.read,
-                source.shape,
-                segment,
-                lambda rgb: haematoxylin_od(rgb, calibration.stain_matrix),
-                labels,
-                core=CORE_PX,
-                margin=round(DEFAULT_MARGIN_UM / mpp),
-                on_tile=on_tile,
-                skip=lambda *core: tissue_fraction[core] == 0,
-                min_pixels=min_pixels,
-            )
+            plan = plan_windows(source.shape, CORE_PX, round(DEFAULT_MARGIN_UM / mpp),
+                                skip=lambda *core: tissue_fraction[core] == 0)
+            nuclei = _segment_windows(source, plan, network, stain, mpp, calibration, params, labels,
+                                      on_tile, min_pixels)
             outputs.finish_label_store(staging / "labels.zarr")
             tiles = []
             for core in cores:
@@ -275,6 +246,86 @@ def run_nuclei(
             if dicom:
                 write_dicom_outputs(staging)
         return summary
+
+
+def _segment_windows(source: WindowedInput, plan, network, stain, mpp: float, calibration,
+                     params: ClassicalParams, labels, on_tile, min_pixels: float):
+    """Every planned window through the inference engine into ``labels``; the nuclei in id order.
+
+    The windows are read (reader processes for a slide) a few batches ahead; a model runs them on
+    its device; the instance step (the watershed, or the whole classical method) runs in worker
+    processes while the next windows are read and run; the painting keeps the raster order.
+    """
+    windows = [window for _, window in plan if window is not None]
+    if network is not None:
+        views, settings = split_views(network.metadata.get("instances"))
+        normaliser = normalised_view(network.metadata)
+        model_device = str(next(network.model.parameters()).device)
+        batch = windows_per_batch(model_device)
+        runner = UsnetWindows(network, model_device, batch, views, normaliser is not None,
+                              settings.get("score_threshold", _default_score_threshold()), say=log.warning)
+        prepare = NormalisedView(normaliser, stain) if normaliser is not None else None
+        label = functools.partial(usnet_labels, **settings)
+        workers = instance_workers(model_device, len(windows))
+    else:
+        batch, runner, prepare = 1, pixels_only, None
+        label = functools.partial(_classical_labels, mpp=mpp, calibration=calibration, params=params)
+        workers = instance_workers(None, len(windows))
+    haematoxylin = functools.partial(haematoxylin_od, stain_matrix=calibration.stain_matrix)
+    readers = window_readers(model_device if network is not None else "cpu") if len(windows) > 1 else 0
+    pool = start_workers(workers)
+    try:
+        painter = WindowPainter(plan, label, haematoxylin, labels, on_tile=on_tile, min_pixels=min_pixels, pool=pool,
+                                depth=max(2, 2 * workers))
+        run(source.batches(windows, batch, prepare, readers), runner, painter)
+        return painter.finish()
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _default_score_threshold() -> float:
+    """``usnet_instances``'s detection threshold, for a model that records none."""
+    from wsipipe.models.usnet import usnet_instances
+
+    return inspect.signature(usnet_instances).parameters["score_threshold"].default
+
+
+#: Windows per batch on a CUDA device (each 1 152 px square at 0.5 µm/px, 81 tiles of 128 px).
+CUDA_WINDOWS_PER_BATCH = 4
+
+
+def windows_per_batch(device: str) -> int:
+    """Windows a runner takes at once: one on the CPU, where a batch changes the sums (see
+    ``UsnetWindows``) and gains nothing (a window is already a large input), more with CUDA."""
+    return CUDA_WINDOWS_PER_BATCH if device.startswith("cuda") else 1
+
+
+def window_readers(device: str) -> int:
+    """Reader processes for the windows: the engine's count with CUDA; one on the CPU, where it
+    reads about fifty times as fast as the network runs the windows, and a second would only hold
+    memory."""
+    return reader_count(device) if device.startswith("cuda") else 1
+
+
+def instance_workers(device: str | None, windows: int) -> int:
+    """Worker processes for the instance step (none for a single window): with a model on the
+    CPU one (the network needs the cores; the watershed is a small part of the time), with CUDA
+    half the cores, and for the classical method, which is all instance step, every core."""
+    if windows < 2:
+        return 0
+    cores = len(os.sched_getaffinity(0))
+    if device is None:
+        count = cores
+    elif device.startswith("cuda"):
+        count = max(1, cores // 2)
+    else:
+        count = 1
+    return min(count, windows)
+
+
+def _classical_labels(values: dict, *, mpp: float, calibration, params: ClassicalParams) -> np.ndarray:
+    return segment_nuclei(values["rgb"], mpp, calibration, params)
 
 
 def _quality_control(path: Path, qc: str, mpp_override: float | None, backend: str | None):
@@ -341,8 +392,9 @@ def _load_nuclei_model(path: Path, device: str):
 def usnet_forward(
     bundle, views: int = 1, stain=None
 ) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]]:
-    """rgb window -> the network's (segmentation, boxes, scores, distance), padded to its multiple
-    and cut back; distance is None for a model without that output.
+    """rgb window -> the network's (segmentation, boxes, scores, distance) on the model's device,
+    one window as ``wsipipe nuclei`` runs each (``UsnetWindows``); distance is None for a model
+    without that output.
 
     With ``views`` 8 the segmentation (and distance) is the mean over the window's four turns, each
     also mirrored (test-time augmentation): it steadies nuclear borders, which is where PQ and AJI
@@ -353,55 +405,15 @@ def usnet_forward(
     distance, each anchor's score and box) is the mean of the two: inputs stained unlike the
     training images gain, typical ones hardly change.
     """
-    import torch
-
-    from wsipipe.models.io import normalisation_tensors
-    from wsipipe.models.usnet import decode
-
-    if views not in (1, 8):
-        raise ValueError(f"views must be 1 or 8, not {views}")
-    network = bundle.model
-    multiple = 2 ** (len(network.encoder) - 1)
-    device = next(network.parameters()).device
-    mean, std = normalisation_tensors(bundle.input_normalisation, device)
     normaliser = normalised_view(bundle.metadata)
-
-    def run(canvas: np.ndarray) -> dict:
-        x = torch.as_tensor(canvas, device=device).permute(2, 0, 1)[None].float() / 255
-        with torch.no_grad():
-            return network((x - mean) / std)
+    device = str(next(bundle.model.parameters()).device)
+    windows = UsnetWindows(bundle, device, 1, views, normaliser is not None, score_threshold=-1.0, say=log.warning)
+    prepare = NormalisedView(normaliser, stain) if normaliser is not None else None
 
     def forward(rgb: np.ndarray):
-        outputs = forward_as_is(rgb)
-        if normaliser is None:
-            return outputs
-        mapped = forward_as_is(normaliser.transform(rgb, source=stain))
-        return tuple(None if a is None else (a + b) / 2 for a, b in zip(outputs, mapped))
-
-    def forward_as_is(rgb: np.ndarray):
-        # every view turns the same canvas (padded once, at the bottom and right), so the network's
-        # stride grid sits on the window's top-left corner in all of them: a window cut from a larger
-        # image then sees the grid that image does, and tiling changes no nuclei
-        height, width = rgb.shape[:2]
-        canvas = np.pad(
-            rgb, ((0, -height % multiple), (0, -width % multiple), (0, 0)), mode="constant", constant_values=255
-        )
-        out = run(canvas)
-        anchors = network.anchors(canvas.shape[0], canvas.shape[1], device=device)
-        boxes = decode(out["offsets"][0], anchors).cpu().numpy()
-        scores = torch.sigmoid(out["scores"][0]).cpu().numpy()
-        names = [name for name in ("segmentation", "distance") if name in out]
-        maps = np.stack([out[name][0, 0].cpu().numpy() for name in names])
-        if views == 8:
-            turned = [(turns, mirror) for turns in range(4) for mirror in (False, True)][1:]
-            for turns, mirror in turned:
-                view = np.rot90(canvas[:, ::-1] if mirror else canvas, turns)
-                out = run(np.ascontiguousarray(view))
-                back = np.rot90(np.stack([out[name][0, 0].cpu().numpy() for name in names]), -turns, axes=(1, 2))
-                maps = maps + (back[:, :, ::-1] if mirror else back)
-            maps = maps / 8
-        maps = maps[:, :height, :width]
-        return maps[0], boxes, scores, (maps[1] if len(names) == 2 else None)
+        tiles = rgb[None] if prepare is None else prepare(rgb[None])
+        out = per_tile(windows(tiles), 0)
+        return out["segmentation"], out["boxes"], out["scores"], out.get("distance")
 
     return forward
 

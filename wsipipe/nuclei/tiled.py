@@ -12,8 +12,9 @@ so the whole label map never has to be in memory.
 
 from __future__ import annotations
 
+from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import numpy as np
 
@@ -58,6 +59,21 @@ def core_tiles(height: int, width: int, core: int) -> Iterator[tuple[int, int, i
             yield y0, x0, min(y0 + core, height), min(x0 + core, width)
 
 
+def plan_windows(shape: tuple[int, int], core: int, margin: int, skip: Callable[[int, int, int, int], bool] | None = None
+                 ) -> list[tuple[tuple[int, int, int, int], tuple[int, int, int, int] | None]]:
+    """(core, window) of every core in raster order: the window (y0, x0, y1, x1) is the core with
+    ``margin`` around it, clipped to the image; None for a core ``skip(*core)`` leaves out."""
+    height, width = shape
+    plan = []
+    for cy0, cx0, cy1, cx1 in core_tiles(height, width, core):
+        if skip is not None and skip(cy0, cx0, cy1, cx1):
+            plan.append(((cy0, cx0, cy1, cx1), None))
+        else:
+            window = (max(0, cy0 - margin), max(0, cx0 - margin), min(height, cy1 + margin), min(width, cx1 + margin))
+            plan.append(((cy0, cx0, cy1, cx1), window))
+    return plan
+
+
 def segment_tiled(
     read: Callable[[int, int, int, int], np.ndarray],
     shape: tuple[int, int],
@@ -77,30 +93,129 @@ def segment_tiled(
     zarr) of zeros that receives the labels. ``skip(y0, x0, y1, x1)`` may leave out cores
     (no tissue); ``on_tile`` hears of every core when done. A nucleus with fewer than
     ``min_pixels`` pixels left to paint is dropped. Returns the nuclei in id order.
+
+    One window at a time, in this process; ``WindowPainter`` is the same with a worker pool.
     """
-    height, width = shape
-    nuclei: list[Nucleus] = []
-    for cy0, cx0, cy1, cx1 in core_tiles(height, width, core):
-        core_box = (cy0, cx0, cy1, cx1)
-        if skip is not None and skip(*core_box):
-            if on_tile:
-                on_tile(TileDone(core_box, None, None, [], None))
-            continue
-        wy0, wx0 = max(0, cy0 - margin), max(0, cx0 - margin)
-        wy1, wx1 = min(height, cy1 + margin), min(width, cx1 + margin)
-        rgb = read(wy0, wx0, wy1, wx1)
-        labels = segment(rgb)
-        window = np.asarray(out[wy0:wy1, wx0:wx1])
-        kept = _keep_centred(labels, (cy0 - wy0, cx0 - wx0, cy1 - wy0, cx1 - wx0))
-        first = len(nuclei)
+    plan = plan_windows(shape, core, margin, skip)
+    painter = WindowPainter(plan, lambda values: segment(values["rgb"]), haematoxylin, out, on_tile=on_tile,
+                            min_pixels=min_pixels)
+    for _, window in plan:
+        if window is not None:
+            painter.add({"rgb": read(*window)}, window[1], window[0])
+    return painter.finish()
+
+
+class WindowPainter:
+    """The nuclei merger of the inference engine (``add(values, x, y)`` / ``finish()``): each
+    window's outputs become its instances (``label(values) -> labels``, in ``pool`` when given, so
+    the watershed runs while the network works on the next windows), and the instances are painted
+    into ``out`` strictly in raster order, so the ids and every figure are those one window at a
+    time gives. ``values`` holds the window's ``rgb`` and whatever ``label`` needs; (x, y) is the
+    window's top-left corner. ``plan``: ``plan_windows``'s; windows arrive in its order.
+
+    At most ``depth`` windows wait in the pool; ``add`` then waits for the oldest.
+    """
+
+    def __init__(self, plan, label: Callable[[dict], np.ndarray], haematoxylin: Callable[[np.ndarray], np.ndarray],
+                 out, *, on_tile: Callable[[TileDone], None] | None = None, min_pixels: float = 0, pool=None,
+                 depth: int = 4):
+        self.plan, self.label, self.haematoxylin, self.out = plan, label, haematoxylin, out
+        self.on_tile, self.min_pixels, self.pool, self.depth = on_tile, min_pixels, pool, depth
+        self.index_at = {(window[1], window[0]): index for index, (_, window) in enumerate(plan) if window is not None}
+        self.painted_to = 0  # plan entries before this one are done
+        self.pending: deque = deque()  # (plan index, rgb, future of (labels, kept ids, haematoxylin))
+        self.nuclei: list[Nucleus] = []
+
+    def add(self, values: dict, x: int, y: int) -> None:
+        index = self.index_at[(x, y)]
+        core, window = self.plan[index]
+        inner = (core[0] - window[0], core[1] - window[1], core[2] - window[0], core[3] - window[1])
+        job = (_window_instances, self.label, self.haematoxylin, values, inner)
+        future = self.pool.submit(*job) if self.pool is not None else _Done(job[0](*job[1:]))
+        self.pending.append((index, values["rgb"], future))
+        while self.pending and (len(self.pending) > self.depth or self.pending[0][2].done()):
+            self._paint(*self.pending.popleft())
+
+    def finish(self) -> list[Nucleus]:
+        """Paint what is left; the nuclei in id order."""
+        while self.pending:
+            self._paint(*self.pending.popleft())
+        self._skipped_until(len(self.plan))
+        return self.nuclei
+
+    def _skipped_until(self, index: int) -> None:
+        for core, window in self.plan[self.painted_to : index]:
+            if window is not None:
+                raise RuntimeError(f"window {window} was not segmented")  # the source missed one: a bug
+            if self.on_tile:
+                self.on_tile(TileDone(core, None, None, [], None))
+        self.painted_to = max(self.painted_to, index)
+
+    def _paint(self, index: int, rgb: np.ndarray, future) -> None:
+        self._skipped_until(index)
+        labels, kept, h_od = future.result()
+        core, (wy0, wx0, wy1, wx1) = self.plan[index]
+        window = np.asarray(self.out[wy0:wy1, wx0:wx1])
+        first = len(self.nuclei)
         if kept.size:
-            nuclei += _paint_and_measure(labels, kept, haematoxylin(rgb), window, first + 1, wx0, wy0, min_pixels)
-        if len(nuclei) > first:
-            out[wy0:wy1, wx0:wx1] = window
-        if on_tile:
+            self.nuclei += _paint_and_measure(labels, kept, h_od, window, first + 1, wx0, wy0, self.min_pixels)
+        if len(self.nuclei) > first:
+            self.out[wy0:wy1, wx0:wx1] = window
+        if self.on_tile:
             painted = window > first  # ids of earlier tiles are at most ``first``
-            on_tile(TileDone(core_box, (wy0, wx0, wy1, wx1), rgb, nuclei[first:], painted))
-    return nuclei
+            self.on_tile(TileDone(core, (wy0, wx0, wy1, wx1), rgb, self.nuclei[first:], painted))
+        self.painted_to = index + 1
+
+
+class _Done:
+    """A finished future, for the work done where it was asked for (no pool)."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def done(self) -> bool:
+        return True
+
+    def result(self):
+        return self.value
+
+
+def _window_instances(label, haematoxylin, values: dict, inner: tuple[int, int, int, int]):
+    """What a window's painting needs, computed away from the painting: its instance labels, the
+    ids centred in its core ``inner`` (window pixels) and its per-pixel haematoxylin."""
+    labels = label(values)
+    kept = _keep_centred(labels, inner)
+    return labels, kept, haematoxylin(values["rgb"]) if kept.size else None
+
+
+def start_workers(count: int):
+    """A pool of ``count`` processes for ``WindowPainter`` (None for 0): spawned (the parent runs
+    torch's thread pools), one thread each, ignoring Ctrl-C and dying with the parent."""
+    if count == 0:
+        return None
+    import multiprocessing
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    from wsipipe.processes import helpers_ignore_ctrl_c
+
+    pool = ProcessPoolExecutor(max_workers=count, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_start_worker, initargs=(os.getpid(),))
+    with helpers_ignore_ctrl_c():
+        for _ in range(count):
+            pool.submit(int)  # start every process now, while the model loads
+    return pool
+
+
+def _start_worker(parent_pid: int) -> None:
+    from wsipipe.processes import die_with_parent
+
+    die_with_parent(parent_pid)
+    import cv2
+    import torch
+
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
 
 
 def _keep_centred(labels: np.ndarray, core: tuple[int, int, int, int]) -> np.ndarray:
