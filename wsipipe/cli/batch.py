@@ -3,13 +3,26 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from wsipipe.cli.options import (
-    BackendOpt, BatchSizeOpt, DeviceOpt, ModelOpt, MppOverrideOpt, NormalizeOpt, NucleiModelOpt, NucleiOpt, OverlapOpt,
-    QcOpt, QuietOpt, TargetOpt, WorkersOpt, output_option, parameter_flags,
+    BackendOpt,
+    BatchSizeOpt,
+    DeviceOpt,
+    ModelOpt,
+    MppOverrideOpt,
+    NormalizeOpt,
+    NucleiModelOpt,
+    NucleiOpt,
+    OverlapOpt,
+    QcOpt,
+    QuietOpt,
+    TargetOpt,
+    WorkersOpt,
+    output_option,
+    parameter_flags,
 )
 
 SUMMARY_TABLE_ROWS = 50
@@ -47,12 +60,12 @@ def batch(
     ] = "*.ndpi,*.svs,*.tif,*.tiff,*.dcm",
     workers: WorkersOpt = None,
     scheduler: Annotated[
-        Optional[str],
+        str | None,
         typer.Option("--scheduler", help="Use a running Dask cluster (tcp://HOST:PORT) instead of local workers."),
     ] = None,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Process again slides that failed before.")] = False,
     limit: Annotated[
-        Optional[int], typer.Option("--limit", help="Process at most N slides in this run.", min=1)
+        int | None, typer.Option("--limit", help="Process at most N slides in this run.", min=1)
     ] = None,
     model: ModelOpt = None,
     normalize: NormalizeOpt = None,

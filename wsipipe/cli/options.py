@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from typer._click.core import Command, Context
@@ -19,7 +19,7 @@ SlideArg = Annotated[
     ),
 ]
 BackendOpt = Annotated[
-    Optional[str],
+    str | None,
     typer.Option(
         "--backend",
         help="Slide reader: 'openslide', 'tiffslide' or (DICOM only) 'wsidicom'. Default: openslide, then "
@@ -27,7 +27,7 @@ BackendOpt = Annotated[
     ),
 ]
 MppOverrideOpt = Annotated[
-    Optional[float],
+    float | None,
     typer.Option(
         "--mpp-override",
         help="µm per pixel at level 0, for slides whose metadata lacks it.",
@@ -44,14 +44,14 @@ ReadersOpt = Annotated[
     ),
 ]
 WorkersOpt = Annotated[
-    Optional[int],
+    int | None,
     typer.Option("--workers", "-w", help="Dask worker processes of the local cluster (default: one per CPU).", min=1),
 ]
 OverwriteOpt = Annotated[
     bool, typer.Option("--overwrite", help="Replace an existing output instead of resuming it.")
 ]
 QcOpt = Annotated[
-    Optional[str],
+    str | None,
     typer.Option(
         "--qc",
         help="Slide quality control: 'auto' runs it (seconds) and leaves out-of-focus, pen, fold, bubble and "
@@ -61,11 +61,11 @@ QcOpt = Annotated[
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 DeviceOpt = Annotated[
-    Optional[str],
+    str | None,
     typer.Option("--device", help="auto (CUDA if available, else CPU), cpu, cuda or cuda:N."),
 ]
 OverlapOpt = Annotated[
-    Optional[int],
+    int | None,
     typer.Option(
         "--overlap",
         help="Pixels shared by neighbouring tiles: at the tile scale (tile), or at the model's µm/px and less "
@@ -74,10 +74,10 @@ OverlapOpt = Annotated[
     ),
 ]
 BatchSizeOpt = Annotated[
-    Optional[int], typer.Option("--batch-size", help="Tiles per forward pass (train: patches per step).", min=1)
+    int | None, typer.Option("--batch-size", help="Tiles per forward pass (train: patches per step).", min=1)
 ]
 ModelOpt = Annotated[
-    Optional[Path],
+    Path | None,
     typer.Option(
         "--model",
         help="Model file (.safetensors). Default: the bundled tumour model (segment, batch); for nuclei the "
@@ -85,7 +85,7 @@ ModelOpt = Annotated[
     ),
 ]
 NormalizeOpt = Annotated[
-    Optional[str],
+    str | None,
     typer.Option(
         "--normalize",
         help="Stain normalisation with the slide's own stain matrix: model (what the model file records it was "
@@ -93,7 +93,7 @@ NormalizeOpt = Annotated[
     ),
 ]
 TargetOpt = Annotated[
-    Optional[Path],
+    Path | None,
     typer.Option(
         "--target",
         help="Stain target: an H&E image (PNG, JPEG, TIFF) whose colours the tiles take. Default: the built-in "
@@ -110,7 +110,7 @@ NucleiOpt = Annotated[
     ),
 ]
 NucleiModelOpt = Annotated[
-    Optional[Path],
+    Path | None,
     typer.Option(
         "--nuclei-model",
         help="A US-Net nuclei model file ('bundled': the one shipped with wsipipe) instead of the classical "
@@ -126,7 +126,7 @@ StrictOpt = Annotated[
     ),
 ]
 LabelMapOpt = Annotated[
-    Optional[str],
+    str | None,
     typer.Option(
         "--label-map",
         help="Mask value per annotation label, in priority order (later entries win where labels "

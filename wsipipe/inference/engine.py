@@ -317,7 +317,7 @@ class Runner:
                         back = torch.rot90(value, -turns, dims=(-2, -1))
                         sums[name] = sums[name] + (back.flip(-1) if mirror else back)
                 averaged = {name: total / len(VIEWS) for name, total in sums.items()}
-                out = averaged[None] if None in averaged else {**out, **averaged}
+                out = {**out, **averaged} if isinstance(out, dict) else averaged[None]
             if isinstance(out, dict):
                 return {name: value.float().cpu().numpy() for name, value in out.items()}
             return out.float().cpu().numpy()

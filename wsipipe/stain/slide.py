@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Optional, Sequence, Union
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -28,7 +29,7 @@ def sample_tile_indices(count: int, max_tiles: int, seed: int) -> list[int]:
 
 
 def estimate_slide_stain(
-    tiles_or_sampler: Union[Sequence[Any], Iterable[Any]],
+    tiles_or_sampler: Sequence[Any] | Iterable[Any],
     normalizer: StainNormalizer,
     *,
     max_tiles: int = SLIDE_SAMPLE_TILES,
@@ -58,7 +59,7 @@ def estimate_slide_stain(
     return normalizer.estimate(pooled[:, None, :], sample_pixels=sample_pixels)
 
 
-def _length(tiles: Any) -> Optional[int]:
+def _length(tiles: Any) -> int | None:
     """How many tiles a sequence holds (zarr arrays have a shape but no ``len()``); None for an iterable."""
     if not hasattr(tiles, "__getitem__"):
         return None
