@@ -74,7 +74,7 @@ def evaluate(
         raise InvalidInputError(f"--task {task} takes {usage}, got {len(inputs)} argument(s)")
     if (data is not None) != (task == "semantic"):
         raise InvalidInputError("--data DIR is needed by --task semantic and by no other task")
-    if task == "semantic":
+    if data is not None:  # --task semantic, the one task with --data (checked above)
         result = _evaluate_model(inputs[0], data, mpp, overlap, batch_size, device, quiet)
     elif task == "instances":
         result = _evaluate_instances(inputs[0], inputs[1], score_column, quiet)

@@ -50,20 +50,16 @@ WorkersOpt = Annotated[
 OverwriteOpt = Annotated[
     bool, typer.Option("--overwrite", help="Replace an existing output instead of resuming it.")
 ]
-QcOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--qc",
-        help="Slide quality control: 'auto' runs it (seconds) and leaves out-of-focus, pen, fold, bubble and "
-        "badly exposed areas out; a path reuses a `wsipipe qc` output folder or its qc.zarr; 'off' skips "
-        "it. A slide that is not brightfield H&E is refused (exit 2) unless 'off'.",
-    ),
-]
+_QC = typer.Option(
+    "--qc",
+    help="Slide quality control: 'auto' runs it (seconds) and leaves out-of-focus, pen, fold, bubble and "
+    "badly exposed areas out; a path reuses a `wsipipe qc` output folder or its qc.zarr; 'off' skips "
+    "it. A slide that is not brightfield H&E is refused (exit 2) unless 'off'.",
+)
+QcOpt = Annotated[str, _QC]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
-DeviceOpt = Annotated[
-    str | None,
-    typer.Option("--device", help="auto (CUDA if available, else CPU), cpu, cuda or cuda:N."),
-]
+_DEVICE = typer.Option("--device", help="auto (CUDA if available, else CPU), cpu, cuda or cuda:N.")
+DeviceOpt = Annotated[str, _DEVICE]
 OverlapOpt = Annotated[
     int | None,
     typer.Option(
@@ -73,9 +69,8 @@ OverlapOpt = Annotated[
         min=0,
     ),
 ]
-BatchSizeOpt = Annotated[
-    int | None, typer.Option("--batch-size", help="Tiles per forward pass (train: patches per step).", min=1)
-]
+_BATCH_SIZE = typer.Option("--batch-size", help="Tiles per forward pass (train: patches per step).", min=1)
+BatchSizeOpt = Annotated[int, _BATCH_SIZE]
 ModelOpt = Annotated[
     Path | None,
     typer.Option(
@@ -84,14 +79,17 @@ ModelOpt = Annotated[
         "classical method, no model ('bundled': the US-Net model shipped with wsipipe).",
     ),
 ]
-NormalizeOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--normalize",
-        help="Stain normalisation with the slide's own stain matrix: model (what the model file records it was "
-        "trained with; the bundled model: none), vahadane, macenko, reinhard or none.",
-    ),
-]
+_NORMALIZE = typer.Option(
+    "--normalize",
+    help="Stain normalisation with the slide's own stain matrix: model (what the model file records it was "
+    "trained with; the bundled model: none), vahadane, macenko, reinhard or none.",
+)
+NormalizeOpt = Annotated[str, _NORMALIZE]
+#: batch passes these on to its job: None (not given) leaves segment's default.
+JobQcOpt = Annotated[str | None, _QC]
+JobDeviceOpt = Annotated[str | None, _DEVICE]
+JobBatchSizeOpt = Annotated[int | None, _BATCH_SIZE]
+JobNormalizeOpt = Annotated[str | None, _NORMALIZE]
 TargetOpt = Annotated[
     Path | None,
     typer.Option(

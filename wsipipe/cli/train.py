@@ -121,11 +121,11 @@ def train(
 def _epoch_progress(epochs: int, quiet: bool):
     """A progress bar per training run (fold or final fit); yields the ``on_step(run, info)`` callback."""
     from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
                   TimeElapsedColumn(), console=Console(stderr=True), disable=quiet) as progress:
-        tasks: dict[str, int] = {}
+        tasks: dict[str, TaskID] = {}
 
         def on_step(run: str, info: dict) -> None:
             if run not in tasks:

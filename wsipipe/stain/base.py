@@ -121,8 +121,7 @@ class StainNormalizer(ABC):
         it; without, each tile is estimated on its own. Tiles without tissue come back unchanged,
         as do tiles whose stains cannot be estimated (with a ``StainWarning``).
         """
-        if self.target is None:
-            raise RuntimeError(f"{type(self).__name__}.transform called before fit()")
+        self._fitted_target()
         if source is not None:
             self._check_method(source, "source")
         batch, give_back = to_tile_batch(tiles)
@@ -147,6 +146,12 @@ class StainNormalizer(ABC):
             except StainError as exc:
                 warnings.warn(f"tile {index} left unchanged: {exc}", StainWarning, stacklevel=2)
         return give_back(out)
+
+    def _fitted_target(self) -> StainParams:
+        """The target ``fit`` set; RuntimeError before ``fit``."""
+        if self.target is None:
+            raise RuntimeError(f"{type(self).__name__}.transform called before fit()")
+        return self.target
 
     def _map_by_colour(self, batch: torch.Tensor, source: StainParams) -> torch.Tensor:
         """``transform(batch, source)`` on the CPU, through a table of the colours seen so far
@@ -220,8 +225,8 @@ class TwoStainNormalizer(StainNormalizer):
         standing for ``counts`` pixels."""
 
     def _estimate(self, pixels: torch.Tensor) -> StainParams:
-        colours, counts = unique_colours(pixels)
-        colours = torch.from_numpy(colours)
+        distinct, counts = unique_colours(pixels)
+        colours = torch.from_numpy(distinct)
         tissue = tissue_mask(colours, self.luminosity_threshold).numpy()
         self._require_tissue(int(counts[tissue].sum()), int(counts.sum()))
         od = optical_density(colours).double()
@@ -247,11 +252,12 @@ class TwoStainNormalizer(StainNormalizer):
 
     def _apply(self, pixels: torch.Tensor, source: StainParams) -> torch.Tensor:
         device = pixels.device
+        target = self._fitted_target()
         source_matrix = torch.as_tensor(source.array("stain_matrix"), dtype=torch.float32, device=device)
-        scale = self.target.array("max_concentrations") / source.array("max_concentrations")
+        scale = target.array("max_concentrations") / source.array("max_concentrations")
         # scaling concentrations then mixing with the target's stains is one 2x3 matrix
         rebuild = torch.as_tensor(
-            scale[:, None] * self.target.array("stain_matrix"), dtype=torch.float32, device=device
+            scale[:, None] * target.array("stain_matrix"), dtype=torch.float32, device=device
         )
 
         def step(chunk: torch.Tensor) -> torch.Tensor:
