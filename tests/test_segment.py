@@ -14,6 +14,7 @@ import tifffile
 import torch
 import zarr
 from lxml import etree
+from toy_models import toy_threshold_bundle
 from typer.testing import CliRunner
 
 from wsipipe import segment as segment_module
@@ -24,7 +25,6 @@ from wsipipe.models import build_model
 from wsipipe.models.io import ModelBundle, model_metadata, save_model
 from wsipipe.nuclei.outputs import read_labels
 from wsipipe.stages import SegmentConfig, segment
-from toy_models import toy_threshold_bundle
 
 MPP = 0.5  # level 0 of the synthetic slides
 TISSUE = (200, 200, 2200, 1800)  # x0, y0, x1, y1 in level-0 px: 2000 x 1600 px = 0.8 mm²

@@ -342,8 +342,8 @@ def test_string_classification_keeps_its_label(corpus, slides_dir, tmp_path):
         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=CASE_TIMEOUT,
     )
     assert done.returncode == 0 and done.stderr == "", done.stderr
-    from PIL import Image
     import numpy as np
+    from PIL import Image
 
     mask = np.asarray(Image.open(out))
     # The square spans level-0 x, y in [100, 900): 800 / 16 = 50 mask pixels (8 µm/px from 0.499 µm/px).

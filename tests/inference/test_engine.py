@@ -8,7 +8,14 @@ import torch
 
 from wsipipe.grid import grid_coords
 from wsipipe.inference.engine import (
-    Blender, ImageTiles, Runner, predict_tiled, read_tiles, reader_count, run, slide_batches,
+    Blender,
+    ImageTiles,
+    Runner,
+    predict_tiled,
+    read_tiles,
+    reader_count,
+    run,
+    slide_batches,
 )
 from wsipipe.inference.sliding import blend_window
 from wsipipe.models.io import IMAGENET_NORMALISATION, ModelBundle

@@ -14,10 +14,10 @@ from typer.testing import CliRunner
 
 from wsipipe.cli.main import app
 from wsipipe.models.io import load_model
-from wsipipe.nuclei.data import load_cpm15
 from wsipipe.nuclei import stage
-from wsipipe.stain import ReinhardNormalizer
+from wsipipe.nuclei.data import load_cpm15
 from wsipipe.nuclei.train import INSTANCE_GRID, NucleiTrainConfig, calibrate_instances, train_usnet
+from wsipipe.stain import ReinhardNormalizer
 
 TINY = {"base": 4, "depth": 3, "anchor_sizes": [[24, 34], [12, 17], [6, 8.5]]}
 

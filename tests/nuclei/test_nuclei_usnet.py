@@ -89,7 +89,7 @@ def test_a_normalised_view_averages_the_input_as_it_is_and_mapped_onto_the_targe
     for stain, mapped in ((slide, normaliser.transform(second, source=slide)), (None, normaliser.transform(second))):
         assert np.abs(mapped.astype(int) - second).max() > 10  # the two views differ
         got = usnet_forward(viewing, 1, stain)(second)
-        for name, value, as_is, view in zip("seg boxes scores distance".split(), got, usnet_forward(plain)(second), usnet_forward(plain)(mapped)):
+        for name, value, as_is, view in zip(["seg", "boxes", "scores", "distance"], got, usnet_forward(plain)(second), usnet_forward(plain)(mapped)):
             np.testing.assert_allclose(value, (as_is + view) / 2, rtol=1e-6, atol=1e-6, err_msg=name)
     assert input_stain(plain.metadata, second) is None and normalised_view(plain.metadata) is None
     blank = np.full((1, 64, 64, 3), 250, np.uint8)  # no tissue: each window is then estimated on its own

@@ -154,7 +154,6 @@ def test_qc_job_and_cohort_page(tmp_path, cmu_small_svs, dapi_ndpi, tritc_ndpi):
 def test_plan_tiles_leaves_pen_out(cmu_small_svs):
     """segment's planning with QC: the tissue under a burned-in pen stroke is left out and counted."""
     import cv2
-
     from test_qc_validation import INKS, ArrayReader
 
     from wsipipe.qc.apply import usable_tissue

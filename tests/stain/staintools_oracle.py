@@ -16,8 +16,8 @@ and spams-bin are in the ``test`` extra, never imported by wsipipe).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import numpy as np
 

@@ -164,7 +164,7 @@ def test_unknown_method():
 
 
 def test_cpu_lookup_equals_the_gather_used_on_gpus():
-    from wsipipe.stain._ops import SRGB_LINEAR, _OD_LUT, lookup
+    from wsipipe.stain._ops import _OD_LUT, SRGB_LINEAR, lookup
 
     pixels = torch.randint(0, 256, (1000, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     for table in (SRGB_LINEAR, _OD_LUT):

@@ -5,12 +5,18 @@ from __future__ import annotations
 import logging
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from wsipipe.cli.options import (
-    BackendOpt, LabelMapOpt, MppOverrideOpt, OverwriteOpt, QuietOpt, StrictOpt, output_option,
+    BackendOpt,
+    LabelMapOpt,
+    MppOverrideOpt,
+    OverwriteOpt,
+    QuietOpt,
+    StrictOpt,
+    output_option,
 )
 from wsipipe.errors import InvalidInputError, OutputError
 from wsipipe.files import atomic_path
@@ -80,7 +86,7 @@ def convert(
         Path, typer.Argument(help="Output file: .geojson/.json (QuPath) or .xml (ASAP).", show_default=False)
     ],
     to: Annotated[
-        Optional[str], typer.Option("--to", help="Output format, geojson or asap (default: from OUT's extension).")
+        str | None, typer.Option("--to", help="Output format, geojson or asap (default: from OUT's extension).")
     ] = None,
     strict: StrictOpt = False,
     overwrite: OverwriteOpt = False,

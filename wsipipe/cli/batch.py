@@ -3,13 +3,26 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from wsipipe.cli.options import (
-    BackendOpt, BatchSizeOpt, DeviceOpt, ModelOpt, MppOverrideOpt, NormalizeOpt, NucleiModelOpt, NucleiOpt, OverlapOpt,
-    QcOpt, QuietOpt, TargetOpt, WorkersOpt, output_option, parameter_flags,
+    BackendOpt,
+    JobBatchSizeOpt,
+    JobDeviceOpt,
+    JobNormalizeOpt,
+    JobQcOpt,
+    ModelOpt,
+    MppOverrideOpt,
+    NucleiModelOpt,
+    NucleiOpt,
+    OverlapOpt,
+    QuietOpt,
+    TargetOpt,
+    WorkersOpt,
+    output_option,
+    parameter_flags,
 )
 
 SUMMARY_TABLE_ROWS = 50
@@ -47,22 +60,22 @@ def batch(
     ] = "*.ndpi,*.svs,*.tif,*.tiff,*.dcm",
     workers: WorkersOpt = None,
     scheduler: Annotated[
-        Optional[str],
+        str | None,
         typer.Option("--scheduler", help="Use a running Dask cluster (tcp://HOST:PORT) instead of local workers."),
     ] = None,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Process again slides that failed before.")] = False,
     limit: Annotated[
-        Optional[int], typer.Option("--limit", help="Process at most N slides in this run.", min=1)
+        int | None, typer.Option("--limit", help="Process at most N slides in this run.", min=1)
     ] = None,
     model: ModelOpt = None,
-    normalize: NormalizeOpt = None,
+    normalize: JobNormalizeOpt = None,
     target: TargetOpt = None,
     overlap: OverlapOpt = None,
-    batch_size: BatchSizeOpt = None,
-    device: DeviceOpt = None,
+    batch_size: JobBatchSizeOpt = None,
+    device: JobDeviceOpt = None,
     nuclei: NucleiOpt = False,
     nuclei_model: NucleiModelOpt = None,
-    qc: QcOpt = None,
+    qc: JobQcOpt = None,
     backend: BackendOpt = None,
     mpp_override: MppOverrideOpt = None,
     quiet: QuietOpt = False,
@@ -125,7 +138,7 @@ class _ProgressReporter:
     """Overall progress bar (done, failed, ETA) and one line per finished slide, on stderr."""
 
     def __init__(self, console, quiet: bool):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 
         self.console = console
         self.quiet = quiet
@@ -139,7 +152,7 @@ class _ProgressReporter:
             console=console,
             disable=quiet,
         )
-        self.task = None
+        self.task: TaskID | None = None
 
     def __enter__(self):
         return self  # the bar starts with the slides (start): a refused batch prints its one line alone
@@ -159,6 +172,7 @@ class _ProgressReporter:
         self.task = self.progress.add_task("batch", total=todo, done=0, failed=0)
 
     def slide_finished(self, record) -> None:
+        assert self.task is not None, "start() comes first"
         fields = self.progress.tasks[0].fields
         key = "failed" if record.state == "failed" else "done"
         self.progress.update(self.task, advance=1, **{key: fields[key] + 1})

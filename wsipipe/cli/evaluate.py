@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -13,7 +13,7 @@ from wsipipe.files import atomic_path, write_atomic
 
 ModelArg = Annotated[Path, typer.Argument(help="Model file (.safetensors).", show_default=False)]
 ImagesMppOpt = Annotated[
-    Optional[float],
+    float | None,
     typer.Option("--mpp", help="µm/px of the images (default: the training data's, from the model's metadata).", min=1e-6),
 ]
 
@@ -43,11 +43,11 @@ def evaluate(
         ),
     ],
     task: Annotated[str, typer.Option("--task", help="semantic (a model on images/ + masks/), instances or cellularity.")] = "semantic",
-    data: Annotated[Optional[Path], typer.Option("--data", help="semantic: folder with images/ and masks/, or tile store(s) "
+    data: Annotated[Path | None, typer.Option("--data", help="semantic: folder with images/ and masks/, or tile store(s) "
                                                            "with masks (a .zarr or a folder of them).")] = None,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write all figures as JSON here.")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write all figures as JSON here.")] = None,
     score_column: Annotated[
-        Optional[str],
+        str | None,
         typer.Option("--score-column", help="instances: nuclei.csv column ranking the predictions for AP (default: none, all tied)."),
     ] = None,
     mpp: ImagesMppOpt = None,
@@ -74,7 +74,7 @@ def evaluate(
         raise InvalidInputError(f"--task {task} takes {usage}, got {len(inputs)} argument(s)")
     if (data is not None) != (task == "semantic"):
         raise InvalidInputError("--data DIR is needed by --task semantic and by no other task")
-    if task == "semantic":
+    if data is not None:  # --task semantic, the one task with --data (checked above)
         result = _evaluate_model(inputs[0], data, mpp, overlap, batch_size, device, quiet)
     elif task == "instances":
         result = _evaluate_instances(inputs[0], inputs[1], score_column, quiet)
@@ -133,7 +133,7 @@ def _evaluate_instances(predictions: Path, truths: Path, score_column, quiet) ->
 def predict(
     model: ModelArg,
     images: Annotated[list[Path], typer.Argument(metavar="IMAGE", help="RGB image(s) (PNG, JPEG, TIFF); one for a segmentation model.", show_default=False)],
-    output: Annotated[Optional[Path], output_option("Segmentation: the mask PNG to write (class indices; 0/255 for two classes). Cellularity: a CSV of image,cellularity (optional; image paths relative to its folder).")] = None,
+    output: Annotated[Path | None, output_option("Segmentation: the mask PNG to write (class indices; 0/255 for two classes). Cellularity: a CSV of image,cellularity (optional; image paths relative to its folder).")] = None,
     mpp: ImagesMppOpt = None,
     overlap: OverlapOpt = None,
     batch_size: BatchSizeOpt = 8,

@@ -5,8 +5,11 @@ from __future__ import annotations
 import errno
 import os
 import sys
+from collections.abc import Sequence
+from typing import Any
 
 import typer
+from typer._click.core import Context
 from typer._click.exceptions import ClickException, NoArgsIsHelpError
 from typer.core import TyperGroup
 
@@ -33,12 +36,20 @@ _state = {"debug": False}
 class _WsipipeGroup(TyperGroup):
     """Turns every failure into one line and an exit code; ``--debug`` keeps the traceback."""
 
-    def main(self, *args, standalone_mode: bool = True, **kwargs):
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        windows_expand_args: bool = True,
+        **extra: Any,
+    ) -> Any:
         """Usage errors (unknown option or command, missing argument, bad value) as one line, exit 2."""
         if not standalone_mode:
-            return super().main(*args, standalone_mode=False, **kwargs)
+            return super().main(args, prog_name, complete_var, standalone_mode=False, windows_expand_args=windows_expand_args, **extra)
         try:
-            code = super().main(*args, standalone_mode=False, **kwargs)
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, windows_expand_args=windows_expand_args, **extra)
         except NoArgsIsHelpError as exc:  # the help is already printed
             sys.exit(exc.exit_code)
         except ClickException as exc:
@@ -49,7 +60,7 @@ class _WsipipeGroup(TyperGroup):
             sys.exit(1)
         sys.exit(code if isinstance(code, int) else 0)
 
-    def invoke(self, ctx: typer.Context):
+    def invoke(self, ctx: Context) -> Any:
         try:
             return super().invoke(ctx)
         except (typer.Exit, typer.Abort, typer.TyperException):  # typer vendors click (>= 0.29): its usage errors are TyperExceptions
@@ -78,11 +89,12 @@ class _WsipipeGroup(TyperGroup):
 def _disk_full(exc: BaseException) -> DiskFullError | None:
     """A full disk (or quota) anywhere in ``exc``'s chain of causes, whatever wrapped it."""
     seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            return DiskFullError(exc.filename)
-        exc = exc.__cause__ or exc.__context__
+    link: BaseException | None = exc
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        if isinstance(link, OSError) and link.errno in (errno.ENOSPC, errno.EDQUOT):
+            return DiskFullError(link.filename)
+        link = link.__cause__ or link.__context__
     return None
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from typer._click.core import Command, Context
@@ -19,7 +19,7 @@ SlideArg = Annotated[
     ),
 ]
 BackendOpt = Annotated[
-    Optional[str],
+    str | None,
     typer.Option(
         "--backend",
         help="Slide reader: 'openslide', 'tiffslide' or (DICOM only) 'wsidicom'. Default: openslide, then "
@@ -27,7 +27,7 @@ BackendOpt = Annotated[
     ),
 ]
 MppOverrideOpt = Annotated[
-    Optional[float],
+    float | None,
     typer.Option(
         "--mpp-override",
         help="µm per pixel at level 0, for slides whose metadata lacks it.",
@@ -44,28 +44,24 @@ ReadersOpt = Annotated[
     ),
 ]
 WorkersOpt = Annotated[
-    Optional[int],
+    int | None,
     typer.Option("--workers", "-w", help="Dask worker processes of the local cluster (default: one per CPU).", min=1),
 ]
 OverwriteOpt = Annotated[
     bool, typer.Option("--overwrite", help="Replace an existing output instead of resuming it.")
 ]
-QcOpt = Annotated[
-    Optional[str],
-    typer.Option(
-        "--qc",
-        help="Slide quality control: 'auto' runs it (seconds) and leaves out-of-focus, pen, fold, bubble and "
-        "badly exposed areas out; a path reuses a `wsipipe qc` output folder or its qc.zarr; 'off' skips "
-        "it. A slide that is not brightfield H&E is refused (exit 2) unless 'off'.",
-    ),
-]
+_QC = typer.Option(
+    "--qc",
+    help="Slide quality control: 'auto' runs it (seconds) and leaves out-of-focus, pen, fold, bubble and "
+    "badly exposed areas out; a path reuses a `wsipipe qc` output folder or its qc.zarr; 'off' skips "
+    "it. A slide that is not brightfield H&E is refused (exit 2) unless 'off'.",
+)
+QcOpt = Annotated[str, _QC]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
-DeviceOpt = Annotated[
-    Optional[str],
-    typer.Option("--device", help="auto (CUDA if available, else CPU), cpu, cuda or cuda:N."),
-]
+_DEVICE = typer.Option("--device", help="auto (CUDA if available, else CPU), cpu, cuda or cuda:N.")
+DeviceOpt = Annotated[str, _DEVICE]
 OverlapOpt = Annotated[
-    Optional[int],
+    int | None,
     typer.Option(
         "--overlap",
         help="Pixels shared by neighbouring tiles: at the tile scale (tile), or at the model's µm/px and less "
@@ -73,27 +69,29 @@ OverlapOpt = Annotated[
         min=0,
     ),
 ]
-BatchSizeOpt = Annotated[
-    Optional[int], typer.Option("--batch-size", help="Tiles per forward pass (train: patches per step).", min=1)
-]
+_BATCH_SIZE = typer.Option("--batch-size", help="Tiles per forward pass (train: patches per step).", min=1)
+BatchSizeOpt = Annotated[int, _BATCH_SIZE]
 ModelOpt = Annotated[
-    Optional[Path],
+    Path | None,
     typer.Option(
         "--model",
         help="Model file (.safetensors). Default: the bundled tumour model (segment, batch); for nuclei the "
         "classical method, no model ('bundled': the US-Net model shipped with wsipipe).",
     ),
 ]
-NormalizeOpt = Annotated[
-    Optional[str],
-    typer.Option(
-        "--normalize",
-        help="Stain normalisation with the slide's own stain matrix: model (what the model file records it was "
-        "trained with; the bundled model: none), vahadane, macenko, reinhard or none.",
-    ),
-]
+_NORMALIZE = typer.Option(
+    "--normalize",
+    help="Stain normalisation with the slide's own stain matrix: model (what the model file records it was "
+    "trained with; the bundled model: none), vahadane, macenko, reinhard or none.",
+)
+NormalizeOpt = Annotated[str, _NORMALIZE]
+#: batch passes these on to its job: None (not given) leaves segment's default.
+JobQcOpt = Annotated[str | None, _QC]
+JobDeviceOpt = Annotated[str | None, _DEVICE]
+JobBatchSizeOpt = Annotated[int | None, _BATCH_SIZE]
+JobNormalizeOpt = Annotated[str | None, _NORMALIZE]
 TargetOpt = Annotated[
-    Optional[Path],
+    Path | None,
     typer.Option(
         "--target",
         help="Stain target: an H&E image (PNG, JPEG, TIFF) whose colours the tiles take. Default: the built-in "
@@ -110,7 +108,7 @@ NucleiOpt = Annotated[
     ),
 ]
 NucleiModelOpt = Annotated[
-    Optional[Path],
+    Path | None,
     typer.Option(
         "--nuclei-model",
         help="A US-Net nuclei model file ('bundled': the one shipped with wsipipe) instead of the classical "
@@ -126,7 +124,7 @@ StrictOpt = Annotated[
     ),
 ]
 LabelMapOpt = Annotated[
-    Optional[str],
+    str | None,
     typer.Option(
         "--label-map",
         help="Mask value per annotation label, in priority order (later entries win where labels "

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -22,7 +22,7 @@ def synth(
     quality: Annotated[int, typer.Option("--quality", help="JPEG quality 1-100.")] = 90,
     seed: Annotated[int, typer.Option("--seed", help="Same seed, same slide.")] = 0,
     source: Annotated[
-        Optional[list[Path]],
+        list[Path] | None,
         typer.Option(
             "--source",
             help="H&E image(s) to take pixels from (PNG, JPEG, SVS/TIFF level 0); repeatable. "

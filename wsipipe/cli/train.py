@@ -9,7 +9,7 @@ import shlex
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -27,11 +27,11 @@ def train(
                                         show_default=False)],
     output: Annotated[Path, output_option("Model file to write (.safetensors).")],
     model: Annotated[str, typer.Option("--model", help="Architecture (wsipipe models list).")] = "unet",
-    encoder: Annotated[Optional[str], typer.Option("--encoder", help="Encoder for unet/deeplabv3plus, e.g. resnet34, mobilenet_v2.")] = None,
-    model_args: Annotated[Optional[str], typer.Option("--model-args", help='More architecture arguments as JSON, e.g. \'{"blocks": 4}\'.')] = None,
+    encoder: Annotated[str | None, typer.Option("--encoder", help="Encoder for unet/deeplabv3plus, e.g. resnet34, mobilenet_v2.")] = None,
+    model_args: Annotated[str | None, typer.Option("--model-args", help='More architecture arguments as JSON, e.g. \'{"blocks": 4}\'.')] = None,
     classes: Annotated[str, typer.Option("--classes", help="Class names, comma-separated, index order.")] = "background,foreground",
-    mpp: Annotated[Optional[float], typer.Option("--mpp", help="µm/px the model works at [default: 1.0; usnet and cellularity 0.5].", min=1e-6, show_default=False)] = None,
-    data_mpp: Annotated[Optional[float], typer.Option("--data-mpp", help="µm/px of the training images (default: --mpp; tile stores record their own).", min=1e-6)] = None,
+    mpp: Annotated[float | None, typer.Option("--mpp", help="µm/px the model works at [default: 1.0; usnet and cellularity 0.5].", min=1e-6, show_default=False)] = None,
+    data_mpp: Annotated[float | None, typer.Option("--data-mpp", help="µm/px of the training images (default: --mpp; tile stores record their own).", min=1e-6)] = None,
     data_mpp_assumed: Annotated[bool, typer.Option("--data-mpp-assumed", help="Record --data-mpp as an assumption (unknown scale).")] = False,
     tile_size: Annotated[int, typer.Option("--tile-size", help="Model input side in pixels (usnet: the training crop).", min=32)] = 256,
     epochs: Annotated[int, typer.Option("--epochs", min=1)] = 10,
@@ -42,13 +42,13 @@ def train(
     loss: Annotated[str, typer.Option("--loss", help="dice-ce, weighted-ce or focal.")] = "dice-ce",
     focal_gamma: Annotated[float, typer.Option("--focal-gamma", min=0)] = 2.0,
     folds: Annotated[int, typer.Option("--folds", help="K-fold cross-validation by image, then a fit on all images (0: off).", min=0)] = 0,
-    groups: Annotated[Optional[Path], typer.Option("--groups", help="CSV with columns image,group: images (file stems) or slides (store names) of one group, e.g. overlapping crops of one slide or one patient's slides, stay in one fold.", show_default=False)] = None,
+    groups: Annotated[Path | None, typer.Option("--groups", help="CSV with columns image,group: images (file stems) or slides (store names) of one group, e.g. overlapping crops of one slide or one patient's slides, stay in one fold.", show_default=False)] = None,
     val_fraction: Annotated[float, typer.Option("--val-fraction", help="Images held out for validation without --folds.", min=0, max=0.9)] = 0.2,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     fp16: Annotated[bool, typer.Option("--fp16", help="Store the weights as float16 (half the size).")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the checkpoints an interrupted run left.")] = False,
     normalised_view: Annotated[str, typer.Option("--normalised-view", help="usnet: none or reinhard: at inference the network also sees each input mapped onto the training images' mean colour statistics (a slide's estimated once) and averages the two; training sees the images as they are.")] = "none",
-    init_from: Annotated[Optional[Path], typer.Option("--init-from", help="cellularity: a deeplabv3plus model file with the same encoder; its encoder starts the training.", show_default=False)] = None,
+    init_from: Annotated[Path | None, typer.Option("--init-from", help="cellularity: a deeplabv3plus model file with the same encoder; its encoder starts the training.", show_default=False)] = None,
     device: DeviceOpt = "auto",
     quiet: QuietOpt = False,
 ) -> None:
@@ -60,8 +60,8 @@ def train(
     """
     import torch
 
-    from wsipipe.errors import InvalidInputError
     from wsipipe.device import resolve_device
+    from wsipipe.errors import InvalidInputError
     from wsipipe.models import get_architecture, resolve_args
     from wsipipe.training.run import run_training
     from wsipipe.training.trainer import TrainConfig
@@ -121,11 +121,11 @@ def train(
 def _epoch_progress(epochs: int, quiet: bool):
     """A progress bar per training run (fold or final fit); yields the ``on_step(run, info)`` callback."""
     from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
                   TimeElapsedColumn(), console=Console(stderr=True), disable=quiet) as progress:
-        tasks: dict[str, int] = {}
+        tasks: dict[str, TaskID] = {}
 
         def on_step(run: str, info: dict) -> None:
             if run not in tasks:

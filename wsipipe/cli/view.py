@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -24,7 +24,7 @@ def view(
     ] = DEFAULT_HOST,
     no_browser: Annotated[bool, typer.Option("--no-browser", help="Print the address instead of opening the browser.")] = False,
     slide: Annotated[
-        Optional[Path], typer.Option("--slide", help="The slide of an output folder whose slide has moved since the run.")
+        Path | None, typer.Option("--slide", help="The slide of an output folder whose slide has moved since the run.")
     ] = None,
     mpp_override: MppOverrideOpt = None,
 ) -> None:

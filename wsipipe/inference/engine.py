@@ -36,6 +36,7 @@ import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 
@@ -107,7 +108,17 @@ def _call_with_reader(function: Callable, *args):
     return function(_worker_reader, *args)
 
 
-def start_readers(slide_path, mpp_override: float | None, workers: int, levels_cache=None, backend: str | None = None):
+class ReaderPool(ProcessPoolExecutor):
+    """``start_readers``' processes; ``readers``: how many, which the batches kept in flight follow."""
+
+    def __init__(self, readers: int, **options):
+        super().__init__(max_workers=readers, **options)
+        self.readers = readers
+
+
+def start_readers(
+    slide_path, mpp_override: float | None, workers: int, levels_cache=None, backend: str | None = None
+) -> ReaderPool | None:
     """Reader processes, started early so their start-up overlaps model loading (None for 0 workers),
     each with the levels built for the slide in ``levels_cache`` (``wsipipe.slide.built``).
 
@@ -117,12 +128,11 @@ def start_readers(slide_path, mpp_override: float | None, workers: int, levels_c
     if workers == 0:
         return None
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
 
     from wsipipe.processes import helpers_ignore_ctrl_c
 
-    pool = ProcessPoolExecutor(
-        max_workers=workers,
+    pool = ReaderPool(
+        workers,
         mp_context=multiprocessing.get_context("spawn"),
         initializer=_open_worker,
         initargs=(str(slide_path), mpp_override, str(levels_cache) if levels_cache is not None else None, os.getpid(),
@@ -131,12 +141,12 @@ def start_readers(slide_path, mpp_override: float | None, workers: int, levels_c
     with helpers_ignore_ctrl_c():
         for _ in range(workers):
             pool.submit(int)  # start every process now
-    pool.readers = workers  # how many batches ``slide_batches`` keeps in flight follows it
     return pool
 
 
 def slide_batches(
-    coords: np.ndarray, positions: list, *, tile: int, mpp: float, batch_size: int, reader=None, pool=None,
+    coords: np.ndarray, positions: list, *, tile: int, mpp: float, batch_size: int, reader=None,
+    pool: ReaderPool | None = None,
     ahead: int | None = None, device: str = "cpu",
 ) -> Iterator[Batch]:
     """A slide's tiles at level-0 ``coords``, ``positions`` being where each goes in the merger.
@@ -317,7 +327,7 @@ class Runner:
                         back = torch.rot90(value, -turns, dims=(-2, -1))
                         sums[name] = sums[name] + (back.flip(-1) if mirror else back)
                 averaged = {name: total / len(VIEWS) for name, total in sums.items()}
-                out = averaged[None] if None in averaged else {**out, **averaged}
+                out = {**out, **averaged} if isinstance(out, dict) else averaged[None]
             if isinstance(out, dict):
                 return {name: value.float().cpu().numpy() for name, value in out.items()}
             return out.float().cpu().numpy()

@@ -19,10 +19,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from wsipipe.errors import StoreError
+
+if TYPE_CHECKING:
+    import zarr
 
 NGFF_VERSION = "0.4"
 LABELS_NAME = "classes"
@@ -38,8 +42,8 @@ class PredictionStore:
     """Level-0 arrays of an open prediction store."""
 
     path: Path
-    probabilities: object  # zarr array (C, H, W) uint8
-    labels: object  # zarr array (H, W) uint8
+    probabilities: zarr.Array  # (C, H, W) uint8
+    labels: zarr.Array  # (H, W) uint8
     class_names: list[str]
     mpp: float
     chunk: int

@@ -71,14 +71,14 @@ class USNet(nn.Module):
         self.anchor_sizes = tuple(tuple(float(s) for s in sizes) for sizes in anchor_sizes)
         self.strides = (4, 2, 1)
         detection_widths = widths[2::-1]  # decoder maps at strides 4, 2, 1
-        self.confidence = nn.ModuleList(
-            nn.Conv2d(w, len(s), 3, padding=1) for w, s in zip(detection_widths, self.anchor_sizes)
-        )
+        confidence = [nn.Conv2d(w, len(s), 3, padding=1) for w, s in zip(detection_widths, self.anchor_sizes)]
+        self.confidence = nn.ModuleList(confidence)
         self.offsets = nn.ModuleList(
             nn.Conv2d(w, 4 * len(s), 3, padding=1) for w, s in zip(detection_widths, self.anchor_sizes)
         )
         prior = 0.01  # RetinaNet's initial foreground probability keeps early focal loss stable
-        for conv in self.confidence:
+        for conv in confidence:
+            assert conv.bias is not None  # Conv2d's default bias=True
             nn.init.constant_(conv.bias, -float(np.log((1 - prior) / prior)))
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -93,10 +93,10 @@ class USNet(nn.Module):
             decoded.append(x)
         maps = decoded[-3:]
         scores, offsets = [], []
-        for feature, conf, off in zip(maps, self.confidence, self.offsets):
+        for feature, conf, off, sizes in zip(maps, self.confidence, self.offsets, self.anchor_sizes):
             b, _, h, w = feature.shape
             scores.append(conf(feature).permute(0, 2, 3, 1).reshape(b, -1))
-            offsets.append(off(feature).permute(0, 2, 3, 1).reshape(b, h * w * conf.out_channels, 4))
+            offsets.append(off(feature).permute(0, 2, 3, 1).reshape(b, h * w * len(sizes), 4))
         output = {
             "segmentation": torch.sigmoid(self.segmentation(decoded[-1])),
             "scores": torch.cat(scores, dim=1),
@@ -299,7 +299,7 @@ class USNetLoss(nn.Module):
         height, width = segmentation.shape[-2:]
         centres[:, 0].clamp_(0, width - 1)
         centres[:, 1].clamp_(0, height - 1)
-        if self.matched is not anchors:
+        if self.matcher is None or self.matched is not anchors:
             self.matcher, self.matched = AnchorMatcher(anchors.cpu()), anchors
         for b in range(instances.shape[0]):
             targets = self.matcher(torch.as_tensor(instance_boxes(labels_cpu[b])))

@@ -77,7 +77,9 @@ def write_scored_crops(samples, out_dir: Path, crop: int, per_image: int) -> lis
             instances = sample.instances[y : y + crop, x : x + crop]
             name = f"{sample.name.replace('/', '_')}_y{y}_x{x}.png"
             Image.fromarray(sample.rgb[y : y + crop, x : x + crop]).save(out_dir / name)
-            rows.append((name, cellularity_from_masks(instances, np.ones(instances.shape, dtype=bool))))
+            score = cellularity_from_masks(instances, np.ones(instances.shape, dtype=bool))
+            assert score is not None  # the whole (non-empty) crop is tumour
+            rows.append((name, score))
             groups.append(sample.name)
     write_scores_csv(out_dir / "scores.csv", rows, groups)
     return rows

@@ -64,7 +64,7 @@ def plan_windows(shape: tuple[int, int], core: int, margin: int, skip: Callable[
     """(core, window) of every core in raster order: the window (y0, x0, y1, x1) is the core with
     ``margin`` around it, clipped to the image; None for a core ``skip(*core)`` leaves out."""
     height, width = shape
-    plan = []
+    plan: list[tuple[tuple[int, int, int, int], tuple[int, int, int, int] | None]] = []
     for cy0, cx0, cy1, cx1 in core_tiles(height, width, core):
         if skip is not None and skip(cy0, cx0, cy1, cx1):
             plan.append(((cy0, cx0, cy1, cx1), None))

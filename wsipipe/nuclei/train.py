@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any
 
 import numpy as np
 
@@ -122,7 +123,7 @@ def train_usnet(
 #: ``views`` (``usnet_forward``: 8 averages the segmentation over turns and mirrors, 8 times the
 #: network's work). Of equal points the first wins, so the cheaper and simpler ones come first.
 #: ``core`` only matters to a model with a distance output, so only such a model is tried on it.
-INSTANCE_GRID = {
+INSTANCE_GRID: dict[str, tuple[Any, ...]] = {
     "score_threshold": (0.3, 0.4, 0.5),
     "foreground": (0.3, 0.4, 0.5),
     "nms_iou": (0.2, 0.3),

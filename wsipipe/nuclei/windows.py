@@ -15,10 +15,14 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from wsipipe.inference import engine
+
+if TYPE_CHECKING:
+    from wsipipe.stain.base import StainNormalizer, StainParams
 
 Box = tuple[int, int, int, int]  # y0, x0, y1, x1 in working pixels
 Batch = tuple[list[tuple[int, int]], np.ndarray]  # the engine's: (x, y) corners, (n, h, w, 3) uint8
@@ -63,12 +67,13 @@ class WindowedInput:
             for group in groups:
                 yield _corners(group), _prepared([self.read(box) for box in group], prepare)
             return
-        if readers == 0 or len(groups) < 2:
+        if readers == 0 or len(groups) < 2 or self.slide is None:  # no path for reader processes to open
             for group in groups:
                 yield _corners(group), read_windows(self.reader, group, self.scale, self.mpp, prepare)
             return
         path, backend, mpp_override = self.slide
         pool = engine.start_readers(path, mpp_override, min(readers, len(groups)), backend=backend)
+        assert pool is not None  # one reader or more
         try:
             pending: deque = deque()
             queue = iter(groups)
@@ -170,8 +175,8 @@ class NormalisedView:
     the same windows mapped onto the model's training stain with the input's parameters ``stain``
     (None: each window's own). Picklable, so reader processes can map what they read."""
 
-    normaliser: object
-    stain: object | None
+    normaliser: StainNormalizer
+    stain: StainParams | None
 
     def __call__(self, tiles: np.ndarray) -> np.ndarray:
         mapped = [self.normaliser.transform(tile, source=self.stain) for tile in tiles]

@@ -12,8 +12,10 @@ import math
 import re
 import time
 import warnings
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import cv2
 import numpy as np
@@ -218,7 +220,7 @@ def _stain(tiles: list[np.ndarray]) -> dict:
     from wsipipe.errors import StainError
     from wsipipe.stain import MacenkoNormalizer, StainWarning
 
-    out = {"method": "macenko", "reference": "built-in target (CMU-1-Small-Region, CC0)",
+    out: dict[str, Any] = {"method": "macenko", "reference": "built-in target (CMU-1-Small-Region, CC0)",
            "h_vector": None, "e_vector": None, "h_angle_deg": None, "e_angle_deg": None,
            "outlier_score": None, "looks_like_he": None, "error": None}
     if not tiles:
@@ -283,8 +285,9 @@ def run_qc(reader: SlideReader) -> QCResult:
     downsample = thumbnail_downsample(reader)
     thumbnail = read_thumbnail(reader, downsample)
     thumbnail_s = time.perf_counter() - started
-    mpp_assumed = reader.mpp_x is None
-    base_mpp = ASSUMED_MPP if mpp_assumed else float(reader.mpp_x)
+    slide_mpp = reader.mpp_x
+    mpp_assumed = slide_mpp is None
+    base_mpp = ASSUMED_MPP if slide_mpp is None else float(slide_mpp)
     thumb_mpp = base_mpp * downsample
     brightfield = judge_brightfield(reader.properties, thumbnail)
 
@@ -341,14 +344,18 @@ def run_qc(reader: SlideReader) -> QCResult:
     return QCResult(thumbnail, tissue, masks, usable, downsample, None if mpp_assumed else thumb_mpp, summary)
 
 
+def _artefact_fraction(name: str) -> Callable[[dict], Any]:
+    return lambda s: s["artefacts"][name]["fraction"]
+
+
 #: Stable batch-summary columns: name -> how to get it from a qc.json summary.
-COLUMNS = {
+COLUMNS: dict[str, Callable[[dict], Any]] = {
     "qc_usable": lambda s: s["usable"],
     "qc_rule": lambda s: s["verdict_rule"],
     "qc_brightfield": lambda s: s["brightfield"]["value"],
     "qc_tissue_mm2": lambda s: s["tissue_area_mm2"],
     "qc_usable_fraction": lambda s: s["usable_fraction"],
-    **{f"qc_{name}": (lambda s, name=name: s["artefacts"][name]["fraction"]) for name in ARTEFACTS},
+    **{f"qc_{name}": _artefact_fraction(name) for name in ARTEFACTS},
     "qc_stain_outlier": lambda s: s["stain"]["outlier_score"],
     "qc_focus_median": lambda s: (s["focus"] or {}).get("ratio_median"),
 }

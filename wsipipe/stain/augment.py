@@ -8,7 +8,7 @@ concentrations are scaled by ``U(1 - sigma_scale, 1 + sigma_scale)`` and shifted
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,7 +34,7 @@ class HEDJitter:
         sigma_shift: float = 0.05,
         *,
         seed: int = 0,
-        stains: Optional[StainParams] = None,
+        stains: StainParams | None = None,
     ):
         self.sigma_scale = sigma_scale
         self.sigma_shift = sigma_shift

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import warnings
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Mapping, Optional
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -51,7 +52,7 @@ class StainParams:
 
     method: str
     values: Mapping[str, Any]
-    looks_like_he: Optional[bool] = None
+    looks_like_he: bool | None = None
 
     def array(self, key: str) -> np.ndarray:
         return np.asarray(self.values[key], dtype=np.float64)
@@ -60,7 +61,7 @@ class StainParams:
         return {"method": self.method, "looks_like_he": self.looks_like_he, **self.values}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "StainParams":
+    def from_dict(cls, data: Mapping[str, Any]) -> StainParams:
         data = dict(data)
         try:
             method = data.pop("method")
@@ -87,10 +88,10 @@ class StainNormalizer(ABC):
         self.seed = seed
         self.luminosity_threshold = luminosity_threshold
         self.sample_pixels = sample_pixels
-        self.target: Optional[StainParams] = None
-        self._colour_table: Optional[tuple] = None  # ((source, target, threshold), ColourTable)
+        self.target: StainParams | None = None
+        self._colour_table: tuple | None = None  # ((source, target, threshold), ColourTable)
 
-    def fit(self, target: Any) -> "StainNormalizer":
+    def fit(self, target: Any) -> StainNormalizer:
         """Set the target from a reference image (uint8 RGB) or from stored ``StainParams``."""
         if isinstance(target, StainParams):
             self._check_method(target, "target")
@@ -102,7 +103,7 @@ class StainNormalizer(ABC):
             raise StainError(f"target image: {exc}") from None
         return self
 
-    def estimate(self, images: Any, sample_pixels: Optional[int] = None) -> StainParams:
+    def estimate(self, images: Any, sample_pixels: int | None = None) -> StainParams:
         """Stain parameters of one image or of a batch of tiles pooled together (one estimate).
 
         Statistics come from all the pixels, or from a seeded sample of ``sample_pixels`` of them
@@ -113,15 +114,14 @@ class StainNormalizer(ABC):
         pixels = batch.to(self.device).reshape(-1, 3)
         return self._estimate_sampled(pixels, sample_pixels or self.sample_pixels)
 
-    def transform(self, tiles: Any, source: Optional[StainParams] = None) -> Any:
+    def transform(self, tiles: Any, source: StainParams | None = None) -> Any:
         """Normalised copy of ``tiles`` ((H, W, 3) or (N, H, W, 3) uint8), same type and device.
 
         With ``source`` (e.g. a slide's parameters from ``estimate_slide_stain``) every tile reuses
         it; without, each tile is estimated on its own. Tiles without tissue come back unchanged,
         as do tiles whose stains cannot be estimated (with a ``StainWarning``).
         """
-        if self.target is None:
-            raise RuntimeError(f"{type(self).__name__}.transform called before fit()")
+        self._fitted_target()
         if source is not None:
             self._check_method(source, "source")
         batch, give_back = to_tile_batch(tiles)
@@ -146,6 +146,12 @@ class StainNormalizer(ABC):
             except StainError as exc:
                 warnings.warn(f"tile {index} left unchanged: {exc}", StainWarning, stacklevel=2)
         return give_back(out)
+
+    def _fitted_target(self) -> StainParams:
+        """The target ``fit`` set; RuntimeError before ``fit``."""
+        if self.target is None:
+            raise RuntimeError(f"{type(self).__name__}.transform called before fit()")
+        return self.target
 
     def _map_by_colour(self, batch: torch.Tensor, source: StainParams) -> torch.Tensor:
         """``transform(batch, source)`` on the CPU, through a table of the colours seen so far
@@ -219,8 +225,8 @@ class TwoStainNormalizer(StainNormalizer):
         standing for ``counts`` pixels."""
 
     def _estimate(self, pixels: torch.Tensor) -> StainParams:
-        colours, counts = unique_colours(pixels)
-        colours = torch.from_numpy(colours)
+        distinct, counts = unique_colours(pixels)
+        colours = torch.from_numpy(distinct)
         tissue = tissue_mask(colours, self.luminosity_threshold).numpy()
         self._require_tissue(int(counts[tissue].sum()), int(counts.sum()))
         od = optical_density(colours).double()
@@ -246,11 +252,12 @@ class TwoStainNormalizer(StainNormalizer):
 
     def _apply(self, pixels: torch.Tensor, source: StainParams) -> torch.Tensor:
         device = pixels.device
+        target = self._fitted_target()
         source_matrix = torch.as_tensor(source.array("stain_matrix"), dtype=torch.float32, device=device)
-        scale = self.target.array("max_concentrations") / source.array("max_concentrations")
+        scale = target.array("max_concentrations") / source.array("max_concentrations")
         # scaling concentrations then mixing with the target's stains is one 2x3 matrix
         rebuild = torch.as_tensor(
-            scale[:, None] * self.target.array("stain_matrix"), dtype=torch.float32, device=device
+            scale[:, None] * target.array("stain_matrix"), dtype=torch.float32, device=device
         )
 
         def step(chunk: torch.Tensor) -> torch.Tensor:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import numpy as np
 
 from wsipipe.stain._ops import weighted_percentile
@@ -13,7 +11,7 @@ from wsipipe.stain.base import TwoStainNormalizer, order_haematoxylin_first
 ANGULAR_PERCENTILE = 99.0
 
 
-def macenko_stain_matrix(od: np.ndarray, counts: Optional[np.ndarray] = None) -> np.ndarray:
+def macenko_stain_matrix(od: np.ndarray, counts: np.ndarray | None = None) -> np.ndarray:
     """2x3 unit stain vectors (haematoxylin first) from tissue optical densities ``(n, 3)``, each
     row standing for ``counts`` pixels (default one)."""
     counts = np.ones(len(od), dtype=np.int64) if counts is None else counts

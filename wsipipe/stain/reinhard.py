@@ -72,8 +72,8 @@ def lab_statistics(lab: torch.Tensor, lightness_below: float) -> tuple[np.ndarra
     import cv2
 
     image = lab.numpy().reshape(1, -1, 3)
-    mean, std = cv2.meanStdDev(image)
-    return mean.ravel(), std.ravel(), int(np.count_nonzero(image[0, :, 0] < lightness_below))
+    mean_column, std_column = cv2.meanStdDev(image)
+    return mean_column.ravel(), std_column.ravel(), int(np.count_nonzero(image[0, :, 0] < lightness_below))
 
 
 def scale_and_shift(lab: torch.Tensor, gain: np.ndarray, offset: np.ndarray) -> torch.Tensor:
@@ -113,6 +113,7 @@ class ReinhardNormalizer(StainNormalizer):
 
     def _transfer(self, lab: torch.Tensor, source: StainParams) -> torch.Tensor:
         """(lab - source mean) / source std * target std + target mean, back to uint8 RGB."""
-        gain = self.target.array("std") / np.maximum(source.array("std"), 1e-6)
-        offset = self.target.array("mean") - source.array("mean") * gain
+        target = self._fitted_target()
+        gain = target.array("std") / np.maximum(source.array("std"), 1e-6)
+        offset = target.array("mean") - source.array("mean") * gain
         return lab_to_rgb(scale_and_shift(lab, gain, offset))

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Optional, Sequence, Union
+from collections.abc import Iterable
+from typing import Any, Protocol, cast
 
 import numpy as np
 
@@ -13,6 +14,12 @@ from wsipipe.stain.base import StainNormalizer, StainParams
 SLIDE_SAMPLE_TILES = 64
 #: Pooled pixels a slide estimate uses (a seeded sample of the up to 16.7 M of 64 tiles of 512 px).
 SLIDE_SAMPLE_PIXELS = 1_000_000
+
+
+class IndexedTiles(Protocol):
+    """Tiles by index, with ``len()`` or a ``shape``: a list, a numpy or zarr array, a lazy reader."""
+
+    def __getitem__(self, index: int, /) -> Any: ...
 
 
 def sample_tile_indices(count: int, max_tiles: int, seed: int) -> list[int]:
@@ -28,7 +35,7 @@ def sample_tile_indices(count: int, max_tiles: int, seed: int) -> list[int]:
 
 
 def estimate_slide_stain(
-    tiles_or_sampler: Union[Sequence[Any], Iterable[Any]],
+    tiles_or_sampler: IndexedTiles | Iterable[Any],
     normalizer: StainNormalizer,
     *,
     max_tiles: int = SLIDE_SAMPLE_TILES,
@@ -45,10 +52,11 @@ def estimate_slide_stain(
     """
     count = _length(tiles_or_sampler)
     if count is not None:
+        indexed = cast(IndexedTiles, tiles_or_sampler)  # _length found ``[i]``
         picked = sample_tile_indices(count, max_tiles, normalizer.seed)
-        tiles = [np.asarray(tiles_or_sampler[i]) for i in picked]
-    else:
-        tiles = [np.asarray(tile) for tile in tiles_or_sampler]
+        tiles = [np.asarray(indexed[i]) for i in picked]
+    else:  # an iterable, or ``[i]`` until IndexError
+        tiles = [np.asarray(tile) for tile in cast(Iterable[Any], tiles_or_sampler)]
     if not tiles:
         raise StainError("no tiles to estimate the slide's stains from")
     channels = {tile.shape[-1] for tile in tiles}
@@ -58,7 +66,7 @@ def estimate_slide_stain(
     return normalizer.estimate(pooled[:, None, :], sample_pixels=sample_pixels)
 
 
-def _length(tiles: Any) -> Optional[int]:
+def _length(tiles: Any) -> int | None:
     """How many tiles a sequence holds (zarr arrays have a shape but no ``len()``); None for an iterable."""
     if not hasattr(tiles, "__getitem__"):
         return None

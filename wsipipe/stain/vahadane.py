@@ -11,8 +11,6 @@ deterministic for given pixels.
 
 from __future__ import annotations
 
-from typing import Optional
-
 import numpy as np
 import torch
 
@@ -31,7 +29,7 @@ HISTORY = 3
 
 def vahadane_stain_matrix(
     od: np.ndarray,
-    counts: Optional[np.ndarray] = None,
+    counts: np.ndarray | None = None,
     penalty: float = DICTIONARY_PENALTY,
     max_iterations: int = MAX_ITERATIONS,
 ) -> np.ndarray:

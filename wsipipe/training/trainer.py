@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -104,7 +105,8 @@ def train(
     max_steps = config.epochs * steps_per_epoch
     aug = Augmentation() if config.augment else None
 
-    best_state, state = None, {"epoch": 0, "history": [], "best": None, "train_seconds": 0.0, "images": 0}
+    best_state: dict | None = None
+    state: dict[str, Any] = {"epoch": 0, "history": [], "best": None, "train_seconds": 0.0, "images": 0}
     if resume and checkpoint is not None and checkpoint.is_file():
         best_state, state = load_checkpoint(checkpoint, model, optimizer)
         if state.get("config") != asdict(config):
