@@ -232,6 +232,7 @@ def _stain_normaliser(method: str, target, reader, plan: TilePlan, mpp: float, d
 
     from wsipipe.stain import StainParams, default_target, estimate_slide_stain, get_normalizer
 
+    reference: StainParams | np.ndarray
     if isinstance(target, StainParams):
         reference = target
     elif target is None:
@@ -324,7 +325,11 @@ def segment_slide(config: SegmentConfig, *, progress: Progress | None = None, sa
 def _segment(run_: _Run) -> SegmentResult:
     """The prediction store (made, resumed or found complete), then the outputs."""
     from wsipipe.inference.omezarr import (
-        build_pyramid, create_prediction_store, is_complete, open_prediction_store, restrict_labels,
+        build_pyramid,
+        create_prediction_store,
+        is_complete,
+        open_prediction_store,
+        restrict_labels,
     )
     from wsipipe.inference.stitch import StripStitcher, remove_journals
 
@@ -431,7 +436,12 @@ def _write_outputs(run_: _Run, plan: TilePlan, prediction, normalize: str, tiles
     from wsipipe.models.io import training_summary
     from wsipipe.postprocess.regions import RegionOptions, label_map_to_polygons
     from wsipipe.report import (
-        class_pixel_counts, pixel_area_mm2, render_overlay, render_tile_heatmap, write_overlay_png, write_report_html,
+        class_pixel_counts,
+        pixel_area_mm2,
+        render_overlay,
+        render_tile_heatmap,
+        write_overlay_png,
+        write_report_html,
         write_report_json,
     )
 

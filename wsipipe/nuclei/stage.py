@@ -160,8 +160,8 @@ def run_nuclei(
             calibration = calibrate(richest_pixels)
 
             stain = None  # the input's stain parameters, for a model's normalised view
-            if network is not None:
-                method = f"usnet:{Path(model).name}"
+            if network is not None and model is not None:
+                method = f"usnet:{model.name}"
                 stain = input_stain(network.metadata, richest_pixels)
                 settings = {"model": str(model), "instances": network.metadata.get("instances")}
                 min_pixels = split_views(network.metadata.get("instances"))[1].get("min_pixels", 0)
