@@ -59,3 +59,11 @@ def _watch_parent(parent_pid: int) -> None:
     while os.getppid() == parent_pid:
         time.sleep(WATCH_INTERVAL)
     os._exit(1)
+
+
+def may_start_helpers() -> bool:
+    """Whether this process may start helper processes: not inside a daemonic one (a Dask or
+    multiprocessing worker, where the batch is parallel by slide), which Python forbids children."""
+    import multiprocessing
+
+    return not multiprocessing.current_process().daemon

@@ -49,6 +49,7 @@ from wsipipe.nuclei.windows import (
     pixels_only,
     usnet_labels,
 )
+from wsipipe.processes import may_start_helpers
 from wsipipe.qc.apply import restrict_tissue
 from wsipipe.stages.nuclei import NucleiConfig, NucleiResult
 from wsipipe.tissue import THUMBNAIL_MPP
@@ -270,6 +271,8 @@ def _segment_windows(source: WindowedInput, plan, network, stain, mpp: float, ca
         workers = instance_workers(None, len(windows))
     haematoxylin = functools.partial(haematoxylin_od, stain_matrix=calibration.stain_matrix)
     readers = window_readers(model_device if network is not None else "cpu") if len(windows) > 1 else 0
+    if not may_start_helpers():  # a batch worker: read and label in this process
+        readers = workers = 0
     pool = start_workers(workers)
     try:
         painter = WindowPainter(plan, label, haematoxylin, labels, on_tile=on_tile, min_pixels=min_pixels, pool=pool,
