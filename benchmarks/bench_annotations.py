@@ -50,11 +50,15 @@ def write_asap(path: Path, count: int) -> tuple[int, int]:
             cy = (index // columns + 0.5) * SPACING
             radius = RADIUS * rng.uniform(0.6, 1.4)
             group = "Stroma" if index % 10 == 0 else "Tumor"
-            out.write(f'\t\t<Annotation Name="Annotation {index}" Type="Polygon" PartOfGroup="{group}" Color="#F4FA58">\n\t\t\t<Coordinates>\n')
+            out.write(
+                f'\t\t<Annotation Name="Annotation {index}" Type="Polygon" PartOfGroup="{group}" Color="#F4FA58">\n\t\t\t<Coordinates>\n'
+            )
             for order, angle in enumerate(angles):
-                out.write(f'\t\t\t\t<Coordinate Order="{order}" X="{cx + radius * math.cos(angle):.4f}" Y="{cy + radius * math.sin(angle):.4f}" />\n')
+                out.write(
+                    f'\t\t\t\t<Coordinate Order="{order}" X="{cx + radius * math.cos(angle):.4f}" Y="{cy + radius * math.sin(angle):.4f}" />\n'
+                )
             out.write("\t\t\t</Coordinates>\n\t\t</Annotation>\n")
-        out.write('\t</Annotations>\n\t<AnnotationGroups>\n')
+        out.write("\t</Annotations>\n\t<AnnotationGroups>\n")
         out.write('\t\t<Group Name="Tumor" PartOfGroup="None" Color="#FF0000"><Attributes /></Group>\n')
         out.write('\t\t<Group Name="Stroma" PartOfGroup="None" Color="#00FF00"><Attributes /></Group>\n')
         out.write("\t</AnnotationGroups>\n</ASAP_Annotations>\n")
@@ -133,8 +137,10 @@ def main() -> None:
     peak_mb = (peak_rss - rss_before) / 1e6
     kept_mb = (kept_rss - rss_before) / 1e6
     print(f"parse: median {parse_s:.2f} s of {args.repeats} ({args.polygons / parse_s:,.0f} polygons/s)")
-    print(f"memory: peak RSS +{peak_mb:.0f} MB during the first parse, +{kept_mb:.0f} MB kept by the "
-          f"parsed annotations, parser overhead {max(peak_mb - kept_mb, 0):.0f} MB, file {size_mb:.0f} MB")
+    print(
+        f"memory: peak RSS +{peak_mb:.0f} MB during the first parse, +{kept_mb:.0f} MB kept by the "
+        f"parsed annotations, parser overhead {max(peak_mb - kept_mb, 0):.0f} MB, file {size_mb:.0f} MB"
+    )
 
     start = time.perf_counter()
     rasteriser = TileRasteriser(annotations, "Tumor=1,Stroma=2")
@@ -158,35 +164,49 @@ def main() -> None:
     subset = grid[::step][: args.baseline_tiles]
     reference = {tile: rasteriser.tile_mask(*tile, args.tile_extent, args.tile_size) for tile in subset}
     scan_ms = median_ms_per_tile(rasteriser, LinearScan(rasteriser._polygons), subset, reference, args)
-    loop_ms = median_ms_per_tile(rasteriser, PolygonLoop(rasteriser._polygons), subset[: args.loop_tiles], reference, args)
+    loop_ms = median_ms_per_tile(
+        rasteriser, PolygonLoop(rasteriser._polygons), subset[: args.loop_tiles], reference, args
+    )
     indexed_ms = indexed_tile * 1e3
-    print(f"tiles: {len(grid)} tiles of {args.tile_extent} level-0 px -> {args.tile_size} px masks, "
-          f"{burned / (len(grid) * args.tile_size ** 2):.1%} of pixels labelled")
+    print(
+        f"tiles: {len(grid)} tiles of {args.tile_extent} level-0 px -> {args.tile_size} px masks, "
+        f"{burned / (len(grid) * args.tile_size**2):.1%} of pixels labelled"
+    )
     print(f"indexed (STRtree): {indexed_total:.2f} s for {len(grid)} tiles, median {indexed_ms:.2f} ms/tile")
-    print(f"baseline, vectorised scan of every polygon: median {scan_ms:.2f} ms/tile on {len(subset)} tiles "
-          f"(~{scan_ms * len(grid) / 1e3:.0f} s for {len(grid)} tiles): {scan_ms / indexed_ms:.1f}x slower")
-    print(f"baseline, per-polygon loop: median {loop_ms:.0f} ms/tile on {min(len(subset), args.loop_tiles)} tiles "
-          f"(~{loop_ms * len(grid) / 1e3:.0f} s for {len(grid)} tiles): {loop_ms / indexed_ms:.0f}x slower")
-    print(f"speed-up of the index: {loop_ms / indexed_ms:.0f}x over the per-polygon loop, "
-          f"{scan_ms / indexed_ms:.1f}x over the vectorised scan (target >= 20x); masks identical")
-    print(json.dumps({
-        "polygons": args.polygons,
-        "file_mb": round(size_mb, 1),
-        "parse_s_median": round(parse_s, 3),
-        "polygons_per_s": round(args.polygons / parse_s),
-        "peak_rss_mb": round(peak_mb, 1),
-        "kept_rss_mb": round(kept_mb, 1),
-        "index_build_s": round(build_s, 3),
-        "tiles": len(grid),
-        "indexed_total_s": round(indexed_total, 3),
-        "indexed_ms_per_tile_median": round(indexed_tile * 1e3, 3),
-        "scan_tiles_measured": len(subset),
-        "scan_ms_per_tile_median": round(scan_ms, 3),
-        "loop_tiles_measured": min(len(subset), args.loop_tiles),
-        "loop_ms_per_tile_median": round(loop_ms, 1),
-        "speedup_vs_loop": round(loop_ms / indexed_ms, 1),
-        "speedup_vs_scan": round(scan_ms / indexed_ms, 1),
-    }))
+    print(
+        f"baseline, vectorised scan of every polygon: median {scan_ms:.2f} ms/tile on {len(subset)} tiles "
+        f"(~{scan_ms * len(grid) / 1e3:.0f} s for {len(grid)} tiles): {scan_ms / indexed_ms:.1f}x slower"
+    )
+    print(
+        f"baseline, per-polygon loop: median {loop_ms:.0f} ms/tile on {min(len(subset), args.loop_tiles)} tiles "
+        f"(~{loop_ms * len(grid) / 1e3:.0f} s for {len(grid)} tiles): {loop_ms / indexed_ms:.0f}x slower"
+    )
+    print(
+        f"speed-up of the index: {loop_ms / indexed_ms:.0f}x over the per-polygon loop, "
+        f"{scan_ms / indexed_ms:.1f}x over the vectorised scan (target >= 20x); masks identical"
+    )
+    print(
+        json.dumps(
+            {
+                "polygons": args.polygons,
+                "file_mb": round(size_mb, 1),
+                "parse_s_median": round(parse_s, 3),
+                "polygons_per_s": round(args.polygons / parse_s),
+                "peak_rss_mb": round(peak_mb, 1),
+                "kept_rss_mb": round(kept_mb, 1),
+                "index_build_s": round(build_s, 3),
+                "tiles": len(grid),
+                "indexed_total_s": round(indexed_total, 3),
+                "indexed_ms_per_tile_median": round(indexed_tile * 1e3, 3),
+                "scan_tiles_measured": len(subset),
+                "scan_ms_per_tile_median": round(scan_ms, 3),
+                "loop_tiles_measured": min(len(subset), args.loop_tiles),
+                "loop_ms_per_tile_median": round(loop_ms, 1),
+                "speedup_vs_loop": round(loop_ms / indexed_ms, 1),
+                "speedup_vs_scan": round(scan_ms / indexed_ms, 1),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

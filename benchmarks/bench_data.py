@@ -69,9 +69,15 @@ def _measure(store_path: Path, repeats: int) -> dict:
         dataset[i]
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
-    return {"tile_size": store.tile_size, "tiles": n, "tiles_per_shard": store.tiles_per_shard,
-            "ms_per_tile": result, "zarr_per_item_over_dataset_shuffled": result["zarr_per_item_shuffled"] / result["dataset_shuffled"],
-            "peak_python_mib": peak / 2**20, "store_tile_mib": n * store.tile_size**2 * 3 / 2**20}
+    return {
+        "tile_size": store.tile_size,
+        "tiles": n,
+        "tiles_per_shard": store.tiles_per_shard,
+        "ms_per_tile": result,
+        "zarr_per_item_over_dataset_shuffled": result["zarr_per_item_shuffled"] / result["dataset_shuffled"],
+        "peak_python_mib": peak / 2**20,
+        "store_tile_mib": n * store.tile_size**2 * 3 / 2**20,
+    }
 
 
 def main() -> None:
@@ -88,10 +94,12 @@ def main() -> None:
             figures.append(_measure(store, args.repeats))
     for f in figures:
         ms = f["ms_per_tile"]
-        print(f"{f['tile_size']} px, {f['tiles']} tiles ({f['tiles_per_shard']} a shard): dataset {ms['dataset_in_order']:.3f} ms/tile "
-              f"in order, {ms['dataset_shuffled']:.3f} shuffled; zarr per item {ms['zarr_per_item_shuffled']:.3f} "
-              f"({f['zarr_per_item_over_dataset_shuffled']:.1f}x the dataset), zarr per shard {ms['zarr_per_shard_in_order']:.3f}; "
-              f"peak {f['peak_python_mib']:.2f} MiB for {f['store_tile_mib']:.0f} MiB of tiles")
+        print(
+            f"{f['tile_size']} px, {f['tiles']} tiles ({f['tiles_per_shard']} a shard): dataset {ms['dataset_in_order']:.3f} ms/tile "
+            f"in order, {ms['dataset_shuffled']:.3f} shuffled; zarr per item {ms['zarr_per_item_shuffled']:.3f} "
+            f"({f['zarr_per_item_over_dataset_shuffled']:.1f}x the dataset), zarr per shard {ms['zarr_per_shard_in_order']:.3f}; "
+            f"peak {f['peak_python_mib']:.2f} MiB for {f['store_tile_mib']:.0f} MiB of tiles"
+        )
     print(json.dumps({"benchmark": "data", "stores": figures}))
 
 

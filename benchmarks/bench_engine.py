@@ -78,10 +78,7 @@ def ceiling_tiles_per_s(model_path: Path, batch_size: int, device: str, batches:
         model = model.to(memory_format=torch.channels_last)
     tile = bundle.tile_size
     generator = torch.Generator().manual_seed(0)
-    data = [
-        torch.rand((batch_size, 3, tile, tile), generator=generator).to(device)
-        for _ in range(batches)
-    ]
+    data = [torch.rand((batch_size, 3, tile, tile), generator=generator).to(device) for _ in range(batches)]
     if cuda:
         data = [x.contiguous(memory_format=torch.channels_last) for x in data]
     rates = []
@@ -99,8 +96,9 @@ def ceiling_tiles_per_s(model_path: Path, batch_size: int, device: str, batches:
     return statistics.median(rates)
 
 
-def reader_tiles_per_s(slide: Path, model_path: Path, overlap: int, workers: int, device: str, batch_size: int,
-                       limit: int) -> float:
+def reader_tiles_per_s(
+    slide: Path, model_path: Path, overlap: int, workers: int, device: str, batch_size: int, limit: int
+) -> float:
     """Tiles/s of the engine's slide source alone over the first ``limit`` tissue tiles, read
     as segment reads them (``workers`` processes; 0: in this process; the GPU path with CUDA)."""
     from wsipipe.segment import plan_tiles
@@ -116,8 +114,16 @@ def reader_tiles_per_s(slide: Path, model_path: Path, overlap: int, workers: int
                 list(pool.map(int, range(workers)))
             t0 = time.perf_counter()
             count = 0
-            for _, tiles in slide_batches(coords, list(range(len(coords))), tile=bundle.tile_size, mpp=bundle.mpp,
-                                          batch_size=batch_size, reader=reader, pool=pool, device=device):
+            for _, tiles in slide_batches(
+                coords,
+                list(range(len(coords))),
+                tile=bundle.tile_size,
+                mpp=bundle.mpp,
+                batch_size=batch_size,
+                reader=reader,
+                pool=pool,
+                device=device,
+            ):
                 count += len(tiles)
             if device.startswith("cuda"):
                 import torch
@@ -151,10 +157,24 @@ def nuclei_figures(tmp: Path, side: int, device: str, workers: int, env: dict) -
     from wsipipe.nuclei.windows import NormalisedView
 
     bundle = load_model(BUNDLED_NUCLEI_MODEL, device=device)
-    slide_path = write_synthetic_slide(tmp / "nuclei.tif", SyntheticSpec(width=side, height=side, mpp=bundle.mpp, seed=2))
+    slide_path = write_synthetic_slide(
+        tmp / "nuclei.tif", SyntheticSpec(width=side, height=side, mpp=bundle.mpp, seed=2)
+    )
     out = tmp / "out-nuclei"
-    command = [sys.executable, "-m", "wsipipe", "nuclei", str(slide_path), "-o", str(out), "--model", "bundled",
-               "--device", device, "--quiet"]
+    command = [
+        sys.executable,
+        "-m",
+        "wsipipe",
+        "nuclei",
+        str(slide_path),
+        "-o",
+        str(out),
+        "--model",
+        "bundled",
+        "--device",
+        device,
+        "--quiet",
+    ]
     wall, peak, _ = peak_tree_rss(command, env)
     summary = json.loads((out / "nuclei.json").read_text())
     windows_run = sum(1 for tile in summary["tiles"] if tile["tissue_mm2"] > 0)
@@ -168,8 +188,10 @@ def nuclei_figures(tmp: Path, side: int, device: str, workers: int, env: dict) -
     batch = windows_per_batch(device)
     runner = Runner(bundle, device, batch, outputs=lambda raw: raw, views=views, averaged=("segmentation", "distance"))
     generator = torch.Generator().manual_seed(0)
-    inputs = [torch.randint(0, 256, (1, w[2] - w[0], w[3] - w[1], 3), generator=generator, dtype=torch.uint8).to(device)
-              for w in windows]
+    inputs = [
+        torch.randint(0, 256, (1, w[2] - w[0], w[3] - w[1], 3), generator=generator, dtype=torch.uint8).to(device)
+        for w in windows
+    ]
     runner(inputs[0])  # warm-up
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -189,17 +211,27 @@ def nuclei_figures(tmp: Path, side: int, device: str, workers: int, env: dict) -
         readers[str(n)] = count / passes / (time.perf_counter() - t0)
     end_to_end = windows_run / wall
     figures = {
-        "slide_side": side, "windows": windows_run, "window_px": CORE_PX + 2 * margin, "views": views,
-        "passes": passes, "wall_s": round(wall, 2), "end_to_end_windows_per_s": round(end_to_end, 4),
-        "ceiling_windows_per_s": round(ceiling, 4), "ratio": round(end_to_end / ceiling, 3),
+        "slide_side": side,
+        "windows": windows_run,
+        "window_px": CORE_PX + 2 * margin,
+        "views": views,
+        "passes": passes,
+        "wall_s": round(wall, 2),
+        "end_to_end_windows_per_s": round(end_to_end, 4),
+        "ceiling_windows_per_s": round(ceiling, 4),
+        "ratio": round(end_to_end / ceiling, 3),
         "readers_windows_per_s": {n: round(rate, 3) for n, rate in readers.items()},
-        "peak_rss_mib": round(peak / 2**20, 1), "nuclei": summary["nuclei_count"],
+        "peak_rss_mib": round(peak / 2**20, 1),
+        "nuclei": summary["nuclei_count"],
     }
-    print(f"nuclei: {windows_run} windows of up to {figures['window_px']} px in {wall:.1f} s = {end_to_end:.4f} "
-          f"windows/s end to end; model-only ceiling {ceiling:.4f} windows/s ({views} views x {passes} passes); "
-          f"ratio {figures['ratio']:.2f} (target >= 0.7 on the CPU, 0.6 with CUDA); readers alone "
-          + ", ".join(f"{n} process(es) {rate:.2f} windows/s" for n, rate in readers.items())
-          + f"; peak RSS {figures['peak_rss_mib']:.0f} MiB", file=sys.stderr)
+    print(
+        f"nuclei: {windows_run} windows of up to {figures['window_px']} px in {wall:.1f} s = {end_to_end:.4f} "
+        f"windows/s end to end; model-only ceiling {ceiling:.4f} windows/s ({views} views x {passes} passes); "
+        f"ratio {figures['ratio']:.2f} (target >= 0.7 on the CPU, 0.6 with CUDA); readers alone "
+        + ", ".join(f"{n} process(es) {rate:.2f} windows/s" for n, rate in readers.items())
+        + f"; peak RSS {figures['peak_rss_mib']:.0f} MiB",
+        file=sys.stderr,
+    )
     return figures
 
 
@@ -212,7 +244,9 @@ def main() -> None:
     parser.add_argument("--tile", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--workers", type=int, default=None, help="reader processes (default: reader_count of the device)")
+    parser.add_argument(
+        "--workers", type=int, default=None, help="reader processes (default: reader_count of the device)"
+    )
     parser.add_argument("--reader-tiles", type=int, default=512, help="tiles the readers-only figures read")
     parser.add_argument("--normalize", default="none")
     parser.add_argument("--repeats", type=int, default=1)
@@ -226,13 +260,26 @@ def main() -> None:
         tmp = Path(tmp)
         if args.only == "nuclei":
             env = {**os.environ, "PYTHONPATH": str(REPO)}
-            print(json.dumps({"benchmark": "engine", "device": args.device, "workers": workers,
-                              "nuclei": nuclei_figures(tmp, args.nuclei_size, args.device, workers, env)}))
+            print(
+                json.dumps(
+                    {
+                        "benchmark": "engine",
+                        "device": args.device,
+                        "workers": workers,
+                        "nuclei": nuclei_figures(tmp, args.nuclei_size, args.device, workers, env),
+                    }
+                )
+            )
             return
         model_path = tmp / "model.safetensors"
         net = build_model(args.arch, 2, ARCH_ARGS[args.arch])
-        save_model(model_path, net, model_metadata(args.arch, ARCH_ARGS[args.arch], ["background", "tumour"],
-                                                   mpp=args.model_mpp, tile_size=args.tile))
+        save_model(
+            model_path,
+            net,
+            model_metadata(
+                args.arch, ARCH_ARGS[args.arch], ["background", "tumour"], mpp=args.model_mpp, tile_size=args.tile
+            ),
+        )
         slides = {}
         for name, side in (("small", args.size), ("big", 2 * args.size)):
             t0 = time.perf_counter()
@@ -251,9 +298,24 @@ def main() -> None:
             for repeat in range(args.repeats):
                 out = tmp / f"out-{name}-{repeat}"
                 command = [
-                    sys.executable, "-m", "wsipipe", "segment", str(slide), "-o", str(out), "--model", str(model_path),
-                    "--normalize", args.normalize, "--batch-size", str(args.batch_size), "--device", args.device,
-                    "--readers", str(workers), "--quiet",
+                    sys.executable,
+                    "-m",
+                    "wsipipe",
+                    "segment",
+                    str(slide),
+                    "-o",
+                    str(out),
+                    "--model",
+                    str(model_path),
+                    "--normalize",
+                    args.normalize,
+                    "--batch-size",
+                    str(args.batch_size),
+                    "--device",
+                    args.device,
+                    "--readers",
+                    str(workers),
+                    "--quiet",
                 ]
                 wall, peak, _ = peak_tree_rss(command, env)
                 report = json.loads((out / "report.json").read_text())
@@ -267,53 +329,76 @@ def main() -> None:
                 "peak_rss_mib": statistics.median(r[1] for r in runs) / 2**20,
                 "timings_s": runs[0][2]["timings_s"],
             }
-            print(f"{name}: {n_tiles} tiles, {results[name]['wall_s']:.1f} s, "
-                  f"{results[name]['tiles_per_s']:.2f} tiles/s end-to-end "
-                  f"({results[name]['inference_tiles_per_s']:.2f} in the inference stage), "
-                  f"peak RSS {results[name]['peak_rss_mib']:.0f} MiB", file=sys.stderr)
+            print(
+                f"{name}: {n_tiles} tiles, {results[name]['wall_s']:.1f} s, "
+                f"{results[name]['tiles_per_s']:.2f} tiles/s end-to-end "
+                f"({results[name]['inference_tiles_per_s']:.2f} in the inference stage), "
+                f"peak RSS {results[name]['peak_rss_mib']:.0f} MiB",
+                file=sys.stderr,
+            )
 
         ceilings.append(ceiling_tiles_per_s(model_path, args.batch_size, args.device, args.ceiling_batches, 3))
         ceiling = statistics.median(ceilings)
         from wsipipe.inference.sliding import default_overlap
 
         readers = {
-            str(n): reader_tiles_per_s(slides["big"], model_path, default_overlap(args.tile), n, args.device,
-                                       args.batch_size, args.reader_tiles)
+            str(n): reader_tiles_per_s(
+                slides["big"],
+                model_path,
+                default_overlap(args.tile),
+                n,
+                args.device,
+                args.batch_size,
+                args.reader_tiles,
+            )
             for n in sorted({1, workers})
         }
-        print("readers alone: " + ", ".join(f"{n} process(es) {rate:.1f} tiles/s" for n, rate in readers.items())
-              + f" ({readers[str(workers)] / ceiling:.2f}x the ceiling with {workers})", file=sys.stderr)
+        print(
+            "readers alone: "
+            + ", ".join(f"{n} process(es) {rate:.1f} tiles/s" for n, rate in readers.items())
+            + f" ({readers[str(workers)] / ceiling:.2f}x the ceiling with {workers})",
+            file=sys.stderr,
+        )
 
         # --- NUCLEI: the nuclei stage's figures (nuclei --model end to end, its model-only
         # ceiling, their ratio, post-processing included) go here, into ``nuclei`` -------------
         nuclei = nuclei_figures(tmp, args.nuclei_size, args.device, workers, env) if args.only is None else None
         ratio = results["big"]["tiles_per_s"] / ceiling
         ratio_inference = results["big"]["inference_tiles_per_s"] / ceiling
-        print(f"model-only ceiling: {ceiling:.2f} tiles/s; end-to-end / ceiling = {ratio:.2f} "
-              f"(inference stage / ceiling = {ratio_inference:.2f}; target >= 0.85 on the CPU, 0.8 with CUDA)",
-              file=sys.stderr)
-        print(f"peak RSS small {results['small']['peak_rss_mib']:.0f} MiB, big (4x) "
-              f"{results['big']['peak_rss_mib']:.0f} MiB (target < 2048, big not larger)", file=sys.stderr)
-        print(json.dumps({
-            "benchmark": "engine",
-            "device": args.device,
-            "arch": args.arch,
-            "tile": args.tile,
-            "batch_size": args.batch_size,
-            "workers": workers,
-            "normalize": args.normalize,
-            "ceiling_tiles_per_s": round(ceiling, 3),
-            "ceiling_before_after": [round(c, 3) for c in ceilings],
-            "end_to_end_tiles_per_s": round(results["big"]["tiles_per_s"], 3),
-            "ratio": round(ratio, 3),
-            "inference_stage_ratio": round(ratio_inference, 3),
-            "small": results["small"],
-            "big": results["big"],
-            "readers_tiles_per_s": {n: round(rate, 3) for n, rate in readers.items()},
-            "readers_over_ceiling": round(readers[str(workers)] / ceiling, 3),
-            "peak_rss_mib": round(results["big"]["peak_rss_mib"], 1),
-            "nuclei": nuclei,
-        }))
+        print(
+            f"model-only ceiling: {ceiling:.2f} tiles/s; end-to-end / ceiling = {ratio:.2f} "
+            f"(inference stage / ceiling = {ratio_inference:.2f}; target >= 0.85 on the CPU, 0.8 with CUDA)",
+            file=sys.stderr,
+        )
+        print(
+            f"peak RSS small {results['small']['peak_rss_mib']:.0f} MiB, big (4x) "
+            f"{results['big']['peak_rss_mib']:.0f} MiB (target < 2048, big not larger)",
+            file=sys.stderr,
+        )
+        print(
+            json.dumps(
+                {
+                    "benchmark": "engine",
+                    "device": args.device,
+                    "arch": args.arch,
+                    "tile": args.tile,
+                    "batch_size": args.batch_size,
+                    "workers": workers,
+                    "normalize": args.normalize,
+                    "ceiling_tiles_per_s": round(ceiling, 3),
+                    "ceiling_before_after": [round(c, 3) for c in ceilings],
+                    "end_to_end_tiles_per_s": round(results["big"]["tiles_per_s"], 3),
+                    "ratio": round(ratio, 3),
+                    "inference_stage_ratio": round(ratio_inference, 3),
+                    "small": results["small"],
+                    "big": results["big"],
+                    "readers_tiles_per_s": {n: round(rate, 3) for n, rate in readers.items()},
+                    "readers_over_ceiling": round(readers[str(workers)] / ceiling, 3),
+                    "peak_rss_mib": round(results["big"]["peak_rss_mib"], 1),
+                    "nuclei": nuclei,
+                }
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -38,7 +38,9 @@ def bench_classical(samples, calibrations, repeats: int) -> dict:
     params = ClassicalParams()
 
     def threshold_only(sample, calibration):
-        h = ndimage.gaussian_filter(haematoxylin_od(sample.rgb, calibration.stain_matrix), params.smooth_um / sample.mpp)
+        h = ndimage.gaussian_filter(
+            haematoxylin_od(sample.rgb, calibration.stain_matrix), params.smooth_um / sample.mpp
+        )
         return h > calibration.threshold * params.threshold_scale
 
     rates, shares = [], []
@@ -49,7 +51,8 @@ def bench_classical(samples, calibrations, repeats: int) -> dict:
             _, nuclei = segment_image_tiled(
                 sample.rgb,
                 lambda rgb, sample=sample, calibration=calibration: classical.segment_nuclei(
-                    rgb, sample.mpp, calibration, params),
+                    rgb, sample.mpp, calibration, params
+                ),
                 lambda rgb, calibration=calibration: haematoxylin_od(rgb, calibration.stain_matrix),
             )
             count += len(nuclei)
@@ -60,8 +63,13 @@ def bench_classical(samples, calibrations, repeats: int) -> dict:
         front = time.perf_counter() - start
         rates.append(count / total)
         shares.append(1 - front / total)
-    return {"method": "classical", "device": "cpu", "nuclei": count, "nuclei_per_s": round(statistics.median(rates), 1),
-            "postprocessing_share": round(statistics.median(shares), 3)}
+    return {
+        "method": "classical",
+        "device": "cpu",
+        "nuclei": count,
+        "nuclei_per_s": round(statistics.median(rates), 1),
+        "postprocessing_share": round(statistics.median(shares), 3),
+    }
 
 
 def bench_usnet(samples, calibrations, model: Path, device: str, repeats: int) -> dict:
@@ -90,14 +98,24 @@ def bench_usnet(samples, calibrations, model: Path, device: str, repeats: int) -
         start = time.perf_counter()
         count = 0
         for sample, calibration in zip(samples, calibrations):
-            forward = usnet_forward(bundle, views, input_stain(bundle.metadata, sample.rgb))  # once per image, as per slide
-            _, nuclei = segment_image_tiled(sample.rgb, segment, lambda rgb, c=calibration: haematoxylin_od(rgb, c.stain_matrix))
+            forward = usnet_forward(
+                bundle, views, input_stain(bundle.metadata, sample.rgb)
+            )  # once per image, as per slide
+            _, nuclei = segment_image_tiled(
+                sample.rgb, segment, lambda rgb, c=calibration: haematoxylin_od(rgb, c.stain_matrix)
+            )
             count += len(nuclei)
         total = time.perf_counter() - start
         rates.append(count / total)
         shares.append(1 - front / total)
-    return {"method": "usnet", "model": model.name, "device": device, "nuclei": count,
-            "nuclei_per_s": round(statistics.median(rates), 1), "postprocessing_share": round(statistics.median(shares), 3)}
+    return {
+        "method": "usnet",
+        "model": model.name,
+        "device": device,
+        "nuclei": count,
+        "nuclei_per_s": round(statistics.median(rates), 1),
+        "postprocessing_share": round(statistics.median(shares), 3),
+    }
 
 
 def main() -> None:
@@ -112,11 +130,16 @@ def main() -> None:
     samples = load_cpm15(root / "cpm15")
     calibrations = [calibrate(s.rgb) for s in samples]
     torch_threads = __import__("torch").get_num_threads()
-    results = [bench_classical(samples, calibrations, repeats), bench_usnet(samples, calibrations, model, device, repeats)]
+    results = [
+        bench_classical(samples, calibrations, repeats),
+        bench_usnet(samples, calibrations, model, device, repeats),
+    ]
     for r in results:
-        print(f"{r['method']}, {r['device']}, {len(samples)} CPM-15 images, {r['nuclei']} nuclei: "
-              f"{r['nuclei_per_s']:.0f} nuclei/s (median of {repeats}), post-processing "
-              f"{100 * r['postprocessing_share']:.0f} % of the time (target <= 30 % for the learned model)")
+        print(
+            f"{r['method']}, {r['device']}, {len(samples)} CPM-15 images, {r['nuclei']} nuclei: "
+            f"{r['nuclei_per_s']:.0f} nuclei/s (median of {repeats}), post-processing "
+            f"{100 * r['postprocessing_share']:.0f} % of the time (target <= 30 % for the learned model)"
+        )
     print(json.dumps({"images": len(samples), "repeats": repeats, "torch_threads": torch_threads, "results": results}))
 
 

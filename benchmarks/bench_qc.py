@@ -67,9 +67,11 @@ def measure(path: Path, repeats: int) -> dict:
         "usable": summary["usable"],
         "usable_fraction": summary["usable_fraction"],
     }
-    print(f"{path.name}: {seconds:.2f} s per slide ({reading / seconds:.0%} reading), "
-          f"{summary['focus']['tiles']} focus tiles; tissue detection alone {baseline:.2f} s "
-          f"(QC = {seconds / baseline:.1f}x); usable {summary['usable']} ({summary['usable_fraction']:.1%})")
+    print(
+        f"{path.name}: {seconds:.2f} s per slide ({reading / seconds:.0%} reading), "
+        f"{summary['focus']['tiles']} focus tiles; tissue detection alone {baseline:.2f} s "
+        f"(QC = {seconds / baseline:.1f}x); usable {summary['usable']} ({summary['usable_fraction']:.1%})"
+    )
     return figures
 
 

@@ -96,8 +96,12 @@ def _tile_store(path: Path, tiles: np.ndarray) -> None:
     coords = np.array([((i % side) * size, (i // side) * size) for i in range(count)], dtype=np.int64)
     thumbnail = np.full((side * 8, side * 8, 3), 200, np.uint8)
     writer = create_tile_store(
-        path, coords=coords, tissue_fraction=np.ones(count), thumbnail=thumbnail,
-        tissue_mask=np.ones(thumbnail.shape[:2], np.uint8), tile_size=size,
+        path,
+        coords=coords,
+        tissue_fraction=np.ones(count),
+        thumbnail=thumbnail,
+        tissue_mask=np.ones(thumbnail.shape[:2], np.uint8),
+        tile_size=size,
         meta={"slide": "bench", "params": {"tile_size": size}},
     )
     for index in writer.pending_shards():
@@ -109,8 +113,19 @@ def _normalize_command_seconds(store: Path, repo: Path = REPO) -> float:
     """Wall seconds of one ``wsipipe normalize`` (a new process, ``repo``'s wsipipe) on ``store``."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])}
     out = store.with_name("out.zarr")
-    command = [sys.executable, "-m", "wsipipe", "normalize", str(store), "-o", str(out), "--device", "cpu", "--quiet",
-               "--overwrite"]
+    command = [
+        sys.executable,
+        "-m",
+        "wsipipe",
+        "normalize",
+        str(store),
+        "-o",
+        str(out),
+        "--device",
+        "cpu",
+        "--quiet",
+        "--overwrite",
+    ]
     start = time.perf_counter()
     subprocess.run(command, check=True, env=env, cwd=repo)
     seconds = time.perf_counter() - start
@@ -134,8 +149,11 @@ def normalize_command_against_staintools(runs: dict, staintools_tile_seconds, ro
     figures = {"staintools_s_per_tile": statistics.median(staintools_s)}
     for name, seconds in command_s.items():
         ratios = [theirs / ours for theirs, ours in zip(staintools_s, seconds)]
-        figures[name] = {"s_per_tile": statistics.median(seconds), "speedup": statistics.median(ratios),
-                         "speedups": [round(ratio, 1) for ratio in ratios]}
+        figures[name] = {
+            "s_per_tile": statistics.median(seconds),
+            "speedup": statistics.median(ratios),
+            "speedups": [round(ratio, 1) for ratio in ratios],
+        }
     return figures
 
 
@@ -189,30 +207,45 @@ def main() -> None:
     our_matrix = get_normalizer("vahadane").estimate(source).array("stain_matrix")
     angles = [_angle(our_matrix[i], their_matrix[i]) for i in range(2)]
     per_thread = ", ".join(f"{n} thread(s) {t * 1000:.1f} ms" for n, t in ours_by_threads.items())
-    print(f"Vahadane 1024x1024 fit+transform: StainTools {staintools_s:.3f} s, ours (CPU) {ours_s * 1000:.1f} ms "
-          f"({per_thread}), {staintools_s / ours_s:.1f}x faster")
-    print(f"  vs StainTools (its default 1 s of dictionary learning): MAD {mad:.2f} grey levels, stain vector "
-          f"angles H {angles[0]:.2f}, E {angles[1]:.2f} degrees (benchmarks/compare_vahadane.py: against it converged)")
+    print(
+        f"Vahadane 1024x1024 fit+transform: StainTools {staintools_s:.3f} s, ours (CPU) {ours_s * 1000:.1f} ms "
+        f"({per_thread}), {staintools_s / ours_s:.1f}x faster"
+    )
+    print(
+        f"  vs StainTools (its default 1 s of dictionary learning): MAD {mad:.2f} grey levels, stain vector "
+        f"angles H {angles[0]:.2f}, E {angles[1]:.2f} degrees (benchmarks/compare_vahadane.py: against it converged)"
+    )
 
     reinhard = {}
     cv2_threads = cv2.getNumThreads()
     for count in sorted({1, threads}):  # both libraries on the same number of threads
         torch.set_num_threads(count)
         cv2.setNumThreads(count)
-        reinhard[count] = _interleaved_medians({
-            "tiatoolbox": lambda: tiatoolbox_reinhard(source, target),
-            "ours": lambda: get_normalizer("reinhard").fit(target).transform(source),
-        }, repeats=15)
+        reinhard[count] = _interleaved_medians(
+            {
+                "tiatoolbox": lambda: tiatoolbox_reinhard(source, target),
+                "ours": lambda: get_normalizer("reinhard").fit(target).transform(source),
+            },
+            repeats=15,
+        )
     torch.set_num_threads(threads)
     cv2.setNumThreads(cv2_threads)
-    reinhard_mad = float(np.abs(tiatoolbox_reinhard(source, target).astype(int)
-                                - get_normalizer("reinhard").fit(target).transform(source).astype(int)).mean())
+    reinhard_mad = float(
+        np.abs(
+            tiatoolbox_reinhard(source, target).astype(int)
+            - get_normalizer("reinhard").fit(target).transform(source).astype(int)
+        ).mean()
+    )
     for count, times in reinhard.items():
-        print(f"Reinhard 1024x1024 fit+transform, {count} thread(s): TIAToolbox's algorithm {times['tiatoolbox'] * 1000:.1f} ms, "
-              f"ours {times['ours'] * 1000:.1f} ms, ours {times['tiatoolbox'] / times['ours']:.2f}x as fast (target >= 1)")
+        print(
+            f"Reinhard 1024x1024 fit+transform, {count} thread(s): TIAToolbox's algorithm {times['tiatoolbox'] * 1000:.1f} ms, "
+            f"ours {times['ours'] * 1000:.1f} ms, ours {times['tiatoolbox'] / times['ours']:.2f}x as fast (target >= 1)"
+        )
     print(f"  outputs differ by MAD {reinhard_mad:.2f} grey levels")
 
-    tiles = np.stack([np.rot90(source[y : y + 512, x : x + 512], k) for y in (0, 512) for x in (0, 512) for k in range(4)])
+    tiles = np.stack(
+        [np.rot90(source[y : y + 512, x : x + 512], k) for y in (0, 512) for x in (0, 512) for k in range(4)]
+    )
     tiles = np.ascontiguousarray(np.concatenate([tiles, tiles[:, ::-1]]))  # 32 distinct 512 px tiles
     cpu = get_normalizer("vahadane", "cpu").fit(target)
     slide = estimate_slide_stain(tiles, cpu)
@@ -222,16 +255,20 @@ def main() -> None:
         cpu_by_threads[count] = _tiles_per_second(cpu, tiles, slide, torch.device("cpu"), batch=8, repeats=3)
     torch.set_num_threads(threads)
     cpu_tps = max(cpu_by_threads.values())
-    print("slide level, 512 px tiles, cached stain matrix: CPU " + ", ".join(
-        f"{n} thread(s) {v:.1f} tiles/s" for n, v in cpu_by_threads.items()))
+    print(
+        "slide level, 512 px tiles, cached stain matrix: CPU "
+        + ", ".join(f"{n} thread(s) {v:.1f} tiles/s" for n, v in cpu_by_threads.items())
+    )
     cuda_tps = None
     if torch.cuda.is_available():
         device = torch.device("cuda")
         gpu = get_normalizer("vahadane", device).fit(target)
         many = np.ascontiguousarray(np.concatenate([tiles] * 32))  # 1024 tiles, 805 MB
         cuda_tps = _tiles_per_second(gpu, many, slide, device, batch=256, repeats=5)
-        print(f"  CUDA ({torch.cuda.get_device_name()}): {cuda_tps:.0f} tiles/s including host<->device copies "
-              "(target on an H100 >= 5000)")
+        print(
+            f"  CUDA ({torch.cuda.get_device_name()}): {cuda_tps:.0f} tiles/s including host<->device copies "
+            "(target on an H100 >= 5000)"
+        )
     else:
         print("  CUDA: not available in this session")
 
@@ -243,7 +280,8 @@ def main() -> None:
 
     def staintools_tile_seconds():
         return statistics.median(
-            _median_seconds(lambda tile=tile: staintools_tile_normalizer.transform(tile.copy()), 1) for tile in tiles[:5]
+            _median_seconds(lambda tile=tile: staintools_tile_normalizer.transform(tile.copy()), 1)
+            for tile in tiles[:5]
         )
 
     with tempfile.TemporaryDirectory() as folder:
@@ -258,36 +296,44 @@ def main() -> None:
     command_s = command["repeated"]["s_per_tile"]
     for name, label in (("repeated", "the 32 tiles above, 8 times"), ("jittered", "the same, each tile HED-jittered")):
         figures = command[name]
-        print(f"wsipipe normalize (whole command, 256 tiles of 512 px: {label}, CPU): "
-              f"{figures['s_per_tile'] * 1000:.1f} ms per tile; StainTools {staintools_tile_s * 1000:.0f} ms per tile; "
-              f"median over 5 rounds {figures['speedup']:.1f}x faster (rounds {figures['speedups']}; target >= 30x)")
-    print(json.dumps({
-        "staintools_fit_transform_s": round(staintools_s, 4),
-        "ours_cpu_fit_transform_s": round(ours_s, 4),
-        "ours_cpu_fit_transform_s_by_threads": {str(n): round(t, 4) for n, t in ours_by_threads.items()},
-        "speedup": round(staintools_s / ours_s, 1),
-        "mad_vs_staintools": round(mad, 3),
-        "angle_h_deg": round(angles[0], 3),
-        "angle_e_deg": round(angles[1], 3),
-        "reinhard_tiatoolbox_s_by_threads": {str(n): round(t["tiatoolbox"], 4) for n, t in reinhard.items()},
-        "reinhard_ours_s_by_threads": {str(n): round(t["ours"], 4) for n, t in reinhard.items()},
-        "reinhard_ratio_by_threads": {str(n): round(t["tiatoolbox"] / t["ours"], 3) for n, t in reinhard.items()},
-        "reinhard_mad_vs_tiatoolbox": round(reinhard_mad, 3),
-        "normalize_command_s_per_tile_512": round(command_s, 5),
-        "staintools_s_per_tile_512": round(staintools_tile_s, 4),
-        "normalize_command_speedup": round(command["repeated"]["speedup"], 1),
-        "normalize_command_speedups": command["repeated"]["speedups"],
-        "normalize_command_jittered_s_per_tile_512": round(command["jittered"]["s_per_tile"], 5),
-        "normalize_command_jittered_speedup": round(command["jittered"]["speedup"], 1),
-        "normalize_command_tiles": len(store_tiles),
-        "normalize_command_rounds": 5,
-        "cpu_tiles_per_s_512": round(cpu_tps, 1),
-        "cpu_tiles_per_s_512_by_threads": {str(n): round(v, 1) for n, v in cpu_by_threads.items()},
-        "cuda_tiles_per_s_512": None if cuda_tps is None else round(cuda_tps, 1),
-        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else "not available in this session",
-        "cpu_threads": torch.get_num_threads(),
-        "load_average_1min": round(os.getloadavg()[0], 2),
-    }))
+        print(
+            f"wsipipe normalize (whole command, 256 tiles of 512 px: {label}, CPU): "
+            f"{figures['s_per_tile'] * 1000:.1f} ms per tile; StainTools {staintools_tile_s * 1000:.0f} ms per tile; "
+            f"median over 5 rounds {figures['speedup']:.1f}x faster (rounds {figures['speedups']}; target >= 30x)"
+        )
+    print(
+        json.dumps(
+            {
+                "staintools_fit_transform_s": round(staintools_s, 4),
+                "ours_cpu_fit_transform_s": round(ours_s, 4),
+                "ours_cpu_fit_transform_s_by_threads": {str(n): round(t, 4) for n, t in ours_by_threads.items()},
+                "speedup": round(staintools_s / ours_s, 1),
+                "mad_vs_staintools": round(mad, 3),
+                "angle_h_deg": round(angles[0], 3),
+                "angle_e_deg": round(angles[1], 3),
+                "reinhard_tiatoolbox_s_by_threads": {str(n): round(t["tiatoolbox"], 4) for n, t in reinhard.items()},
+                "reinhard_ours_s_by_threads": {str(n): round(t["ours"], 4) for n, t in reinhard.items()},
+                "reinhard_ratio_by_threads": {
+                    str(n): round(t["tiatoolbox"] / t["ours"], 3) for n, t in reinhard.items()
+                },
+                "reinhard_mad_vs_tiatoolbox": round(reinhard_mad, 3),
+                "normalize_command_s_per_tile_512": round(command_s, 5),
+                "staintools_s_per_tile_512": round(staintools_tile_s, 4),
+                "normalize_command_speedup": round(command["repeated"]["speedup"], 1),
+                "normalize_command_speedups": command["repeated"]["speedups"],
+                "normalize_command_jittered_s_per_tile_512": round(command["jittered"]["s_per_tile"], 5),
+                "normalize_command_jittered_speedup": round(command["jittered"]["speedup"], 1),
+                "normalize_command_tiles": len(store_tiles),
+                "normalize_command_rounds": 5,
+                "cpu_tiles_per_s_512": round(cpu_tps, 1),
+                "cpu_tiles_per_s_512_by_threads": {str(n): round(v, 1) for n, v in cpu_by_threads.items()},
+                "cuda_tiles_per_s_512": None if cuda_tps is None else round(cuda_tps, 1),
+                "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else "not available in this session",
+                "cpu_threads": torch.get_num_threads(),
+                "load_average_1min": round(os.getloadavg()[0], 2),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -114,8 +114,20 @@ class PeakRss:
 def run_command(slide: Path, store: Path, workers: int) -> tuple[float, int, float]:
     """Seconds, peak RSS (bytes, all processes) and CPU seconds (all processes) of one ``wsipipe tile`` run."""
     command = [
-        sys.executable, "-m", "wsipipe", "tile", str(slide), "-o", str(store),
-        "--mpp", str(TARGET_MPP), "--tile-size", str(TILE), "--readers", str(workers), "--quiet",
+        sys.executable,
+        "-m",
+        "wsipipe",
+        "tile",
+        str(slide),
+        "-o",
+        str(store),
+        "--mpp",
+        str(TARGET_MPP),
+        "--tile-size",
+        str(TILE),
+        "--readers",
+        str(workers),
+        "--quiet",
     ]
     shutil.rmtree(store, ignore_errors=True)  # a new store each run: removing the last one is not tiling
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -228,8 +240,15 @@ def main() -> None:
     args = parser.parse_args()
     cores = os.cpu_count() or 2
     slide = synthetic_slide(args.size)
-    figures: dict = {"slide_px": args.size, "slide_mpp": SLIDE_MPP, "target_mpp": TARGET_MPP, "tile": TILE,
-                     "workers": args.workers, "cores": cores, "repeats": args.repeats}
+    figures: dict = {
+        "slide_px": args.size,
+        "slide_mpp": SLIDE_MPP,
+        "target_mpp": TARGET_MPP,
+        "tile": TILE,
+        "workers": args.workers,
+        "cores": cores,
+        "repeats": args.repeats,
+    }
     with tempfile.TemporaryDirectory(dir=CACHE) as scratch:
         store = Path(scratch) / "tiles.zarr"
         commands = [run_command(slide, store, args.workers) for _ in range(args.repeats)]
@@ -246,7 +265,12 @@ def main() -> None:
         # CPU per tile does not depend on what else the machine runs: a second view of the same work.
         cpu_ms = {
             name: 1000 * median([run[-1] for run in results]) / tiles
-            for name, results in (("wsipipe", stages), ("command", commands), ("plain", plain), ("decode_limit", decode))
+            for name, results in (
+                ("wsipipe", stages),
+                ("command", commands),
+                ("plain", plain),
+                ("decode_limit", decode),
+            )
         }
         figures.update(
             tiles=tiles,
@@ -264,11 +288,15 @@ def main() -> None:
         )
         print(f"tiles: {tiles} at {TARGET_MPP} µm/px, {TILE} px, slide {args.size} px")
         print(f"wsipipe tile work ({args.workers} workers): {wsipipe_tps:.1f} tiles/s")
-        print(f"wsipipe tile command (start-up included): {command_tps:.1f} tiles/s, peak RSS {peak_rss / 2**20:.0f} MiB")
+        print(
+            f"wsipipe tile command (start-up included): {command_tps:.1f} tiles/s, peak RSS {peak_rss / 2**20:.0f} MiB"
+        )
         print(f"plain openslide loop:  {plain_tps:.1f} tiles/s")
         print(f"decode limit ({cores} threads): {decode_tps:.1f} tiles/s")
-        print(f"wsipipe/plain {wsipipe_tps / plain_tps:.2f}x, wsipipe/decode-limit {wsipipe_tps / decode_tps:.2f}x "
-              f"(command: {command_tps / plain_tps:.2f}x, {command_tps / decode_tps:.2f}x)")
+        print(
+            f"wsipipe/plain {wsipipe_tps / plain_tps:.2f}x, wsipipe/decode-limit {wsipipe_tps / decode_tps:.2f}x "
+            f"(command: {command_tps / plain_tps:.2f}x, {command_tps / decode_tps:.2f}x)"
+        )
         print("CPU ms per tile: " + ", ".join(f"{name} {value:.1f}" for name, value in cpu_ms.items()))
         print(f"load average (1 min) at the end: {os.getloadavg()[0]:.2f} on {cores} cores")
         if not args.no_scale_check:
@@ -279,8 +307,10 @@ def main() -> None:
                 count = len(store_coords(scale_store))
                 figures[f"peak_rss_mib_{side}px"] = round(median([run[1] for run in scale_runs]) / 2**20, 1)
                 figures[f"command_tiles_per_s_{side}px"] = round(count / median([run[0] for run in scale_runs]), 1)
-                print(f"scale check {side} px ({count} tiles): peak RSS {figures[f'peak_rss_mib_{side}px']:.0f} MiB, "
-                      f"{figures[f'command_tiles_per_s_{side}px']} tiles/s")
+                print(
+                    f"scale check {side} px ({count} tiles): peak RSS {figures[f'peak_rss_mib_{side}px']:.0f} MiB, "
+                    f"{figures[f'command_tiles_per_s_{side}px']} tiles/s"
+                )
     targets = {
         "wsipipe_at_least_3x_plain": figures["ratio_wsipipe_plain"] >= 3,
         "wsipipe_at_least_half_decode_limit": figures["ratio_wsipipe_decode_limit"] >= 0.5,

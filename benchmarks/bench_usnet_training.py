@@ -69,8 +69,9 @@ def main() -> None:
     root = Path(args[0] if args else os.environ.get("WSIPIPE_DATA", "../shared/data"))
     root = root if (root / "cpm15").is_dir() else root / "nuclei"
     steps, repeats = int(_option("--steps", "20")), int(_option("--repeats", "3"))
-    config = NucleiTrainConfig(args={"base": 16}, crop=128, epochs=1, steps_per_epoch=steps, batch_size=8,
-                               device=_option("--device", "cpu"))
+    config = NucleiTrainConfig(
+        args={"base": 16}, crop=128, epochs=1, steps_per_epoch=steps, batch_size=8, device=_option("--device", "cpu")
+    )
     samples = load_nuclei_dataset(root, config.mpp)
     rates: dict[str, list[float]] = {"binned": [], "full_matrix": []}
     for _ in range(repeats):
@@ -80,12 +81,25 @@ def main() -> None:
         rates["full_matrix"].append(full_rate)
     same = all(torch.equal(binned_state[k], full_state[k]) for k in binned_state)
     binned, full = statistics.median(rates["binned"]), statistics.median(rates["full_matrix"])
-    print(f"US-Net training, {config.device}, {torch.get_num_threads()} torch thread(s), batch {config.batch_size} of "
-          f"{config.crop} px: binned matching {binned:.2f} steps/s, full IoU matrix {full:.2f} steps/s "
-          f"({binned / full:.2f}x; medians of {repeats} x {steps} steps); same weights: {same}")
-    print(json.dumps({"device": config.device, "torch_threads": torch.get_num_threads(), "steps": steps,
-                      "repeats": repeats, "binned_steps_per_s": round(binned, 3), "full_matrix_steps_per_s": round(full, 3),
-                      "speedup": round(binned / full, 2), "same_weights": same}))
+    print(
+        f"US-Net training, {config.device}, {torch.get_num_threads()} torch thread(s), batch {config.batch_size} of "
+        f"{config.crop} px: binned matching {binned:.2f} steps/s, full IoU matrix {full:.2f} steps/s "
+        f"({binned / full:.2f}x; medians of {repeats} x {steps} steps); same weights: {same}"
+    )
+    print(
+        json.dumps(
+            {
+                "device": config.device,
+                "torch_threads": torch.get_num_threads(),
+                "steps": steps,
+                "repeats": repeats,
+                "binned_steps_per_s": round(binned, 3),
+                "full_matrix_steps_per_s": round(full, 3),
+                "speedup": round(binned / full, 2),
+                "same_weights": same,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -99,8 +99,15 @@ def run(slide: Path, views: int, seed: int) -> dict:
     try:
         grid = server.sources[0].tiles(server.cache).grid
         tiles = view_tiles(grid, views, seed)
-        figures.update({"width": grid.width, "height": grid.height, "views": views, "tiles": len(tiles),
-                        "distinct_tiles": len(set(tiles))})
+        figures.update(
+            {
+                "width": grid.width,
+                "height": grid.height,
+                "views": views,
+                "tiles": len(tiles),
+                "distinct_tiles": len(set(tiles)),
+            }
+        )
         connection = http.client.HTTPConnection(*server.server_address[:2], timeout=120)
         for name in ("cold", "warm"):
             seconds, latencies = serve_pass(connection, tiles)
@@ -136,13 +143,19 @@ def main() -> None:
             print("writing a 40 000 x 32 000 px synthetic slide ...", flush=True)
             slide = write_synthetic_slide(Path(folder) / "synthetic-40k.tif", SyntheticSpec(40000, 32000))
         figures = run(slide, args.views, args.seed)
-    print(f"{figures['slide']}: {figures['width']} x {figures['height']} px, {figures['views']} views, "
-          f"{figures['tiles']} tile requests ({figures['distinct_tiles']} distinct)")
+    print(
+        f"{figures['slide']}: {figures['width']} x {figures['height']} px, {figures['views']} views, "
+        f"{figures['tiles']} tile requests ({figures['distinct_tiles']} distinct)"
+    )
     for side in ("wsipipe", "openslide"):
         for name in ("cold", "warm"):
-            print(f"  {side:9s} {name}: {figures[f'{side}_{name}_tiles_per_s']:8.1f} tiles/s, "
-                  f"p95 {figures[f'{side}_{name}_p95_ms']:7.2f} ms")
-    print(f"  wsipipe / openslide: cold {figures['ratio_cold']:.2f}x, warm {figures['ratio_warm']:.2f}x (target >= 1.5x)")
+            print(
+                f"  {side:9s} {name}: {figures[f'{side}_{name}_tiles_per_s']:8.1f} tiles/s, "
+                f"p95 {figures[f'{side}_{name}_p95_ms']:7.2f} ms"
+            )
+    print(
+        f"  wsipipe / openslide: cold {figures['ratio_cold']:.2f}x, warm {figures['ratio_warm']:.2f}x (target >= 1.5x)"
+    )
     print(json.dumps(figures))
 
 

@@ -21,8 +21,13 @@ from wsipipe.nuclei.data import load_nuclei_dataset
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     default = Path(os.environ.get("WSIPIPE_DATA", "../shared/data")) / "nuclei"
-    parser.add_argument("nuclei", nargs="?", type=Path, default=default,
-                        help=f"folder with cpm15/ and/or monuseg_train/ (default {default})")
+    parser.add_argument(
+        "nuclei",
+        nargs="?",
+        type=Path,
+        default=default,
+        help=f"folder with cpm15/ and/or monuseg_train/ (default {default})",
+    )
     parser.add_argument("out", type=Path, help="folder for the crops and scores.csv")
     parser.add_argument("--crop", type=int, default=256, help="crop side in px at 0.5 µm/px")
     parser.add_argument("--per-image", type=int, default=4, help="crops per image at most")

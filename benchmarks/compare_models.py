@@ -70,8 +70,12 @@ def main() -> None:
     parser.add_argument("--data-mpp", type=float, default=12.0, help="assumed µm/px of the lung images")
     parser.add_argument("--mpp", type=float, default=96.0, help="model µm/px (coarse on CPU)")
     parser.add_argument("--tile-size", type=int, default=64)
-    parser.add_argument("--groups", type=Path, default=Path(__file__).parents[1] / "examples" / "lung-groups.csv",
-                        help="images that must share a fold (the overlapping lung_04 and lung_05)")
+    parser.add_argument(
+        "--groups",
+        type=Path,
+        default=Path(__file__).parents[1] / "examples" / "lung-groups.csv",
+        help="images that must share a fold (the overlapping lung_04 and lung_05)",
+    )
     parser.add_argument("--folds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--patches-per-epoch", type=int, default=16)
@@ -96,23 +100,44 @@ def main() -> None:
             continue
         cm, train_rates = np.zeros((2, 2), np.int64), []
         for k, val_idx in enumerate(folds):
-            config = TrainConfig(architecture=arch, args=args, classes=classes, mpp=opts.mpp, tile_size=opts.tile_size,
-                                 epochs=opts.epochs, patches_per_epoch=opts.patches_per_epoch, batch_size=opts.batch_size,
-                                 lr=opts.lr, seed=opts.seed + k, device=device, channels_last=device.startswith("cuda"))
+            config = TrainConfig(
+                architecture=arch,
+                args=args,
+                classes=classes,
+                mpp=opts.mpp,
+                tile_size=opts.tile_size,
+                epochs=opts.epochs,
+                patches_per_epoch=opts.patches_per_epoch,
+                batch_size=opts.batch_size,
+                lr=opts.lr,
+                seed=opts.seed + k,
+                device=device,
+                channels_last=device.startswith("cuda"),
+            )
             train_items = [it for i, it in enumerate(items) if i not in val_idx]
             result = train(config, train_items, [items[i] for i in val_idx], select_best=False)  # scored on these
             train_rates.append(result["images_per_s"])
             model = build_model(arch, 2, args)
             model.load_state_dict(result["state_dict"])
             bundle = ModelBundle(model.to(device).eval(), model_metadata(arch, args, classes, opts.mpp, opts.tile_size))
-            cm += np.array(evaluate_items(bundle, [originals[i] for i in val_idx], opts.data_mpp, batch_size=opts.batch_size, device=device)["confusion"])
+            cm += np.array(
+                evaluate_items(
+                    bundle, [originals[i] for i in val_idx], opts.data_mpp, batch_size=opts.batch_size, device=device
+                )["confusion"]
+            )
         metrics = summarise(cm, classes)
         row = {
-            "model": label, "architecture": arch, "args": args,
+            "model": label,
+            "architecture": arch,
+            "args": args,
             "params_m": round(parameter_count(arch, 2, args) / 1e6, 2),
-            "miou": round(metrics["miou"], 4), "accuracy": round(metrics["accuracy"], 4), "kappa": round(metrics["kappa"], 4),
+            "miou": round(metrics["miou"], 4),
+            "accuracy": round(metrics["accuracy"], 4),
+            "kappa": round(metrics["kappa"], 4),
             "train_images_per_s": round(float(np.median(train_rates)), 2),
-            "inference_tiles_per_s": round(inference_tiles_per_s(bundle.model, opts.tile_size, opts.batch_size, device), 2),
+            "inference_tiles_per_s": round(
+                inference_tiles_per_s(bundle.model, opts.tile_size, opts.batch_size, device), 2
+            ),
         }
         rows.append(row)
         print(f"{label}: {row}", flush=True)
@@ -120,13 +145,31 @@ def main() -> None:
     print("\n| model | params (M) | mIoU | accuracy | kappa | train images/s | inference tiles/s |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['model']} | {r['params_m']} | {r['miou']:.4f} | {r['accuracy']:.4f} | {r['kappa']:.4f} | "
-              f"{r['train_images_per_s']} | {r['inference_tiles_per_s']} |")
-    print(f"| tumour = all tissue (baseline) | - | {baseline['miou']:.4f} | {baseline['accuracy']:.4f} | {baseline['kappa']:.4f} | - | - |")
-    print(f"\ndevice {device} ({opts.threads} thread(s) on CPU); {opts.folds} folds by image group ({opts.groups.name}), last epoch of each; {opts.epochs} epochs x {opts.patches_per_epoch} patches of "
-          f"{opts.tile_size} px at {opts.mpp} µm/px (images assumed {opts.data_mpp} µm/px); tiles/s at batch {opts.batch_size}")
-    print(json.dumps({"device": device, "folds": opts.folds, "epochs": opts.epochs, "patches_per_epoch": opts.patches_per_epoch,
-                      "tile_size": opts.tile_size, "mpp": opts.mpp, "baseline_miou": round(baseline["miou"], 4), "models": rows}))
+        print(
+            f"| {r['model']} | {r['params_m']} | {r['miou']:.4f} | {r['accuracy']:.4f} | {r['kappa']:.4f} | "
+            f"{r['train_images_per_s']} | {r['inference_tiles_per_s']} |"
+        )
+    print(
+        f"| tumour = all tissue (baseline) | - | {baseline['miou']:.4f} | {baseline['accuracy']:.4f} | {baseline['kappa']:.4f} | - | - |"
+    )
+    print(
+        f"\ndevice {device} ({opts.threads} thread(s) on CPU); {opts.folds} folds by image group ({opts.groups.name}), last epoch of each; {opts.epochs} epochs x {opts.patches_per_epoch} patches of "
+        f"{opts.tile_size} px at {opts.mpp} µm/px (images assumed {opts.data_mpp} µm/px); tiles/s at batch {opts.batch_size}"
+    )
+    print(
+        json.dumps(
+            {
+                "device": device,
+                "folds": opts.folds,
+                "epochs": opts.epochs,
+                "patches_per_epoch": opts.patches_per_epoch,
+                "tile_size": opts.tile_size,
+                "mpp": opts.mpp,
+                "baseline_miou": round(baseline["miou"], 4),
+                "models": rows,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

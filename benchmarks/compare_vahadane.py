@@ -80,6 +80,7 @@ def centre_crop(image: np.ndarray, size: int | None) -> np.ndarray:
 def he_images(data: Path, crop: int | None = None, only: list[str] | None = None) -> dict[str, np.ndarray]:
     """The comparison's images (centre-cropped to ``crop`` px when given), optionally only those
     whose name contains one of ``only``."""
+
     def wanted(name: str) -> bool:
         return not only or any(part in name for part in only)
 
@@ -120,17 +121,31 @@ def main() -> None:
         for name, image in images.items():  # one at a time: figures print as they come
             row = compare_vahadane(staintools, {name: image}, target)[0]
             objective = row["objective"]
-            print(f"{name:58s} {row['pixels']:>8d} px tissue {row['tissue_fraction']:.2f}  MAD {row['mad']:.2f} "
-                  f"(rounded {row['mad_rounded']:.2f})  angles H {row['angle_h']:.2f} E {row['angle_e']:.2f} deg  "
-                  f"objective ours {objective['ours']:.6f} StainTools {objective['staintools']:.6f}", flush=True)
+            print(
+                f"{name:58s} {row['pixels']:>8d} px tissue {row['tissue_fraction']:.2f}  MAD {row['mad']:.2f} "
+                f"(rounded {row['mad_rounded']:.2f})  angles H {row['angle_h']:.2f} E {row['angle_e']:.2f} deg  "
+                f"objective ours {objective['ours']:.6f} StainTools {objective['staintools']:.6f}",
+                flush=True,
+            )
             rows.append(row)
     result = summary(rows)
-    print(f"{result['images']} images: MAD median {result['mad_median']:.2f}, max {result['mad_max']:.2f} grey levels "
-          f"(targets <= 1.5, <= 3); against StainTools rounded: median {result['mad_rounded_median']:.2f}, "
-          f"max {result['mad_rounded_max']:.2f}; angles max H {result['angle_h_max']:.2f}, E {result['angle_e_max']:.2f} "
-          f"degrees (target <= 3); our objective lower or equal on {result['objective_ours_lower_or_equal']} images")
-    print(json.dumps({**result, "crop": args.crop, "target": TARGET, "seconds": round(time.perf_counter() - start, 1),
-                      "per_image": rows}))
+    print(
+        f"{result['images']} images: MAD median {result['mad_median']:.2f}, max {result['mad_max']:.2f} grey levels "
+        f"(targets <= 1.5, <= 3); against StainTools rounded: median {result['mad_rounded_median']:.2f}, "
+        f"max {result['mad_rounded_max']:.2f}; angles max H {result['angle_h_max']:.2f}, E {result['angle_e_max']:.2f} "
+        f"degrees (target <= 3); our objective lower or equal on {result['objective_ours_lower_or_equal']} images"
+    )
+    print(
+        json.dumps(
+            {
+                **result,
+                "crop": args.crop,
+                "target": TARGET,
+                "seconds": round(time.perf_counter() - start, 1),
+                "per_image": rows,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -30,12 +30,24 @@ def main() -> None:
         print(f"fold {r.fold}: {len(r.images)} images, tuned {r.setting}: AJI {r.aji:.3f} PQ {r.pq:.3f}")
     ajis = np.array([r.aji for r in results])
     pqs = np.array([r.pq for r in results])
-    print(f"classical, {len(samples)} images at {WORKING_MPP} µm/px, 5-fold: "
-          f"AJI {ajis.mean():.3f} ± {ajis.std():.3f}, PQ {pqs.mean():.3f} ± {pqs.std():.3f} "
-          f"({time.perf_counter() - start:.0f} s)")
-    print(json.dumps({"method": "classical", "images": len(samples), "folds": 5, "aji_mean": round(float(ajis.mean()), 4),
-                      "aji_std": round(float(ajis.std()), 4), "pq_mean": round(float(pqs.mean()), 4),
-                      "pq_std": round(float(pqs.std()), 4)}))
+    print(
+        f"classical, {len(samples)} images at {WORKING_MPP} µm/px, 5-fold: "
+        f"AJI {ajis.mean():.3f} ± {ajis.std():.3f}, PQ {pqs.mean():.3f} ± {pqs.std():.3f} "
+        f"({time.perf_counter() - start:.0f} s)"
+    )
+    print(
+        json.dumps(
+            {
+                "method": "classical",
+                "images": len(samples),
+                "folds": 5,
+                "aji_mean": round(float(ajis.mean()), 4),
+                "aji_std": round(float(ajis.std()), 4),
+                "pq_mean": round(float(pqs.mean()), 4),
+                "pq_std": round(float(pqs.std()), 4),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -58,8 +58,13 @@ def main(argv: list[str] | None = None) -> dict:
     classes = None if values is None else max([0, *values]) + 1  # 0: unannotated pixels
     model = tiny_model(classes)
     optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
-    loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=True, num_workers=args.workers,
-                        generator=torch.Generator().manual_seed(args.seed))
+    loader = DataLoader(
+        dataset,
+        batch_size=args.batch_size,
+        shuffle=True,
+        num_workers=args.workers,
+        generator=torch.Generator().manual_seed(args.seed),
+    )
     losses, tiles_seen, slides = [], 0, set()
     while len(losses) < args.steps:
         for batch in loader:
@@ -78,8 +83,14 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"step {len(losses)}: loss {losses[-1]:.4f} ({len(images)} tiles)", flush=True)
             if len(losses) == args.steps:
                 break
-    summary = {"task": "tissue fraction" if classes is None else "segmentation", "steps": len(losses),
-               "tiles_seen": tiles_seen, "slides": sorted(slides), "first_loss": losses[0], "last_loss": losses[-1]}
+    summary = {
+        "task": "tissue fraction" if classes is None else "segmentation",
+        "steps": len(losses),
+        "tiles_seen": tiles_seen,
+        "slides": sorted(slides),
+        "first_loss": losses[0],
+        "last_loss": losses[-1],
+    }
     print(json.dumps(summary))
     return summary
 

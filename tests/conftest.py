@@ -109,8 +109,10 @@ def hold_folder_lock():
     holders = []
 
     def hold(folder, name=".wsipipe.lock"):
-        code = ("import fcntl, sys, time; h = open(sys.argv[1], 'a'); fcntl.flock(h, fcntl.LOCK_EX | fcntl.LOCK_NB); "
-                "print('held', flush=True); time.sleep(120)")
+        code = (
+            "import fcntl, sys, time; h = open(sys.argv[1], 'a'); fcntl.flock(h, fcntl.LOCK_EX | fcntl.LOCK_NB); "
+            "print('held', flush=True); time.sleep(120)"
+        )
         holder = subprocess.Popen([sys.executable, "-c", code, str(folder / name)], stdout=subprocess.PIPE, text=True)
         holders.append(holder)
         assert holder.stdout.readline().strip() == "held"
@@ -163,10 +165,17 @@ def dicom_series(tmp_path_factory, slides_dir, synthetic_slide):
             if encoding is not None:
                 from wsidicom.codec.settings import Channels, Jpeg2kSettings, JpegLsSettings, JpegSettings
 
-                settings = {"j2k": Jpeg2kSettings(levels=0, channels=Channels.RGB), "jpegls": JpegLsSettings(),
-                            "jpeg": JpegSettings(quality=90)}[encoding]
+                settings = {
+                    "j2k": Jpeg2kSettings(levels=0, channels=Channels.RGB),
+                    "jpegls": JpegLsSettings(),
+                    "jpeg": JpegSettings(quality=90),
+                }[encoding]
                 # opentile cannot parse the synthetic slide's short Aperio description: read it with openslide.
-                options = {"encoding": settings, "force_transcoding": True, "preferred_source": SourceIdentifier.OPENSLIDE}
+                options = {
+                    "encoding": settings,
+                    "force_transcoding": True,
+                    "preferred_source": SourceIdentifier.OPENSLIDE,
+                }
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 WsiDicomizer.convert(source, out, **options)

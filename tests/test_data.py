@@ -33,9 +33,14 @@ RECTANGLES = {"Tumor": (1, (300, 200, 1000, 900)), "Stroma": (2, (1200, 1500, 20
 
 
 def _geojson(path: Path) -> Path:
-    features = [{"type": "Feature", "properties": {"classification": {"name": name}},
-                 "geometry": {"type": "Polygon", "coordinates": [[[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]]}}
-                for name, (_, (x0, y0, x1, y1)) in RECTANGLES.items()]
+    features = [
+        {
+            "type": "Feature",
+            "properties": {"classification": {"name": name}},
+            "geometry": {"type": "Polygon", "coordinates": [[[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]]},
+        }
+        for name, (_, (x0, y0, x1, y1)) in RECTANGLES.items()
+    ]
     path.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
     return path
 
@@ -47,7 +52,9 @@ def stores(tmp_path_factory) -> dict[str, Path]:
     geojson = _geojson(folder / "rectangles.geojson")
     label_map = ",".join(f"{name}={value}" for name, (value, _) in RECTANGLES.items())
     common = {"slide": SLIDE, "level": 0, "qc": "off"}
-    tile.run(TileConfig(output=folder / "annotated.zarr", tile_size=TILE, annotations=geojson, label_map=label_map, **common))
+    tile.run(
+        TileConfig(output=folder / "annotated.zarr", tile_size=TILE, annotations=geojson, label_map=label_map, **common)
+    )
     tile.run(TileConfig(output=folder / "plain.zarr", tile_size=TILE, tissue_threshold=0.5, **common))
     tile.run(TileConfig(output=folder / "large.zarr", tile_size=2 * TILE, **common))
     return {name: folder / f"{name}.zarr" for name in ("annotated", "plain", "large")}
@@ -169,7 +176,9 @@ def test_a_sequential_pass_reads_each_byte_once(stores, monkeypatch):
     reads = _spy_preads(monkeypatch)
     for i in range(len(dataset)):
         dataset[i]
-    files = sorted(p for name in ("tiles", "masks") for p in (stores["annotated"] / name / "c").rglob("*") if p.is_file())
+    files = sorted(
+        p for name in ("tiles", "masks") for p in (stores["annotated"] / name / "c").rglob("*") if p.is_file()
+    )
     per_file = {}
     for path, _, size in reads:
         per_file[path] = per_file.get(path, 0) + size
@@ -190,8 +199,9 @@ def test_memory_stays_within_a_few_tiles(stores):
 
 
 def _batches(dataset, workers: int) -> list[dict]:
-    loader = DataLoader(dataset, batch_size=48, num_workers=workers, shuffle=True,
-                        generator=torch.Generator().manual_seed(3))
+    loader = DataLoader(
+        dataset, batch_size=48, num_workers=workers, shuffle=True, generator=torch.Generator().manual_seed(3)
+    )
     return list(loader)
 
 
@@ -279,9 +289,14 @@ def test_several_stores_concatenate_in_order_and_must_agree(stores):
     assert item["slide"] == "second" and item["index"] == half[2]["index"]
     np.testing.assert_array_equal(item["image"], half[2]["image"])
     assert len(TileStoresDataset([stores["plain"]])) == len(plain) < len(annotated)
-    with pytest.raises(InvalidInputError, match=r"^paths: .*plain.zarr has labels None, .*annotated.zarr \['Tumor', 'Stroma'\]: tile the stores alike$"):
+    with pytest.raises(
+        InvalidInputError,
+        match=r"^paths: .*plain.zarr has labels None, .*annotated.zarr \['Tumor', 'Stroma'\]: tile the stores alike$",
+    ):
         TileStoresDataset([stores["annotated"], stores["plain"]])
-    with pytest.raises(InvalidInputError, match=r"^paths: .*large.zarr has tile size 128, .*plain.zarr 64: tile the stores alike$"):
+    with pytest.raises(
+        InvalidInputError, match=r"^paths: .*large.zarr has tile size 128, .*plain.zarr 64: tile the stores alike$"
+    ):
         TileStoresDataset([stores["plain"], stores["large"]])
     with pytest.raises(InvalidInputError, match=r"^names: 1 names for 2 stores$"):
         TileStoresDataset([stores["plain"], stores["plain"]], names=["x"])
@@ -294,9 +309,23 @@ def test_the_example_trains_on_two_stores_with_workers(stores, tmp_path):
     shutil.copytree(stores["annotated"], second)
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
-        [sys.executable, str(REPO / "examples" / "train_tiny.py"), str(stores["annotated"]), str(second),
-         "--steps", "10", "--workers", "2", "--batch-size", "16"],
-        capture_output=True, text=True, env=env, timeout=120, check=False,
+        [
+            sys.executable,
+            str(REPO / "examples" / "train_tiny.py"),
+            str(stores["annotated"]),
+            str(second),
+            "--steps",
+            "10",
+            "--workers",
+            "2",
+            "--batch-size",
+            "16",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
@@ -314,8 +343,9 @@ def test_the_example_learns_tissue_fractions_without_annotations(stores):
         import train_tiny
     finally:
         sys.path.remove(str(REPO / "examples"))
-    summary = train_tiny.main([str(stores["plain"]), "--steps", "6", "--workers", "0", "--batch-size", "8",
-                               "--min-tissue", "0.6"])
+    summary = train_tiny.main(
+        [str(stores["plain"]), "--steps", "6", "--workers", "0", "--batch-size", "8", "--min-tissue", "0.6"]
+    )
     assert summary["task"] == "tissue fraction" and summary["tiles_seen"] == 6 * 8
     assert summary["last_loss"] < summary["first_loss"]
 

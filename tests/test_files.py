@@ -71,7 +71,13 @@ def test_the_lock_deletes_what_a_killed_writer_left_and_nothing_else(tmp_path):
     (tmp_path / left).write_text("half")
     (tmp_path / ".mask.zarr.wsipipe-89abcdef.tmp").mkdir()
     # A user's own files, however close to atomic_path's names: only the marker proves a file is ours.
-    kept = ["nuclei.csv", ".nuclei.csv.tmp", "notes.0123abcd.tmp", ".notes.txt.0123abcd.tmp", ".x.wsipipe-0123abcd.tmp.bak"]
+    kept = [
+        "nuclei.csv",
+        ".nuclei.csv.tmp",
+        "notes.0123abcd.tmp",
+        ".notes.txt.0123abcd.tmp",
+        ".x.wsipipe-0123abcd.tmp.bak",
+    ]
     for name in kept:
         (tmp_path / name).write_text("mine")
     (tmp_path / ".scans.89abcdef.tmp").mkdir()
@@ -152,7 +158,10 @@ def test_staged_outputs_move_in_together_the_last_one_last(tmp_path, monkeypatch
         (staging / "labels.zarr" / "1" / "chunk").write_text("new")
         (staging / "nuclei.csv").write_text("new")
     assert _contents(tmp_path) == {
-        "labels.zarr/1/chunk": "new", "nuclei.csv": "new", "nuclei.json": "new", "notes.txt": "mine"
+        "labels.zarr/1/chunk": "new",
+        "nuclei.csv": "new",
+        "nuclei.json": "new",
+        "notes.txt": "mine",
     }  # the old folder was replaced, not merged; other files are left alone
     assert [name for name in moved if not name.startswith(".")][-1] == "nuclei.json"
     assert not staging.exists()

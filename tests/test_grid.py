@@ -48,7 +48,9 @@ def test_overlap_sets_the_stride_and_the_grid_starts_half_an_overlap_out(cmu):
     assert tuple(grid.coords[3]) == (641, -128)  # round(3 * 256.513 - 128.257)
 
 
-@pytest.mark.parametrize("height,width,tile,overlap", [(301, 263, 64, 16), (64, 64, 64, 0), (10, 500, 64, 32), (97, 97, 64, 33)])
+@pytest.mark.parametrize(
+    "height,width,tile,overlap", [(301, 263, 64, 16), (64, 64, 64, 0), (10, 500, 64, 32), (97, 97, 64, 33)]
+)
 def test_every_pixel_lies_half_an_overlap_inside_a_tile(height, width, tile, overlap):
     """Where the blending window counts it, with the context of a tile around it (white beyond an edge)."""
     coords = grid_coords((width, height), tile, overlap, 1.0)

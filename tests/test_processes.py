@@ -15,8 +15,10 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-HELPER = "import sys, time; from wsipipe.processes import die_with_parent; die_with_parent(int(sys.argv[1])); " \
-         "print('armed', flush=True); time.sleep(120)"
+HELPER = (
+    "import sys, time; from wsipipe.processes import die_with_parent; die_with_parent(int(sys.argv[1])); "
+    "print('armed', flush=True); time.sleep(120)"
+)
 
 
 def _gone_within(processes: list[psutil.Process], seconds: float) -> list[psutil.Process]:
@@ -48,8 +50,13 @@ def test_a_helper_whose_parent_is_already_gone_exits_at_once():
 
 
 def test_a_helper_ignores_ctrl_c():
-    helper = subprocess.Popen([sys.executable, "-c", HELPER, str(os.getpid())], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, env=ENV)
+    helper = subprocess.Popen(
+        [sys.executable, "-c", HELPER, str(os.getpid())],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )
     try:
         assert helper.stdout.readline().strip() == "armed"
         helper.send_signal(signal.SIGINT)
@@ -65,9 +72,25 @@ def _segment_with_readers(slide: Path, outdir: Path):
     """A ``segment`` run in its own process group, once its two reader processes run; with every
     process it started so far."""
     run = subprocess.Popen(
-        [sys.executable, "-m", "wsipipe", "segment", str(slide), "-o", str(outdir),
-         "-q", "--device", "cpu", "--workers", "2"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "wsipipe",
+            "segment",
+            str(slide),
+            "-o",
+            str(outdir),
+            "-q",
+            "--device",
+            "cpu",
+            "--workers",
+            "2",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+        start_new_session=True,
     )
     parent = psutil.Process(run.pid)
     deadline = time.monotonic() + 120

@@ -40,8 +40,13 @@ def _write_slide(path, tissue: bool = True):
         x0, y0, x1, y1 = TUMOUR
         image[y0:y1, x0:x1] = PURPLE
     tifffile.imwrite(
-        path, image, tile=(256, 256), photometric="rgb", compression="zlib",
-        resolution=(1e4 / MPP, 1e4 / MPP), resolutionunit="CENTIMETER",
+        path,
+        image,
+        tile=(256, 256),
+        photometric="rgb",
+        compression="zlib",
+        resolution=(1e4 / MPP, 1e4 / MPP),
+        resolutionunit="CENTIMETER",
     )
     return path
 
@@ -74,7 +79,15 @@ def test_known_tumour_and_tissue_areas_and_all_outputs(slide, tmp_path):
     assert report["n_tiles"] > 0 and report["model"]["name"] == "toy" and len(report["model"]["sha256"]) == 64
     assert {"load", "tissue", "inference", "pyramid", "regions", "report"} <= set(report["timings_s"])
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == [".wsipipe.lock", "overlay.png", "prediction.zarr", "regions.geojson", "regions.xml", "report.html", "report.json"]
+    assert names == [
+        ".wsipipe.lock",
+        "overlay.png",
+        "prediction.zarr",
+        "regions.geojson",
+        "regions.xml",
+        "report.html",
+        "report.json",
+    ]
     assert json.loads((tmp_path / "report.json").read_text())["n_tiles"] == report["n_tiles"]
 
     # The stitched label map equals the per-pixel rule applied to the slide at 1 µm/px.
@@ -138,7 +151,9 @@ def test_killed_run_resumes_and_gives_the_same_outputs(slide, tmp_path, monkeypa
     resumed = _run(slide, tmp_path / "resumed")
     assert 0 < seen["tiles"] < reference["n_tiles"]  # finished bands were not run again
     assert not partial.exists()
-    assert sorted(os.listdir(tmp_path / "resumed" / "prediction.zarr")) == sorted(os.listdir(tmp_path / "reference" / "prediction.zarr"))
+    assert sorted(os.listdir(tmp_path / "resumed" / "prediction.zarr")) == sorted(
+        os.listdir(tmp_path / "reference" / "prediction.zarr")
+    )
     assert sorted(os.listdir(tmp_path / "resumed")) == sorted(os.listdir(tmp_path / "reference"))
     for path in ("0", "1", "labels/classes/0", "labels/classes/1"):
         a = zarr.open_array(str(tmp_path / "reference" / "prediction.zarr" / path), mode="r")[:]
@@ -151,7 +166,9 @@ def test_killed_run_resumes_and_gives_the_same_outputs(slide, tmp_path, monkeypa
 
 
 @pytest.mark.slow
-def test_column_strips_give_the_same_prediction_and_resume_strip_by_strip(slide, tiny_model_file, tmp_path, monkeypatch):
+def test_column_strips_give_the_same_prediction_and_resume_strip_by_strip(
+    slide, tiny_model_file, tmp_path, monkeypatch
+):
     """Stitching strip by strip (memory bounded on wide slides) changes no pixel, even after a kill."""
     monkeypatch.setattr(segment_module, "CHUNK", 128)
     options = {"model": tiny_model_file, "batch_size": 4, "overlap": 8}  # with this layout call 14 is in strip 2
@@ -192,8 +209,14 @@ def test_slide_without_tissue_gives_a_report_saying_so(tmp_path):
 
 
 def test_real_slide_with_slide_level_macenko_and_a_model_file(tiny_model_file, tmp_path, cmu_small_svs, stain_dir):
-    report = _run(cmu_small_svs, tmp_path, model=tiny_model_file, normalize="macenko",
-                  target=stain_dir / "tiatoolbox_target.png", batch_size=16)
+    report = _run(
+        cmu_small_svs,
+        tmp_path,
+        model=tiny_model_file,
+        normalize="macenko",
+        target=stain_dir / "tiatoolbox_target.png",
+        batch_size=16,
+    )
     assert report["n_tiles"] > 10 and 0.5 < report["tissue_area_mm2"] < 1.7  # the slide is 1.1 x 1.5 mm
     assert report["model"]["name"] == "tiny.safetensors" and report["normalize"] == "macenko"
     assert report["prediction_shape"] == [2, 741, 554]  # 2967 x 2220 px at 0.499 -> 2.0 µm/px, rounded up
@@ -227,8 +250,11 @@ def test_cli_errors_are_one_line(slide, tiny_model_file, tmp_path):
     assert result.exit_code == 2 and "cannot create the output folder" in result.output
 
     fine = tmp_path / "fine.safetensors"
-    save_model(fine, build_model("plain-unet", 2, {"base": 2}),
-               model_metadata("plain-unet", {"base": 2}, ["background", "tumour"], mpp=0.1, tile_size=64))
+    save_model(
+        fine,
+        build_model("plain-unet", 2, {"base": 2}),
+        model_metadata("plain-unet", {"base": 2}, ["background", "tumour"], mpp=0.1, tile_size=64),
+    )
     result = runner.invoke(app, ["segment", str(slide), "-o", str(tmp_path / "o2"), "--model", str(fine)])
     assert result.exit_code == 2 and "finer than the slide's level 0" in result.output
     assert not (tmp_path / "o2").exists()
@@ -237,14 +263,33 @@ def test_cli_errors_are_one_line(slide, tiny_model_file, tmp_path):
 @pytest.mark.slow
 def test_cli_runs_end_to_end_in_a_subprocess(slide, tiny_model_file, tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "wsipipe", "segment", str(slide), "-o", str(tmp_path / "out"), "--model",
-         str(tiny_model_file), "--normalize", "none", "--workers", "1", "--device", "auto"],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "wsipipe",
+            "segment",
+            str(slide),
+            "-o",
+            str(tmp_path / "out"),
+            "--model",
+            str(tiny_model_file),
+            "--normalize",
+            "none",
+            "--workers",
+            "1",
+            "--device",
+            "auto",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
     if not torch.cuda.is_available():
         assert "No CUDA GPU found; running on the CPU." in proc.stderr
-    assert "tiles; tissue" in proc.stdout and "tiles; tissue" not in proc.stderr  # the result on stdout, notes on stderr
+    assert (
+        "tiles; tissue" in proc.stdout and "tiles; tissue" not in proc.stderr
+    )  # the result on stdout, notes on stderr
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["device"] in ("cpu", "cuda") and report["n_tiles"] > 0
 
@@ -253,7 +298,18 @@ def test_tile_store_at_the_models_scale_is_reused(slide, tmp_path):
     from wsipipe.stages import TileConfig, tile
 
     store = tmp_path / "tiles.zarr"
-    tile.run(TileConfig(slide=slide, output=store, mpp=1.0, tile_size=128, overlap=default_overlap(128), tissue_threshold=0.0, readers=1, qc="off"))
+    tile.run(
+        TileConfig(
+            slide=slide,
+            output=store,
+            mpp=1.0,
+            tile_size=128,
+            overlap=default_overlap(128),
+            tissue_threshold=0.0,
+            readers=1,
+            qc="off",
+        )
+    )
     fresh = _run(slide, tmp_path / "fresh")
     reused = _run(slide, tmp_path / "reused", tiles=store, readers=2)  # readers are not started
     assert reused["n_tiles"] == fresh["n_tiles"]
@@ -281,8 +337,22 @@ def _nuclei_rows(outdir):
 def test_cli_nuclei_figures_agree_with_the_nuclei_csv(tiny_model_file, tmp_path):
     out = tmp_path / "out"
     result = runner.invoke(
-        app, ["segment", str(EXAMPLE_SLIDE), "-o", str(out), "--model", str(tiny_model_file), "--normalize", "none",
-              "--workers", "0", "--device", "cpu", "--nuclei"],
+        app,
+        [
+            "segment",
+            str(EXAMPLE_SLIDE),
+            "-o",
+            str(out),
+            "--model",
+            str(tiny_model_file),
+            "--normalize",
+            "none",
+            "--workers",
+            "0",
+            "--device",
+            "cpu",
+            "--nuclei",
+        ],
     )
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
@@ -305,7 +375,8 @@ def test_cli_nuclei_figures_agree_with_the_nuclei_csv(tiny_model_file, tmp_path)
     tiles = [t for t in nuclei["tiles"] if t["cellularity"] is not None]
     assert all(t["cellularity"] <= 1 for t in tiles)
     assert sum(t["cellularity"] * t["tumour_mm2"] for t in tiles) == pytest.approx(
-        nuclei["cellularity"] * nuclei["tumour_mm2"], rel=1e-4)  # each nuclear pixel counted once
+        nuclei["cellularity"] * nuclei["tumour_mm2"], rel=1e-4
+    )  # each nuclear pixel counted once
     assert report["nuclei_tissue_mm2"] == pytest.approx(report["tissue_area_mm2"], rel=0.02)  # segment's tissue
     page = (out / "report.html").read_text()
     assert "cellularity per tile" in page and page.count("data:image/png;base64") == 3
@@ -345,8 +416,9 @@ def test_default_normalisation_is_what_the_model_records(tmp_path, cmu_small_svs
     unrecorded = _run(real, tmp_path / "unrecorded", normalize="model")
     assert unrecorded["normalize"] == "none"
 
-    recorded = _run(real, tmp_path / "recorded", model=_recording(toy_threshold_bundle(), "reinhard"),
-                    normalize="model")  # the default --normalize
+    recorded = _run(
+        real, tmp_path / "recorded", model=_recording(toy_threshold_bundle(), "reinhard"), normalize="model"
+    )  # the default --normalize
     explicit = _run(real, tmp_path / "explicit", normalize="reinhard")
     assert recorded["normalize"] == "reinhard"
     assert recorded["class_areas_mm2"] == explicit["class_areas_mm2"]
@@ -358,10 +430,15 @@ def test_model_normalisation_reads_the_record_and_refuses_an_unknown_one():
     from wsipipe.stain import StainParams, default_target
 
     target = default_target("macenko").to_dict()
-    method, params = segment_module.model_normalisation("model", None, {"stain_normalisation": {"method": "macenko", "target": target}})
+    method, params = segment_module.model_normalisation(
+        "model", None, {"stain_normalisation": {"method": "macenko", "target": target}}
+    )
     assert method == "macenko" and params == StainParams.from_dict(target)
     assert segment_module.model_normalisation("model", None, {}) == ("none", None)
-    assert segment_module.model_normalisation("vahadane", "t.png", {"stain_normalisation": {"method": "macenko"}}) == ("vahadane", "t.png")
+    assert segment_module.model_normalisation("vahadane", "t.png", {"stain_normalisation": {"method": "macenko"}}) == (
+        "vahadane",
+        "t.png",
+    )
     with pytest.raises(ModelError, match="unknown stain normalisation 'sepia'"):
         segment_module.model_normalisation("model", None, {"stain_normalisation": {"method": "sepia"}})
 
@@ -370,12 +447,16 @@ def test_a_folder_another_run_writes_to_is_refused(slide, tiny_model_file, tmp_p
     outdir = tmp_path / "out"
     outdir.mkdir()
     hold_folder_lock(outdir)
-    result = CliRunner().invoke(app, ["segment", str(slide), "-o", str(outdir), "--model", str(tiny_model_file), "--quiet"])
+    result = CliRunner().invoke(
+        app, ["segment", str(slide), "-o", str(outdir), "--model", str(tiny_model_file), "--quiet"]
+    )
     assert result.exit_code == 1 and f"{outdir}: another wsipipe run is writing to this folder" in result.output
     assert "Traceback" not in result.output and sorted(p.name for p in outdir.iterdir()) == [".wsipipe.lock"]
 
 
-def test_a_failure_while_writing_outputs_leaves_none_of_them_and_the_rerun_skips_inference(slide, tmp_path, monkeypatch):
+def test_a_failure_while_writing_outputs_leaves_none_of_them_and_the_rerun_skips_inference(
+    slide, tmp_path, monkeypatch
+):
     """The outputs appear together or not at all; a finished prediction is kept for the rerun."""
     import wsipipe.report as report_module
 
@@ -398,7 +479,15 @@ def test_a_failure_while_writing_outputs_leaves_none_of_them_and_the_rerun_skips
     report = _run(slide, tmp_path)
     assert seen["tiles"] == 0 and report["n_tiles_run"] == 0
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == [".wsipipe.lock", "overlay.png", "prediction.zarr", "regions.geojson", "regions.xml", "report.html", "report.json"]
+    assert names == [
+        ".wsipipe.lock",
+        "overlay.png",
+        "prediction.zarr",
+        "regions.geojson",
+        "regions.xml",
+        "report.html",
+        "report.json",
+    ]
     assert not list((tmp_path / "prediction.zarr").glob("stitch_journal*"))
 
 
@@ -409,8 +498,9 @@ def test_label_map_and_areas_count_only_tissue_inside_the_slide(tmp_path):
     rgb = np.full((height, width, 3), 240, np.uint8)
     rgb[100:600, 150:900] = (150, 60, 140)
     path = tmp_path / "slide.tif"
-    tifffile.imwrite(path, rgb, tile=(128, 128), resolution=(1e4, 1e4), resolutionunit="CENTIMETER",
-                     photometric="rgb", metadata=None)
+    tifffile.imwrite(
+        path, rgb, tile=(128, 128), resolution=(1e4, 1e4), resolutionunit="CENTIMETER", photometric="rgb", metadata=None
+    )
     everything = toy_threshold_bundle(tile=64, mpp=3.0)
     with torch.no_grad():
         everything.model.weight[1] = 0.0

@@ -15,8 +15,9 @@ GOOD = "CMU-1-Small-Region.svs"
 
 def test_segment_opens_the_slide_with_the_backend(slides_dir, tmp_path):
     slide = slides_dir / GOOD
-    result = CliRunner().invoke(app, ["segment", str(slide), "-o", str(tmp_path / "out"), "--backend", "wsidicom",
-                                      "--device", "cpu", "-q"])
+    result = CliRunner().invoke(
+        app, ["segment", str(slide), "-o", str(tmp_path / "out"), "--backend", "wsidicom", "--device", "cpu", "-q"]
+    )
     assert result.exit_code == 2
     assert result.stderr == f"Error: {slide}: --backend wsidicom reads DICOM series only\n"
     assert not (tmp_path / "out").exists()

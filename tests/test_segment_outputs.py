@@ -23,9 +23,22 @@ def run(dapi_ndpi, tmp_path_factory):
     would refuse the slide (not brightfield), so it is off to reach the outputs."""
     out = tmp_path_factory.mktemp("segment") / "out"
     proc = subprocess.run(
-        [sys.executable, "-m", "wsipipe", "segment", str(dapi_ndpi), "-o", str(out), "--nuclei",
-         "--qc", "off", "--quiet"],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "wsipipe",
+            "segment",
+            str(dapi_ndpi),
+            "-o",
+            str(out),
+            "--nuclei",
+            "--qc",
+            "off",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
     return out, json.loads((out / "report.json").read_text())

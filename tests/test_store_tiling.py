@@ -84,7 +84,11 @@ def test_tiles_coords_and_fractions_match_an_independent_read(reference_store, c
 
 
 def test_overlapping_tiles_start_half_an_overlap_out_with_white_beyond_the_slide(cmu_small_svs, tmp_path):
-    tile_run(TileConfig(slide=cmu_small_svs, output=tmp_path / "o.zarr", **{**OPTIONS, "tissue_threshold": 0.0, "overlap": 8}))
+    tile_run(
+        TileConfig(
+            slide=cmu_small_svs, output=tmp_path / "o.zarr", **{**OPTIONS, "tissue_threshold": 0.0, "overlap": 8}
+        )
+    )
     store = open_tile_store(tmp_path / "o.zarr")
     reader = open_slide(cmu_small_svs)
     assert tuple(store.coords[0]) == (-4, -4)  # 4 tile px of 0.5 µm = round(4 * 0.5 / 0.499) level-0 px
@@ -94,7 +98,9 @@ def test_overlapping_tiles_start_half_an_overlap_out_with_white_beyond_the_slide
     last = store.n_tiles - 1
     x, y = store.coords[last]
     width, height = reader.dimensions
-    assert x + 32 * 0.5 / 0.499 >= width + 4 and y + 32 * 0.5 / 0.499 >= height + 4  # half an overlap past the far edges
+    assert (
+        x + 32 * 0.5 / 0.499 >= width + 4 and y + 32 * 0.5 / 0.499 >= height + 4
+    )  # half an overlap past the far edges
 
 
 def test_interrupted_run_resumes_to_an_identical_store(cmu_small_svs, reference_store, tmp_path, monkeypatch):
@@ -117,7 +123,11 @@ def test_interrupted_run_resumes_to_an_identical_store(cmu_small_svs, reference_
     with pytest.raises(StoreError, match="incomplete|unfinished"):
         open_tile_store(path)
 
-    monkeypatch.setattr(tiling._ShardWork, "__call__", lambda work, index, *args: (calls.append(index), real_shard(work, index, *args))[1])
+    monkeypatch.setattr(
+        tiling._ShardWork,
+        "__call__",
+        lambda work, index, *args: (calls.append(index), real_shard(work, index, *args))[1],
+    )
     result = tile_run(TileConfig(slide=cmu_small_svs, output=path, readers=1, **OPTIONS))
     n_shards = open_tile_store(path).n_shards
     assert calls[3:] == list(range(3, n_shards))  # only the unfinished shards were redone
@@ -133,7 +143,19 @@ def test_killed_run_resumes_to_an_identical_store(cmu_small_svs, reference_store
         "t._ShardWork.__call__ = lambda *a: (time.sleep(0.3), real(*a))[1]\n"
         "from wsipipe.cli.main import app; app()\n"
     )
-    argv = ["tile", str(cmu_small_svs), "-o", str(path), "--tile-size", "32", "--workers", "1", "--quiet", "--qc", "off"]
+    argv = [
+        "tile",
+        str(cmu_small_svs),
+        "-o",
+        str(path),
+        "--tile-size",
+        "32",
+        "--workers",
+        "1",
+        "--quiet",
+        "--qc",
+        "off",
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     process = subprocess.Popen([sys.executable, "-c", slow, *argv], env=env, cwd=tmp_path)
     journal = tmp_path / "cmu.zarr.partial" / JOURNAL_NAME
@@ -212,13 +234,33 @@ def test_derived_store_copies_geometry_and_resumes(reference_store, tmp_path):
 def test_ctrl_c_with_worker_threads_exits_130_and_resumes(cmu_small_svs, tmp_path):
     """SIGINT to the whole process group, as a terminal's Ctrl-C sends it."""
     path = tmp_path / "cmu.zarr"
-    argv = [sys.executable, "-m", "wsipipe", "tile", str(cmu_small_svs), "-o", str(path), "--tile-size", "16",
-            "--tissue-threshold", "0", "--workers", "2", "--quiet"]
+    argv = [
+        sys.executable,
+        "-m",
+        "wsipipe",
+        "tile",
+        str(cmu_small_svs),
+        "-o",
+        str(path),
+        "--tile-size",
+        "16",
+        "--tissue-threshold",
+        "0",
+        "--workers",
+        "2",
+        "--quiet",
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     # A job started in the background (`cmd &`) inherits SIGINT ignored, and Python then keeps it
     # ignored: give the command the default disposition a terminal's foreground job has.
-    process = subprocess.Popen(argv, env=env, start_new_session=True, stderr=subprocess.PIPE, text=True,
-                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    process = subprocess.Popen(
+        argv,
+        env=env,
+        start_new_session=True,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     journal = tmp_path / "cmu.zarr.partial" / JOURNAL_NAME
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not (journal.exists() and len(journal.read_text().split()) >= 2):
@@ -256,23 +298,57 @@ def test_store_files_written_directly_are_what_zarr_writes(tmp_path):
     coords = rng.integers(0, 10**6, (count, 2)).astype(np.int64)
 
     by_zarr = zarr.open_group(str(tmp_path / "zarr"), mode="w", zarr_format=3)
-    by_zarr.create_array("tiles", shape=tiles.shape, chunks=(1, size, size, 3), shards=(per_shard, size, size, 3),
-                         dtype="uint8", compressors=blosc, fill_value=0, dimension_names=("tile", "y", "x", "channel"))
-    by_zarr.create_array("masks", shape=masks.shape, chunks=(1, size, size), shards=(per_shard, size, size),
-                         dtype="uint8", compressors=blosc, fill_value=0, dimension_names=("tile", "y", "x"))
-    by_zarr.create_array("label_fractions", shape=fractions.shape, chunks=(per_shard, 2), dtype="float32",
-                         compressors=blosc, fill_value=0, dimension_names=("tile", "label"))
-    by_zarr.create_array("coords", shape=coords.shape, chunks=coords.shape, dtype="int64", compressors=blosc, fill_value=0)
+    by_zarr.create_array(
+        "tiles",
+        shape=tiles.shape,
+        chunks=(1, size, size, 3),
+        shards=(per_shard, size, size, 3),
+        dtype="uint8",
+        compressors=blosc,
+        fill_value=0,
+        dimension_names=("tile", "y", "x", "channel"),
+    )
+    by_zarr.create_array(
+        "masks",
+        shape=masks.shape,
+        chunks=(1, size, size),
+        shards=(per_shard, size, size),
+        dtype="uint8",
+        compressors=blosc,
+        fill_value=0,
+        dimension_names=("tile", "y", "x"),
+    )
+    by_zarr.create_array(
+        "label_fractions",
+        shape=fractions.shape,
+        chunks=(per_shard, 2),
+        dtype="float32",
+        compressors=blosc,
+        fill_value=0,
+        dimension_names=("tile", "label"),
+    )
+    by_zarr.create_array(
+        "coords", shape=coords.shape, chunks=coords.shape, dtype="int64", compressors=blosc, fill_value=0
+    )
     by_zarr["tiles"][:], by_zarr["masks"][:], by_zarr["label_fractions"][:] = tiles, masks, fractions
     by_zarr["coords"][:] = coords
 
     direct = tmp_path / "direct"
     direct.mkdir()
-    _write_array_meta(direct / "tiles", tiles.shape, np.uint8, (per_shard, size, size, 3), (1, size, size, 3),
-                      ("tile", "y", "x", "channel"))
-    _write_array_meta(direct / "masks", masks.shape, np.uint8, (per_shard, size, size), (1, size, size), ("tile", "y", "x"))
-    _write_array_meta(direct / "label_fractions", fractions.shape, np.float32, (per_shard, 2),
-                      dimension_names=("tile", "label"))
+    _write_array_meta(
+        direct / "tiles",
+        tiles.shape,
+        np.uint8,
+        (per_shard, size, size, 3),
+        (1, size, size, 3),
+        ("tile", "y", "x", "channel"),
+    )
+    _write_array_meta(
+        direct / "masks", masks.shape, np.uint8, (per_shard, size, size), (1, size, size), ("tile", "y", "x")
+    )
+    _write_array_meta(
+        direct / "label_fractions", fractions.shape, np.float32, (per_shard, 2), dimension_names=("tile", "label")
+    )
     _small_array(direct / "coords", coords)
     writer = ShardWriter(str(direct), per_shard)
     for index in range(3):
@@ -280,7 +356,9 @@ def test_store_files_written_directly_are_what_zarr_writes(tmp_path):
         writer.write(index, tiles[rows], masks[rows], fractions[rows])
 
     def files(root):
-        return sorted(p.relative_to(root) for p in root.rglob("*") if p.is_file() and p.relative_to(root) != Path("zarr.json"))
+        return sorted(
+            p.relative_to(root) for p in root.rglob("*") if p.is_file() and p.relative_to(root) != Path("zarr.json")
+        )
 
     assert files(tmp_path / "zarr") == files(direct)
     for relative in files(direct):
@@ -308,9 +386,13 @@ def test_one_run_per_store_other_stores_go_on_and_no_stale_partial_stays(cmu_sma
     argv = ["tile", str(cmu_small_svs), "-o", str(path), "--tile-size", "256", "--quiet", "--workers", "1"]
     holder = hold_folder_lock(tmp_path, ".cmu.zarr.lock")  # as a run writing this store holds it
     busy = CliRunner().invoke(app, argv)
-    assert busy.exit_code == 1 and busy.output.splitlines() == [f"Error: {path}: another wsipipe run is writing this store"]
+    assert busy.exit_code == 1 and busy.output.splitlines() == [
+        f"Error: {path}: another wsipipe run is writing this store"
+    ]
     assert sorted(p.name for p in tmp_path.iterdir()) == [".cmu.zarr.lock"]
-    other = CliRunner().invoke(app, ["tile", str(cmu_small_svs), "-o", str(tmp_path / "other.zarr"), "--tile-size", "256", "--quiet"])
+    other = CliRunner().invoke(
+        app, ["tile", str(cmu_small_svs), "-o", str(tmp_path / "other.zarr"), "--tile-size", "256", "--quiet"]
+    )
     assert other.exit_code == 0, other.output  # another store of the same folder is not held up
     holder.kill()
     holder.wait()

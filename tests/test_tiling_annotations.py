@@ -35,8 +35,19 @@ def monuseg(tmp_path_factory, monuseg_dir):
 def stores(monuseg, tmp_path_factory):
     out = tmp_path_factory.mktemp("stores")
     for name in SLIDES:
-        args = ["tile", monuseg / f"{name}.tif", "-o", out / f"{name}.zarr", "--annotations", monuseg / f"{name}.xml",
-                "--label-map", "Annotation 1=1", "--workers", "2", *TILE_ARGS]
+        args = [
+            "tile",
+            monuseg / f"{name}.tif",
+            "-o",
+            out / f"{name}.zarr",
+            "--annotations",
+            monuseg / f"{name}.xml",
+            "--label-map",
+            "Annotation 1=1",
+            "--workers",
+            "2",
+            *TILE_ARGS,
+        ]
         result = runner.invoke(app, [str(a) for a in args])
         assert result.exit_code == 0, result.output
     return out
@@ -45,8 +56,22 @@ def stores(monuseg, tmp_path_factory):
 def test_tile_masks_equal_the_whole_slide_mask_cropped(monuseg, stores, tmp_path):
     name = SLIDES[0]
     whole = tmp_path / "mask.png"
-    args = ["annotations", "mask", monuseg / f"{name}.xml", "--slide", monuseg / f"{name}.tif", "--mpp", "0.5",
-            "-o", whole, "--label-map", "Annotation 1=1", "--mpp-override", "0.25", "-q"]
+    args = [
+        "annotations",
+        "mask",
+        monuseg / f"{name}.xml",
+        "--slide",
+        monuseg / f"{name}.tif",
+        "--mpp",
+        "0.5",
+        "-o",
+        whole,
+        "--label-map",
+        "Annotation 1=1",
+        "--mpp-override",
+        "0.25",
+        "-q",
+    ]
     result = runner.invoke(app, [str(a) for a in args])
     assert result.exit_code == 0, result.output
     reference = np.array(Image.open(whole))
@@ -71,7 +96,9 @@ def test_changed_annotations_are_refused_unless_overwrite(monuseg, tmp_path):
     name = SLIDES[1]
     xml = tmp_path / "a.xml"
     shutil.copy(monuseg / f"{name}.xml", xml)
-    args = [str(a) for a in ["tile", monuseg / f"{name}.tif", "-o", tmp_path / "s.zarr", "--annotations", xml, *TILE_ARGS]]
+    args = [
+        str(a) for a in ["tile", monuseg / f"{name}.tif", "-o", tmp_path / "s.zarr", "--annotations", xml, *TILE_ARGS]
+    ]
     assert runner.invoke(app, args).exit_code == 0
     assert "already complete" in runner.invoke(app, args).output
     xml.write_text(xml.read_text() + "\n")
@@ -104,9 +131,33 @@ def test_normalize_keeps_the_masks(stores, tmp_path):
 @pytest.mark.slow
 def test_train_and_evaluate_on_tile_stores_split_by_slide(stores, tmp_path):
     model = tmp_path / "m.safetensors"
-    args = ["train", stores, "-o", model, "--model", "plain-unet", "--model-args", '{"base": 4}',
-            "--classes", "background,nucleus", "--mpp", "1.0", "--tile-size", "32", "--epochs", "1",
-            "--patches-per-epoch", "2", "--batch-size", "2", "--folds", "2", "--device", "cpu", "--quiet"]
+    args = [
+        "train",
+        stores,
+        "-o",
+        model,
+        "--model",
+        "plain-unet",
+        "--model-args",
+        '{"base": 4}',
+        "--classes",
+        "background,nucleus",
+        "--mpp",
+        "1.0",
+        "--tile-size",
+        "32",
+        "--epochs",
+        "1",
+        "--patches-per-epoch",
+        "2",
+        "--batch-size",
+        "2",
+        "--folds",
+        "2",
+        "--device",
+        "cpu",
+        "--quiet",
+    ]
     result = runner.invoke(app, [str(a) for a in args])
     assert result.exit_code == 0, result.output
     meta = read_metadata(model)
@@ -117,8 +168,13 @@ def test_train_and_evaluate_on_tile_stores_split_by_slide(stores, tmp_path):
     assert sorted(meta["validation"]["per_image"]) == sorted(SLIDES)  # each slide held out once
 
     report = tmp_path / "eval.json"
-    result = runner.invoke(app, ["evaluate", str(model), "--data", str(stores), "--json", str(report), "--device", "cpu", "-q"])
+    result = runner.invoke(
+        app, ["evaluate", str(model), "--data", str(stores), "--json", str(report), "--device", "cpu", "-q"]
+    )
     assert result.exit_code == 0, result.output
     assert "slide" in result.output
     assert sorted(json.loads(report.read_text())["per_image"]) == sorted(SLIDES)  # one row per slide, not per tile
-    assert runner.invoke(app, ["train", str(stores), "-o", str(tmp_path / "x.safetensors"), "--data-mpp", "2"]).exit_code == 2
+    assert (
+        runner.invoke(app, ["train", str(stores), "-o", str(tmp_path / "x.safetensors"), "--data-mpp", "2"]).exit_code
+        == 2
+    )

@@ -16,7 +16,11 @@ def toy_threshold_bundle(tile: int = 128, mpp: float = 1.0) -> ModelBundle:
         net.weight[1] = -40.0 / 3
         net.bias[1] = 40.0 * 0.55
     meta = {
-        "architecture": "toy-threshold", "name": "toy", "classes": ["background", "tumour"], "mpp": mpp,
-        "tile_size": tile, "input_normalisation": {"mean": [0.0] * 3, "std": [1.0] * 3},
+        "architecture": "toy-threshold",
+        "name": "toy",
+        "classes": ["background", "tumour"],
+        "mpp": mpp,
+        "tile_size": tile,
+        "input_normalisation": {"mean": [0.0] * 3, "std": [1.0] * 3},
     }
     return ModelBundle(net.eval(), meta)

@@ -21,18 +21,35 @@ QUPATH_CLASSES: dict[str, tuple[int, int, int]] = {
 }
 #: Model class names (lower case) that mean a built-in class.
 ALIASES = {
-    "tumour": "Tumor", "tumor": "Tumor", "cancer": "Tumor", "carcinoma": "Tumor", "malignant": "Tumor",
+    "tumour": "Tumor",
+    "tumor": "Tumor",
+    "cancer": "Tumor",
+    "carcinoma": "Tumor",
+    "malignant": "Tumor",
     "stroma": "Stroma",
-    "immune": "Immune cells", "immune cells": "Immune cells", "lymphocytes": "Immune cells",
+    "immune": "Immune cells",
+    "immune cells": "Immune cells",
+    "lymphocytes": "Immune cells",
     "inflammatory": "Immune cells",
-    "necrosis": "Necrosis", "necrotic": "Necrosis",
+    "necrosis": "Necrosis",
+    "necrotic": "Necrosis",
     "other": "Other",
 }
 #: The class of a model's class index 0 and of pixels outside the tissue: never drawn.
 BACKGROUND = "Background"
 #: Colours of classes without a built-in name, by class index (index 0 unused).
-FALLBACK_COLOURS = [(0, 0, 0), (230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180),
-                    (70, 240, 240), (240, 50, 230), (128, 128, 0), (0, 128, 128)]
+FALLBACK_COLOURS = [
+    (0, 0, 0),
+    (230, 25, 75),
+    (60, 180, 75),
+    (0, 130, 200),
+    (245, 130, 48),
+    (145, 30, 180),
+    (70, 240, 240),
+    (240, 50, 230),
+    (128, 128, 0),
+    (0, 128, 128),
+]
 #: Nuclei outside the tumour region: QuPath's "Other".
 NON_TUMOUR_NUCLEUS = "Other"
 

@@ -39,8 +39,15 @@ class TileStoreDataset(torch.utils.data.Dataset):
     called with that dict and what it returns is the item (it may change image and mask together).
     """
 
-    def __init__(self, path: str | os.PathLike, *, transform: Callable[[dict], object] | None = None,
-                 masks: bool = True, min_tissue: float = 0.0, name: str | None = None):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        transform: Callable[[dict], object] | None = None,
+        masks: bool = True,
+        min_tissue: float = 0.0,
+        name: str | None = None,
+    ):
         if not 0.0 <= min_tissue <= 1.0:
             raise InvalidInputError(f"min_tissue must be between 0 and 1, got {min_tissue}")
         store = open_tile_store(path)
@@ -105,23 +112,40 @@ class TileStoresDataset(torch.utils.data.ConcatDataset):
     the slide names, one per store. The other arguments are ``TileStoreDataset``'s.
     """
 
-    def __init__(self, paths: Sequence[str | os.PathLike], *, names: Sequence[str] | None = None,
-                 transform: Callable[[dict], object] | None = None, masks: bool = True, min_tissue: float = 0.0):
+    def __init__(
+        self,
+        paths: Sequence[str | os.PathLike],
+        *,
+        names: Sequence[str] | None = None,
+        transform: Callable[[dict], object] | None = None,
+        masks: bool = True,
+        min_tissue: float = 0.0,
+    ):
         paths = list(paths)
         if not paths:
             raise InvalidInputError("paths: no tile stores given")
         if names is not None and len(names) != len(paths):
             raise InvalidInputError(f"names: {len(names)} names for {len(paths)} stores")
-        datasets = [TileStoreDataset(path, transform=transform, masks=masks, min_tissue=min_tissue,
-                                     name=None if names is None else names[k]) for k, path in enumerate(paths)]
+        datasets = [
+            TileStoreDataset(
+                path, transform=transform, masks=masks, min_tissue=min_tissue, name=None if names is None else names[k]
+            )
+            for k, path in enumerate(paths)
+        ]
         first = datasets[0]
-        agree = (("tile size", "tile_size"), ("µm/px", "mpp"), ("labels", "label_names"), ("label values", "label_values"))
+        agree = (
+            ("tile size", "tile_size"),
+            ("µm/px", "mpp"),
+            ("labels", "label_names"),
+            ("label values", "label_values"),
+        )
         for dataset in datasets[1:]:
             for what, attribute in agree:
                 theirs, ours = getattr(dataset, attribute), getattr(first, attribute)
                 if theirs != ours:
                     raise InvalidInputError(
-                        f"paths: {dataset.path} has {what} {theirs}, {first.path} {ours}: tile the stores alike")
+                        f"paths: {dataset.path} has {what} {theirs}, {first.path} {ours}: tile the stores alike"
+                    )
         super().__init__(datasets)
         self.slides = [dataset.slide for dataset in datasets]
 
@@ -150,12 +174,15 @@ def _one_chunk_per_item_shards(meta: dict) -> bool:
         return False
     sharding = codecs[0]["configuration"]
     inner = sharding["codecs"]
-    little_endian = np.dtype(meta["data_type"]).itemsize == 1 or inner[0].get("configuration", {}).get("endian") == "little"
+    little_endian = (
+        np.dtype(meta["data_type"]).itemsize == 1 or inner[0].get("configuration", {}).get("endian") == "little"
+    )
     return (
         meta["chunk_grid"]["configuration"]["chunk_shape"][1:] == shape[1:]
         and meta["chunk_key_encoding"] == {"name": "default", "configuration": {"separator": "/"}}
         and sharding["chunk_shape"] == [1, *shape[1:]]
-        and [codec["name"] for codec in inner] == ["bytes", "blosc"] and little_endian
+        and [codec["name"] for codec in inner] == ["bytes", "blosc"]
+        and little_endian
         and [codec["name"] for codec in sharding["index_codecs"]] == ["bytes", "crc32c"]
         and sharding.get("index_location", "end") == "end"
     )

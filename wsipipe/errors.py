@@ -77,8 +77,10 @@ class MppUnknownError(WsipipeError):
         remedy = "pass {mpp_override} X (µm per pixel at level 0)"
         if level_option:
             remedy += " or {level} N (tile a pyramid level at its own scale)"
-        super().__init__(f"{path}: the slide records no µm/px; {remedy}",
-                         parameter=("mpp_override", "level") if level_option else "mpp_override")
+        super().__init__(
+            f"{path}: the slide records no µm/px; {remedy}",
+            parameter=("mpp_override", "level") if level_option else "mpp_override",
+        )
 
 
 class StoreError(WsipipeError):

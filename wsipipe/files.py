@@ -102,8 +102,6 @@ def staged_outputs(outdir: str | os.PathLike, last: str | None = None) -> Iterat
         pass
 
 
-
-
 def remove_temporaries(folder: str | os.PathLike, output: str | None = None) -> None:
     """Delete the temporaries that ``atomic_path`` left in ``folder`` when a SIGKILL cut it short
     (only those of the output named ``output``, when given); files of other names are kept.
@@ -140,8 +138,9 @@ _HELD: set[tuple[Path, str]] = set()
 
 
 @contextmanager
-def folder_lock(folder: str | os.PathLike, name: str = ".wsipipe.lock",
-                busy: str = "another wsipipe run is writing to this folder") -> Iterator[None]:
+def folder_lock(
+    folder: str | os.PathLike, name: str = ".wsipipe.lock", busy: str = "another wsipipe run is writing to this folder"
+) -> Iterator[None]:
     """Hold an exclusive lock on ``folder`` (through the file ``name`` in it), or raise
     ``FolderBusyError`` "FOLDER: ``busy``" when another process holds it. Once it holds the lock, it
     deletes the temporaries an earlier, killed run left in ``folder`` (``remove_temporaries``).
@@ -175,8 +174,9 @@ def output_lock(path: str | os.PathLike, busy: str = "another wsipipe run is wri
 
 
 @contextmanager
-def _exclusive(folder: Path, name: str, busy: str, subject: Path | None = None,
-               remove_on_release: bool = False) -> Iterator[bool]:
+def _exclusive(
+    folder: Path, name: str, busy: str, subject: Path | None = None, remove_on_release: bool = False
+) -> Iterator[bool]:
     """flock the file ``folder/name``; yields False when this process already holds it (nested).
 
     With ``remove_on_release`` the lock file is deleted while still locked; a run that opened it

@@ -50,11 +50,14 @@ def validate_tiling(tile_size: int, overlap: int, tissue_threshold: float) -> No
     if tile_size <= 0:
         raise InvalidInputError(f"{{tile_size}} must be positive, got {tile_size}", parameter="tile_size")
     if not 0 <= overlap < tile_size:
-        raise InvalidInputError(f"{{overlap}} must be at least 0 and less than {{tile_size}} ({tile_size}), got {overlap}",
-                                parameter=("overlap", "tile_size"))
+        raise InvalidInputError(
+            f"{{overlap}} must be at least 0 and less than {{tile_size}} ({tile_size}), got {overlap}",
+            parameter=("overlap", "tile_size"),
+        )
     if not 0 <= tissue_threshold <= 1:
-        raise InvalidInputError(f"{{tissue_threshold}} must be between 0 and 1, got {tissue_threshold}",
-                                parameter="tissue_threshold")
+        raise InvalidInputError(
+            f"{{tissue_threshold}} must be between 0 and 1, got {tissue_threshold}", parameter="tissue_threshold"
+        )
 
 
 def build_grid(
@@ -74,11 +77,15 @@ def build_grid(
     """
     validate_tiling(tile_size, overlap, 0.0)
     if (mpp is None) == (level is None):
-        raise InvalidInputError("give either a µm/px ({mpp}) or a pyramid level ({level}), not both", parameter=("mpp", "level"))
+        raise InvalidInputError(
+            "give either a µm/px ({mpp}) or a pyramid level ({level}), not both", parameter=("mpp", "level")
+        )
     if level is not None:
         if not 0 <= level < len(reader.levels):
-            raise InvalidInputError(f"{{level}} {level} does not exist; the slide has levels 0 to {len(reader.levels) - 1}",
-                                    parameter="level")
+            raise InvalidInputError(
+                f"{{level}} {level} does not exist; the slide has levels 0 to {len(reader.levels) - 1}",
+                parameter="level",
+            )
         downsample = reader.levels[level].downsample
         tile_mpp = reader.mpp_x * downsample if reader.mpp_x is not None else None
         native = True
@@ -127,7 +134,9 @@ def tissue_fractions(mask: np.ndarray, mask_downsample: float, coords: np.ndarra
     return (inside / float(side * side)).astype(np.float32)
 
 
-def sample_mask(mask: np.ndarray, level0_size: tuple[int, int], centre_y: np.ndarray, centre_x: np.ndarray) -> np.ndarray:
+def sample_mask(
+    mask: np.ndarray, level0_size: tuple[int, int], centre_y: np.ndarray, centre_x: np.ndarray
+) -> np.ndarray:
     """``mask`` (covering the whole slide of ``level0_size`` = (width, height), any resolution) at
     the level-0 points ``centre_y`` x ``centre_x`` (nearest), as booleans; points past the slide take
     the mask's last row or column."""

@@ -107,8 +107,11 @@ class TilePlan:
         width0, height0 = self.level0_size
         centre_y = (np.arange(y0, y1) + 0.5) * downsample
         centre_x = (np.arange(x0, x1) + 0.5) * downsample
-        return (centre_y < height0)[:, None] & (centre_x < width0)[None, :] & sample_mask(
-            self.tissue_mask, self.level0_size, centre_y, centre_x)
+        return (
+            (centre_y < height0)[:, None]
+            & (centre_x < width0)[None, :]
+            & sample_mask(self.tissue_mask, self.level0_size, centre_y, centre_x)
+        )
 
 
 # --- devices and models ------------------------------------------------------------------------
@@ -180,7 +183,10 @@ def plan_tiles(reader, model_mpp: float, tile: int, overlap: int, tiles_store=No
         mask_downsample = thumbnail_downsample(reader)
         thumbnail = read_thumbnail(reader, mask_downsample)
         mask, qc = restrict_tissue(
-            detect_tissue(thumbnail, reader.mpp * mask_downsample), usable, mask_downsample, (reader.mpp_x, reader.mpp_y)
+            detect_tissue(thumbnail, reader.mpp * mask_downsample),
+            usable,
+            mask_downsample,
+            (reader.mpp_x, reader.mpp_y),
         )
         grid = build_grid(
             reader, tile_size=tile, overlap=overlap, mpp=model_mpp, tissue_mask=mask, mask_downsample=mask_downsample
@@ -189,8 +195,19 @@ def plan_tiles(reader, model_mpp: float, tile: int, overlap: int, tiles_store=No
         store_index = None
     positions = [(int(x), int(y)) for x, y in np.rint(coords / scale).astype(np.int64)]
     plan = TilePlan(
-        height, width, tile, overlap, scale, positions, coords, store_index, mask, mask_downsample, thumbnail,
-        (width0, height0), qc=qc,
+        height,
+        width,
+        tile,
+        overlap,
+        scale,
+        positions,
+        coords,
+        store_index,
+        mask,
+        mask_downsample,
+        thumbnail,
+        (width0, height0),
+        qc=qc,
     )
     plan.timings["tissue"] = time.perf_counter() - started
     return plan
@@ -216,8 +233,9 @@ def model_normalisation(normalize: str, target, metadata: dict):
     recorded = metadata.get("stain_normalisation") or {}
     method = recorded.get("method") or "none"
     if method not in NORMALIZE_METHODS or method == "model":
-        raise ModelError(f"the model records an unknown stain normalisation {method!r}; pass {{normalize}}",
-                         parameter="normalize")
+        raise ModelError(
+            f"the model records an unknown stain normalisation {method!r}; pass {{normalize}}", parameter="normalize"
+        )
     if target is None and isinstance(recorded.get("target"), dict):
         target = StainParams.from_dict(dict(recorded["target"]))
     return method, target
@@ -310,10 +328,26 @@ def segment_slide(config: SegmentConfig, *, progress: Progress | None = None, sa
             with_level = with_level_for(reader, info.bundle.mpp, levels, say)  # built once for a slide lacking one
             if with_level is not reader:
                 timings["level"] = time.perf_counter() - t0
-            pool = None if store is not None else start_readers(
-                config.slide, config.mpp_override, readers, levels, config.backend)
-            run_ = _Run(config, outdir, info, device, overlap, dicom_seg, store, usable, progress, say, timings,
-                        with_level, pool)
+            pool = (
+                None
+                if store is not None
+                else start_readers(config.slide, config.mpp_override, readers, levels, config.backend)
+            )
+            run_ = _Run(
+                config,
+                outdir,
+                info,
+                device,
+                overlap,
+                dicom_seg,
+                store,
+                usable,
+                progress,
+                say,
+                timings,
+                with_level,
+                pool,
+            )
             try:
                 result = _segment(run_)
             finally:
@@ -362,12 +396,24 @@ def _segment(run_: _Run) -> SegmentResult:
             timings["stain"] = time.perf_counter() - t0
         remove_temporaries(partial)  # journal rewrites a kill cut short; they would end up in the store
         prediction = create_prediction_store(
-            partial, height=plan.height, width=plan.width, class_names=classes, mpp=bundle.mpp,
-            slide_mpp=reader.mpp, chunk=CHUNK, fingerprint=fingerprint,
+            partial,
+            height=plan.height,
+            width=plan.width,
+            class_names=classes,
+            mpp=bundle.mpp,
+            slide_mpp=reader.mpp,
+            chunk=CHUNK,
+            fingerprint=fingerprint,
         )
         stitcher = StripStitcher(
-            prediction.probabilities, prediction.labels, partial, tile_size=tile, overlap=overlap, chunk=CHUNK,
-            fingerprint=fingerprint, strip_width=STRIP_WIDTH,
+            prediction.probabilities,
+            prediction.labels,
+            partial,
+            tile_size=tile,
+            overlap=overlap,
+            chunk=CHUNK,
+            fingerprint=fingerprint,
+            strip_width=STRIP_WIDTH,
         )
         order = stitcher.plan(plan.positions)
         todo = np.array([i for i, _, _, _ in order], np.int64)
@@ -377,8 +423,16 @@ def _segment(run_: _Run) -> SegmentResult:
         if plan.store_index is not None:  # the tiles of the ``tiles`` store
             batches = store_batches(store, plan.store_index[todo], positions, config.batch_size)
         else:
-            batches = slide_batches(plan.coords[todo], positions, tile=tile, mpp=bundle.mpp,
-                                    batch_size=config.batch_size, reader=reader, pool=run_.pool, device=run_.device)
+            batches = slide_batches(
+                plan.coords[todo],
+                positions,
+                tile=tile,
+                mpp=bundle.mpp,
+                batch_size=config.batch_size,
+                reader=reader,
+                pool=run_.pool,
+                device=run_.device,
+            )
         t0 = time.perf_counter()
         _run_tiles(batches, len(order), runner, stitcher, run_.progress, timings)
         stitcher.finish()
@@ -418,8 +472,10 @@ def _open_tiles_store(path, bundle, overlap):
             parameter="tiles",
         )
     if overlap is not None and overlap != int(store.meta["overlap"]):
-        raise InvalidInputError(f"{{overlap}} {overlap}: the store at {{tiles}} was made with overlap "
-                                f"{store.meta['overlap']}", parameter=("overlap", "tiles"))
+        raise InvalidInputError(
+            f"{{overlap}} {overlap}: the store at {{tiles}} was made with overlap {store.meta['overlap']}",
+            parameter=("overlap", "tiles"),
+        )
     return store
 
 
@@ -452,13 +508,19 @@ def _write_outputs(run_: _Run, plan: TilePlan, prediction, normalize: str, tiles
     with staged_outputs(outdir, last="report.json") as staging:
         t0 = time.perf_counter()
         labels_group = zarr.open_group(str(prediction.path / "labels" / "classes"), mode="r", zarr_format=2)
-        shapes = [tuple(labels_group[str(i)].shape) for i in range(len(labels_group.attrs["multiscales"][0]["datasets"]))]
+        shapes = [
+            tuple(labels_group[str(i)].shape) for i in range(len(labels_group.attrs["multiscales"][0]["datasets"]))
+        ]
         level = finest_level_within(shapes, REGIONS_MAX_PIXELS)
         label_map = labels_group[str(level)][:]
         downsample = plan.scale * 2**level
         options = RegionOptions()
         polygons = label_map_to_polygons(
-            label_map, downsample=downsample, mpp=reader.mpp, class_ids=list(range(1, len(classes))), options=options,
+            label_map,
+            downsample=downsample,
+            mpp=reader.mpp,
+            class_ids=list(range(1, len(classes))),
+            options=options,
             clip=(0, 0, width0, height0),
         )
         regions = AnnotationSet(mpp=reader.mpp, source=str(slide_path))
@@ -510,10 +572,13 @@ def _write_outputs(run_: _Run, plan: TilePlan, prediction, normalize: str, tiles
             n_tiles=n_tiles,
             n_regions={names[c]: len(p) for c, p in polygons.items()},
             # the polygons' own area: regions leave out islands and fill holes under min_area_um2
-            regions_area_mm2={names[c]: sum(p.area for p in polys) * reader.mpp * reader.mpp_y / 1e6
-                              for c, polys in polygons.items()},
-            regions={"min_area_um2": options.min_area_um2,
-                     "simplify_um": options.simplify_um if options.simplify_um is not None else reader.mpp * downsample},
+            regions_area_mm2={
+                names[c]: sum(p.area for p in polys) * reader.mpp * reader.mpp_y / 1e6 for c, polys in polygons.items()
+            },
+            regions={
+                "min_area_um2": options.min_area_um2,
+                "simplify_um": options.simplify_um if options.simplify_um is not None else reader.mpp * downsample,
+            },
             normalize=normalize,
             device=run_.device,
             overlap_px=run_.overlap,
@@ -521,8 +586,15 @@ def _write_outputs(run_: _Run, plan: TilePlan, prediction, normalize: str, tiles
             timings_s=timings,
             n_tiles_run=tiles_run,
             tiles_per_s={"inference": tiles_run / inference_s if inference_s > 0 else None},
-            outputs=[PREDICTION_NAME, "regions.geojson", "regions.xml", "overlay.png", "report.json", "report.html",
-                     *(NUCLEI_OUTPUTS if nuclei is not None else [])],
+            outputs=[
+                PREDICTION_NAME,
+                "regions.geojson",
+                "regions.xml",
+                "overlay.png",
+                "report.json",
+                "report.html",
+                *(NUCLEI_OUTPUTS if nuclei is not None else []),
+            ],
             wsipipe_version=__version__,
             message="No tissue was detected on this slide: nothing was segmented." if n_tiles == 0 else None,
         )
@@ -555,8 +627,9 @@ def _write_outputs(run_: _Run, plan: TilePlan, prediction, normalize: str, tiles
 
 def _tissue_pixels(plan: TilePlan) -> int:
     """Pixels of the prediction grid that count as tissue (``TilePlan.tissue``), a band at a time."""
-    return sum(int(plan.tissue(y0, min(y0 + CHUNK, plan.height), 0, plan.width).sum())
-               for y0 in range(0, plan.height, CHUNK))
+    return sum(
+        int(plan.tissue(y0, min(y0 + CHUNK, plan.height), 0, plan.width).sum()) for y0 in range(0, plan.height, CHUNK)
+    )
 
 
 def _nuclei_masks(plan: TilePlan, label_map: np.ndarray, tumour_ids: list[int], downsample: float):
@@ -583,8 +656,14 @@ def _run_nuclei(run_: _Run, outdir: Path, tumour: np.ndarray, tissue: np.ndarray
 
     config = run_.config
     nuclei_config = NucleiConfig(
-        input=config.slide, output=outdir, model=config.nuclei_model, mpp_override=config.mpp_override,
-        backend=config.backend, device=run_.device, dicom=False, qc="off",  # segment's QC is in ``tissue``, its DICOM later
+        input=config.slide,
+        output=outdir,
+        model=config.nuclei_model,
+        mpp_override=config.mpp_override,
+        backend=config.backend,
+        device=run_.device,
+        dicom=False,
+        qc="off",  # segment's QC is in ``tissue``, its DICOM later
     )
     return run_nuclei(nuclei_config, tumour_mask=tumour, tissue_mask=tissue, progress=run_.progress)
 
@@ -626,4 +705,3 @@ def _overlay_level(shapes: list[tuple[int, int]], thumb_shape: tuple[int, int]) 
         if shape[0] >= thumb_shape[0] and shape[1] >= thumb_shape[1]:
             best = level
     return best
-

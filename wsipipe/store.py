@@ -139,7 +139,9 @@ def open_tile_store(path: str | os.PathLike, require_complete: bool = True) -> T
     path = Path(path)
     if not path.exists():
         partial = _partial_path(path)
-        hint = f" (an unfinished run is at {partial}; run the same command again to finish it)" if partial.exists() else ""
+        hint = (
+            f" (an unfinished run is at {partial}; run the same command again to finish it)" if partial.exists() else ""
+        )
         raise StoreError(f"{path}: no such store{hint}")
     try:
         group = zarr.open_group(store=str(path), mode="r")
@@ -167,8 +169,9 @@ class ShardWriter:
     store_dir: str
     tiles_per_shard: int
 
-    def write(self, index: int, tiles: np.ndarray, masks: np.ndarray | None = None,
-              label_fractions: np.ndarray | None = None) -> int:
+    def write(
+        self, index: int, tiles: np.ndarray, masks: np.ndarray | None = None, label_fractions: np.ndarray | None = None
+    ) -> int:
         """Write shard ``index`` (its tiles, in order, and their masks and label fractions when the
         store has annotations); returns the number of tiles written."""
         root = Path(self.store_dir)
@@ -213,8 +216,12 @@ def _compress(array: np.ndarray) -> bytes | bytearray:
 
     return imagecodecs.blosc_encode(
         np.ascontiguousarray(array),  # type: ignore[arg-type]  # its stubs say bytes; any buffer works
-        level=BLOSC_CLEVEL, compressor=BLOSC_CNAME, shuffle=0,
-        typesize=array.dtype.itemsize, blocksize=0, numthreads=1,
+        level=BLOSC_CLEVEL,
+        compressor=BLOSC_CNAME,
+        shuffle=0,
+        typesize=array.dtype.itemsize,
+        blocksize=0,
+        numthreads=1,
     )
 
 
@@ -252,8 +259,9 @@ class StoreWriter:
             journal.flush()
             os.fsync(journal.fileno())
 
-    def write_shard(self, index: int, tiles: np.ndarray, masks: np.ndarray | None = None,
-                    label_fractions: np.ndarray | None = None) -> None:
+    def write_shard(
+        self, index: int, tiles: np.ndarray, masks: np.ndarray | None = None, label_fractions: np.ndarray | None = None
+    ) -> None:
         """Write and journal one shard from this process."""
         self.shard_writer().write(index, tiles, masks, label_fractions)
         self.record_done(index)
@@ -295,7 +303,11 @@ def create_tile_store(
     path = Path(path)
     params = meta["params"]
     n_tiles = int(len(coords))
-    layout = {"tile_size": int(tile_size), "tiles_per_shard": int(tiles_per_shard or tiles_per_shard_for(tile_size)), "n_tiles": n_tiles}
+    layout = {
+        "tile_size": int(tile_size),
+        "tiles_per_shard": int(tiles_per_shard or tiles_per_shard_for(tile_size)),
+        "n_tiles": n_tiles,
+    }
     full_meta = {**meta, **layout, "wsipipe_version": __version__, "complete": False}
 
     check_output_location(path)
@@ -418,18 +430,30 @@ def _create(partial: Path, meta: dict, coords, tissue_fraction, thumbnail, tissu
     tile = (tile_size, tile_size)
     try:
         partial.mkdir()
-        _write_array_meta(partial / "tiles", (n_tiles, *tile, 3), np.uint8, (per_shard, *tile, 3), (1, *tile, 3),
-                          ("tile", "y", "x", "channel"))
+        _write_array_meta(
+            partial / "tiles",
+            (n_tiles, *tile, 3),
+            np.uint8,
+            (per_shard, *tile, 3),
+            (1, *tile, 3),
+            ("tile", "y", "x", "channel"),
+        )
         _small_array(partial / "coords", np.asarray(coords, dtype=np.int64).reshape(n_tiles, 2))
         _small_array(partial / "tissue_fraction", np.asarray(tissue_fraction, dtype=np.float32).reshape(n_tiles))
         _small_array(partial / "thumbnail", np.asarray(thumbnail, dtype=np.uint8))
         _small_array(partial / "tissue_mask", np.asarray(tissue_mask, dtype=np.uint8))
         if "labels" in meta:
             n_labels = len(meta["labels"]["values"])
-            _write_array_meta(partial / "masks", (n_tiles, *tile), np.uint8, (per_shard, *tile), (1, *tile),
-                              ("tile", "y", "x"))
-            _write_array_meta(partial / "label_fractions", (n_tiles, n_labels), np.float32,
-                              (per_shard, max(1, n_labels)), dimension_names=("tile", "label"))
+            _write_array_meta(
+                partial / "masks", (n_tiles, *tile), np.uint8, (per_shard, *tile), (1, *tile), ("tile", "y", "x")
+            )
+            _write_array_meta(
+                partial / "label_fractions",
+                (n_tiles, n_labels),
+                np.float32,
+                (per_shard, max(1, n_labels)),
+                dimension_names=("tile", "label"),
+            )
         _write_group(partial, meta)
     except OSError as exc:
         raise OutputError(f"{partial}: cannot write the store ({exc.strerror or exc})") from exc
@@ -453,15 +477,26 @@ def _write_array_meta(path: Path, shape, dtype, chunks, inner_chunks=None, dimen
     """zarr v3 array metadata: Blosc-LZ4 chunks, sharded when ``inner_chunks`` is given."""
     dtype = np.dtype(dtype)
     endian = {} if dtype.itemsize == 1 else {"configuration": {"endian": "little"}}
-    blosc = {"typesize": dtype.itemsize, "cname": BLOSC_CNAME, "clevel": BLOSC_CLEVEL, "shuffle": "noshuffle", "blocksize": 0}
+    blosc = {
+        "typesize": dtype.itemsize,
+        "cname": BLOSC_CNAME,
+        "clevel": BLOSC_CLEVEL,
+        "shuffle": "noshuffle",
+        "blocksize": 0,
+    }
     codecs = [{"name": "bytes", **endian}, {"name": "blosc", "configuration": blosc}]
     if inner_chunks is not None:
-        codecs = [{"name": "sharding_indexed", "configuration": {
-            "chunk_shape": list(inner_chunks),
-            "codecs": codecs,
-            "index_codecs": [{"name": "bytes", "configuration": {"endian": "little"}}, {"name": "crc32c"}],
-            "index_location": "end",
-        }}]
+        codecs = [
+            {
+                "name": "sharding_indexed",
+                "configuration": {
+                    "chunk_shape": list(inner_chunks),
+                    "codecs": codecs,
+                    "index_codecs": [{"name": "bytes", "configuration": {"endian": "little"}}, {"name": "crc32c"}],
+                    "index_location": "end",
+                },
+            }
+        ]
     meta = {
         "shape": list(shape),
         "data_type": dtype.name,
@@ -483,5 +518,3 @@ def _write_json(path: Path, data: dict) -> None:
     import json
 
     write_atomic(path, json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False))
-
-

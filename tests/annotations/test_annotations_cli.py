@@ -91,7 +91,17 @@ def test_convert_refuses_xxe_and_leaks_nothing(tmp_path):
 
 def test_mask_png_of_monuseg_uses_the_annotation_mpp(tmp_path, monuseg_dir):
     out = tmp_path / "mask.png"
-    result = _run("mask", monuseg_dir / f"{MONUSEG}.xml", "--slide", monuseg_dir / f"{MONUSEG}.tif", "--mpp", 0.2527, "-o", out, "-q")
+    result = _run(
+        "mask",
+        monuseg_dir / f"{MONUSEG}.xml",
+        "--slide",
+        monuseg_dir / f"{MONUSEG}.tif",
+        "--mpp",
+        0.2527,
+        "-o",
+        out,
+        "-q",
+    )
     assert result.exit_code == 0, result.output
     assert "records no µm/px; using the annotation file's MicronsPerPixel 0.2527" in result.stderr
     mask = np.asarray(Image.open(out))
@@ -105,8 +115,7 @@ def test_mask_zarr_on_a_real_slide_with_clipping_and_label_map(tmp_path, cmu_sma
     # CMU-1-Small-Region: 2220 x 2967 px at 0.499 µm/px -> at 8 µm/px a 138 x 185 mask.
     source = _asap_polygon_file(tmp_path / "edge.xml", [(-500, 100), (1500, 100), (1500, 1700), (-500, 1700)])
     out = tmp_path / "mask.zarr"
-    result = _run("mask", source, "--slide", cmu_small_svs, "--mpp", 8, "-o", out,
-                  "--label-map", "Tumor=7", "-q")
+    result = _run("mask", source, "--slide", cmu_small_svs, "--mpp", 8, "-o", out, "--label-map", "Tumor=7", "-q")
     assert result.exit_code == 0, result.output
     assert "outside the slide" in result.stderr and "clipped" in result.stderr
     group = zarr.open_group(str(out), mode="r")
@@ -144,11 +153,19 @@ def test_mask_errors(tmp_path, args, code, message, cmu_small_svs, broken_svs, c
 
 def test_cli_in_a_subprocess(tmp_path, camelyon_xml):
     out = tmp_path / "c.geojson"
-    done = subprocess.run([sys.executable, "-m", "wsipipe", "annotations", "convert", str(camelyon_xml), str(out)],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "wsipipe", "annotations", "convert", str(camelyon_xml), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0 and len(read_annotations(out)) == 3
     empty = tmp_path / "empty.xml"
     empty.write_text("")
-    done = subprocess.run([sys.executable, "-m", "wsipipe", "annotations", "convert", str(empty), str(tmp_path / "e.geojson")],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "wsipipe", "annotations", "convert", str(empty), str(tmp_path / "e.geojson")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2 and done.stderr.strip() == f"Error: {empty}: the file is empty"

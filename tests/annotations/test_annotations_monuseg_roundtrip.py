@@ -51,7 +51,9 @@ def test_every_region_is_one_nucleus(monuseg):
         text = xml.read_text()
         regions = re.findall(r'<Region Id="(\d+)"(.*?)</Region>', text, re.S)
         assert len(regions) == len(re.findall(r"<Region\s", text)) > 100
-        degenerate = [rid for rid, body in regions if len(set(re.findall(r'<Vertex X="([^"]+)" Y="([^"]+)"', body))) < 3]
+        degenerate = [
+            rid for rid, body in regions if len(set(re.findall(r'<Vertex X="([^"]+)" Y="([^"]+)"', body))) < 3
+        ]
         assert len(annotation_set) == len(regions) - len(degenerate), xml.name
         assert [a.name for a in annotation_set] == [f"Region {rid}" for rid, _ in regions if rid not in degenerate]
         for rid in degenerate:
@@ -79,7 +81,9 @@ def test_masks_match_image_size_and_mark_every_nucleus(monuseg):
         for annotation in annotation_set:
             # Every pixel whose centre is inside this nucleus (off its outline) is marked ...
             x0, y0, x1, y1 = (int(v) for v in annotation.geometry.bounds)
-            cols, rows = np.meshgrid(np.arange(max(x0, 0), min(x1 + 1, width)), np.arange(max(y0, 0), min(y1 + 1, height)))
+            cols, rows = np.meshgrid(
+                np.arange(max(x0, 0), min(x1 + 1, width)), np.arange(max(y0, 0), min(y1 + 1, height))
+            )
             centres = shapely.points(cols + 0.5, rows + 0.5)
             interior = shapely.contains(annotation.geometry, centres)
             interior &= shapely.distance(annotation.geometry.boundary, centres) > 1e-9  # not a float tie
@@ -133,13 +137,21 @@ def test_rich_asap_round_trip_keeps_types_groups_points(tmp_path):
 def test_geojson_holes_and_multipolygons_to_asap_use_the_exclusion_group(tmp_path, caplog):
     ring = shapely.Polygon([(0, 0), (30, 0), (30, 30), (0, 30)], [[(10, 10), (20, 10), (20, 20), (10, 20)]])
     annotations = AnnotationSet(
-        [Annotation(ring, "Tumor", name="ring"), Annotation(shapely.MultiPolygon([shapely.box(40, 0, 50, 10), shapely.box(60, 0, 70, 10)]), "Tumor", name="two")],
+        [
+            Annotation(ring, "Tumor", name="ring"),
+            Annotation(
+                shapely.MultiPolygon([shapely.box(40, 0, 50, 10), shapely.box(60, 0, 70, 10)]), "Tumor", name="two"
+            ),
+        ],
         groups={"Tumor": Group("Tumor", "#FF0000")},
     )
     with caplog.at_level(logging.INFO, logger="wsipipe.annotations"):
         asap = read_annotations(write_annotations(annotations, tmp_path / "holes.xml"))
     assert [(a.name, a.label) for a in asap] == [
-        ("ring", "Tumor"), ("ring (hole 1)", "Exclusion"), ("two (part 1)", "Tumor"), ("two (part 2)", "Tumor")
+        ("ring", "Tumor"),
+        ("ring (hole 1)", "Exclusion"),
+        ("two (part 1)", "Tumor"),
+        ("two (part 2)", "Tumor"),
     ]
     assert [r.getMessage() for r in caplog.records] == [
         "1 hole of 1 annotation written as polygons in group 'Exclusion' (ASAP has no holes)"

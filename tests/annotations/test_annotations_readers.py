@@ -86,10 +86,16 @@ def _feature(geometry, **properties):
 def test_qupath_geojson_collections_holes_points_classes_and_object_types(tmp_path):
     square_with_hole = [[[0, 0], [10, 0], [10, 10], [0, 10], [0, 0]], [[2, 2], [4, 2], [4, 4], [2, 4], [2, 2]]]
     features = [
-        _feature({"type": "Polygon", "coordinates": square_with_hole}, objectType="annotation",
-                 classification={"name": "Tumor", "color": [200, 0, 0]}),
-        _feature({"type": "MultiPolygon", "coordinates": [square_with_hole, [[[20, 20], [21, 20], [21, 21], [20, 20]]]]},
-                 objectType="detection", classification={"name": "Stroma", "colorRGB": -16711936}),
+        _feature(
+            {"type": "Polygon", "coordinates": square_with_hole},
+            objectType="annotation",
+            classification={"name": "Tumor", "color": [200, 0, 0]},
+        ),
+        _feature(
+            {"type": "MultiPolygon", "coordinates": [square_with_hole, [[[20, 20], [21, 20], [21, 21], [20, 20]]]]},
+            objectType="detection",
+            classification={"name": "Stroma", "colorRGB": -16711936},
+        ),
         _feature({"type": "Point", "coordinates": [5, 6]}, objectType="annotation"),
         _feature({"type": "MultiPoint", "coordinates": [[1, 1], [2, 2]]}, objectType="cell", color=[1, 2, 3]),
     ]

@@ -18,14 +18,19 @@ SECRET = "wsipipe-secret-7f3a9c"
 
 
 def _asap(*annotations: str) -> str:
-    return "<?xml version=\"1.0\"?>\n<ASAP_Annotations>\n<Annotations>\n" + "\n".join(annotations) + \
-        "\n</Annotations>\n</ASAP_Annotations>\n"
+    return (
+        '<?xml version="1.0"?>\n<ASAP_Annotations>\n<Annotations>\n'
+        + "\n".join(annotations)
+        + "\n</Annotations>\n</ASAP_Annotations>\n"
+    )
 
 
 def _polygon(name: str, points, group: str = "Tumor") -> str:
     coords = "".join(f'<Coordinate Order="{i}" X="{x}" Y="{y}"/>' for i, (x, y) in enumerate(points))
-    return f'<Annotation Name="{name}" Type="Polygon" PartOfGroup="{group}" Color="#FF0000">' \
-           f"<Coordinates>{coords}</Coordinates></Annotation>"
+    return (
+        f'<Annotation Name="{name}" Type="Polygon" PartOfGroup="{group}" Color="#FF0000">'
+        f"<Coordinates>{coords}</Coordinates></Annotation>"
+    )
 
 
 @pytest.fixture
@@ -39,14 +44,16 @@ def _xxe(secret_file) -> str:
     return (
         f'<?xml version="1.0"?>\n<!DOCTYPE ASAP_Annotations [<!ENTITY xxe SYSTEM "file://{secret_file}">]>\n'
         '<ASAP_Annotations><Annotations><Annotation Name="x" Type="Polygon" PartOfGroup="Tumor">'
-        "<Coordinates>&xxe;<Coordinate Order=\"0\" X=\"0\" Y=\"0\"/><Coordinate Order=\"1\" X=\"5\" Y=\"0\"/>"
-        "<Coordinate Order=\"2\" X=\"5\" Y=\"5\"/></Coordinates></Annotation></Annotations></ASAP_Annotations>\n"
+        '<Coordinates>&xxe;<Coordinate Order="0" X="0" Y="0"/><Coordinate Order="1" X="5" Y="0"/>'
+        '<Coordinate Order="2" X="5" Y="5"/></Coordinates></Annotation></Annotations></ASAP_Annotations>\n'
     )
 
 
-BOMB = '<?xml version="1.0"?>\n<!DOCTYPE lolz [\n<!ENTITY lol "lol">\n' + "\n".join(
-    f'<!ENTITY lol{i} "{("&lol" + (str(i - 1) if i > 1 else "") + ";") * 10}">' for i in range(1, 10)
-) + '\n]>\n<Annotations MicronsPerPixel="0.25"><Annotation Name="&lol9;"/></Annotations>\n'
+BOMB = (
+    '<?xml version="1.0"?>\n<!DOCTYPE lolz [\n<!ENTITY lol "lol">\n'
+    + "\n".join(f'<!ENTITY lol{i} "{("&lol" + (str(i - 1) if i > 1 else "") + ";") * 10}">' for i in range(1, 10))
+    + '\n]>\n<Annotations MicronsPerPixel="0.25"><Annotation Name="&lol9;"/></Annotations>\n'
+)
 
 
 def test_external_entity_is_refused_without_reading_the_file(tmp_path, secret_file):
@@ -144,23 +151,37 @@ def test_geojson_bad_features_are_skipped_with_their_index(tmp_path, caplog):
         {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [[[0, 0], [1, "x"], [1, 1]]]}},
         {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [[[0, 0], [1, 0]]]}},
         {"type": "NotAFeature"},
-        {"type": "Feature", "geometry": {"type": "MultiPolygon", "coordinates": [
-            [[[0, 0], [1, 0], [1, 1], [0, 0]]], [[[5, 5], [6, 6], [5, 5]]]]}},
+        {
+            "type": "Feature",
+            "geometry": {
+                "type": "MultiPolygon",
+                "coordinates": [[[[0, 0], [1, 0], [1, 1], [0, 0]]], [[[5, 5], [6, 6], [5, 5]]]],
+            },
+        },
     ]
     path = tmp_path / "bad.geojson"
     path.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
     with caplog.at_level(logging.WARNING, logger="wsipipe.annotations"):
         annotations = read_annotations(path)
     assert len(annotations) == 2 and annotations[1].geometry.area == 0.5  # the good part of #5 is kept
-    for index, message in [(1, "LineString"), (2, "malformed coordinates"), (3, "distinct points"),
-                           (4, "not a GeoJSON Feature"), (5, "part 1 has 2 distinct points")]:
+    for index, message in [
+        (1, "LineString"),
+        (2, "malformed coordinates"),
+        (3, "distinct points"),
+        (4, "not a GeoJSON Feature"),
+        (5, "part 1 has 2 distinct points"),
+    ]:
         assert any(f"feature #{index}" in r.getMessage() and message in r.getMessage() for r in caplog.records)
 
 
 def test_outside_the_slide_is_clipped_with_a_warning(tmp_path, caplog):
     path = tmp_path / "edge.xml"
-    path.write_text(_asap(_polygon("edge", [(-10, 0), (10, 0), (10, 10), (-10, 10)]),
-                          _polygon("gone", [(200, 200), (210, 200), (210, 210)])))
+    path.write_text(
+        _asap(
+            _polygon("edge", [(-10, 0), (10, 0), (10, 10), (-10, 10)]),
+            _polygon("gone", [(200, 200), (210, 200), (210, 210)]),
+        )
+    )
     annotations = read_annotations(path)
     with caplog.at_level(logging.WARNING, logger="wsipipe.annotations"):
         annotations.clip_to(100, 100)

@@ -42,7 +42,9 @@ def test_one_entry_per_series_named_by_description_or_uid(tmp_path, dicom_series
     root, cmu = _archive(tmp_path, dicom_series)
     entries = {e.key: e for e in discover(root)}
     assert sorted(entries) == ["a/volume.dcm", "b/" + resolve_series(root / "b").base.path.name, "bad.dcm"]
-    assert entries["a/volume.dcm"].name == output_name("a/volume.dcm", cmu.uid if not cmu.description else cmu.description)
+    assert entries["a/volume.dcm"].name == output_name(
+        "a/volume.dcm", cmu.uid if not cmu.description else cmu.description
+    )
     synth = next(e for k, e in entries.items() if k.startswith("b/"))
     assert synth.name.startswith("H_E_block_1_2-")
     assert entries["bad.dcm"].name.startswith("bad-")

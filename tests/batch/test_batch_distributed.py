@@ -97,7 +97,10 @@ def test_cuda_slides_go_only_to_workers_declaring_a_gpu(archive, scheduler, tmp_
 
 def test_cuda_job_without_gpu_workers_is_refused(archive, tmp_path):
     job = JobSpec("device-test", "batch_test_jobs:device_job", None, device_option="device")
-    with dask_cluster(n_workers=1) as address, pytest.raises(WsipipeError, match="no worker of the scheduler declares a GPU"):
+    with (
+        dask_cluster(n_workers=1) as address,
+        pytest.raises(WsipipeError, match="no worker of the scheduler declares a GPU"),
+    ):
         run_batch(discover(archive)[:1], tmp_path / "out", job, {"device": "cuda"}, scheduler=address)
 
 
@@ -147,7 +150,11 @@ def test_segment_job_with_nuclei_set_per_slide_in_a_manifest(archive, scheduler,
     assert int(with_nuclei["nuclei_count"]) == report["nuclei_count"] > 1000
     for figure in ("nuclei_per_mm2", "nuclei_per_mm2_tumour", "cellularity"):
         value = report[figure]
-        assert (with_nuclei[figure] == "") if value is None else float(with_nuclei[figure]) == pytest.approx(value, rel=1e-5)
+        assert (
+            (with_nuclei[figure] == "")
+            if value is None
+            else float(with_nuclei[figure]) == pytest.approx(value, rel=1e-5)
+        )
     assert (outdir / with_nuclei["name"] / "nuclei.csv").is_file()
     assert without["nuclei_count"] == "" and not (outdir / without["name"] / "nuclei.csv").exists()
 

@@ -69,7 +69,9 @@ def test_outputs_match_the_slides(first_run, archive):
         row = status[key]
         folder = outdir / row["name"]
         assert sorted(p.name for p in folder.iterdir()) == ["info.json", "result.json", "thumbnail.png"]
-        assert row["outputs"].split(";") == [f"{row['name']}/{n}" for n in ("info.json", "thumbnail.png", "result.json")]
+        assert row["outputs"].split(";") == [
+            f"{row['name']}/{n}" for n in ("info.json", "thumbnail.png", "result.json")
+        ]
         with tifffile.TiffFile(archive / key) as reference:  # level 0 is the first page
             height, width = reference.pages[0].shape[:2]
         info = json.loads((folder / "info.json").read_text())
@@ -111,7 +113,8 @@ def test_rerun_skips_done_and_failed(first_run, cluster_address):
     for path in stale + kept:
         path.write_text("half")
     result = runner.invoke(
-        app, ["batch", str(outdir.parent / "archive"), "-o", str(outdir), "--job", "info", "--scheduler", cluster_address]
+        app,
+        ["batch", str(outdir.parent / "archive"), "-o", str(outdir), "--job", "info", "--scheduler", cluster_address],
     )
     assert result.exit_code == 1
     assert "5 already done, 4 failed before, 0 to process" in result.output
@@ -216,7 +219,9 @@ def test_finished_folders_are_adopted_and_half_written_ones_redone(first_run, cl
             slide.update(state="running", finished="", figures={})
     (outdir / "status.json").write_text(json_module.dumps(status))
     (outdir / before[redone]["name"] / "result.json").unlink()
-    result = runner.invoke(app, ["batch", str(archive), "-o", str(outdir), "--job", "info", "--scheduler", cluster_address])
+    result = runner.invoke(
+        app, ["batch", str(archive), "-o", str(outdir), "--job", "info", "--scheduler", cluster_address]
+    )
     assert "1 to process" in result.output
     after = read_status_csv(outdir)
     assert after[adopted]["state"] == "done" and after[adopted]["finished"] == before[adopted]["finished"]

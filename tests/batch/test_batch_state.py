@@ -33,11 +33,24 @@ def test_fingerprint_hashes_the_head_only(tmp_path):
 
 def test_status_round_trip_and_csv(tmp_path):
     records = [
-        SlideRecord(key="a/ä b.svs", path="/x/a/ä b.svs", name="a_b-0123456789", state="done", size=5,
-                    seconds=1.5, outputs=["a_b-0123456789/info.json", "a_b-0123456789/thumbnail.png"],
-                    figures={"tissue_fraction": 0.5}),  # fmt: skip
-        SlideRecord(key="c, d.svs", path="/x/c, d.svs", name="c_d-0123456789", state="failed",
-                    error='bad "quote"\tand, comma', traceback="errors/c_d-0123456789.txt"),  # fmt: skip
+        SlideRecord(
+            key="a/ä b.svs",
+            path="/x/a/ä b.svs",
+            name="a_b-0123456789",
+            state="done",
+            size=5,
+            seconds=1.5,
+            outputs=["a_b-0123456789/info.json", "a_b-0123456789/thumbnail.png"],
+            figures={"tissue_fraction": 0.5},
+        ),  # fmt: skip
+        SlideRecord(
+            key="c, d.svs",
+            path="/x/c, d.svs",
+            name="c_d-0123456789",
+            state="failed",
+            error='bad "quote"\tand, comma',
+            traceback="errors/c_d-0123456789.txt",
+        ),  # fmt: skip
     ]
     save_status(tmp_path, records, "wsipipe.batch.jobs:info_job")
     assert load_status(tmp_path) == {r.key: r for r in records}
@@ -58,8 +71,14 @@ def test_a_foreign_status_file_is_refused(tmp_path):
 
 def test_summary_columns_blanks_and_escaping(tmp_path):
     records = [
-        SlideRecord(key="a.svs", path="", name="a", state="done", seconds=2.0,
-                    figures={"zeta": 1, "cellularity": 0.25, "tumour_fraction": 0.123456789}),  # fmt: skip
+        SlideRecord(
+            key="a.svs",
+            path="",
+            name="a",
+            state="done",
+            seconds=2.0,
+            figures={"zeta": 1, "cellularity": 0.25, "tumour_fraction": 0.123456789},
+        ),  # fmt: skip
         SlideRecord(key="<b>.svs", path="", name="b", state="failed", error="<script>x</script>"),
     ]
     write_summary(tmp_path, records)

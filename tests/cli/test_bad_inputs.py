@@ -49,8 +49,11 @@ class Case:
 
 
 def _geojson(classification) -> str:
-    feature = {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": SQUARE},
-               "properties": {"objectType": "annotation", "classification": classification}}
+    feature = {
+        "type": "Feature",
+        "geometry": {"type": "Polygon", "coordinates": SQUARE},
+        "properties": {"objectType": "annotation", "classification": classification},
+    }
     return json.dumps({"type": "FeatureCollection", "features": [feature]})
 
 
@@ -116,108 +119,331 @@ def _slide_cases() -> list[Case]:
     for kind, (name, needle) in files.items():
         path = name if name.startswith("{s}") else "{c}/" + name
         for command, argv in commands.items():
-            cases.append(Case(f"{command}-{kind}", tuple(a.replace("{f}", path) for a in argv), BAD_INPUT, needle,
-                              slow=command in ("segment", "nuclei") and kind not in ("missing", "broken")))
-    cases.append(Case("tile-truncated", ("tile", "{c}/truncated.svs", "-o", "{o}.zarr", "-q", "--workers", "1"),
-                      BAD_INPUT, "truncated.svs"))
+            cases.append(
+                Case(
+                    f"{command}-{kind}",
+                    tuple(a.replace("{f}", path) for a in argv),
+                    BAD_INPUT,
+                    needle,
+                    slow=command in ("segment", "nuclei") and kind not in ("missing", "broken"),
+                )
+            )
+    cases.append(
+        Case(
+            "tile-truncated",
+            ("tile", "{c}/truncated.svs", "-o", "{o}.zarr", "-q", "--workers", "1"),
+            BAD_INPUT,
+            "truncated.svs",
+        )
+    )
     return cases
 
 
-CASES = _slide_cases() + [
-    # annotations
-    Case("convert-missing", ("annotations", "convert", "{c}/none.xml", "{o}.geojson"), BAD_INPUT, "no such file"),
-    Case("convert-empty-xml", ("annotations", "convert", "{c}/empty.xml", "{o}.geojson"), BAD_INPUT, "the file is empty"),
-    Case("convert-billion-laughs", ("annotations", "convert", "{c}/laughs.xml", "{o}.geojson"), BAD_INPUT, "DOCTYPE"),
-    Case("convert-external-entity", ("annotations", "convert", "{c}/xxe.xml", "{o}.geojson"), BAD_INPUT, "DOCTYPE"),
-    Case("convert-malformed-geojson", ("annotations", "convert", "{c}/malformed.geojson", "{o}.xml"), BAD_INPUT,
-         "malformed JSON"),
-    Case("convert-fifo", ("annotations", "convert", "{c}/pipe.svs", "{o}.xml"), BAD_INPUT, "pipe.svs"),
-    Case("convert-output-folder-missing", ("annotations", "convert", "{c}/tumor.geojson", "{o}/no/x.xml"), BAD_INPUT,
-         "does not exist"),
-    Case("convert-output-exists", ("annotations", "convert", "{c}/tumor.geojson", "{c}/existing.geojson"), BAD_INPUT,
-         "--overwrite"),
-    Case("mask-strict-label-map-matches-nothing",
-         ("annotations", "mask", "{c}/tumor.geojson", "--slide", "{s}/" + GOOD, "--mpp", "8", "-o", "{o}.png",
-          "--label-map", "Stroma=1", "--strict"), BAD_INPUT, "no annotation matches the label map Stroma=1"),
-    Case("mask-bad-label-map", ("annotations", "mask", "{c}/tumor.geojson", "--slide", "{s}/" + GOOD, "--mpp", "8",
-                                "-o", "{o}.png", "--label-map", "Tumor=x"), BAD_INPUT, "is not an integer"),
-    Case("mask-no-mpp", ("annotations", "mask", "{c}/tumor.geojson", "--slide", "{s}/" + NO_MPP, "--mpp", "8",
-                         "-o", "{o}.png"), BAD_INPUT, "--mpp-override"),
-    Case("mask-output-is-a-folder-path", ("annotations", "mask", "{c}/tumor.geojson", "--slide", "{s}/" + GOOD,
-                                          "--mpp", "8", "-o", "{c}/text.svs/m.png"), BAD_INPUT, "does not exist"),
-    # tile
-    Case("tile-strict-label-map-matches-nothing",
-         ("tile", "{s}/" + GOOD, "-o", "{o}.zarr", "-q", "--annotations", "{c}/tumor.geojson", "--label-map",
-          "Stroma=1", "--strict"), BAD_INPUT, "no annotation matches the label map Stroma=1"),
-    Case("tile-bad-overlap", ("tile", "{s}/" + GOOD, "-o", "{o}.zarr", "--overlap", "512", "--tile-size", "512"),
-         BAD_INPUT, "overlap"),
-    Case("tile-no-mpp", ("tile", "{s}/" + NO_MPP, "-o", "{o}.zarr", "-q"), BAD_INPUT,
-         "pass --mpp-override X (µm per pixel at level 0) or --level N"),
-    Case("tile-output-is-a-file", ("tile", "{s}/" + GOOD, "-o", "{c}/existing-file", "-q"), BAD_INPUT,
-         "existing-file"),
-    Case("tile-output-under-a-file", ("tile", "{s}/" + GOOD, "-o", "{c}/text.svs/t.zarr", "-q"), BAD_INPUT,
-         "text.svs"),
-    # segment
-    Case("segment-bad-overlap", ("segment", "{s}/" + GOOD, "-o", "{o}", "--overlap", "100000", "--device", "cpu"),
-         BAD_INPUT, "--overlap"),
-    Case("segment-bad-batch-size", ("segment", "{s}/" + GOOD, "-o", "{o}", "--batch-size", "0"), BAD_INPUT,
-         "--batch-size"),
-    Case("segment-cuda-without-gpu", ("segment", "{s}/" + GOOD, "-o", "{o}", "--device", "cuda"), BAD_INPUT, "cuda"),
-    Case("segment-no-mpp", ("segment", "{s}/" + NO_MPP, "-o", "{o}", "--device", "cpu"), BAD_INPUT,
-         "pass --mpp-override X (µm per pixel at level 0)"),
-    Case("segment-model-missing", ("segment", "{s}/" + GOOD, "-o", "{o}", "--model", "{c}/model-missing.safetensors",
-                                   "--device", "cpu"), BAD_INPUT, "no such model file"),
-    Case("segment-model-pickle", ("segment", "{s}/" + GOOD, "-o", "{o}", "--model", "{c}/pickle.safetensors",
-                                  "--device", "cpu"), BAD_INPUT, "not a safetensors model file"),
-    Case("segment-output-is-a-file", ("segment", "{s}/" + GOOD, "-o", "{c}/existing-file", "--device", "cpu"),
-         BAD_INPUT, "existing-file"),
-    Case("segment-output-under-a-file", ("segment", "{s}/" + GOOD, "-o", "{c}/text.svs/out", "--device", "cpu"),
-         BAD_INPUT, "cannot create the output folder"),
-    # nuclei
-    Case("nuclei-model-random-bytes", ("nuclei", "{s}/" + GOOD, "-o", "{o}", "--model", "{c}/random.safetensors"),
-         BAD_INPUT, "not a safetensors model file"),
-    Case("nuclei-model-missing", ("nuclei", "{s}/" + GOOD, "-o", "{o}", "--model", "{c}/model-missing.safetensors"),
-         BAD_INPUT, "model-missing.safetensors"),
-    Case("nuclei-output-under-a-file", ("nuclei", "{c}/image.png", "-o", "{c}/text.svs/out", "--mpp-override", "0.5"), BAD_INPUT, "text.svs"),
-    # normalize
-    Case("normalize-missing-store", ("normalize", "{c}/none.zarr", "-o", "{o}.zarr", "--device", "cpu"), BAD_INPUT, "no such store"),
-    Case("normalize-store-is-a-slide", ("normalize", "{s}/" + GOOD, "-o", "{o}.zarr", "--device", "cpu"), BAD_INPUT, GOOD),
-    # batch
-    Case("batch-missing-input", ("batch", "{c}/none", "-o", "{o}", "-q"), BAD_INPUT, "none"),
-    Case("batch-manifest-unknown-column", ("batch", "{c}/manifest.csv", "-o", "{o}", "-q"), BAD_INPUT, "colour"),
-    Case("batch-cuda-without-gpu", ("batch", "{c}/batch-in", "-o", "{o}", "-q", "--device", "cuda"), BAD_INPUT, "cuda"),
-    Case("batch-model-pickle", ("batch", "{c}/batch-in", "-o", "{o}", "-q", "--model", "{c}/pickle.safetensors"), BAD_INPUT,
-         "pickle.safetensors"),
-    # evaluate, predict, models
-    Case("evaluate-model-missing", ("evaluate", "{c}/model-missing.safetensors", "--data", "{c}"), BAD_INPUT,
-         "no such model file"),
-    Case("predict-model-pickle", ("predict", "{c}/pickle.safetensors", "{c}/image.png", "-o", "{o}.png"),
-         BAD_INPUT, "not a safetensors model file"),
-    Case("predict-output-folder-missing", ("predict", "{c}/random.safetensors", "{c}/image.png", "-o", "{o}/no/p.png"),
-         BAD_INPUT, "does not exist"),
-    Case("models-info-random-bytes", ("models", "info", "{c}/random.safetensors"), BAD_INPUT,
-         "not a safetensors model file"),
-    Case("models-info-missing", ("models", "info", "{c}/model-missing.safetensors"), BAD_INPUT, "no such model file"),
-    # synth
-    Case("synth-output-exists", ("synth", "{c}/existing-file", "--width", "64", "--height", "64"), BAD_INPUT,
-         "--overwrite"),
-    Case("synth-bad-size", ("synth", "{o}.tif", "--width", "0", "--height", "64"), BAD_INPUT, "--width"),
-    Case("synth-output-under-a-file", ("synth", "{c}/text.svs/s.tif", "--width", "64", "--height", "64"), BAD_INPUT,
-         "text.svs"),
-] + [
-    # usage errors: typer's own, one line each
-    Case(f"{name}-unknown-option", (*command, "--no-such-option"), BAD_INPUT, "No such option: --no-such-option")
-    for name, command in [("info", ("info", "x.svs")), ("tile", ("tile",)), ("segment", ("segment",)),
-                          ("nuclei", ("nuclei",)), ("convert", ("annotations", "convert")), ("normalize", ("normalize",)),
-                          ("batch", ("batch",)), ("evaluate", ("evaluate",)), ("predict", ("predict",)),
-                          ("models-info", ("models", "info")), ("synth", ("synth",)), ("global", ())]
-] + [
-    Case(f"{name}-missing-argument", command, BAD_INPUT, "Missing")
-    for name, command in [("info", ("info", "--json")), ("tile", ("tile", "-o", "{o}.zarr")),
-                          ("segment", ("segment", "-o", "{o}")), ("nuclei", ("nuclei", "-o", "{o}")),
-                          ("mask", ("annotations", "mask", "{c}/tumor.geojson")), ("batch", ("batch", "-o", "{o}")),
-                          ("synth", ("synth", "{o}.tif")), ("models-info", ("models", "info", "--json"))]
-] + [Case("unknown-command", ("no-such-command",), BAD_INPUT, "No such command")]
+CASES = (
+    _slide_cases()
+    + [
+        # annotations
+        Case("convert-missing", ("annotations", "convert", "{c}/none.xml", "{o}.geojson"), BAD_INPUT, "no such file"),
+        Case(
+            "convert-empty-xml",
+            ("annotations", "convert", "{c}/empty.xml", "{o}.geojson"),
+            BAD_INPUT,
+            "the file is empty",
+        ),
+        Case(
+            "convert-billion-laughs", ("annotations", "convert", "{c}/laughs.xml", "{o}.geojson"), BAD_INPUT, "DOCTYPE"
+        ),
+        Case("convert-external-entity", ("annotations", "convert", "{c}/xxe.xml", "{o}.geojson"), BAD_INPUT, "DOCTYPE"),
+        Case(
+            "convert-malformed-geojson",
+            ("annotations", "convert", "{c}/malformed.geojson", "{o}.xml"),
+            BAD_INPUT,
+            "malformed JSON",
+        ),
+        Case("convert-fifo", ("annotations", "convert", "{c}/pipe.svs", "{o}.xml"), BAD_INPUT, "pipe.svs"),
+        Case(
+            "convert-output-folder-missing",
+            ("annotations", "convert", "{c}/tumor.geojson", "{o}/no/x.xml"),
+            BAD_INPUT,
+            "does not exist",
+        ),
+        Case(
+            "convert-output-exists",
+            ("annotations", "convert", "{c}/tumor.geojson", "{c}/existing.geojson"),
+            BAD_INPUT,
+            "--overwrite",
+        ),
+        Case(
+            "mask-strict-label-map-matches-nothing",
+            (
+                "annotations",
+                "mask",
+                "{c}/tumor.geojson",
+                "--slide",
+                "{s}/" + GOOD,
+                "--mpp",
+                "8",
+                "-o",
+                "{o}.png",
+                "--label-map",
+                "Stroma=1",
+                "--strict",
+            ),
+            BAD_INPUT,
+            "no annotation matches the label map Stroma=1",
+        ),
+        Case(
+            "mask-bad-label-map",
+            (
+                "annotations",
+                "mask",
+                "{c}/tumor.geojson",
+                "--slide",
+                "{s}/" + GOOD,
+                "--mpp",
+                "8",
+                "-o",
+                "{o}.png",
+                "--label-map",
+                "Tumor=x",
+            ),
+            BAD_INPUT,
+            "is not an integer",
+        ),
+        Case(
+            "mask-no-mpp",
+            ("annotations", "mask", "{c}/tumor.geojson", "--slide", "{s}/" + NO_MPP, "--mpp", "8", "-o", "{o}.png"),
+            BAD_INPUT,
+            "--mpp-override",
+        ),
+        Case(
+            "mask-output-is-a-folder-path",
+            (
+                "annotations",
+                "mask",
+                "{c}/tumor.geojson",
+                "--slide",
+                "{s}/" + GOOD,
+                "--mpp",
+                "8",
+                "-o",
+                "{c}/text.svs/m.png",
+            ),
+            BAD_INPUT,
+            "does not exist",
+        ),
+        # tile
+        Case(
+            "tile-strict-label-map-matches-nothing",
+            (
+                "tile",
+                "{s}/" + GOOD,
+                "-o",
+                "{o}.zarr",
+                "-q",
+                "--annotations",
+                "{c}/tumor.geojson",
+                "--label-map",
+                "Stroma=1",
+                "--strict",
+            ),
+            BAD_INPUT,
+            "no annotation matches the label map Stroma=1",
+        ),
+        Case(
+            "tile-bad-overlap",
+            ("tile", "{s}/" + GOOD, "-o", "{o}.zarr", "--overlap", "512", "--tile-size", "512"),
+            BAD_INPUT,
+            "overlap",
+        ),
+        Case(
+            "tile-no-mpp",
+            ("tile", "{s}/" + NO_MPP, "-o", "{o}.zarr", "-q"),
+            BAD_INPUT,
+            "pass --mpp-override X (µm per pixel at level 0) or --level N",
+        ),
+        Case(
+            "tile-output-is-a-file",
+            ("tile", "{s}/" + GOOD, "-o", "{c}/existing-file", "-q"),
+            BAD_INPUT,
+            "existing-file",
+        ),
+        Case(
+            "tile-output-under-a-file",
+            ("tile", "{s}/" + GOOD, "-o", "{c}/text.svs/t.zarr", "-q"),
+            BAD_INPUT,
+            "text.svs",
+        ),
+        # segment
+        Case(
+            "segment-bad-overlap",
+            ("segment", "{s}/" + GOOD, "-o", "{o}", "--overlap", "100000", "--device", "cpu"),
+            BAD_INPUT,
+            "--overlap",
+        ),
+        Case(
+            "segment-bad-batch-size",
+            ("segment", "{s}/" + GOOD, "-o", "{o}", "--batch-size", "0"),
+            BAD_INPUT,
+            "--batch-size",
+        ),
+        Case(
+            "segment-cuda-without-gpu", ("segment", "{s}/" + GOOD, "-o", "{o}", "--device", "cuda"), BAD_INPUT, "cuda"
+        ),
+        Case(
+            "segment-no-mpp",
+            ("segment", "{s}/" + NO_MPP, "-o", "{o}", "--device", "cpu"),
+            BAD_INPUT,
+            "pass --mpp-override X (µm per pixel at level 0)",
+        ),
+        Case(
+            "segment-model-missing",
+            ("segment", "{s}/" + GOOD, "-o", "{o}", "--model", "{c}/model-missing.safetensors", "--device", "cpu"),
+            BAD_INPUT,
+            "no such model file",
+        ),
+        Case(
+            "segment-model-pickle",
+            ("segment", "{s}/" + GOOD, "-o", "{o}", "--model", "{c}/pickle.safetensors", "--device", "cpu"),
+            BAD_INPUT,
+            "not a safetensors model file",
+        ),
+        Case(
+            "segment-output-is-a-file",
+            ("segment", "{s}/" + GOOD, "-o", "{c}/existing-file", "--device", "cpu"),
+            BAD_INPUT,
+            "existing-file",
+        ),
+        Case(
+            "segment-output-under-a-file",
+            ("segment", "{s}/" + GOOD, "-o", "{c}/text.svs/out", "--device", "cpu"),
+            BAD_INPUT,
+            "cannot create the output folder",
+        ),
+        # nuclei
+        Case(
+            "nuclei-model-random-bytes",
+            ("nuclei", "{s}/" + GOOD, "-o", "{o}", "--model", "{c}/random.safetensors"),
+            BAD_INPUT,
+            "not a safetensors model file",
+        ),
+        Case(
+            "nuclei-model-missing",
+            ("nuclei", "{s}/" + GOOD, "-o", "{o}", "--model", "{c}/model-missing.safetensors"),
+            BAD_INPUT,
+            "model-missing.safetensors",
+        ),
+        Case(
+            "nuclei-output-under-a-file",
+            ("nuclei", "{c}/image.png", "-o", "{c}/text.svs/out", "--mpp-override", "0.5"),
+            BAD_INPUT,
+            "text.svs",
+        ),
+        # normalize
+        Case(
+            "normalize-missing-store",
+            ("normalize", "{c}/none.zarr", "-o", "{o}.zarr", "--device", "cpu"),
+            BAD_INPUT,
+            "no such store",
+        ),
+        Case(
+            "normalize-store-is-a-slide",
+            ("normalize", "{s}/" + GOOD, "-o", "{o}.zarr", "--device", "cpu"),
+            BAD_INPUT,
+            GOOD,
+        ),
+        # batch
+        Case("batch-missing-input", ("batch", "{c}/none", "-o", "{o}", "-q"), BAD_INPUT, "none"),
+        Case("batch-manifest-unknown-column", ("batch", "{c}/manifest.csv", "-o", "{o}", "-q"), BAD_INPUT, "colour"),
+        Case(
+            "batch-cuda-without-gpu",
+            ("batch", "{c}/batch-in", "-o", "{o}", "-q", "--device", "cuda"),
+            BAD_INPUT,
+            "cuda",
+        ),
+        Case(
+            "batch-model-pickle",
+            ("batch", "{c}/batch-in", "-o", "{o}", "-q", "--model", "{c}/pickle.safetensors"),
+            BAD_INPUT,
+            "pickle.safetensors",
+        ),
+        # evaluate, predict, models
+        Case(
+            "evaluate-model-missing",
+            ("evaluate", "{c}/model-missing.safetensors", "--data", "{c}"),
+            BAD_INPUT,
+            "no such model file",
+        ),
+        Case(
+            "predict-model-pickle",
+            ("predict", "{c}/pickle.safetensors", "{c}/image.png", "-o", "{o}.png"),
+            BAD_INPUT,
+            "not a safetensors model file",
+        ),
+        Case(
+            "predict-output-folder-missing",
+            ("predict", "{c}/random.safetensors", "{c}/image.png", "-o", "{o}/no/p.png"),
+            BAD_INPUT,
+            "does not exist",
+        ),
+        Case(
+            "models-info-random-bytes",
+            ("models", "info", "{c}/random.safetensors"),
+            BAD_INPUT,
+            "not a safetensors model file",
+        ),
+        Case(
+            "models-info-missing", ("models", "info", "{c}/model-missing.safetensors"), BAD_INPUT, "no such model file"
+        ),
+        # synth
+        Case(
+            "synth-output-exists",
+            ("synth", "{c}/existing-file", "--width", "64", "--height", "64"),
+            BAD_INPUT,
+            "--overwrite",
+        ),
+        Case("synth-bad-size", ("synth", "{o}.tif", "--width", "0", "--height", "64"), BAD_INPUT, "--width"),
+        Case(
+            "synth-output-under-a-file",
+            ("synth", "{c}/text.svs/s.tif", "--width", "64", "--height", "64"),
+            BAD_INPUT,
+            "text.svs",
+        ),
+    ]
+    + [
+        # usage errors: typer's own, one line each
+        Case(f"{name}-unknown-option", (*command, "--no-such-option"), BAD_INPUT, "No such option: --no-such-option")
+        for name, command in [
+            ("info", ("info", "x.svs")),
+            ("tile", ("tile",)),
+            ("segment", ("segment",)),
+            ("nuclei", ("nuclei",)),
+            ("convert", ("annotations", "convert")),
+            ("normalize", ("normalize",)),
+            ("batch", ("batch",)),
+            ("evaluate", ("evaluate",)),
+            ("predict", ("predict",)),
+            ("models-info", ("models", "info")),
+            ("synth", ("synth",)),
+            ("global", ()),
+        ]
+    ]
+    + [
+        Case(f"{name}-missing-argument", command, BAD_INPUT, "Missing")
+        for name, command in [
+            ("info", ("info", "--json")),
+            ("tile", ("tile", "-o", "{o}.zarr")),
+            ("segment", ("segment", "-o", "{o}")),
+            ("nuclei", ("nuclei", "-o", "{o}")),
+            ("mask", ("annotations", "mask", "{c}/tumor.geojson")),
+            ("batch", ("batch", "-o", "{o}")),
+            ("synth", ("synth", "{o}.tif")),
+            ("models-info", ("models", "info", "--json")),
+        ]
+    ]
+    + [Case("unknown-command", ("no-such-command",), BAD_INPUT, "No such command")]
+)
+
 
 @dataclass
 class Outcome:
@@ -251,15 +477,28 @@ def _run(case: Case, corpus: Path, slides: Path, outroot: Path) -> Outcome:
     out = outroot / case.id  # an output folder, or with a suffix an output file
     argv = [a.replace("{c}", str(corpus)).replace("{s}", str(slides)).replace("{o}", str(out)) for a in case.argv]
     marker = uuid.uuid4().hex
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-           "WSIPIPE_TEST_CASE": marker, "CUDA_VISIBLE_DEVICES": ""}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+        "WSIPIPE_TEST_CASE": marker,
+        "CUDA_VISIBLE_DEVICES": "",
+    }
     try:
-        done = subprocess.run([sys.executable, "-m", "wsipipe", *argv], env=env, capture_output=True, text=True,
-                              timeout=CASE_TIMEOUT, stdin=subprocess.DEVNULL, cwd=corpus)
+        done = subprocess.run(
+            [sys.executable, "-m", "wsipipe", *argv],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=CASE_TIMEOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=corpus,
+        )
         returncode, stderr = done.returncode, done.stderr
     except subprocess.TimeoutExpired as exc:  # the run hangs: its helpers are killed below
-        returncode, stderr = None, (exc.stderr or b"").decode(errors="replace") if isinstance(exc.stderr, bytes) \
-            else (exc.stderr or "")
+        returncode, stderr = (
+            None,
+            (exc.stderr or b"").decode(errors="replace") if isinstance(exc.stderr, bytes) else (exc.stderr or ""),
+        )
     deadline = time.monotonic() + 5
     while (left := _marked(marker)) and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -293,8 +532,11 @@ def corpus(tmp_path_factory, slides_dir) -> Path:
 @pytest.fixture(scope="module")
 def outcomes(request, corpus, slides_dir, tmp_path_factory) -> dict[str, Outcome]:
     """Run the selected cases, ``PARALLEL`` at a time; check the corpus is unchanged after all."""
-    chosen = {item.callspec.params["case"].id for item in request.session.items
-              if getattr(item, "callspec", None) and isinstance(item.callspec.params.get("case"), Case)}
+    chosen = {
+        item.callspec.params["case"].id
+        for item in request.session.items
+        if getattr(item, "callspec", None) and isinstance(item.callspec.params.get("case"), Case)
+    }
     before = _tree_hashes(corpus)
     outroot = tmp_path_factory.mktemp("outputs")
     with ThreadPoolExecutor(PARALLEL) as pool:
@@ -327,8 +569,19 @@ def test_the_corpus_covers_what_the_issue_lists():
     kinds = {c.id.split("-", 1)[1] for c in CASES}
     commands = {c.argv[0] for c in CASES if c.argv and not c.argv[0].startswith("-")}
     assert len(kinds) >= 35, sorted(kinds)
-    assert commands >= {"info", "tile", "segment", "nuclei", "annotations", "normalize", "batch", "evaluate",
-                        "predict", "models", "synth"}
+    assert commands >= {
+        "info",
+        "tile",
+        "segment",
+        "nuclei",
+        "annotations",
+        "normalize",
+        "batch",
+        "evaluate",
+        "predict",
+        "models",
+        "synth",
+    }
 
 
 def test_string_classification_keeps_its_label(corpus, slides_dir, tmp_path):
@@ -337,9 +590,27 @@ def test_string_classification_keeps_its_label(corpus, slides_dir, tmp_path):
     source.write_text(_geojson("Tumor"))
     out = tmp_path / "m.png"
     done = subprocess.run(
-        [sys.executable, "-m", "wsipipe", "annotations", "mask", str(source), "--slide", str(slides_dir / GOOD),
-         "--mpp", "8", "-o", str(out), "--label-map", "Tumor=1", "--strict"],
-        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=CASE_TIMEOUT,
+        [
+            sys.executable,
+            "-m",
+            "wsipipe",
+            "annotations",
+            "mask",
+            str(source),
+            "--slide",
+            str(slides_dir / GOOD),
+            "--mpp",
+            "8",
+            "-o",
+            str(out),
+            "--label-map",
+            "Tumor=1",
+            "--strict",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        timeout=CASE_TIMEOUT,
     )
     assert done.returncode == 0 and done.stderr == "", done.stderr
     import numpy as np

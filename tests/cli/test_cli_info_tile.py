@@ -138,7 +138,9 @@ def test_slide_without_mpp_names_the_override_and_works_with_it(tmp_path, jp2k_s
     result = _tile(slide, tmp_path / "out.zarr", "--mpp-override", "0.25", "--tile-size", "256")
     assert result.exit_code == 0, result.output
     assert "wrote" in result.output and str(tmp_path / "out.zarr") in result.output
-    by_level = _tile(slide, tmp_path / "level.zarr", "--level", "1", "--tile-size", "512")  # the other way the error names
+    by_level = _tile(
+        slide, tmp_path / "level.zarr", "--level", "1", "--tile-size", "512"
+    )  # the other way the error names
     assert by_level.exit_code == 0 and "wrote" in by_level.output, by_level.output
     assert _sha(slide) == digest
 
@@ -152,7 +154,9 @@ def test_subprocess_errors_have_no_traceback(tmp_path, broken_svs, cmu_small_svs
         (["tile", str(header_only), "-o", str(tmp_path / "a.zarr"), "-q"], 2),
         (["tile", str(cmu_small_svs), "-o", str(tmp_path / "a.zarr"), "--tile-size", "0"], 2),
     ):
-        proc = subprocess.run([sys.executable, "-m", "wsipipe", *args], capture_output=True, text=True, env=env, timeout=120)
+        proc = subprocess.run(
+            [sys.executable, "-m", "wsipipe", *args], capture_output=True, text=True, env=env, timeout=120
+        )
         assert proc.returncode == code, proc.stderr
         assert proc.stderr.startswith("Error: ") and "Traceback" not in proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1
@@ -162,8 +166,23 @@ def test_tile_subprocess_with_two_workers_writes_a_store(tmp_path, ome_tiff):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     out = tmp_path / "cmu.zarr"
     proc = subprocess.run(
-        [sys.executable, "-m", "wsipipe", "tile", str(ome_tiff), "-o", str(out), "--tile-size", "256", "--workers", "2"],
-        capture_output=True, text=True, env=env, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "wsipipe",
+            "tile",
+            str(ome_tiff),
+            "-o",
+            str(out),
+            "--tile-size",
+            "256",
+            "--workers",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
     assert f"to {out}" in proc.stdout and "tiles/s" in proc.stderr  # the progress bar
@@ -186,13 +205,32 @@ def test_a_fifo_is_refused_in_one_line_without_blocking(tmp_path, cmu_small_svs)
     store.parent.mkdir()
     assert _tile(slide, store, "--tile-size", "256").exit_code == 0
     for args, code, message in (
-        (["info", fifos["pipe.svs"]], SlideOpenError.exit_code, f"{fifos['pipe.svs']}: is a named pipe (FIFO), not a regular file"),
-        (["tile", fifos["pipe.svs"], "-o", out, "-q"], SlideOpenError.exit_code, f"{fifos['pipe.svs']}: is a named pipe (FIFO)"),
-        (["tile", slide, "-o", out, "-q", "--annotations", fifos["pipe.geojson"]], AnnotationError.exit_code, f"{fifos['pipe.geojson']}: "),
-        (["annotations", "convert", fifos["pipe.geojson"], tmp_path / "a.xml"], AnnotationError.exit_code, f"{fifos['pipe.geojson']}: "),
+        (
+            ["info", fifos["pipe.svs"]],
+            SlideOpenError.exit_code,
+            f"{fifos['pipe.svs']}: is a named pipe (FIFO), not a regular file",
+        ),
+        (
+            ["tile", fifos["pipe.svs"], "-o", out, "-q"],
+            SlideOpenError.exit_code,
+            f"{fifos['pipe.svs']}: is a named pipe (FIFO)",
+        ),
+        (
+            ["tile", slide, "-o", out, "-q", "--annotations", fifos["pipe.geojson"]],
+            AnnotationError.exit_code,
+            f"{fifos['pipe.geojson']}: ",
+        ),
+        (
+            ["annotations", "convert", fifos["pipe.geojson"], tmp_path / "a.xml"],
+            AnnotationError.exit_code,
+            f"{fifos['pipe.geojson']}: ",
+        ),
         (["models", "info", fifos["pipe.safetensors"]], ModelError.exit_code, f"{fifos['pipe.safetensors']}: "),
-        (["normalize", store, "-o", store.parent / "n.zarr", "--target", fifos["pipe.png"], "-q"], 2,
-         f"{fifos['pipe.png']}: is a named pipe (FIFO), not a regular file"),
+        (
+            ["normalize", store, "-o", store.parent / "n.zarr", "--target", fifos["pipe.png"], "-q"],
+            2,
+            f"{fifos['pipe.png']}: is a named pipe (FIFO), not a regular file",
+        ),
     ):
         proc = subprocess.run([sys.executable, "-m", "wsipipe", *map(str, args)], capture_output=True, text=True,
                               env=env, timeout=60)  # fmt: skip

@@ -37,25 +37,44 @@ def test_a_full_disk_anywhere_in_the_causes_is_reported_as_such(tmp_path, monkey
     import wsipipe.cli.annotations as annotations_cli
 
     monkeypatch.setattr(annotations_cli, "_write_mask", _full_disk)
-    result = CliRunner().invoke(app, [
-        "annotations", "mask", str(camelyon_xml), "--slide",
-        str(cmu_small_svs), "--mpp", "8", "-o", str(tmp_path / "m.png"), "-q",
-    ])
+    result = CliRunner().invoke(
+        app,
+        [
+            "annotations",
+            "mask",
+            str(camelyon_xml),
+            "--slide",
+            str(cmu_small_svs),
+            "--mpp",
+            "8",
+            "-o",
+            str(tmp_path / "m.png"),
+            "-q",
+        ],
+    )
     assert result.exit_code == 1, result.output
     # (the lines before are warnings: the CAMELYON polygons lie outside this small slide)
     assert result.stderr.splitlines()[-1] == "Error: no space left on device while writing the outputs"
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["tile", "--bogus"], "Error: No such option: --bogus"),
-    (["tile"], "Error: Missing argument 'slide'."),
-    (["annotations", "mask", "x.xml"], "Error: Missing option '--slide'."),
-    (["segment", "s.svs", "-o", "o", "--batch-size", "0"], "Error: Invalid value for '--batch-size': "),
-    (["bogus"], "Error: No such command 'bogus'."),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["tile", "--bogus"], "Error: No such option: --bogus"),
+        (["tile"], "Error: Missing argument 'slide'."),
+        (["annotations", "mask", "x.xml"], "Error: Missing option '--slide'."),
+        (["segment", "s.svs", "-o", "o", "--batch-size", "0"], "Error: Invalid value for '--batch-size': "),
+        (["bogus"], "Error: No such command 'bogus'."),
+    ],
+)
 def test_usage_errors_are_one_line_exit_2(argv, message):
-    done = subprocess.run([sys.executable, "-m", "wsipipe", *argv], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    done = subprocess.run(
+        [sys.executable, "-m", "wsipipe", *argv],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert done.returncode == 2 and len(done.stderr.splitlines()) == 1, done.stderr
     assert done.stderr.startswith(message), done.stderr
 

@@ -23,9 +23,15 @@ def _params(command: str, *argv: str) -> dict:
     return ROOT.commands[command].make_context(command, list(argv)).params
 
 
-@pytest.mark.parametrize("argv", [
-    ("--out", "o", "--workers", "3"), ("--out=o", "-w", "3"), ("-o", "o", "-w3"), ("--output", "o", "--readers", "3"),
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("--out", "o", "--workers", "3"),
+        ("--out=o", "-w", "3"),
+        ("-o", "o", "-w3"),
+        ("--output", "o", "--readers", "3"),
+    ],
+)
 def test_segment_reads_its_old_spellings(argv):
     params = _params("segment", "slide.svs", *argv)
     assert params["outdir"] == Path("o") and params["readers"] == 3
@@ -80,12 +86,14 @@ def test_every_parameter_a_library_error_names_has_a_flag():
 
 def test_the_cli_prints_the_flags_a_library_error_names(slides_dir, tmp_path):
     """The error is raised by the library (``grid.validate_tiling``) with the parameters' names."""
-    result = CliRunner().invoke(app, ["tile", str(slides_dir / GOOD), "-o", str(tmp_path / "t.zarr"),
-                                      "--overlap", "512", "--tile-size", "512"])
+    result = CliRunner().invoke(
+        app, ["tile", str(slides_dir / GOOD), "-o", str(tmp_path / "t.zarr"), "--overlap", "512", "--tile-size", "512"]
+    )
     assert result.exit_code == 2
     assert result.stderr == "Error: --overlap must be at least 0 and less than --tile-size (512), got 512\n"
-    synth = CliRunner().invoke(app, ["synth", str(tmp_path / "s.tif"), "--width", "64", "--height", "64",
-                                     "--tile-size", "8", "--levels", "1"])
+    synth = CliRunner().invoke(
+        app, ["synth", str(tmp_path / "s.tif"), "--width", "64", "--height", "64", "--tile-size", "8", "--levels", "1"]
+    )
     assert synth.exit_code == 2
     assert synth.stderr == "Error: --tile-size must be a multiple of 16 (JPEG MCUs), got 8\n"
     assert not any(tmp_path.iterdir())

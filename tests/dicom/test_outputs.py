@@ -32,8 +32,9 @@ RUN_KEYS = {"slide", "timings_s", "tiles_per_s", "outputs", "run"}
 
 
 def _segment(slide, outdir, **options):
-    config = SegmentConfig(slide=slide, output=outdir, model=toy_threshold_bundle(), normalize="none", readers=0, qc="off",
-                           **options)
+    config = SegmentConfig(
+        slide=slide, output=outdir, model=toy_threshold_bundle(), normalize="none", readers=0, qc="off", **options
+    )
     return segment.run(config).to_json()
 
 
@@ -53,7 +54,9 @@ def _figures(outdir):
 
 
 def _labels(outdir, level=0):
-    return zarr.open_group(str(outdir / "prediction.zarr" / "labels" / "classes"), mode="r", zarr_format=2)[str(level)][:]
+    return zarr.open_group(str(outdir / "prediction.zarr" / "labels" / "classes"), mode="r", zarr_format=2)[str(level)][
+        :
+    ]
 
 
 def dciodvfy_errors(path) -> list[str]:
@@ -183,15 +186,20 @@ def test_nuclei_command_writes_nuclei_annotations_equal_to_the_geojson(dicom_ser
     assert result.exit_code == 0, result.output
     base = pydicom.dcmread(resolve_series(folder).base.path, stop_before_pixels=True)
     _check_annotations(tmp_path / "nuclei.ann.dcm", tmp_path / "nuclei.geojson", base)
-    algorithm = hd.ann.annread(tmp_path / "nuclei.ann.dcm").AnnotationGroupSequence[0] \
+    algorithm = (
+        hd.ann.annread(tmp_path / "nuclei.ann.dcm")
+        .AnnotationGroupSequence[0]
         .AnnotationGroupAlgorithmIdentificationSequence[0]
+    )
     assert algorithm.AlgorithmName == "classical"
 
 
 def test_dicom_outputs_are_refused_for_a_non_dicom_slide(tmp_path, cmu_small_svs):
     slide = cmu_small_svs
-    for args in (["segment", str(slide), "-o", str(tmp_path / "a"), "--dicom-seg", "binary"],
-                 ["nuclei", str(slide), "-o", str(tmp_path / "a"), "--dicom"]):
+    for args in (
+        ["segment", str(slide), "-o", str(tmp_path / "a"), "--dicom-seg", "binary"],
+        ["nuclei", str(slide), "-o", str(tmp_path / "a"), "--dicom"],
+    ):
         result = runner.invoke(app, args)
         assert result.exit_code == 2, result.output
         assert "DICOM outputs need a DICOM source" in result.output and len(result.output.strip().splitlines()) == 1
@@ -211,17 +219,27 @@ def test_patient_data_and_private_tags_stay_out_of_logs_names_and_outputs(dicom_
         block.add_new(0x01, "LO", "private-secret")
         ds.save_as(tagged / path.name)
     model = tmp_path / "tiny.safetensors"
-    save_model(model, build_model("plain-unet", 2, {"base": 2}),
-               model_metadata("plain-unet", {"base": 2}, ["background", "tumour"], mpp=2.0, tile_size=64))
+    save_model(
+        model,
+        build_model("plain-unet", 2, {"base": 2}),
+        model_metadata("plain-unet", {"base": 2}, ["background", "tumour"], mpp=2.0, tile_size=64),
+    )
     out = tmp_path / "out"
-    result = runner.invoke(app, ["segment", str(tagged), "-o", str(out), "--model", str(model), "--nuclei", "--workers", "0"])
+    result = runner.invoke(
+        app, ["segment", str(tagged), "-o", str(out), "--model", str(model), "--nuclei", "--workers", "0"]
+    )
     assert result.exit_code == 0, result.output
     assert "SECRET" not in result.output and "Doe" not in result.output
     written = list(out.rglob("*"))
-    texts = [p.read_text(errors="ignore") for p in written if p.suffix in (".json", ".csv", ".html", ".geojson", ".xml")]
+    texts = [
+        p.read_text(errors="ignore") for p in written if p.suffix in (".json", ".csv", ".html", ".geojson", ".xml")
+    ]
     assert len(texts) >= 5 and all("SECRET-4711" not in text and "private-secret" not in text for text in texts)
     dicoms = sorted(p.name for p in written if p.suffix == ".dcm")
-    assert dicoms == ["nuclei.ann.dcm", "prediction.seg.dcm", "regions.ann.dcm"] or dicoms == ["nuclei.ann.dcm", "prediction.seg.dcm"]
+    assert dicoms == ["nuclei.ann.dcm", "prediction.seg.dcm", "regions.ann.dcm"] or dicoms == [
+        "nuclei.ann.dcm",
+        "prediction.seg.dcm",
+    ]
     for name in dicoms:
         ds = pydicom.dcmread(out / name)
         assert ds.PatientID == "SECRET-4711"  # the Patient module the standard requires

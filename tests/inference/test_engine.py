@@ -24,13 +24,17 @@ TILE, OVERLAP = 32, 8
 
 
 def _bundle(net, classes=2) -> ModelBundle:
-    return ModelBundle(net.eval(), {"classes": [str(i) for i in range(classes)], "tile_size": TILE,
-                                    "input_normalisation": IMAGENET_NORMALISATION})
+    return ModelBundle(
+        net.eval(),
+        {"classes": [str(i) for i in range(classes)], "tile_size": TILE, "input_normalisation": IMAGENET_NORMALISATION},
+    )
 
 
 def _conv_net(out=2) -> torch.nn.Module:
     torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.Tanh(), torch.nn.Conv2d(4, out, 3, padding=1))
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.Tanh(), torch.nn.Conv2d(4, out, 3, padding=1)
+    )
 
 
 def _image(height=75, width=90) -> np.ndarray:
@@ -67,7 +71,9 @@ def test_image_tiles_cover_the_image_as_a_slide_grid_does():
     image = _image()
     tiles = ImageTiles(image, TILE, OVERLAP, batch_size=4)
     batches = list(tiles)
-    assert [len(p) for p, _ in batches[:-1]] == [4] * (len(batches) - 1) and sum(len(p) for p, _ in batches) == len(tiles)
+    assert [len(p) for p, _ in batches[:-1]] == [4] * (len(batches) - 1) and sum(len(p) for p, _ in batches) == len(
+        tiles
+    )
     positions, pixels = batches[1]
     x, y = positions[0]
     assert np.array_equal(pixels[0], tiles.padded[y : y + TILE, x : x + TILE])
@@ -126,7 +132,9 @@ def test_out_of_memory_halves_the_batch_and_goes_on():
     tiles = np.random.default_rng(0).integers(0, 256, (8, 16, 16, 3), dtype=np.uint8)
     probs = runner(tiles)
     assert probs.shape == (8, 2, 16, 16) and runner.batch_size == 2
-    expected = torch.softmax(torch.cat([torch.zeros(8, 1, 16, 16), torch.from_numpy(tiles[..., :1]).permute(0, 3, 1, 2) / 255.0], 1), 1)
+    expected = torch.softmax(
+        torch.cat([torch.zeros(8, 1, 16, 16), torch.from_numpy(tiles[..., :1]).permute(0, 3, 1, 2) / 255.0], 1), 1
+    )
     assert np.allclose(probs, expected.numpy(), atol=1e-6)
     assert messages == ["CUDA out of memory: batch size halved to 4", "CUDA out of memory: batch size halved to 2"]
 
@@ -161,7 +169,11 @@ def test_blender_takes_x_then_y():
 
 
 def test_reader_count_follows_the_device_and_the_cores():
-    assert reader_count("cuda", cores=16) == 8 and reader_count("cuda", cores=4) == 3 and reader_count("cuda", cores=1) == 1
+    assert (
+        reader_count("cuda", cores=16) == 8
+        and reader_count("cuda", cores=4) == 3
+        and reader_count("cuda", cores=1) == 1
+    )
     assert reader_count("cpu", cores=16) == 2 and reader_count("cpu", cores=1) == 1
 
 
@@ -179,7 +191,9 @@ def test_slide_batches_pair_positions_with_the_slides_own_tiles(slides_dir):
 def jpeg_slide(tmp_path_factory):
     from wsipipe.slide.synthetic import SyntheticSpec, write_synthetic_slide
 
-    return write_synthetic_slide(tmp_path_factory.mktemp("jpeg") / "s.svs", SyntheticSpec(3000, 2600, tile_size=256, levels=2, seed=3))
+    return write_synthetic_slide(
+        tmp_path_factory.mktemp("jpeg") / "s.svs", SyntheticSpec(3000, 2600, tile_size=256, levels=2, seed=3)
+    )
 
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]

@@ -43,7 +43,9 @@ def test_bundled_model_is_small_and_described():
 
 def test_evaluate_and_predict_agree_and_beat_the_tissue_baseline(one_image, tmp_path):
     out_json = tmp_path / "eval.json"
-    result = CliRunner().invoke(app, ["evaluate", str(BUNDLED), "--data", str(one_image), "--json", str(out_json), "--quiet", "--device", "cpu"])
+    result = CliRunner().invoke(
+        app, ["evaluate", str(BUNDLED), "--data", str(one_image), "--json", str(out_json), "--quiet", "--device", "cpu"]
+    )
     assert result.exit_code == 0, result.output
     assert "lung_05" in result.output and "ALL (pooled)" in result.output
     report = json.loads(out_json.read_text())
@@ -51,7 +53,10 @@ def test_evaluate_and_predict_agree_and_beat_the_tissue_baseline(one_image, tmp_
     assert np.array(report["confusion"]).sum() == 1024 * 1024
 
     mask_png = tmp_path / "pred.png"
-    result = CliRunner().invoke(app, ["predict", str(BUNDLED), str(one_image / "images" / "lung_05.png"), "-o", str(mask_png), "--device", "cpu"])
+    result = CliRunner().invoke(
+        app,
+        ["predict", str(BUNDLED), str(one_image / "images" / "lung_05.png"), "-o", str(mask_png), "--device", "cpu"],
+    )
     assert result.exit_code == 0, result.output
     predicted = np.array(Image.open(mask_png))
     assert predicted.shape == (1024, 1024) and set(np.unique(predicted)) <= {0, 255}
@@ -69,13 +74,39 @@ def test_missing_or_corrupt_model_and_bad_data(one_image, tmp_path):
     assert result.exit_code == 2 and "no such model file" in result.output
     corrupt = tmp_path / "c.safetensors"
     corrupt.write_bytes(BUNDLED.read_bytes()[:1000])
-    proc = subprocess.run([sys.executable, "-m", "wsipipe", "predict", str(corrupt), str(one_image / "images" / "lung_05.png"),
-                           "-o", str(tmp_path / "x.png")], capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "wsipipe",
+            "predict",
+            str(corrupt),
+            str(one_image / "images" / "lung_05.png"),
+            "-o",
+            str(tmp_path / "x.png"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2 and "not a safetensors model file" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "x.png").exists()
     result = runner.invoke(app, ["evaluate", str(BUNDLED), "--data", str(tmp_path)])
     assert result.exit_code == 2 and "images/ and masks/" in result.output
     result = runner.invoke(app, ["evaluate", str(BUNDLED), "--data", str(one_image), "--overlap", "128", "--quiet"])
-    assert result.exit_code == 2 and "--overlap 128: must be at least 0 and less than half the tile (256 px)" in result.output
-    result = runner.invoke(app, ["predict", str(BUNDLED), str(one_image / "images" / "lung_05.png"), "-o", str(tmp_path / "y.png"), "--overlap", "300"])
+    assert (
+        result.exit_code == 2
+        and "--overlap 128: must be at least 0 and less than half the tile (256 px)" in result.output
+    )
+    result = runner.invoke(
+        app,
+        [
+            "predict",
+            str(BUNDLED),
+            str(one_image / "images" / "lung_05.png"),
+            "-o",
+            str(tmp_path / "y.png"),
+            "--overlap",
+            "300",
+        ],
+    )
     assert result.exit_code == 2 and "--overlap 300" in result.output and not (tmp_path / "y.png").exists()

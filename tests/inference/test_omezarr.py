@@ -38,7 +38,9 @@ def test_mean_and_mode_downsampling_on_hand_made_blocks():
 
 def test_store_metadata_and_levels(tmp_path):
     path = tmp_path / "prediction.zarr"
-    store = create_prediction_store(path, height=700, width=1100, class_names=CLASSES, mpp=0.5, slide_mpp=0.25, chunk=128)
+    store = create_prediction_store(
+        path, height=700, width=1100, class_names=CLASSES, mpp=0.5, slide_mpp=0.25, chunk=128
+    )
     rng = np.random.default_rng(0)
     labels = np.zeros((700, 1100), np.uint8)
     labels[100:500, 200:900] = 1

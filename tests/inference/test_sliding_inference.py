@@ -14,7 +14,11 @@ def _tiny_net() -> nn.Module:
     """Three 3x3 convs: receptive field 7 px, so a pixel 3+ px inside a tile sees no padding."""
     torch.manual_seed(0)
     return nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 2, 3, padding=1)
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 2, 3, padding=1),
     ).eval()
 
 
@@ -26,8 +30,9 @@ def lung_crop(lung_dir) -> np.ndarray:
 
 def _tiled(net, image, overlap):
     """``predict_tiled`` of a net taking [0, 1] inputs, 64 px tiles, batches of 4."""
-    bundle = ModelBundle(net, {"classes": ["a", "b"], "tile_size": 64,
-                               "input_normalisation": {"mean": [0] * 3, "std": [1] * 3}})
+    bundle = ModelBundle(
+        net, {"classes": ["a", "b"], "tile_size": 64, "input_normalisation": {"mean": [0] * 3, "std": [1] * 3}}
+    )
     return predict_tiled(bundle, image, overlap, batch_size=4)
 
 
@@ -93,4 +98,6 @@ def test_beyond_the_image_edge_is_white_as_beyond_a_slide_edge(lung_crop):
     edge[:3], edge[-3:], edge[:, :3], edge[:, -3:] = True, True, True, True  # within the receptive field of the edge
     assert np.abs(blended[:, edge] - expected[:, edge]).max() < 0.01
     mirrored = _whole_image_probs(net, np.pad(lung_crop, ((margin, margin), (margin, margin), (0, 0)), mode="reflect"))
-    assert np.abs(blended[:, edge] - mirrored[:, margin:-margin, margin:-margin][:, edge]).max() > 0.05  # it is not mirrored
+    assert (
+        np.abs(blended[:, edge] - mirrored[:, margin:-margin, margin:-margin][:, edge]).max() > 0.05
+    )  # it is not mirrored

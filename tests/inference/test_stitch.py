@@ -63,7 +63,9 @@ def _tile(image: np.ndarray, x: int, y: int) -> np.ndarray:
 
 def _arrays(tmp_path, height, width, name="pred"):
     root = zarr.open_group(str(tmp_path / f"{name}.zarr"), mode="a")
-    probs = root.require_array("p", shape=(N_CLASSES, height, width), chunks=(N_CLASSES, CHUNK, CHUNK), dtype="uint8", fill_value=0)
+    probs = root.require_array(
+        "p", shape=(N_CLASSES, height, width), chunks=(N_CLASSES, CHUNK, CHUNK), dtype="uint8", fill_value=0
+    )
     labels = root.require_array("l", shape=(height, width), chunks=(CHUNK, CHUNK), dtype="uint8", fill_value=0)
     return probs, labels, tmp_path / f"{name}.zarr"
 
@@ -116,10 +118,14 @@ def test_stitched_equals_whole_image_inference_away_from_border(tmp_path):
     expected = np.rint(whole * 255)
     diff = np.abs(probs[:].astype(int) - expected)[inner]
     assert diff.max() <= 1  # uint8 rounding only
-    assert np.array_equal(labels[:][inner[1:]], whole.argmax(0)[inner[1:]]) or (
-        # argmax can only differ where two classes tie within the uint8 step
-        np.sort(whole, axis=0)[-1] - np.sort(whole, axis=0)[-2]
-    )[inner[1:]][labels[:][inner[1:]] != whole.argmax(0)[inner[1:]]].max() < 2 / 255
+    assert (
+        np.array_equal(labels[:][inner[1:]], whole.argmax(0)[inner[1:]])
+        or (
+            # argmax can only differ where two classes tie within the uint8 step
+            np.sort(whole, axis=0)[-1] - np.sort(whole, axis=0)[-2]
+        )[inner[1:]][labels[:][inner[1:]] != whole.argmax(0)[inner[1:]]].max()
+        < 2 / 255
+    )
 
 
 def _border_gradient_ratio(probs: np.ndarray, width: int) -> float:
@@ -215,8 +221,9 @@ def test_strips_bound_the_accumulator_by_the_strip_not_the_slide(tmp_path):
             for x, y in positions:
                 stitcher.add(tile, x, y)
         else:
-            stitcher = StripStitcher(probs, labels, journal, tile_size=TILE, overlap=OVERLAP, chunk=CHUNK,
-                                     strip_width=2 * CHUNK)
+            stitcher = StripStitcher(
+                probs, labels, journal, tile_size=TILE, overlap=OVERLAP, chunk=CHUNK, strip_width=2 * CHUNK
+            )
             for _, x, y, _ in stitcher.plan(positions):
                 stitcher.add(tile, x, y)
         stitcher.finish()
@@ -228,7 +235,9 @@ def test_strips_bound_the_accumulator_by_the_strip_not_the_slide(tmp_path):
 
 def test_strip_stitcher_takes_tiles_in_its_plan_order_only(tmp_path):
     probs, labels, journal = _arrays(tmp_path, 2 * CHUNK, 4 * CHUNK)
-    stitcher = StripStitcher(probs, labels, journal, tile_size=TILE, overlap=OVERLAP, chunk=CHUNK, strip_width=2 * CHUNK)
+    stitcher = StripStitcher(
+        probs, labels, journal, tile_size=TILE, overlap=OVERLAP, chunk=CHUNK, strip_width=2 * CHUNK
+    )
     order = stitcher.plan([(0, 0), (STRIDE, 0)])
     tile = np.full((N_CLASSES, TILE, TILE), 1 / N_CLASSES, np.float32)
     with pytest.raises(ValueError, match=r"tile at \(48, 0\) does not come next"):

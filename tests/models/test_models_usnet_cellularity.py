@@ -106,9 +106,7 @@ def test_usnet_loss_terms_and_gradients():
     labels = _discs()
     out = model(torch.rand(2, 3, 32, 32))
     losses = USNetLoss(alpha=1.0, beta=2.0)(out, labels, model.anchors(32, 32))
-    assert torch.isclose(
-        losses["loss"], losses["segmentation"] + losses["confidence"] + 2.0 * losses["localisation"]
-    )
+    assert torch.isclose(losses["loss"], losses["segmentation"] + losses["confidence"] + 2.0 * losses["localisation"])
     assert all(float(v.detach()) > 0 for v in losses.values())
     losses["loss"].backward()
     assert model.segmentation.weight.grad.abs().sum() > 0
@@ -166,7 +164,11 @@ def test_distance_output_adds_its_squared_error_to_the_segmentation_loss():
     anchors = build_model("usnet", 1, TINY).anchors(32, 32)
     n = anchors.shape[0]
     truth = torch.as_tensor(centre_distance(labels.numpy()))[:, None]
-    perfect = {"segmentation": (labels > 0).float()[:, None], "scores": torch.zeros(2, n), "offsets": torch.zeros(2, n, 4)}
+    perfect = {
+        "segmentation": (labels > 0).float()[:, None],
+        "scores": torch.zeros(2, n),
+        "offsets": torch.zeros(2, n, 4),
+    }
     assert float(USNetLoss()(dict(perfect, distance=truth), labels, anchors)["segmentation"]) == 0.0
     off = float(USNetLoss()(dict(perfect, distance=truth + 0.25), labels, anchors)["segmentation"])
     assert off == pytest.approx(0.25**2)
@@ -185,10 +187,10 @@ def test_distance_separates_touching_nuclei_the_detector_missed():
     assert labels.max() == 2 and (labels[5:15, 3:15] == 1).all() and (labels[5:15, 15:27] == 2).all()
     assert usnet_instances(seg, boxes, scores, distance, core=1.0).max() == 1  # no core above 1
     small = np.where(distance > 0.5, 0.5, distance)  # the right nucleus's core shrinks below the smallest that seeds
-    small[9:11, 20:20 + MIN_CORE_PIXELS // 2 - 1] = 0.9
+    small[9:11, 20 : 20 + MIN_CORE_PIXELS // 2 - 1] = 0.9
     small[5:15, 3:15] = distance[5:15, 3:15]
     assert usnet_instances(seg, boxes, scores, small, core=0.5).max() == 1
-    small[9:11, 20:20 + MIN_CORE_PIXELS // 2] = 0.9
+    small[9:11, 20 : 20 + MIN_CORE_PIXELS // 2] = 0.9
     assert usnet_instances(seg, boxes, scores, small, core=0.5).max() == 2  # the bound is inclusive
 
 

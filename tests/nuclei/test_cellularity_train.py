@@ -28,8 +28,23 @@ from wsipipe.nuclei.cellularity_train import (
 from wsipipe.nuclei.data import load_cpm15
 
 TINY = {"seg_encoder": "resnet18", "resnet": "resnet18", "hidden": 16}
-TRAIN = ["--model", "cellularity", "--model-args", json.dumps(TINY), "--tile-size", "64", "--epochs", "1",
-         "--patches-per-epoch", "4", "--batch-size", "2", "--device", "cpu", "--quiet"]
+TRAIN = [
+    "--model",
+    "cellularity",
+    "--model-args",
+    json.dumps(TINY),
+    "--tile-size",
+    "64",
+    "--epochs",
+    "1",
+    "--patches-per-epoch",
+    "4",
+    "--batch-size",
+    "2",
+    "--device",
+    "cpu",
+    "--quiet",
+]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -66,7 +81,9 @@ def test_scores_are_the_nuclei_area_fraction_of_each_crop(scored):
         assert score == pytest.approx((crop > 0).mean()), name
     samples = read_scores(out / "scores.csv")
     assert [s.name for s in samples] == [name for name, _ in rows]
-    assert [s.group for s in samples] == [re.sub(r"_y\d+_x\d+\.png$", "", n).replace("cpm15_", "cpm15/") for n, _ in rows]
+    assert [s.group for s in samples] == [
+        re.sub(r"_y\d+_x\d+\.png$", "", n).replace("cpm15_", "cpm15/") for n, _ in rows
+    ]
     assert all(s.image.shape == (64, 64, 3) for s in samples)
     assert [s.score for s in samples] == pytest.approx([score for _, score in rows], abs=1e-6)
 
@@ -75,7 +92,9 @@ def test_train_cross_validates_then_predict_is_scored_by_evaluate(scored, tmp_pa
     out, rows, _ = scored
     model = tmp_path / "cellularity.safetensors"
     runner = CliRunner()
-    result = runner.invoke(app, ["train", str(out / "scores.csv"), *TRAIN, "--folds", "2", "--seed", "1", "-o", str(model)])
+    result = runner.invoke(
+        app, ["train", str(out / "scores.csv"), *TRAIN, "--folds", "2", "--seed", "1", "-o", str(model)]
+    )
     assert result.exit_code == 0, result.output
     meta = load_model(model).metadata
     assert meta["architecture"] == "cellularity" and meta["tile_size"] == 64 and meta["args"]["hidden"] == 16
@@ -90,7 +109,9 @@ def test_train_cross_validates_then_predict_is_scored_by_evaluate(scored, tmp_pa
     assert len(validation["fold_mae"]) == 2
     source = {s.name: s.group for s in read_scores(out / "scores.csv")}
     fold_sources = [{source[name] for name in fold} for fold in validation["fold_images"]]
-    assert sorted(len(f) for f in fold_sources) == [2, 2] and not fold_sources[0] & fold_sources[1]  # whole images per fold
+    assert (
+        sorted(len(f) for f in fold_sources) == [2, 2] and not fold_sources[0] & fold_sources[1]
+    )  # whole images per fold
     assert sorted(n for fold in validation["fold_images"] for n in fold) == sorted(source)
     assert f"MAE {validation['mae']:.4f}" in result.output
     assert not list(tmp_path.glob("*.ckpt")) and not list(tmp_path.glob("*.cv.json"))
@@ -115,8 +136,9 @@ def test_prediction_is_the_mean_over_a_grid_of_crops(scored):
     config = CellularityTrainConfig(args=TINY, tile_size=64)
     torch.manual_seed(0)
     bundle = ModelBundle(build_model("cellularity", 1, TINY).eval(), cellularity_model_metadata(config))
-    rgb = np.concatenate([np.concatenate([s.image, s.image[:, :40]], axis=1)
-                          for s in read_scores(scored[0] / "scores.csv")[:2]])  # 128 x 104
+    rgb = np.concatenate(
+        [np.concatenate([s.image, s.image[:, :40]], axis=1) for s in read_scores(scored[0] / "scores.csv")[:2]]
+    )  # 128 x 104
     assert crop_grid(128, 64) == [0, 64] and crop_grid(104, 64) == [0, 40] and crop_grid(50, 64) == [0]
     corners = [(y, x) for y in (0, 64) for x in (0, 40)]
     with torch.inference_mode():
@@ -154,13 +176,18 @@ def test_resumed_training_gives_the_same_weights(scored, tmp_path):
 def test_init_from_copies_the_segmentation_encoder(scored, tmp_path):
     torch.manual_seed(7)
     segmentation = build_model("deeplabv3plus", 2, {"encoder": "resnet18"})
-    seg_file = save_model(tmp_path / "seg.safetensors", segmentation,
-                          model_metadata("deeplabv3plus", {"encoder": "resnet18"}, ["bg", "tumour"], 1.0, 64))
+    seg_file = save_model(
+        tmp_path / "seg.safetensors",
+        segmentation,
+        model_metadata("deeplabv3plus", {"encoder": "resnet18"}, ["bg", "tumour"], 1.0, 64),
+    )
     model = tmp_path / "cellularity.safetensors"
     runner = CliRunner()
     # lr 0: training leaves the copied weights as they are (batch-norm statistics still move)
-    result = runner.invoke(app, ["train", str(scored[0] / "scores.csv"), *TRAIN, "--lr", "0", "--init-from",
-                                 str(seg_file), "-o", str(model)])
+    result = runner.invoke(
+        app,
+        ["train", str(scored[0] / "scores.csv"), *TRAIN, "--lr", "0", "--init-from", str(seg_file), "-o", str(model)],
+    )
     assert result.exit_code == 0, result.output
     encoder = load_model(model).model.seg_encoder
     fresh = build_model("cellularity", 1, TINY).seg_encoder
@@ -168,12 +195,28 @@ def test_init_from_copies_the_segmentation_encoder(scored, tmp_path):
         assert torch.equal(encoder.get_parameter(name), parameter.detach()), name
     assert not all(torch.equal(fresh.get_parameter(n), p.detach()) for n, p in segmentation.encoder.named_parameters())
 
-    other_encoder = save_model(tmp_path / "seg34.safetensors", segmentation,
-                               model_metadata("deeplabv3plus", {"encoder": "resnet34"}, ["bg", "tumour"], 1.0, 64))
-    for init, message in [(model, "not deeplabv3plus"), (other_encoder, "encoder resnet34"),
-                          (tmp_path / "none.safetensors", "no such model file")]:
-        refused = runner.invoke(app, ["train", str(scored[0] / "scores.csv"), *TRAIN, "--init-from", str(init),
-                                      "-o", str(tmp_path / "other.safetensors")])
+    other_encoder = save_model(
+        tmp_path / "seg34.safetensors",
+        segmentation,
+        model_metadata("deeplabv3plus", {"encoder": "resnet34"}, ["bg", "tumour"], 1.0, 64),
+    )
+    for init, message in [
+        (model, "not deeplabv3plus"),
+        (other_encoder, "encoder resnet34"),
+        (tmp_path / "none.safetensors", "no such model file"),
+    ]:
+        refused = runner.invoke(
+            app,
+            [
+                "train",
+                str(scored[0] / "scores.csv"),
+                *TRAIN,
+                "--init-from",
+                str(init),
+                "-o",
+                str(tmp_path / "other.safetensors"),
+            ],
+        )
         assert refused.exit_code == 2 and message in refused.output, refused.output
         assert len(refused.output.strip().splitlines()) == 1
     assert not (tmp_path / "other.safetensors").exists()

@@ -162,8 +162,15 @@ def _overlapping_nuclei(min_pixels):
     out = np.zeros((100, 200), np.int32)
     tiles = []
     nuclei = segment_tiled(
-        lambda y0, x0, y1, x1: rgb[y0:y1, x0:x1], (100, 200), segment, lambda image: image[..., 0] / 255.0, out,
-        core=100, margin=30, on_tile=tiles.append, min_pixels=min_pixels,
+        lambda y0, x0, y1, x1: rgb[y0:y1, x0:x1],
+        (100, 200),
+        segment,
+        lambda image: image[..., 0] / 255.0,
+        out,
+        core=100,
+        margin=30,
+        on_tile=tiles.append,
+        min_pixels=min_pixels,
     )
     return out, nuclei, tiles
 

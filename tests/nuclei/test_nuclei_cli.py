@@ -33,7 +33,17 @@ def run(tmp_path_factory, cpm15_dir):
     out = tmp / "out"
     result = CliRunner().invoke(
         app,
-        ["nuclei", str(image), "-o", str(out), "--mpp-override", "0.25", "--tumour-mask", str(tmp / "tumour.png"), "--quiet"],
+        [
+            "nuclei",
+            str(image),
+            "-o",
+            str(out),
+            "--mpp-override",
+            "0.25",
+            "--tumour-mask",
+            str(tmp / "tumour.png"),
+            "--quiet",
+        ],
     )
     assert result.exit_code == 0, result.output
     return raw, out, result.output
@@ -77,7 +87,9 @@ def _check_outputs_agree(out, printed=None) -> dict:
     if summary["cellularity"] is not None:
         tile_nuclear = sum(t["cellularity"] * t["tumour_mm2"] for t in tiles if t["cellularity"] is not None)
         assert tile_nuclear == pytest.approx(summary["cellularity"] * summary["tumour_mm2"], rel=1e-4)
-        assert 0 <= summary["cellularity"] <= 1 and all(0 <= t["cellularity"] <= 1 for t in tiles if t["cellularity"] is not None)
+        assert 0 <= summary["cellularity"] <= 1 and all(
+            0 <= t["cellularity"] <= 1 for t in tiles if t["cellularity"] is not None
+        )
     if printed is not None:
         assert f"{n} nuclei" in printed
     return summary
@@ -94,7 +106,11 @@ def test_outputs_agree(run):
     assert all(f["properties"]["objectType"] == "detection" for f in features)
     # QuPath's measurement names and classes, the same names in the CSV
     assert list(features[0]["properties"]["measurements"]) == [
-        "Nucleus: ID", "Nucleus: Area µm^2", "Nucleus: Perimeter µm", "Nucleus: Eccentricity", "Nucleus: Hematoxylin OD mean"
+        "Nucleus: ID",
+        "Nucleus: Area µm^2",
+        "Nucleus: Perimeter µm",
+        "Nucleus: Eccentricity",
+        "Nucleus: Hematoxylin OD mean",
     ]
     assert set(outputs.CSV_COLUMNS[3:7]) == set(features[0]["properties"]["measurements"]) - {"Nucleus: ID"}
     classes = {r["in_tumour"]: f["properties"]["classification"] for r, f in zip(rows, features)}
@@ -151,14 +167,30 @@ def test_a_fluorescence_slide_all_tumour(tmp_path, dapi_ndpi):
     Image.fromarray(np.full((62, 76), 255, np.uint8)).save(mask)
     out = tmp_path / "out"
     result = CliRunner().invoke(
-        app, ["nuclei", str(dapi_ndpi), "-o", str(out), "--tumour-mask", str(mask), "--qc", "off",
-              "--quiet"]  # quality control would refuse the slide: not brightfield
+        app,
+        [
+            "nuclei",
+            str(dapi_ndpi),
+            "-o",
+            str(out),
+            "--tumour-mask",
+            str(mask),
+            "--qc",
+            "off",
+            "--quiet",
+        ],  # quality control would refuse the slide: not brightfield
     )
     assert result.exit_code == 0, result.output
     summary = _check_outputs_agree(out, result.output)
     assert summary["tumour_nuclei_count"] == summary["nuclei_count"] > 1000
     assert summary["tumour_mm2"] == summary["tissue_mm2"] and 0 < summary["cellularity"] <= 1
-    assert [level.shape for level in _check_ome_zarr(out)] == [(2219, 1810), (1110, 905), (555, 453), (278, 227), (139, 114)]
+    assert [level.shape for level in _check_ome_zarr(out)] == [
+        (2219, 1810),
+        (1110, 905),
+        (555, 453),
+        (278, 227),
+        (139, 114),
+    ]
 
 
 def test_tumour_flags_and_cellularity(run):
@@ -181,7 +213,9 @@ def test_tumour_flags_and_cellularity(run):
     assert summary["tumour_mm2"] == pytest.approx(tumour.sum() * 0.25e-6, rel=0.01)
     assert summary["cellularity"] == pytest.approx(np.count_nonzero(labels[tumour]) / tumour.sum(), rel=0.01)
     assert 0 < summary["cellularity"] < 1
-    assert summary["nuclei_per_mm2_tumour"] == pytest.approx(len(flagged) / summary["tumour_mm2"], rel=1e-3)  # areas rounded to 1e-6 mm²
+    assert summary["nuclei_per_mm2_tumour"] == pytest.approx(
+        len(flagged) / summary["tumour_mm2"], rel=1e-3
+    )  # areas rounded to 1e-6 mm²
     assert summary["tumour_mm2"] < summary["tissue_mm2"]
     assert sum(t["nuclei_count"] for t in summary["tiles"]) == summary["nuclei_count"]
 
@@ -241,7 +275,9 @@ def test_usage_errors(tmp_path, cpm15_dir):
 
 
 def test_help_through_python_m():
-    result = subprocess.run([sys.executable, "-m", "wsipipe", "nuclei", "--help"], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "wsipipe", "nuclei", "--help"], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0 and "--mpp-override" in result.stdout and "cellularity" in result.stdout
 
 
@@ -263,7 +299,20 @@ def test_usnet_model_file_runs_end_to_end(tmp_path, cpm15_dir):
     image = cpm15_dir / "image14.png"
     out = tmp_path / "out"
     result = CliRunner().invoke(
-        app, ["nuclei", str(image), "-o", str(out), "--model", str(path), "--mpp-override", "0.25", "--device", "cpu", "--quiet"]
+        app,
+        [
+            "nuclei",
+            str(image),
+            "-o",
+            str(out),
+            "--model",
+            str(path),
+            "--mpp-override",
+            "0.25",
+            "--device",
+            "cpu",
+            "--quiet",
+        ],
     )
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "nuclei.json").read_text())
@@ -272,8 +321,11 @@ def test_usnet_model_file_runs_end_to_end(tmp_path, cpm15_dir):
     assert summary["nuclei_count"] == labels.max() == len(_rows(out)) > 0
     assert read_labels(out / "labels.zarr")[1]["min_area_um2"] == 10.0
     _check_outputs_agree(out)
-    wrong = save_model(tmp_path / "seg.safetensors", build_model("plain-unet", 2, {"base": 4}),
-                       model_metadata("plain-unet", {"base": 4}, ["a", "b"], 0.5, 256))
+    wrong = save_model(
+        tmp_path / "seg.safetensors",
+        build_model("plain-unet", 2, {"base": 4}),
+        model_metadata("plain-unet", {"base": 4}, ["a", "b"], 0.5, 256),
+    )
     refused = CliRunner().invoke(app, ["nuclei", str(image), "-o", str(out), "--model", str(wrong), "--device", "cpu"])
     assert refused.exit_code == 2 and "not a nuclei (usnet) model" in refused.output
 

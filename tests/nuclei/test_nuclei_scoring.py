@@ -33,7 +33,9 @@ def _evaluate(*args):
 def test_instances_by_hand(tmp_path):
     Image.fromarray(TRUE).save(tmp_path / "true.png")
     Image.fromarray(PRED).save(tmp_path / "pred.png")
-    result = _evaluate("--task", "instances", tmp_path / "pred.png", tmp_path / "true.png", "--json", tmp_path / "r.json")
+    result = _evaluate(
+        "--task", "instances", tmp_path / "pred.png", tmp_path / "true.png", "--json", tmp_path / "r.json"
+    )
     figures = json.loads((tmp_path / "r.json").read_text())
     mean = figures["mean"]
     # Dice: |T| 9, |P| 7, |T ∩ P| 5 -> 10/16.  AJI: T1->P1 I 4 U 5; T2->P2 I 1 U 4; T3 U 1; P4 unused U 1 -> 5/11
@@ -67,8 +69,12 @@ def test_instance_folders_pair_by_name_and_average(tmp_path):
 def test_cellularity_pk_by_hand(tmp_path):
     # reference 1, 2, 2, 3 against 0.1, 0.3, 0.2, 0.2: C 3, D 1, Tx 1 -> PK = 3.5 / 5 = 0.7
     (tmp_path / "truth.csv").write_text("slide,rid,y\n1,1,1\n1,2,2\n2,1,2\n2,2,3\n")
-    (tmp_path / "pred.csv").write_text("slide,rid,p\n2,2,0.2\n1,1,0.1\n1,2,0.3\n2,1,0.2\n9,9,0.5\n")  # any order, extras ignored
-    result = _evaluate("--task", "cellularity", tmp_path / "pred.csv", tmp_path / "truth.csv", "--json", tmp_path / "r.json")
+    (tmp_path / "pred.csv").write_text(
+        "slide,rid,p\n2,2,0.2\n1,1,0.1\n1,2,0.3\n2,1,0.2\n9,9,0.5\n"
+    )  # any order, extras ignored
+    result = _evaluate(
+        "--task", "cellularity", tmp_path / "pred.csv", tmp_path / "truth.csv", "--json", tmp_path / "r.json"
+    )
     assert "PK 0.7000 over 4 cases" in result.output
     assert json.loads((tmp_path / "r.json").read_text())["key_columns"] == ["slide", "rid"]
     # a training CSV's trailing group column is neither the value nor (unshared) a key
@@ -78,7 +84,9 @@ def test_cellularity_pk_by_hand(tmp_path):
     # a batch summary.csv: the cellularity column, matched by key; a slide without a value is an error
     (tmp_path / "summary.csv").write_text("name,key,state,cellularity,error\na,s1,done,0.5,\nb,s2,done,,\n")
     (tmp_path / "t.csv").write_text("key,cellularity\ns1,0.4\ns2,0.1\n")
-    blank = runner.invoke(app, ["evaluate", "--task", "cellularity", str(tmp_path / "summary.csv"), str(tmp_path / "t.csv")])
+    blank = runner.invoke(
+        app, ["evaluate", "--task", "cellularity", str(tmp_path / "summary.csv"), str(tmp_path / "t.csv")]
+    )
     assert blank.exit_code == 2 and "cellularity of s2 is ''" in blank.output
 
 
@@ -105,8 +113,9 @@ def cpm15_run(tmp_path_factory, cpm15_dir):
 
 def test_real_cpm15_image_scores_as_the_cross_validation_does(cpm15_run, tmp_path, cpm15_dir):
     truth = cpm15_dir / "image14_inst.png"
-    _evaluate("--task", "instances", cpm15_run, truth, "--json", tmp_path / "r.json", "-q",
-              "--score-column", HAEMATOXYLIN)
+    _evaluate(
+        "--task", "instances", cpm15_run, truth, "--json", tmp_path / "r.json", "-q", "--score-column", HAEMATOXYLIN
+    )
     figures = json.loads((tmp_path / "r.json").read_text())
     # the same figures as the benchmark's: truth resampled to 0.5 µm/px with the images
     sample = next(s for s in load_cpm15(cpm15_dir) if s.name == "cpm15/image14")
@@ -122,7 +131,9 @@ def test_real_monuseg_outlines(tmp_path, monuseg_dir):
     xml = sorted(root.glob("*.xml"))[0]
     out = tmp_path / xml.stem
     mpp = read_annotations(xml).mpp  # MicronsPerPixel of the outlines, 0.2527
-    result = runner.invoke(app, ["nuclei", str(xml.with_suffix(".tif")), "-o", str(out), "--mpp-override", str(mpp), "--quiet"])
+    result = runner.invoke(
+        app, ["nuclei", str(xml.with_suffix(".tif")), "-o", str(out), "--mpp-override", str(mpp), "--quiet"]
+    )
     assert result.exit_code == 0, result.output
     _evaluate("--task", "instances", out, xml, "--json", tmp_path / "r.json", "-q")
     row = json.loads((tmp_path / "r.json").read_text())["per_image"][xml.stem]

@@ -61,11 +61,34 @@ def test_resumed_training_gives_the_same_weights(nuclei_dir, tmp_path):
 
 def test_train_usnet_cli_cross_validates_and_writes_a_nuclei_model(nuclei_dir, tmp_path):
     model = tmp_path / "nuclei.safetensors"
-    result = CliRunner().invoke(app, [
-        "train", str(nuclei_dir), "--model", "usnet", "--model-args", json.dumps({**TINY, "distance": True}),
-        "--tile-size", "64", "--epochs", "1", "--patches-per-epoch", "4", "--batch-size", "2", "--folds", "2", "--seed", "1",
-        "--normalised-view", "reinhard", "-o", str(model), "--quiet",
-    ])
+    result = CliRunner().invoke(
+        app,
+        [
+            "train",
+            str(nuclei_dir),
+            "--model",
+            "usnet",
+            "--model-args",
+            json.dumps({**TINY, "distance": True}),
+            "--tile-size",
+            "64",
+            "--epochs",
+            "1",
+            "--patches-per-epoch",
+            "4",
+            "--batch-size",
+            "2",
+            "--folds",
+            "2",
+            "--seed",
+            "1",
+            "--normalised-view",
+            "reinhard",
+            "-o",
+            str(model),
+            "--quiet",
+        ],
+    )
     assert result.exit_code == 0, result.output
     bundle = load_model(model)
     meta = bundle.metadata
@@ -86,18 +109,23 @@ def test_train_usnet_cli_cross_validates_and_writes_a_nuclei_model(nuclei_dir, t
         assert 0 <= validation[key] <= 1
     assert f"AJI {validation['aji']:.4f}" in result.output
     for chosen in [meta["instances"], *validation["fold_instances"]]:  # one per fit, from the whole grid
-        assert {key: chosen[key] in values for key, values in INSTANCE_GRID.items()} == dict.fromkeys(INSTANCE_GRID, True)
+        assert {key: chosen[key] in values for key, values in INSTANCE_GRID.items()} == dict.fromkeys(
+            INSTANCE_GRID, True
+        )
     assert len(validation["fold_instances"]) == 2
     assert not list(tmp_path.glob("*.ckpt")) and not list(tmp_path.glob("*.cv.json"))
 
     out = tmp_path / "run"
     image = nuclei_dir / "cpm15" / "image01.png"
-    ran = CliRunner().invoke(app, ["nuclei", str(image), "-o", str(out), "--model", str(model),
-                                   "--mpp-override", "0.5", "--quiet"])
+    ran = CliRunner().invoke(
+        app, ["nuclei", str(image), "-o", str(out), "--model", str(model), "--mpp-override", "0.5", "--quiet"]
+    )
     assert ran.exit_code == 0, ran.output
     summary = json.loads((out / "nuclei.json").read_text())
     assert summary["method"] == f"usnet:{model.name}"
-    assert summary["input_stain"] == ReinhardNormalizer().estimate(np.asarray(Image.open(image).convert("RGB"))).to_dict()
+    assert (
+        summary["input_stain"] == ReinhardNormalizer().estimate(np.asarray(Image.open(image).convert("RGB"))).to_dict()
+    )
 
 
 def test_train_usnet_refuses_bad_input(nuclei_dir, tmp_path):
@@ -113,7 +141,9 @@ def test_train_usnet_refuses_bad_input(nuclei_dir, tmp_path):
     assert folds.exit_code == 2 and "only 4 images" in folds.output
     macenko = runner.invoke(app, [*base, str(nuclei_dir), "--normalised-view", "macenko"])
     assert macenko.exit_code == 2 and "--normalised-view 'macenko': expected one of none, reinhard" in macenko.output
-    unet = runner.invoke(app, ["train", str(nuclei_dir), "-o", str(tmp_path / "u.safetensors"), "--normalised-view", "reinhard"])
+    unet = runner.invoke(
+        app, ["train", str(nuclei_dir), "-o", str(tmp_path / "u.safetensors"), "--normalised-view", "reinhard"]
+    )
     assert unet.exit_code == 2 and "--normalised-view is for --model usnet" in unet.output
 
 

@@ -55,7 +55,9 @@ def test_a_distance_model_turns_its_distance_with_the_image_too():
 
     torch = pytest.importorskip("torch")
     torch.manual_seed(0)
-    network = build_model("usnet", 1, {"base": 4, "depth": 3, "anchor_sizes": [[16, 24], [8, 12], [4, 6]], "distance": True})
+    network = build_model(
+        "usnet", 1, {"base": 4, "depth": 3, "anchor_sizes": [[16, 24], [8, 12], [4, 6]], "distance": True}
+    )
     bundle = ModelBundle(network.eval(), {"input_normalisation": IMAGENET_NORMALISATION})
     rgb = np.random.default_rng(0).integers(0, 256, (30, 40, 3), dtype=np.uint8)  # padded to 32 x 40 and cut back
     seg, _, _, distance = usnet_forward(bundle)(rgb)
@@ -76,12 +78,19 @@ def test_a_normalised_view_averages_the_input_as_it_is_and_mapped_onto_the_targe
 
     torch = pytest.importorskip("torch")
     torch.manual_seed(0)
-    network = build_model("usnet", 1, {"base": 4, "depth": 3, "anchor_sizes": [[16, 24], [8, 12], [4, 6]], "distance": True}).eval()
+    network = build_model(
+        "usnet", 1, {"base": 4, "depth": 3, "anchor_sizes": [[16, 24], [8, 12], [4, 6]], "distance": True}
+    ).eval()
     first, second = (s.rgb[:64, :96] for s in load_cpm15(cpm15_dir)[:2])
     target = ReinhardNormalizer().estimate(first)
     plain = ModelBundle(network, {"input_normalisation": IMAGENET_NORMALISATION})
-    viewing = ModelBundle(network, {"input_normalisation": IMAGENET_NORMALISATION,
-                                    "normalised_view": {"method": "reinhard", "target": target.to_dict()}})
+    viewing = ModelBundle(
+        network,
+        {
+            "input_normalisation": IMAGENET_NORMALISATION,
+            "normalised_view": {"method": "reinhard", "target": target.to_dict()},
+        },
+    )
     normaliser = ReinhardNormalizer().fit(target)
 
     slide = input_stain(viewing.metadata, second[:32])  # another part of the "slide"
@@ -89,7 +98,9 @@ def test_a_normalised_view_averages_the_input_as_it_is_and_mapped_onto_the_targe
     for stain, mapped in ((slide, normaliser.transform(second, source=slide)), (None, normaliser.transform(second))):
         assert np.abs(mapped.astype(int) - second).max() > 10  # the two views differ
         got = usnet_forward(viewing, 1, stain)(second)
-        for name, value, as_is, view in zip(["seg", "boxes", "scores", "distance"], got, usnet_forward(plain)(second), usnet_forward(plain)(mapped)):
+        for name, value, as_is, view in zip(
+            ["seg", "boxes", "scores", "distance"], got, usnet_forward(plain)(second), usnet_forward(plain)(mapped)
+        ):
             np.testing.assert_allclose(value, (as_is + view) / 2, rtol=1e-6, atol=1e-6, err_msg=name)
     assert input_stain(plain.metadata, second) is None and normalised_view(plain.metadata) is None
     blank = np.full((1, 64, 64, 3), 250, np.uint8)  # no tissue: each window is then estimated on its own
@@ -102,8 +113,11 @@ def _tiled_matches_whole(sample, segment, core):
     whole = segment(sample.rgb)
     calibration = calibrate(sample.rgb)
     tiled, nuclei = segment_image_tiled(
-        sample.rgb, segment, lambda rgb: haematoxylin_od(rgb, calibration.stain_matrix),
-        core=core, margin=round(DEFAULT_MARGIN_UM / sample.mpp),
+        sample.rgb,
+        segment,
+        lambda rgb: haematoxylin_od(rgb, calibration.stain_matrix),
+        core=core,
+        margin=round(DEFAULT_MARGIN_UM / sample.mpp),
     )
     assert [n.id for n in nuclei] == list(range(1, tiled.max() + 1))  # unique ids, no gaps
     n_whole, n_tiled = int(whole.max()), int(tiled.max())
@@ -126,8 +140,9 @@ def test_nuclei_command_runs_the_bundled_model_by_name(tmp_path, cpm15_dir):
     from wsipipe.cli.main import app
 
     image = cpm15_dir / "image02.png"  # a 20x image: 0.5 µm/px
-    result = CliRunner().invoke(app, ["nuclei", str(image), "-o", str(tmp_path), "--model", "bundled",
-                                      "--mpp-override", "0.5", "--quiet"])
+    result = CliRunner().invoke(
+        app, ["nuclei", str(image), "-o", str(tmp_path), "--model", "bundled", "--mpp-override", "0.5", "--quiet"]
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "nuclei.json").read_text())
     assert summary["method"] == f"usnet:{BUNDLED_NUCLEI_MODEL.name}" and summary["nuclei_count"] > 50

@@ -63,7 +63,9 @@ def one_window_alone(bundle, views: int, stain):
         for turns, mirror in [(t, m) for t in range(4) for m in (False, True)][1:views]:
             view = np.ascontiguousarray(np.rot90(canvas[:, ::-1] if mirror else canvas, turns))
             out = run_network(view)
-            back = np.rot90(np.stack([out[name][0, 0].numpy() for name in ("segmentation", "distance")]), -turns, axes=(1, 2))
+            back = np.rot90(
+                np.stack([out[name][0, 0].numpy() for name in ("segmentation", "distance")]), -turns, axes=(1, 2)
+            )
             maps = maps + (back[:, :, ::-1] if mirror else back)
         maps = (maps / views)[:, :height, :width]
         return maps[0], boxes, scores, maps[1]
@@ -90,10 +92,18 @@ def test_windows_in_batches_with_a_worker_pool_give_the_nuclei_of_one_window_at_
     core, margin = 64, 16
     naive = one_window_alone(bundle, views, stain)
     expected = np.zeros(rgb.shape[:2], np.int32)
-    expected_nuclei = segment_tiled(lambda y0, x0, y1, x1: rgb[y0:y1, x0:x1], rgb.shape[:2],
-                                    lambda window: usnet_labels(dict(zip(("segmentation", "boxes", "scores", "distance"),
-                                                                         naive(window))), **settings),
-                                    haematoxylin, expected, core, margin, min_pixels=settings["min_pixels"])
+    expected_nuclei = segment_tiled(
+        lambda y0, x0, y1, x1: rgb[y0:y1, x0:x1],
+        rgb.shape[:2],
+        lambda window: usnet_labels(
+            dict(zip(("segmentation", "boxes", "scores", "distance"), naive(window))), **settings
+        ),
+        haematoxylin,
+        expected,
+        core,
+        margin,
+        min_pixels=settings["min_pixels"],
+    )
     assert len(expected_nuclei) > 10
 
     image = WindowedInput("crop", rgb.shape[:2], 1.0, rgb, rgb.shape[:2], 0.5, image=rgb)
@@ -105,15 +115,22 @@ def test_windows_in_batches_with_a_worker_pool_give_the_nuclei_of_one_window_at_
     got = np.zeros(rgb.shape[:2], np.int32)
     pool = start_workers(1)
     try:
-        painter = WindowPainter(plan, functools.partial(usnet_labels, **settings), haematoxylin, got, pool=pool,
-                                min_pixels=settings["min_pixels"])
+        painter = WindowPainter(
+            plan,
+            functools.partial(usnet_labels, **settings),
+            haematoxylin,
+            got,
+            pool=pool,
+            min_pixels=settings["min_pixels"],
+        )
         run(image.batches(windows, 2, NormalisedView(normalised_view(bundle.metadata), stain)), runner, painter)
         nuclei = painter.finish()
     finally:
         pool.shutdown()
     np.testing.assert_array_equal(got, expected)
     assert [(n.id, n.centroid_x, n.centroid_y, n.area_px, n.mean_haematoxylin_od) for n in nuclei] == [
-        (n.id, n.centroid_x, n.centroid_y, n.area_px, n.mean_haematoxylin_od) for n in expected_nuclei]
+        (n.id, n.centroid_x, n.centroid_y, n.area_px, n.mean_haematoxylin_od) for n in expected_nuclei
+    ]
 
 
 def test_reader_processes_read_each_window_as_one_read_alone(slides_dir):

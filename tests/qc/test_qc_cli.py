@@ -56,7 +56,11 @@ def test_qc_bad_input_is_one_line_and_leaves_nothing(tmp_path, broken_svs, cmu_s
     out = tmp_path / "broken"
     result = runner.invoke(app, ["qc", str(broken_svs), "-o", str(out)])
     assert result.exit_code == 2  # bad input
-    assert result.output.count("\n") == 1 and result.output.startswith("Error: ") and "not a readable slide" in result.output
+    assert (
+        result.output.count("\n") == 1
+        and result.output.startswith("Error: ")
+        and "not a readable slide" in result.output
+    )
     assert not out.exists()
     result = runner.invoke(app, ["qc", str(tmp_path / "missing.svs"), "-o", str(out)])
     assert (result.exit_code, result.output.strip()) == (2, f"Error: {tmp_path / 'missing.svs'}: no such file")
@@ -67,9 +71,14 @@ def test_qc_bad_input_is_one_line_and_leaves_nothing(tmp_path, broken_svs, cmu_s
     assert blocker.read_text() == "x"
 
 
-@pytest.mark.parametrize("command, slide", [
-    ("tile", "dapi_ndpi"), pytest.param("segment", "tritc_ndpi", marks=pytest.mark.slow), ("nuclei", "dapi_ndpi"),  # segment loads its model first
-])
+@pytest.mark.parametrize(
+    "command, slide",
+    [
+        ("tile", "dapi_ndpi"),
+        pytest.param("segment", "tritc_ndpi", marks=pytest.mark.slow),
+        ("nuclei", "dapi_ndpi"),  # segment loads its model first
+    ],
+)
 def test_stages_refuse_fluorescence(tmp_path, request, command, slide):
     slide = request.getfixturevalue(slide)
     out = tmp_path / "out"
@@ -80,7 +89,9 @@ def test_stages_refuse_fluorescence(tmp_path, request, command, slide):
     assert "\n" not in line
     wavelength = "387" if "DAPI" in slide.name else "560"
     assert line.startswith(f"Error: {slide}: not brightfield (metadata 'hamamatsu.;NDP Shading Data' records ")
-    assert f"records an excitation wavelength of {wavelength} nm" in line and line.endswith("pass --qc off to run anyway")
+    assert f"records an excitation wavelength of {wavelength} nm" in line and line.endswith(
+        "pass --qc off to run anyway"
+    )
     assert not target.exists()
 
 
@@ -117,15 +128,19 @@ def test_tile_reuses_a_qc_folder_and_refuses_another_slides(tmp_path, cmu_qc, cm
     assert (qc["mode"], qc["source"], qc["usable"]) == ("reused", str(out), True)
     assert qc["left_out_fraction"] == 0.0
     other = tmp_path / "tcga.zarr"
-    result = runner.invoke(app, ["tile", str(jp2k_svs), "-o", str(other), "-q",
-                                 "--mpp-override", "0.25", "--qc", str(out / "qc.zarr")])
+    result = runner.invoke(
+        app, ["tile", str(jp2k_svs), "-o", str(other), "-q", "--mpp-override", "0.25", "--qc", str(out / "qc.zarr")]
+    )
     assert result.exit_code == 2
-    assert result.output.strip() == (f"Error: --qc {out / 'qc.zarr'}: made for a 2220x2967 px slide, "
-                                     "not this 4443x3567 px one")
+    assert result.output.strip() == (
+        f"Error: --qc {out / 'qc.zarr'}: made for a 2220x2967 px slide, not this 4443x3567 px one"
+    )
     assert not other.exists()
     result = runner.invoke(app, ["tile", str(cmu_small_svs), "-o", str(other), "--qc", "sometimes"])
     assert (result.exit_code, result.output.strip()) == (
-        2, "Error: --qc sometimes: not 'auto', 'off' or an existing qc output folder or qc.zarr")
+        2,
+        "Error: --qc sometimes: not 'auto', 'off' or an existing qc output folder or qc.zarr",
+    )
 
 
 def test_qc_job_and_cohort_page(tmp_path, cmu_small_svs, dapi_ndpi, tritc_ndpi):
@@ -143,7 +158,9 @@ def test_qc_job_and_cohort_page(tmp_path, cmu_small_svs, dapi_ndpi, tritc_ndpi):
     assert records[1].figures["qc_rule"] == "brightfield"
     write_summary(tmp_path, records)
     header = (tmp_path / "summary.csv").read_text().splitlines()[0].split(",")
-    assert {"qc_usable", "qc_rule", "qc_brightfield", "qc_usable_fraction", *(f"qc_{a}" for a in ARTEFACTS)} <= set(header)
+    assert {"qc_usable", "qc_rule", "qc_brightfield", "qc_usable_fraction", *(f"qc_{a}" for a in ARTEFACTS)} <= set(
+        header
+    )
     page = (tmp_path / "qc_cohort.html").read_text()
     assert page.count("data:image/png;base64,") == 2
     assert "not usable (brightfield)" in page and "<h2>pen</h2>" in page

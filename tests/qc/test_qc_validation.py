@@ -44,7 +44,7 @@ class ArrayReader(SlideReader):
         return self._mpp, self._mpp
 
     def _read_raw(self, x, y, level, width, height):
-        return self.rgb[y:y + height, x:x + width]
+        return self.rgb[y : y + height, x : x + width]
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +136,9 @@ def test_synthetic_slide_blur_and_clean_tissue(synthetic):
         burned = rgb.copy()
         burned[region] = cv2.GaussianBlur(rgb, (0, 0), sigma)[region]
         scores[sigma] = dice(run_qc(ArrayReader(burned, mpp)).masks["out_of_focus"], expected)
-    print(f"synthetic unflagged {_unflagged_share(clean):.3f}; blur Dice sigma 2 px {scores[2.0]:.3f}, 4 px {scores[4.0]:.3f}")
+    print(
+        f"synthetic unflagged {_unflagged_share(clean):.3f}; blur Dice sigma 2 px {scores[2.0]:.3f}, 4 px {scores[4.0]:.3f}"
+    )
     assert scores[2.0] >= 0.8 and scores[4.0] >= 0.8
 
 
@@ -144,10 +146,10 @@ def test_fold_is_found(cmu):
     rgb, mpp = cmu
     shift = (200, 120)  # the second layer, 100 x 60 µm off
     second = np.full_like(rgb, 255)
-    second[shift[1]:, shift[0]:] = rgb[:-shift[1], :-shift[0]]
+    second[shift[1] :, shift[0] :] = rgb[: -shift[1], : -shift[0]]
     region = (slice(1200, 2200), slice(300, 1300))
     burned = rgb.copy()
-    doubled = (rgb.astype(np.float32) * second / 255 * 0.9)  # transmissions multiply; a little darker
+    doubled = rgb.astype(np.float32) * second / 255 * 0.9  # transmissions multiply; a little darker
     burned[region] = np.rint(doubled[region]).astype(np.uint8)
     clean = run_qc(ArrayReader(rgb, mpp))
     grid = clean.tissue.shape
@@ -174,8 +176,12 @@ def test_exposure_is_found(cmu, gain, artefact):
     result = run_qc(ArrayReader(burned, mpp))
     found = result.masks[artefact] > 0
     recall = np.count_nonzero(found & expected) / np.count_nonzero(expected)
-    outside = np.count_nonzero(found & ~on_grid(truth, found.shape) & (clean.tissue > 0)) / np.count_nonzero(clean.tissue)
-    print(f"{artefact}: recall {recall:.3f}, Dice {dice(found & (clean.tissue > 0), expected):.3f}, outside {outside:.3f}")
+    outside = np.count_nonzero(found & ~on_grid(truth, found.shape) & (clean.tissue > 0)) / np.count_nonzero(
+        clean.tissue
+    )
+    print(
+        f"{artefact}: recall {recall:.3f}, Dice {dice(found & (clean.tissue > 0), expected):.3f}, outside {outside:.3f}"
+    )
     assert recall >= 0.8 and outside <= 0.05
 
 

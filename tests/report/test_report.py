@@ -70,8 +70,13 @@ def _report(slide="slide <1>.svs"):
     return {
         "slide": slide,
         "mpp": 0.499,
-        "model": {"name": "toy", "sha256": "ab" * 32, "mpp": 8.0, "classes": ["background", "tumour"],
-                  "trained_on": "7 images from lung"},
+        "model": {
+            "name": "toy",
+            "sha256": "ab" * 32,
+            "mpp": 8.0,
+            "classes": ["background", "tumour"],
+            "trained_on": "7 images from lung",
+        },
         "run": {"date": "2026-12-06 07:00:00 +0000", "command": "wsipipe segment s.svs -o out"},
         "prediction_shape": [2, 60, 80],
         "normalize": "none",
@@ -136,8 +141,15 @@ def test_report_files(tmp_path):
     # Readable, once: no raw JSON, no internal stage names, each timing once.
     assert "{" not in page.split("<body>")[1] and "inference_model" not in page and "timings_s" not in page
     assert page.count("tumour model over the tiles") == 1 and page.count("2.50 s") == 1
-    for text in ("For research use only", f"wsipipe view {tmp_path}", "7 images from lung", "2026-12-06 07:00:00",
-                 "wsipipe segment s.svs -o out", "ab" * 32, "rgb(200, 0, 0)"):  # QuPath's Tumor colour
+    for text in (
+        "For research use only",
+        f"wsipipe view {tmp_path}",
+        "7 images from lung",
+        "2026-12-06 07:00:00",
+        "wsipipe segment s.svs -o out",
+        "ab" * 32,
+        "rgb(200, 0, 0)",
+    ):  # QuPath's Tumor colour
         assert text in page, text
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
     assert len(images) == 2
@@ -161,7 +173,8 @@ def test_tile_heatmap_tints_each_box_by_its_value(tmp_path):
     low, high = heat[5, 10].astype(int), heat[5, 30].astype(int)
     assert (heat[:20, :20] == heat[5, 10]).all() and (heat[:20, 20:40] == heat[5, 30]).all()
     assert high.sum() < low.sum() and high[0] - high[2] > low[0] - low[2]  # darker and redder
-    write_report_html(tmp_path / "r.html", _result(tmp_path, nuclei_count=7, cellularity=0.25), thumbnail,
-                      thumbnail, (heat, 0.4))
+    write_report_html(
+        tmp_path / "r.html", _result(tmp_path, nuclei_count=7, cellularity=0.25), thumbnail, thumbnail, (heat, 0.4)
+    )
     page = (tmp_path / "r.html").read_text()
     assert "cellularity per tile" in page and len(re.findall(r'src="data:image/png;base64,', page)) == 3

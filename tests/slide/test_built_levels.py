@@ -60,8 +60,10 @@ def test_built_level_is_the_area_average_of_level_0(request, tmp_path, name, mpp
         # pixel's edge: at the slide's edge (tissue against white) that alone moves a pixel by up to 3.
         for kx, ky in [(-3, -2), (0, 0), (5, 7), (2, 3), (level.width - 6, level.height - 4)]:
             x, y = round(kx * downsample), round(ky * downsample)
-            diff = np.abs(levelled.read_at_mpp((x, y), (10, 10), mpp).astype(int)
-                          - _area_average(level0, x, y, (10, 10), downsample))
+            diff = np.abs(
+                levelled.read_at_mpp((x, y), (10, 10), mpp).astype(int)
+                - _area_average(level0, x, y, (10, 10), downsample)
+            )
             assert diff.max() <= 3 and diff.mean() < 0.3, (kx, ky)
 
 
@@ -106,8 +108,10 @@ def test_a_failed_build_leaves_no_level_behind(tmp_path, monkeypatch, cmu_small_
 def test_impossible_scales_are_refused_before_anything_is_made(tmp_path, ome_tiff):
     with open_slide(ome_tiff) as reader:
         coarsest = reader.mpp * max(reader.dimensions) / 8  # the whole slide 8 px across
-        message = (f"1000.0 µm/px is too coarse for this slide: at most {coarsest:.4g} can be read "
-                   "(the slide is then 8 px across)")
+        message = (
+            f"1000.0 µm/px is too coarse for this slide: at most {coarsest:.4g} can be read "
+            "(the slide is then 8 px across)"
+        )
         with pytest.raises(InvalidInputError) as refused:
             with_level_for(reader, 1000.0, tmp_path / "levels")
         assert str(refused.value) == message
@@ -157,8 +161,24 @@ def test_segment_on_a_single_level_ome_tiff(tmp_path, ome_tiff):
 def test_tile_on_a_single_level_ome_tiff(tmp_path, ome_tiff):
     path = ome_tiff
     store = tmp_path / "tiles.zarr"
-    result = CliRunner().invoke(app, ["tile", str(path), "-o", str(store), "--mpp", "12", "--tile-size", "8",
-                                      "--tissue-threshold", "0", "--workers", "2", "--quiet"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "tile",
+            str(path),
+            "-o",
+            str(store),
+            "--mpp",
+            "12",
+            "--tile-size",
+            "8",
+            "--tissue-threshold",
+            "0",
+            "--workers",
+            "2",
+            "--quiet",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert len(list((tmp_path / LEVELS_FOLDER).glob("*.zarr"))) == 1  # beside the store
     from wsipipe.store import open_tile_store
@@ -178,8 +198,9 @@ def test_batch_segment_over_a_folder_with_a_single_level_ome_tiff(tmp_path, ome_
     archive.mkdir()
     (archive / ome_tiff.name).symlink_to(ome_tiff)
     out = tmp_path / "out"
-    result = CliRunner().invoke(app, ["batch", str(archive), "-o", str(out), "--job", "segment", "--device", "cpu",
-                                      "--quiet"])
+    result = CliRunner().invoke(
+        app, ["batch", str(archive), "-o", str(out), "--job", "segment", "--device", "cpu", "--quiet"]
+    )
     assert result.exit_code == 0, result.output
     (report,) = out.glob("*/report.json")
     assert json.loads(report.read_text())["n_tiles"] >= 1

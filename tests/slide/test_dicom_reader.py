@@ -33,9 +33,15 @@ def _source_level(source, downsample):
     return matches[0]
 
 
-@pytest.mark.parametrize(("name", "backend"), [
-    ("cmu", "openslide"), ("ndpi", "openslide"), ("synth-j2k", "openslide"), ("synth-jpegls", "wsidicom"),
-])
+@pytest.mark.parametrize(
+    ("name", "backend"),
+    [
+        ("cmu", "openslide"),
+        ("ndpi", "openslide"),
+        ("synth-j2k", "openslide"),
+        ("synth-jpegls", "wsidicom"),
+    ],
+)
 def test_every_level_equals_the_source_slide(dicom_series, name, backend):
     source_path, folder = dicom_series(name)
     with open_slide(folder) as dicom, open_slide(source_path) as source:
@@ -64,13 +70,18 @@ def test_openslide_refuses_jpeg_ls_and_wsidicom_reads_what_openslide_reads(dicom
         openslide.OpenSlide(str(base))
     _, j2k = dicom_series("synth-j2k")
     with open_slide(j2k, backend="openslide") as first, open_slide(j2k, backend="wsidicom") as second:
-        assert first.info() | {"backend": None, "associated_images": None} == second.info() | {"backend": None, "associated_images": None}
+        assert first.info() | {"backend": None, "associated_images": None} == second.info() | {
+            "backend": None,
+            "associated_images": None,
+        }
         for level in range(len(first.levels)):
             np.testing.assert_array_equal(_whole_level(first, level), _whole_level(second, level))
         # across the far edge: white, as every backend pads
         width, height = first.dimensions
-        np.testing.assert_array_equal(first.read_region((width - 50, height - 40), 0, (100, 90)),
-                                      second.read_region((width - 50, height - 40), 0, (100, 90)))
+        np.testing.assert_array_equal(
+            first.read_region((width - 50, height - 40), 0, (100, 90)),
+            second.read_region((width - 50, height - 40), 0, (100, 90)),
+        )
 
 
 def test_any_file_of_the_series_opens_the_slide_with_mpp_from_pixel_spacing(dicom_series):
@@ -79,10 +90,16 @@ def test_any_file_of_the_series_opens_the_slide_with_mpp_from_pixel_spacing(dico
     label = next(i for i in series.instances if i.flavour == "LABEL")
     with open_slide(label.path) as reader, open_slide(folder) as whole:
         assert reader.dimensions == whole.dimensions and reader.path == label.path
-    spacing = pydicom.dcmread(series.base.path, stop_before_pixels=True).SharedFunctionalGroupsSequence[0] \
-        .PixelMeasuresSequence[0].PixelSpacing
+    spacing = (
+        pydicom.dcmread(series.base.path, stop_before_pixels=True)
+        .SharedFunctionalGroupsSequence[0]
+        .PixelMeasuresSequence[0]
+        .PixelSpacing
+    )
     info = json.loads(runner.invoke(app, ["info", "--json", str(folder)]).stdout)
-    assert info["mpp_x"] == pytest.approx(float(spacing[1]) * 1000) and info["mpp_y"] == pytest.approx(float(spacing[0]) * 1000)
+    assert info["mpp_x"] == pytest.approx(float(spacing[1]) * 1000) and info["mpp_y"] == pytest.approx(
+        float(spacing[0]) * 1000
+    )
     assert {"label", "macro"} <= set(info["associated_images"]) and info["path"] == str(folder)
 
 

@@ -50,7 +50,9 @@ def test_info_matches_the_slide_libraries_on_every_slide(slides_dir):
             props = dict(ref.properties)
             assert info["vendor"] == props.get("openslide.vendor"), path
         assert (info["width"], info["height"]) == tuple(ref.dimensions), path
-        assert [(lvl["width"], lvl["height"]) for lvl in info["levels"]] == [tuple(d) for d in ref.level_dimensions], path
+        assert [(lvl["width"], lvl["height"]) for lvl in info["levels"]] == [tuple(d) for d in ref.level_dimensions], (
+            path
+        )
         assert [lvl["downsample"] for lvl in info["levels"]] == pytest.approx(list(ref.level_downsamples)), path
         assert info["mpp_x"] == _number(props.get("openslide.mpp-x")), path
         assert info["mpp_y"] == _number(props.get("openslide.mpp-y")), path
@@ -82,7 +84,9 @@ def test_native_level_reads_equal_openslide_read_region(slides_dir):
         for level in range(ref.level_count):
             for location in _positions(*ref.dimensions):
                 expected = _openslide_on_white(ref, location, level, (256, 200))
-                np.testing.assert_array_equal(reader.read_region(location, level, (256, 200)), expected, err_msg=f"{path} {level} {location}")
+                np.testing.assert_array_equal(
+                    reader.read_region(location, level, (256, 200)), expected, err_msg=f"{path} {level} {location}"
+                )
                 checked += 1
     assert checked >= 3 * (1 + 2 + 7 + 7)
 
@@ -103,7 +107,9 @@ def test_tiffslide_backend_matches_openslide_at_level_0(request, name):
     assert reader.backend == "tiffslide"
     for location in _positions(*ref.dimensions):
         expected = _openslide_on_white(ref, location, 0, (256, 200))
-        np.testing.assert_array_equal(reader.read_region(location, 0, (256, 200)), expected, err_msg=f"{name} {location}")
+        np.testing.assert_array_equal(
+            reader.read_region(location, 0, (256, 200)), expected, err_msg=f"{name} {location}"
+        )
 
 
 def test_ome_tiff_reads_equal_tifffile_pixels(ome_tiff):

@@ -84,7 +84,8 @@ def test_tiles_come_from_the_source_image(slide):
         (tx, ty)
         for ty in range(SPEC.height // tile)
         for tx in range(SPEC.width // tile)
-        if renderer.tissue.alpha(np.array([tx * tile, (tx + 1) * tile]), np.array([ty * tile, (ty + 1) * tile])).min() == 1
+        if renderer.tissue.alpha(np.array([tx * tile, (tx + 1) * tile]), np.array([ty * tile, (ty + 1) * tile])).min()
+        == 1
     ]
     assert full, "the test slide needs a tile fully inside tissue"
     tx, ty = full[0]
@@ -139,10 +140,13 @@ def test_cli_writes_a_slide_and_refuses_bad_options(tmp_path):
         assert osr.dimensions == (1000, 800) and float(osr.properties["openslide.mpp-x"]) == 0.3
     again = runner.invoke(app, ["synth", str(out), "--width", "1000", "--height", "800"])
     assert again.exit_code == 2 and "--overwrite" in again.output
-    bad = runner.invoke(app, ["synth", str(tmp_path / "x.tif"), "--width", "100", "--height", "100", "--tile-size", "100"])
+    bad = runner.invoke(
+        app, ["synth", str(tmp_path / "x.tif"), "--width", "100", "--height", "100", "--tile-size", "100"]
+    )
     assert bad.exit_code == 2 and "--tile-size" in bad.output
     missing = runner.invoke(
-        app, ["synth", str(tmp_path / "y.tif"), "--width", "100", "--height", "100", "--source", str(tmp_path / "no.png")]
+        app,
+        ["synth", str(tmp_path / "y.tif"), "--width", "100", "--height", "100", "--source", str(tmp_path / "no.png")],
     )
     assert missing.exit_code == 2 and "no.png" in missing.output
     assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]  # no y.tif, no temporary left
@@ -152,9 +156,25 @@ def test_cli_subprocess_with_extra_source(tmp_path, stain_dir):
     out = tmp_path / "lung.tif"
     source = stain_dir / "tiatoolbox_target.png"
     result = subprocess.run(
-        [sys.executable, "-m", "wsipipe", "synth", str(out), "--width", "800", "--height", "600",
-         "--source", str(source), "--levels", "2", "--quiet"],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "wsipipe",
+            "synth",
+            str(out),
+            "--width",
+            "800",
+            "--height",
+            "600",
+            "--source",
+            str(source),
+            "--levels",
+            "2",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     with tiffslide.TiffSlide(out) as tsr:
@@ -163,8 +183,12 @@ def test_cli_subprocess_with_extra_source(tmp_path, stain_dir):
 
 def test_ndpi_variant_is_read_by_openslide_as_hamamatsu(tmp_path, slide):
     """Same seed and size as the TIFF fixture: openslide's NDPI reader shows the same slide."""
-    ndpi = write_synthetic_slide(tmp_path / "slide.ndpi", SyntheticSpec(3072, 2208, mpp=0.5, tile_size=256, levels=3, seed=7), ndpi=True)
-    tiff = write_synthetic_slide(tmp_path / "slide.tif", SyntheticSpec(3072, 2208, mpp=0.5, tile_size=256, levels=3, seed=7))
+    ndpi = write_synthetic_slide(
+        tmp_path / "slide.ndpi", SyntheticSpec(3072, 2208, mpp=0.5, tile_size=256, levels=3, seed=7), ndpi=True
+    )
+    tiff = write_synthetic_slide(
+        tmp_path / "slide.tif", SyntheticSpec(3072, 2208, mpp=0.5, tile_size=256, levels=3, seed=7)
+    )
     with openslide.OpenSlide(str(ndpi)) as osr, openslide.OpenSlide(str(tiff)) as ref:
         assert osr.properties["openslide.vendor"] == "hamamatsu"
         assert float(osr.properties["openslide.mpp-x"]) == pytest.approx(0.5, rel=1e-3)

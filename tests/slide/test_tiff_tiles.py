@@ -159,13 +159,20 @@ def _count_general_decodes(monkeypatch):
     """Counts the tiles the general path asks for (decoded through tifffile or cached), not in place."""
     calls = []
     general = TiledPages._decoded
-    monkeypatch.setattr(TiledPages, "_decoded", lambda self, level, index: calls.append(index) or general(self, level, index))
+    monkeypatch.setattr(
+        TiledPages, "_decoded", lambda self, level, index: calls.append(index) or general(self, level, index)
+    )
     return calls
 
 
 # JPEG tiles in each colour-space case: Aperio RGB without JFIF (CMU), JFIF RGB (OME-TIFF), YCbCr (synthetic).
-IN_PLACE_CASES = [("cmu_small_svs", "openslide"), ("cmu_small_svs", "tiffslide"),
-                  ("synthetic_slide", "openslide"), ("synthetic_slide", "tiffslide"), ("ome_tiff", "tiffslide")]
+IN_PLACE_CASES = [
+    ("cmu_small_svs", "openslide"),
+    ("cmu_small_svs", "tiffslide"),
+    ("synthetic_slide", "openslide"),
+    ("synthetic_slide", "tiffslide"),
+    ("ome_tiff", "tiffslide"),
+]
 
 
 @pytest.mark.parametrize(("name", "backend"), IN_PLACE_CASES)
@@ -227,13 +234,16 @@ def test_reads_within_a_tile_decode_it_once_per_thread(synthetic_slide, monkeypa
     decoded = []
     decode = TiledPages._decode
     with open_slide(synthetic_slide, backend="openslide") as reader:
-        monkeypatch.setattr(TiledPages, "_decode", lambda self, page, index: decoded.append(index) or decode(self, page, index))
+        monkeypatch.setattr(
+            TiledPages, "_decode", lambda self, page, index: decoded.append(index) or decode(self, page, index)
+        )
         tile = reader._direct_tiles._pages[0].tilewidth
         half = tile // 2
         quarters = [(x, y) for y in (0, half) for x in (0, half)]
         for x, y in quarters:
-            np.testing.assert_array_equal(reader.read_region((x, y), 0, (half, half)),
-                                          _openslide_reference(synthetic_slide, x, y, 0, half, half))
+            np.testing.assert_array_equal(
+                reader.read_region((x, y), 0, (half, half)), _openslide_reference(synthetic_slide, x, y, 0, half, half)
+            )
         assert decoded == [0]
         other = threading.Thread(target=reader.read_region, args=((0, 0), 0, (half, half)))
         other.start()

@@ -42,4 +42,10 @@ def test_the_examples_run_and_print_what_they_say(tmp_path, monkeypatch, capsys)
         ran.append(name)
     assert ran == ["tile", "tile-errors", "normalize", "segment", "nuclei", "qc"]
     assert sorted(path.name for path in tmp_path.iterdir()) == [
-        "cmu-nuclei", "cmu-qc", "cmu-segment", "cmu.norm.zarr", "cmu.zarr", "examples"]
+        "cmu-nuclei",
+        "cmu-qc",
+        "cmu-segment",
+        "cmu.norm.zarr",
+        "cmu.zarr",
+        "examples",
+    ]

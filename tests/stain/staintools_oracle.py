@@ -91,16 +91,21 @@ def compare_vahadane(staintools, images: dict[str, np.ndarray], target: np.ndarr
         rounded = np.rint(255 * np.exp(-(concentrations * scale) @ theirs.stain_matrix_target)).clip(0, 255)
         tissue = LuminosityThresholdTissueLocator.get_tissue_mask(image.copy()).reshape(-1)
         od = convert_RGB_to_OD(image.copy()).reshape(-1, 3)[tissue]
-        rows.append({
-            "image": name,
-            "pixels": int(image.shape[0] * image.shape[1]),
-            "tissue_fraction": round(float(tissue.mean()), 3),
-            "mad": float(np.abs(our_out.astype(int) - their_out.astype(int)).mean()),
-            "mad_rounded": float(np.abs(our_out.reshape(-1, 3) - rounded).mean()),
-            "angle_h": angle(our_matrix[0], their_matrix[0]),
-            "angle_e": angle(our_matrix[1], their_matrix[1]),
-            "objective": {"ours": vahadane_objective(od, our_matrix), "staintools": vahadane_objective(od, their_matrix)},
-        })
+        rows.append(
+            {
+                "image": name,
+                "pixels": int(image.shape[0] * image.shape[1]),
+                "tissue_fraction": round(float(tissue.mean()), 3),
+                "mad": float(np.abs(our_out.astype(int) - their_out.astype(int)).mean()),
+                "mad_rounded": float(np.abs(our_out.reshape(-1, 3) - rounded).mean()),
+                "angle_h": angle(our_matrix[0], their_matrix[0]),
+                "angle_e": angle(our_matrix[1], their_matrix[1]),
+                "objective": {
+                    "ours": vahadane_objective(od, our_matrix),
+                    "staintools": vahadane_objective(od, their_matrix),
+                },
+            }
+        )
     return rows
 
 
@@ -108,6 +113,11 @@ def vahadane_objective(od: np.ndarray, stains: np.ndarray, penalty: float = 0.1)
     """``mean 0.5 |od - c S|^2 + penalty |c|_1`` with each pixel's best ``c >= 0`` (SPAMS' lasso)."""
     import spams
 
-    codes = spams.lasso(np.asfortranarray(od.T), D=np.asfortranarray(stains.T), mode=2, lambda1=penalty,
-                        pos=True, numThreads=1).toarray().T
+    codes = (
+        spams.lasso(
+            np.asfortranarray(od.T), D=np.asfortranarray(stains.T), mode=2, lambda1=penalty, pos=True, numThreads=1
+        )
+        .toarray()
+        .T
+    )
     return float(np.mean(0.5 * ((od - codes @ stains) ** 2).sum(axis=1) + penalty * codes.sum(axis=1)))

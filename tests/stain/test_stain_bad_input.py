@@ -96,7 +96,9 @@ def test_rgba_is_composited_on_white(fitted, cpm15_dir):
     assert rgba.shape[-1] == 4
     rgba = rgba.copy()
     rgba[:8, :8, 3] = 0  # a transparent corner reads as white background
-    rgb = np.asarray(Image.alpha_composite(Image.new("RGBA", (128, 128), "white"), Image.fromarray(rgba)).convert("RGB"))
+    rgb = np.asarray(
+        Image.alpha_composite(Image.new("RGBA", (128, 128), "white"), Image.fromarray(rgba)).convert("RGB")
+    )
     out = normalizer.transform(rgba, source=slide)
     assert out.shape == (128, 128, 3)
     assert np.array_equal(out, normalizer.transform(rgb, source=slide))

@@ -92,8 +92,10 @@ def test_normalize_resumes_after_an_interruption(source_store, tmp_path):
         normalize.run(NormalizeConfig(input=path, output=resumed, method="macenko", device="cpu"), progress=interrupt)
     assert not resumed.exists() and (tmp_path / "resumed.zarr.partial").exists()
     written = []
-    result = normalize.run(NormalizeConfig(input=path, output=resumed, method="macenko", device="cpu"),
-                           progress=lambda d, t: written.append(d))
+    result = normalize.run(
+        NormalizeConfig(input=path, output=resumed, method="macenko", device="cpu"),
+        progress=lambda d, t: written.append(d),
+    )
     per_shard = open_tile_store(reference).tiles_per_shard
     assert written[0] == 4 + per_shard and written[-1] == 12  # only the missing shards were redone
     result = open_tile_store(result.output)
@@ -167,9 +169,7 @@ def test_missing_store_through_the_console(tmp_path):
 
 def test_tile_then_normalize_end_to_end(tmp_path, cmu_small_svs):
     tiles = tmp_path / "cmu.zarr"
-    result = CliRunner().invoke(
-        app, ["tile", str(cmu_small_svs), "-o", str(tiles), "--tile-size", "256", "--quiet"]
-    )
+    result = CliRunner().invoke(app, ["tile", str(cmu_small_svs), "-o", str(tiles), "--tile-size", "256", "--quiet"])
     assert result.exit_code == 0, result.output
     out = tmp_path / "cmu.norm.zarr"
     assert _run(tiles, "-o", out, "--device", "cpu", "-q").exit_code == 0

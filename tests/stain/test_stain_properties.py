@@ -203,7 +203,9 @@ def test_weighted_percentile_is_the_percentile_of_the_repeated_values():
         repeated = np.repeat(values, counts, axis=0)
         for q in (0.0, 1.0, rng.uniform(0, 100), 99.0, 100.0):
             assert np.allclose(weighted_percentile(values, counts, q), np.percentile(repeated, q, axis=0))
-        assert np.allclose(weighted_percentile(values[:, 0], counts, [1.0, 99.0]), np.percentile(repeated[:, 0], [1.0, 99.0]))
+        assert np.allclose(
+            weighted_percentile(values[:, 0], counts, [1.0, 99.0]), np.percentile(repeated[:, 0], [1.0, 99.0])
+        )
 
 
 def test_stain_matrices_from_distinct_colours_equal_those_from_every_pixel(he_image):
@@ -215,7 +217,9 @@ def test_stain_matrices_from_distinct_colours_equal_those_from_every_pixel(he_im
     pixels = torch.from_numpy(np.ascontiguousarray(he_image[:128, :128]).reshape(-1, 3))
     colours, counts = unique_colours(pixels)
     assert counts.sum() == len(pixels) and len(colours) == len(np.unique(pixels.numpy(), axis=0)) < len(pixels)
-    assert np.array_equal(np.sort(np.repeat(colours, counts, axis=0).view("V3").ravel()), np.sort(pixels.numpy().view("V3").ravel()))
+    assert np.array_equal(
+        np.sort(np.repeat(colours, counts, axis=0).view("V3").ravel()), np.sort(pixels.numpy().view("V3").ravel())
+    )
     tissue = tissue_mask(torch.from_numpy(colours)).numpy()
     od_colours = optical_density(torch.from_numpy(colours[tissue])).double().numpy()
     od_pixels = optical_density(pixels[tissue_mask(pixels)]).double().numpy()
@@ -233,7 +237,9 @@ def test_vahadane_matrix_is_a_minimum_of_its_objective(he_image):
 
     def objective(stains):
         codes = nonneg_lasso_2(od, torch.as_tensor(stains), DICTIONARY_PENALTY)
-        return float((0.5 * ((od - codes @ torch.as_tensor(stains)) ** 2).sum(1) + DICTIONARY_PENALTY * codes.sum(1)).mean())
+        return float(
+            (0.5 * ((od - codes @ torch.as_tensor(stains)) ** 2).sum(1) + DICTIONARY_PENALTY * codes.sum(1)).mean()
+        )
 
     learned = vahadane_stain_matrix(od.numpy())
     best = objective(learned)

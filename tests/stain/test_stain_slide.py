@@ -26,9 +26,16 @@ def slide(tmp_path_factory, lung_dir):
     with tifffile.TiffWriter(path) as tif:
         for level in (image, np.asarray(Image.fromarray(image).resize((512, 512), Image.BILINEAR))):
             level_mpp = MPP * image.shape[0] / level.shape[0]
-            tif.write(level, tile=(256, 256), photometric="rgb", compression="zlib", metadata=None,
-                      subfiletype=0 if level is image else 1,  # level 1: a reduced-resolution image
-                      resolution=(1e4 / level_mpp, 1e4 / level_mpp), resolutionunit="CENTIMETER")
+            tif.write(
+                level,
+                tile=(256, 256),
+                photometric="rgb",
+                compression="zlib",
+                metadata=None,
+                subfiletype=0 if level is image else 1,  # level 1: a reduced-resolution image
+                resolution=(1e4 / level_mpp, 1e4 / level_mpp),
+                resolutionunit="CENTIMETER",
+            )
     with open_slide(path) as reader:
         assert len(reader.levels) == 2 and reader.mpp == pytest.approx(MPP)
     return path, image
@@ -49,12 +56,40 @@ def test_tile_and_normalize_equal_the_whole_image_fit(slide, method, tmp_path, s
     target = stain_dir / "warwick_target_p.png"
     tiles, out = tmp_path / "tiles.zarr", tmp_path / "normalised.zarr"
     runner = CliRunner()
-    result = runner.invoke(app, ["tile", str(path), "-o", str(tiles), "--mpp", str(MPP), "--tile-size", str(TILE),
-                                 "--tissue-threshold", "0", "--quiet"])
+    result = runner.invoke(
+        app,
+        [
+            "tile",
+            str(path),
+            "-o",
+            str(tiles),
+            "--mpp",
+            str(MPP),
+            "--tile-size",
+            str(TILE),
+            "--tissue-threshold",
+            "0",
+            "--quiet",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert np.array_equal(_reassemble(open_tile_store(tiles)), image)  # the store is the whole slide
-    result = runner.invoke(app, ["normalize", str(tiles), "-o", str(out), "--method", method, "--target", str(target),
-                                 "--device", "cpu", "--quiet"])
+    result = runner.invoke(
+        app,
+        [
+            "normalize",
+            str(tiles),
+            "-o",
+            str(out),
+            "--method",
+            method,
+            "--target",
+            str(target),
+            "--device",
+            "cpu",
+            "--quiet",
+        ],
+    )
     assert result.exit_code == 0, result.output
 
     whole = get_normalizer(method).fit(np.asarray(Image.open(target).convert("RGB"))).transform(image)

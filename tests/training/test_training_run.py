@@ -36,8 +36,16 @@ def small_data(tmp_path_factory, lung_dir):
 
 
 def _config(**kw):
-    base = dict(architecture="plain-unet", args={"base": 4}, classes=["background", "tumour"], tile_size=64,
-                epochs=2, patches_per_epoch=4, batch_size=2, seed=5)
+    base = dict(
+        architecture="plain-unet",
+        args={"base": 4},
+        classes=["background", "tumour"],
+        tile_size=64,
+        epochs=2,
+        patches_per_epoch=4,
+        batch_size=2,
+        seed=5,
+    )
     return TrainConfig(**{**base, **kw})
 
 
@@ -81,11 +89,14 @@ def test_a_groups_csv_keeps_overlapping_images_in_one_fold(tmp_path):
         split_folds(dataset.groups, 7, 0)  # six groups now
 
 
-@pytest.mark.parametrize("text, message", [
-    ("name,slide\nlung_01,a\n", "needs columns 'image' and 'group' \\(has name, slide\\)"),
-    ("image,group\nlung_09,a\n", "'lung_09' is not one of the data's images or slides"),
-    ("image,group\nlung_01,\n", "'lung_01' has an empty group"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("name,slide\nlung_01,a\n", "needs columns 'image' and 'group' \\(has name, slide\\)"),
+        ("image,group\nlung_09,a\n", "'lung_09' is not one of the data's images or slides"),
+        ("image,group\nlung_01,\n", "'lung_01' has an empty group"),
+    ],
+)
 def test_bad_groups_csvs_are_refused(tmp_path, text, message):
     csv = tmp_path / "groups.csv"
     csv.write_text(text)
@@ -136,9 +147,33 @@ def test_without_selection_the_last_epoch_is_kept_and_the_curve_recorded(small_d
 
 def test_train_cli_writes_a_loadable_model(small_data, tmp_path):
     out = tmp_path / "m.safetensors"
-    args = ["train", str(small_data), "-o", str(out), "--model", "plain-unet", "--model-args", '{"base": 4}',
-            "--classes", "background,tumour", "--tile-size", "64", "--epochs", "1", "--patches-per-epoch", "4",
-            "--batch-size", "2", "--val-fraction", "0.5", "--seed", "7", "--device", "cpu", "--quiet"]
+    args = [
+        "train",
+        str(small_data),
+        "-o",
+        str(out),
+        "--model",
+        "plain-unet",
+        "--model-args",
+        '{"base": 4}',
+        "--classes",
+        "background,tumour",
+        "--tile-size",
+        "64",
+        "--epochs",
+        "1",
+        "--patches-per-epoch",
+        "4",
+        "--batch-size",
+        "2",
+        "--val-fraction",
+        "0.5",
+        "--seed",
+        "7",
+        "--device",
+        "cpu",
+        "--quiet",
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     bundle = load_model(out)
@@ -153,15 +188,41 @@ def test_train_cli_records_groups_and_never_splits_one(small_data, tmp_path):
     groups = tmp_path / "groups.csv"
     groups.write_text("image,group\nlung_01,case-7\nlung_02,case-7\n")
     out = tmp_path / "m.safetensors"
-    args = ["train", str(small_data), "-o", str(out), "--model", "plain-unet", "--model-args", '{"base": 4}',
-            "--classes", "background,tumour", "--tile-size", "64", "--epochs", "1", "--patches-per-epoch", "2",
-            "--batch-size", "2", "--val-fraction", "0.5", "--groups", str(groups), "--device", "cpu", "--quiet"]
+    args = [
+        "train",
+        str(small_data),
+        "-o",
+        str(out),
+        "--model",
+        "plain-unet",
+        "--model-args",
+        '{"base": 4}',
+        "--classes",
+        "background,tumour",
+        "--tile-size",
+        "64",
+        "--epochs",
+        "1",
+        "--patches-per-epoch",
+        "2",
+        "--batch-size",
+        "2",
+        "--val-fraction",
+        "0.5",
+        "--groups",
+        str(groups),
+        "--device",
+        "cpu",
+        "--quiet",
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     data = load_model(out).metadata["training"]["data"]
     assert data["groups"] == {"lung_01": "case-7", "lung_02": "case-7"}
     assert data["images"] == ["lung_01", "lung_02"]  # one group: nothing can be held out
-    result = CliRunner().invoke(app, [*args[:2], "-o", str(tmp_path / "n.safetensors"), "--model", "usnet", "--groups", str(groups)])
+    result = CliRunner().invoke(
+        app, [*args[:2], "-o", str(tmp_path / "n.safetensors"), "--model", "usnet", "--groups", str(groups)]
+    )
     assert result.exit_code == 2 and "--groups is for segmentation models" in result.output
 
 

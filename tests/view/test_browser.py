@@ -10,8 +10,10 @@ import cv2
 import numpy as np
 import pytest
 
-READY = ("const v = window.wsipipeView; return !!(v && v.ready && v.viewer.world.getItemCount() === "
-         "v.info.overlays.length + 1 && v.viewer.world.getItemAt(0).getFullyLoaded());")
+READY = (
+    "const v = window.wsipipeView; return !!(v && v.ready && v.viewer.world.getItemCount() === "
+    "v.info.overlays.length + 1 && v.viewer.world.getItemAt(0).getFullyLoaded());"
+)
 
 
 def wait_for(driver, script: str, timeout: float = 30.0):
@@ -26,9 +28,12 @@ def wait_for(driver, script: str, timeout: float = 30.0):
 
 def settle(driver) -> None:
     """Until every shown tiled image is loaded and drawn, and nothing moves."""
-    wait_for(driver, "const v = window.wsipipeView.viewer; for (let i = 0; i < v.world.getItemCount(); i++) {"
-             " const item = v.world.getItemAt(i); if (item.getOpacity() > 0 && !item.getFullyLoaded()) return false; }"
-             " return Math.abs(v.viewport.getZoom(true) - v.viewport.getZoom(false)) < 1e-9;")
+    wait_for(
+        driver,
+        "const v = window.wsipipeView.viewer; for (let i = 0; i < v.world.getItemCount(); i++) {"
+        " const item = v.world.getItemAt(i); if (item.getOpacity() > 0 && !item.getFullyLoaded()) return false; }"
+        " return Math.abs(v.viewport.getZoom(true) - v.viewport.getZoom(false)) < 1e-9;",
+    )
     time.sleep(0.4)  # the canvas draws on the next animation frames
 
 
@@ -55,8 +60,11 @@ def responses(browser) -> list[tuple[str, int]]:
 
 
 def requested(browser) -> list[str]:
-    return [json.loads(e["message"])["message"]["params"]["request"]["url"] for e in browser.get_log("performance")
-            if json.loads(e["message"])["message"]["method"] == "Network.requestWillBeSent"]
+    return [
+        json.loads(e["message"])["message"]["params"]["request"]["url"]
+        for e in browser.get_log("performance")
+        if json.loads(e["message"])["message"]["method"] == "Network.requestWillBeSent"
+    ]
 
 
 @pytest.fixture()
@@ -74,10 +82,15 @@ def test_page_loads_tiles_and_overlays_without_console_errors(browser, viewer_ur
     assert slide_tiles and overlay_tiles
     assert all(status == 200 for _, status in seen), [s for s in seen if s[1] != 200]
     # Non-blank: slide tiles show tissue somewhere, the class overlay draws tumour somewhere.
-    slide = [cv2.imdecode(np.frombuffer(urllib.request.urlopen(u).read(), np.uint8), cv2.IMREAD_COLOR) for u in slide_tiles]
+    slide = [
+        cv2.imdecode(np.frombuffer(urllib.request.urlopen(u).read(), np.uint8), cv2.IMREAD_COLOR) for u in slide_tiles
+    ]
     assert max(float(image.std()) for image in slide) > 20
     labels = [u for u in overlay_tiles if "/labels_files/" in u]
-    alphas = [cv2.imdecode(np.frombuffer(urllib.request.urlopen(u).read(), np.uint8), cv2.IMREAD_UNCHANGED)[..., 3] for u in labels]
+    alphas = [
+        cv2.imdecode(np.frombuffer(urllib.request.urlopen(u).read(), np.uint8), cv2.IMREAD_UNCHANGED)[..., 3]
+        for u in labels
+    ]
     assert any(alpha.any() for alpha in alphas)
 
 
@@ -162,8 +175,11 @@ def first_paint(browser, url: str) -> float:
     browser.get("about:blank")
     started = time.perf_counter()
     browser.get(url)
-    wait_for(browser, "const v = window.wsipipeView; return !!(v && v.viewer.world.getItemAt(0) && "
-             "v.viewer.world.getItemAt(0).getFullyLoaded());")
+    wait_for(
+        browser,
+        "const v = window.wsipipeView; return !!(v && v.viewer.world.getItemAt(0) && "
+        "v.viewer.world.getItemAt(0).getFullyLoaded());",
+    )
     return time.perf_counter() - started
 
 

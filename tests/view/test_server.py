@@ -126,8 +126,14 @@ def test_bad_requests_are_refused_and_nothing_outside_is_opened(serve, segment_o
     try:
         for path, status in BAD_REQUESTS:
             assert raw_get(server, path) == status, path
-        for path in ("/s/0/info.json", "/s/0/overlay/labels_files/12/4_5.png", "/s/0/overlay/nuclei_files/12/4_5.png",
-                     "/s/0/overlay/tissue_files/12/4_5.png", "/s/0/files/report.json", "/static/openseadragon.min.js"):
+        for path in (
+            "/s/0/info.json",
+            "/s/0/overlay/labels_files/12/4_5.png",
+            "/s/0/overlay/nuclei_files/12/4_5.png",
+            "/s/0/overlay/tissue_files/12/4_5.png",
+            "/s/0/files/report.json",
+            "/static/openseadragon.min.js",
+        ):
             assert raw_get(server, path) == 200, path
     finally:
         watching.clear()
@@ -182,7 +188,10 @@ def test_overlay_is_aligned_with_the_prediction_within_one_pixel(serve, segment_
 def test_view_command_prints_the_address_and_stops_on_ctrl_c(segment_out):
     process = subprocess.Popen(
         [sys.executable, "-m", "wsipipe", "view", str(segment_out), "--no-browser", "--port", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
     )
     try:
         line = process.stdout.readline()
@@ -196,13 +205,25 @@ def test_view_command_prints_the_address_and_stops_on_ctrl_c(segment_out):
     assert err == "Stopped.\n"
 
 
-@pytest.mark.parametrize("args, message, code", [
-    (["/no/such/place"], "Error: /no/such/place: no such file or folder\n", 2),
-    ([str(EXAMPLE), "--slide", str(EXAMPLE)], "Error: --slide is for an output folder; PATH is already a slide\n", 2),
-])
+@pytest.mark.parametrize(
+    "args, message, code",
+    [
+        (["/no/such/place"], "Error: /no/such/place: no such file or folder\n", 2),
+        (
+            [str(EXAMPLE), "--slide", str(EXAMPLE)],
+            "Error: --slide is for an output folder; PATH is already a slide\n",
+            2,
+        ),
+    ],
+)
 def test_view_command_refuses_bad_input(args, message, code):
-    done = subprocess.run([sys.executable, "-m", "wsipipe", "view", *args, "--no-browser", "--port", "0"],
-                          capture_output=True, text=True, cwd=REPO, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "wsipipe", "view", *args, "--no-browser", "--port", "0"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+    )
     assert (done.returncode, done.stderr) == (code, message)
 
 
@@ -214,10 +235,18 @@ def test_moved_slide_is_named_with_slide_option(tmp_path, segment_out, serve):
     report = json.loads((moved / "report.json").read_text())
     report["slide"] = "/gone/CMU-1-Small-Region.svs"
     (moved / "report.json").write_text(json.dumps(report))
-    done = subprocess.run([sys.executable, "-m", "wsipipe", "view", str(moved), "--no-browser", "--port", "0"],
-                          capture_output=True, text=True, cwd=REPO, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "wsipipe", "view", str(moved), "--no-browser", "--port", "0"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+    )
     assert done.returncode == 2  # a missing slide is bad input
-    assert done.stderr == f"Error: {moved}: the slide it was made from (/gone/CMU-1-Small-Region.svs) is not there; pass --slide\n"
+    assert (
+        done.stderr
+        == f"Error: {moved}: the slide it was made from (/gone/CMU-1-Small-Region.svs) is not there; pass --slide\n"
+    )
     server = serve(moved, slide=EXAMPLE)
     assert fetch(server.url + "s/0/slide.dzi")[0] == 200
 
@@ -228,8 +257,24 @@ def test_batch_folder_lists_its_slides_with_figures_and_links(tmp_path, serve):
     archive = tmp_path / "archive"
     archive.mkdir()
     shutil.copy(EXAMPLE, archive / "a.svs")
-    done = subprocess.run([sys.executable, "-m", "wsipipe", "batch", str(archive), "-o", str(tmp_path / "out"),
-                           "--job", "info", "--quiet"], capture_output=True, text=True, cwd=REPO, timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "wsipipe",
+            "batch",
+            str(archive),
+            "-o",
+            str(tmp_path / "out"),
+            "--job",
+            "info",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     server = serve(tmp_path / "out")
     status, body, kind = fetch(server.url)
@@ -249,7 +294,12 @@ def test_a_port_in_use_is_one_line(tmp_path):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        done = subprocess.run([sys.executable, "-m", "wsipipe", "view", str(EXAMPLE), "--no-browser", "--port", str(port)],
-                              capture_output=True, text=True, cwd=REPO, timeout=60)
+        done = subprocess.run(
+            [sys.executable, "-m", "wsipipe", "view", str(EXAMPLE), "--no-browser", "--port", str(port)],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            timeout=60,
+        )
     assert done.returncode == 2  # bad input: the user's --port
     assert done.stderr == f"Error: cannot listen on 127.0.0.1:{port} (Address already in use); choose another --port\n"

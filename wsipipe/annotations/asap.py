@@ -161,7 +161,9 @@ def write_asap(annotations: AnnotationSet, path: Path) -> None:
                         el = etree.Element("Annotation", attrs)
                         coords_el = etree.SubElement(el, "Coordinates")
                         for order, (x, y) in enumerate(coords):
-                            etree.SubElement(coords_el, "Coordinate", Order=str(order), X=repr(float(x)), Y=repr(float(y)))
+                            etree.SubElement(
+                                coords_el, "Coordinate", Order=str(order), X=repr(float(x)), Y=repr(float(y))
+                            )
                         xf.write(el, pretty_print=True)
             xf.write("\n")
             with xf.element("AnnotationGroups"):
@@ -178,7 +180,11 @@ def write_asap(annotations: AnnotationSet, path: Path) -> None:
     if holes:  # a note, once per file: a tumour outline can have dozens of holes
         log.info(
             "%d hole%s of %d annotation%s written as polygons in group %r (ASAP has no holes)",
-            holes, "" if holes == 1 else "s", len(holed), "" if len(holed) == 1 else "s", EXCLUSION_GROUP,
+            holes,
+            "" if holes == 1 else "s",
+            len(holed),
+            "" if len(holed) == 1 else "s",
+            EXCLUSION_GROUP,
         )
 
 

@@ -107,7 +107,10 @@ def _read_feature(feature, index: int, problems: Problems) -> Annotation | None:
         elif geom_type == "MultiPoint":
             shape = make_points([_xy(c) for c in coordinates], problems, None, what)
         else:
-            problems.bad(None, f"{what} has geometry type {geom_type!r}; only Polygon, MultiPolygon, Point and MultiPoint are read")
+            problems.bad(
+                None,
+                f"{what} has geometry type {geom_type!r}; only Polygon, MultiPolygon, Point and MultiPoint are read",
+            )
             return None
     except (TypeError, ValueError, IndexError):
         problems.bad(None, f"{what} has malformed coordinates for a {geom_type}")
@@ -118,8 +121,9 @@ def _read_feature(feature, index: int, problems: Problems) -> Annotation | None:
     if isinstance(classification, str):  # older QuPath exports: the class name alone
         classification = {"name": classification}
     elif not isinstance(classification, dict):
-        problems.repaired(None, f"{what} has a 'classification' that is neither an object nor a name",
-                          "it is read as unclassified")
+        problems.repaired(
+            None, f"{what} has a 'classification' that is neither an object nor a name", "it is read as unclassified"
+        )
         classification = {}
     class_color = hex_color(classification.get("color")) or _argb(classification.get("colorRGB"))
     metadata = properties.get("metadata")

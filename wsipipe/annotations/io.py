@@ -34,17 +34,14 @@ def detect_format(path: Path) -> str:
     if text[0] in "{[":
         return "geojson"
     if text[0] != "<":
-        raise AnnotationError(
-            f"{path}: not an annotation file: neither XML (ASAP, Aperio) nor GeoJSON"
-        )
+        raise AnnotationError(f"{path}: not an annotation file: neither XML (ASAP, Aperio) nor GeoJSON")
     root, line = xml_root_name(path, head.decode("utf-8", errors="replace"))
     if root == ASAP_ROOT:
         return "asap"
     if root == APERIO_ROOT:
         return "aperio"
     raise AnnotationError(
-        f"{path}:{line}: root element <{root}> is neither ASAP <{ASAP_ROOT}> nor Aperio ImageScope "
-        f"<{APERIO_ROOT}>"
+        f"{path}:{line}: root element <{root}> is neither ASAP <{ASAP_ROOT}> nor Aperio ImageScope <{APERIO_ROOT}>"
     )
 
 

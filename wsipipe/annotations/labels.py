@@ -28,7 +28,9 @@ class LabelMap:
 
     def __post_init__(self):
         if len(set(self.names)) != len(self.names):
-            raise InvalidInputError(f"{{label_map}}: a label is listed twice in {list(self.names)}", parameter="label_map")
+            raise InvalidInputError(
+                f"{{label_map}}: a label is listed twice in {list(self.names)}", parameter="label_map"
+            )
 
     def priority(self, label: str, ancestors: Sequence[str] = ()) -> int | None:
         """Index of the entry for ``label`` (or its nearest listed parent group), or None."""
@@ -65,8 +67,9 @@ def parse_label_map(spec) -> LabelMap:
     path = Path(text)
     if "=" not in text or (len(text) < 4096 and path.is_file()):
         if not path.is_file():
-            raise InvalidInputError(f"{{label_map}} {text!r}: neither 'name=value,...' nor an existing file",
-                                    parameter="label_map")
+            raise InvalidInputError(
+                f"{{label_map}} {text!r}: neither 'name=value,...' nor an existing file", parameter="label_map"
+            )
         if path.stat().st_size > 1 << 20:
             raise InvalidInputError(f"{{label_map}} {path}: file is larger than 1 MB", parameter="label_map")
         where = f"{{label_map}} {path}"
@@ -75,7 +78,9 @@ def parse_label_map(spec) -> LabelMap:
             try:
                 data = json.loads(text)
             except json.JSONDecodeError as exc:
-                raise InvalidInputError(f"{where}:{exc.lineno}: malformed JSON: {exc.msg}", parameter="label_map") from None
+                raise InvalidInputError(
+                    f"{where}:{exc.lineno}: malformed JSON: {exc.msg}", parameter="label_map"
+                ) from None
             return _from_pairs(list(data.items()), where)
         entries = [line.split("#", 1)[0].strip() for line in text.splitlines()]
     else:
@@ -97,11 +102,13 @@ def _from_pairs(pairs: list[tuple], where: str) -> LabelMap:
         try:
             number = int(value)
         except (TypeError, ValueError):
-            raise InvalidInputError(f"{where}: value {value!r} for {name!r} is not an integer",
-                                    parameter="label_map") from None
+            raise InvalidInputError(
+                f"{where}: value {value!r} for {name!r} is not an integer", parameter="label_map"
+            ) from None
         if not 0 <= number <= 255 or isinstance(value, bool):
-            raise InvalidInputError(f"{where}: value {value!r} for {name!r} must be 0-255 (a uint8 mask)",
-                                    parameter="label_map")
+            raise InvalidInputError(
+                f"{where}: value {value!r} for {name!r} must be 0-255 (a uint8 mask)", parameter="label_map"
+            )
         names.append(str(name))
         values.append(number)
     return LabelMap(tuple(names), tuple(values))

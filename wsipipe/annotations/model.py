@@ -99,8 +99,10 @@ class AnnotationSet:
             if bounds.contains(ann.geometry):
                 kept.append(ann)
                 continue
-            what = f"{self.source}: annotation {describe(ann, index)} lies partly or wholly outside " \
-                   f"the slide ({width:g} x {height:g} px)"
+            what = (
+                f"{self.source}: annotation {describe(ann, index)} lies partly or wholly outside "
+                f"the slide ({width:g} x {height:g} px)"
+            )
             if strict:
                 raise AnnotationError(what)
             clipped = _same_dimension(ann.geometry.intersection(bounds), ann.geometry)
@@ -170,9 +172,13 @@ class Problems:
 
     def finish(self) -> None:
         if self.skipped > self.SHOWN:
-            log.warning("%s: %d more annotations skipped (%d in all)", self.source, self.skipped - self.SHOWN, self.skipped)
+            log.warning(
+                "%s: %d more annotations skipped (%d in all)", self.source, self.skipped - self.SHOWN, self.skipped
+            )
         if self.repairs > self.SHOWN:
-            log.warning("%s: %d more annotations repaired (%d in all)", self.source, self.repairs - self.SHOWN, self.repairs)
+            log.warning(
+                "%s: %d more annotations repaired (%d in all)", self.source, self.repairs - self.SHOWN, self.repairs
+            )
 
 
 def _distinct(ring: np.ndarray) -> int:

@@ -35,13 +35,12 @@ class TileRasteriser:
     process, so tiler worker processes can each hold one.
     """
 
-    def __init__(self, annotations: AnnotationSet, label_map: LabelMap | str | dict | None = None,
-                 strict: bool = False):
+    def __init__(
+        self, annotations: AnnotationSet, label_map: LabelMap | str | dict | None = None, strict: bool = False
+    ):
         """``strict``: refuse (``AnnotationError``) a label map that no area annotation matches,
         which would burn an all-zero mask."""
-        self.label_map = (
-            default_label_map(annotations.labels) if label_map is None else parse_label_map(label_map)
-        )
+        self.label_map = default_label_map(annotations.labels) if label_map is None else parse_label_map(label_map)
         parts: list[tuple[int, int, Polygon]] = []
         unmapped: dict[str, int] = {}
         for order, ann in enumerate(annotations):
@@ -178,4 +177,3 @@ def _ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
         return np.zeros(0, np.int64)
     offsets = np.cumsum(counts) - counts
     return np.repeat(np.asarray(starts, np.int64) - offsets, counts) + np.arange(total)
-

@@ -45,7 +45,9 @@ def parse_patterns(pattern: str) -> list[str]:
     """``"*.svs, *.NDPI"`` -> ``["*.svs", "*.ndpi"]`` (matching ignores case)."""
     patterns = [p.strip().lower() for p in pattern.split(",") if p.strip()]
     if not patterns:
-        raise InvalidInputError("{pattern} is empty; give file-name patterns such as '*.svs,*.ndpi'", parameter="pattern")
+        raise InvalidInputError(
+            "{pattern} is empty; give file-name patterns such as '*.svs,*.ndpi'", parameter="pattern"
+        )
     for p in patterns:
         if "/" in p or os.sep in p:
             raise InvalidInputError(f"{{pattern}} {p!r}: patterns match file names, not paths", parameter="pattern")

@@ -144,8 +144,10 @@ def segment_job(slide_path: Path, workdir: Path, options: dict) -> dict:
     except NotBrightfieldHEError as exc:  # QC's verdict, not a failure: the slide is left out, saying why
         raise SkipSlide(str(exc)) from None
     names = SEGMENT_FIGURES + (NUCLEI_FIGURES if result.nuclei_ran else ())
-    return {**{name: getattr(result, name) for name in names},
-            **{column: result.qc.get(key) for column, key in SEGMENT_QC_FIGURES.items() if result.qc.get("mode") != "off"}}
+    return {
+        **{name: getattr(result, name) for name in names},
+        **{column: result.qc.get(key) for column, key in SEGMENT_QC_FIGURES.items() if result.qc.get("mode") != "off"},
+    }
 
 
 def qc_job(slide_path: Path, workdir: Path, options: dict) -> dict:

@@ -85,8 +85,9 @@ def run_batch(
     ``parameter_names``: how a slide's recorded error writes the parameters it names (the CLI: as flags).
     """
     if scheduler is not None and "://" not in scheduler:
-        raise InvalidInputError(f"{{scheduler}} {scheduler!r}: give an address such as tcp://HOST:8786",
-                                parameter="scheduler")
+        raise InvalidInputError(
+            f"{{scheduler}} {scheduler!r}: give an address such as tcp://HOST:8786", parameter="scheduler"
+        )
     batch_options = {k: v for k, v in (options or {}).items() if v is not None}
     for key in batch_options:
         if job.options is not None and key not in job.options:
@@ -142,7 +143,11 @@ def _check_local_devices(job: JobSpec, slide_options: list[dict]) -> None:
 
 
 def _plan(
-    entries: list[SlideEntry], slide_options: list[dict], outdir: Path, job: JobSpec, retry_failed: bool,
+    entries: list[SlideEntry],
+    slide_options: list[dict],
+    outdir: Path,
+    job: JobSpec,
+    retry_failed: bool,
     limit: int | None,
 ) -> tuple[list[SlideRecord], list[Plan]]:
     """Every slide's record, and the slides to (re)process (at most ``limit``), in INPUT order.
@@ -339,8 +344,15 @@ def _apply_result(record: SlideRecord, result: dict, outdir: Path) -> None:
         record.traceback = ""
 
 
-def process_slide(job_ref: str, slide: str, name: str, outdir: str, options: dict, stamp: dict,
-                  parameter_names: Mapping[str, str] | None = None) -> dict:
+def process_slide(
+    job_ref: str,
+    slide: str,
+    name: str,
+    outdir: str,
+    options: dict,
+    stamp: dict,
+    parameter_names: Mapping[str, str] | None = None,
+) -> dict:
     """One slide on a worker: run the job in a fresh folder, rename it into place when it is complete.
 
     Never raises for the slide's own failures: they come back as ``state: failed`` with the
@@ -367,8 +379,11 @@ def process_slide(job_ref: str, slide: str, name: str, outdir: str, options: dic
     except SkipSlide as exc:
         return {**base, **_failure(str(exc), ""), "state": "skipped", "seconds": round(time.time() - started, 3)}
     except Exception as exc:
-        return {**base, **_failure(_one_line(exc, parameter_names), traceback.format_exc()),
-                "seconds": round(time.time() - started, 3)}
+        return {
+            **base,
+            **_failure(_one_line(exc, parameter_names), traceback.format_exc()),
+            "seconds": round(time.time() - started, 3),
+        }
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 

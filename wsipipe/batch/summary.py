@@ -68,7 +68,7 @@ def _html(header: list[str], rows: list[list[str]]) -> str:
         for row in rows
     )
     return (
-        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>wsipipe batch summary</title>\n"
+        '<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>wsipipe batch summary</title>\n'
         "<style>body{font-family:sans-serif}table{border-collapse:collapse}"
         "td,th{border:1px solid #ccc;padding:2px 6px;text-align:left}"
         "tr.failed{background:#fdd}tr.skipped{background:#eee}</style></head><body>\n"

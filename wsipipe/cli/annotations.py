@@ -154,14 +154,20 @@ def mask(
     console = Console(stderr=True)
     with Progress(console=console, disable=quiet or not console.is_terminal, transient=True) as progress:
         task = progress.add_task("rasterising", total=out_height)
-        result = rasteriser.slide_mask(width, height, out_width, out_height, on_rows=lambda n: progress.advance(task, n))
-    _write_mask(result, output, {
-        "mpp": mpp,
-        "label_map": rasteriser.label_map.to_dict(),
-        "annotations": str(source),
-        "slide": str(slide),
-        "slide_size": [width, height],
-    })
+        result = rasteriser.slide_mask(
+            width, height, out_width, out_height, on_rows=lambda n: progress.advance(task, n)
+        )
+    _write_mask(
+        result,
+        output,
+        {
+            "mpp": mpp,
+            "label_map": rasteriser.label_map.to_dict(),
+            "annotations": str(source),
+            "slide": str(slide),
+            "slide_size": [width, height],
+        },
+    )
     fractions = rasteriser.label_fractions(result)
     labels_burned = zip(rasteriser.label_map.names, rasteriser.label_map.values, fractions)
     summary = ", ".join(f"{n}={v}: {f:.2%}" for n, v, f in labels_burned if v) or "no labels"

@@ -63,10 +63,10 @@ def batch(
         str | None,
         typer.Option("--scheduler", help="Use a running Dask cluster (tcp://HOST:PORT) instead of local workers."),
     ] = None,
-    retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Process again slides that failed before.")] = False,
-    limit: Annotated[
-        int | None, typer.Option("--limit", help="Process at most N slides in this run.", min=1)
-    ] = None,
+    retry_failed: Annotated[
+        bool, typer.Option("--retry-failed", help="Process again slides that failed before.")
+    ] = False,
+    limit: Annotated[int | None, typer.Option("--limit", help="Process at most N slides in this run.", min=1)] = None,
     model: ModelOpt = None,
     normalize: JobNormalizeOpt = None,
     target: TargetOpt = None,
@@ -108,9 +108,17 @@ def batch(
             outdir,
             spec,
             {
-                "model": model, "normalize": normalize, "target": target, "overlap": overlap,
-                "batch_size": batch_size, "device": device, "backend": backend, "mpp_override": mpp_override,
-                "nuclei": nuclei or None, "nuclei_model": nuclei_model, "qc": qc,  # None: not given, not in the fingerprint
+                "model": model,
+                "normalize": normalize,
+                "target": target,
+                "overlap": overlap,
+                "batch_size": batch_size,
+                "device": device,
+                "backend": backend,
+                "mpp_override": mpp_override,
+                "nuclei": nuclei or None,
+                "nuclei_model": nuclei_model,
+                "qc": qc,  # None: not given, not in the fingerprint
             },  # fmt: skip
             workers=workers or os.cpu_count() or 1,
             scheduler=scheduler,
@@ -165,9 +173,7 @@ class _ProgressReporter:
         done = sum(r.state == "done" for r in records)
         failed = sum(r.state == "failed" for r in records)
         if not self.quiet:
-            self.console.print(
-                f"{len(records)} slides: {done} already done, {failed} failed before, {todo} to process"
-            )
+            self.console.print(f"{len(records)} slides: {done} already done, {failed} failed before, {todo} to process")
         self.progress.start()
         self.task = self.progress.add_task("batch", total=todo, done=0, failed=0)
 
@@ -182,7 +188,9 @@ class _ProgressReporter:
 
         seconds = f"{record.seconds:.1f}s" if record.seconds is not None else ""
         if record.state == "done":
-            figures = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.figures.items())
+            figures = " ".join(
+                f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.figures.items()
+            )
             self.console.print(f"[green]done[/]    {escape(record.key)}  {seconds}  {escape(figures)}", highlight=False)
         else:
             self.console.print(

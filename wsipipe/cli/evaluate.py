@@ -14,7 +14,9 @@ from wsipipe.files import atomic_path, write_atomic
 ModelArg = Annotated[Path, typer.Argument(help="Model file (.safetensors).", show_default=False)]
 ImagesMppOpt = Annotated[
     float | None,
-    typer.Option("--mpp", help="µm/px of the images (default: the training data's, from the model's metadata).", min=1e-6),
+    typer.Option(
+        "--mpp", help="µm/px of the images (default: the training data's, from the model's metadata).", min=1e-6
+    ),
 ]
 
 
@@ -42,13 +44,23 @@ def evaluate(
             show_default=False,
         ),
     ],
-    task: Annotated[str, typer.Option("--task", help="semantic (a model on images/ + masks/), instances or cellularity.")] = "semantic",
-    data: Annotated[Path | None, typer.Option("--data", help="semantic: folder with images/ and masks/, or tile store(s) "
-                                                           "with masks (a .zarr or a folder of them).")] = None,
+    task: Annotated[
+        str, typer.Option("--task", help="semantic (a model on images/ + masks/), instances or cellularity.")
+    ] = "semantic",
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            "--data",
+            help="semantic: folder with images/ and masks/, or tile store(s) with masks (a .zarr or a folder of them).",
+        ),
+    ] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write all figures as JSON here.")] = None,
     score_column: Annotated[
         str | None,
-        typer.Option("--score-column", help="instances: nuclei.csv column ranking the predictions for AP (default: none, all tied)."),
+        typer.Option(
+            "--score-column",
+            help="instances: nuclei.csv column ranking the predictions for AP (default: none, all tied).",
+        ),
     ] = None,
     mpp: ImagesMppOpt = None,
     overlap: OverlapOpt = None,
@@ -100,12 +112,31 @@ def _evaluate_model(model: Path, data: Path, mpp, overlap, batch_size, device, q
     dataset = read_dataset(data)
     with Progress(console=Console(stderr=True), disable=quiet) as progress:
         task = progress.add_task("evaluating", total=len(dataset.items))
-        result = evaluate_items(bundle, dataset.items, _images_mpp(bundle.metadata, mpp, dataset.mpp), overlap,
-                                batch_size, device, on_image=lambda name: progress.advance(task))
-    table = Table("image" if dataset.kind == "images" else "slide", "mIoU", "accuracy", "kappa", *[f"IoU {c}" for c in bundle.classes])
+        result = evaluate_items(
+            bundle,
+            dataset.items,
+            _images_mpp(bundle.metadata, mpp, dataset.mpp),
+            overlap,
+            batch_size,
+            device,
+            on_image=lambda name: progress.advance(task),
+        )
+    table = Table(
+        "image" if dataset.kind == "images" else "slide",
+        "mIoU",
+        "accuracy",
+        "kappa",
+        *[f"IoU {c}" for c in bundle.classes],
+    )
     fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
     for name, row in [*result["per_image"].items(), ("ALL (pooled)", result)]:
-        table.add_row(name, fmt(row["miou"]), fmt(row["accuracy"]), fmt(row["kappa"]), *[fmt(row["iou"][c]) for c in bundle.classes])
+        table.add_row(
+            name,
+            fmt(row["miou"]),
+            fmt(row["accuracy"]),
+            fmt(row["kappa"]),
+            *[fmt(row["iou"][c]) for c in bundle.classes],
+        )
     Console().print(table)
     return result
 
@@ -125,15 +156,27 @@ def _evaluate_instances(predictions: Path, truths: Path, score_column, quiet) ->
     for name, row in [*result["per_image"].items(), ("mean", result["mean"])]:
         table.add_row(name, *(f"{row[k]:.3f}" for k in INSTANCE_FIGURES))
     Console().print(table)
-    typer.echo(f"VOC AP at IoU > {result['match_iou']}: {result['ap']:.4f}"
-               + (f" (ranked by {score_column})" if score_column else " (predictions unranked: precision x recall)"))
+    typer.echo(
+        f"VOC AP at IoU > {result['match_iou']}: {result['ap']:.4f}"
+        + (f" (ranked by {score_column})" if score_column else " (predictions unranked: precision x recall)")
+    )
     return result
 
 
 def predict(
     model: ModelArg,
-    images: Annotated[list[Path], typer.Argument(metavar="IMAGE", help="RGB image(s) (PNG, JPEG, TIFF); one for a segmentation model.", show_default=False)],
-    output: Annotated[Path | None, output_option("Segmentation: the mask PNG to write (class indices; 0/255 for two classes). Cellularity: a CSV of image,cellularity (optional; image paths relative to its folder).")] = None,
+    images: Annotated[
+        list[Path],
+        typer.Argument(
+            metavar="IMAGE", help="RGB image(s) (PNG, JPEG, TIFF); one for a segmentation model.", show_default=False
+        ),
+    ],
+    output: Annotated[
+        Path | None,
+        output_option(
+            "Segmentation: the mask PNG to write (class indices; 0/255 for two classes). Cellularity: a CSV of image,cellularity (optional; image paths relative to its folder)."
+        ),
+    ] = None,
     mpp: ImagesMppOpt = None,
     overlap: OverlapOpt = None,
     batch_size: BatchSizeOpt = 8,
@@ -157,12 +200,15 @@ def predict(
         return
     if len(images) != 1 or output is None:
         raise InvalidInputError("a segmentation model takes one IMAGE and -o MASK.png")
-    labels = predict_image(bundle, read_image(images[0]), _images_mpp(bundle.metadata, mpp), overlap, batch_size,
-                           device).argmax(0)
+    labels = predict_image(
+        bundle, read_image(images[0]), _images_mpp(bundle.metadata, mpp), overlap, batch_size, device
+    ).argmax(0)
     mask = (labels * 255 if len(bundle.classes) == 2 else labels).astype("uint8")
     with atomic_path(output) as temporary:
         Image.fromarray(mask).save(temporary, format="PNG")
-    typer.echo(f"wrote {output} ({', '.join(f'{c}: {(labels == i).mean():.1%}' for i, c in enumerate(bundle.classes))})")
+    typer.echo(
+        f"wrote {output} ({', '.join(f'{c}: {(labels == i).mean():.1%}' for i, c in enumerate(bundle.classes))})"
+    )
 
 
 def _predict_cellularity(bundle, images: list[Path], output: Path | None, mpp, batch_size: int, device: str) -> None:

@@ -47,9 +47,13 @@ class _WsipipeGroup(TyperGroup):
     ) -> Any:
         """Usage errors (unknown option or command, missing argument, bad value) as one line, exit 2."""
         if not standalone_mode:
-            return super().main(args, prog_name, complete_var, standalone_mode=False, windows_expand_args=windows_expand_args, **extra)
+            return super().main(
+                args, prog_name, complete_var, standalone_mode=False, windows_expand_args=windows_expand_args, **extra
+            )
         try:
-            code = super().main(args, prog_name, complete_var, standalone_mode=False, windows_expand_args=windows_expand_args, **extra)
+            code = super().main(
+                args, prog_name, complete_var, standalone_mode=False, windows_expand_args=windows_expand_args, **extra
+            )
         except NoArgsIsHelpError as exc:  # the help is already printed
             sys.exit(exc.exit_code)
         except ClickException as exc:
@@ -63,7 +67,11 @@ class _WsipipeGroup(TyperGroup):
     def invoke(self, ctx: Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (typer.Exit, typer.Abort, typer.TyperException):  # typer vendors click (>= 0.29): its usage errors are TyperExceptions
+        except (
+            typer.Exit,
+            typer.Abort,
+            typer.TyperException,
+        ):  # typer vendors click (>= 0.29): its usage errors are TyperExceptions
             raise
         except BrokenPipeError:  # output piped into e.g. `head`, which has closed: stop quietly
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -144,3 +152,7 @@ app.command("view")(view_cmd.view)
 def run() -> None:
     """Console-script entry point."""
     sys.exit(app())
+
+
+if __name__ == "__main__":  # python -m wsipipe.cli.main, as python -m wsipipe
+    run()

@@ -64,8 +64,16 @@ def nuclei(
     from wsipipe.cli.feedback import stage_progress
 
     config = stages.NucleiConfig(
-        input=input_path, output=output, model=model, classical=classical, tumour_mask=tumour_mask, dicom=dicom,
-        mpp_override=mpp_override, backend=backend, device=device, qc=qc,
+        input=input_path,
+        output=output,
+        model=model,
+        classical=classical,
+        tumour_mask=tumour_mask,
+        dicom=dicom,
+        mpp_override=mpp_override,
+        backend=backend,
+        device=device,
+        qc=qc,
     )
     console = Console(stderr=True)
     logger = logging.getLogger("wsipipe.nuclei")

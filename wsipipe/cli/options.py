@@ -47,9 +47,7 @@ WorkersOpt = Annotated[
     int | None,
     typer.Option("--workers", "-w", help="Dask worker processes of the local cluster (default: one per CPU).", min=1),
 ]
-OverwriteOpt = Annotated[
-    bool, typer.Option("--overwrite", help="Replace an existing output instead of resuming it.")
-]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output instead of resuming it.")]
 _QC = typer.Option(
     "--qc",
     help="Slide quality control: 'auto' runs it (seconds) and leaves out-of-focus, pen, fold, bubble and "
@@ -60,15 +58,15 @@ QcOpt = Annotated[str, _QC]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 _DEVICE = typer.Option("--device", help="auto (CUDA if available, else CPU), cpu, cuda or cuda:N.")
 DeviceOpt = Annotated[str, _DEVICE]
-OverlapOpt = Annotated[
-    int | None,
-    typer.Option(
-        "--overlap",
-        help="Pixels shared by neighbouring tiles: at the tile scale (tile), or at the model's µm/px and less "
-        "than half a tile (segment, evaluate, predict; default: a quarter tile).",
-        min=0,
-    ),
-]
+_OVERLAP = typer.Option(
+    "--overlap",
+    help="Pixels shared by neighbouring tiles: at the tile scale (tile), or at the model's µm/px and less "
+    "than half a tile (segment, evaluate, predict; default: a quarter tile).",
+    min=0,
+)
+OverlapOpt = Annotated[int | None, _OVERLAP]
+#: ``tile``'s overlap always has a value (0 by default); the inference commands' default depends on the model.
+TileOverlapOpt = Annotated[int, _OVERLAP]
 _BATCH_SIZE = typer.Option("--batch-size", help="Tiles per forward pass (train: patches per step).", min=1)
 BatchSizeOpt = Annotated[int, _BATCH_SIZE]
 ModelOpt = Annotated[
@@ -167,9 +165,9 @@ def _unalias(arg: str, aliases: dict[str, str]) -> str:
         if arg == alias:
             return option
         if alias.startswith("--") and arg.startswith(alias + "="):
-            return option + arg[len(alias):]
+            return option + arg[len(alias) :]
         if not alias.startswith("--") and arg.startswith(alias) and not arg.startswith("--"):
-            return f"{option}={arg[len(alias):]}"
+            return f"{option}={arg[len(alias) :]}"
     return arg
 
 

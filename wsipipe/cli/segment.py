@@ -32,7 +32,9 @@ def segment(
     model: ModelOpt = None,
     tiles: Annotated[
         Path | None,
-        typer.Option("--tiles", help="Reuse the tissue mask and thumbnail of a 'wsipipe tile' store at the model's µm/px."),
+        typer.Option(
+            "--tiles", help="Reuse the tissue mask and thumbnail of a 'wsipipe tile' store at the model's µm/px."
+        ),
     ] = None,
     normalize: NormalizeOpt = "model",
     target: TargetOpt = None,
@@ -76,9 +78,22 @@ def segment(
             typer.echo(message, err=True)
 
     config = stages.SegmentConfig(
-        slide=slide, output=outdir, model=model, tiles=tiles, normalize=normalize, target=target, overlap=overlap,
-        batch_size=batch_size, device=device, readers=readers, backend=backend, mpp_override=mpp_override,
-        nuclei=nuclei, nuclei_model=nuclei_model, dicom_seg=dicom_seg, qc=qc,
+        slide=slide,
+        output=outdir,
+        model=model,
+        tiles=tiles,
+        normalize=normalize,
+        target=target,
+        overlap=overlap,
+        batch_size=batch_size,
+        device=device,
+        readers=readers,
+        backend=backend,
+        mpp_override=mpp_override,
+        nuclei=nuclei,
+        nuclei_model=nuclei_model,
+        dicom_seg=dicom_seg,
+        qc=qc,
     )
     # regions.xml: one line for the holes ASAP cannot hold
     with warnings_on_stderr(quiet), stage_progress(None if quiet else _tiles_bar, "tiles") as progress:
@@ -102,6 +117,11 @@ def _tiles_bar():
 
     console = Console(stderr=True)
     return Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-        console=console, disable=not console.is_terminal, transient=True,
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        disable=not console.is_terminal,
+        transient=True,
     )

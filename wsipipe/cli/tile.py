@@ -11,13 +11,13 @@ from wsipipe.cli.options import (
     BackendOpt,
     LabelMapOpt,
     MppOverrideOpt,
-    OverlapOpt,
     OverwriteOpt,
     QcOpt,
     QuietOpt,
     ReadersOpt,
     SlideArg,
     StrictOpt,
+    TileOverlapOpt,
     output_option,
 )
 
@@ -32,7 +32,7 @@ def tile(
     tile_size: Annotated[
         int, typer.Option("--tile-size", help="Tile width and height in pixels at the tile scale.")
     ] = 512,
-    overlap: OverlapOpt = 0,
+    overlap: TileOverlapOpt = 0,
     tissue_threshold: Annotated[
         float, typer.Option("--tissue-threshold", help="Minimum tissue fraction for a tile to be kept (0 keeps all).")
     ] = 0.1,

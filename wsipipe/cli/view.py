@@ -14,15 +14,24 @@ from wsipipe.view import DEFAULT_HOST, DEFAULT_PORT
 def view(
     path: Annotated[
         Path,
-        typer.Argument(help="A slide, a 'segment' or 'nuclei' output folder, or a 'batch' output folder.", show_default=False),
+        typer.Argument(
+            help="A slide, a 'segment' or 'nuclei' output folder, or a 'batch' output folder.", show_default=False
+        ),
     ],
-    port: Annotated[int, typer.Option("--port", help="Port to listen on (0: any free port).", min=0, max=65535)] = DEFAULT_PORT,
+    port: Annotated[
+        int, typer.Option("--port", help="Port to listen on (0: any free port).", min=0, max=65535)
+    ] = DEFAULT_PORT,
     host: Annotated[
         str,
-        typer.Option("--host", help="Address to listen on. The default serves this machine only; another address "
-                     "lets anyone who can reach it see the slides."),
+        typer.Option(
+            "--host",
+            help="Address to listen on. The default serves this machine only; another address "
+            "lets anyone who can reach it see the slides.",
+        ),
     ] = DEFAULT_HOST,
-    no_browser: Annotated[bool, typer.Option("--no-browser", help="Print the address instead of opening the browser.")] = False,
+    no_browser: Annotated[
+        bool, typer.Option("--no-browser", help="Print the address instead of opening the browser.")
+    ] = False,
     slide: Annotated[
         Path | None, typer.Option("--slide", help="The slide of an output folder whose slide has moved since the run.")
     ] = None,

@@ -41,8 +41,12 @@ SERIES_NUMBERS = {SEG_NAME: 901, REGIONS_NAME: 902, NUCLEI_NAME: 903}
 TUMOUR_NAMES = ("tumour", "tumor", "cancer", "carcinoma")
 MANUFACTURER = "wsipipe"
 #: The Specimen module's attributes (container and specimen identifiers).
-SPECIMEN_KEYWORDS = ("ContainerIdentifier", "IssuerOfTheContainerIdentifierSequence", "ContainerTypeCodeSequence",
-                     "SpecimenDescriptionSequence")
+SPECIMEN_KEYWORDS = (
+    "ContainerIdentifier",
+    "IssuerOfTheContainerIdentifierSequence",
+    "ContainerTypeCodeSequence",
+    "SpecimenDescriptionSequence",
+)
 
 
 def dicom_outputs_wanted(slide_path: str | os.PathLike, requested: bool | None, option: str) -> bool:
@@ -54,8 +58,9 @@ def dicom_outputs_wanted(slide_path: str | os.PathLike, requested: bool | None, 
         return False
     dicom = is_dicom_path(slide_path)
     if requested and not dicom:
-        raise InvalidInputError(f"{{{option}}}: DICOM outputs need a DICOM source; {slide_path} is not a DICOM series",
-                                parameter=option)
+        raise InvalidInputError(
+            f"{{{option}}}: DICOM outputs need a DICOM source; {slide_path} is not a DICOM series", parameter=option
+        )
     return dicom
 
 
@@ -63,13 +68,16 @@ def resolve_dicom_seg(slide_path: str | os.PathLike, requested: str | None) -> s
     """The SEG type ``--dicom-seg`` asks for (binary, fractional, none; None: binary for a DICOM
     source), or None when no DICOM outputs are to be written."""
     if requested is not None and requested not in (*SEG_TYPES, "none"):
-        raise InvalidInputError(f"{{dicom_seg}} {requested!r}: choose {', '.join(SEG_TYPES)} or none", parameter="dicom_seg")
+        raise InvalidInputError(
+            f"{{dicom_seg}} {requested!r}: choose {', '.join(SEG_TYPES)} or none", parameter="dicom_seg"
+        )
     wanted = dicom_outputs_wanted(slide_path, None if requested is None else requested != "none", "dicom_seg")
     return (requested or "binary") if wanted else None
 
 
-def write_dicom_outputs(outdir: str | os.PathLike, seg_type: str = "binary",
-                        prediction: str | os.PathLike | None = None) -> list[str]:
+def write_dicom_outputs(
+    outdir: str | os.PathLike, seg_type: str = "binary", prediction: str | os.PathLike | None = None
+) -> list[str]:
     """Write the DICOM counterparts of OUTDIR's finished outputs; returns the names written.
 
     ``prediction``: the finished prediction store, when it is not OUTDIR's ``prediction.zarr``
@@ -120,8 +128,11 @@ def _algorithm(name: str, weights_sha256: str | None):
     from pydicom.sr.codedict import codes
 
     return hd.AlgorithmIdentificationSequence(
-        name=name[:64], family=codes.cid7162.ArtificialIntelligence, version=f"wsipipe {__version__}",
-        source="wsipipe", parameters={"weights_sha256": weights_sha256} if weights_sha256 else None,
+        name=name[:64],
+        family=codes.cid7162.ArtificialIntelligence,
+        version=f"wsipipe {__version__}",
+        source="wsipipe",
+        parameters={"weights_sha256": weights_sha256} if weights_sha256 else None,
     )
 
 
@@ -130,9 +141,15 @@ def _equipment(name: str, description: str) -> dict:
     import highdicom as hd
 
     return {
-        "series_instance_uid": hd.UID(), "series_number": SERIES_NUMBERS[name], "sop_instance_uid": hd.UID(),
-        "instance_number": 1, "manufacturer": MANUFACTURER, "manufacturer_model_name": "wsipipe",
-        "software_versions": __version__, "device_serial_number": "none", "content_description": description,
+        "series_instance_uid": hd.UID(),
+        "series_number": SERIES_NUMBERS[name],
+        "sop_instance_uid": hd.UID(),
+        "instance_number": 1,
+        "manufacturer": MANUFACTURER,
+        "manufacturer_model_name": "wsipipe",
+        "software_versions": __version__,
+        "device_serial_number": "none",
+        "content_description": description,
         "content_label": name.split(".")[0].upper().replace("-", "_"),
     }
 
@@ -146,7 +163,9 @@ def _segmentation(prediction_path: Path, source, seg_type: str, algorithm):
 
     store = open_prediction_store(prediction_path)
     labels_group = zarr.open_group(str(prediction_path / "labels" / "classes"), mode="r", zarr_format=2)
-    level = seg_level([tuple(labels_group[str(i)].shape) for i in range(len(labels_group.attrs["multiscales"][0]["datasets"]))])
+    level = seg_level(
+        [tuple(labels_group[str(i)].shape) for i in range(len(labels_group.attrs["multiscales"][0]["datasets"]))]
+    )
     classes = store.class_names
     if seg_type == "binary":
         pixels = labels_group[str(level)][:]
@@ -157,12 +176,16 @@ def _segmentation(prediction_path: Path, source, seg_type: str, algorithm):
     descriptions = []
     for number, name in enumerate(classes[1:], start=1):
         tumour = name.lower() in TUMOUR_NAMES
-        descriptions.append(hd.seg.SegmentDescription(
-            segment_number=number, segment_label=name[:64],
-            segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure if tumour else codes.SCT.Tissue,
-            segmented_property_type=codes.SCT.Neoplasm if tumour else codes.SCT.Tissue,
-            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC, algorithm_identification=algorithm,
-        ))
+        descriptions.append(
+            hd.seg.SegmentDescription(
+                segment_number=number,
+                segment_label=name[:64],
+                segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure if tumour else codes.SCT.Tissue,
+                segmented_property_type=codes.SCT.Neoplasm if tumour else codes.SCT.Tissue,
+                algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+                algorithm_identification=algorithm,
+            )
+        )
     measures = source.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
     # Image Position (Slide) is the centre of the first pixel: a SEG pixel spans ``scale`` slide
     # pixels from the slide's top-left corner, so its centre sits half of that in.
@@ -170,18 +193,29 @@ def _segmentation(prediction_path: Path, source, seg_type: str, algorithm):
     to_slide = hd.spatial.ImageToReferenceTransformer.for_image(source, for_total_pixel_matrix=True)
     first_centre = to_slide(np.array([[spacing_mm / column_mm / 2, spacing_mm / row_mm / 2]]))[0]
     segmentation = hd.seg.Segmentation(
-        source_images=[source], pixel_array=pixels, segmentation_type=seg_type.upper(),
-        segment_descriptions=descriptions, max_fractional_value=255,
+        source_images=[source],
+        pixel_array=pixels,
+        segmentation_type=seg_type.upper(),
+        segment_descriptions=descriptions,
+        max_fractional_value=255,
         pixel_measures=hd.PixelMeasuresSequence(
-            pixel_spacing=(spacing_mm, spacing_mm), slice_thickness=float(measures.get("SliceThickness") or 0.0) or None,
+            pixel_spacing=(spacing_mm, spacing_mm),
+            slice_thickness=float(measures.get("SliceThickness") or 0.0) or None,
         ),
-        plane_orientation=hd.PlaneOrientationSequence(coordinate_system="SLIDE", image_orientation=source.ImageOrientationSlide),
-        plane_positions=[hd.PlanePositionSequence(
-            coordinate_system="SLIDE", pixel_matrix_position=(1, 1),
-            image_position=tuple(float(v) for v in first_centre),
-        )],
+        plane_orientation=hd.PlaneOrientationSequence(
+            coordinate_system="SLIDE", image_orientation=source.ImageOrientationSlide
+        ),
+        plane_positions=[
+            hd.PlanePositionSequence(
+                coordinate_system="SLIDE",
+                pixel_matrix_position=(1, 1),
+                image_position=tuple(float(v) for v in first_centre),
+            )
+        ],
         # TILED_SPARSE (per-frame positions): dciodvfy 1.00~20220618 rejects a TILED_FULL SEG without them.
-        tile_pixel_array=True, tile_size=(SEG_TILE, SEG_TILE), omit_empty_frames=False,
+        tile_pixel_array=True,
+        tile_size=(SEG_TILE, SEG_TILE),
+        omit_empty_frames=False,
         **_equipment(SEG_NAME, f"wsipipe {seg_type} segmentation"),
     )
     # Type 2C in the General Image module: required (empty allowed) when there is no patient orientation.
@@ -232,19 +266,33 @@ def _annotations(geojson: Path, source, name: str, algorithm):
     groups = []
     for number, (label, (rings, areas)) in enumerate(by_group.items(), start=1):
         nucleus = name == NUCLEI_NAME
-        groups.append(hd.ann.AnnotationGroup(
-            number=number, uid=hd.UID(), label=label[:64],
-            annotated_property_category=codes.SCT.MorphologicallyAbnormalStructure if not nucleus else codes.SCT.Tissue,
-            annotated_property_type=codes.SCT.Nucleus if nucleus else (
-                codes.SCT.Neoplasm if label.split(" holes")[0].lower() in TUMOUR_NAMES else codes.SCT.Tissue),
-            graphic_type=hd.ann.GraphicTypeValues.POLYGON, graphic_data=rings,
-            algorithm_type=hd.ann.AnnotationGroupGenerationTypeValues.AUTOMATIC, algorithm_identification=algorithm,
-            measurements=[hd.ann.Measurements(name=codes.SCT.Area, values=np.asarray(areas, np.float32),
-                                              unit=codes.UCUM.SquareMicrometer)],
-        ))
+        groups.append(
+            hd.ann.AnnotationGroup(
+                number=number,
+                uid=hd.UID(),
+                label=label[:64],
+                annotated_property_category=codes.SCT.MorphologicallyAbnormalStructure
+                if not nucleus
+                else codes.SCT.Tissue,
+                annotated_property_type=codes.SCT.Nucleus
+                if nucleus
+                else (codes.SCT.Neoplasm if label.split(" holes")[0].lower() in TUMOUR_NAMES else codes.SCT.Tissue),
+                graphic_type=hd.ann.GraphicTypeValues.POLYGON,
+                graphic_data=rings,
+                algorithm_type=hd.ann.AnnotationGroupGenerationTypeValues.AUTOMATIC,
+                algorithm_identification=algorithm,
+                measurements=[
+                    hd.ann.Measurements(
+                        name=codes.SCT.Area, values=np.asarray(areas, np.float32), unit=codes.UCUM.SquareMicrometer
+                    )
+                ],
+            )
+        )
     annotations = hd.ann.MicroscopyBulkSimpleAnnotations(
-        source_images=[source], annotation_coordinate_type=hd.ann.AnnotationCoordinateTypeValues.SCOORD3D,
-        annotation_groups=groups, **_equipment(name, f"wsipipe {name.split('.')[0]}"),
+        source_images=[source],
+        annotation_coordinate_type=hd.ann.AnnotationCoordinateTypeValues.SCOORD3D,
+        annotation_groups=groups,
+        **_equipment(name, f"wsipipe {name.split('.')[0]}"),
     )
     # highdicom copies the slide's Specimen module, which the annotation IOD does not hold: drop it.
     # Without it dciodvfy asks for Laterality (Type 2C, General Series): present and empty.

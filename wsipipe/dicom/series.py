@@ -24,9 +24,18 @@ MAGIC_OFFSET = 128
 SEQUENCE_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
 #: Header elements discovery and the checks need (read with ``specific_tags``).
 HEADER_TAGS = [
-    "SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "SeriesDescription", "ImageType",
-    "TotalPixelMatrixColumns", "TotalPixelMatrixRows", "Rows", "Columns", "NumberOfFrames",
-    "SamplesPerPixel", "BitsAllocated",
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "SeriesInstanceUID",
+    "SeriesDescription",
+    "ImageType",
+    "TotalPixelMatrixColumns",
+    "TotalPixelMatrixRows",
+    "Rows",
+    "Columns",
+    "NumberOfFrames",
+    "SamplesPerPixel",
+    "BitsAllocated",
 ]
 
 
@@ -141,7 +150,9 @@ def group_series(paths: Iterable[Path]) -> tuple[list[DicomSeries], list[Path]]:
             continue
         if instance.is_wsi and instance.series_uid:
             by_uid.setdefault(instance.series_uid, []).append(instance)
-    series = [DicomSeries(uid, tuple(sorted(items, key=lambda i: str(i.path)))) for uid, items in sorted(by_uid.items())]
+    series = [
+        DicomSeries(uid, tuple(sorted(items, key=lambda i: str(i.path)))) for uid, items in sorted(by_uid.items())
+    ]
     return series, unreadable
 
 
@@ -149,7 +160,9 @@ def _folder_files(folder: Path) -> list[Path]:
     """The DICOM candidates directly in ``folder`` (regular files only: never a FIFO or a link loop)."""
     files = []
     for entry in sorted(os.scandir(folder), key=lambda e: e.name):
-        if entry.is_file(follow_symlinks=True) and (entry.name.lower().endswith(DICOM_SUFFIX) or is_dicom_path(entry.path)):
+        if entry.is_file(follow_symlinks=True) and (
+            entry.name.lower().endswith(DICOM_SUFFIX) or is_dicom_path(entry.path)
+        ):
             files.append(Path(entry.path))
     return files
 

@@ -72,8 +72,9 @@ def reader_count(device: str, cores: int | None = None) -> int:
 _worker_reader = None
 
 
-def _open_worker(path: str, mpp_override: float | None, levels_cache: str | None, parent_pid: int,
-                 backend: str | None = None) -> None:
+def _open_worker(
+    path: str, mpp_override: float | None, levels_cache: str | None, parent_pid: int, backend: str | None = None
+) -> None:
     from wsipipe.processes import die_with_parent
 
     die_with_parent(parent_pid)
@@ -135,8 +136,13 @@ def start_readers(
         workers,
         mp_context=multiprocessing.get_context("spawn"),
         initializer=_open_worker,
-        initargs=(str(slide_path), mpp_override, str(levels_cache) if levels_cache is not None else None, os.getpid(),
-                  backend),
+        initargs=(
+            str(slide_path),
+            mpp_override,
+            str(levels_cache) if levels_cache is not None else None,
+            os.getpid(),
+            backend,
+        ),
     )
     with helpers_ignore_ctrl_c():
         for _ in range(workers):
@@ -145,9 +151,16 @@ def start_readers(
 
 
 def slide_batches(
-    coords: np.ndarray, positions: list, *, tile: int, mpp: float, batch_size: int, reader=None,
+    coords: np.ndarray,
+    positions: list,
+    *,
+    tile: int,
+    mpp: float,
+    batch_size: int,
+    reader=None,
     pool: ReaderPool | None = None,
-    ahead: int | None = None, device: str = "cpu",
+    ahead: int | None = None,
+    device: str = "cpu",
 ) -> Iterator[Batch]:
     """A slide's tiles at level-0 ``coords``, ``positions`` being where each goes in the merger.
 
@@ -167,7 +180,10 @@ def slide_batches(
     starts = range(0, len(coords), batch_size)
     if pool is None:
         for start in starts:
-            yield positions[start : start + batch_size], read_tiles(reader, coords[start : start + batch_size], tile, mpp)
+            yield (
+                positions[start : start + batch_size],
+                read_tiles(reader, coords[start : start + batch_size], tile, mpp),
+            )
         return
     ahead = ahead or max(READ_AHEAD, pool.readers + 1)
     pending: deque = deque()
@@ -262,9 +278,19 @@ class Runner:
     minutes of compiling pay off on long CUDA runs only).
     """
 
-    def __init__(self, bundle, device: str, batch_size: int, *, stain: Callable | None = None,
-                 outputs: Callable = softmax, views: int = 1, averaged: tuple[str, ...] | None = None,
-                 compile: bool = False, say: Callable[[str], None] = print):
+    def __init__(
+        self,
+        bundle,
+        device: str,
+        batch_size: int,
+        *,
+        stain: Callable | None = None,
+        outputs: Callable = softmax,
+        views: int = 1,
+        averaged: tuple[str, ...] | None = None,
+        compile: bool = False,
+        say: Callable[[str], None] = print,
+    ):
         import torch
 
         if views not in (1, len(VIEWS)):
@@ -344,7 +370,9 @@ class Runner:
                 start += count
             except torch.cuda.OutOfMemoryError:
                 if count == 1:
-                    raise DeviceError("CUDA out of memory with a batch of one tile; use {device} cpu", parameter="device") from None
+                    raise DeviceError(
+                        "CUDA out of memory with a batch of one tile; use {device} cpu", parameter="device"
+                    ) from None
                 torch.cuda.empty_cache()
                 self.batch_size = max(1, count // 2)
                 self.say(f"CUDA out of memory: batch size halved to {self.batch_size}")
@@ -428,8 +456,9 @@ def run(source, runner, merger, on_batch: Callable[[int], None] | None = None) -
     return spent
 
 
-def predict_tiled(bundle, image: np.ndarray, overlap: int, batch_size: int = 8, device: str = "cpu",
-                  **runner_options) -> np.ndarray:
+def predict_tiled(
+    bundle, image: np.ndarray, overlap: int, batch_size: int = 8, device: str = "cpu", **runner_options
+) -> np.ndarray:
     """The bundle's outputs (channels, h, w) for an RGB image at the model's own scale, tiled and
     blended as ``wsipipe segment`` does a slide holding it, so the result is what segment gives."""
     tile = bundle.tile_size

@@ -28,7 +28,9 @@ class JpegLevelTiles:
         self.reader, self.pages, self.level, self.tile, self.device = reader, pages, level, tile, device
         self.downsample = reader.levels[level].downsample
         scale = mpp / reader.level_mpp(level)
-        self.source = tile if abs(scale - 1) <= MPP_TOLERANCE / 10 else max(1, round(tile * scale))  # as read_at_mpp reads
+        self.source = (
+            tile if abs(scale - 1) <= MPP_TOLERANCE / 10 else max(1, round(tile * scale))
+        )  # as read_at_mpp reads
 
     @classmethod
     def open(cls, reader, mpp: float, tile: int, device: str, coords: np.ndarray) -> JpegLevelTiles | None:
@@ -52,8 +54,10 @@ class JpegLevelTiles:
         tile_w, tile_h, across = page.tilewidth, page.tilelength, math.ceil(page.imagewidth / page.tilewidth)
         regions = [(int(x // self.downsample), int(y // self.downsample)) for x, y in np.rint(coords).astype(np.int64)]
         wanted = sorted({ty * across + tx for lx, ly in regions for ty, tx in self._tiles(page, lx, ly)})
-        streams = [torch.frombuffer(bytearray(self.pages.jpeg_stream(self.level, index)), dtype=torch.uint8)
-                   for index in wanted]
+        streams = [
+            torch.frombuffer(bytearray(self.pages.jpeg_stream(self.level, index)), dtype=torch.uint8)
+            for index in wanted
+        ]
         decoded = dict(zip(wanted, decode_jpeg(streams, mode=ImageReadMode.RGB, device=self.device))) if wanted else {}
         size = self.source
         out = torch.full((len(regions), 3, size, size), 255, dtype=torch.uint8, device=self.device)
@@ -77,8 +81,11 @@ class JpegLevelTiles:
         x0, y0 = max(lx, 0), max(ly, 0)
         if x1 <= x0 or y1 <= y0:
             return []
-        return [(ty, tx) for ty in range(y0 // page.tilelength, (y1 - 1) // page.tilelength + 1)
-                for tx in range(x0 // page.tilewidth, (x1 - 1) // page.tilewidth + 1)]
+        return [
+            (ty, tx)
+            for ty in range(y0 // page.tilelength, (y1 - 1) // page.tilelength + 1)
+            for tx in range(x0 // page.tilewidth, (x1 - 1) // page.tilewidth + 1)
+        ]
 
 
 def area_weights(source: int, size: int) -> np.ndarray:

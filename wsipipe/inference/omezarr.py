@@ -320,8 +320,7 @@ def _write_metadata(root, store: PredictionStore, n_levels: int, complete: bool)
                 "version": NGFF_VERSION,
                 "source": {"image": "../../"},
                 "colors": [
-                    {"label-value": i, "rgba": [*colours[i], LABEL_ALPHA if i else 0]}
-                    for i in range(len(class_names))
+                    {"label-value": i, "rgba": [*colours[i], LABEL_ALPHA if i else 0]} for i in range(len(class_names))
                 ],
                 "properties": [{"label-value": i, "class": display_name(name)} for i, name in enumerate(class_names)],
             },

@@ -114,8 +114,10 @@ class Stitcher:
         return done_rows
 
     def _write_journal(self, done_rows: int, complete: bool) -> None:
-        write_atomic(self._journal_path,
-                     json.dumps({"done_rows": done_rows, "complete": complete, "layout": self.layout.to_json()}))
+        write_atomic(
+            self._journal_path,
+            json.dumps({"done_rows": done_rows, "complete": complete, "layout": self.layout.to_json()}),
+        )
 
     @property
     def done_rows(self) -> int:
@@ -170,9 +172,7 @@ class Stitcher:
             # Planes 0..C-1: weighted probabilities; plane C: summed weights.
             block = np.zeros((self.layout.n_classes + 1, self._rows, self.layout.chunk), np.float32)
             self._blocks[index] = block
-            self.max_accumulator_bytes = max(
-                self.max_accumulator_bytes, sum(b.nbytes for b in self._blocks.values())
-            )
+            self.max_accumulator_bytes = max(self.max_accumulator_bytes, sum(b.nbytes for b in self._blocks.values()))
         return block
 
     def finish(self) -> None:
@@ -242,8 +242,14 @@ class StripStitcher:
         width = probabilities.shape[2]
         strip_width = max(chunk, strip_width // chunk * chunk)
         self.strips = [
-            Stitcher(probabilities, labels, journal_dir, chunk=chunk,
-                     columns=None if strip_width >= width else (x0, min(x0 + strip_width, width)), **options)
+            Stitcher(
+                probabilities,
+                labels,
+                journal_dir,
+                chunk=chunk,
+                columns=None if strip_width >= width else (x0, min(x0 + strip_width, width)),
+                **options,
+            )
             for x0 in range(0, width, strip_width)
         ]
         self._current = 0
@@ -259,8 +265,9 @@ class StripStitcher:
         order = []
         for k, strip in enumerate(self.strips):
             x0, x1 = strip.layout.col0, strip.layout.col1
-            order += [(i, x, y, k) for i, (x, y) in enumerate(positions)
-                      if x < x1 and x + tile > x0 and not strip.is_done(y)]
+            order += [
+                (i, x, y, k) for i, (x, y) in enumerate(positions) if x < x1 and x + tile > x0 and not strip.is_done(y)
+            ]
         self._order, self._next = order, 0
         return order
 

@@ -33,9 +33,7 @@ def _smp_unet(num_classes: int, encoder: str = "resnet34", decoder_channels: tup
 def _smp_deeplabv3plus(num_classes: int, encoder: str = "resnet34"):
     import segmentation_models_pytorch as smp
 
-    return smp.DeepLabV3Plus(
-        encoder_name=encoder, encoder_weights=None, classes=num_classes, encoder_output_stride=16
-    )
+    return smp.DeepLabV3Plus(encoder_name=encoder, encoder_weights=None, classes=num_classes, encoder_output_stride=16)
 
 
 def _classic(attention: bool):
@@ -93,7 +91,11 @@ ARCHITECTURES: dict[str, Architecture] = {
 
 
 def _usnet(
-    num_classes: int, base: int = 32, depth: int = 4, anchor_sizes: tuple = ((24, 34), (12, 17), (6, 8.5)), distance: bool = False
+    num_classes: int,
+    base: int = 32,
+    depth: int = 4,
+    anchor_sizes: tuple = ((24, 34), (12, 17), (6, 8.5)),
+    distance: bool = False,
 ):
     from wsipipe.models.usnet import USNet
 

@@ -77,7 +77,9 @@ def _normalisation_tensors(mean: tuple, std: tuple, device: str):
     import torch
 
     with torch.inference_mode(False):  # usable in training too, when first made during inference
-        return tuple(torch.tensor(list(values), dtype=torch.float32, device=device).view(1, 3, 1, 1) for values in (mean, std))
+        return tuple(
+            torch.tensor(list(values), dtype=torch.float32, device=device).view(1, 3, 1, 1) for values in (mean, std)
+        )
 
 
 def model_metadata(

@@ -34,8 +34,12 @@ class AttentionGate(nn.Module):
 
     def __init__(self, skip_channels: int, gate_channels: int, inter_channels: int):
         super().__init__()
-        self.theta_x = nn.Sequential(nn.Conv2d(skip_channels, inter_channels, 1, bias=False), nn.BatchNorm2d(inter_channels))
-        self.phi_g = nn.Sequential(nn.Conv2d(gate_channels, inter_channels, 1, bias=False), nn.BatchNorm2d(inter_channels))
+        self.theta_x = nn.Sequential(
+            nn.Conv2d(skip_channels, inter_channels, 1, bias=False), nn.BatchNorm2d(inter_channels)
+        )
+        self.phi_g = nn.Sequential(
+            nn.Conv2d(gate_channels, inter_channels, 1, bias=False), nn.BatchNorm2d(inter_channels)
+        )
         self.psi = nn.Sequential(nn.Conv2d(inter_channels, 1, 1), nn.BatchNorm2d(1), nn.Sigmoid())
 
     def forward(self, skip: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:

@@ -111,7 +111,9 @@ class USNet(nn.Module):
         result = []
         for stride, sizes in zip(self.strides, self.anchor_sizes):
             ys, xs = torch.meshgrid(
-                torch.arange(height // stride, device=device), torch.arange(width // stride, device=device), indexing="ij"
+                torch.arange(height // stride, device=device),
+                torch.arange(width // stride, device=device),
+                indexing="ij",
             )
             centres = torch.stack([xs, ys], dim=-1).reshape(-1, 1, 2).float() * stride + (stride - 1) / 2
             side = torch.tensor(sizes, device=device).reshape(1, -1, 1).expand(centres.shape[0], -1, 2)
@@ -172,7 +174,9 @@ def instance_boxes(labels: np.ndarray) -> np.ndarray:
     for found in ndimage.find_objects(labels):
         if found is not None:
             ys, xs = found
-            boxes.append([(xs.start + xs.stop - 1) / 2, (ys.start + ys.stop - 1) / 2, xs.stop - xs.start, ys.stop - ys.start])
+            boxes.append(
+                [(xs.start + xs.stop - 1) / 2, (ys.start + ys.stop - 1) / 2, xs.stop - xs.start, ys.stop - ys.start]
+            )
     return np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
 
 
@@ -207,8 +211,13 @@ class AnchorMatcher:
             cells = centre_cells[members] - self.origin
             keys = cells[:, 1] * self.shape[0] + cells[:, 0]
             counts = torch.bincount(keys, minlength=int(self.shape[0] * self.shape[1]))
-            self.bins.append((size / 2, members[torch.argsort(keys, stable=True)],
-                              torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)])))
+            self.bins.append(
+                (
+                    size / 2,
+                    members[torch.argsort(keys, stable=True)],
+                    torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)]),
+                )
+            )
 
     def _near(self, box_corners: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(anchor, box) index pairs of every anchor whose centre lies in a cell near a box; each
@@ -216,8 +225,12 @@ class AnchorMatcher:
         anchor_parts, box_parts = [], []
         limit = self.shape - 1
         for half, members, starts in self.bins:
-            first = (torch.floor((box_corners[:, :2] - half) / self.cell).long() - self.origin).clamp(min=0).minimum(limit)
-            last = (torch.floor((box_corners[:, 2:] + half) / self.cell).long() - self.origin).clamp(min=0).minimum(limit)
+            first = (
+                (torch.floor((box_corners[:, :2] - half) / self.cell).long() - self.origin).clamp(min=0).minimum(limit)
+            )
+            last = (
+                (torch.floor((box_corners[:, 2:] + half) / self.cell).long() - self.origin).clamp(min=0).minimum(limit)
+            )
             span = last - first + 1
             cells_per_box = span[:, 0] * span[:, 1]
             box = torch.repeat_interleave(torch.arange(len(box_corners), device=box_corners.device), cells_per_box)
@@ -252,7 +265,9 @@ class AnchorMatcher:
 
 def _rank_within(counts: torch.Tensor) -> torch.Tensor:
     """0..count-1 for each group of ``counts``, concatenated: the position of each expanded item in its group."""
-    return torch.arange(int(counts.sum()), device=counts.device) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+    return torch.arange(int(counts.sum()), device=counts.device) - torch.repeat_interleave(
+        torch.cumsum(counts, 0) - counts, counts
+    )
 
 
 def _pair_iou(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:

@@ -44,9 +44,12 @@ def predict_cellularity(bundle, rgb: np.ndarray, device: str = "cpu", batch_size
     tile = bundle.tile_size
     pad_y, pad_x = max(0, tile - rgb.shape[0]), max(0, tile - rgb.shape[1])
     if pad_y or pad_x:
-        rgb = cv2.copyMakeBorder(rgb, pad_y // 2, pad_y - pad_y // 2, pad_x // 2, pad_x - pad_x // 2,
-                                 cv2.BORDER_REFLECT_101)
-    crops = [rgb[y : y + tile, x : x + tile] for y in crop_grid(rgb.shape[0], tile) for x in crop_grid(rgb.shape[1], tile)]
+        rgb = cv2.copyMakeBorder(
+            rgb, pad_y // 2, pad_y - pad_y // 2, pad_x // 2, pad_x - pad_x // 2, cv2.BORDER_REFLECT_101
+        )
+    crops = [
+        rgb[y : y + tile, x : x + tile] for y in crop_grid(rgb.shape[0], tile) for x in crop_grid(rgb.shape[1], tile)
+    ]
     model = bundle.model.to(device).eval()
     predictions = []
     with torch.inference_mode():
@@ -98,5 +101,7 @@ def write_scores_csv(path: Path, rows: list[tuple[str, float]], groups: list[str
     if groups is None:
         writer.writerows([("image", "cellularity"), *((n, f"{s:.6f}") for n, s in rows)])
     else:
-        writer.writerows([("image", "cellularity", GROUP_COLUMN), *((n, f"{s:.6f}", g) for (n, s), g in zip(rows, groups))])
+        writer.writerows(
+            [("image", "cellularity", GROUP_COLUMN), *((n, f"{s:.6f}", g) for (n, s), g in zip(rows, groups))]
+        )
     write_atomic(path, table.getvalue())

@@ -116,12 +116,15 @@ def copy_segmentation_encoder(network, model_file: Path, seg_encoder: str) -> No
     except ModelError as exc:
         raise InvalidInputError(f"{{init_from}} {exc}", parameter="init_from") from None
     if meta["architecture"] != "deeplabv3plus":
-        raise InvalidInputError(f"{{init_from}} {model_file}: a {meta['architecture']} model, not deeplabv3plus",
-                                parameter="init_from")
+        raise InvalidInputError(
+            f"{{init_from}} {model_file}: a {meta['architecture']} model, not deeplabv3plus", parameter="init_from"
+        )
     encoder = meta["args"].get("encoder")
     if encoder != seg_encoder:
-        raise InvalidInputError(f"{{init_from}} {model_file}: encoder {encoder}, the cellularity model's is {seg_encoder}",
-                                parameter="init_from")
+        raise InvalidInputError(
+            f"{{init_from}} {model_file}: encoder {encoder}, the cellularity model's is {seg_encoder}",
+            parameter="init_from",
+        )
     try:
         load_segmentation_encoder(network, {k: v.float() for k, v in load_file(str(model_file)).items()})
     except ValueError as exc:
@@ -174,8 +177,19 @@ def train_cellularity(
         optimiser.step()
         return float(loss.detach())
 
-    run_resumable_epochs(network, optimiser, rng, identity, config.epochs, config.steps_per_epoch,
-                         lambda step: poly_lr(config.lr, step, config.steps), train_step, checkpoint, resume, on_step)
+    run_resumable_epochs(
+        network,
+        optimiser,
+        rng,
+        identity,
+        config.epochs,
+        config.steps_per_epoch,
+        lambda step: poly_lr(config.lr, step, config.steps),
+        train_step,
+        checkpoint,
+        resume,
+        on_step,
+    )
     return network.eval()
 
 
@@ -214,7 +228,7 @@ def run_cellularity_training(
     if not output.parent.is_dir():
         raise InvalidInputError(f"-o {output}: folder {output.parent} does not exist")
     samples = read_scores(scores_csv)
-    step = (lambda run: (lambda info: on_step(run, info))) if on_step else (lambda run: None)
+    step = (lambda run: lambda info: on_step(run, info)) if on_step else (lambda run: None)
     validation: dict = {}
     if folds:
         held_out_folds = split_folds([s.group for s in samples], folds, config.seed)
@@ -225,16 +239,18 @@ def run_cellularity_training(
             train = [s for i, s in enumerate(samples) if i not in held_out_indices]
             network = train_cellularity(train, config, checkpoint, resume, step(f"fold {k + 1}/{folds}"))
             bundle = ModelBundle(network, cellularity_model_metadata(config))
-            per_image = {s.name: {"score": s.score, "prediction": predict_cellularity(bundle, s.image, config.device)}
-                         for s in held_out}
+            per_image = {
+                s.name: {"score": s.score, "prediction": predict_cellularity(bundle, s.image, config.device)}
+                for s in held_out
+            }
             return {"images": list(per_image), "per_image": per_image}
 
         done = resumable_folds(output, folds, resume, run_fold)
         per_image = {name: v for f in done for name, v in f["per_image"].items()}
         validation = {
             "method": f"{folds}-fold cross-validation by image (by group with a group column); MAE and PK of the "
-                      "held-out images' predictions "
-                      "(mean over a grid of tile-size crops)",
+            "held-out images' predictions "
+            "(mean over a grid of tile-size crops)",
             **score_predictions(per_image),
             "fold_mae": [score_predictions(f["per_image"])["mae"] for f in done],
             "fold_images": [f["images"] for f in done],
@@ -248,8 +264,14 @@ def run_cellularity_training(
         training={
             "command": command,
             "seed": config.seed,
-            "data": {"scores": str(scores_csv), "images": [s.name for s in samples], "data_mpp": config.mpp,
-                     "score_mean": float(np.mean(scores)), "score_min": min(scores), "score_max": max(scores)},
+            "data": {
+                "scores": str(scores_csv),
+                "images": [s.name for s in samples],
+                "data_mpp": config.mpp,
+                "score_mean": float(np.mean(scores)),
+                "score_min": min(scores),
+                "score_max": max(scores),
+            },
             "config": asdict(config),
             "final_fit_s": round(time.perf_counter() - start, 1),
         },

@@ -159,7 +159,9 @@ def nucleus_outlines(contours: list[np.ndarray], scale: float) -> np.ndarray:
     outlines = np.empty(len(contours), dtype=object)
     if simple.size:
         coordinates, index = shapely.get_coordinates(shapely.get_exterior_ring(pixels[simple]), return_index=True)
-        outlines[simple] = shapely.polygons(shapely.linearrings(np.round((coordinates + 0.5) * scale, 2), indices=index))
+        outlines[simple] = shapely.polygons(
+            shapely.linearrings(np.round((coordinates + 0.5) * scale, 2), indices=index)
+        )
     mend = np.flatnonzero(~shapely.is_valid(outlines) | shapely.is_missing(outlines))
     level0 = shapely.transform(pixels[mend], lambda xy: (xy + 0.5) * scale)
     outlines[mend] = [_largest_polygon(shapely.set_precision(g, OUTLINE_PRECISION)) for g in level0]

@@ -61,8 +61,10 @@ def read_prediction(path: Path, score_column: str | None = None) -> Prediction:
         store, table = path, path.parent / "nuclei.csv"
     elif path.is_file() and path.suffix.lower() in LABEL_SUFFIXES:
         if score_column is not None:
-            raise InvalidInputError(f"{{score_column}}: {path} is a label image; scores come from a nuclei output's "
-                                    "nuclei.csv", parameter="score_column")
+            raise InvalidInputError(
+                f"{{score_column}}: {path} is a label image; scores come from a nuclei output's nuclei.csv",
+                parameter="score_column",
+            )
         labels = read_label_image(path)
         return Prediction(labels, labels.shape, None)
     else:
@@ -81,8 +83,10 @@ def _read_scores(table: Path, column: str) -> dict[int, float]:
     with open(table, newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
         if column not in (reader.fieldnames or []):
-            raise InvalidInputError(f"{{score_column}} {column}: {table} has columns {', '.join(reader.fieldnames or [])}",
-                                    parameter="score_column")
+            raise InvalidInputError(
+                f"{{score_column}} {column}: {table} has columns {', '.join(reader.fieldnames or [])}",
+                parameter="score_column",
+            )
         return {int(row["id"]): float(row[column]) for row in reader}
 
 
@@ -97,8 +101,10 @@ def read_truth(path: Path, prediction: Prediction) -> np.ndarray:
     if path.suffix.lower() in LABEL_SUFFIXES:
         return resize_labels(read_label_image(path), shape)
     if path.suffix.lower() not in ANNOTATION_SUFFIXES:
-        raise InvalidInputError(f"{path}: ground truth must be a label image ({', '.join(sorted(LABEL_SUFFIXES))}) "
-                                f"or an annotation file ({', '.join(sorted(ANNOTATION_SUFFIXES))})")
+        raise InvalidInputError(
+            f"{path}: ground truth must be a label image ({', '.join(sorted(LABEL_SUFFIXES))}) "
+            f"or an annotation file ({', '.join(sorted(ANNOTATION_SUFFIXES))})"
+        )
     from wsipipe.annotations import read_annotations
 
     with quiet_logger("wsipipe.annotations"):  # hand-drawn nuclei outlines often self-intersect
@@ -128,7 +134,9 @@ def instance_pairs(predictions: Path, truths: Path) -> list[tuple[str, Path, Pat
         else:
             missing.append(truth.name)
     if missing:
-        raise InvalidInputError(f"{predictions}: no prediction for {', '.join(missing[:5])}" + (" ..." if len(missing) > 5 else ""))
+        raise InvalidInputError(
+            f"{predictions}: no prediction for {', '.join(missing[:5])}" + (" ..." if len(missing) > 5 else "")
+        )
     if not pairs:
         raise InvalidInputError(f"{truths}: no label images or annotation files")
     return pairs
@@ -213,8 +221,10 @@ def score_cellularity(prediction_csv: Path, truth_csv: Path) -> dict:
     predicted = _values(prediction_csv, p_rows, keys, p_value, truth)
     missing = [k for k in truth if k not in predicted]
     if missing:
-        raise InvalidInputError(f"{prediction_csv}: no {p_value} for {', '.join('/'.join(m) for m in missing[:5])}"
-                                + (" ..." if len(missing) > 5 else ""))
+        raise InvalidInputError(
+            f"{prediction_csv}: no {p_value} for {', '.join('/'.join(m) for m in missing[:5])}"
+            + (" ..." if len(missing) > 5 else "")
+        )
     cases = list(truth)
     try:
         pk = prediction_probability([truth[c] for c in cases], [predicted[c] for c in cases])

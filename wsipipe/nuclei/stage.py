@@ -18,6 +18,7 @@ import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -68,8 +69,9 @@ CORE_PX = 1024
 CALIBRATION_CORES = 8
 
 
-def open_input(path: Path, mpp_override: float | None, backend: str | None = None, mpp: float = WORKING_MPP
-               ) -> WindowedInput:
+def open_input(
+    path: Path, mpp_override: float | None, backend: str | None = None, mpp: float = WORKING_MPP
+) -> WindowedInput:
     """The input as seen at ``mpp`` µm/px: a plain image read whole, else a slide."""
     as_image = path.suffix.lower() in IMAGE_SUFFIXES or (
         path.suffix.lower() in {".tif", ".tiff"} and mpp_override is None and _is_plain_tiff(path)
@@ -84,6 +86,8 @@ def _is_plain_tiff(path: Path) -> bool:
     try:
         with tifffile.TiffFile(path) as tif:
             page = tif.pages[0]
+            if not isinstance(page, tifffile.TiffPage):
+                return False
             return len(tif.pages) == 1 and not page.is_tiled and "ImageDescription" not in page.tags
     except Exception:  # not a TIFF tifffile understands: let the slide readers say why
         return False
@@ -100,7 +104,9 @@ def read_tumour_mask(path: Path | None) -> np.ndarray | None:
         with Image.open(path) as image:
             return np.asarray(image.convert("L")) > 0
     except Exception as exc:
-        raise InvalidInputError(f"{{tumour_mask}} {path}: not a readable image ({exc})", parameter="tumour_mask") from None
+        raise InvalidInputError(
+            f"{{tumour_mask}} {path}: not a readable image ({exc})", parameter="tumour_mask"
+        ) from None
 
 
 def _scaled(mask: np.ndarray, shape: tuple[int, int], box: tuple[int, int, int, int]) -> np.ndarray:
@@ -175,8 +181,14 @@ def run_nuclei(
                 staging / "labels.zarr",
                 source.shape,
                 512,
-                {"mpp": mpp, "level0_px_per_px": source.scale, "level0_shape": list(source.level0_shape),
-                 "method": method, "params": settings, "min_area_um2": min_pixels * mpp * mpp},
+                {
+                    "mpp": mpp,
+                    "level0_px_per_px": source.scale,
+                    "level0_shape": list(source.level0_shape),
+                    "method": method,
+                    "params": settings,
+                    "min_area_um2": min_pixels * mpp * mpp,
+                },
             )
             in_tumour: list[bool] = []
             counts = dict.fromkeys(cores, (0, 0))  # (nuclei, tumour nuclei) kept by each core
@@ -190,7 +202,7 @@ def run_nuclei(
                 ]
                 in_tumour.extend(flags)
                 counts[tile.core] = (len(tile.nuclei), int(sum(flags)))
-                if tumour is not None and tile.painted is not None:
+                if tumour is not None and tile.painted is not None and tile.window is not None:
                     # a pixel counts in the core it lies in, whichever tile kept its nucleus
                     for core, box, painted in _pieces_by_core(tile.painted, tile.window, source.shape):
                         if painted.any():
@@ -200,10 +212,12 @@ def run_nuclei(
                 if progress:
                     progress(done, len(cores))
 
-            plan = plan_windows(source.shape, CORE_PX, round(DEFAULT_MARGIN_UM / mpp),
-                                skip=lambda *core: tissue_fraction[core] == 0)
-            nuclei = _segment_windows(source, plan, network, stain, mpp, calibration, params, labels,
-                                      on_tile, min_pixels)
+            plan = plan_windows(
+                source.shape, CORE_PX, round(DEFAULT_MARGIN_UM / mpp), skip=lambda *core: tissue_fraction[core] == 0
+            )
+            nuclei = _segment_windows(
+                source, plan, network, stain, mpp, calibration, params, labels, on_tile, min_pixels
+            )
             outputs.finish_label_store(staging / "labels.zarr")
             tiles = []
             for core in cores:
@@ -212,7 +226,11 @@ def run_nuclei(
                 y0, x0, y1, x1 = (round(side * source.scale) for side in core)
                 tiles.append(
                     outputs.TileSummary(
-                        x0, y0, x1, y1, *counts[core],
+                        x0,
+                        y0,
+                        x1,
+                        y1,
+                        *counts[core],
                         float(core_tissue.sum()) * pixel_mm2,
                         float(core_tumour.sum()) * pixel_mm2 if core_tumour is not None else 0.0,
                         tumour_nuclear_px[core] * pixel_mm2,
@@ -246,8 +264,18 @@ def run_nuclei(
         return result
 
 
-def _segment_windows(source: WindowedInput, plan, network, stain, mpp: float, calibration,
-                     params: ClassicalParams, labels, on_tile, min_pixels: float):
+def _segment_windows(
+    source: WindowedInput,
+    plan,
+    network,
+    stain,
+    mpp: float,
+    calibration,
+    params: ClassicalParams,
+    labels,
+    on_tile,
+    min_pixels: float,
+):
     """Every planned window through the inference engine into ``labels``; the nuclei in id order.
 
     The windows are read (reader processes for a slide) a few batches ahead; a model runs them on
@@ -255,13 +283,21 @@ def _segment_windows(source: WindowedInput, plan, network, stain, mpp: float, ca
     processes while the next windows are read and run; the painting keeps the raster order.
     """
     windows = [window for _, window in plan if window is not None]
+    runner: Callable[..., Any]  # the US-Net's views, or the windows' pixels as they are (classical)
     if network is not None:
         views, settings = split_views(network.metadata.get("instances"))
         normaliser = normalised_view(network.metadata)
         model_device = str(next(network.model.parameters()).device)
         batch = windows_per_batch(model_device)
-        runner = UsnetWindows(network, model_device, batch, views, normaliser is not None,
-                              settings.get("score_threshold", _default_score_threshold()), say=log.warning)
+        runner = UsnetWindows(
+            network,
+            model_device,
+            batch,
+            views,
+            normaliser is not None,
+            settings.get("score_threshold", _default_score_threshold()),
+            say=log.warning,
+        )
         prepare = NormalisedView(normaliser, stain) if normaliser is not None else None
         label = functools.partial(usnet_labels, **settings)
         workers = instance_workers(model_device, len(windows))
@@ -275,8 +311,16 @@ def _segment_windows(source: WindowedInput, plan, network, stain, mpp: float, ca
         readers = workers = 0
     pool = start_workers(workers)
     try:
-        painter = WindowPainter(plan, label, haematoxylin, labels, on_tile=on_tile, min_pixels=min_pixels, pool=pool,
-                                depth=max(2, 2 * workers))
+        painter = WindowPainter(
+            plan,
+            label,
+            haematoxylin,
+            labels,
+            on_tile=on_tile,
+            min_pixels=min_pixels,
+            pool=pool,
+            depth=max(2, 2 * workers),
+        )
         run(source.batches(windows, batch, prepare, readers), runner, painter)
         return painter.finish()
     finally:
@@ -342,10 +386,14 @@ def _quality_control(path: Path, qc: str, mpp_override: float | None, backend: s
 
     with open_slide(path, backend=backend, mpp_override=mpp_override) as reader:
         usable = usable_tissue(reader, qc)
+        assert usable is not None  # qc is not 'off' here
         if not usable.mask.any():  # else the no-tissue fallback below would segment every core
-            raise InvalidInputError(f"{path}: quality control left no usable tissue "
-                                    f"({usable.summary.get('verdict_reason', 'every area flagged')}); "
-                                    "pass {qc} off to run anyway", parameter="qc")
+            raise InvalidInputError(
+                f"{path}: quality control left no usable tissue "
+                f"({usable.summary.get('verdict_reason', 'every area flagged')}); "
+                "pass {qc} off to run anyway",
+                parameter="qc",
+            )
         return usable, {"mode": qc}, (reader.mpp_x, reader.mpp_y)
 
 
@@ -355,7 +403,12 @@ def _pieces_by_core(painted: np.ndarray, window: tuple[int, int, int, int], shap
     wy0, wx0, wy1, wx1 = window
     for row in range(wy0 // CORE_PX, (wy1 - 1) // CORE_PX + 1):
         for col in range(wx0 // CORE_PX, (wx1 - 1) // CORE_PX + 1):
-            core = (row * CORE_PX, col * CORE_PX, min((row + 1) * CORE_PX, shape[0]), min((col + 1) * CORE_PX, shape[1]))
+            core = (
+                row * CORE_PX,
+                col * CORE_PX,
+                min((row + 1) * CORE_PX, shape[0]),
+                min((col + 1) * CORE_PX, shape[1]),
+            )
             box = (max(core[0], wy0), max(core[1], wx0), min(core[2], wy1), min(core[3], wx1))
             yield core, box, painted[box[0] - wy0 : box[2] - wy0, box[1] - wx0 : box[3] - wx0]
 
@@ -425,7 +478,11 @@ def normalised_view(metadata: dict):
     record = metadata.get("normalised_view")
     if record is None:
         return None
-    if not isinstance(record, dict) or record.get("method") not in NORMALIZERS or not isinstance(record.get("target"), dict):
+    if (
+        not isinstance(record, dict)
+        or record.get("method") not in NORMALIZERS
+        or not isinstance(record.get("target"), dict)
+    ):
         raise ModelError(f"the model records an unusable normalised view {record!r}")
     return get_normalizer(record["method"]).fit(StainParams.from_dict(dict(record["target"])))
 

@@ -59,8 +59,9 @@ def core_tiles(height: int, width: int, core: int) -> Iterator[tuple[int, int, i
             yield y0, x0, min(y0 + core, height), min(x0 + core, width)
 
 
-def plan_windows(shape: tuple[int, int], core: int, margin: int, skip: Callable[[int, int, int, int], bool] | None = None
-                 ) -> list[tuple[tuple[int, int, int, int], tuple[int, int, int, int] | None]]:
+def plan_windows(
+    shape: tuple[int, int], core: int, margin: int, skip: Callable[[int, int, int, int], bool] | None = None
+) -> list[tuple[tuple[int, int, int, int], tuple[int, int, int, int] | None]]:
     """(core, window) of every core in raster order: the window (y0, x0, y1, x1) is the core with
     ``margin`` around it, clipped to the image; None for a core ``skip(*core)`` leaves out."""
     height, width = shape
@@ -97,8 +98,9 @@ def segment_tiled(
     One window at a time, in this process; ``WindowPainter`` is the same with a worker pool.
     """
     plan = plan_windows(shape, core, margin, skip)
-    painter = WindowPainter(plan, lambda values: segment(values["rgb"]), haematoxylin, out, on_tile=on_tile,
-                            min_pixels=min_pixels)
+    painter = WindowPainter(
+        plan, lambda values: segment(values["rgb"]), haematoxylin, out, on_tile=on_tile, min_pixels=min_pixels
+    )
     for _, window in plan:
         if window is not None:
             painter.add({"rgb": read(*window)}, window[1], window[0])
@@ -116,9 +118,18 @@ class WindowPainter:
     At most ``depth`` windows wait in the pool; ``add`` then waits for the oldest.
     """
 
-    def __init__(self, plan, label: Callable[[dict], np.ndarray], haematoxylin: Callable[[np.ndarray], np.ndarray],
-                 out, *, on_tile: Callable[[TileDone], None] | None = None, min_pixels: float = 0, pool=None,
-                 depth: int = 4):
+    def __init__(
+        self,
+        plan,
+        label: Callable[[dict], np.ndarray],
+        haematoxylin: Callable[[np.ndarray], np.ndarray],
+        out,
+        *,
+        on_tile: Callable[[TileDone], None] | None = None,
+        min_pixels: float = 0,
+        pool=None,
+        depth: int = 4,
+    ):
         self.plan, self.label, self.haematoxylin, self.out = plan, label, haematoxylin, out
         self.on_tile, self.min_pixels, self.pool, self.depth = on_tile, min_pixels, pool, depth
         self.index_at = {(window[1], window[0]): index for index, (_, window) in enumerate(plan) if window is not None}
@@ -199,8 +210,12 @@ def start_workers(count: int):
 
     from wsipipe.processes import helpers_ignore_ctrl_c
 
-    pool = ProcessPoolExecutor(max_workers=count, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_start_worker, initargs=(os.getpid(),))
+    pool = ProcessPoolExecutor(
+        max_workers=count,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_start_worker,
+        initargs=(os.getpid(),),
+    )
     with helpers_ignore_ctrl_c():
         for _ in range(count):
             pool.submit(int)  # start every process now, while the model loads
@@ -309,7 +324,13 @@ def segment_image_tiled(
     """``segment_tiled`` over an in-memory RGB image; returns (labels, nuclei)."""
     out = np.zeros(rgb.shape[:2], dtype=np.int32)
     nuclei = segment_tiled(
-        lambda y0, x0, y1, x1: rgb[y0:y1, x0:x1], rgb.shape[:2], segment, haematoxylin, out, core, margin,
+        lambda y0, x0, y1, x1: rgb[y0:y1, x0:x1],
+        rgb.shape[:2],
+        segment,
+        haematoxylin,
+        out,
+        core,
+        margin,
         min_pixels=min_pixels,
     )
     return out, nuclei

@@ -114,8 +114,19 @@ def train_usnet(
         optimiser.step()
         return float(loss.detach())
 
-    run_resumable_epochs(network, optimiser, rng, identity, config.epochs, config.steps_per_epoch,
-                         lambda step: _cosine_lr(config, step), train_step, checkpoint, resume, on_step)
+    run_resumable_epochs(
+        network,
+        optimiser,
+        rng,
+        identity,
+        config.epochs,
+        config.steps_per_epoch,
+        lambda step: _cosine_lr(config, step),
+        train_step,
+        checkpoint,
+        resume,
+        on_step,
+    )
     return network.eval()
 
 
@@ -152,7 +163,9 @@ def training_view(samples: list[NucleiSample], method: str) -> dict | None:
     return {"method": method, "target": StainParams(method, mean).to_dict()}
 
 
-def calibrate_instances(network, config: NucleiTrainConfig, samples: list[NucleiSample], view: dict | None = None) -> dict:
+def calibrate_instances(
+    network, config: NucleiTrainConfig, samples: list[NucleiSample], view: dict | None = None
+) -> dict:
     """The ``INSTANCE_GRID`` point with the best mean of AJI and PQ on ``samples`` (the fit's own
     training images): the segmentation and detection scores of a briefly trained network are not
     calibrated probabilities, so 0.5 is not their natural cut. Each image runs through the network
@@ -184,7 +197,9 @@ def calibrate_instances(network, config: NucleiTrainConfig, samples: list[Nuclei
         unfiltered = [(truth, usnet_instances(*out, **settings)) for truth, out in outputs[views]]
         for min_pixels in grid["min_pixels"]:
             qualities = [instance_quality(truth, drop_small(labels, min_pixels)) for truth, labels in unfiltered]
-            scores[key({**watershed_point, "min_pixels": min_pixels})] = float(np.mean([(q["aji"] + q["pq"]) / 2 for q in qualities]))
+            scores[key({**watershed_point, "min_pixels": min_pixels})] = float(
+                np.mean([(q["aji"] + q["pq"]) / 2 for q in qualities])
+            )
     points = [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
     return max(points, key=lambda point: scores[key(point)])  # the first of equals
 
@@ -198,7 +213,11 @@ def instance_quality(truth: np.ndarray, labels: np.ndarray) -> dict:
 
 
 def score_instances(
-    network, config: NucleiTrainConfig, samples: list[NucleiSample], thresholds: dict | None = None, view: dict | None = None
+    network,
+    config: NucleiTrainConfig,
+    samples: list[NucleiSample],
+    thresholds: dict | None = None,
+    view: dict | None = None,
 ) -> dict:
     """Mean AJI and PQ (and their per-image values) of ``network`` on ``samples``, instances cut at
     ``thresholds`` (an ``INSTANCE_GRID`` point; None: the defaults), with the normalised view
@@ -240,12 +259,14 @@ def run_nuclei_training(
     if not output.parent.is_dir():
         raise InvalidInputError(f"-o {output}: folder {output.parent} does not exist")
     if normalised_view not in NORMALISED_VIEW_METHODS:
-        raise InvalidInputError(f"{{normalised_view}} {normalised_view!r}: expected one of "
-                                f"{', '.join(NORMALISED_VIEW_METHODS)}", parameter="normalised_view")
+        raise InvalidInputError(
+            f"{{normalised_view}} {normalised_view!r}: expected one of {', '.join(NORMALISED_VIEW_METHODS)}",
+            parameter="normalised_view",
+        )
     samples = load_nuclei_dataset(data_dir, config.mpp)
     if folds > len(samples):
         raise InvalidInputError(f"{{folds}} {folds}: only {len(samples)} images in {data_dir}", parameter="folds")
-    step = (lambda run: (lambda info: on_step(run, info))) if on_step else (lambda run: None)
+    step = (lambda run: lambda info: on_step(run, info)) if on_step else (lambda run: None)
     validation: dict = {}
     if folds >= 2:
         fold_of = np.asarray(image_folds([s.name for s in samples], folds, config.seed))
@@ -256,13 +277,16 @@ def run_nuclei_training(
             network = train_usnet(train, config, checkpoint, resume, step(f"fold {k + 1}/{folds}"))
             view = training_view(train, normalised_view)
             thresholds = calibrate_instances(network, config, train, view)
-            return {"images": [s.name for s in held_out], "instances": thresholds,
-                    **score_instances(network, config, held_out, thresholds, view)}
+            return {
+                "images": [s.name for s in held_out],
+                "instances": thresholds,
+                **score_instances(network, config, held_out, thresholds, view),
+            }
 
         done = resumable_folds(output, folds, resume, run_fold)
         validation = {
             "method": f"{folds}-fold cross-validation by image, AJI and PQ of the held-out images, instance "
-                      "settings chosen on each fold's training images",
+            "settings chosen on each fold's training images",
             **{key: float(np.mean([f[key] for f in done])) for key in ("aji", "pq", "dq", "sq")},
             **{f"fold_{key}": [f[key] for f in done] for key in ("aji", "pq", "instances")},
             "per_image": {name: v for f in done for name, v in f["per_image"].items()},
@@ -272,14 +296,20 @@ def run_nuclei_training(
     fit_seconds = round(time.perf_counter() - start, 1)
     view = training_view(samples, normalised_view)
     meta = nuclei_model_metadata(
-        config.args, config.mpp, config.crop,
+        config.args,
+        config.mpp,
+        config.crop,
         normalised_view=view,
         instances=calibrate_instances(network, config, samples, view),
         training={
             "command": command,
             "seed": config.seed,
-            "data": {"dir": str(data_dir), "images": [s.name for s in samples], "data_mpp": config.mpp,
-                     "nuclei": int(sum(len(np.unique(s.instances)) - 1 for s in samples))},
+            "data": {
+                "dir": str(data_dir),
+                "images": [s.name for s in samples],
+                "data_mpp": config.mpp,
+                "nuclei": int(sum(len(np.unique(s.instances)) - 1 for s in samples)),
+            },
             "config": asdict(config),
             "final_fit_s": fit_seconds,
         },

@@ -54,8 +54,14 @@ class WindowedInput:
             return self.image[y0:y1, x0:x1]
         return read_window(self.reader, box, self.scale, self.mpp)
 
-    def batches(self, windows: list[Box], batch_size: int, prepare: Callable | None = None, readers: int = 0,
-                ahead: int = engine.READ_AHEAD) -> Iterator[Batch]:
+    def batches(
+        self,
+        windows: list[Box],
+        batch_size: int,
+        prepare: Callable | None = None,
+        readers: int = 0,
+        ahead: int = engine.READ_AHEAD,
+    ) -> Iterator[Batch]:
         """``windows`` in order, as batches of up to ``batch_size`` windows of one shape.
 
         ``prepare(tiles) -> tiles`` runs on each batch where it is read (in the reader processes
@@ -78,7 +84,9 @@ class WindowedInput:
             pending: deque = deque()
             queue = iter(groups)
             for group in queue:
-                pending.append((group, engine.submit_to_reader(pool, read_windows, group, self.scale, self.mpp, prepare)))
+                pending.append(
+                    (group, engine.submit_to_reader(pool, read_windows, group, self.scale, self.mpp, prepare))
+                )
                 if len(pending) >= ahead:
                     break
             while pending:
@@ -86,8 +94,12 @@ class WindowedInput:
                 tiles = future.result()
                 following = next(queue, None)
                 if following is not None:
-                    pending.append((following, engine.submit_to_reader(pool, read_windows, following, self.scale,
-                                                                       self.mpp, prepare)))
+                    pending.append(
+                        (
+                            following,
+                            engine.submit_to_reader(pool, read_windows, following, self.scale, self.mpp, prepare),
+                        )
+                    )
                 yield _corners(group), tiles
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
@@ -126,8 +138,15 @@ def same_shape_runs(windows: list[Box], batch_size: int) -> list[list[Box]]:
     return runs
 
 
-def open_windowed(path: Path, mpp_override: float | None, backend: str | None, mpp: float, as_image: bool,
-                  default_image_mpp: float, thumbnail_mpp: float) -> WindowedInput:
+def open_windowed(
+    path: Path,
+    mpp_override: float | None,
+    backend: str | None,
+    mpp: float,
+    as_image: bool,
+    default_image_mpp: float,
+    thumbnail_mpp: float,
+) -> WindowedInput:
     """The input as seen at ``mpp`` µm/px: with ``as_image`` an image read whole (at
     ``default_image_mpp`` without ``mpp_override``), else a slide."""
     if as_image:
@@ -138,12 +157,21 @@ def open_windowed(path: Path, mpp_override: float | None, backend: str | None, m
     scale = mpp / reader.mpp
     width, height = reader.dimensions
     shape = (max(1, math.floor(height / scale)), max(1, math.floor(width / scale)))
-    return WindowedInput(path.name, shape, scale, reader.thumbnail_at_mpp(thumbnail_mpp), (height, width), mpp,
-                         reader=reader, slide=(str(path), backend, mpp_override))
+    return WindowedInput(
+        path.name,
+        shape,
+        scale,
+        reader.thumbnail_at_mpp(thumbnail_mpp),
+        (height, width),
+        mpp,
+        reader=reader,
+        slide=(str(path), backend, mpp_override),
+    )
 
 
-def _image_input(path: Path, mpp_override: float | None, working_mpp: float, default_mpp: float,
-                 thumbnail_mpp: float) -> WindowedInput:
+def _image_input(
+    path: Path, mpp_override: float | None, working_mpp: float, default_mpp: float, thumbnail_mpp: float
+) -> WindowedInput:
     import logging
 
     from wsipipe.errors import InvalidInputError
@@ -159,11 +187,13 @@ def _image_input(path: Path, mpp_override: float | None, working_mpp: float, def
     if mpp is None:
         mpp = default_mpp
         logging.getLogger("wsipipe.nuclei.stage").warning(
-            "%s: an image records no µm/px; assuming %s (40x); pass --mpp-override X", path, mpp)
+            "%s: an image records no µm/px; assuming %s (40x); pass --mpp-override X", path, mpp
+        )
     working, _ = resample(rgb, None, mpp, working_mpp)
     thumbnail, _ = resample(rgb, None, mpp, thumbnail_mpp)
-    return WindowedInput(path.name, working.shape[:2], working_mpp / mpp, thumbnail, rgb.shape[:2], working_mpp,
-                         image=working)
+    return WindowedInput(
+        path.name, working.shape[:2], working_mpp / mpp, thumbnail, rgb.shape[:2], working_mpp, image=working
+    )
 
 
 # --- a US-Net over windows -------------------------------------------------------------------------
@@ -199,27 +229,49 @@ class UsnetWindows:
     batch would not give the nuclei one window gives.
     """
 
-    def __init__(self, bundle, device: str, batch_size: int, views: int, normalised: bool,
-                 score_threshold: float = 0.0, say: Callable[[str], None] = print):
+    def __init__(
+        self,
+        bundle,
+        device: str,
+        batch_size: int,
+        views: int,
+        normalised: bool,
+        score_threshold: float = 0.0,
+        say: Callable[[str], None] = print,
+    ):
         from wsipipe.models.usnet import usnet_heads
 
         self.multiple = 2 ** (len(bundle.model.encoder) - 1)
         self.normalised, self.score_threshold = normalised, score_threshold
-        self.runner = engine.Runner(bundle, device, batch_size, outputs=usnet_heads(bundle.model), views=views,
-                                    averaged=("segmentation", "distance"), say=say)
+        self.runner = engine.Runner(
+            bundle,
+            device,
+            batch_size,
+            outputs=usnet_heads(bundle.model),
+            views=views,
+            averaged=("segmentation", "distance"),
+            say=say,
+        )
 
     def __call__(self, tiles: np.ndarray) -> dict:
         count = len(tiles) // 2 if self.normalised else len(tiles)
         height, width = tiles.shape[1:3]
-        canvases = np.pad(tiles, ((0, 0), (0, -height % self.multiple), (0, -width % self.multiple), (0, 0)),
-                          mode="constant", constant_values=255)
+        canvases = np.pad(
+            tiles,
+            ((0, 0), (0, -height % self.multiple), (0, -width % self.multiple), (0, 0)),
+            mode="constant",
+            constant_values=255,
+        )
         out = self.runner(canvases[:count])
         if self.normalised:
             mapped = self.runner(canvases[count:])
             out = {name: (value + mapped[name]) / 2 for name, value in out.items()}
         keep = out["scores"] > self.score_threshold
-        values = {"rgb": tiles[:count], "boxes": [b[k] for b, k in zip(out["boxes"], keep)],
-                  "scores": [s[k] for s, k in zip(out["scores"], keep)]}
+        values = {
+            "rgb": tiles[:count],
+            "boxes": [b[k] for b, k in zip(out["boxes"], keep)],
+            "scores": [s[k] for s, k in zip(out["scores"], keep)],
+        }
         for name in ("segmentation", "distance"):
             if name in out:
                 values[name] = out[name][:, 0, :height, :width]
@@ -230,8 +282,9 @@ def usnet_labels(values: dict, **settings) -> np.ndarray:
     """A window's instance labels from its ``UsnetWindows`` outputs (``usnet_instances``)."""
     from wsipipe.models.usnet import usnet_instances
 
-    return usnet_instances(values["segmentation"], values["boxes"], values["scores"], values.get("distance"),
-                           **settings)
+    return usnet_instances(
+        values["segmentation"], values["boxes"], values["scores"], values.get("distance"), **settings
+    )
 
 
 def pixels_only(tiles: np.ndarray) -> dict:

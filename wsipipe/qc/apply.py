@@ -25,7 +25,9 @@ class UsableTissue:
 
 def check_qc_option(option: str) -> None:
     if option not in ("auto", "off") and not Path(option).exists():
-        raise InvalidInputError(f"{{qc}} {option}: not 'auto', 'off' or an existing qc output folder or qc.zarr", parameter="qc")
+        raise InvalidInputError(
+            f"{{qc}} {option}: not 'auto', 'off' or an existing qc output folder or qc.zarr", parameter="qc"
+        )
 
 
 def usable_tissue(reader: SlideReader, option: str) -> UsableTissue | None:
@@ -52,7 +54,9 @@ def usable_tissue(reader: SlideReader, option: str) -> UsableTissue | None:
         found = UsableTissue(mask, _summary_beside(path), str(path))
     brightfield = found.summary.get("brightfield") or {}
     if brightfield.get("value") is False:
-        raise NotBrightfieldHEError(f"{reader.path}: not brightfield ({brightfield['reason']}); pass --qc off to run anyway")
+        raise NotBrightfieldHEError(
+            f"{reader.path}: not brightfield ({brightfield['reason']}); pass --qc off to run anyway"
+        )
     if (found.summary.get("stain") or {}).get("looks_like_he") is False:
         raise NotBrightfieldHEError(
             f"{reader.path}: the stain is not H&E (its stain vectors are far from haematoxylin and eosin); "
@@ -75,8 +79,12 @@ def _summary_beside(path: Path) -> dict:
     return data
 
 
-def restrict_tissue(tissue: np.ndarray, usable: UsableTissue | None, level0_px_per_mask_px: float,
-                    mpp_xy: tuple[float | None, float | None]) -> tuple[np.ndarray, dict]:
+def restrict_tissue(
+    tissue: np.ndarray,
+    usable: UsableTissue | None,
+    level0_px_per_mask_px: float,
+    mpp_xy: tuple[float | None, float | None],
+) -> tuple[np.ndarray, dict]:
     """``tissue`` less what QC flagged (``usable`` resized to it), and what report.json says of it."""
     if usable is None:
         return tissue, {"mode": "off"}

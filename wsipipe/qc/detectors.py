@@ -121,8 +121,11 @@ STAIN_ANGLE_TOLERANCE = 15.0
 
 def thresholds() -> dict:
     """Every threshold above, by name, as qc.json records them."""
-    return {name.lower(): value for name, value in globals().items()
-            if name.isupper() and isinstance(value, (int, float, tuple))}
+    return {
+        name.lower(): value
+        for name, value in globals().items()
+        if name.isupper() and isinstance(value, (int, float, tuple))
+    }
 
 
 #: -ln(I / 255) for each 8-bit level (0 read as 1).
@@ -193,8 +196,9 @@ def off_stain_plane(rgb: np.ndarray, tissue: np.ndarray, reference: np.ndarray) 
     return np.abs(density @ normal).reshape(rgb.shape[:2])
 
 
-def detect_pen(rgb: np.ndarray, mpp: float, tissue: np.ndarray, reference: np.ndarray,
-               under_exposed: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
+def detect_pen(
+    rgb: np.ndarray, mpp: float, tissue: np.ndarray, reference: np.ndarray, under_exposed: np.ndarray
+) -> tuple[np.ndarray, dict[str, float]]:
     """Pen ink mask and the share of it in each ink colour: colours outside H&E's gamut, and ink
     over tissue off the slide's stain plane (``off_stain_plane``; named by its hue), except in
     ``under_exposed`` areas: the light lost there moves every colour off the plane towards grey."""
@@ -204,8 +208,10 @@ def detect_pen(rgb: np.ndarray, mpp: float, tissue: np.ndarray, reference: np.nd
     ink = cv2.morphologyEx((colours > 0).astype(np.uint8), cv2.MORPH_CLOSE, _disk(_pixels(PEN_CLOSE_UM / 2, mpp)))
     pen = keep_large(ink, math.ceil(PEN_MIN_AREA_UM2 / mpp**2))
     total = int(pen.sum())
-    shares = {name: (float(np.count_nonzero((colours == value) & (pen > 0))) / total if total else 0.0)
-              for value, name in INK_NAMES.items()}
+    shares = {
+        name: (float(np.count_nonzero((colours == value) & (pen > 0))) / total if total else 0.0)
+        for value, name in INK_NAMES.items()
+    }
     return pen, shares
 
 
@@ -258,8 +264,13 @@ def _holding(mask: np.ndarray, seeds: np.ndarray) -> np.ndarray:
     return keep[labels]
 
 
-def detect_exposure(rgb: np.ndarray, mpp: float, tissue: np.ndarray, glass_level: float | None = None,
-                    background_level: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+def detect_exposure(
+    rgb: np.ndarray,
+    mpp: float,
+    tissue: np.ndarray,
+    glass_level: float | None = None,
+    background_level: float | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Over- and under-exposed masks; ``glass_level``: the top of the slide glass's brightest
     channel (noise included), if it has glass; ``background_level``: the median brightest channel
     off the tissue, if there is any."""
@@ -268,10 +279,12 @@ def detect_exposure(rgb: np.ndarray, mpp: float, tissue: np.ndarray, glass_level
     if glass_clipped:
         clipped &= rgb.min(axis=2) <= CLIPPED_COLOURED_BELOW
     clipped = clipped.astype(np.uint8)
-    fields = _open(cv2.morphologyEx(clipped, cv2.MORPH_CLOSE, _disk(_pixels(EXPOSURE_JOIN_UM / 2, mpp))),
-                   OVER_EXPOSED_MIN_UM, mpp)
-    spans = _open(cv2.morphologyEx(clipped, cv2.MORPH_CLOSE, _disk(_pixels(EXPOSURE_SPAN_UM / 2, mpp))),
-                  OVER_EXPOSED_MIN_UM, mpp)
+    fields = _open(
+        cv2.morphologyEx(clipped, cv2.MORPH_CLOSE, _disk(_pixels(EXPOSURE_JOIN_UM / 2, mpp))), OVER_EXPOSED_MIN_UM, mpp
+    )
+    spans = _open(
+        cv2.morphologyEx(clipped, cv2.MORPH_CLOSE, _disk(_pixels(EXPOSURE_SPAN_UM / 2, mpp))), OVER_EXPOSED_MIN_UM, mpp
+    )
     over = _holding(spans, fields)
     brightest_channel = cv2.medianBlur(rgb.max(axis=2), 3)  # dense purple tissue still passes blue
     brightest_nearby = cv2.dilate(brightest_channel, _square(UNDER_EXPOSED_MIN_UM, mpp))
@@ -308,6 +321,7 @@ def dark_background(rgb: np.ndarray) -> tuple[bool, float]:
 
 def stain_angles(matrix: np.ndarray, reference: np.ndarray) -> tuple[float, float]:
     """Angles (degrees) between the H rows and between the E rows of two 2x3 stain matrices."""
+
     def angle(u, v):
         cosine = float(np.dot(u, v) / (np.linalg.norm(u) * np.linalg.norm(v)))
         return math.degrees(math.acos(max(-1.0, min(1.0, cosine))))

@@ -28,15 +28,17 @@ def write_qc_outputs(result: QCResult, outdir: Path) -> None:
 
     with atomic_path(outdir / MASKS_NAME) as temporary:
         group = zarr.open_group(str(temporary), mode="w", zarr_format=3)
-        group.attrs.update({
-            "wsipipe_qc": {
-                "mpp": result.mask_mpp,
-                "downsample": result.downsample,
-                "slide": result.summary["slide"],
-                "slide_size": [result.summary["width"], result.summary["height"]],
-                "masks": ["tissue", *ARTEFACTS, "usable"],
+        group.attrs.update(
+            {
+                "wsipipe_qc": {
+                    "mpp": result.mask_mpp,
+                    "downsample": result.downsample,
+                    "slide": result.summary["slide"],
+                    "slide_size": [result.summary["width"], result.summary["height"]],
+                    "masks": ["tissue", *ARTEFACTS, "usable"],
+                }
             }
-        })
+        )
         for name, mask in {"tissue": result.tissue, **result.masks, "usable": result.usable}.items():
             array = group.create_array(name, shape=mask.shape, chunks=mask.shape, dtype="uint8", fill_value=0)
             array[...] = mask
@@ -63,8 +65,10 @@ def render_qc_png(result: QCResult) -> np.ndarray:
         picture = cv2.resize(picture, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
     width = max(picture.shape[1], 520)
     row = 22
-    entries = [(FALLBACK_COLOURS[i], f"{name} {result.summary['artefacts'][name]['fraction']:.1%}")
-               for i, name in enumerate(ARTEFACTS, start=1)]
+    entries = [
+        (FALLBACK_COLOURS[i], f"{name} {result.summary['artefacts'][name]['fraction']:.1%}")
+        for i, name in enumerate(ARTEFACTS, start=1)
+    ]
     entries.append(((0, 0, 0), "usable tissue (outline)"))
     per_line = max(1, width // 260)
     lines = -(-len(entries) // per_line)
@@ -75,7 +79,7 @@ def render_qc_png(result: QCResult) -> np.ndarray:
         cv2.putText(legend, text, (x + 20, y + 12), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
     canvas = np.full((picture.shape[0] + legend.shape[0], width, 3), 255, np.uint8)
     canvas[: picture.shape[0], : picture.shape[1]] = picture
-    canvas[picture.shape[0]:] = legend
+    canvas[picture.shape[0] :] = legend
     return canvas
 
 

@@ -83,9 +83,13 @@ def judge_brightfield(properties: dict, thumbnail: np.ndarray) -> dict:
             f"< {d.DARK_BACKGROUND_LUMINANCE}"
         )
     value = not reasons
-    reason = "; ".join(reasons) if reasons else (
-        f"bright background ({d.DARK_BACKGROUND_PERCENTILE:g}th percentile luminance {level:.0f}) and no "
-        "fluorescence in the metadata"
+    reason = (
+        "; ".join(reasons)
+        if reasons
+        else (
+            f"bright background ({d.DARK_BACKGROUND_PERCENTILE:g}th percentile luminance {level:.0f}) and no "
+            "fluorescence in the metadata"
+        )
     )
     return {"value": value, "reason": reason, "metadata": from_metadata, "background_luminance": level}
 
@@ -141,8 +145,11 @@ class _TileReader:
 
 def _stored_tile_side(properties: dict) -> int | None:
     """The side of level 0's stored tiles when the slide states it and they are square."""
-    sides = {key.rsplit(".", 1)[-1]: value for key, value in properties.items()
-             if key.endswith(("level[0].tile-width", "level[0].tile-height"))}
+    sides = {
+        key.rsplit(".", 1)[-1]: value
+        for key, value in properties.items()
+        if key.endswith(("level[0].tile-width", "level[0].tile-height"))
+    }
     try:
         width, height = int(sides["tile-width"]), int(sides["tile-height"])
     except (KeyError, ValueError):
@@ -169,9 +176,11 @@ def _focus(tiles: _TileReader, tissue: np.ndarray, thumb_mpp: float, downsample:
     cells = []
     for r in range(rows):
         for c in range(cols):
-            block = tissue[r * cell:(r + 1) * cell, c * cell:(c + 1) * cell]
+            block = tissue[r * cell : (r + 1) * cell, c * cell : (c + 1) * cell]
             if block.mean() >= d.FOCUS_MIN_TISSUE:
-                cells.append((r, c, (c * cell + block.shape[1] / 2) * downsample, (r * cell + block.shape[0] / 2) * downsample))
+                cells.append(
+                    (r, c, (c * cell + block.shape[1] / 2) * downsample, (r * cell + block.shape[0] / 2) * downsample)
+                )
 
     room = max(0.0, (cell * thumb_mpp - side_um) / 2 / tiles.base_mpp)  # level-0 px the tile may move in its cell
 
@@ -189,7 +198,7 @@ def _focus(tiles: _TileReader, tissue: np.ndarray, thumb_mpp: float, downsample:
             reading, busy = reading + read, busy + spent
             ratios.append(ratio)
             flagged[r, c] = ratio < d.FOCUS_RATIO_THRESHOLD
-            if not exclude[r * cell:(r + 1) * cell, c * cell:(c + 1) * cell].any() and not flagged[r, c]:
+            if not exclude[r * cell : (r + 1) * cell, c * cell : (c + 1) * cell].any() and not flagged[r, c]:
                 stain_tiles.append(tile)
     tiles.seconds = (time.perf_counter() - started) * reading / busy if busy else 0.0
     mask = np.repeat(np.repeat(flagged, cell, axis=0), cell, axis=1)[:height, :width] & tissue
@@ -220,9 +229,17 @@ def _stain(tiles: list[np.ndarray]) -> dict:
     from wsipipe.errors import StainError
     from wsipipe.stain import MacenkoNormalizer, StainWarning
 
-    out: dict[str, Any] = {"method": "macenko", "reference": "built-in target (CMU-1-Small-Region, CC0)",
-           "h_vector": None, "e_vector": None, "h_angle_deg": None, "e_angle_deg": None,
-           "outlier_score": None, "looks_like_he": None, "error": None}
+    out: dict[str, Any] = {
+        "method": "macenko",
+        "reference": "built-in target (CMU-1-Small-Region, CC0)",
+        "h_vector": None,
+        "e_vector": None,
+        "h_angle_deg": None,
+        "e_angle_deg": None,
+        "outlier_score": None,
+        "looks_like_he": None,
+        "error": None,
+    }
     if not tiles:
         out["error"] = "no sharp tissue tiles to estimate the stain from"
         return out
@@ -237,17 +254,22 @@ def _stain(tiles: list[np.ndarray]) -> dict:
         return out
     matrix = params.array("stain_matrix")
     h_angle, e_angle = d.stain_angles(matrix, _reference_stains())
-    out.update(h_vector=[round(float(v), 4) for v in matrix[0]], e_vector=[round(float(v), 4) for v in matrix[1]],
-               h_angle_deg=round(h_angle, 2), e_angle_deg=round(e_angle, 2),
-               outlier_score=round(max(h_angle, e_angle) / d.STAIN_ANGLE_TOLERANCE, 3),
-               looks_like_he=params.looks_like_he)
+    out.update(
+        h_vector=[round(float(v), 4) for v in matrix[0]],
+        e_vector=[round(float(v), 4) for v in matrix[1]],
+        h_angle_deg=round(h_angle, 2),
+        e_angle_deg=round(e_angle, 2),
+        outlier_score=round(max(h_angle, e_angle) / d.STAIN_ANGLE_TOLERANCE, 3),
+        looks_like_he=params.looks_like_he,
+    )
     return out
 
 
 def _artefacts(thumbnail: np.ndarray, mpp: float, tissue: np.ndarray, tiles: _TileReader, downsample: float):
     """Every artefact mask (by name) and the figures that come with them."""
-    over, under = d.detect_exposure(thumbnail, mpp, tissue, _glass_brightness(thumbnail, tissue),
-                                    _background_brightness(thumbnail, tissue))
+    over, under = d.detect_exposure(
+        thumbnail, mpp, tissue, _glass_brightness(thumbnail, tissue), _background_brightness(thumbnail, tissue)
+    )
     pen, pen_colours = d.detect_pen(thumbnail, mpp, tissue, _reference_stains(), under)
     bubble = d.detect_dark_debris(thumbnail, mpp, pen)
     fold, tissue_density = d.detect_fold(thumbnail, mpp, tissue, pen | bubble | under)
@@ -256,10 +278,20 @@ def _artefacts(thumbnail: np.ndarray, mpp: float, tissue: np.ndarray, tiles: _Ti
     stain_is_off_gamut = np.count_nonzero(pen & tissue) > 0.5 * np.count_nonzero(tissue)
     not_for_stain = bubble | fold if stain_is_off_gamut else bubble | fold | pen
     blur, focus, stain_tiles = _focus(tiles, tissue, mpp, downsample, not_for_stain)
-    masks = {"out_of_focus": blur, "fold": fold, "over_exposed": over, "under_exposed": under,
-             "bubble": bubble, "pen": pen}
-    figures = {"pen_colours": pen_colours, "focus": focus, "fold_reference_od": tissue_density,
-               "stain": _stain(stain_tiles)}
+    masks = {
+        "out_of_focus": blur,
+        "fold": fold,
+        "over_exposed": over,
+        "under_exposed": under,
+        "bubble": bubble,
+        "pen": pen,
+    }
+    figures = {
+        "pen_colours": pen_colours,
+        "focus": focus,
+        "fold_reference_od": tissue_density,
+        "stain": _stain(stain_tiles),
+    }
     return masks, figures
 
 
@@ -297,8 +329,12 @@ def run_qc(reader: SlideReader) -> QCResult:
         masks, figures = _artefacts(thumbnail, thumb_mpp, tissue, tiles, downsample)
     else:  # H&E artefacts mean nothing on a dark background: the verdict says why
         masks = {name: np.zeros_like(tissue) for name in ARTEFACTS}
-        figures = {"pen_colours": None, "focus": None, "fold_reference_od": None,
-                   "stain": {**_stain([]), "error": "not brightfield"}}
+        figures = {
+            "pen_colours": None,
+            "focus": None,
+            "fold_reference_od": None,
+            "stain": {**_stain([]), "error": "not brightfield"},
+        }
     stain = figures["stain"]
     flagged = np.zeros_like(tissue)
     for mask in masks.values():
@@ -333,12 +369,24 @@ def run_qc(reader: SlideReader) -> QCResult:
             for name in ARTEFACTS
         },
         **figures,
-        "masks": {"path": "qc.zarr", "mpp": thumb_mpp, "downsample": downsample,
-                  "names": ["tissue", *ARTEFACTS, "usable"]},
-        "thresholds": {**d.thresholds(), "min_tissue_mm2": MIN_TISSUE_MM2,
-                       "min_usable_fraction": MIN_USABLE_FRACTION, "assumed_mpp": ASSUMED_MPP},
-        "timings_s": {"thumbnail": thumbnail_s, "focus_tiles_read": tiles.seconds,
-                      "reading": thumbnail_s + tiles.seconds, "total": time.perf_counter() - started},
+        "masks": {
+            "path": "qc.zarr",
+            "mpp": thumb_mpp,
+            "downsample": downsample,
+            "names": ["tissue", *ARTEFACTS, "usable"],
+        },
+        "thresholds": {
+            **d.thresholds(),
+            "min_tissue_mm2": MIN_TISSUE_MM2,
+            "min_usable_fraction": MIN_USABLE_FRACTION,
+            "assumed_mpp": ASSUMED_MPP,
+        },
+        "timings_s": {
+            "thumbnail": thumbnail_s,
+            "focus_tiles_read": tiles.seconds,
+            "reading": thumbnail_s + tiles.seconds,
+            "total": time.perf_counter() - started,
+        },
         "wsipipe_version": __version__,
     }
     return QCResult(thumbnail, tissue, masks, usable, downsample, None if mpp_assumed else thumb_mpp, summary)

@@ -139,8 +139,13 @@ def readable_figures(result: SegmentResult) -> list[tuple[str, str]]:
     qc = result.qc
     if qc.get("mode", "off") != "off":
         verdict = "usable" if qc.get("usable") else f"not usable ({qc.get('verdict_reason')})"
-        rows.append(("quality control", f"{verdict}; left out {_percent(qc.get('left_out_fraction'))} of the tissue "
-                                        f"({_fmt(qc.get('left_out_mm2'))} mm²)"))
+        rows.append(
+            (
+                "quality control",
+                f"{verdict}; left out {_percent(qc.get('left_out_fraction'))} of the tissue "
+                f"({_fmt(qc.get('left_out_mm2'))} mm²)",
+            )
+        )
     rows += [
         ("slide µm per pixel", _fmt(result.mpp)),
         ("stain normalisation", str(result.normalize)),
@@ -221,8 +226,7 @@ def _legend(result: SegmentResult, nuclei: bool) -> str:
 
     classes = result.model.get("classes") or []
     items = [
-        f'<span class="swatch" style="background:rgb{tuple(colour)}"></span>'
-        f"{html.escape(display_name(str(name)))}"
+        f'<span class="swatch" style="background:rgb{tuple(colour)}"></span>{html.escape(display_name(str(name)))}'
         for i, (name, colour) in enumerate(zip(classes, palette(classes)))
         if i
     ]
@@ -265,9 +269,11 @@ def _provenance(result: SegmentResult) -> str:
     if run.get("command"):
         rows.append(("command", str(run["command"])))
     rows.append(("wsipipe version", str(result.wsipipe_version)))
-    return "<h2>Model and run</h2><table>" + "".join(
-        f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows
-    ) + "</table>"
+    return (
+        "<h2>Model and run</h2><table>"
+        + "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)
+        + "</table>"
+    )
 
 
 def write_report_html(
@@ -291,8 +297,10 @@ def write_report_html(
     def img(rgb: np.ndarray, alt: str) -> str:
         data = base64.b64encode(png_bytes(rgb)).decode("ascii")
         bar = _scale_bar_svg(rgb.shape[1], rgb.shape[0], um_per_px) if um_per_px else ""
-        return (f'<figure><div class="picture"><img alt="{alt}" src="data:image/png;base64,{data}">{bar}</div>'
-                f"<figcaption>{alt}</figcaption></figure>")
+        return (
+            f'<figure><div class="picture"><img alt="{alt}" src="data:image/png;base64,{data}">{bar}</div>'
+            f"<figcaption>{alt}</figcaption></figure>"
+        )
 
     figures = "".join(
         f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in readable_figures(result)
@@ -327,12 +335,12 @@ code {{ background: #f2f2f2; padding: 0.1em 0.3em; }}
 <h1>Tumour segmentation: {name}</h1>
 <p class="note">For research use only: not for diagnosis. The figures come from an automated model and need a
 pathologist's review.</p>
-{f'<p class="note">{html.escape(str(message))}</p>' if message else ''}
+{f'<p class="note">{html.escape(str(message))}</p>' if message else ""}
 <p>To look at the slide with these results, zoomable, run <code>wsipipe view {html.escape(str(outdir or path.parent))}</code>.</p>
 <h2>Figures</h2><table>{figures}</table>
 {_legend(result, heatmap is not None)}
 <div class="images">{img(thumbnail, "slide")}{img(overlay, "predicted tumour")}</div>
-{f'<h2>Cellularity</h2><div class="images">{heat}</div>' if heat else ''}
+{f'<h2>Cellularity</h2><div class="images">{heat}</div>' if heat else ""}
 {_region_table(path, result)}
 {_provenance(result)}
 {_timings_table(result)}

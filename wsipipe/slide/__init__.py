@@ -38,8 +38,12 @@ def _backend_class(name: str) -> type[SlideReader]:
     return TiffSlideReader
 
 
-def open_slide(path: str | os.PathLike, backend: str | None = None, mpp_override: float | None = None,
-               levels_cache: str | os.PathLike | None = None) -> SlideReader:
+def open_slide(
+    path: str | os.PathLike,
+    backend: str | None = None,
+    mpp_override: float | None = None,
+    levels_cache: str | os.PathLike | None = None,
+) -> SlideReader:
     """Open ``path`` with ``backend``, or with openslide and then tiffslide when none is named;
     with ``levels_cache``, the levels built for it there (``wsipipe.slide.built``) come too.
 
@@ -70,8 +74,9 @@ def _open_dicom(path: Path, backend: str | None, mpp_override: float | None) -> 
     from wsipipe.dicom.series import DicomInputError, resolve_series
 
     if backend is not None and backend not in DICOM_BACKENDS:
-        raise InvalidInputError(f"{path}: a DICOM series; choose {{backend}} {' or '.join(DICOM_BACKENDS)}",
-                                parameter="backend")
+        raise InvalidInputError(
+            f"{path}: a DICOM series; choose {{backend}} {' or '.join(DICOM_BACKENDS)}", parameter="backend"
+        )
     series = resolve_series(path)
     # openslide takes one file of the series (it finds the others beside it); wsidicom the series.
     targets = {"openslide": series.base.path, "wsidicom": path}

@@ -133,9 +133,7 @@ class SlideReader(ABC):
             raise InvalidInputError(f"µm/px must be a positive number, got {mpp}")
         base = self.mpp
         if mpp < base * (1 - MPP_TOLERANCE):
-            raise InvalidInputError(
-                f"{mpp} µm/px is finer than the slide's level 0 ({base:.4g} µm/px)"
-            )
+            raise InvalidInputError(f"{mpp} µm/px is finer than the slide's level 0 ({base:.4g} µm/px)")
         coarsest = self.level_mpp(len(self.levels) - 1)
         if buildable:
             whole = base * max(self.dimensions) / MIN_SLIDE_SIDE
@@ -160,8 +158,9 @@ class SlideReader(ABC):
                 best = index
         return best
 
-    def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int],
-                    out: np.ndarray | None = None) -> np.ndarray:
+    def read_region(
+        self, location: tuple[int, int], level: int, size: tuple[int, int], out: np.ndarray | None = None
+    ) -> np.ndarray:
         """RGB uint8 (h, w, 3) of ``size`` at ``level``, from level-0 ``location``; written into
         ``out`` when given (a tile of a shard, say: a whole JPEG tile is then decoded in place).
 
@@ -195,8 +194,9 @@ class SlideReader(ABC):
             out[cy0 - ly0 : cy1 - ly0, cx0 - lx0 : cx1 - lx0] = _composite_on_white(inner)
         return out
 
-    def read_at_mpp(self, location: tuple[float, float], size: tuple[int, int], mpp: float,
-                    out: np.ndarray | None = None) -> np.ndarray:
+    def read_at_mpp(
+        self, location: tuple[float, float], size: tuple[int, int], mpp: float, out: np.ndarray | None = None
+    ) -> np.ndarray:
         """RGB (h, w, 3) covering ``size`` output pixels at ``mpp`` µm/px from level-0 ``location``
         (into ``out`` when given).
 
@@ -231,10 +231,7 @@ class SlideReader(ABC):
             "backend": self.backend,
             "width": self.dimensions[0],
             "height": self.dimensions[1],
-            "levels": [
-                {"width": lvl.width, "height": lvl.height, "downsample": lvl.downsample}
-                for lvl in self.levels
-            ],
+            "levels": [{"width": lvl.width, "height": lvl.height, "downsample": lvl.downsample} for lvl in self.levels],
             "mpp_x": self.mpp_x,
             "mpp_y": self.mpp_y,
             "objective_power": self.objective_power,

@@ -57,8 +57,9 @@ def slide_fingerprint(reader: SlideReader) -> str:
     return digest.hexdigest()[:16]
 
 
-def with_level_for(reader: SlideReader, mpp: float, cache: str | Path,
-                   say: Callable[[str], None] | None = None) -> SlideReader:
+def with_level_for(
+    reader: SlideReader, mpp: float, cache: str | Path, say: Callable[[str], None] | None = None
+) -> SlideReader:
     """``reader`` itself when its levels serve ``mpp``; otherwise a reader with the level
     ``mpp`` needs, built into ``cache`` unless a complete one is there already.
 
@@ -93,11 +94,21 @@ def build_level(reader: SlideReader, downsample: float, path: Path, fingerprint:
     factor = downsample / lvl.downsample  # source pixels per built pixel
     width, height = math.ceil(lvl.width / factor), math.ceil(lvl.height / factor)
     step = max(1, math.floor(BLOCK / factor))  # built pixels per block side
-    record = {"fingerprint": fingerprint, "source_level": source, "downsample": downsample, "width": width,
-              "height": height}
+    record = {
+        "fingerprint": fingerprint,
+        "source_level": source,
+        "downsample": downsample,
+        "width": width,
+        "height": height,
+    }
     with atomic_path(path) as temporary:
-        array = zarr.create_array(str(temporary), shape=(height, width, 3), chunks=(CHUNK, CHUNK, 3), dtype=np.uint8,
-                                  attributes={ATTRIBUTE: record})
+        array = zarr.create_array(
+            str(temporary),
+            shape=(height, width, 3),
+            chunks=(CHUNK, CHUNK, 3),
+            dtype=np.uint8,
+            attributes={ATTRIBUTE: record},
+        )
         for y0 in range(0, height, CHUNK):
             for x0 in range(0, width, CHUNK):
                 h, w = min(CHUNK, height - y0), min(CHUNK, width - x0)

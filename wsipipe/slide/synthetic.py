@@ -68,11 +68,13 @@ class SyntheticSpec:
 
     def validate(self) -> None:
         if self.width < 1 or self.height < 1:
-            raise InvalidInputError(f"{{width}}/{{height}} must be positive, got {self.width}x{self.height}",
-                                    parameter=("width", "height"))
+            raise InvalidInputError(
+                f"{{width}}/{{height}} must be positive, got {self.width}x{self.height}", parameter=("width", "height")
+            )
         if self.tile_size < 16 or self.tile_size % 16:
-            raise InvalidInputError(f"{{tile_size}} must be a multiple of 16 (JPEG MCUs), got {self.tile_size}",
-                                    parameter="tile_size")
+            raise InvalidInputError(
+                f"{{tile_size}} must be a multiple of 16 (JPEG MCUs), got {self.tile_size}", parameter="tile_size"
+            )
         if not 1 <= self.quality <= 100:
             raise InvalidInputError(f"{{quality}} must be within 1..100, got {self.quality}", parameter="quality")
         if not (math.isfinite(self.mpp) and self.mpp > 0):
@@ -221,9 +223,7 @@ class TileRenderer:
         self.pools = [base]
         for level in range(1, spec.level_count()):
             side = spec.tile_size >> level
-            self.pools.append(
-                np.stack([cv2.resize(p, (side, side), interpolation=cv2.INTER_AREA) for p in base])
-            )
+            self.pools.append(np.stack([cv2.resize(p, (side, side), interpolation=cv2.INTER_AREA) for p in base]))
         self.tissue = TissueField(spec.width, spec.height, rng)
 
     def blank_tile(self) -> np.ndarray:

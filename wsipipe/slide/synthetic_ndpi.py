@@ -51,8 +51,9 @@ def check_ndpi_spec(spec) -> None:
             parameter=("ndpi", "tile_size", "width", "height"),
         )
     if max(spec.width, spec.height) > JPEG_MAX_SIDE:
-        raise InvalidInputError(f"{{ndpi}} slides are at most {JPEG_MAX_SIDE} px a side (one JPEG per level)",
-                                parameter="ndpi")
+        raise InvalidInputError(
+            f"{{ndpi}} slides are at most {JPEG_MAX_SIDE} px a side (one JPEG per level)", parameter="ndpi"
+        )
 
 
 def write_ndpi(path: Path, spec, renderer, *, progress=None, threads: int = 2) -> None:
@@ -76,7 +77,11 @@ def _encode(pixels: np.ndarray, quality: int, tile: int) -> tuple[bytes, list[by
     """(header up to and including SOS, entropy-coded segments one per MCU row) of one tile."""
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(
-        buffer, format="JPEG", quality=quality, subsampling=1, optimize=False,
+        buffer,
+        format="JPEG",
+        quality=quality,
+        subsampling=1,
+        optimize=False,
         restart_marker_blocks=tile // MCU_W,
     )
     data = buffer.getvalue()

@@ -78,7 +78,10 @@ class TiledPages:
             pages: dict[int, object] = {}
             for index, level in enumerate(levels):
                 for page in candidates:
-                    if (page.imagewidth, page.imagelength) == (level.width, level.height) and page not in pages.values():
+                    if (page.imagewidth, page.imagelength) == (
+                        level.width,
+                        level.height,
+                    ) and page not in pages.values():
                         if _directly_decodable(page):
                             pages[index] = page
                         break  # the first page of this size is the level; decodable or not
@@ -118,7 +121,11 @@ class TiledPages:
         across = math.ceil(image_w / tile_w)
         if out is None:
             out = np.empty((height, width, 3), np.uint8)
-        if level in self._jpeg_colorspaces and self._is_whole_tile(page, x, y, width, height) and out.flags.c_contiguous:
+        if (
+            level in self._jpeg_colorspaces
+            and self._is_whole_tile(page, x, y, width, height)
+            and out.flags.c_contiguous
+        ):
             self._decode_jpeg_into(out, level, (y // tile_h) * across + x // tile_w)
             return out
         x0, y0 = max(x, 0), max(y, 0)
@@ -144,8 +151,12 @@ class TiledPages:
         tiles are padded in the file: only part of their pixels are the image's)."""
         return (
             (width, height) == (page.tilewidth, page.tilelength)
-            and x >= 0 and y >= 0 and x % width == 0 and y % height == 0
-            and x + width <= page.imagewidth and y + height <= page.imagelength
+            and x >= 0
+            and y >= 0
+            and x % width == 0
+            and y % height == 0
+            and x + width <= page.imagewidth
+            and y + height <= page.imagelength
         )
 
     def _decode_jpeg_into(self, out: np.ndarray, level: int, index: int) -> None:
@@ -157,8 +168,12 @@ class TiledPages:
         colorspace, outcolorspace = self._jpeg_colorspaces[level]
         with self._reading_tile(index):
             imagecodecs.jpeg8_decode(
-                self._tile_bytes(page, index), tables=page.jpegtables, colorspace=colorspace,
-                outcolorspace=outcolorspace, shape=(page.tilelength, page.tilewidth), out=out,
+                self._tile_bytes(page, index),
+                tables=page.jpegtables,
+                colorspace=colorspace,
+                outcolorspace=outcolorspace,
+                shape=(page.tilelength, page.tilewidth),
+                out=out,
             )
 
     def _decoded(self, level: int, index: int) -> np.ndarray:

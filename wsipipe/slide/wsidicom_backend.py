@@ -31,7 +31,11 @@ class WsiDicomReader(SlideReader):
         # wsidicom addresses a level by its power-of-two index and reads in that level's pixels.
         self._pyramid_index = [level.level for level in pyramid]
         self._levels = [
-            Level(level.size.width, level.size.height, (base.width / level.size.width + base.height / level.size.height) / 2)
+            Level(
+                level.size.width,
+                level.size.height,
+                (base.width / level.size.width + base.height / level.size.height) / 2,
+            )
             for level in pyramid
         ]
         spacing = pyramid[0].mpp  # µm/px as (width, height)

@@ -1,8 +1,8 @@
 """Stain normalisation (Vahadane, Macenko, Reinhard) and stain augmentation, torch on CPU or CUDA.
 
-    normalizer = get_normalizer("vahadane", device="cpu").fit(default_target("vahadane"))
-    slide = estimate_slide_stain(store_tiles, normalizer)      # once per slide
-    out = normalizer.transform(tiles, source=slide)           # every tile reuses it
+normalizer = get_normalizer("vahadane", device="cpu").fit(default_target("vahadane"))
+slide = estimate_slide_stain(store_tiles, normalizer)      # once per slide
+out = normalizer.transform(tiles, source=slide)           # every tile reuses it
 """
 
 from __future__ import annotations

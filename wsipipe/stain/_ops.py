@@ -281,7 +281,9 @@ class ColourTable:
         with torch_threads(1):
             mapped = self._mapping(colours).cpu().numpy()
             flagged = self._flag(colours).cpu().numpy()
-        self._entries[new] = colour_codes(np.ascontiguousarray(mapped)) | np.where(flagged, self._FLAGGED, 0) | self._FILLED
+        self._entries[new] = (
+            colour_codes(np.ascontiguousarray(mapped)) | np.where(flagged, self._FLAGGED, 0) | self._FILLED
+        )
 
 
 @contextmanager

@@ -121,7 +121,7 @@ class StainNormalizer(ABC):
         it; without, each tile is estimated on its own. Tiles without tissue come back unchanged,
         as do tiles whose stains cannot be estimated (with a ``StainWarning``).
         """
-        self._fitted_target()
+        self.fitted_target()
         if source is not None:
             self._check_method(source, "source")
         batch, give_back = to_tile_batch(tiles)
@@ -147,7 +147,7 @@ class StainNormalizer(ABC):
                 warnings.warn(f"tile {index} left unchanged: {exc}", StainWarning, stacklevel=2)
         return give_back(out)
 
-    def _fitted_target(self) -> StainParams:
+    def fitted_target(self) -> StainParams:
         """The target ``fit`` set; RuntimeError before ``fit``."""
         if self.target is None:
             raise RuntimeError(f"{type(self).__name__}.transform called before fit()")
@@ -234,8 +234,7 @@ class TwoStainNormalizer(StainNormalizer):
         separation = np.degrees(np.arccos(np.clip(matrix[0] @ matrix[1], -1.0, 1.0)))
         if not 1.0 <= separation <= 90.0:
             raise StainError(
-                f"could not separate two stains (vectors {separation:.2f} degrees apart); "
-                "is this stained tissue?"
+                f"could not separate two stains (vectors {separation:.2f} degrees apart); is this stained tissue?"
             )
         concentrations = nonneg_lasso_2(od, torch.from_numpy(matrix), self.concentration_penalty)
         max_concentrations = weighted_percentile(concentrations.numpy(), counts, 99.0)
@@ -252,13 +251,11 @@ class TwoStainNormalizer(StainNormalizer):
 
     def _apply(self, pixels: torch.Tensor, source: StainParams) -> torch.Tensor:
         device = pixels.device
-        target = self._fitted_target()
+        target = self.fitted_target()
         source_matrix = torch.as_tensor(source.array("stain_matrix"), dtype=torch.float32, device=device)
         scale = target.array("max_concentrations") / source.array("max_concentrations")
         # scaling concentrations then mixing with the target's stains is one 2x3 matrix
-        rebuild = torch.as_tensor(
-            scale[:, None] * target.array("stain_matrix"), dtype=torch.float32, device=device
-        )
+        rebuild = torch.as_tensor(scale[:, None] * target.array("stain_matrix"), dtype=torch.float32, device=device)
 
         def step(chunk: torch.Tensor) -> torch.Tensor:
             return od_to_rgb(self._concentrations(chunk, source_matrix) @ rebuild)

@@ -21,9 +21,7 @@ def macenko_stain_matrix(od: np.ndarray, counts: np.ndarray | None = None) -> np
     projected = od @ plane
     angles = np.arctan2(projected[:, 1], projected[:, 0])
     low, high = weighted_percentile(angles, counts, [100.0 - ANGULAR_PERCENTILE, ANGULAR_PERCENTILE])
-    vectors = np.stack(
-        [plane @ np.array([np.cos(low), np.sin(low)]), plane @ np.array([np.cos(high), np.sin(high)])]
-    )
+    vectors = np.stack([plane @ np.array([np.cos(low), np.sin(low)]), plane @ np.array([np.cos(high), np.sin(high)])])
     return order_haematoxylin_first(vectors)
 
 

@@ -13,9 +13,7 @@ import torch
 from wsipipe.stain._ops import CHUNK_PIXELS, SRGB_LINEAR, for_each_chunk, lookup
 from wsipipe.stain.base import StainNormalizer, StainParams
 
-_RGB_TO_XYZ = np.array(
-    [[0.412453, 0.357580, 0.180423], [0.212671, 0.715160, 0.072169], [0.019334, 0.119193, 0.950227]]
-)
+_RGB_TO_XYZ = np.array([[0.412453, 0.357580, 0.180423], [0.212671, 0.715160, 0.072169], [0.019334, 0.119193, 0.950227]])
 _WHITE = np.array([0.950456, 1.0, 1.088754])  # D65
 _EPSILON = 0.008856
 _UNIT = np.arange(256) / 255.0
@@ -46,18 +44,14 @@ def rgb_to_lab_torch(pixels: torch.Tensor) -> torch.Tensor:
     to_xyz = torch.as_tensor(_RGB_TO_XYZ / _WHITE[:, None], dtype=torch.float32, device=pixels.device)
     xyz = linear @ to_xyz.T
     f = torch.where(xyz > _EPSILON, xyz.clamp(min=_EPSILON) ** (1 / 3), 7.787 * xyz + 16 / 116)
-    return torch.stack(
-        [116 * f[:, 1] - 16, 500 * (f[:, 0] - f[:, 1]), 200 * (f[:, 1] - f[:, 2])], dim=1
-    )
+    return torch.stack([116 * f[:, 1] - 16, 500 * (f[:, 0] - f[:, 1]), 200 * (f[:, 1] - f[:, 2])], dim=1)
 
 
 def lab_to_rgb_torch(lab: torch.Tensor) -> torch.Tensor:
     fy = (lab[:, 0] + 16) / 116
     f = torch.stack([fy + lab[:, 1] / 500, fy, fy - lab[:, 2] / 200], dim=1)
     xyz = torch.where(f > 6 / 29, f**3, (f - 16 / 116) / 7.787)
-    from_xyz = torch.as_tensor(
-        np.linalg.inv(_RGB_TO_XYZ / _WHITE[:, None]), dtype=torch.float32, device=lab.device
-    )
+    from_xyz = torch.as_tensor(np.linalg.inv(_RGB_TO_XYZ / _WHITE[:, None]), dtype=torch.float32, device=lab.device)
     linear = (xyz @ from_xyz.T).clamp(0, 1)
     srgb = torch.where(linear <= 0.0031308, 12.92 * linear, 1.055 * linear ** (1 / 2.4) - 0.055)
     return (srgb * 255).round_().clamp_(0, 255).to(torch.uint8)
@@ -113,7 +107,7 @@ class ReinhardNormalizer(StainNormalizer):
 
     def _transfer(self, lab: torch.Tensor, source: StainParams) -> torch.Tensor:
         """(lab - source mean) / source std * target std + target mean, back to uint8 RGB."""
-        target = self._fitted_target()
+        target = self.fitted_target()
         gain = target.array("std") / np.maximum(source.array("std"), 1e-6)
         offset = target.array("mean") - source.array("mean") * gain
         return lab_to_rgb(scale_and_shift(lab, gain, offset))

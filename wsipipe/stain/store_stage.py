@@ -59,7 +59,7 @@ def normalize_store(config: NormalizeConfig, device, progress: Progress | None =
     stain_meta = {
         "method": config.method,
         "target_image": target_name,
-        "target": normalizer.target.to_dict(),
+        "target": normalizer.fitted_target().to_dict(),
         "source": slide.to_dict(),
     }
     check_output_location(Path(out_path))
@@ -74,7 +74,7 @@ def normalize_store(config: NormalizeConfig, device, progress: Progress | None =
         )
         if writer.already_complete:
             return _result(config, open_tile_store(out_path), device)
-        recorded = writer.store.meta[STAIN_KEY]  # a resumed run keeps the parameters it started with
+        recorded = writer.building.meta[STAIN_KEY]  # a resumed run keeps the parameters it started with
         normalizer.fit(StainParams.from_dict(recorded["target"]))
         slide = StainParams.from_dict(recorded["source"])
         pending = writer.pending_shards()

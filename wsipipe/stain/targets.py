@@ -57,7 +57,9 @@ def load_target_image(path: Path):
     try:
         with Image.open(path) as image:
             if image.mode in ("1", "L", "LA", "I", "I;16", "F"):
-                raise InvalidInputError(f"{{target}} {path}: greyscale image; a colour H&E image is needed", parameter="target")
+                raise InvalidInputError(
+                    f"{{target}} {path}: greyscale image; a colour H&E image is needed", parameter="target"
+                )
             return np.asarray(image.convert("RGBA" if "A" in image.mode else "RGB"))
     except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as exc:
         raise InvalidInputError(f"{{target}} {path}: cannot read the image ({exc})", parameter="target") from None

@@ -46,7 +46,9 @@ def load_checkpoint(path: Path, model, optimizer) -> tuple[dict | None, dict[str
             meta = json.loads((handle.metadata() or {})["wsipipe-checkpoint"])
         tensors = load_file(str(path))
     except Exception as exc:
-        raise ModelError(f"{path}: not a usable wsipipe checkpoint ({type(exc).__name__}); delete it to start over") from None
+        raise ModelError(
+            f"{path}: not a usable wsipipe checkpoint ({type(exc).__name__}); delete it to start over"
+        ) from None
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")} or None
     state: dict[int, dict[str, Any]] = {}
@@ -85,8 +87,9 @@ def run_resumable_epochs(
     if resume and checkpoint is not None and checkpoint.is_file():
         _, state = load_checkpoint(checkpoint, network, optimizer)
         if state.get("identity") != identity:
-            raise InvalidInputError(f"{checkpoint}: made with other training options; drop {{resume}} to start over",
-                                    parameter="resume")
+            raise InvalidInputError(
+                f"{checkpoint}: made with other training options; drop {{resume}} to start over", parameter="resume"
+            )
         first_epoch = state["epochs_done"]
         rng.bit_generator.state = state["numpy_rng"]
     for epoch in range(first_epoch, epochs):
@@ -96,8 +99,14 @@ def run_resumable_epochs(
                 group["lr"] = learning_rate(epoch * steps_per_epoch + step_in_epoch)
             losses.append(train_step())
             if on_step:
-                on_step({"epoch": epoch + 1, "step": step_in_epoch + 1, "steps": steps_per_epoch,
-                         "loss": float(np.mean(losses))})
+                on_step(
+                    {
+                        "epoch": epoch + 1,
+                        "step": step_in_epoch + 1,
+                        "steps": steps_per_epoch,
+                        "loss": float(np.mean(losses)),
+                    }
+                )
         if checkpoint is not None:
             state = {"identity": identity, "epochs_done": epoch + 1, "numpy_rng": rng.bit_generator.state}
             save_checkpoint(checkpoint, network, None, optimizer, state)

@@ -66,7 +66,9 @@ def read_tile_stores(paths: list[Path]) -> Dataset:
         tiles, masks = store.tiles[:], store.group["masks"][:]
         items += [LabelledImage(f"{path.stem}#{i}", tiles[i], masks[i], source=path.stem) for i in range(len(tiles))]
     if len(mpps) > 1:
-        raise InvalidInputError(f"tile stores at different µm/px ({', '.join(map(str, sorted(mpps)))}): tile them alike")
+        raise InvalidInputError(
+            f"tile stores at different µm/px ({', '.join(map(str, sorted(mpps)))}): tile them alike"
+        )
     if not items:
         raise InvalidInputError(f"{', '.join(map(str, paths))}: no tiles")
     return Dataset(items, mpps.pop(), "tile stores")
@@ -86,21 +88,28 @@ def regroup(dataset: Dataset, groups_csv: Path) -> Dataset:
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise InvalidInputError(f"{{groups_csv}} {groups_csv}: cannot read ({exc})", parameter="groups_csv") from None
     if not {"image", "group"} <= set(header):
-        raise InvalidInputError(f"{{groups_csv}} {groups_csv}: needs columns 'image' and 'group' (has "
-                                f"{', '.join(header) or 'none'})", parameter="groups_csv")
+        raise InvalidInputError(
+            f"{{groups_csv}} {groups_csv}: needs columns 'image' and 'group' (has {', '.join(header) or 'none'})",
+            parameter="groups_csv",
+        )
     known = {item.source for item in dataset.items}
     mapping: dict[str, str] = {}
     for row in rows:
         name, group = (row["image"] or "").strip(), (row["group"] or "").strip()
         name = Path(name).stem if name not in known else name
         if name not in known:
-            raise InvalidInputError(f"{{groups_csv}} {groups_csv}: {row['image']!r} is not one of the data's images or "
-                                    "slides", parameter="groups_csv")
+            raise InvalidInputError(
+                f"{{groups_csv}} {groups_csv}: {row['image']!r} is not one of the data's images or slides",
+                parameter="groups_csv",
+            )
         if not group:
-            raise InvalidInputError(f"{{groups_csv}} {groups_csv}: {row['image']!r} has an empty group",
-                                    parameter="groups_csv")
+            raise InvalidInputError(
+                f"{{groups_csv}} {groups_csv}: {row['image']!r} has an empty group", parameter="groups_csv"
+            )
         mapping[name] = group
-    items = [LabelledImage(it.name, it.image, it.mask, it.source, mapping.get(it.source, it.group)) for it in dataset.items]
+    items = [
+        LabelledImage(it.name, it.image, it.mask, it.source, mapping.get(it.source, it.group)) for it in dataset.items
+    ]
     return Dataset(items, dataset.mpp, dataset.kind)
 
 
@@ -183,8 +192,9 @@ def split_folds(groups: list[str], folds: int, seed: int) -> list[list[int]]:
     a group's items are never on both sides; fold sizes in groups differ by at most one."""
     names = list(dict.fromkeys(groups))
     if not 2 <= folds <= len(names):
-        raise InvalidInputError(f"{{folds}} {folds}: needs 2 <= K <= the number of images or slides ({len(names)})",
-                                parameter="folds")
+        raise InvalidInputError(
+            f"{{folds}} {folds}: needs 2 <= K <= the number of images or slides ({len(names)})", parameter="folds"
+        )
     order = np.random.default_rng(seed).permutation(len(names))
     fold_of = {names[g]: k % folds for k, g in enumerate(order)}
     return [[i for i, g in enumerate(groups) if fold_of[g] == k] for k in range(folds)]

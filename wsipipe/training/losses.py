@@ -31,7 +31,9 @@ def class_weights(frequencies) -> torch.Tensor:
     return torch.tensor([1 / math.log(1.10 + float(f)) for f in frequencies], dtype=torch.float32)
 
 
-def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0, weight: torch.Tensor | None = None) -> torch.Tensor:
+def focal_loss(
+    logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0, weight: torch.Tensor | None = None
+) -> torch.Tensor:
     """mean of -w_t (1 - p_t)^gamma log p_t (gamma 0 and no weight = cross-entropy)."""
     log_p = torch.log_softmax(logits.float(), dim=1).gather(1, target.long()[:, None])[:, 0]
     loss = -((1 - log_p.exp()) ** gamma) * log_p

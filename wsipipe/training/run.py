@@ -68,7 +68,9 @@ def run_training(
         dataset = regroup(dataset, groups_csv)
     if dataset.mpp is not None:
         if data_mpp is not None and abs(data_mpp - dataset.mpp) > 1e-6 * dataset.mpp:
-            raise InvalidInputError(f"{{data_mpp}} {data_mpp}: the tile stores record {dataset.mpp} µm/px", parameter="data_mpp")
+            raise InvalidInputError(
+                f"{{data_mpp}} {data_mpp}: the tile stores record {dataset.mpp} µm/px", parameter="data_mpp"
+            )
         data_mpp, mpp_assumed = dataset.mpp, False
     elif data_mpp is None:
         data_mpp = config.mpp
@@ -76,9 +78,10 @@ def run_training(
     groups = dataset.groups
     top = max(int(i.mask.max()) for i in items)
     if top >= len(config.classes):
-        raise InvalidInputError(f"{data_dir}: masks hold class {top} but {{classes}} names only {len(config.classes)}",
-                                parameter="classes")
-    step = (lambda run: (lambda info: on_step(run, info))) if on_step else (lambda run: None)
+        raise InvalidInputError(
+            f"{data_dir}: masks hold class {top} but {{classes}} names only {len(config.classes)}", parameter="classes"
+        )
+    step = (lambda run: lambda info: on_step(run, info)) if on_step else (lambda run: None)
     validation: dict = {}
     if folds >= 2:
         fold_indices = split_folds(groups, folds, config.seed)
@@ -88,9 +91,15 @@ def run_training(
             train_items = [it for i, it in enumerate(items) if i not in val_idx]
             val_items = [items[i] for i in val_idx]
             # the held-out images are what the fold is scored on, so they do not choose its epoch
-            result = train(config, train_items, val_items, checkpoint, resume, step(f"fold {k + 1}/{folds}"),
-                           select_best=False)
-            metrics = evaluate_items(_bundle(config, result["state_dict"]), [dataset.items[i] for i in val_idx], data_mpp, device=config.device)
+            result = train(
+                config, train_items, val_items, checkpoint, resume, step(f"fold {k + 1}/{folds}"), select_best=False
+            )
+            metrics = evaluate_items(
+                _bundle(config, result["state_dict"]),
+                [dataset.items[i] for i in val_idx],
+                data_mpp,
+                device=config.device,
+            )
             return {"images": _names(items, val_idx), "best_epoch": result["best"]["epoch"], **metrics}
 
         done = resumable_folds(output, folds, resume, run_fold)
@@ -104,13 +113,25 @@ def run_training(
         train_idx, val_idx = list(range(len(items))), list[int]()
     else:
         train_idx, val_idx = split_holdout(groups, val_fraction, config.seed)
-    result = train(config, [items[i] for i in train_idx], [items[i] for i in val_idx], fit_checkpoint(output), resume,
-                   step("final fit"))
+    result = train(
+        config,
+        [items[i] for i in train_idx],
+        [items[i] for i in val_idx],
+        fit_checkpoint(output),
+        resume,
+        step("final fit"),
+    )
     if val_idx:
-        metrics = evaluate_items(_bundle(config, result["state_dict"]), [dataset.items[i] for i in val_idx], data_mpp, device=config.device)
+        metrics = evaluate_items(
+            _bundle(config, result["state_dict"]), [dataset.items[i] for i in val_idx], data_mpp, device=config.device
+        )
         validation = {"method": f"held-out {_unit(dataset)}s", "images": _names(items, val_idx), **metrics}
     meta = model_metadata(
-        config.architecture, config.args, config.classes, config.mpp, config.tile_size,
+        config.architecture,
+        config.args,
+        config.classes,
+        config.mpp,
+        config.tile_size,
         training={
             "command": command,
             "seed": config.seed,
@@ -121,7 +142,9 @@ def run_training(
                 "groups": {it.source: it.group for it in items if it.group != it.source},
                 "data_mpp": data_mpp,
                 "data_mpp_assumed": mpp_assumed,
-                "class_pixels": np.bincount(np.concatenate([items[i].mask.ravel() for i in train_idx]), minlength=len(config.classes)).tolist(),
+                "class_pixels": np.bincount(
+                    np.concatenate([items[i].mask.ravel() for i in train_idx]), minlength=len(config.classes)
+                ).tolist(),
             },
             "config": asdict(config),
             "best_epoch": result["best"]["epoch"] if result["best"] else None,

@@ -61,8 +61,9 @@ def validate(model, items: list[LabelledImage], config: TrainConfig, batch_size:
     from wsipipe.models.io import IMAGENET_NORMALISATION, ModelBundle
 
     model.eval()
-    bundle = ModelBundle(model, {"classes": config.classes, "tile_size": config.tile_size,
-                                 "input_normalisation": IMAGENET_NORMALISATION})
+    bundle = ModelBundle(
+        model, {"classes": config.classes, "tile_size": config.tile_size, "input_normalisation": IMAGENET_NORMALISATION}
+    )
     cm = ConfusionMatrix(len(config.classes))
     for item in items:
         probs = predict_tiled(bundle, item.image, default_overlap(config.tile_size), batch_size, config.device)
@@ -110,8 +111,9 @@ def train(
     if resume and checkpoint is not None and checkpoint.is_file():
         best_state, state = load_checkpoint(checkpoint, model, optimizer)
         if state.get("config") != asdict(config):
-            raise InvalidInputError(f"{checkpoint}: made with other training options; drop {{resume}} to start over",
-                                    parameter="resume")
+            raise InvalidInputError(
+                f"{checkpoint}: made with other training options; drop {{resume}} to start over", parameter="resume"
+            )
         rng.bit_generator.state = state["numpy_rng"]
     for epoch in range(state["epoch"], config.epochs):
         model.train()
@@ -120,7 +122,10 @@ def train(
             global_step = epoch * steps_per_epoch + step
             for group in optimizer.param_groups:
                 group["lr"] = poly_lr(config.lr, global_step, max_steps)
-            patches = [sample_patch(train_items[rng.integers(len(train_items))], config.tile_size, rng, aug) for _ in range(config.batch_size)]
+            patches = [
+                sample_patch(train_items[rng.integers(len(train_items))], config.tile_size, rng, aug)
+                for _ in range(config.batch_size)
+            ]
             images = torch.from_numpy(np.stack([p[0] for p in patches])).to(device)
             images = preprocess(images, IMAGENET_NORMALISATION).contiguous(memory_format=memory_format)
             masks = torch.from_numpy(np.stack([p[1] for p in patches])).to(device).long()
@@ -132,7 +137,9 @@ def train(
             scaler.update()
             losses.append(float(loss.detach()))
             if on_step:
-                on_step({"epoch": epoch + 1, "step": step + 1, "steps": steps_per_epoch, "loss": float(np.mean(losses))})
+                on_step(
+                    {"epoch": epoch + 1, "step": step + 1, "steps": steps_per_epoch, "loss": float(np.mean(losses))}
+                )
         state["train_seconds"] += time.perf_counter() - started
         state["images"] += steps_per_epoch * config.batch_size
         record = {"epoch": epoch + 1, "loss": float(np.mean(losses))}

@@ -16,8 +16,14 @@ from wsipipe.view.sources import ViewSource, sources_for
 __all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "ViewServer", "ViewSource", "open_view"]
 
 
-def open_view(path: str | Path, *, slide: str | Path | None = None, host: str = DEFAULT_HOST,
-              port: int = DEFAULT_PORT, mpp_override: float | None = None) -> ViewServer:
+def open_view(
+    path: str | Path,
+    *,
+    slide: str | Path | None = None,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    mpp_override: float | None = None,
+) -> ViewServer:
     """A bound server for PATH (a slide, an output folder or a batch output folder); call
     ``serve_forever`` on it and ``close`` after. A single slide is opened here, so a slide that
     cannot be read fails before anything listens."""

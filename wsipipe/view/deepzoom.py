@@ -174,8 +174,9 @@ class SlideTiles:
             return None
         with self._coarsest_lock:
             if self._coarsest is None:
-                self._coarsest = self._read(lambda: self.reader.read_region((0, 0), len(self.reader.levels) - 1,
-                                                                           (last.width, last.height)))
+                self._coarsest = self._read(
+                    lambda: self.reader.read_region((0, 0), len(self.reader.levels) - 1, (last.width, last.height))
+                )
             return self._coarsest
 
     def _read(self, read):

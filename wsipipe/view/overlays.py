@@ -83,15 +83,23 @@ class RasterOverlay:
 class PolygonOverlay:
     """Polygon outlines (level-0 coordinates), found through a coarse bin index."""
 
-    def __init__(self, polygons: list[np.ndarray], colours: list[tuple[int, int, int]], thickness: int,
-                 max_scale: float = math.inf):
+    def __init__(
+        self,
+        polygons: list[np.ndarray],
+        colours: list[tuple[int, int, int]],
+        thickness: int,
+        max_scale: float = math.inf,
+    ):
         self.polygons = polygons
         self.colours = colours
         self.thickness = thickness
         self.max_scale = max_scale  # coarser tiles stay empty
         self.bins: dict[tuple[int, int], list[int]] = {}
         for index, points in enumerate(polygons):
-            (bx0, by0), (bx1, by1) = (points.min(axis=0) // BIN_SIZE).astype(int), (points.max(axis=0) // BIN_SIZE).astype(int)
+            (bx0, by0), (bx1, by1) = (
+                (points.min(axis=0) // BIN_SIZE).astype(int),
+                (points.max(axis=0) // BIN_SIZE).astype(int),
+            )
             for bx in range(bx0, bx1 + 1):
                 for by in range(by0, by1 + 1):
                     self.bins.setdefault((bx, by), []).append(index)
@@ -129,7 +137,9 @@ def geojson_polygons(path: Path) -> list[dict]:
             rings = [polygon[0] for polygon in geometry["coordinates"]]
         for ring in rings:
             if len(ring) >= 3:
-                out.append({"points": np.asarray(ring, np.float64)[:, :2], "properties": feature.get("properties") or {}})
+                out.append(
+                    {"points": np.asarray(ring, np.float64)[:, :2], "properties": feature.get("properties") or {}}
+                )
     return out
 
 

@@ -111,7 +111,11 @@ class ViewHandler(BaseHTTPRequestHandler):
         try:
             status, kind, body = self._route()
         except Exception as exc:  # a bug or an unreadable file: one line to the page, the server goes on
-            status, kind, body = HTTPStatus.INTERNAL_SERVER_ERROR, "text/plain; charset=utf-8", f"{type(exc).__name__}: {exc}".encode()
+            status, kind, body = (
+                HTTPStatus.INTERNAL_SERVER_ERROR,
+                "text/plain; charset=utf-8",
+                f"{type(exc).__name__}: {exc}".encode(),
+            )
         self.send_response(status)
         self.send_header("Content-Type", kind)
         self.send_header("Content-Length", str(len(body)))
@@ -130,8 +134,11 @@ class ViewHandler(BaseHTTPRequestHandler):
             return self._error(HTTPStatus.FORBIDDEN, "unexpected Host header")
         # Not urlsplit: it would read "//host/..." as a host name.
         path = unquote(self.path.split("?", 1)[0])
-        if not path.startswith("/") or path.startswith("//") or not _SAFE_PATH.match(path) or any(
-            part in (".", "..") for part in path.split("/")
+        if (
+            not path.startswith("/")
+            or path.startswith("//")
+            or not _SAFE_PATH.match(path)
+            or any(part in (".", "..") for part in path.split("/"))
         ):
             return self._error(HTTPStatus.BAD_REQUEST, "not a path this server answers")
         if path == "/":
@@ -223,7 +230,7 @@ def batch_page(sources: list[ViewSource]) -> bytes:
         '<link rel="stylesheet" href="/static/view.css"></head><body class="list">'
         f"<h1>Slides of the batch ({len(sources)})</h1><table><thead><tr>{head}</tr></thead><tbody>"
         + "".join(rows)
-        + "</tbody></table><p class=\"note\">For research use only: not for diagnosis.</p></body></html>"
+        + '</tbody></table><p class="note">For research use only: not for diagnosis.</p></body></html>'
     ).encode()
 
 
@@ -233,12 +240,15 @@ def _text(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def start_server(sources: list[ViewSource], mode: str, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> ViewServer:
+def start_server(
+    sources: list[ViewSource], mode: str, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT
+) -> ViewServer:
     """A bound server (not yet serving); port 0 picks a free one."""
     if not 0 <= port <= 65535:
         raise InvalidInputError(f"{{port}} {port}: choose 0 to 65535", parameter="port")
     try:
         return ViewServer((host, port), sources, mode)
     except OSError as exc:
-        raise OutputError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); choose another {{port}}",
-                          parameter="port") from exc
+        raise OutputError(
+            f"cannot listen on {host}:{port} ({exc.strerror or exc}); choose another {{port}}", parameter="port"
+        ) from exc

@@ -139,7 +139,9 @@ class ViewSource:
         specs.append(OverlaySpec("tissue", "tissue mask", 0.35, Lazy(self._tissue)))
         summary = self._nuclei_summary()
         if summary and summary.get("tiles"):
-            specs.append(OverlaySpec("cellularity", "cellularity heatmap", 0.6, Lazy(lambda: self._heatmap(summary)[0])))
+            specs.append(
+                OverlaySpec("cellularity", "cellularity heatmap", 0.6, Lazy(lambda: self._heatmap(summary)[0]))
+            )
         return {spec.key: spec for spec in specs}
 
     def _prediction(self, labels: bool) -> RasterOverlay:
@@ -181,15 +183,18 @@ class ViewSource:
         # repairs each of up to millions of polygons, which drawing does not need).
         polygons = geojson_polygons(self._outputs / "nuclei.geojson")
         colours = [classification_colour(p["properties"], (0, 0, 200)) for p in polygons]
-        return PolygonOverlay([p["points"] for p in polygons], colours, thickness=1,
-                              max_scale=NUCLEI_MAX_UM_PER_PX / self._known_mpp())
+        return PolygonOverlay(
+            [p["points"] for p in polygons], colours, thickness=1, max_scale=NUCLEI_MAX_UM_PER_PX / self._known_mpp()
+        )
 
     def _tissue(self) -> RasterOverlay:
         """The tissue mask segment and nuclei use (the same detection on the same thumbnail)."""
         from wsipipe.tissue import detect_tissue, read_thumbnail, thumbnail_downsample
 
         downsample = thumbnail_downsample(self.reader)
-        mask = detect_tissue(read_thumbnail(self.reader, downsample), self.reader.mpp_x and self.reader.mpp_x * downsample)
+        mask = detect_tissue(
+            read_thumbnail(self.reader, downsample), self.reader.mpp_x and self.reader.mpp_x * downsample
+        )
         rgba = np.zeros((*mask.shape, 4), np.uint8)
         rgba[mask] = (*TISSUE_COLOUR, 255)
         return RasterOverlay([rgba], downsample)
@@ -212,8 +217,11 @@ class ViewSource:
         reader = self.reader
         report = self.report
         classes = (report.get("model") or {}).get("classes") or []
-        legend: list[dict] = [{"label": display_name(name), "colour": _hex(colour)}
-                  for i, (name, colour) in enumerate(zip(classes, palette(classes))) if i]
+        legend: list[dict] = [
+            {"label": display_name(name), "colour": _hex(colour)}
+            for i, (name, colour) in enumerate(zip(classes, palette(classes)))
+            if i
+        ]
         if "nuclei" in self.overlays:
             legend += [
                 {"label": "nucleus in tumour (malignant)", "colour": _hex(QUPATH_CLASSES["Tumor"]), "outline": True},
@@ -224,7 +232,10 @@ class ViewSource:
         heat = None
         summary = self._nuclei_summary()
         if "cellularity" in self.overlays and summary:
-            vmax = max((t["cellularity"] for t in summary["tiles"] if t.get("cellularity") is not None), default=0.0) or 1.0
+            vmax = (
+                max((t["cellularity"] for t in summary["tiles"] if t.get("cellularity") is not None), default=0.0)
+                or 1.0
+            )
             heat = {"stops": [_hex(stop) for stop in HEAT_STOPS], "max": vmax, "label": "cellularity per tile"}
         return {
             "name": self.name,
@@ -233,7 +244,8 @@ class ViewSource:
             "height": reader.dimensions[1],
             "mpp": self.mpp(),
             "overlays": [
-                {"key": s.key, "label": s.label, "opacity": s.opacity, "visible": s.visible} for s in self.overlays.values()
+                {"key": s.key, "label": s.label, "opacity": s.opacity, "visible": s.visible}
+                for s in self.overlays.values()
             ],
             "nuclei_max_um_per_px": NUCLEI_MAX_UM_PER_PX,
             "legend": legend,
@@ -278,7 +290,9 @@ def _hex(colour) -> str:
 # --- finding what PATH is ------------------------------------------------------------------------
 
 
-def sources_for(path: Path, slide: Path | None = None, mpp_override: float | None = None) -> tuple[str, list[ViewSource]]:
+def sources_for(
+    path: Path, slide: Path | None = None, mpp_override: float | None = None
+) -> tuple[str, list[ViewSource]]:
     """("slide" | "outdir" | "batch", the slides to serve) for ``wsipipe view PATH``."""
     path = Path(path)
     if not path.exists():
@@ -291,14 +305,18 @@ def sources_for(path: Path, slide: Path | None = None, mpp_override: float | Non
 
     if (path / STATUS_JSON).is_file():
         if slide is not None:
-            raise InvalidInputError("{slide} is for one output folder; PATH is a batch output folder", parameter="slide")
+            raise InvalidInputError(
+                "{slide} is for one output folder; PATH is a batch output folder", parameter="slide"
+            )
         sources = []
         for record in load_status(path).values():
             folder = path / record.name
             if record.state != "done" or not folder.is_dir():
                 continue
             report = _read_json(folder / REPORT_JSON) or {}
-            sources.append(ViewSource(record.name, Path(record.path), folder, report, dict(record.figures), mpp_override))
+            sources.append(
+                ViewSource(record.name, Path(record.path), folder, report, dict(record.figures), mpp_override)
+            )
         if not sources:
             raise InvalidInputError(f"{path}: a batch output folder without any finished slide to show")
         return "batch", sources
@@ -310,12 +328,15 @@ def outdir_source(outdir: Path, slide: Path | None, mpp_override: float | None) 
     report = _read_json(outdir / REPORT_JSON)
     recorded = (report or {}).get("slide") or (_read_json(outdir / NUCLEI_JSON) or {}).get("input")
     if report is None and recorded is None:
-        raise InvalidInputError(f"{outdir}: neither a slide nor a segment, nuclei or batch output folder (no report.json)")
+        raise InvalidInputError(
+            f"{outdir}: neither a slide nor a segment, nuclei or batch output folder (no report.json)"
+        )
     if slide is None:
         slide = _find_slide(outdir, str(recorded))
         if slide is None:
-            raise SlideOpenError(f"{outdir}: the slide it was made from ({recorded}) is not there; pass {{slide}}",
-                                 parameter="slide")
+            raise SlideOpenError(
+                f"{outdir}: the slide it was made from ({recorded}) is not there; pass {{slide}}", parameter="slide"
+            )
     return ViewSource(Path(str(recorded or slide)).name, Path(slide), outdir, report or {}, mpp_override=mpp_override)
 
 
@@ -334,4 +355,3 @@ def _read_json(path: Path) -> dict | None:
     except (OSError, ValueError) as exc:
         raise InvalidInputError(f"{path}: not readable JSON ({exc})") from exc
     return data if isinstance(data, dict) else None
-
