@@ -42,6 +42,7 @@ import numpy as np
 
 from wsipipe.errors import DeviceError
 from wsipipe.inference.sliding import GLASS, blend_window
+from wsipipe.processes import may_start_helpers
 
 #: Reader processes with CUDA: JPEG decoding must keep up with a GPU (about 70 tiles/s per process
 #: through openslide, several times that through the ``tiff_tiles`` fast path).
@@ -126,7 +127,7 @@ def start_readers(
     Spawned, not forked: the parent runs zarr's I/O thread and torch's thread pools. They ignore
     Ctrl-C (the parent shuts the pool down) and die with the parent, even on ``kill -9``.
     """
-    if workers == 0:
+    if workers == 0 or not may_start_helpers():  # a daemonic batch worker may start no processes
         return None
     import multiprocessing
 

@@ -50,7 +50,6 @@ from wsipipe.nuclei.windows import (
     pixels_only,
     usnet_labels,
 )
-from wsipipe.processes import may_start_helpers
 from wsipipe.qc.apply import restrict_tissue
 from wsipipe.stages.nuclei import NucleiConfig, NucleiResult
 from wsipipe.tissue import THUMBNAIL_MPP
@@ -307,8 +306,6 @@ def _segment_windows(
         workers = instance_workers(None, len(windows))
     haematoxylin = functools.partial(haematoxylin_od, stain_matrix=calibration.stain_matrix)
     readers = window_readers(model_device if network is not None else "cpu") if len(windows) > 1 else 0
-    if not may_start_helpers():  # a batch worker: read and label in this process
-        readers = workers = 0
     pool = start_workers(workers)
     try:
         painter = WindowPainter(

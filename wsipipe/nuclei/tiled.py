@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from wsipipe.processes import may_start_helpers
+
 #: Context around each core, in µm: wider than the largest nucleus so none is cut, and wide enough
 #: that US-Net's output in the core does not see the window's edge (at 24 µm 1.4 % of a CPM-15
 #: image's nuclei changed between whole and tiled; at 32 µm none).
@@ -202,7 +204,7 @@ def _window_instances(label, haematoxylin, values: dict, inner: tuple[int, int, 
 def start_workers(count: int):
     """A pool of ``count`` processes for ``WindowPainter`` (None for 0): spawned (the parent runs
     torch's thread pools), one thread each, ignoring Ctrl-C and dying with the parent."""
-    if count == 0:
+    if count == 0 or not may_start_helpers():  # a daemonic batch worker may start no processes
         return None
     import multiprocessing
     import os

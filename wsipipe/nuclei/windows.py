@@ -73,13 +73,14 @@ class WindowedInput:
             for group in groups:
                 yield _corners(group), _prepared([self.read(box) for box in group], prepare)
             return
-        if readers == 0 or len(groups) < 2 or self.slide is None:  # no path for reader processes to open
+        pool = None
+        if readers > 0 and len(groups) > 1 and self.slide is not None:  # a path reader processes can open
+            path, backend, mpp_override = self.slide
+            pool = engine.start_readers(path, mpp_override, min(readers, len(groups)), backend=backend)
+        if pool is None:  # read here: no readers wanted, or none may start (a daemonic batch worker)
             for group in groups:
                 yield _corners(group), read_windows(self.reader, group, self.scale, self.mpp, prepare)
             return
-        path, backend, mpp_override = self.slide
-        pool = engine.start_readers(path, mpp_override, min(readers, len(groups)), backend=backend)
-        assert pool is not None  # one reader or more
         try:
             pending: deque = deque()
             queue = iter(groups)
