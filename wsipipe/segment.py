@@ -363,7 +363,6 @@ def _segment(run_: _Run) -> SegmentResult:
         create_prediction_store,
         is_complete,
         open_prediction_store,
-        restrict_labels,
     )
     from wsipipe.inference.stitch import StripStitcher, remove_journals
 
@@ -414,6 +413,7 @@ def _segment(run_: _Run) -> SegmentResult:
             chunk=CHUNK,
             fingerprint=fingerprint,
             strip_width=STRIP_WIDTH,
+            inside=plan.tissue,  # the label map holds only what the areas, regions and report count
         )
         order = stitcher.plan(plan.positions)
         todo = np.array([i for i, _, _, _ in order], np.int64)
@@ -438,7 +438,6 @@ def _segment(run_: _Run) -> SegmentResult:
         stitcher.finish()
         timings["inference"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        restrict_labels(prediction, plan.tissue)
         remove_journals(partial)
         build_pyramid(prediction)
         timings["pyramid"] = time.perf_counter() - t0
@@ -542,7 +541,7 @@ def _write_outputs(run_: _Run, plan: TilePlan, prediction, normalize: str, tiles
             timings["nuclei"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        counts = class_pixel_counts(prediction.labels, len(classes))  # restricted to the tissue: restrict_labels
+        counts = class_pixel_counts(prediction.labels, len(classes))  # restricted to the tissue by the stitcher
         pixel_mm2 = pixel_area_mm2(info.bundle.mpp)
         tissue_mm2 = _tissue_pixels(plan) * pixel_mm2
         tumour_mm2 = float(sum(counts[i] for i in tumour_ids) * pixel_mm2)

@@ -12,7 +12,7 @@ import zarr
 from wsipipe.errors import StoreError
 from wsipipe.inference.engine import Blender
 from wsipipe.inference.sliding import cosine_window
-from wsipipe.inference.stitch import JOURNAL_NAME, Stitcher, StripStitcher
+from wsipipe.inference.stitch import JOURNAL_NAME, Stitcher, StripStitcher, first_argmax
 
 TILE, OVERLAP, CHUNK = 64, 16, 32
 STRIDE = TILE - OVERLAP
@@ -107,6 +107,37 @@ def test_slide_stitching_blends_as_in_memory_inference_does(tmp_path):
         stitcher.add(tile, x, y)
     stitcher.finish()
     assert np.abs(probs[:].astype(int) - np.rint(blender.finish() * 255)).max() <= 1
+
+
+def test_first_argmax_is_numpy_argmax_ties_included():
+    values = np.array([[[0.2, 0.5, 0.5], [0.1, 0.0, 0.3]], [[0.7, 0.5, 0.2], [0.1, 0.0, 0.3]], [[0.1, 0.5, 0.9], [0.8, 0.0, 0.3]]])
+    expected = [[1, 0, 2], [2, 0, 0]]  # ties go to the first class, as argmax's
+    assert first_argmax(values).tolist() == expected == values.argmax(axis=0).tolist()
+    many = np.random.default_rng(0).integers(0, 3, (5, 40, 40)).astype(np.float32)  # many ties
+    assert np.array_equal(first_argmax(many), many.argmax(axis=0))
+
+
+def test_labels_outside_inside_are_background_and_probabilities_are_kept(tmp_path):
+    """``inside`` (segment's tissue rule) clears labels as they are written; the probabilities
+    stay as the model gave them, so they equal an unrestricted run's."""
+    net, image = _toy_model(), _image(3 * STRIDE + TILE, 3 * STRIDE + TILE)
+    _, free_probs, free_labels = _stitch(tmp_path, net, image, name="free")
+    height, width = image.shape[1:]
+    probs, labels, journal = _arrays(tmp_path, height, width, "inside")
+    seen = []
+
+    def left_half(y0, y1, x0, x1):
+        seen.append((y0, y1, x0, x1))
+        return np.broadcast_to(np.arange(x0, x1) < width // 2, (y1 - y0, x1 - x0))
+
+    stitcher = Stitcher(probs, labels, journal, tile_size=TILE, overlap=OVERLAP, chunk=CHUNK, inside=left_half)
+    for x, y in _tile_origins(height, width):
+        stitcher.add(_predict(net, _tile(image, x, y)), x, y)
+    stitcher.finish()
+    assert np.array_equal(probs[:], free_probs[:])
+    assert np.array_equal(labels[:, : width // 2], free_labels[:, : width // 2])
+    assert not labels[:, width // 2 :].any() and free_labels[:, width // 2 :].any()
+    assert {(y0, x0) for y0, _, x0, _ in seen} == {(y, x) for y in range(0, height, CHUNK) for x in range(0, width, CHUNK)}
 
 
 def test_stitched_equals_whole_image_inference_away_from_border(tmp_path):

@@ -18,6 +18,7 @@ import json
 import math
 import os
 from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -68,11 +69,13 @@ class Stitcher:
         margin: int | None = None,
         fingerprint: str = "",
         columns: tuple[int, int] | None = None,
+        inside: Callable[[int, int, int, int], np.ndarray] | None = None,
     ):
         """``margin`` (default ``window_margin``): tile-edge pixels that barely count (see
         ``wsipipe.inference.sliding.cosine_window``); set it to at least the model's receptive-field
         radius. ``columns``: only columns [x0, x1) are accumulated and written (chunk-aligned; see
-        ``StripStitcher``)."""
+        ``StripStitcher``). ``inside(y0, y1, x0, x1)``: which pixels of a block keep their label
+        (the others get 0), applied as the labels are written so the label map needs no second pass."""
         n_classes, height, width = probabilities.shape
         col0, col1 = columns if columns is not None else (0, width)
         if col0 % chunk or not (col1 % chunk == 0 or col1 == width) or not 0 <= col0 < col1 <= width:
@@ -85,6 +88,7 @@ class Stitcher:
         self.layout = StitchLayout(height, width, n_classes, tile_size, overlap, margin, chunk, fingerprint, col0, col1)
         self._probabilities = probabilities
         self._labels = labels
+        self._inside = inside
         name = JOURNAL_NAME if (col0, col1) == (0, width) else JOURNAL_NAME.replace(".json", f"-{col0}-{col1}.json")
         self._journal_path = Path(journal_dir) / name
         self._window = blend_window(tile_size, overlap, margin)
@@ -206,8 +210,13 @@ class Stitcher:
             if not covered.any():
                 continue
             probs = block[:n_classes, :rows, : x1 - x0] / np.where(covered, weights, 1.0)
-            labels = np.where(covered, probs.argmax(axis=0), 0).astype(np.uint8)
-            probs_u8 = np.rint(np.clip(probs, 0.0, 1.0) * 255.0).astype(np.uint8)
+            labels = first_argmax(probs)
+            labels[~covered] = 0
+            if self._inside is not None:
+                labels[~self._inside(self._top, self._top + rows, x0, x1)] = 0
+            np.clip(probs, 0.0, 1.0, out=probs)
+            probs *= 255.0
+            probs_u8 = np.rint(probs, out=probs).astype(np.uint8)
             probs_u8[:, ~covered] = 0
             self._probabilities[:, self._top : self._top + rows, x0:x1] = probs_u8
             self._labels[self._top : self._top + rows, x0:x1] = labels
@@ -219,6 +228,19 @@ class Stitcher:
             block[:, -rows:] = 0
             if not block.any():
                 del self._blocks[index]
+
+
+def first_argmax(values: np.ndarray) -> np.ndarray:
+    """uint8 index of the largest of ``values`` (C, h, w) along C, the first on ties (as
+    ``argmax``), one class at a time: several times faster than ``argmax(axis=0)`` for a few classes."""
+    best = values[0]
+    index = np.zeros(best.shape, np.uint8)
+    for k in range(1, len(values)):
+        larger = values[k] > best
+        index[larger] = k
+        if k + 1 < len(values):
+            best = np.maximum(best, values[k])
+    return index
 
 
 def remove_journals(journal_dir: str | os.PathLike) -> None:
