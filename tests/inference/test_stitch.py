@@ -110,7 +110,9 @@ def test_slide_stitching_blends_as_in_memory_inference_does(tmp_path):
 
 
 def test_first_argmax_is_numpy_argmax_ties_included():
-    values = np.array([[[0.2, 0.5, 0.5], [0.1, 0.0, 0.3]], [[0.7, 0.5, 0.2], [0.1, 0.0, 0.3]], [[0.1, 0.5, 0.9], [0.8, 0.0, 0.3]]])
+    values = np.array(
+        [[[0.2, 0.5, 0.5], [0.1, 0.0, 0.3]], [[0.7, 0.5, 0.2], [0.1, 0.0, 0.3]], [[0.1, 0.5, 0.9], [0.8, 0.0, 0.3]]]
+    )
     expected = [[1, 0, 2], [2, 0, 0]]  # ties go to the first class, as argmax's
     assert first_argmax(values).tolist() == expected == values.argmax(axis=0).tolist()
     many = np.random.default_rng(0).integers(0, 3, (5, 40, 40)).astype(np.float32)  # many ties
@@ -137,7 +139,9 @@ def test_labels_outside_inside_are_background_and_probabilities_are_kept(tmp_pat
     assert np.array_equal(probs[:], free_probs[:])
     assert np.array_equal(labels[:, : width // 2], free_labels[:, : width // 2])
     assert not labels[:, width // 2 :].any() and free_labels[:, width // 2 :].any()
-    assert {(y0, x0) for y0, _, x0, _ in seen} == {(y, x) for y in range(0, height, CHUNK) for x in range(0, width, CHUNK)}
+    assert {(y0, x0) for y0, _, x0, _ in seen} == {
+        (y, x) for y in range(0, height, CHUNK) for x in range(0, width, CHUNK)
+    }
 
 
 def test_stitched_equals_whole_image_inference_away_from_border(tmp_path):

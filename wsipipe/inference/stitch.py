@@ -17,8 +17,8 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
