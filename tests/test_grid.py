@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from wsipipe.errors import InvalidInputError, MppUnknownError
-from wsipipe.grid import build_grid, grid_coords, sample_mask, tissue_fractions
+from wsipipe.grid import build_grid, count_sampled_mask, grid_coords, sample_mask, tissue_fractions
 from wsipipe.slide import open_slide
 
 # CMU-1-Small-Region.svs: 2220 x 2967 px at 0.499 µm/px, one level.
@@ -116,3 +116,15 @@ def test_sample_mask_takes_the_nearest_mask_pixel_of_each_level0_point():
     sampled = sample_mask(mask, (4, 6), centres_y, centres_x)
     expected = np.array([[True, True, False, False, False]] * 3 + [[False, False, True, True, True]] * 3)
     np.testing.assert_array_equal(sampled, expected)
+
+
+@pytest.mark.parametrize("scale", [0.37, 1.0, 3.3, 17.0])
+def test_count_sampled_mask_counts_what_sample_mask_samples(scale):
+    """The report's tissue pixel count, computed from the mask alone, equals counting the sampled grid."""
+    rng = np.random.default_rng(int(scale * 10))
+    mask = (rng.random((61, 83)) > 0.6).astype(np.uint8) * 255
+    level0_size = (2490, 1830)  # (width, height): 30 level-0 px per mask pixel, rounded
+    centre_y = (np.arange(int(1830 / scale) + 3) + 0.5) * scale  # a few past the far edge, as a grid's last ones
+    centre_x = (np.arange(int(2490 / scale) + 3) + 0.5) * scale
+    sampled = sample_mask(mask, level0_size, centre_y, centre_x)
+    assert count_sampled_mask(mask, level0_size, centre_y, centre_x) == int(sampled.sum()) > 0

@@ -36,7 +36,7 @@ from wsipipe import __version__
 from wsipipe.device import resolve_device
 from wsipipe.errors import InvalidInputError, ModelError, StoreError
 from wsipipe.files import file_sha256, folder_lock, make_output_folder, remove_temporaries
-from wsipipe.grid import sample_mask
+from wsipipe.grid import count_sampled_mask, sample_mask
 from wsipipe.inference.engine import Runner, reader_count, run, slide_batches, start_readers, store_batches
 from wsipipe.stages.base import Progress, Say
 from wsipipe.stages.nuclei import NucleiConfig, NucleiResult
@@ -111,6 +111,15 @@ class TilePlan:
             (centre_y < height0)[:, None]
             & (centre_x < width0)[None, :]
             & sample_mask(self.tissue_mask, self.level0_size, centre_y, centre_x)
+        )
+
+    def tissue_pixels(self) -> int:
+        """How many pixels of the prediction grid ``tissue`` counts (the report's tissue area)."""
+        width0, height0 = self.level0_size
+        centre_y = (np.arange(self.height) + 0.5) * self.scale
+        centre_x = (np.arange(self.width) + 0.5) * self.scale
+        return count_sampled_mask(
+            self.tissue_mask, self.level0_size, centre_y[centre_y < height0], centre_x[centre_x < width0]
         )
 
 
@@ -543,7 +552,7 @@ def _write_outputs(run_: _Run, plan: TilePlan, prediction, normalize: str, tiles
         t0 = time.perf_counter()
         counts = class_pixel_counts(prediction.labels, len(classes))  # restricted to the tissue by the stitcher
         pixel_mm2 = pixel_area_mm2(info.bundle.mpp)
-        tissue_mm2 = _tissue_pixels(plan) * pixel_mm2
+        tissue_mm2 = plan.tissue_pixels() * pixel_mm2
         tumour_mm2 = float(sum(counts[i] for i in tumour_ids) * pixel_mm2)
         n_tiles = len(plan.positions)
         inference_s = timings.get("inference", 0.0)
@@ -622,13 +631,6 @@ def _write_outputs(run_: _Run, plan: TilePlan, prediction, normalize: str, tiles
             result = dataclasses.replace(result, outputs=result.outputs + written)
             write_report_json(staging / "report.json", result.to_json())
     return result
-
-
-def _tissue_pixels(plan: TilePlan) -> int:
-    """Pixels of the prediction grid that count as tissue (``TilePlan.tissue``), a band at a time."""
-    return sum(
-        int(plan.tissue(y0, min(y0 + CHUNK, plan.height), 0, plan.width).sum()) for y0 in range(0, plan.height, CHUNK)
-    )
 
 
 def _nuclei_masks(plan: TilePlan, label_map: np.ndarray, tumour_ids: list[int], downsample: float):

@@ -37,5 +37,5 @@ def class_pixel_counts(labels, n_classes: int, within: np.ndarray | None = None,
                 rows = (np.arange(y0, y0 + piece.shape[0]) + 0.5) * within.shape[0] // height
                 cols = (np.arange(x0, x0 + piece.shape[1]) + 0.5) * within.shape[1] // width
                 piece = np.where(within[rows.astype(int)[:, None], cols.astype(int)[None, :]] > 0, piece, 0)
-            counts += np.bincount(piece.ravel(), minlength=n_classes)[:n_classes]
+            counts += [np.count_nonzero(piece == k) for k in range(n_classes)]  # bincount copies to int64
     return counts
