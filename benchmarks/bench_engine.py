@@ -15,6 +15,8 @@ In one run, with one model file and one batch size:
 
 Prints the figures (medians over ``--repeats`` end-to-end runs) and ends with one JSON line.
 GPU: ``--arch unet --tile 512 --batch-size 64 --device cuda`` (U-Net ResNet-34, random weights).
+CPU: ``--arch unet`` (the same net at 256 px, batch 8), ``--arch bundled`` (the bundled tumour
+model's architecture) and the default ``plain-unet`` (a tiny net: the worst case for the ratio).
 
 Nuclei (``nuclei_figures``; ``--only nuclei`` runs that part alone): ``wsipipe nuclei --model
 bundled`` end to end on a synthetic slide at 0.5 µm/px (``--nuclei-size``), windows/s against the
@@ -44,7 +46,14 @@ from wsipipe.models import build_model  # noqa: E402
 from wsipipe.models.io import load_model, model_metadata, save_model  # noqa: E402
 from wsipipe.slide.synthetic import SyntheticSpec, write_synthetic_slide  # noqa: E402
 
-ARCH_ARGS = {"unet": {"encoder": "resnet34"}, "plain-unet": {"base": 8}}
+#: --arch: (architecture, arguments). ``unet``: the issue's U-Net ResNet-34; ``bundled``: the bundled
+#: tumour model's architecture (what the CPU demo runs); ``plain-unet``: a tiny net, where the
+#: per-tile work around the model (reading, blending, writing) weighs most.
+ARCHS = {
+    "unet": ("unet", {"encoder": "resnet34"}),
+    "bundled": ("unet", {"encoder": "mobilenet_v2", "decoder_channels": [128, 64, 32, 16, 8]}),
+    "plain-unet": ("plain-unet", {"base": 8}),
+}
 
 
 def peak_tree_rss(command: list[str], env: dict) -> tuple[float, int, str]:
@@ -247,7 +256,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=12288, help="small slide side (level-0 px); the big one is 2x")
     parser.add_argument("--slide-mpp", type=float, default=0.5)
     parser.add_argument("--model-mpp", type=float, default=1.0)
-    parser.add_argument("--arch", default="plain-unet", choices=sorted(ARCH_ARGS))
+    parser.add_argument("--arch", default="plain-unet", choices=sorted(ARCHS))
     parser.add_argument("--tile", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--device", default="cpu")
@@ -279,12 +288,13 @@ def main() -> None:
             )
             return
         model_path = tmp / "model.safetensors"
-        net = build_model(args.arch, 2, ARCH_ARGS[args.arch])
+        architecture, arch_args = ARCHS[args.arch]
+        net = build_model(architecture, 2, arch_args)
         save_model(
             model_path,
             net,
             model_metadata(
-                args.arch, ARCH_ARGS[args.arch], ["background", "tumour"], mpp=args.model_mpp, tile_size=args.tile
+                architecture, arch_args, ["background", "tumour"], mpp=args.model_mpp, tile_size=args.tile
             ),
         )
         slides = {}
