@@ -293,9 +293,7 @@ def main() -> None:
         save_model(
             model_path,
             net,
-            model_metadata(
-                architecture, arch_args, ["background", "tumour"], mpp=args.model_mpp, tile_size=args.tile
-            ),
+            model_metadata(architecture, arch_args, ["background", "tumour"], mpp=args.model_mpp, tile_size=args.tile),
         )
         slides = {}
         for name, side in (("small", args.size), ("big", 2 * args.size)):

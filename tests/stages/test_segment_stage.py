@@ -106,3 +106,14 @@ def test_run_on_the_bundled_slide_writes_its_results(tmp_path):
     # segment's nuclei are the same nuclei (the same classical run over the same slide), with its tumour as mask
     by_segment = json.loads((tmp_path / "seg" / "nuclei.json").read_text())
     assert by_segment["nuclei_count"] == nuclei.nuclei_count and by_segment["tumour_mask"] == "array"
+
+
+def test_a_fluorescence_slide_is_refused_naming_the_qc_parameter(dapi_ndpi, tmp_path):
+    """From Python the refusal names the parameter (``qc``), not the CLI's flag."""
+    from wsipipe.errors import NotBrightfieldHEError
+
+    with pytest.raises(NotBrightfieldHEError) as refused:
+        stages.segment.run(stages.SegmentConfig(slide=dapi_ndpi, output=tmp_path / "out"))
+    assert refused.value.parameter == "qc"
+    assert str(refused.value).endswith("; pass qc off to run anyway") and "--qc" not in str(refused.value)
+    assert not (tmp_path / "out").exists()

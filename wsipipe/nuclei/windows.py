@@ -188,7 +188,9 @@ def _image_input(
     if mpp is None:
         mpp = default_mpp
         logging.getLogger("wsipipe.nuclei.stage").warning(
-            "%s: an image records no µm/px; assuming %s (40x); pass --mpp-override X", path, mpp
+            "%s: an image records no µm/px; assuming %s (40x); give it with --mpp-override (mpp_override in Python)",
+            path,
+            mpp,
         )
     working, _ = resample(rgb, None, mpp, working_mpp)
     thumbnail, _ = resample(rgb, None, mpp, thumbnail_mpp)

@@ -48,19 +48,22 @@ def usable_tissue(reader: SlideReader, option: str) -> UsableTissue | None:
         attrs, mask = read_qc_masks(path)
         if list(attrs.get("slide_size", [])) != list(reader.dimensions):
             raise InvalidInputError(
-                f"--qc {option}: made for a {'x'.join(map(str, attrs.get('slide_size', ['?'])))} px slide, "
-                f"not this {reader.dimensions[0]}x{reader.dimensions[1]} px one"
+                f"{{qc}} {option}: made for a {'x'.join(map(str, attrs.get('slide_size', ['?'])))} px slide, "
+                f"not this {reader.dimensions[0]}x{reader.dimensions[1]} px one",
+                parameter="qc",
             )
         found = UsableTissue(mask, _summary_beside(path), str(path))
     brightfield = found.summary.get("brightfield") or {}
     if brightfield.get("value") is False:
         raise NotBrightfieldHEError(
-            f"{reader.path}: not brightfield ({brightfield['reason']}); pass --qc off to run anyway"
+            f"{reader.path}: not brightfield ({brightfield['reason']}); pass {{qc}} off to run anyway",
+            parameter="qc",
         )
     if (found.summary.get("stain") or {}).get("looks_like_he") is False:
         raise NotBrightfieldHEError(
             f"{reader.path}: the stain is not H&E (its stain vectors are far from haematoxylin and eosin); "
-            "pass --qc off to run anyway"
+            "pass {qc} off to run anyway",
+            parameter="qc",
         )
     return found
 

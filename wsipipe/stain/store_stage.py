@@ -36,7 +36,8 @@ def normalize_store(config: NormalizeConfig, device, progress: Progress | None =
     if earlier is not None and not config.overwrite:
         raise StoreError(
             f"{source_path}: already stain-normalised ({earlier['method']}); normalising twice "
-            "distorts colours; pass --overwrite to do it anyway"
+            "distorts colours; pass {overwrite} to do it anyway",
+            parameter="overwrite",
         )
     normalizer = get_normalizer(config.method, device, seed=config.seed)
     with _warnings_about(f"--target {target_image or '(built-in)'}"):
