@@ -194,3 +194,16 @@ def test_file_sha256_streams_across_blocks_to_hashlibs_digest(tmp_path):
     assert file_sha256(path) == hashlib.sha256(data).hexdigest()
     (tmp_path / "empty").write_bytes(b"")
     assert file_sha256(tmp_path / "empty") == hashlib.sha256(b"").hexdigest()
+
+
+def test_check_output_folder_names_the_parameter_and_the_missing_folder(tmp_path):
+    from wsipipe.errors import OutputError
+    from wsipipe.files import check_output_folder
+
+    assert check_output_folder(tmp_path / "model.safetensors") == tmp_path / "model.safetensors"
+    with pytest.raises(OutputError) as missing:
+        check_output_folder(tmp_path / "no" / "model.safetensors")
+    assert missing.value.parameter == "output" and missing.value.exit_code == 2
+    assert str(missing.value) == f"output {tmp_path}/no/model.safetensors: the folder {tmp_path}/no does not exist"
+    with pytest.raises(OutputError, match=r"^/nowhere/x\.xml: the folder /nowhere does not exist$"):
+        check_output_folder("/nowhere/x.xml", parameter=None)

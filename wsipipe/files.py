@@ -133,6 +133,17 @@ def make_output_folder(folder: str | os.PathLike) -> Path:
     return folder
 
 
+def check_output_folder(path: str | os.PathLike, parameter: str | None = "output") -> Path:
+    """The folder an output file goes into exists (checked before any work starts); ``parameter``:
+    the option that named ``path`` (None for a positional argument)."""
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        named = f"{{{parameter}}} " if parameter else ""
+        raise OutputError(f"{named}{path}: the folder {folder} does not exist", parameter=parameter)
+    return path
+
+
 #: (folder, lock file name) of the folder locks this process holds.
 _HELD: set[tuple[Path, str]] = set()
 

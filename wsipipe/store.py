@@ -32,7 +32,7 @@ import numpy as np
 
 from wsipipe import __version__
 from wsipipe.errors import OutputError, StoreError
-from wsipipe.files import write_atomic
+from wsipipe.files import check_output_folder, write_atomic
 
 ATTRS_KEY = "wsipipe"
 JOURNAL_NAME = "wsipipe-done-shards.txt"
@@ -373,10 +373,9 @@ def _partial_path(path: Path) -> Path:
 def check_output_location(path: Path) -> None:
     """A store can be written at ``path``: its folder exists and is writable, and it is no file."""
     parent = path.parent if str(path.parent) else Path(".")
-    if not parent.exists():
-        raise OutputError(f"{path}: the output directory {parent} does not exist")
-    if not parent.is_dir():
+    if parent.exists() and not parent.is_dir():
         raise OutputError(f"{path}: {parent} is not a directory")
+    check_output_folder(path, parameter=None)
     if not os.access(parent, os.W_OK | os.X_OK):
         raise OutputError(f"{path}: the output directory {parent} is not writable")
     if path.exists() and not path.is_dir():

@@ -11,7 +11,7 @@ from wsipipe.annotations.geojson import read_geojson, write_geojson
 from wsipipe.annotations.model import AnnotationSet
 from wsipipe.annotations.xmlsafe import SNIFF_LIMIT, xml_root_name
 from wsipipe.errors import AnnotationError, InvalidInputError, OutputError
-from wsipipe.files import atomic_path
+from wsipipe.files import atomic_path, check_output_folder
 
 ASAP_ROOT = "ASAP_Annotations"
 APERIO_ROOT = "Annotations"
@@ -84,8 +84,7 @@ def write_annotations(annotations: AnnotationSet, path: str | os.PathLike, to: s
     """Write GeoJSON or ASAP XML through a temporary name in the same folder, then rename."""
     path = Path(path)
     writer = WRITERS[output_format(path, to)]
-    if not path.parent.is_dir():
-        raise OutputError(f"{path}: the folder {path.parent} does not exist")
+    check_output_folder(path, parameter=None)
     try:
         with atomic_path(path) as temporary:
             writer(annotations, temporary)

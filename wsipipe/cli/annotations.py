@@ -19,7 +19,7 @@ from wsipipe.cli.options import (
     output_option,
 )
 from wsipipe.errors import InvalidInputError, OutputError
-from wsipipe.files import atomic_path
+from wsipipe.files import atomic_path, check_output_folder
 
 app = typer.Typer(
     help="Annotations: read ASAP XML, Aperio ImageScope XML and QuPath GeoJSON (format detected "
@@ -75,8 +75,7 @@ def _check_output(source: Path, output: Path, overwrite: bool) -> None:
         raise InvalidInputError(f"{output}: the output would replace the input; choose another name")
     if output.exists() and not overwrite:
         raise InvalidInputError(f"{output} already exists; pass --overwrite to replace it")
-    if not output.parent.is_dir():
-        raise InvalidInputError(f"{output}: the folder {output.parent} does not exist")
+    check_output_folder(output, parameter=None)
 
 
 @app.command("convert")

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from wsipipe.cli.options import BatchSizeOpt, DeviceOpt, OverlapOpt, QuietOpt, output_option
-from wsipipe.files import atomic_path, write_atomic
+from wsipipe.files import atomic_path, check_output_folder, write_atomic
 
 ModelArg = Annotated[Path, typer.Argument(help="Model file (.safetensors).", show_default=False)]
 ImagesMppOpt = Annotated[
@@ -187,13 +187,13 @@ def predict(
     CSV that 'evaluate --task cellularity' reads."""
     from PIL import Image
 
-    from wsipipe.errors import InvalidInputError, OutputError
+    from wsipipe.errors import InvalidInputError
     from wsipipe.inference.sliding import predict_image
     from wsipipe.models.io import load_model
     from wsipipe.training.data import read_image
 
-    if output is not None and not output.parent.is_dir():
-        raise OutputError(f"-o {output}: folder {output.parent} does not exist")
+    if output is not None:
+        check_output_folder(output)
     bundle = load_model(model)
     if bundle.metadata["architecture"] == "cellularity":
         _predict_cellularity(bundle, images, output, mpp, batch_size, device)

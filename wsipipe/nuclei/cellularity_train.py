@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from wsipipe.errors import InvalidInputError
+from wsipipe.files import check_output_folder
 
 #: The one output "class" of a cellularity model file.
 CELLULARITY_CLASSES = ["cellularity"]
@@ -224,9 +225,7 @@ def run_cellularity_training(
     from wsipipe.training.checkpoint import discard_training_state, fit_checkpoint, resumable_folds
     from wsipipe.training.data import split_folds
 
-    output = Path(output)
-    if not output.parent.is_dir():
-        raise InvalidInputError(f"-o {output}: folder {output.parent} does not exist")
+    output = check_output_folder(output)
     samples = read_scores(scores_csv)
     step = (lambda run: lambda info: on_step(run, info)) if on_step else (lambda run: None)
     validation: dict = {}

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from wsipipe.errors import InvalidInputError
+from wsipipe.files import check_output_folder
 from wsipipe.training.checkpoint import discard_training_state, fit_checkpoint, resumable_folds
 from wsipipe.training.data import read_dataset, regroup, rescaled, split_folds, split_holdout
 from wsipipe.training.trainer import TrainConfig, train
@@ -60,9 +61,7 @@ def run_training(
     from wsipipe.metrics.semantic import summarise
     from wsipipe.models.io import model_metadata, save_model
 
-    output = Path(output)
-    if not output.parent.is_dir():
-        raise InvalidInputError(f"-o {output}: folder {output.parent} does not exist")
+    output = check_output_folder(output)
     dataset = read_dataset(data_dir)
     if groups_csv is not None:
         dataset = regroup(dataset, groups_csv)
