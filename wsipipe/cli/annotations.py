@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from wsipipe.cli.feedback import warnings_on_stderr
 from wsipipe.cli.options import (
     BackendOpt,
     LabelMapOpt,
@@ -32,28 +33,6 @@ InputArg = Annotated[
 ]
 MASK_SUFFIXES = (".png", ".zarr")
 MAX_MASK_PIXELS = 1 << 30  # a coarser --mpp is needed beyond this
-
-
-class _EchoWarnings(logging.Handler):
-    def emit(self, record: logging.LogRecord) -> None:
-        kind = "Note" if record.levelno < logging.WARNING else "Warning"
-        typer.echo(f"{kind}: {record.getMessage()}", err=True)
-
-
-@contextmanager
-def warnings_on_stderr(quiet: bool = False):
-    """Print the annotation readers' and writers' warnings (what they skipped, repaired or clipped)
-    on stderr while a command runs, and their notes (how a format was mapped), except with ``quiet``."""
-    logger = logging.getLogger("wsipipe.annotations")
-    handler = _EchoWarnings(logging.WARNING if quiet else logging.INFO)
-    level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.WARNING if quiet else logging.INFO)
-    try:
-        yield
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
 
 
 @contextmanager

@@ -1,8 +1,9 @@
-"""How a command shows a stage at work: its ``progress(done, total)`` as a rich bar and its Python
-warnings as ``Warning: ...`` lines on stderr."""
+"""How a command shows a stage at work: its ``progress(done, total)`` as a rich bar, its Python
+warnings and the annotation readers' log records as ``Warning: ...`` / ``Note: ...`` lines on stderr."""
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -49,3 +50,25 @@ def warnings_as_lines() -> Iterator[None]:
         warnings.simplefilter("always")
         warnings.showwarning = lambda message, *args, **kwargs: typer.echo(f"Warning: {message}", err=True)
         yield
+
+
+class _EchoWarnings(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        kind = "Note" if record.levelno < logging.WARNING else "Warning"
+        typer.echo(f"{kind}: {record.getMessage()}", err=True)
+
+
+@contextmanager
+def warnings_on_stderr(quiet: bool = False):
+    """Print the annotation readers' and writers' warnings (what they skipped, repaired or clipped)
+    on stderr while a command runs, and their notes (how a format was mapped), except with ``quiet``."""
+    logger = logging.getLogger("wsipipe.annotations")
+    handler = _EchoWarnings(logging.WARNING if quiet else logging.INFO)
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)

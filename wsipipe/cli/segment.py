@@ -70,8 +70,7 @@ def segment(
     For a DICOM slide (a folder holding one series, or any .dcm file of it) also prediction.seg.dcm (DICOM Segmentation), regions.ann.dcm and, with --nuclei, nuclei.ann.dcm (Microscopy Bulk Simple Annotations), each referencing the slide's series.
     """
     from wsipipe import stages
-    from wsipipe.cli.annotations import warnings_on_stderr
-    from wsipipe.cli.feedback import stage_progress
+    from wsipipe.cli.feedback import stage_progress, warnings_on_stderr
 
     def say(message: str) -> None:
         if not quiet:

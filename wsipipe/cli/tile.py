@@ -59,8 +59,7 @@ def tile(
     Run the same command again after an interruption (Ctrl-C, kill) to resume; a complete store is left as it is unless --overwrite.
     """
     from wsipipe import stages
-    from wsipipe.cli.annotations import warnings_on_stderr
-    from wsipipe.cli.feedback import stage_progress
+    from wsipipe.cli.feedback import stage_progress, warnings_on_stderr
 
     config = stages.TileConfig(
         slide=slide,
