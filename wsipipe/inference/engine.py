@@ -321,13 +321,17 @@ class Runner:
         staged.copy_(host)
         return staged.to(self.device, non_blocking=True)
 
-    def _predict(self, x):
+    def _predict(self, x, names: tuple[str, ...] | None = None):
+        """``outputs`` of the network on ``x``; ``names``: only these of a dict-returning network
+        (the extra views need only the averaged ones, so the others are not decoded)."""
         import torch
 
         if self.cuda:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast("cuda", dtype=torch.float16, enabled=self.cuda):
             raw = self.network(x)
+        if names is not None and isinstance(raw, dict):
+            raw = {name: value for name, value in raw.items() if name in names}
         return self.outputs(raw)
 
     def _dense(self, out) -> dict:
@@ -350,7 +354,7 @@ class Runner:
                 sums = self._dense(out)
                 for turns, mirror in VIEWS[1:]:
                     view = torch.rot90(x.flip(-1) if mirror else x, turns, dims=(-2, -1))
-                    for name, value in self._dense(self._predict(view)).items():
+                    for name, value in self._dense(self._predict(view, self.averaged)).items():
                         back = torch.rot90(value, -turns, dims=(-2, -1))
                         sums[name] = sums[name] + (back.flip(-1) if mirror else back)
                 averaged = {name: total / len(VIEWS) for name, total in sums.items()}

@@ -146,10 +146,12 @@ def usnet_heads(network: USNet):
     gives each tile the numbers it gets by itself."""
 
     def heads(raw: dict) -> dict:
+        out = {name: raw[name].float() for name in ("segmentation", "distance") if name in raw}
+        if "offsets" not in raw:  # the runner asked for the dense heads only
+            return out
         height, width = raw["segmentation"].shape[-2:]
         anchors = _cached_anchors(network, height, width, raw["segmentation"].device)
         offsets, scores = raw["offsets"].float(), raw["scores"].float()
-        out = {name: raw[name].float() for name in ("segmentation", "distance") if name in raw}
         out["boxes"] = torch.stack([decode(offsets[index], anchors) for index in range(len(offsets))])
         out["scores"] = torch.stack([torch.sigmoid(scores[index]) for index in range(len(scores))])
         return out
