@@ -103,10 +103,8 @@ class TilePlan:
         This one rule decides the label map, the areas, the regions and the nuclei's tissue; the
         grid's last pixels overhang the slide's far edges and only count where their centre does not.
         """
-        downsample = self.scale if downsample is None else downsample
+        centre_y, centre_x = self._centres(y0, y1, x0, x1, downsample)
         width0, height0 = self.level0_size
-        centre_y = (np.arange(y0, y1) + 0.5) * downsample
-        centre_x = (np.arange(x0, x1) + 0.5) * downsample
         return (
             (centre_y < height0)[:, None]
             & (centre_x < width0)[None, :]
@@ -115,12 +113,16 @@ class TilePlan:
 
     def tissue_pixels(self) -> int:
         """How many pixels of the prediction grid ``tissue`` counts (the report's tissue area)."""
+        centre_y, centre_x = self._centres(0, self.height, 0, self.width)
         width0, height0 = self.level0_size
-        centre_y = (np.arange(self.height) + 0.5) * self.scale
-        centre_x = (np.arange(self.width) + 0.5) * self.scale
         return count_sampled_mask(
             self.tissue_mask, self.level0_size, centre_y[centre_y < height0], centre_x[centre_x < width0]
         )
+
+    def _centres(self, y0: int, y1: int, x0: int, x1: int, downsample: float | None = None):
+        """Level-0 centres of the block's rows and columns on a grid of ``downsample`` px per pixel."""
+        downsample = self.scale if downsample is None else downsample
+        return (np.arange(y0, y1) + 0.5) * downsample, (np.arange(x0, x1) + 0.5) * downsample
 
 
 # --- devices and models ------------------------------------------------------------------------

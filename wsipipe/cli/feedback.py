@@ -14,6 +14,7 @@ import typer
 from wsipipe.stages.base import Progress
 
 if TYPE_CHECKING:
+    from rich.console import Console
     from rich.progress import Progress as ProgressBar
     from rich.progress import TaskID
 
@@ -40,6 +41,33 @@ def stage_progress(make_bar: Callable[[], ProgressBar] | None, description: str)
     finally:
         for bar, _ in shown:
             bar.stop()
+
+
+def progress_bar(
+    console: Console | None = None, *, rate: str | None = None, keep_in_log: bool = False, transient: bool = False
+) -> ProgressBar:
+    """The one bar every stage command shows on stderr: description, bar, done/total, time left;
+    ``rate``: also items/s under that unit ("tiles"). Disabled where stderr is no terminal (a log),
+    unless ``keep_in_log`` (its last state is printed there); ``transient``: erased when done."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
+    from rich.text import Text
+
+    class ItemsPerSecond(ProgressColumn):
+        def render(self, task) -> Text:
+            speed = task.finished_speed or task.speed
+            return Text(f"{speed:.1f} {rate}/s" if speed else f"- {rate}/s", style="progress.data.speed")
+
+    console = console or Console(stderr=True)
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn()]
+    columns += [ItemsPerSecond()] if rate else []
+    return Progress(
+        *columns,
+        TimeRemainingColumn(),
+        console=console,
+        disable=not (keep_in_log or console.is_terminal),
+        transient=transient,
+    )
 
 
 @contextmanager

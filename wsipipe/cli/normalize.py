@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Annotated
 
@@ -30,27 +31,19 @@ def normalize(
     normalised is refused unless --overwrite (which also replaces an existing output).
     """
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from wsipipe import stages
-    from wsipipe.cli.feedback import stage_progress, warnings_as_lines
+    from wsipipe.cli.feedback import progress_bar, stage_progress, warnings_as_lines
 
     config = stages.NormalizeConfig(
         input=store, output=output, method=method, target=target, device=device, seed=seed, overwrite=overwrite
     )
     console = Console(stderr=True, quiet=quiet)
 
-    def bar() -> Progress:
-        return Progress(
-            TextColumn("normalize"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-            console=console,
-            disable=quiet or not console.is_terminal,
-        )  # no blank line in a log
-
-    with warnings_as_lines(), stage_progress(bar, "tiles") as progress:
+    with (
+        warnings_as_lines(),
+        stage_progress(None if quiet else functools.partial(progress_bar, console), "normalize") as progress,
+    ):
         result = stages.normalize.run(config, progress=progress, say=console.print)
     if not quiet:
         console.print(f"{result.n_tiles} tiles normalised ({result.method}, {result.device}) -> {result.output}")

@@ -61,7 +61,7 @@ def nuclei(
     from rich.logging import RichHandler
 
     from wsipipe import stages
-    from wsipipe.cli.feedback import stage_progress
+    from wsipipe.cli.feedback import progress_bar, stage_progress
 
     config = stages.NucleiConfig(
         input=input_path,
@@ -79,7 +79,9 @@ def nuclei(
     logger = logging.getLogger("wsipipe.nuclei")
     if not logger.handlers:
         logger.addHandler(RichHandler(console=console, show_time=False, show_path=False))
-    with stage_progress(None if quiet else functools.partial(_bar, console), "nuclei") as progress:
+    with stage_progress(
+        None if quiet else functools.partial(progress_bar, console, transient=True), "nuclei"
+    ) as progress:
         result = stages.nuclei.run(config, progress=progress)
     cellularity, density = result.cellularity, result.nuclei_per_mm2
     typer.echo(
@@ -88,9 +90,3 @@ def nuclei(
         + (f", cellularity {cellularity:.3f}" if cellularity is not None else "")
         + f" -> {output}"
     )
-
-
-def _bar(console):
-    from rich.progress import Progress
-
-    return Progress(console=console, disable=not console.is_terminal, transient=True)

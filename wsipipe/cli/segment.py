@@ -70,7 +70,7 @@ def segment(
     For a DICOM slide (a folder holding one series, or any .dcm file of it) also prediction.seg.dcm (DICOM Segmentation), regions.ann.dcm and, with --nuclei, nuclei.ann.dcm (Microscopy Bulk Simple Annotations), each referencing the slide's series.
     """
     from wsipipe import stages
-    from wsipipe.cli.feedback import stage_progress, warnings_on_stderr
+    from wsipipe.cli.feedback import progress_bar, stage_progress, warnings_on_stderr
 
     def say(message: str) -> None:
         if not quiet:
@@ -95,7 +95,10 @@ def segment(
         qc=qc,
     )
     # regions.xml: one line for the holes ASAP cannot hold
-    with warnings_on_stderr(quiet), stage_progress(None if quiet else _tiles_bar, "tiles") as progress:
+    with (
+        warnings_on_stderr(quiet),
+        stage_progress(None if quiet else lambda: progress_bar(transient=True), "tiles") as progress,
+    ):
         result = stages.segment.run(config, progress=progress, say=say)
     if result.message:
         say(result.message)
@@ -106,21 +109,4 @@ def segment(
         + (f"; {result.nuclei_count} nuclei" if result.nuclei_count is not None else "")
         + (f", cellularity {result.cellularity:.3f}" if result.cellularity is not None else "")
         + f"; outputs in {outdir}"
-    )
-
-
-def _tiles_bar():
-    """A bar of the tiles done on stderr (the segmentation's, then the nuclei stage's); none in a log."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    console = Console(stderr=True)
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        disable=not console.is_terminal,
-        transient=True,
     )

@@ -59,7 +59,7 @@ def tile(
     Run the same command again after an interruption (Ctrl-C, kill) to resume; a complete store is left as it is unless --overwrite.
     """
     from wsipipe import stages
-    from wsipipe.cli.feedback import stage_progress, warnings_on_stderr
+    from wsipipe.cli.feedback import progress_bar, stage_progress, warnings_on_stderr
 
     config = stages.TileConfig(
         slide=slide,
@@ -78,7 +78,10 @@ def tile(
         overwrite=overwrite,
         qc=qc,
     )
-    with warnings_on_stderr(quiet), stage_progress(None if quiet else _tiles_bar, "tiling") as progress:
+    with (
+        warnings_on_stderr(quiet),
+        stage_progress(None if quiet else lambda: progress_bar(rate="tiles", keep_in_log=True), "tiling") as progress,
+    ):
         result = stages.tile.run(config, progress=progress)
     if result.already_complete:
         typer.echo(
@@ -88,25 +91,4 @@ def tile(
     rate = result.n_written / result.seconds if result.seconds > 0 else 0.0
     typer.echo(
         f"wrote {result.n_tiles} tiles to {result.output} ({result.n_written} this run, {result.seconds:.1f} s, {rate:.1f} tiles/s)"
-    )
-
-
-def _tiles_bar():
-    """The tiling bar on stderr, with tiles/s (kept in a log too: its last state is printed there)."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
-    from rich.text import Text
-
-    class TilesPerSecond(ProgressColumn):
-        def render(self, task) -> Text:
-            speed = task.finished_speed or task.speed
-            return Text(f"{speed:.1f} tiles/s" if speed else "- tiles/s", style="progress.data.speed")
-
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TilesPerSecond(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
     )

@@ -210,14 +210,15 @@ class Stitcher:
             if not covered.any():
                 continue
             probs = block[:n_classes, :rows, : x1 - x0] / np.where(covered, weights, 1.0)
+            uncovered = ~covered
             labels = first_argmax(probs)
-            labels[~covered] = 0
+            labels[uncovered] = 0
             if self._inside is not None:
                 labels[~self._inside(self._top, self._top + rows, x0, x1)] = 0
             np.clip(probs, 0.0, 1.0, out=probs)
             probs *= 255.0
             probs_u8 = np.rint(probs, out=probs).astype(np.uint8)
-            probs_u8[:, ~covered] = 0
+            probs_u8[:, uncovered] = 0
             self._probabilities[:, self._top : self._top + rows, x0:x1] = probs_u8
             self._labels[self._top : self._top + rows, x0:x1] = labels
 
