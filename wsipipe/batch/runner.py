@@ -224,7 +224,9 @@ def _run_on_cluster(plans, records, outdir, job, workers, scheduler, reporter, p
                     processes=True,
                     host="127.0.0.1",
                     dashboard_address=":0",
-                    silence_logs=logging.ERROR,
+                    # Each slide's failure lands in status and errors/; Dask's own errors on the terminal are
+                    # the echoes of a shutdown (a heartbeat or a gather cut by Ctrl-C), never the one line we owe.
+                    silence_logs=logging.CRITICAL,
                     resources={"GPU": 1} if _wants_gpu(job, plans, None) else None,
                     plugins={IgnoreCtrlC()},
                 )
