@@ -12,6 +12,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from terminal import foreground_ctrl_c
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
@@ -56,6 +57,7 @@ def test_a_helper_ignores_ctrl_c():
         stderr=subprocess.PIPE,
         text=True,
         env=ENV,
+        preexec_fn=foreground_ctrl_c,  # so that ignoring it is the helper's own doing
     )
     try:
         assert helper.stdout.readline().strip() == "armed"
@@ -91,6 +93,7 @@ def _segment_with_readers(slide: Path, outdir: Path):
         text=True,
         env=ENV,
         start_new_session=True,
+        preexec_fn=foreground_ctrl_c,
     )
     parent = psutil.Process(run.pid)
     deadline = time.monotonic() + 120

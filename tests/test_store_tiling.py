@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
+from terminal import foreground_ctrl_c
 from typer.testing import CliRunner
 
 import wsipipe.tiling as tiling
@@ -251,15 +252,13 @@ def test_ctrl_c_with_worker_threads_exits_130_and_resumes(cmu_small_svs, tmp_pat
         "--quiet",
     ]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    # A job started in the background (`cmd &`) inherits SIGINT ignored, and Python then keeps it
-    # ignored: give the command the default disposition a terminal's foreground job has.
     process = subprocess.Popen(
         argv,
         env=env,
         start_new_session=True,
         stderr=subprocess.PIPE,
         text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        preexec_fn=foreground_ctrl_c,
     )
     journal = tmp_path / "cmu.zarr.partial" / JOURNAL_NAME
     deadline = time.monotonic() + 60

@@ -14,6 +14,7 @@ import time
 import psutil
 import pytest
 from batch_archive import REPO, WORKER_ENV, read_status_csv
+from terminal import foreground_ctrl_c
 from typer.testing import CliRunner
 
 from wsipipe.cli.main import app
@@ -104,11 +105,10 @@ def test_ctrl_c_exits_130_with_one_line_no_process_left_and_the_rerun_resumes(tm
     outdir = tmp_path / "out"
     argv = [sys.executable, "-m", "wsipipe", "batch", str(archive), "-o", str(outdir), "--job",
             "batch_test_jobs:sleepy_info_job", "--workers", "2", "--quiet"]  # fmt: skip
-    # A terminal's Ctrl-C is SIGINT to the whole process group; a background job starts with SIGINT
-    # ignored, which Python keeps: give the batch the default disposition, as a terminal would.
+    # A terminal's Ctrl-C is SIGINT to the whole process group.
     process = subprocess.Popen(argv, env=WORKER_ENV, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, text=True,
-                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
+                               preexec_fn=foreground_ctrl_c)  # fmt: skip
     children = []
     try:
         deadline = time.monotonic() + 60

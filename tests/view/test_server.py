@@ -17,6 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from terminal import foreground_ctrl_c
 
 from wsipipe.slide import open_slide
 from wsipipe.view.deepzoom import DeepZoomGrid, encode_jpeg, read_tile
@@ -192,6 +193,7 @@ def test_view_command_prints_the_address_and_stops_on_ctrl_c(segment_out):
         stderr=subprocess.PIPE,
         text=True,
         cwd=REPO,
+        preexec_fn=foreground_ctrl_c,
     )
     try:
         line = process.stdout.readline()
