@@ -19,3 +19,14 @@ def test_a_slides_error_names_the_parameter_as_the_caller_spells_it(slides_dir, 
     assert as_python["error"] == f"{slide}: {remedy.format('mpp_override')}"
     assert as_cli["error"] == f"{slide}: {remedy.format('--mpp-override')}"
     assert not any((tmp_path / PARTIAL_DIR).iterdir())  # the slide's work folder is gone
+
+
+def test_a_slide_skipped_by_qc_says_why_as_the_caller_spells_it(tritc_ndpi, tmp_path):
+    (tmp_path / PARTIAL_DIR).mkdir()
+    job, slide = "wsipipe.batch.jobs:segment_job", str(tritc_ndpi)
+    as_python = process_slide(job, slide, "s", str(tmp_path), {"qc": "auto"}, {})
+    as_cli = process_slide(job, slide, "s", str(tmp_path), {"qc": "auto"}, {}, {"qc": "--qc"})
+    assert as_python["state"] == as_cli["state"] == "skipped"
+    assert as_python["error"].startswith(f"{slide}: not brightfield") and as_cli["error"].startswith(slide)
+    assert as_python["error"].endswith("; pass qc off to run anyway")
+    assert as_cli["error"] == as_python["error"].replace("pass qc off", "pass --qc off")

@@ -142,7 +142,7 @@ def segment_job(slide_path: Path, workdir: Path, options: dict) -> dict:
     try:
         result = segment.run(SegmentConfig(slide=slide_path, output=workdir, readers=0, **stage))
     except NotBrightfieldHEError as exc:  # QC's verdict, not a failure: the slide is left out, saying why
-        raise SkipSlide(str(exc)) from None
+        raise SkipSlide(str(exc)) from exc  # the cause names its parameter as the caller spells it
     names = SEGMENT_FIGURES + (NUCLEI_FIGURES if result.nuclei_ran else ())
     return {
         **{name: getattr(result, name) for name in names},

@@ -379,7 +379,8 @@ def process_slide(
         _install(workdir, Path(outdir) / name, partial)
         return result
     except SkipSlide as exc:
-        return {**base, **_failure(str(exc), ""), "state": "skipped", "seconds": round(time.time() - started, 3)}
+        reason = _one_line(exc.__cause__, parameter_names) if isinstance(exc.__cause__, WsipipeError) else str(exc)
+        return {**base, **_failure(reason, ""), "state": "skipped", "seconds": round(time.time() - started, 3)}
     except Exception as exc:
         return {
             **base,
