@@ -117,6 +117,18 @@ def test_dict_outputs_and_test_time_augmentation_match_the_nuclei_stage_views():
     assert np.abs(views["segmentation"] - plain["segmentation"]).max() > 0.01  # the ramp is not turn-invariant
 
 
+def test_test_time_augmentation_of_a_head_that_outputs_derives():
+    """``averaged`` names what ``outputs`` returns: a head computed from a differently named network
+    head is averaged as one the network returns itself."""
+    net, tiles = TwoHeads().eval(), _image(TILE, TILE)[None].repeat(2, 0)
+    bundle = _bundle(net, 1)
+    as_is = Runner(bundle, "cpu", 8, outputs=lambda out: out, views=8, averaged=("segmentation",))(tiles)
+    derived = Runner(
+        bundle, "cpu", 8, outputs=lambda out: {"doubled": 2 * out["segmentation"]}, views=8, averaged=("doubled",)
+    )(tiles)
+    assert np.abs(derived["doubled"] - 2 * as_is["segmentation"]).max() < 1e-5
+
+
 def test_out_of_memory_halves_the_batch_and_goes_on():
     """The OOM path, exercised on the CPU with a model that fails on batches over 2 tiles."""
 

@@ -322,16 +322,17 @@ class Runner:
         return staged.to(self.device, non_blocking=True)
 
     def _predict(self, x, names: tuple[str, ...] | None = None):
-        """``outputs`` of the network on ``x``; ``names``: only these of a dict-returning network
-        (the extra views need only the averaged ones, so the others are not decoded)."""
+        """``outputs`` of the network on ``x``; ``names``: only these heads of a dict-returning
+        network, when it returns them all under those names (the extra views need only the averaged
+        ones, so the others are not decoded); an ``outputs`` that derives them gets every head."""
         import torch
 
         if self.cuda:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast("cuda", dtype=torch.float16, enabled=self.cuda):
             raw = self.network(x)
-        if names is not None and isinstance(raw, dict):
-            raw = {name: value for name, value in raw.items() if name in names}
+        if names is not None and isinstance(raw, dict) and raw.keys() >= set(names):
+            raw = {name: raw[name] for name in names}
         return self.outputs(raw)
 
     def _dense(self, out) -> dict:
@@ -354,7 +355,10 @@ class Runner:
                 sums = self._dense(out)
                 for turns, mirror in VIEWS[1:]:
                     view = torch.rot90(x.flip(-1) if mirror else x, turns, dims=(-2, -1))
-                    for name, value in self._dense(self._predict(view, self.averaged)).items():
+                    dense = self._dense(self._predict(view, self.averaged))
+                    if dense.keys() != sums.keys():
+                        raise ValueError(f"a turned view gave the heads {sorted(dense)}, not {sorted(sums)}")
+                    for name, value in dense.items():
                         back = torch.rot90(value, -turns, dims=(-2, -1))
                         sums[name] = sums[name] + (back.flip(-1) if mirror else back)
                 averaged = {name: total / len(VIEWS) for name, total in sums.items()}
