@@ -211,6 +211,15 @@ def test_resume_with_other_parameters_is_refused(tmp_path):
         Stitcher(probs, labels, journal, tile_size=TILE, overlap=8, chunk=CHUNK)
 
 
+def test_rows_written_without_the_label_restriction_are_not_resumed_with_it(tmp_path):
+    """A journal of unrestricted labels (or one older than the restriction) would leave its rows'
+    labels outside the tissue: resuming it with ``inside`` is refused."""
+    probs, labels, journal = _arrays(tmp_path, 100, 100)
+    Stitcher(probs, labels, journal, tile_size=TILE, overlap=OVERLAP, chunk=CHUNK)
+    with pytest.raises(StoreError, match="other parameters"):
+        Stitcher(probs, labels, journal, tile_size=TILE, overlap=OVERLAP, chunk=CHUNK, inside=lambda *box: True)
+
+
 def test_tiles_out_of_row_order_are_refused(tmp_path):
     probs, labels, journal = _arrays(tmp_path, 200, 200)
     stitcher = Stitcher(probs, labels, journal, tile_size=TILE, overlap=OVERLAP, chunk=CHUNK)

@@ -45,6 +45,9 @@ class StitchLayout:
     #: The columns [col0, col1) this stitcher owns (the whole width unless it is one strip of it).
     col0: int = 0
     col1: int = 0
+    #: Whether labels outside ``inside`` are cleared as written: rows written one way cannot be
+    #: resumed the other (and a journal older than this field is not resumed at all).
+    restricted: bool = False
 
     def to_json(self) -> dict:
         return dict(self.__dict__)
@@ -85,7 +88,9 @@ class Stitcher:
         if not 0 <= overlap < tile_size:
             raise ValueError(f"overlap {overlap} must be in [0, tile size {tile_size})")
         margin = window_margin(overlap) if margin is None else margin
-        self.layout = StitchLayout(height, width, n_classes, tile_size, overlap, margin, chunk, fingerprint, col0, col1)
+        self.layout = StitchLayout(
+            height, width, n_classes, tile_size, overlap, margin, chunk, fingerprint, col0, col1, inside is not None
+        )
         self._probabilities = probabilities
         self._labels = labels
         self._inside = inside
@@ -233,7 +238,8 @@ class Stitcher:
 
 def first_argmax(values: np.ndarray) -> np.ndarray:
     """uint8 index of the largest of ``values`` (C, h, w) along C, the first on ties (as
-    ``argmax``), one class at a time: several times faster than ``argmax(axis=0)`` for a few classes."""
+    ``argmax``), one class at a time: several times faster than ``argmax(axis=0)`` for a few classes.
+    Unlike ``argmax``, a NaN is never the largest (blended probabilities hold none)."""
     best = values[0]
     index = np.zeros(best.shape, np.uint8)
     for k in range(1, len(values)):
