@@ -63,8 +63,9 @@ def test_status_round_trip_and_csv(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["status.csv", "status.json"]  # no temporaries left
 
 
-def test_a_foreign_status_file_is_refused(tmp_path):
-    (tmp_path / "status.json").write_text("[1, 2]")
+@pytest.mark.parametrize("content", ["[1, 2]", '{"slides": [5]}', '{"slides": [{"key": "a"}]}'])
+def test_a_foreign_status_file_is_refused(tmp_path, content):
+    (tmp_path / "status.json").write_text(content)
     with pytest.raises(OutputError, match="not a wsipipe batch status file"):
         load_status(tmp_path)
 

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from terminal import foreground_ctrl_c
 
+from wsipipe.errors import InvalidInputError
 from wsipipe.slide import open_slide
 from wsipipe.view.deepzoom import DeepZoomGrid, encode_jpeg, read_tile
 
@@ -109,6 +110,7 @@ BAD_REQUESTS = [
     ("/s/0/overlay/labels_files/99/0_0.png", 404),
     ("/s/1/", 404),  # only one slide
     ("/etc/passwd", 404),
+    ("/s/0/info.json%0a", 400),  # a final newline is not "the end" of a path
 ]
 
 
@@ -151,6 +153,61 @@ def test_listens_on_loopback_unless_told(serve, segment_out):
     server = serve(EXAMPLE)
     assert raw_get(server, "/s/0/slide.dzi", host="attacker.example") == 403
     assert raw_get(server, "/s/0/slide.dzi", host=f"localhost:{server.server_address[1]}") == 200
+    assert raw_get(server, "/s/0/slide.dzi", host=f"[::1]:{server.server_address[1]}") == 200
+    assert raw_get(server, "/s/0/slide.dzi", host="[::1]") == 200
+    other_loopback = serve(EXAMPLE, host="127.0.0.2")  # all of 127/8 is loopback
+    assert raw_get(other_loopback, "/s/0/slide.dzi", host="attacker.example") == 403
+    with pytest.raises(InvalidInputError, match="is empty"):
+        serve(EXAMPLE, host=" ")  # the socket would read an empty host as every interface
+
+
+def test_an_output_folder_cannot_make_the_server_read_outside_it_or_hang(serve, segment_out, tmp_path):
+    """Links out of the folder, a FIFO among the prediction's chunks and a non-finite µm/px in
+    report.json: those outputs are left out, the rest is served, and info.json stays JSON."""
+    import os
+    import shutil
+
+    secret = tmp_path / "secret.geojson"
+    secret.write_text('{"type": "FeatureCollection", "features": [], "secret": 1}')
+    folder = tmp_path / "untrusted"
+    shutil.copytree(segment_out, folder)
+    (folder / "regions.geojson").unlink()
+    (folder / "regions.geojson").symlink_to(secret)
+    (folder / "nuclei.geojson").unlink()
+    (folder / "nuclei.geojson").symlink_to("/proc/self/environ")
+    level0 = folder / "prediction.zarr" / "labels" / "classes" / "0"
+    chunk = next(p for p in sorted(level0.rglob("*")) if p.is_file() and not p.name.startswith("."))
+    chunk.unlink()
+    os.mkfifo(chunk)
+    report = json.loads((folder / "report.json").read_text())
+    report["mpp"] = float("nan")
+    (folder / "report.json").write_text(json.dumps(report))
+    server = serve(folder)
+    status, body, _ = fetch(server.url + "s/0/info.json")
+    info = json.loads(body)  # strict JSON: NaN would not parse in a browser
+    assert status == 200 and info["mpp"] == pytest.approx(0.499, abs=1e-3)
+    assert {o["key"] for o in info["overlays"]} == {"tissue", "cellularity"}
+    assert info["files"] == ["report.json"] and info["regions"] == []
+    for name in ("regions.geojson", "nuclei.geojson"):
+        assert fetch(server.url + f"s/0/files/{name}")[0] == 404
+    assert fetch(server.url + "s/0/overlay/labels_files/12/0_0.png")[0] == 404
+    assert fetch(server.url + "s/0/overlay/tissue_files/12/0_0.png")[0] == 200
+
+
+def test_closing_does_not_wait_for_ever_on_a_stuck_read_ahead(serve, monkeypatch):
+    import wsipipe.view.server as view_server
+
+    monkeypatch.setattr(view_server, "WARM_UP_JOIN_S", 0.1)
+    server = serve(EXAMPLE)
+    server.warm_up.join(60)
+    release = threading.Event()
+    server.warm_up = threading.Thread(target=release.wait, daemon=True)
+    server.warm_up.start()
+    closed = threading.Thread(target=server.close)
+    closed.start()
+    closed.join(10)
+    assert not closed.is_alive()  # returned, leaving the slide open to the stuck thread
+    release.set()
 
 
 def test_overlay_is_aligned_with_the_prediction_within_one_pixel(serve, segment_out):
@@ -202,7 +259,10 @@ def test_view_command_prints_the_address_and_stops_on_ctrl_c(segment_out):
         assert status == 200 and json.loads(body)["width"] == 2220
     finally:
         process.send_signal(signal.SIGINT)
-        out, err = process.communicate(timeout=20)
+        try:
+            out, err = process.communicate(timeout=20)
+        finally:
+            process.kill()  # no-op once it has exited; never a server left behind
     assert process.returncode == 130
     assert err == "Stopped.\n"
 

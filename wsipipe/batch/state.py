@@ -83,7 +83,7 @@ def load_status(outdir: Path) -> dict[str, SlideRecord]:
         data = json.loads(path.read_text(encoding="utf-8"))
         fields = {f.name for f in dataclasses.fields(SlideRecord)}
         records = [SlideRecord(**{k: v for k, v in item.items() if k in fields}) for item in data["slides"]]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise OutputError(f"{path}: not a wsipipe batch status file ({exc}); use another OUTDIR") from exc
     return {r.key: r for r in records}
 

@@ -22,6 +22,8 @@ from wsipipe.view.deepzoom import TileBox
 
 #: Level-0 px per bin of the polygon index.
 BIN_SIZE = 1024
+#: The farthest an outline point is drawn from a tile, in its fixed-point units (2^23 px).
+FIXED_POINT_LIMIT = 1 << 27
 #: Nuclei are drawn where a tile pixel is at most this many µm (smaller ones are not legible).
 NUCLEI_MAX_UM_PER_PX = 0.5
 #: The largest side of a raster made from per-tile figures (the cellularity heatmap).
@@ -87,18 +89,24 @@ class PolygonOverlay:
         self,
         polygons: list[np.ndarray],
         colours: list[tuple[int, int, int]],
+        extent: tuple[int, int],
         thickness: int,
         max_scale: float = math.inf,
     ):
+        """``extent``: the slide's level-0 (width, height); a polygon is indexed over the bins it
+        covers within it only, so coordinates far outside (or not finite) cost nothing."""
         self.polygons = polygons
         self.colours = colours
         self.thickness = thickness
         self.max_scale = max_scale  # coarser tiles stay empty
         self.bins: dict[tuple[int, int], list[int]] = {}
+        last_bin = np.array([(extent[0] - 1) // BIN_SIZE, (extent[1] - 1) // BIN_SIZE])
         for index, points in enumerate(polygons):
+            if not np.isfinite(points).all():
+                continue
             (bx0, by0), (bx1, by1) = (
-                (points.min(axis=0) // BIN_SIZE).astype(int),
-                (points.max(axis=0) // BIN_SIZE).astype(int),
+                np.clip(points.min(axis=0) // BIN_SIZE, 0, last_bin).astype(int),
+                np.clip(points.max(axis=0) // BIN_SIZE, 0, last_bin).astype(int),
             )
             for bx in range(bx0, bx1 + 1):
                 for by in range(by0, by1 + 1):
@@ -117,8 +125,10 @@ class PolygonOverlay:
             for by in range(int(y0 // BIN_SIZE), int(y1 // BIN_SIZE) + 1):
                 chosen.update(self.bins.get((bx, by), ()))
         for index in sorted(chosen):
-            # Tile pixels, in fixed point (4 fractional bits) for sub-pixel outlines.
-            points = np.rint((self.polygons[index] / box.scale - (box.x0, box.y0)) * 16).astype(np.int32)
+            # Tile pixels, in fixed point (4 fractional bits) for sub-pixel outlines; held within
+            # int32 (only a foreign file's polygon reaches that far past the slide).
+            points = (self.polygons[index] / box.scale - (box.x0, box.y0)) * 16
+            points = np.rint(np.clip(points, -FIXED_POINT_LIMIT, FIXED_POINT_LIMIT)).astype(np.int32)
             cv2.polylines(canvas, [points], True, (*self.colours[index], 255), self.thickness, cv2.LINE_AA, shift=4)
         return canvas
 
@@ -171,17 +181,24 @@ def heatmap_raster(tiles: list[dict], dimensions: tuple[int, int]) -> tuple[np.n
 
 
 class Lazy:
-    """A value built once, on first use, by whichever thread asks first."""
+    """A value built once, on first use, by whichever thread asks first; a build that failed
+    fails again at once, not after building again."""
 
     def __init__(self, build):
         self._build = build
         self._value = None
+        self._error: Exception | None = None
         self._done = False
         self._lock = threading.Lock()
 
     def get(self):
         with self._lock:
             if not self._done:
-                self._value = self._build()
+                try:
+                    self._value = self._build()
+                except Exception as exc:
+                    self._error = exc
                 self._done = True
+            if self._error is not None:
+                raise self._error
             return self._value

@@ -10,9 +10,12 @@ before any route is matched, unknown levels and tiles outside the slide are 404.
 
 from __future__ import annotations
 
+import errno
 import html
+import ipaddress
 import json
 import re
+import socket
 import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -41,11 +44,15 @@ SECURITY_HEADERS = {
     "connect-src 'self'; object-src 'none'; frame-ancestors 'none'; base-uri 'none'",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
+    "Cross-Origin-Resource-Policy": "same-origin",  # another site's page cannot load tiles as images
 }
-_SAFE_PATH = re.compile(r"^(/[A-Za-z0-9_.\-]+)*/?$")
-_SLIDE = re.compile(r"^/s/(\d{1,6})/(.*)$")
-_TILE = re.compile(r"^(slide|overlay/([a-z]+))_files/(\d{1,2})/(\d{1,7})_(\d{1,7})\.(jpeg|png)$")
-_DZI = re.compile(r"^(slide|overlay/([a-z]+))\.dzi$")
+#: How long closing waits for the read-ahead thread before leaving the slides open to it.
+WARM_UP_JOIN_S = 5.0
+# Whole-string patterns (fullmatch: "$" would also match before a final newline).
+_SAFE_PATH = re.compile(r"(/[A-Za-z0-9_.\-]+)*/?")
+_SLIDE = re.compile(r"/s/(\d{1,6})/(.*)", re.DOTALL)
+_TILE = re.compile(r"(slide|overlay/([a-z]+))_files/(\d{1,2})/(\d{1,7})_(\d{1,7})\.(jpeg|png)")
+_DZI = re.compile(r"(slide|overlay/([a-z]+))\.dzi")
 
 
 def packaged_assets() -> dict[str, Path]:
@@ -69,6 +76,8 @@ class ViewServer(ThreadingHTTPServer):
         self.cache = LRUCache(cache_bytes)
         self.assets = packaged_assets()
         self.warm_up: threading.Thread | None = None  # reading ahead (``open_view``); joined at close
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
         super().__init__(address, ViewHandler)
 
     def handle_error(self, request, client_address) -> None:
@@ -84,9 +93,13 @@ class ViewServer(ThreadingHTTPServer):
         return f"http://{'[' + host + ']' if ':' in host else host}:{port}/"
 
     def close(self) -> None:
+        """Stop listening and close the slides; a read-ahead still stuck after ``WARM_UP_JOIN_S``
+        (a hung file system) keeps them open rather than have a slide closed under its reader."""
         self.server_close()
         if self.warm_up is not None:
-            self.warm_up.join()
+            self.warm_up.join(WARM_UP_JOIN_S)
+            if self.warm_up.is_alive():
+                return
         for source in self.sources:
             source.close()
 
@@ -137,7 +150,7 @@ class ViewHandler(BaseHTTPRequestHandler):
         if (
             not path.startswith("/")
             or path.startswith("//")
-            or not _SAFE_PATH.match(path)
+            or not _SAFE_PATH.fullmatch(path)
             or any(part in (".", "..") for part in path.split("/"))
         ):
             return self._error(HTTPStatus.BAD_REQUEST, "not a path this server answers")
@@ -148,7 +161,7 @@ class ViewHandler(BaseHTTPRequestHandler):
             if asset is None:
                 return self._error(HTTPStatus.NOT_FOUND, "no such file")
             return HTTPStatus.OK, ASSET_TYPES[asset.suffix], asset.read_bytes()
-        match = _SLIDE.match(path)
+        match = _SLIDE.fullmatch(path)
         if match is None or int(match.group(1)) >= len(self.server.sources):
             return self._error(HTTPStatus.NOT_FOUND, "no such page")
         return self._slide_route(self.server.sources[int(match.group(1))], match.group(2))
@@ -156,11 +169,14 @@ class ViewHandler(BaseHTTPRequestHandler):
     def _host_allowed(self) -> bool:
         """On a loopback address, only loopback Host names (a web page elsewhere cannot rebind a
         name of its own onto this server)."""
-        bound = self.server.server_address[0]
-        if bound not in ("127.0.0.1", "::1", "localhost"):
+        if not _loopback(str(self.server.server_address[0])):
             return True
-        host = (self.headers.get("Host") or "").rsplit(":", 1)[0].strip("[]").lower()
-        return host in ("127.0.0.1", "localhost", "::1", "")
+        host = (self.headers.get("Host") or "").strip().lower()
+        if host.startswith("["):  # [IPv6]:port
+            host = host[1 : host.find("]")] if "]" in host else ""
+        elif host.count(":") == 1:
+            host = host.split(":")[0]
+        return host == "" or _loopback(host)
 
     def _home(self):
         if self.server.mode != "batch":
@@ -172,19 +188,19 @@ class ViewHandler(BaseHTTPRequestHandler):
             return HTTPStatus.OK, ASSET_TYPES[".html"], self.server.assets["index.html"].read_bytes()
         tiles = source.tiles(self.server.cache)
         if rest == "info.json":
-            return HTTPStatus.OK, "application/json", json.dumps(source.page_info()).encode()
+            return HTTPStatus.OK, "application/json", json.dumps(source.page_info(), allow_nan=False).encode()
         if rest.startswith("files/"):
             file = source.output_file(rest.removeprefix("files/"))
             if file is None:
                 return self._error(HTTPStatus.NOT_FOUND, "not a file this server serves")
             return HTTPStatus.OK, "application/json", file.read_bytes()
-        dzi = _DZI.match(rest)
+        dzi = _DZI.fullmatch(rest)
         if dzi is not None:
             overlay = dzi.group(2)
             if overlay is not None and overlay not in source.overlays:
                 return self._error(HTTPStatus.NOT_FOUND, "no such overlay")
             return HTTPStatus.OK, "application/xml", tiles.grid.dzi("png" if overlay else "jpeg").encode()
-        tile = _TILE.match(rest)
+        tile = _TILE.fullmatch(rest)
         if tile is None:
             return self._error(HTTPStatus.NOT_FOUND, "no such page")
         overlay, fmt = tile.group(2), tile.group(6)
@@ -234,6 +250,15 @@ def batch_page(sources: list[ViewSource]) -> bytes:
     ).encode()
 
 
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _text(value) -> str:
     if value is None:
         return ""
@@ -246,9 +271,16 @@ def start_server(
     """A bound server (not yet serving); port 0 picks a free one."""
     if not 0 <= port <= 65535:
         raise InvalidInputError(f"{{port}} {port}: choose 0 to 65535", parameter="port")
+    if not host.strip():  # the socket would take "" for every interface
+        raise InvalidInputError(
+            "{host} is empty: give an address (0.0.0.0 serves every interface, on purpose only)", parameter="host"
+        )
     try:
         return ViewServer((host, port), sources, mode)
     except OSError as exc:
+        busy = exc.errno in (errno.EADDRINUSE, errno.EACCES)
         raise OutputError(
-            f"cannot listen on {host}:{port} ({exc.strerror or exc}); choose another {{port}}", parameter="port"
+            f"cannot listen on {host}:{port} ({exc.strerror or exc}); "
+            + ("choose another {port}" if busy else "give an address of this machine as {host}"),
+            parameter="port" if busy else "host",
         ) from exc

@@ -8,6 +8,8 @@ Nothing is read before it is asked for, so a batch of a thousand slides opens at
 from __future__ import annotations
 
 import json
+import math
+import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +41,8 @@ TISSUE_COLOUR = (30, 144, 255)
 IN_MEMORY_PIXELS = 4096 * 4096
 #: Tile cache shared by every slide of a run (bytes).
 CACHE_BYTES = 256 * 1024 * 1024
+#: The largest report.json or nuclei.json read (a run's own are a few MB).
+MAX_JSON_BYTES = 256 * 1024 * 1024
 
 
 @dataclass
@@ -80,12 +84,16 @@ class ViewSource:
 
     def warm_up(self) -> None:
         """Read ahead what the first page view needs (the slide's coarsest level, the overlays
-        shown at first), so the first tiles do not wait for it."""
+        shown at first), so the first tiles do not wait for it. A failure here is the page's to
+        report, when it asks for that overlay."""
         assert self._tiles is not None, "tiles() opens the slide first"
-        self._tiles.coarsest()
-        for spec in self.overlays.values():
-            if spec.visible:
-                spec.build.get()
+        try:
+            self._tiles.coarsest()
+            for spec in self.overlays.values():
+                if spec.visible:
+                    spec.build.get()
+        except Exception:
+            return
 
     def close(self) -> None:
         with self._lock:
@@ -97,7 +105,10 @@ class ViewSource:
         return self._tiles.reader
 
     def mpp(self) -> float | None:
-        return self.report.get("mpp") or self.reader.mpp_x
+        recorded = self.report.get("mpp")
+        if isinstance(recorded, int | float) and math.isfinite(recorded) and recorded > 0:
+            return float(recorded)
+        return self.reader.mpp_x
 
     def _known_mpp(self) -> float:
         """µm/px where the outputs need one (segment and nuclei record the one they ran at)."""
@@ -116,20 +127,15 @@ class ViewSource:
         """A whitelisted file of the output folder, or None."""
         if self.outdir is None or name not in SERVED_FILES:
             return None
-        path = self.outdir / name
-        return path if path.is_file() else None
+        return file_inside(self.outdir, name)
 
     def _nuclei_summary(self) -> dict | None:
-        path = self.outdir / NUCLEI_JSON if self.outdir else None
-        if path is None or not path.is_file():
-            return None
-        return json.loads(path.read_text(encoding="utf-8"))
+        return _read_json(self.outdir, NUCLEI_JSON) if self.outdir else None
 
     # --- overlays -------------------------------------------------------------------------------
     def _overlays(self) -> dict[str, OverlaySpec]:
         specs = []
-        prediction = self.outdir / PREDICTION if self.outdir else None
-        if prediction is not None and prediction.is_dir():
+        if self.outdir is not None and plain_tree(self.outdir / PREDICTION):
             specs.append(OverlaySpec("labels", "predicted classes", 0.45, Lazy(lambda: self._prediction(True)), True))
             specs.append(OverlaySpec("probability", "tumour probability", 0.6, Lazy(lambda: self._prediction(False))))
         if self.output_file("regions.geojson"):
@@ -176,7 +182,7 @@ class ViewSource:
                 for ring in (polygon.exterior, *polygon.interiors):
                     rings.append(np.asarray(ring.coords)[:, :2])
                     colours.append((r, g, b))
-        return PolygonOverlay(rings, colours, thickness=3)
+        return PolygonOverlay(rings, colours, self.reader.dimensions, thickness=3)
 
     def _nuclei(self) -> PolygonOverlay:
         # Outlines only, from our own file: read lightly (the annotations reader validates and
@@ -184,7 +190,11 @@ class ViewSource:
         polygons = geojson_polygons(self._outputs / "nuclei.geojson")
         colours = [classification_colour(p["properties"], (0, 0, 200)) for p in polygons]
         return PolygonOverlay(
-            [p["points"] for p in polygons], colours, thickness=1, max_scale=NUCLEI_MAX_UM_PER_PX / self._known_mpp()
+            [p["points"] for p in polygons],
+            colours,
+            self.reader.dimensions,
+            thickness=1,
+            max_scale=NUCLEI_MAX_UM_PER_PX / self._known_mpp(),
         )
 
     def _tissue(self) -> RasterOverlay:
@@ -261,7 +271,7 @@ class ViewSource:
         from wsipipe.report.regions import region_rows
 
         mpp = self.mpp()
-        return region_rows(self.outdir, mpp) if self.outdir and mpp else []
+        return region_rows(self._outputs, mpp) if mpp and self.output_file("regions.geojson") else []
 
 
 class _ChannelSum:
@@ -310,10 +320,10 @@ def sources_for(
             )
         sources = []
         for record in load_status(path).values():
-            folder = path / record.name
-            if record.state != "done" or not folder.is_dir():
+            folder = _slide_folder(path, record.name)
+            if record.state != "done" or folder is None:
                 continue
-            report = _read_json(folder / REPORT_JSON) or {}
+            report = _read_json(folder, REPORT_JSON) or {}
             sources.append(
                 ViewSource(record.name, Path(record.path), folder, report, dict(record.figures), mpp_override)
             )
@@ -325,8 +335,8 @@ def sources_for(
 
 def outdir_source(outdir: Path, slide: Path | None, mpp_override: float | None) -> ViewSource:
     """A ``segment`` (report.json) or ``nuclei`` (nuclei.json) output folder and its slide."""
-    report = _read_json(outdir / REPORT_JSON)
-    recorded = (report or {}).get("slide") or (_read_json(outdir / NUCLEI_JSON) or {}).get("input")
+    report = _read_json(outdir, REPORT_JSON)
+    recorded = (report or {}).get("slide") or (_read_json(outdir, NUCLEI_JSON) or {}).get("input")
     if report is None and recorded is None:
         raise InvalidInputError(
             f"{outdir}: neither a slide nor a segment, nuclei or batch output folder (no report.json)"
@@ -347,11 +357,60 @@ def _find_slide(outdir: Path, recorded: str) -> Path | None:
     return next((p for p in options if p.is_file()), None)
 
 
-def _read_json(path: Path) -> dict | None:
-    if not path.is_file():
+def _read_json(folder: Path, name: str) -> dict | None:
+    path = file_inside(folder, name)
+    if path is None:
         return None
     try:
+        if path.stat().st_size > MAX_JSON_BYTES:
+            raise InvalidInputError(f"{path}: over {MAX_JSON_BYTES >> 20} MiB, not a wsipipe output")
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise InvalidInputError(f"{path}: not readable JSON ({exc})") from exc
     return data if isinstance(data, dict) else None
+
+
+# --- what an output folder may make the server read ----------------------------------------------
+# An output folder is untrusted: a link in it may point anywhere on this machine, and a FIFO or a
+# device would hold the reading thread for ever. Only plain files and folders inside it are read.
+
+
+def file_inside(folder: Path, name: str) -> Path | None:
+    """``folder/name`` when it is a regular file whose real path lies inside ``folder``, else None."""
+    path = folder / name
+    try:
+        real = path.resolve(strict=True)
+        if real.is_relative_to(folder.resolve(strict=True)) and real.is_file():
+            return path
+    except (OSError, RuntimeError):  # gone, a link loop, unreadable
+        pass
+    return None
+
+
+def plain_tree(root: Path) -> bool:
+    """Whether ``root`` is a folder holding only folders and regular files, no links (a zarr store
+    the overlays may read)."""
+    if root.is_symlink() or not root.is_dir():
+        return False
+    pending = [root]
+    try:
+        while pending:
+            with os.scandir(pending.pop()) as entries:
+                for entry in entries:
+                    if entry.is_dir(follow_symlinks=False):
+                        pending.append(Path(entry.path))
+                    elif not entry.is_file(follow_symlinks=False):
+                        return False
+    except OSError:
+        return False
+    return True
+
+
+def _slide_folder(batch: Path, name) -> Path | None:
+    """A batch slide's output folder: one plain name inside the batch folder (status.json is untrusted)."""
+    if not isinstance(name, str) or name in ("", ".", "..") or Path(name).name != name:
+        return None
+    folder = batch / name
+    if folder.is_symlink() or not folder.is_dir():
+        return None
+    return folder
