@@ -162,8 +162,9 @@ def test_listens_on_loopback_unless_told(serve, segment_out):
 
 
 def test_an_output_folder_cannot_make_the_server_read_outside_it_or_hang(serve, segment_out, tmp_path):
-    """Links out of the folder, a FIFO among the prediction's chunks and a non-finite µm/px in
-    report.json: those outputs are left out, the rest is served, and info.json stays JSON."""
+    """Links out of the folder, a FIFO among the prediction's chunks and non-finite figures in
+    report.json and nuclei.json: those outputs are left out, the rest is served, and info.json
+    stays JSON."""
     import os
     import shutil
 
@@ -182,6 +183,10 @@ def test_an_output_folder_cannot_make_the_server_read_outside_it_or_hang(serve, 
     report = json.loads((folder / "report.json").read_text())
     report["mpp"] = float("nan")
     (folder / "report.json").write_text(json.dumps(report))
+    summary = json.loads((folder / "nuclei.json").read_text())
+    summary["tiles"][0]["cellularity"] = float("nan")
+    summary["cellularity"] = float("inf")
+    (folder / "nuclei.json").write_text(json.dumps(summary))
     server = serve(folder)
     status, body, _ = fetch(server.url + "s/0/info.json")
     info = json.loads(body)  # strict JSON: NaN would not parse in a browser
@@ -208,6 +213,18 @@ def test_closing_does_not_wait_for_ever_on_a_stuck_read_ahead(serve, monkeypatch
     closed.join(10)
     assert not closed.is_alive()  # returned, leaving the slide open to the stuck thread
     release.set()
+
+
+def test_a_silent_connection_is_closed(serve, monkeypatch):
+    import socket
+
+    from wsipipe.view.server import ViewHandler
+
+    assert 0 < ViewHandler.timeout <= 600  # the base class's None would keep it for ever
+    monkeypatch.setattr(ViewHandler, "timeout", 0.5)
+    server = serve(EXAMPLE)
+    with socket.create_connection(server.server_address[:2], timeout=30) as silent:
+        assert silent.recv(1) == b""  # the server hung up on it
 
 
 def test_overlay_is_aligned_with_the_prediction_within_one_pixel(serve, segment_out):

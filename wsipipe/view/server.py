@@ -110,6 +110,8 @@ class ViewHandler(BaseHTTPRequestHandler):
     # Headers and body go out as two writes; with Nagle's algorithm the second waits for the
     # client's delayed ACK (~40 ms a tile on a keep-alive connection).
     disable_nagle_algorithm = True
+    # A connection silent this long (s) is closed, so idle clients do not hold a thread each for ever.
+    timeout = 120
 
     def log_message(self, format, *args):  # the base class's name and signature
         """Quiet: a page load makes hundreds of tile requests."""

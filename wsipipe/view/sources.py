@@ -242,30 +242,30 @@ class ViewSource:
         heat = None
         summary = self._nuclei_summary()
         if "cellularity" in self.overlays and summary:
-            vmax = (
-                max((t["cellularity"] for t in summary["tiles"] if t.get("cellularity") is not None), default=0.0)
-                or 1.0
-            )
+            values = [t.get("cellularity") for t in summary.get("tiles", []) if isinstance(t, dict)]
+            vmax = max((v for v in values if isinstance(v, int | float) and math.isfinite(v)), default=0.0) or 1.0
             heat = {"stops": [_hex(stop) for stop in HEAT_STOPS], "max": vmax, "label": "cellularity per tile"}
-        return {
-            "name": self.name,
-            "slide": str(self.slide),
-            "width": reader.dimensions[0],
-            "height": reader.dimensions[1],
-            "mpp": self.mpp(),
-            "overlays": [
-                {"key": s.key, "label": s.label, "opacity": s.opacity, "visible": s.visible}
-                for s in self.overlays.values()
-            ],
-            "nuclei_max_um_per_px": NUCLEI_MAX_UM_PER_PX,
-            "legend": legend,
-            "heat": heat,
-            "figures": readable_figures(SegmentResult.from_json(report, self._outputs)) if report else [],
-            "model": report.get("model"),
-            "run": report.get("run"),
-            "regions": self.region_table(),
-            "files": [name for name in SERVED_FILES if self.output_file(name)],
-        }
+        return _finite_or_none(
+            {
+                "name": self.name,
+                "slide": str(self.slide),
+                "width": reader.dimensions[0],
+                "height": reader.dimensions[1],
+                "mpp": self.mpp(),
+                "overlays": [
+                    {"key": s.key, "label": s.label, "opacity": s.opacity, "visible": s.visible}
+                    for s in self.overlays.values()
+                ],
+                "nuclei_max_um_per_px": NUCLEI_MAX_UM_PER_PX,
+                "legend": legend,
+                "heat": heat,
+                "figures": readable_figures(SegmentResult.from_json(report, self._outputs)) if report else [],
+                "model": report.get("model"),
+                "run": report.get("run"),
+                "regions": self.region_table(),
+                "files": [name for name in SERVED_FILES if self.output_file(name)],
+            }
+        )
 
     def region_table(self) -> list[dict]:
         from wsipipe.report.regions import region_rows
@@ -368,6 +368,17 @@ def _read_json(folder: Path, name: str) -> dict | None:
     except (OSError, ValueError) as exc:
         raise InvalidInputError(f"{path}: not readable JSON ({exc})") from exc
     return data if isinstance(data, dict) else None
+
+
+def _finite_or_none(value):
+    """``value`` with NaN and infinities (a foreign or damaged file's) as None, which JSON can carry."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite_or_none(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite_or_none(item) for item in value]
+    return value
 
 
 # --- what an output folder may make the server read ----------------------------------------------
