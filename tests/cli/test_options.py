@@ -103,3 +103,14 @@ def test_a_library_name_the_cli_spells_otherwise_gets_the_cli_flag(tmp_path):
     """The training data's ``groups_csv`` is the CLI's --groups."""
     flags = parameter_flags(ROOT)
     assert flags["groups_csv"] == "--groups" and flags["outdir"] == "--output" and flags["workers"] == "--workers"
+
+
+def test_help_loads_no_heavy_library():
+    """``wsipipe --help`` (and every command's start) loads neither torch nor OpenCV: they cost a
+    third of a second before anything is done."""
+    import subprocess
+    import sys
+
+    code = "import sys; from wsipipe.cli.main import app; print(sorted({'torch', 'cv2', 'zarr'} & set(sys.modules)))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]"

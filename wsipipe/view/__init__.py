@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from wsipipe.view.server import DEFAULT_HOST, DEFAULT_PORT, ViewServer, start_server
-from wsipipe.view.sources import ViewSource, sources_for
+if TYPE_CHECKING:
+    from wsipipe.view.server import ViewServer
 
-__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "ViewServer", "ViewSource", "open_view"]
+__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "open_view"]
+
+# Here, not in ``server``: the CLI reads them for --help without loading OpenCV (0.1 s per command).
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8642
 
 
 def open_view(
@@ -27,6 +32,9 @@ def open_view(
     """A bound server for PATH (a slide, an output folder or a batch output folder); call
     ``serve_forever`` on it and ``close`` after. A single slide is opened here, so a slide that
     cannot be read fails before anything listens."""
+    from wsipipe.view.server import start_server
+    from wsipipe.view.sources import sources_for
+
     mode, sources = sources_for(Path(path), Path(slide) if slide is not None else None, mpp_override)
     server = start_server(sources, mode, host, port)
     if mode != "batch":

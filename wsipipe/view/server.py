@@ -24,11 +24,10 @@ from pathlib import Path
 from urllib.parse import unquote
 
 from wsipipe.errors import InvalidInputError, OutputError
+from wsipipe.view import DEFAULT_HOST, DEFAULT_PORT
 from wsipipe.view.deepzoom import LRUCache, encode_png
 from wsipipe.view.sources import CACHE_BYTES, ViewSource
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 8642
 #: Types of the packaged assets, by suffix (anything else in the folder is not served).
 ASSET_TYPES = {
     ".html": "text/html; charset=utf-8",
