@@ -1,5 +1,5 @@
 """Writing a whole file so that readers see the old content or the new one, never a mix, and
-one writer at a time per output folder."""
+one writer at a time per output folder; checking what a path is before reading it."""
 
 from __future__ import annotations
 
@@ -266,3 +266,39 @@ def check_regular_file(path: str | os.PathLike, error: type[WsipipeError] = Inva
     if not os.access(path, os.R_OK):
         raise error(f"{path}: not readable (permission denied)")
     return path
+
+
+# Reading a folder someone else may have made (an output folder given to the viewer): a link in it
+# may point anywhere on this machine, and a FIFO or a device would hold the reader for ever. Only
+# regular files and folders inside it are read.
+
+
+def file_inside(folder: Path, name: str) -> Path | None:
+    """``folder/name`` when it is a regular file whose real path lies inside ``folder``, else None."""
+    path = folder / name
+    try:
+        real = path.resolve(strict=True)
+        if real.is_relative_to(folder.resolve(strict=True)) and real.is_file():
+            return path
+    except (OSError, RuntimeError):  # gone, a link loop, unreadable
+        pass
+    return None
+
+
+def plain_tree(root: Path) -> bool:
+    """Whether ``root`` is a folder holding only folders and regular files, no links (a zarr store
+    the overlays may read)."""
+    if root.is_symlink() or not root.is_dir():
+        return False
+    pending = [root]
+    try:
+        while pending:
+            with os.scandir(pending.pop()) as entries:
+                for entry in entries:
+                    if entry.is_dir(follow_symlinks=False):
+                        pending.append(Path(entry.path))
+                    elif not entry.is_file(follow_symlinks=False):
+                        return False
+    except OSError:
+        return False
+    return True

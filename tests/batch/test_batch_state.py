@@ -63,10 +63,28 @@ def test_status_round_trip_and_csv(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["status.csv", "status.json"]  # no temporaries left
 
 
-@pytest.mark.parametrize("content", ["[1, 2]", '{"slides": [5]}', '{"slides": [{"key": "a"}]}'])
+@pytest.mark.parametrize(
+    "content",
+    [
+        "[1, 2]",
+        '{"slides": [5]}',
+        '{"slides": [{"key": "a"}]}',
+        '{"slides": [{"key": ["a"], "path": "a.svs", "name": "a"}]}',
+        '{"slides": [{"key": "a", "path": 7, "name": "a"}]}',
+        '{"slides": [{"key": "a", "path": "a.svs", "name": "a", "figures": [1]}]}',
+    ],
+)
 def test_a_foreign_status_file_is_refused(tmp_path, content):
     (tmp_path / "status.json").write_text(content)
     with pytest.raises(OutputError, match="not a wsipipe batch status file"):
+        load_status(tmp_path)
+
+
+def test_a_status_file_that_is_not_a_regular_file_is_refused_without_reading(tmp_path):
+    import os
+
+    os.mkfifo(tmp_path / "status.json")  # reading would wait for a writer for ever
+    with pytest.raises(OutputError, match="not a regular file"):
         load_status(tmp_path)
 
 

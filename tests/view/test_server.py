@@ -155,6 +155,7 @@ def test_listens_on_loopback_unless_told(serve, segment_out):
     assert raw_get(server, "/s/0/slide.dzi", host=f"localhost:{server.server_address[1]}") == 200
     assert raw_get(server, "/s/0/slide.dzi", host=f"[::1]:{server.server_address[1]}") == 200
     assert raw_get(server, "/s/0/slide.dzi", host="[::1]") == 200
+    assert raw_get(server, "/s/0/slide.dzi", host="[attacker.example") == 403  # not a host at all
     other_loopback = serve(EXAMPLE, host="127.0.0.2")  # all of 127/8 is loopback
     assert raw_get(other_loopback, "/s/0/slide.dzi", host="attacker.example") == 403
     with pytest.raises(InvalidInputError, match="is empty"):
@@ -197,6 +198,26 @@ def test_an_output_folder_cannot_make_the_server_read_outside_it_or_hang(serve, 
         assert fetch(server.url + f"s/0/files/{name}")[0] == 404
     assert fetch(server.url + "s/0/overlay/labels_files/12/0_0.png")[0] == 404
     assert fetch(server.url + "s/0/overlay/tissue_files/12/0_0.png")[0] == 200
+
+
+def test_the_region_table_reads_no_nuclei_file_from_outside_the_folder(serve, segment_out, tmp_path):
+    """regions.geojson is real; nuclei.csv and nuclei.geojson link to files elsewhere, which
+    would otherwise be counted (or echoed in an error)."""
+    import shutil
+
+    folder = tmp_path / "untrusted"
+    shutil.copytree(segment_out, folder)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    for name in ("nuclei.csv", "nuclei.geojson"):
+        shutil.copy(segment_out / name, elsewhere / name)
+        (folder / name).unlink()
+        (folder / name).symlink_to(elsewhere / name)
+    info = json.loads(fetch(serve(folder).url + "s/0/info.json")[1])
+    own = json.loads(fetch(serve(segment_out).url + "s/0/info.json")[1])
+    assert own["regions"] and any(row["nuclei"] for row in own["regions"])
+    assert [row["area_mm2"] for row in info["regions"]] == [row["area_mm2"] for row in own["regions"]]
+    assert all(row["nuclei"] is None and row["cellularity"] is None for row in info["regions"])
 
 
 def test_closing_does_not_wait_for_ever_on_a_stuck_read_ahead(serve, monkeypatch):

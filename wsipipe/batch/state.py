@@ -23,6 +23,8 @@ STATES = ("pending", "running", "done", "failed", "skipped")
 STATUS_JSON = "status.json"
 STATUS_CSV = "status.csv"
 STATUS_VERSION = 1
+#: The largest status.json read (about 1 kB a slide: a million slides).
+MAX_STATUS_BYTES = 1 << 30
 # How much of the start of a slide the fingerprint hashes: catches a re-scanned or re-copied slide
 # whose size and time happen to match, without reading whole slides on every run.
 HEAD_BYTES = 4 * 1024 * 1024
@@ -77,15 +79,37 @@ def fingerprint(path: Path) -> dict:
 def load_status(outdir: Path) -> dict[str, SlideRecord]:
     """Records of an earlier run by slide key; empty when OUTDIR holds none."""
     path = outdir / STATUS_JSON
-    if not path.exists():
+    if not os.path.lexists(path):
         return {}
     try:
+        if not path.is_file():  # a FIFO would hang the read, a dangling link has nothing
+            raise ValueError("not a regular file")
+        if path.stat().st_size > MAX_STATUS_BYTES:
+            raise ValueError(f"over {MAX_STATUS_BYTES >> 20} MiB")
         data = json.loads(path.read_text(encoding="utf-8"))
         fields = {f.name for f in dataclasses.fields(SlideRecord)}
         records = [SlideRecord(**{k: v for k, v in item.items() if k in fields}) for item in data["slides"]]
+        for record in records:
+            _check_types(record)
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise OutputError(f"{path}: not a wsipipe batch status file ({exc}); use another OUTDIR") from exc
     return {r.key: r for r in records}
+
+
+def _check_types(record: SlideRecord) -> None:
+    """The types ``save_status`` writes (a foreign file's list or number would fail far from here)."""
+    kinds = {
+        "outputs": list,
+        "figures": dict,
+        "size": int | None,
+        "mtime_ns": int | None,
+        "head_sha256": str | None,
+        "seconds": float | int | None,
+    }
+    for item in dataclasses.fields(record):
+        value = getattr(record, item.name)
+        if not isinstance(value, kinds.get(item.name, str)):
+            raise TypeError(f"slide {record.key!r}: {item.name} is {type(value).__name__}")
 
 
 def save_status(outdir: Path, records: list[SlideRecord], job: str) -> None:

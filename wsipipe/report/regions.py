@@ -3,7 +3,8 @@ the nuclei whose centre lies inside and its cellularity: the nuclear area inside
 nuclei outlines cut to it) over the region's area, so at most 1, as the slide's cellularity.
 
 Read from the folder's own files (regions.geojson, nuclei.csv, nuclei.geojson), so report.html
-and ``wsipipe view`` show the same figures.
+and ``wsipipe view`` show the same figures; only regular files inside the folder are read (the
+viewer may be given someone else's folder).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from wsipipe.files import file_inside
 from wsipipe.report.areas import UM2_PER_MM2
 
 REGIONS_FILE = "regions.geojson"
@@ -27,11 +29,11 @@ def region_rows(outdir: Path, mpp: float) -> list[dict]:
 
     from wsipipe.annotations import read_annotations
 
-    path = Path(outdir) / REGIONS_FILE
-    if not path.is_file():
+    path = file_inside(Path(outdir), REGIONS_FILE)
+    if path is None:
         return []
-    centres = nuclei_centres(Path(outdir) / NUCLEI_CSV)
-    outlines = nuclei_outlines(Path(outdir) / NUCLEI_GEOJSON)
+    centres = nuclei_centres(file_inside(Path(outdir), NUCLEI_CSV))
+    outlines = nuclei_outlines(file_inside(Path(outdir), NUCLEI_GEOJSON))
     tree = shapely.STRtree(outlines) if outlines is not None else None
     rows = []
     for number, region in enumerate(read_annotations(path)):
@@ -54,20 +56,20 @@ def region_rows(outdir: Path, mpp: float) -> list[dict]:
     return rows
 
 
-def nuclei_centres(path: Path) -> np.ndarray | None:
+def nuclei_centres(path: Path | None) -> np.ndarray | None:
     """Level-0 centres (n, 2) of the nuclei in a nuclei.csv; None when absent."""
-    if not path.is_file():
+    if path is None:
         return None
     with open(path, newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     return np.array([(float(r["centroid_x"]), float(r["centroid_y"])) for r in rows], np.float64).reshape(-1, 2)
 
 
-def nuclei_outlines(path: Path) -> np.ndarray | None:
+def nuclei_outlines(path: Path | None) -> np.ndarray | None:
     """The nuclei outlines of a nuclei.geojson (shapely polygons, level-0 px); None when absent."""
     import shapely
 
-    if not path.is_file():
+    if path is None:
         return None
     collection = shapely.from_geojson(path.read_text(encoding="utf-8"))
     return np.asarray(shapely.get_parts(collection))

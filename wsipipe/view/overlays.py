@@ -22,6 +22,8 @@ from wsipipe.view.deepzoom import TileBox
 
 #: Level-0 px per bin of the polygon index.
 BIN_SIZE = 1024
+#: A polygon over more bins than this is found by its bounds instead of through the bins.
+LARGE_BINS = 64
 #: The farthest an outline point is drawn from a tile, in its fixed-point units (2^23 px).
 FIXED_POINT_LIMIT = 1 << 27
 #: Nuclei are drawn where a tile pixel is at most this many µm (smaller ones are not legible).
@@ -100,17 +102,27 @@ class PolygonOverlay:
         self.thickness = thickness
         self.max_scale = max_scale  # coarser tiles stay empty
         self.bins: dict[tuple[int, int], list[int]] = {}
+        # Polygons over more than LARGE_BINS bins are listed once with their bounds (a region
+        # may cover the whole slide; a file of many such would otherwise fill millions of bins).
+        self.large: list[int] = []
+        large_bounds = []
         last_bin = np.array([(extent[0] - 1) // BIN_SIZE, (extent[1] - 1) // BIN_SIZE])
         for index, points in enumerate(polygons):
             if not np.isfinite(points).all():
                 continue
+            low, high = points.min(axis=0), points.max(axis=0)
             (bx0, by0), (bx1, by1) = (
-                np.clip(points.min(axis=0) // BIN_SIZE, 0, last_bin).astype(int),
-                np.clip(points.max(axis=0) // BIN_SIZE, 0, last_bin).astype(int),
+                np.clip(low // BIN_SIZE, 0, last_bin).astype(int),
+                np.clip(high // BIN_SIZE, 0, last_bin).astype(int),
             )
+            if (bx1 - bx0 + 1) * (by1 - by0 + 1) > LARGE_BINS:
+                self.large.append(index)
+                large_bounds.append((*low, *high))
+                continue
             for bx in range(bx0, bx1 + 1):
                 for by in range(by0, by1 + 1):
                     self.bins.setdefault((bx, by), []).append(index)
+        self.large_bounds = np.array(large_bounds, np.float64).reshape(-1, 4)
 
     def render(self, box: TileBox) -> np.ndarray:
         width, height = box.size
@@ -124,6 +136,9 @@ class PolygonOverlay:
         for bx in range(int(x0 // BIN_SIZE), int(x1 // BIN_SIZE) + 1):
             for by in range(int(y0 // BIN_SIZE), int(y1 // BIN_SIZE) + 1):
                 chosen.update(self.bins.get((bx, by), ()))
+        lx0, ly0, lx1, ly1 = self.large_bounds.T
+        hits = (lx0 <= x1) & (lx1 >= x0) & (ly0 <= y1) & (ly1 >= y0)
+        chosen.update(self.large[i] for i in np.flatnonzero(hits))
         for index in sorted(chosen):
             # Tile pixels, in fixed point (4 fractional bits) for sub-pixel outlines; held within
             # int32 (only a foreign file's polygon reaches that far past the slide).
@@ -200,5 +215,6 @@ class Lazy:
                     self._error = exc
                 self._done = True
             if self._error is not None:
-                raise self._error
+                # without the last raise's frames, which would otherwise pile up on it request after request
+                raise self._error.with_traceback(None)
             return self._value

@@ -174,7 +174,9 @@ class ViewHandler(BaseHTTPRequestHandler):
             return True
         host = (self.headers.get("Host") or "").strip().lower()
         if host.startswith("["):  # [IPv6]:port
-            host = host[1 : host.find("]")] if "]" in host else ""
+            if "]" not in host:
+                return False
+            host = host[1 : host.find("]")]
         elif host.count(":") == 1:
             host = host.split(":")[0]
         return host == "" or _loopback(host)

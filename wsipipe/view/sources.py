@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from wsipipe.errors import InvalidInputError, SlideOpenError
+from wsipipe.files import file_inside, plain_tree
 from wsipipe.view.deepzoom import LRUCache, SlideTiles
 from wsipipe.view.overlays import (
     NUCLEI_MAX_UM_PER_PX,
@@ -313,7 +313,7 @@ def sources_for(
         return "slide", [ViewSource(path.name, path, mpp_override=mpp_override)]
     from wsipipe.batch.state import STATUS_JSON, load_status
 
-    if (path / STATUS_JSON).is_file():
+    if file_inside(path, STATUS_JSON):
         if slide is not None:
             raise InvalidInputError(
                 "{slide} is for one output folder; PATH is a batch output folder", parameter="slide"
@@ -379,42 +379,6 @@ def _finite_or_none(value):
     if isinstance(value, list | tuple):
         return [_finite_or_none(item) for item in value]
     return value
-
-
-# --- what an output folder may make the server read ----------------------------------------------
-# An output folder is untrusted: a link in it may point anywhere on this machine, and a FIFO or a
-# device would hold the reading thread for ever. Only plain files and folders inside it are read.
-
-
-def file_inside(folder: Path, name: str) -> Path | None:
-    """``folder/name`` when it is a regular file whose real path lies inside ``folder``, else None."""
-    path = folder / name
-    try:
-        real = path.resolve(strict=True)
-        if real.is_relative_to(folder.resolve(strict=True)) and real.is_file():
-            return path
-    except (OSError, RuntimeError):  # gone, a link loop, unreadable
-        pass
-    return None
-
-
-def plain_tree(root: Path) -> bool:
-    """Whether ``root`` is a folder holding only folders and regular files, no links (a zarr store
-    the overlays may read)."""
-    if root.is_symlink() or not root.is_dir():
-        return False
-    pending = [root]
-    try:
-        while pending:
-            with os.scandir(pending.pop()) as entries:
-                for entry in entries:
-                    if entry.is_dir(follow_symlinks=False):
-                        pending.append(Path(entry.path))
-                    elif not entry.is_file(follow_symlinks=False):
-                        return False
-    except OSError:
-        return False
-    return True
 
 
 def _slide_folder(batch: Path, name) -> Path | None:
