@@ -96,19 +96,22 @@ def load_status(outdir: Path) -> dict[str, SlideRecord]:
     return {r.key: r for r in records}
 
 
+#: The type of each SlideRecord field that is not text, as ``save_status`` writes it.
+_FIELD_TYPES: dict = {
+    "outputs": list,
+    "figures": dict,
+    "size": int | None,
+    "mtime_ns": int | None,
+    "head_sha256": str | None,
+    "seconds": float | int | None,
+}
+
+
 def _check_types(record: SlideRecord) -> None:
     """The types ``save_status`` writes (a foreign file's list or number would fail far from here)."""
-    kinds = {
-        "outputs": list,
-        "figures": dict,
-        "size": int | None,
-        "mtime_ns": int | None,
-        "head_sha256": str | None,
-        "seconds": float | int | None,
-    }
     for item in dataclasses.fields(record):
         value = getattr(record, item.name)
-        if not isinstance(value, kinds.get(item.name, str)):
+        if not isinstance(value, _FIELD_TYPES.get(item.name, str)):
             raise TypeError(f"slide {record.key!r}: {item.name} is {type(value).__name__}")
 
 

@@ -29,11 +29,12 @@ def region_rows(outdir: Path, mpp: float) -> list[dict]:
 
     from wsipipe.annotations import read_annotations
 
-    path = file_inside(Path(outdir), REGIONS_FILE)
+    outdir = Path(outdir)
+    path = file_inside(outdir, REGIONS_FILE)
     if path is None:
         return []
-    centres = nuclei_centres(file_inside(Path(outdir), NUCLEI_CSV))
-    outlines = nuclei_outlines(file_inside(Path(outdir), NUCLEI_GEOJSON))
+    centres = nuclei_centres(file_inside(outdir, NUCLEI_CSV))
+    outlines = nuclei_outlines(file_inside(outdir, NUCLEI_GEOJSON))
     tree = shapely.STRtree(outlines) if outlines is not None else None
     rows = []
     for number, region in enumerate(read_annotations(path)):

@@ -271,7 +271,7 @@ class ViewSource:
         from wsipipe.report.regions import region_rows
 
         mpp = self.mpp()
-        return region_rows(self._outputs, mpp) if mpp and self.output_file("regions.geojson") else []
+        return region_rows(self.outdir, mpp) if self.outdir and mpp else []  # it reads only files inside
 
 
 class _ChannelSum:
